@@ -1,0 +1,84 @@
+//! Command line (clap).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+
+/// Default address of the HTTP API, metrics and live page.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:9464";
+
+#[derive(Debug, Parser)]
+#[command(name = "p2p-node", version, about = "A libp2p node with eBPF congestion control and per-peer TCP telemetry")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node.
+    Run(RunArgs),
+    /// Show or change the congestion control of a running node.
+    Cc {
+        #[command(subcommand)]
+        action: CcAction,
+        /// The running node's HTTP API.
+        #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"), global = true)]
+        node: String,
+    },
+    /// Print the running node's peers and their TCP state, like `ss -ti`.
+    Peers {
+        /// The running node's HTTP API.
+        #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
+        node: String,
+    },
+    /// Run a libp2p perf transfer from a running node to one of its peers.
+    Perf {
+        /// PeerId of the remote (must be connected).
+        peer: String,
+        /// Bytes to upload.
+        #[arg(long, default_value_t = 0)]
+        upload: u64,
+        /// Bytes to download.
+        #[arg(long, default_value_t = 0)]
+        download: u64,
+        /// The running node's HTTP API.
+        #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CcAction {
+    /// The node's algorithm and the ones available.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001.
+    #[arg(long, required = true)]
+    pub listen: Vec<Multiaddr>,
+    /// Peer to connect to (repeatable), a full multiaddr ending in /p2p/<PeerId>.
+    #[arg(long)]
+    pub peer: Vec<Multiaddr>,
+    /// Congestion control for every TCP connection of the node (default: the kernel's default).
+    #[arg(long)]
+    pub cc: Option<String>,
+    /// HTTP API, /metrics and live page.
+    #[arg(long, default_value = DEFAULT_HTTP)]
+    pub http: SocketAddr,
+    /// Identity key file; created (mode 0600) if absent. Without it the identity is ephemeral.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Observe every TCP socket on the host, not only the node's own.
+    #[arg(long)]
+    pub observe_all: bool,
+    /// Exit if the eBPF programs cannot be loaded, instead of running without telemetry.
+    #[arg(long)]
+    pub require_ebpf: bool,
+    /// Close connections without open streams after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+}

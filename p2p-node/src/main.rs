@@ -1,0 +1,235 @@
+//! The `p2p-node` binary: command line and wiring (see the library for the parts).
+
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use libp2p::identity::Keypair;
+use prometheus_client::registry::Registry;
+
+use p2p_node::{
+    cc,
+    cli::{CcAction, Cli, Command, RunArgs},
+    ebpf, http, node,
+    sockets::SocketTable,
+    telemetry,
+};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p_swarm=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Cc { action: CcAction::List, node } => {
+                print!("{}", client_get(&node, "/api/cc").await?);
+                Ok(())
+            }
+            Command::Peers { node } => peers_table(&node).await,
+            Command::Perf { peer, upload, download, node } => {
+                let body = serde_json::json!({ "peer": peer, "upload_bytes": upload, "download_bytes": download });
+                print!("{}", client_send(&node, "POST", "/api/perf", &body.to_string()).await?);
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(name) = &args.cc {
+        cc::validate(name)?;
+    }
+    let key = match &args.key {
+        Some(path) => load_or_create_key(path)?,
+        None => Keypair::generate_ed25519(),
+    };
+
+    // eBPF: load the probes, or run without telemetry and say why in one sentence.
+    let probes = match ebpf::preflight().and_then(|_| ebpf::Probes::load()) {
+        Ok(probes) => Some(Arc::new(probes)),
+        Err(e) if args.require_ebpf => return Err(e.into()),
+        Err(e) => {
+            eprintln!("warning: running without TCP telemetry: {}", error_chain(&e));
+            None
+        }
+    };
+    let ebpf_status = match &probes {
+        Some(p) => {
+            p.set_observe_all(args.observe_all).context("configuring the probes")?;
+            SocketTable::global().set_observer(p.clone());
+            "loaded".to_owned()
+        }
+        None => "not loaded (see the node's log)".to_owned(),
+    };
+    SocketTable::global().set_algorithm(args.cc.clone());
+
+    let mut registry = Registry::default();
+    let config = node::Config {
+        listen: args.listen.clone(),
+        peers: args.peer.clone(),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        ..Default::default()
+    };
+    let client = node::spawn(key, config, &mut registry)?;
+    registry
+        .sub_registry_with_prefix("p2pcc")
+        .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(probes.clone())));
+
+    let state = http::AppState {
+        client,
+        registry: Arc::new(registry),
+        telemetry: telemetry::Telemetry { probes },
+        ebpf_status: Arc::new(ebpf_status),
+    };
+    eprintln!("HTTP API and metrics on http://{}/", args.http);
+    tokio::select! {
+        result = http::serve(args.http, state) => result,
+        () = shutdown_signal() => {
+            eprintln!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Reads the node's identity, or creates it with owner-only permissions.
+fn load_or_create_key(path: &Path) -> anyhow::Result<Keypair> {
+    match fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("{} is not a libp2p key file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().context("encoding the new key")?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating key file {}", path.display()))?;
+            file.write_all(&bytes)?;
+            eprintln!("created a new identity in {}", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading key file {}", path.display())),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A minimal HTTP/1.1 client for the node's own API (plain text, loopback by default).
+async fn client_send(node: &str, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = node
+        .strip_prefix("http://")
+        .with_context(|| format!("--node must be an http:// URL, got {node:?}"))?
+        .trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to the node at {node} (is it running?)"))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let status = head.lines().next().unwrap_or_default();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    if !status.contains(" 200 ") {
+        bail!("{status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+async fn client_get(node: &str, path: &str) -> anyhow::Result<String> {
+    client_send(node, "GET", path, "").await
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+async fn peers_table(node: &str) -> anyhow::Result<()> {
+    let body = client_get(node, "/api/peers").await?;
+    let peers: Vec<serde_json::Value> = serde_json::from_str(&body).context("decoding /api/peers")?;
+    println!(
+        "{:<54} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7}",
+        "PEER", "CC", "REMOTE", "CWND", "SRTT(ms)", "MINRTT", "PACING(B/s)", "ACKED(B)", "RETRANS"
+    );
+    for p in peers {
+        let t = &p["tcp"];
+        let ms = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |s| format!("{:.2}", s * 1e3));
+        let num = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
+        println!(
+            "{:<54} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7}",
+            p["peer_id"].as_str().unwrap_or("?"),
+            p["algorithm"].as_str().unwrap_or("?"),
+            p["remote"].as_str().unwrap_or("?"),
+            num(&t["cwnd_segments"]),
+            ms(&t["srtt_seconds"]),
+            ms(&t["min_rtt_seconds"]),
+            num(&t["pacing_rate_bytes_per_second"]),
+            num(&t["bytes_acked"]),
+            num(&t["retransmitted_segments"]),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The node's TCP sockets: cookie → (PeerId, addresses, algorithm), the join every other part reads.
+//!
+//! The TCP transport hook (`node::transport`) registers every socket the node makes or accepts,
+//! identified by its socket cookie (`SO_COOKIE`, the same id the eBPF probes see). The PeerId is
+//! bound once the noise handshake on that socket authenticates the remote. The entry is removed
+//! when the socket is dropped. libp2p-tcp's `Provider` trait has no `self`, so the table is one
+//! per process ([`SocketTable::global`]).
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, BorrowedFd},
+    sync::{Arc, Mutex, OnceLock, RwLock},
+    time::SystemTime,
+};
+
+use libp2p::PeerId;
+use serde::Serialize;
+
+/// Sockets the node keeps at once; more are refused at the transport. Above the connection
+/// limits (1024 inbound + 512 outbound established, plus pending handshakes).
+pub const MAX_SOCKETS: usize = 4096;
+
+/// Who opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// One of the node's TCP sockets.
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketInfo {
+    pub cookie: u64,
+    /// Set once the noise handshake authenticated the remote.
+    #[serde(serialize_with = "ser_peer")]
+    pub peer: Option<PeerId>,
+    pub direction: Direction,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The congestion control the socket runs (`TCP_CONGESTION`).
+    pub algorithm: String,
+    /// Unix time the socket was registered, seconds.
+    pub opened_unix_s: u64,
+}
+
+fn ser_peer<S: serde::Serializer>(peer: &Option<PeerId>, s: S) -> Result<S::Ok, S::Error> {
+    match peer {
+        Some(p) => s.serialize_str(&p.to_base58()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Told when sockets come and go (the eBPF side starts and stops tracking them).
+pub trait SocketObserver: Send + Sync {
+    fn opened(&self, cookie: u64);
+    fn closed(&self, cookie: u64);
+}
+
+/// The process's socket table and the algorithm new sockets get.
+pub struct SocketTable {
+    sockets: Mutex<HashMap<u64, SocketInfo>>,
+    algorithm: RwLock<Option<String>>,
+    observer: RwLock<Option<Arc<dyn SocketObserver>>>,
+}
+
+impl SocketTable {
+    /// The table of this process.
+    pub fn global() -> &'static SocketTable {
+        static TABLE: OnceLock<SocketTable> = OnceLock::new();
+        TABLE.get_or_init(|| SocketTable {
+            sockets: Mutex::new(HashMap::new()),
+            algorithm: RwLock::new(None),
+            observer: RwLock::new(None),
+        })
+    }
+
+    /// Sets the congestion control for sockets registered from now on (`None`: kernel default).
+    pub fn set_algorithm(&self, algorithm: Option<String>) {
+        *self.algorithm.write().expect("lock poisoned") = algorithm;
+    }
+
+    pub fn algorithm(&self) -> Option<String> {
+        self.algorithm.read().expect("lock poisoned").clone()
+    }
+
+    pub fn set_observer(&self, observer: Arc<dyn SocketObserver>) {
+        *self.observer.write().expect("lock poisoned") = Some(observer);
+    }
+
+    /// Registers a new socket: applies the node's algorithm, records the cookie. Errors refuse
+    /// the connection (table full, or the algorithm cannot be set).
+    pub fn register(
+        &self,
+        fd: BorrowedFd<'_>,
+        direction: Direction,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> io::Result<u64> {
+        if let Some(name) = self.algorithm() {
+            set_congestion(fd, &name)?;
+        }
+        let algorithm = congestion(fd)?;
+        let cookie = cookie(fd)?;
+        {
+            let mut sockets = self.sockets.lock().expect("lock poisoned");
+            if sockets.len() >= MAX_SOCKETS {
+                return Err(io::Error::other(format!(
+                    "socket table full ({MAX_SOCKETS} sockets)"
+                )));
+            }
+            sockets.insert(
+                cookie,
+                SocketInfo {
+                    cookie,
+                    peer: None,
+                    direction,
+                    local,
+                    remote,
+                    algorithm,
+                    opened_unix_s: SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                },
+            );
+        }
+        if let Some(observer) = self.observer.read().expect("lock poisoned").as_ref() {
+            observer.opened(cookie);
+        }
+        Ok(cookie)
+    }
+
+    /// Binds the authenticated PeerId to the socket.
+    pub fn bind_peer(&self, cookie: u64, peer: PeerId) {
+        if let Some(s) = self.sockets.lock().expect("lock poisoned").get_mut(&cookie) {
+            s.peer = Some(peer);
+        }
+    }
+
+    /// Records that a socket now runs `algorithm`.
+    pub fn set_socket_algorithm(&self, cookie: u64, algorithm: &str) {
+        if let Some(s) = self.sockets.lock().expect("lock poisoned").get_mut(&cookie) {
+            s.algorithm = algorithm.to_owned();
+        }
+    }
+
+    /// Removes a socket (it was dropped).
+    pub fn unregister(&self, cookie: u64) {
+        let removed = self
+            .sockets
+            .lock()
+            .expect("lock poisoned")
+            .remove(&cookie)
+            .is_some();
+        if removed {
+            if let Some(observer) = self.observer.read().expect("lock poisoned").as_ref() {
+                observer.closed(cookie);
+            }
+        }
+    }
+
+    /// A copy of every entry.
+    pub fn snapshot(&self) -> Vec<SocketInfo> {
+        self.sockets
+            .lock()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<SocketInfo> {
+        self.sockets
+            .lock()
+            .expect("lock poisoned")
+            .get(&cookie)
+            .cloned()
+    }
+}
+
+/// `setsockopt(TCP_CONGESTION)`.
+pub fn set_congestion(fd: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    // SAFETY: valid fd; the option value is a byte buffer of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(
+            e.kind(),
+            format!("setting TCP_CONGESTION to {name:?}: {e}"),
+        ))
+    }
+}
+
+/// `getsockopt(TCP_CONGESTION)`.
+pub fn congestion(fd: BorrowedFd<'_>) -> io::Result<String> {
+    let mut buf = [0u8; 16];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: valid fd; buffer and length describe writable memory.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bytes = &buf[..len as usize];
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+/// `getsockopt(SO_COOKIE)`: the socket's id, as tracepoints and `ss -e` report it.
+pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd; `cookie` is a writable u64 of the given length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The kernel's `struct tcp_info` (uapi `linux/tcp.h`), up to `tcpi_snd_wnd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpInfo {
+    pub state: u8,
+    pub ca_state: u8,
+    pub retransmits: u8,
+    pub probes: u8,
+    pub backoff: u8,
+    pub options: u8,
+    pub wscale: u8,
+    pub flags: u8,
+    pub rto: u32,
+    pub ato: u32,
+    pub snd_mss: u32,
+    pub rcv_mss: u32,
+    pub unacked: u32,
+    pub sacked: u32,
+    pub lost: u32,
+    pub retrans: u32,
+    pub fackets: u32,
+    pub last_data_sent: u32,
+    pub last_ack_sent: u32,
+    pub last_data_recv: u32,
+    pub last_ack_recv: u32,
+    pub pmtu: u32,
+    pub rcv_ssthresh: u32,
+    pub rtt_us: u32,
+    pub rttvar_us: u32,
+    pub snd_ssthresh: u32,
+    pub snd_cwnd: u32,
+    pub advmss: u32,
+    pub reordering: u32,
+    pub rcv_rtt: u32,
+    pub rcv_space: u32,
+    pub total_retrans: u32,
+    pub pacing_rate: u64,
+    pub max_pacing_rate: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub segs_out: u32,
+    pub segs_in: u32,
+    pub notsent_bytes: u32,
+    pub min_rtt_us: u32,
+    pub data_segs_in: u32,
+    pub data_segs_out: u32,
+    pub delivery_rate: u64,
+    pub busy_time: u64,
+    pub rwnd_limited: u64,
+    pub sndbuf_limited: u64,
+    pub delivered: u32,
+    pub delivered_ce: u32,
+    pub bytes_sent: u64,
+    pub bytes_retrans: u64,
+    pub dsack_dups: u32,
+    pub reord_seen: u32,
+    pub rcv_ooopack: u32,
+    pub snd_wnd: u32,
+}
+
+/// `getsockopt(TCP_INFO)`.
+pub fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
+    let mut info = TcpInfo::default();
+    let mut len = size_of::<TcpInfo>() as libc::socklen_t;
+    // SAFETY: valid fd; `info` is writable and `len` its size; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(info)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn cookie_congestion_and_tcp_info_on_a_loopback_pair() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let a = cookie(client.as_fd()).unwrap();
+        let b = cookie(server.as_fd()).unwrap();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(cookie(client.as_fd()).unwrap(), a, "a cookie is stable");
+        set_congestion(client.as_fd(), "reno").unwrap();
+        assert_eq!(congestion(client.as_fd()).unwrap(), "reno");
+        let err = set_congestion(client.as_fd(), "no-such-cc").unwrap_err();
+        assert!(err.to_string().contains("no-such-cc"), "{err}");
+        let info = tcp_info(client.as_fd()).unwrap();
+        assert_eq!(info.state, 1, "TCP_ESTABLISHED");
+        assert!(info.snd_cwnd >= 1);
+    }
+}

@@ -1,0 +1,79 @@
+//! Running external commands: the one place that prints a command, runs it and names it when it
+//! fails, so every error from xtask says which command to re-run by hand.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Runs `cmd` with the terminal as its stdin/stdout/stderr, after printing it.
+///
+/// Fails when the command cannot be started or exits unsuccessfully; the error names the command.
+pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let line = describe(cmd);
+    println!("$ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` quietly and returns its stdout: for queries (`dpkg-query`, `ip netns list`, ...)
+/// whose output xtask reads and whose echo would only be noise.
+///
+/// Fails like [`exec`], with the command's stderr in the error.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let line = describe(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!("`{line}` failed: {}: {}", out.status, stderr.trim());
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
+}
+
+/// The command as a shell line: environment overrides first, then program and arguments.
+pub fn describe(cmd: &Command) -> String {
+    let mut words = Vec::new();
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => words.push(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            )),
+            // `env -u` is how a shell user would remove it, so say it that way.
+            None => words.push(format!("env -u {}", key.to_string_lossy())),
+        }
+    }
+    words.push(cmd.get_program().to_string_lossy().into_owned());
+    words.extend(cmd.get_args().map(|arg| arg.to_string_lossy().into_owned()));
+    if let Some(dir) = cmd.get_current_dir() {
+        format!("(cd {} && {})", dir.display(), words.join(" "))
+    } else {
+        words.join(" ")
+    }
+}
+
+/// Whether xtask runs as root: installing packages, mounting and network namespaces need it.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The workspace root (the directory above `xtask/`), where cargo commands run.
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}

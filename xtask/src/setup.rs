@@ -1,0 +1,244 @@
+//! `cargo xtask setup`: installs what building and testing need, and does nothing when it is all
+//! there (`test` and `run` call it first, so the no-op path must stay fast: only queries).
+
+use std::{env, fs, path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::exec::{exec, is_root, output};
+
+/// Debian packages the project needs:
+/// - `llvm-22-dev`, `libpolly-22-dev`, `libzstd-dev`, `zlib1g-dev`: bpf-linker links against
+///   LLVM 22, the same major as rustc's LLVM, so the bitcode it reads is one it understands;
+/// - `iproute2` (ip, tc), `iptables`: the testbed (namespaces, veth, tbf, NFQUEUE delay);
+/// - `bpftool`: inspecting loaded programs and their run time (`bpf_stats_enabled`);
+/// - `iperf3`: reference traffic with a chosen congestion control (`-C`);
+/// - `prometheus`: provides `promtool`, which checks the exported metrics text.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "bpftool",
+    "iperf3",
+    "iptables",
+    "prometheus",
+];
+
+/// The oldest bpf-linker that works with LLVM 22 and the nightly's bitcode.
+const BPF_LINKER_MIN: (u32, u32) = (0, 13);
+
+/// Where Debian's LLVM 22 keeps `llvm-config`; bpf-linker's build finds LLVM through it.
+const LLVM_22_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// Runs every step and prints the elapsed time.
+pub fn run() -> anyhow::Result<()> {
+    let started = Instant::now();
+    nightly_rust_src()?;
+    debian_packages()?;
+    bpf_linker()?;
+    mount_if_missing("bpffs", "bpf", "/sys/fs/bpf")?;
+    mount_if_missing("tracefs", "tracefs", "/sys/kernel/tracing")?;
+    println!("[setup] done in {:.2?}", started.elapsed());
+    Ok(())
+}
+
+/// The eBPF crate builds with the nightly and `-Z build-std=core`, which needs the std sources.
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    match installed {
+        Ok(components) if components.lines().any(|line| line.trim() == "rust-src") => {
+            println!("[setup] rust-src for nightly: present");
+        }
+        Ok(_) => {
+            println!("[setup] rust-src for nightly: installing");
+            exec(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+        // `rustup component list` fails when the toolchain itself is not installed.
+        Err(_) => {
+            println!("[setup] nightly toolchain: installing (with rust-src)");
+            exec(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "-c",
+                "rust-src",
+            ]))?;
+        }
+    }
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !dpkg_installed(package))
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "[setup] Debian packages ({}): present",
+            DEBIAN_PACKAGES.len()
+        );
+        return Ok(());
+    }
+    let missing_list = missing.join(" ");
+    println!("[setup] Debian packages {missing_list}: installing");
+
+    let has_apt = Command::new("apt-get").arg("--version").output().is_ok();
+    if !is_root() || !has_apt {
+        bail!(
+            "missing Debian packages: {missing_list}; install them as root with:\n  \
+             apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+             --no-install-recommends {missing_list}"
+        );
+    }
+    // The update is required, not a courtesy: llvm-22-dev is only visible after it.
+    exec(Command::new("apt-get").arg("update"))?;
+    exec(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+/// Whether dpkg reports `package` as fully installed (a removed package keeps a status entry
+/// like `deinstall ok config-files`, so the whole status string is compared).
+fn dpkg_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|status| status.trim() == "install ok installed")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let found = bpf_linker_candidates()
+        .into_iter()
+        .find_map(|program| bpf_linker_version(&program).map(|version| (program, version)));
+    match found {
+        Some((program, version)) if version >= BPF_LINKER_MIN => {
+            println!(
+                "[setup] bpf-linker: present ({program} {}.{})",
+                version.0, version.1
+            );
+            return Ok(());
+        }
+        Some((program, version)) => {
+            println!(
+                "[setup] bpf-linker: {program} is {}.{}, too old: installing",
+                version.0, version.1
+            );
+        }
+        None => println!("[setup] bpf-linker: installing (about 3 minutes)"),
+    }
+    // LLVM 22's bin first on PATH: otherwise the build finds Debian's default LLVM 14 through
+    // `llvm-config` and fails to link `-lLLVM`. `--force` replaces a binary that exists but
+    // does not run or is too old (cargo would otherwise call it "already installed").
+    let path = match env::var_os("PATH") {
+        Some(path) => format!("{LLVM_22_BIN}:{}", path.to_string_lossy()),
+        None => LLVM_22_BIN.to_owned(),
+    };
+    exec(
+        Command::new("cargo")
+            .env("PATH", path)
+            .args(["install", "bpf-linker", "--version", "^0.13", "--force"])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
+}
+
+/// `bpf-linker` from PATH, then from cargo's bin directory (which may not be on PATH for root).
+fn bpf_linker_candidates() -> Vec<String> {
+    let mut candidates = vec!["bpf-linker".to_owned()];
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    if let Some(cargo_home) = cargo_home {
+        candidates.push(
+            cargo_home
+                .join("bin/bpf-linker")
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    candidates
+}
+
+/// The (major, minor) version `program --version` reports, or `None` when it does not run.
+fn bpf_linker_version(program: &str) -> Option<(u32, u32)> {
+    let text = output(Command::new(program).arg("--version")).ok()?;
+    parse_version(&text)
+}
+
+/// Parses `bpf-linker 0.13.0` into `(0, 13)`.
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let version = text.split_whitespace().nth(1)?;
+    let mut numbers = version.split('.');
+    let major = numbers.next()?.parse().ok()?;
+    let minor = numbers.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Mounts `fstype` at `mount_point` unless it is already mounted there: aya pins maps in bpffs,
+/// and tracepoint programs look up their ids in tracefs.
+fn mount_if_missing(name: &str, fstype: &str, mount_point: &str) -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if is_mounted(&mounts, fstype, mount_point) {
+        println!("[setup] {name} at {mount_point}: mounted");
+        return Ok(());
+    }
+    if !is_root() {
+        println!("[setup] {name} at {mount_point}: not mounted, needs root (skipped)");
+        return Ok(());
+    }
+    println!("[setup] {name} at {mount_point}: mounting");
+    exec(Command::new("mount").args(["-t", fstype, fstype, mount_point]))
+}
+
+/// Whether a `/proc/mounts` line mounts `fstype` at `mount_point` (fields: source, target, type).
+fn is_mounted(mounts: &str, fstype: &str, mount_point: &str) -> bool {
+    mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&mount_point) && fields.get(2) == Some(&fstype)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bpf_linker_versions() {
+        assert_eq!(parse_version("bpf-linker 0.13.0\n"), Some((0, 13)));
+        assert_eq!(parse_version("bpf-linker 0.9.14"), Some((0, 9)));
+        assert_eq!(parse_version("bpf-linker"), None);
+        assert_eq!(parse_version("bpf-linker x.y"), None);
+        assert!((0, 9) < BPF_LINKER_MIN && (1, 0) >= BPF_LINKER_MIN);
+    }
+
+    #[test]
+    fn finds_mounts_by_type_and_target() {
+        let mounts = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n";
+        assert!(is_mounted(mounts, "bpf", "/sys/fs/bpf"));
+        assert!(!is_mounted(mounts, "tracefs", "/sys/kernel/tracing"));
+        // A different filesystem at the same place is not a bpffs.
+        assert!(!is_mounted(
+            "tmpfs /sys/fs/bpf tmpfs rw 0 0\n",
+            "bpf",
+            "/sys/fs/bpf"
+        ));
+    }
+}

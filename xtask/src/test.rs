@@ -1,0 +1,162 @@
+//! `cargo xtask test`: the three test tiers in order, cheapest first, so a broken unit test fails
+//! in seconds instead of after the kernel tests.
+//!
+//! 1. unit tests of the workspace (`--lib --bins`: no kernel needed);
+//! 2. host tests of the eBPF crate's pure code (`cc-ebpf`, on its own nightly toolchain);
+//! 3. real-kernel integration tests of p2p-node (root; single-threaded because they share kernel
+//!    state: registered congestion controls, pinned maps, namespaces).
+
+use std::{
+    env, fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    exec::{exec, is_root, workspace_root},
+    netns, setup,
+};
+
+/// Where the kernel tests may pin maps and links; removed before and after them.
+const BPFFS_PIN_DIR: &str = "/sys/fs/bpf/p2p-cc";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Run only the unit tiers (workspace and eBPF host tests), not the real-kernel tests.
+    #[arg(long)]
+    unit_only: bool,
+    /// Passed to every test harness, e.g. a test name filter or `--ignored`.
+    #[arg(last = true)]
+    harness_args: Vec<String>,
+}
+
+/// How one stage ended, for the summary.
+struct Stage {
+    name: &'static str,
+    outcome: String,
+    took: Duration,
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    setup::run()?;
+    let root = workspace_root();
+    let mut stages = Vec::new();
+
+    let result = run_stages(&root, options, &mut stages);
+    // The summary is printed on failure too: it says which stage broke and what already passed.
+    println!("[test] summary:");
+    for stage in &stages {
+        println!(
+            "[test]   {:<28} {:<40} {:>8.1?}",
+            stage.name, stage.outcome, stage.took
+        );
+    }
+    result
+}
+
+fn run_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
+    stage(stages, "unit tests (workspace)", || {
+        exec(
+            Command::new("cargo")
+                .current_dir(root)
+                .args(["test", "--workspace", "--lib", "--bins", "--"])
+                .args(&options.harness_args),
+        )?;
+        Ok("passed".to_owned())
+    })?;
+
+    stage(stages, "host tests (cc-ebpf)", || {
+        // Without RUSTUP_TOOLCHAIN (set by the rustup proxy that started xtask on stable),
+        // rustup reads cc-ebpf/rust-toolchain.toml and uses its nightly.
+        exec(
+            Command::new("cargo")
+                .current_dir(root.join("cc-ebpf"))
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .args(["test", "--lib", "--"])
+                .args(&options.harness_args),
+        )?;
+        Ok("passed".to_owned())
+    })?;
+
+    stage(stages, "kernel tests (p2p-node)", || {
+        if options.unit_only {
+            return Ok("skipped: --unit-only".to_owned());
+        }
+        // A developer may skip them with a reason; CI must not pass without having run them.
+        let skip_reason = if !is_root() {
+            Some("not root (they need BPF and network namespaces)")
+        } else if !has_integration_tests(&root.join("p2p-node/tests")) {
+            // `cargo test --test '*'` would fail with "no test target matches pattern".
+            Some("p2p-node has no integration tests (p2p-node/tests/*.rs)")
+        } else {
+            None
+        };
+        if let Some(reason) = skip_reason {
+            if env::var_os("CI").is_some() {
+                bail!("cannot run the kernel tests: {reason}; CI is set, so this is a failure");
+            }
+            println!("[test] kernel tests skipped: {reason}");
+            return Ok(format!("skipped: {reason}"));
+        }
+        clean_kernel_leftovers()?;
+        let result = exec(
+            Command::new("cargo")
+                .current_dir(root)
+                .args(["test", "-p", "p2p-node", "--test", "*", "--"])
+                .args(["--test-threads=1", "--nocapture"])
+                .args(&options.harness_args),
+        );
+        // Cleaned after a failure too: a failed test is the likeliest one to leave things behind.
+        let cleaned = clean_kernel_leftovers();
+        result?;
+        cleaned?;
+        Ok("passed".to_owned())
+    })
+}
+
+/// Runs one stage, prints its result line and records it for the summary.
+fn stage(
+    stages: &mut Vec<Stage>,
+    name: &'static str,
+    body: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    println!("[test] {name}: running");
+    let started = Instant::now();
+    let result = body();
+    let took = started.elapsed();
+    let outcome = match &result {
+        Ok(outcome) => outcome.clone(),
+        Err(_) => "FAILED".to_owned(),
+    };
+    println!("[test] {name}: {outcome} ({took:.1?})");
+    stages.push(Stage {
+        name,
+        outcome,
+        took,
+    });
+    result.map(drop)
+}
+
+/// Whether `dir` holds a test target (`*.rs`; cargo also accepts `<name>/main.rs`).
+fn has_integration_tests(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        path.extension().is_some_and(|ext| ext == "rs") || path.join("main.rs").is_file()
+    })
+}
+
+/// Removes what kernel tests leave when they crash: `p2pcc-*` namespaces and the pin directory.
+fn clean_kernel_leftovers() -> anyhow::Result<()> {
+    netns::delete_leftovers()?;
+    if Path::new(BPFFS_PIN_DIR).exists() {
+        println!("[test] removing {BPFFS_PIN_DIR}");
+        fs::remove_dir_all(BPFFS_PIN_DIR).with_context(|| format!("removing {BPFFS_PIN_DIR}"))?;
+    }
+    Ok(())
+}
