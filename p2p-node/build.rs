@@ -20,20 +20,35 @@ const OBJECTS: &[&str] = &["probes"];
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.parent().context("p2p-node sits in the workspace")?;
+    let root = manifest_dir
+        .parent()
+        .context("p2p-node sits in the workspace")?;
     let ebpf_dir = root.join("cc-ebpf");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
-    for path in ["cc-ebpf/src", "cc-ebpf/Cargo.toml", "cc-ebpf/Cargo.lock", "cc-ebpf/build.rs", "cc-ebpf-common/src"] {
+    for path in [
+        "cc-ebpf/src",
+        "cc-ebpf/Cargo.toml",
+        "cc-ebpf/Cargo.lock",
+        "cc-ebpf/build.rs",
+        "cc-ebpf-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     println!("cargo:rerun-if-changed={}", btf::VMLINUX_BTF);
 
     let kernel_btf = btf::Btf::from_sys_fs().context("generating the kernel layout")?;
     let layout_file = out_dir.join("kernel_layout.rs");
-    fs::write(&layout_file, layout::generate(&kernel_btf, btf::VMLINUX_BTF)?)?;
+    fs::write(
+        &layout_file,
+        layout::generate(&kernel_btf, btf::VMLINUX_BTF)?,
+    )?;
 
-    build_ebpf(&ebpf_dir, &root.join("target").join("cc-ebpf"), &layout_file)?;
+    build_ebpf(
+        &ebpf_dir,
+        &root.join("target").join("cc-ebpf"),
+        &layout_file,
+    )?;
     let built = root.join("target/cc-ebpf/bpfel-unknown-none/release");
     for object in OBJECTS {
         let from = built.join(object);
@@ -46,7 +61,15 @@ fn main() -> anyhow::Result<()> {
 fn build_ebpf(ebpf_dir: &Path, target_dir: &Path, layout_file: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(ebpf_dir)
-        .args(["build", "--release", "--bins", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--release",
+            "--bins",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--target-dir")
         .arg(target_dir)
         .env("P2PCC_KERNEL_LAYOUT", layout_file);
@@ -78,5 +101,7 @@ fn build_ebpf(ebpf_dir: &Path, target_dir: &Path, layout_file: &Path) -> anyhow:
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?).map(|dir| dir.join(program)).find(|p| p.is_file())
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }

@@ -145,7 +145,9 @@ pub struct Btf {
 
 impl fmt::Debug for Btf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Btf").field("types", &self.type_offsets.len()).finish()
+        f.debug_struct("Btf")
+            .field("types", &self.type_offsets.len())
+            .finish()
     }
 }
 
@@ -445,7 +447,13 @@ mod tests {
         let mut out = vec![];
         out.extend(BTF_MAGIC.to_ne_bytes());
         out.extend([1u8, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend(w.to_ne_bytes());
         }
         out.extend(types);

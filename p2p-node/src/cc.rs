@@ -9,7 +9,8 @@ const DEFAULT: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
 
 /// Algorithms the kernel offers now (built-in ones and registered struct_ops ones).
 pub fn available() -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(AVAILABLE).with_context(|| format!("reading {AVAILABLE}"))?;
+    let text =
+        std::fs::read_to_string(AVAILABLE).with_context(|| format!("reading {AVAILABLE}"))?;
     Ok(text.split_whitespace().map(str::to_owned).collect())
 }
 

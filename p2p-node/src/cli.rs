@@ -9,7 +9,11 @@ use libp2p::Multiaddr;
 pub const DEFAULT_HTTP: &str = "127.0.0.1:9464";
 
 #[derive(Debug, Parser)]
-#[command(name = "p2p-node", version, about = "A libp2p node with eBPF congestion control and per-peer TCP telemetry")]
+#[command(
+    name = "p2p-node",
+    version,
+    about = "A libp2p node with eBPF congestion control and per-peer TCP telemetry"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -43,11 +43,18 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+            .into_response(),
     }
 }
 
@@ -82,7 +89,12 @@ async fn node(State(state): State<AppState>) -> Response {
                     .telemetry
                     .probes
                     .as_ref()
-                    .map(|p| p.programs().iter().map(|&(name, id)| ProgramStatus { name, id }).collect())
+                    .map(|p| {
+                        p.programs()
+                            .iter()
+                            .map(|&(name, id)| ProgramStatus { name, id })
+                            .collect()
+                    })
                     .unwrap_or_default(),
             },
         })
@@ -97,7 +109,10 @@ async fn peers(State(state): State<AppState>) -> Json<Vec<telemetry::PeerConnect
 
 async fn get_cc() -> Response {
     match cc::available() {
-        Ok(available) => Json(serde_json::json!({ "algorithm": cc::current(), "available": available })).into_response(),
+        Ok(available) => {
+            Json(serde_json::json!({ "algorithm": cc::current(), "available": available }))
+                .into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
     }
 }
@@ -113,9 +128,17 @@ struct PerfRequest {
 
 async fn perf(State(state): State<AppState>, Json(req): Json<PerfRequest>) -> Response {
     let Ok(peer) = req.peer.parse() else {
-        return (StatusCode::BAD_REQUEST, format!("{:?} is not a PeerId", req.peer)).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a PeerId", req.peer),
+        )
+            .into_response();
     };
-    match state.client.perf(peer, req.upload_bytes, req.download_bytes).await {
+    match state
+        .client
+        .perf(peer, req.upload_bytes, req.download_bytes)
+        .await
+    {
         Ok(report) => Json(report).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e:#}")).into_response(),
     }

@@ -1,12 +1,7 @@
 //! The `p2p-node` binary: command line and wiring (see the library for the parts).
 
 use std::{
-    fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
-    path::Path,
-    sync::Arc,
-    time::Duration,
+    fs, io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path, sync::Arc, time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -31,7 +26,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -76,13 +74,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(probes) => Some(Arc::new(probes)),
         Err(e) if args.require_ebpf => return Err(e.into()),
         Err(e) => {
-            eprintln!("warning: running without TCP telemetry: {}", error_chain(&e));
+            eprintln!(
+                "warning: running without TCP telemetry: {}",
+                error_chain(&e)
+            );
             None
         }
     };
     let ebpf_status = match &probes {
         Some(p) => {
-            p.set_observe_all(args.observe_all).context("configuring the probes")?;
+            p.set_observe_all(args.observe_all)
+                .context("configuring the probes")?;
             SocketTable::global().set_observer(p.clone());
             "loaded".to_owned()
         }
@@ -100,7 +102,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = node::spawn(key, config, &mut registry)?;
     registry
         .sub_registry_with_prefix("p2pcc")
-        .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(probes.clone())));
+        .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(
+            probes.clone(),
+        )));
 
     let state = http::AppState {
         client,
@@ -177,9 +181,14 @@ async fn client_send(node: &str, method: &str, path: &str, body: &str) -> anyhow
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
     let status = head.lines().next().unwrap_or_default();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -197,7 +206,9 @@ async fn client_get(node: &str, path: &str) -> anyhow::Result<String> {
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -209,14 +220,16 @@ fn dechunk(mut body: &str) -> String {
 
 async fn peers_table(node: &str) -> anyhow::Result<()> {
     let body = client_get(node, "/api/peers").await?;
-    let peers: Vec<serde_json::Value> = serde_json::from_str(&body).context("decoding /api/peers")?;
+    let peers: Vec<serde_json::Value> =
+        serde_json::from_str(&body).context("decoding /api/peers")?;
     println!(
         "{:<54} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7}",
         "PEER", "CC", "REMOTE", "CWND", "SRTT(ms)", "MINRTT", "PACING(B/s)", "ACKED(B)", "RETRANS"
     );
     for p in peers {
         let t = &p["tcp"];
-        let ms = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |s| format!("{:.2}", s * 1e3));
+        let ms =
+            |v: &serde_json::Value| v.as_f64().map_or("-".into(), |s| format!("{:.2}", s * 1e3));
         let num = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
         println!(
             "{:<54} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7}",

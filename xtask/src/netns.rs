@@ -21,11 +21,17 @@ pub fn delete_leftovers() -> anyhow::Result<()> {
         }
     }
     for link in link_names(&output(Command::new("ip").args(["-o", "link", "show"]))?) {
-        if link.starts_with(PREFIX) {
+        // Re-checked because deleting one end of a veth pair also deletes the other.
+        if link.starts_with(PREFIX) && link_exists(link) {
             exec(Command::new("ip").args(["link", "del", link]))?;
         }
     }
     Ok(())
+}
+
+/// Whether the init namespace has a link named `name`.
+pub fn link_exists(name: &str) -> bool {
+    output(Command::new("ip").args(["link", "show", name])).is_ok()
 }
 
 /// Namespace names from `ip netns list`, whose lines read `name` or `name (id: 3)`.

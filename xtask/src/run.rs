@@ -38,7 +38,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    exec::{exec, is_root, output, workspace_root},
+    exec::{exec, is_root, workspace_root},
     netns, setup,
 };
 
@@ -60,6 +60,8 @@ const HTTP_PORT: u16 = 9464;
 const TBF: &[&str] = &[
     "tbf", "rate", "100mbit", "burst", "32kbit", "limit", "2000000",
 ];
+/// Names this run's directory in the temporary directory, for the HTTP token file.
+const TOKEN_DIR_PREFIX: &str = "p2pcc-run-";
 /// How long node 1 may take to print its listen address (a first start loads eBPF programs).
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the nodes get to exit after SIGTERM before they are killed.
@@ -86,12 +88,18 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     setup::run()?;
     let root = workspace_root();
-    let _ = &root; let binary = PathBuf::from("/tmp/fakenode");
+    exec(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "p2p-node"]),
+    )?;
+    let binary = target_dir(&root).join("release/p2p-node");
 
     // From here on a Ctrl-C must not kill xtask before the guard has removed the testbed.
     install_stop_handler()?;
     println!("[run] removing leftovers of earlier runs");
     netns::delete_leftovers()?;
+    delete_leftover_token_dirs()?;
 
     let mut testbed = Testbed::default();
     println!(
@@ -134,6 +142,28 @@ fn algorithms(options: &Options) -> Vec<&str> {
     (1..=options.nodes)
         .map(|i| options.cc[usize::from(i - 1) % options.cc.len()].as_str())
         .collect()
+}
+
+/// The directory of one run's HTTP token file, in the temporary directory.
+fn token_dir(pid: u32) -> PathBuf {
+    env::temp_dir().join(format!("{TOKEN_DIR_PREFIX}{pid}"))
+}
+
+/// Removes token directories of runs that were killed before their cleanup could run. Two runs
+/// cannot share the testbed's names, so any such directory belongs to a dead run.
+fn delete_leftover_token_dirs() -> anyhow::Result<()> {
+    let temp = env::temp_dir();
+    for entry in fs::read_dir(&temp).with_context(|| format!("listing {}", temp.display()))? {
+        let path = entry?.path();
+        let is_token_dir = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with(TOKEN_DIR_PREFIX));
+        if is_token_dir {
+            println!("[run] removing {}", path.display());
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` when set, `target/` otherwise.
@@ -316,7 +346,7 @@ impl Testbed {
 
     /// Writes a random token to a file only root can read; every node's HTTP API requires it.
     fn write_token(&mut self) -> anyhow::Result<PathBuf> {
-        let dir = env::temp_dir().join(format!("p2pcc-run-{}", std::process::id()));
+        let dir = token_dir(std::process::id());
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -507,7 +537,7 @@ impl Testbed {
             }
         }
         if self.host_link
-            && output(Command::new("ip").args(["link", "show", HOST_LINK])).is_ok()
+            && netns::link_exists(HOST_LINK)
             && let Err(err) = exec(Command::new("ip").args(["link", "del", HOST_LINK]))
         {
             eprintln!("[run] cleanup: {err:#}");

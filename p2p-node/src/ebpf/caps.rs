@@ -8,14 +8,24 @@ const CAP_BPF: u32 = 39;
 /// The effective capability set, or `None` when it cannot be read.
 fn effective() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
 /// Names of the capabilities missing to load and attach the programs, or `None` if none are.
 /// CAP_SYS_ADMIN covers the rest (older kernels and root).
 pub fn missing_for_ebpf() -> Option<String> {
-    missing(effective()?, &[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")])
+    missing(
+        effective()?,
+        &[
+            (CAP_BPF, "CAP_BPF"),
+            (CAP_PERFMON, "CAP_PERFMON"),
+            (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        ],
+    )
 }
 
 fn missing(eff: u64, needed: &[(u32, &str)]) -> Option<String> {
@@ -36,9 +46,19 @@ mod tests {
 
     #[test]
     fn names_each_missing_capability() {
-        let all = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")];
-        assert_eq!(missing(0, &all).as_deref(), Some("CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"));
-        assert_eq!(missing(1 << CAP_BPF, &all).as_deref(), Some("CAP_PERFMON, CAP_NET_ADMIN"));
+        let all = [
+            (CAP_BPF, "CAP_BPF"),
+            (CAP_PERFMON, "CAP_PERFMON"),
+            (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        ];
+        assert_eq!(
+            missing(0, &all).as_deref(),
+            Some("CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            missing(1 << CAP_BPF, &all).as_deref(),
+            Some("CAP_PERFMON, CAP_NET_ADMIN")
+        );
         assert_eq!(missing(1 << CAP_SYS_ADMIN, &all), None);
         let granted = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
         assert_eq!(missing(granted, &all), None);

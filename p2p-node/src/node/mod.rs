@@ -126,22 +126,24 @@ pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::R
 
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            let tcp = libp2p::tcp::tokio::Transport::new(
-                libp2p::tcp::Config::default().nodelay(true),
-            );
-            Ok(tcp
-                .and_then(|stream, endpoint| {
-                    futures::future::ready(transport::HookedStream::register(stream, &endpoint))
-                })
-                .upgrade(Version::V1)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default())
-                .map(|(peer, muxer), endpoint| {
-                    transport::bind_peer(peer, &endpoint);
-                    (peer, StreamMuxerBox::new(muxer))
-                }))
-        })?
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let tcp = libp2p::tcp::tokio::Transport::new(
+                    libp2p::tcp::Config::default().nodelay(true),
+                );
+                Ok(tcp
+                    .and_then(|stream, endpoint| {
+                        futures::future::ready(transport::HookedStream::register(stream, &endpoint))
+                    })
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .map(|(peer, muxer), endpoint| {
+                        transport::bind_peer(peer, &endpoint);
+                        (peer, StreamMuxerBox::new(muxer))
+                    }))
+            },
+        )?
         .with_bandwidth_metrics(registry.sub_registry_with_prefix("libp2p"))
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(limits),

@@ -66,7 +66,13 @@ pub async fn run(
     if received != download_bytes {
         bail!("peer sent {received} bytes, {download_bytes} were requested");
     }
-    let rate = |bytes: u64, secs: f64| if secs > 0.0 { bytes as f64 * 8.0 / secs } else { 0.0 };
+    let rate = |bytes: u64, secs: f64| {
+        if secs > 0.0 {
+            bytes as f64 * 8.0 / secs
+        } else {
+            0.0
+        }
+    };
     Ok(PerfReport {
         upload_bytes,
         download_bytes,
@@ -140,9 +146,7 @@ async fn drain(stream: &mut Stream) -> anyhow::Result<u64> {
     }
 }
 
-async fn with_deadline<T>(
-    io: impl Future<Output = std::io::Result<T>>,
-) -> anyhow::Result<T> {
+async fn with_deadline<T>(io: impl Future<Output = std::io::Result<T>>) -> anyhow::Result<T> {
     tokio::time::timeout(STALL_TIMEOUT, io)
         .await
         .context("perf transfer stalled")?

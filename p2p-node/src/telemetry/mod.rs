@@ -49,7 +49,8 @@ impl From<&SockStats> for TcpState {
     fn from(s: &SockStats) -> Self {
         Self {
             cwnd_segments: s.cwnd_segments,
-            ssthresh_segments: (s.ssthresh_segments < INFINITE_SSTHRESH).then_some(s.ssthresh_segments),
+            ssthresh_segments: (s.ssthresh_segments < INFINITE_SSTHRESH)
+                .then_some(s.ssthresh_segments),
             srtt_seconds: f64::from(s.srtt_us) / 1e6,
             min_rtt_seconds: f64::from(s.min_rtt_us) / 1e6,
             mss_bytes: s.mss_bytes,
@@ -88,7 +89,10 @@ pub fn connections(probes: Option<&Probes>) -> Vec<PeerConnection> {
                 local: s.local.to_string(),
                 remote: s.remote.to_string(),
                 algorithm: s.algorithm,
-                tcp: probes.and_then(|p| p.stats(s.cookie)).as_ref().map(TcpState::from),
+                tcp: probes
+                    .and_then(|p| p.stats(s.cookie))
+                    .as_ref()
+                    .map(TcpState::from),
             })
         })
         .collect();
@@ -141,7 +145,10 @@ mod tests {
         assert!((t.srtt_seconds - 0.0015).abs() < 1e-12);
         // 20 segments × 1448 B in 2 ms = 14.48 MB/s
         assert_eq!(t.delivery_rate_bytes_per_second, 14_480_000);
-        let zero_interval = SockStats { rate_interval_us: 0, ..s };
+        let zero_interval = SockStats {
+            rate_interval_us: 0,
+            ..s
+        };
         assert_eq!(delivery_rate(&zero_interval), 0);
     }
 }

@@ -95,38 +95,148 @@ impl Collector for TcpCollector {
             .collect();
         let per_peer = |f: fn(&TcpState) -> f64| peers.iter().map(move |(l, t)| (l.clone(), f(t)));
         let e = &mut encoder;
-        gauge(e, "peer_cwnd", "Congestion window of the peer's connection.", Some(Unit::Other("segments".into())), per_peer(|t| f64::from(t.cwnd_segments)))?;
-        gauge(e, "peer_ssthresh", "Slow-start threshold of the peer's connection (absent while in initial slow start).", Some(Unit::Other("segments".into())),
-            peers.iter().filter_map(|(l, t)| Some((l.clone(), f64::from(t.ssthresh_segments?)))))?;
-        gauge(e, "peer_srtt", "Smoothed round-trip time of the peer's connection.", Some(Unit::Seconds), per_peer(|t| t.srtt_seconds))?;
-        gauge(e, "peer_min_rtt", "Minimum round-trip time the kernel measured on the peer's connection.", Some(Unit::Seconds), per_peer(|t| t.min_rtt_seconds))?;
-        gauge(e, "peer_pacing_rate", "Pacing rate of the peer's connection (absent when unlimited).", Some(Unit::Other("bytes_per_second".into())),
-            peers.iter().filter_map(|(l, t)| Some((l.clone(), t.pacing_rate_bytes_per_second? as f64))))?;
-        gauge(e, "peer_delivery_rate", "Delivery rate of the latest rate sample of the peer's connection.", Some(Unit::Other("bytes_per_second".into())),
-            per_peer(|t| t.delivery_rate_bytes_per_second as f64))?;
-        gauge(e, "peer_packets_in_flight", "Segments sent and not yet acknowledged.", Some(Unit::Other("segments".into())), per_peer(|t| f64::from(t.packets_in_flight)))?;
-        counter(e, "peer_bytes_acked", "Bytes the peer acknowledged on its connection.", None, peers.iter().map(|(l, t)| (l.clone(), t.bytes_acked)))?;
-        counter(e, "peer_bytes_received", "Bytes received from the peer on its connection.", None, peers.iter().map(|(l, t)| (l.clone(), t.bytes_received)))?;
-        counter(e, "peer_retransmitted_segments", "Segments retransmitted on the peer's connection.", None,
-            peers.iter().map(|(l, t)| (l.clone(), u64::from(t.retransmitted_segments))))?;
+        gauge(
+            e,
+            "peer_cwnd",
+            "Congestion window of the peer's connection.",
+            Some(Unit::Other("segments".into())),
+            per_peer(|t| f64::from(t.cwnd_segments)),
+        )?;
+        gauge(
+            e,
+            "peer_ssthresh",
+            "Slow-start threshold of the peer's connection (absent while in initial slow start).",
+            Some(Unit::Other("segments".into())),
+            peers
+                .iter()
+                .filter_map(|(l, t)| Some((l.clone(), f64::from(t.ssthresh_segments?)))),
+        )?;
+        gauge(
+            e,
+            "peer_srtt",
+            "Smoothed round-trip time of the peer's connection.",
+            Some(Unit::Seconds),
+            per_peer(|t| t.srtt_seconds),
+        )?;
+        gauge(
+            e,
+            "peer_min_rtt",
+            "Minimum round-trip time the kernel measured on the peer's connection.",
+            Some(Unit::Seconds),
+            per_peer(|t| t.min_rtt_seconds),
+        )?;
+        gauge(
+            e,
+            "peer_pacing_rate",
+            "Pacing rate of the peer's connection (absent when unlimited).",
+            Some(Unit::Other("bytes_per_second".into())),
+            peers
+                .iter()
+                .filter_map(|(l, t)| Some((l.clone(), t.pacing_rate_bytes_per_second? as f64))),
+        )?;
+        gauge(
+            e,
+            "peer_delivery_rate",
+            "Delivery rate of the latest rate sample of the peer's connection.",
+            Some(Unit::Other("bytes_per_second".into())),
+            per_peer(|t| t.delivery_rate_bytes_per_second as f64),
+        )?;
+        gauge(
+            e,
+            "peer_packets_in_flight",
+            "Segments sent and not yet acknowledged.",
+            Some(Unit::Other("segments".into())),
+            per_peer(|t| f64::from(t.packets_in_flight)),
+        )?;
+        counter(
+            e,
+            "peer_bytes_acked",
+            "Bytes the peer acknowledged on its connection.",
+            None,
+            peers.iter().map(|(l, t)| (l.clone(), t.bytes_acked)),
+        )?;
+        counter(
+            e,
+            "peer_bytes_received",
+            "Bytes received from the peer on its connection.",
+            None,
+            peers.iter().map(|(l, t)| (l.clone(), t.bytes_received)),
+        )?;
+        counter(
+            e,
+            "peer_retransmitted_segments",
+            "Segments retransmitted on the peer's connection.",
+            None,
+            peers
+                .iter()
+                .map(|(l, t)| (l.clone(), u64::from(t.retransmitted_segments))),
+        )?;
 
         let mut by_algorithm: BTreeMap<String, i64> = BTreeMap::new();
         for row in &rows {
             *by_algorithm.entry(row.algorithm.clone()).or_default() += 1;
         }
-        gauge(e, "connections", "Authenticated TCP connections by congestion control.", None,
-            by_algorithm.into_iter().map(|(algorithm, n)| (AlgorithmLabels { algorithm }, n)))?;
+        gauge(
+            e,
+            "connections",
+            "Authenticated TCP connections by congestion control.",
+            None,
+            by_algorithm
+                .into_iter()
+                .map(|(algorithm, n)| (AlgorithmLabels { algorithm }, n)),
+        )?;
 
-        let attached = self.probes.as_ref().map_or(0, |p| p.programs().len() as i64);
-        single(e, "ebpf_programs_attached", "eBPF programs loaded and attached by this node.", MetricType::Gauge, ConstGauge::new(attached))?;
+        let attached = self
+            .probes
+            .as_ref()
+            .map_or(0, |p| p.programs().len() as i64);
+        single(
+            e,
+            "ebpf_programs_attached",
+            "eBPF programs loaded and attached by this node.",
+            MetricType::Gauge,
+            ConstGauge::new(attached),
+        )?;
         if let Some(probes) = &self.probes {
             let counters = probes.counters();
-            gauge(e, "ebpf_map_entries", "Entries in each eBPF map.", None,
-                [(MapLabels { map: "SOCK_STATS".into() }, probes.tracked() as i64)])?;
-            gauge(e, "ebpf_map_capacity", "max_entries of each eBPF map.", None,
-                [(MapLabels { map: "SOCK_STATS".into() }, i64::from(Probes::tracked_capacity()))])?;
-            single(e, "ebpf_probe_events", "tcp_probe events the probe ran for (all sockets).", MetricType::Counter, ConstCounter::new(counters.events))?;
-            single(e, "ebpf_events_lost", "Probe events that could not be recorded (map full).", MetricType::Counter, ConstCounter::new(counters.update_failed))?;
+            gauge(
+                e,
+                "ebpf_map_entries",
+                "Entries in each eBPF map.",
+                None,
+                [(
+                    MapLabels {
+                        map: "SOCK_STATS".into(),
+                    },
+                    probes.tracked() as i64,
+                )],
+            )?;
+            gauge(
+                e,
+                "ebpf_map_capacity",
+                "max_entries of each eBPF map.",
+                None,
+                [(
+                    MapLabels {
+                        map: "SOCK_STATS".into(),
+                    },
+                    i64::from(Probes::tracked_capacity()),
+                )],
+            )?;
+            single(
+                e,
+                "ebpf_probe_events",
+                "tcp_probe events the probe ran for (all sockets).",
+                MetricType::Counter,
+                ConstCounter::new(counters.events),
+            )?;
+            single(
+                e,
+                "ebpf_events_lost",
+                "Probe events that could not be recorded (map full).",
+                MetricType::Counter,
+                ConstCounter::new(counters.update_failed),
+            )?;
         }
         Ok(())
     }

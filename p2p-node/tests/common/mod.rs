@@ -1,0 +1,355 @@
+//! Real-kernel test harness: network namespaces joined by veth, nodes started inside them, HTTP
+//! requests made from inside a namespace, and `getsockopt` on a node's socket via `pidfd_getfd`.
+//!
+//! Everything created is removed by `Drop`, also when a test fails. In CI (`CI` set) a missing
+//! capability fails the test; elsewhere it skips with the reason.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// Returns `false` (after printing why) when the machine cannot run kernel tests; panics in CI.
+pub fn kernel_tests_possible() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let reason = if !root {
+        Some("not running as root (namespaces and eBPF need CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)")
+    } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(why) if std::env::var_os("CI").is_some() => {
+            panic!("kernel test cannot run in CI: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED: {why}");
+            false
+        }
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces joined by a veth pair: `<name>-a` 10.99.<n>.1, `<name>-b` 10.99.<n>.2.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+    pub addr_a: String,
+    pub addr_b: String,
+}
+
+impl NetnsPair {
+    pub fn new(name: &str, subnet: u8) -> Self {
+        let pair = Self {
+            a: format!("p2pcc-{name}-a"),
+            b: format!("p2pcc-{name}-b"),
+            addr_a: format!("10.99.{subnet}.1"),
+            addr_b: format!("10.99.{subnet}.2"),
+        };
+        pair.cleanup();
+        sh(&["ip", "netns", "add", &pair.a]);
+        sh(&["ip", "netns", "add", &pair.b]);
+        sh(&[
+            "ip", "link", "add", "p2pcc-va", "netns", &pair.a, "type", "veth", "peer", "p2pcc-vb",
+            "netns", &pair.b,
+        ]);
+        for (ns, dev, addr) in [
+            (&pair.a, "p2pcc-va", &pair.addr_a),
+            (&pair.b, "p2pcc-vb", &pair.addr_b),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    fn cleanup(&self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A `p2p-node run` process inside a namespace; killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub ns: String,
+    pub http_port: u16,
+    /// The first `listening on …/p2p/<id>` multiaddr it printed.
+    pub multiaddr: String,
+    pub peer_id: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Node {
+    pub fn start(ns: &str, listen_ip: &str, extra: &[&str]) -> Self {
+        let http_port = 9464;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_p2p-node"), "run"])
+            .args(["--listen", &format!("/ip4/{listen_ip}/tcp/4001")])
+            .args([
+                "--http",
+                &format!("127.0.0.1:{http_port}"),
+                "--require-ebpf",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting p2p-node");
+        let stderr_buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("piped");
+        let sink = stderr_buf.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                eprint!("[{}] {}", "node", String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let multiaddr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node in {ns} did not start listening; stderr:\n{}",
+                    stderr_buf.lock().unwrap()
+                );
+            }
+        };
+        let peer_id = multiaddr.rsplit('/').next().unwrap().to_owned();
+        let node = Self {
+            child,
+            ns: ns.to_owned(),
+            http_port,
+            multiaddr,
+            peer_id,
+            stderr: stderr_buf,
+        };
+        node.wait_http();
+        node
+    }
+
+    fn wait_http(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.try_http("GET", "/api/node", "").is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("node in {} has no HTTP API", self.ns);
+    }
+
+    /// An HTTP request to the node's API, made from inside its namespace.
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.try_http(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        let (status, body) = self.http("GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    fn try_http(&self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        let ns = self.ns.clone();
+        let port = self.http_port;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        std::thread::spawn(move || -> std::io::Result<(u16, String)> {
+            enter_netns(&ns)?;
+            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response)?;
+            let response = String::from_utf8_lossy(&response).into_owned();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let body = if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                dechunk(body)
+            } else {
+                body.to_owned()
+            };
+            Ok((status, body))
+        })
+        .join()
+        .expect("http thread panicked")
+    }
+
+    /// Duplicates the node's socket with this cookie into the test process.
+    pub fn socket_by_cookie(&self, cookie: u64) -> Option<OwnedFd> {
+        let pid = self.pid();
+        // SAFETY: plain syscall; the returned fd is owned below.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: pidfd is a fresh fd we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            if !target.to_string_lossy().starts_with("socket:") {
+                continue;
+            }
+            let Ok(num) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // SAFETY: plain syscall; a non-negative result is a new fd we own.
+            let fd =
+                unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), num, 0) } as i32;
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: fresh fd from pidfd_getfd.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            use std::os::fd::AsFd as _;
+            if p2p_node::sockets::cookie(fd.as_fd()).ok() == Some(cookie) {
+                return Some(fd);
+            }
+        }
+        None
+    }
+
+    /// The p2p-node process (child of `ip netns exec`, which execs it: same pid).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Moves the calling thread into a named network namespace.
+pub fn enter_netns(ns: &str) -> std::io::Result<()> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    // SAFETY: valid fd of a network namespace file; affects only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Value of the series `name{...label="value"...}` in Prometheus text, if present.
+pub fn metric(text: &str, name: &str, label: (&str, &str)) -> Option<f64> {
+    let needle = format!("{}=\"{}\"", label.0, label.1);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&needle))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Polls `f` until it returns `Some` or the timeout passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,155 @@
+//! Two nodes in two network namespaces: the per-peer TCP state a node exports on `/metrics` is
+//! what the kernel reports for the same socket (`getsockopt(TCP_INFO)`).
+
+mod common;
+
+use std::{os::fd::AsFd as _, time::Duration};
+
+use common::{NetnsPair, Node, eventually, kernel_tests_possible, metric};
+use p2p_node::sockets;
+
+/// cwnd may move by the last ACKs between the probe's snapshot and our getsockopt.
+fn cwnd_agrees(exported: f64, kernel: u32) -> bool {
+    (exported - f64::from(kernel)).abs() <= (0.1 * f64::from(kernel)).max(2.0)
+}
+
+/// srtt is smoothed over many ACKs; it moves little between two reads of an idle connection.
+fn srtt_agrees(exported_s: f64, kernel_us: u32) -> bool {
+    let kernel_s = f64::from(kernel_us) / 1e6;
+    (exported_s - kernel_s).abs() <= (0.25 * kernel_s).max(100e-6)
+}
+
+#[test]
+fn per_peer_metrics_match_tcp_info_between_namespaces() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = NetnsPair::new("tele", 1);
+    let a = Node::start(&net.a, &net.addr_a, &[]);
+    let b = Node::start(
+        &net.b,
+        &net.addr_b,
+        &["--peer", &a.multiaddr, "--cc", "cubic"],
+    );
+
+    // B connects to A; the connection shows up in B's API with its PeerId.
+    let peers = eventually(Duration::from_secs(15), || {
+        let body = b.get("/api/peers");
+        let v: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        v.iter()
+            .any(|p| p["peer_id"] == a.peer_id.as_str())
+            .then_some(v)
+    })
+    .expect("B never listed A as a peer");
+    let conn = peers
+        .iter()
+        .find(|p| p["peer_id"] == a.peer_id.as_str())
+        .unwrap();
+    let cookie = conn["cookie"].as_u64().unwrap();
+    assert_eq!(conn["algorithm"], "cubic");
+
+    // Real traffic: 64 MiB from B to A over the veth.
+    let (status, report) = b.http(
+        "POST",
+        "/api/perf",
+        &format!(
+            r#"{{"peer":"{}","upload_bytes":67108864,"download_bytes":1048576}}"#,
+            a.peer_id
+        ),
+    );
+    assert_eq!(status, 200, "perf failed: {report}");
+    eprintln!("perf: {report}");
+
+    // The socket as the kernel sees it, read from B's own fd.
+    let fd = b
+        .socket_by_cookie(cookie)
+        .expect("B's socket with the API's cookie");
+    assert_eq!(sockets::cookie(fd.as_fd()).unwrap(), cookie);
+    assert_eq!(sockets::congestion(fd.as_fd()).unwrap(), "cubic");
+
+    let label = ("peer_id", a.peer_id.as_str());
+    let mut last = String::new();
+    let agreed = eventually(Duration::from_secs(10), || {
+        let text = b.get("/metrics");
+        let info = sockets::tcp_info(fd.as_fd()).unwrap();
+        let cwnd = metric(&text, "p2pcc_peer_cwnd_segments", label)?;
+        let srtt = metric(&text, "p2pcc_peer_srtt_seconds", label)?;
+        let acked = metric(&text, "p2pcc_peer_bytes_acked_total", label)?;
+        last = format!(
+            "exported cwnd {cwnd} srtt {srtt}s acked {acked}; TCP_INFO cwnd {} rtt {}us acked {}",
+            info.snd_cwnd, info.rtt_us, info.bytes_acked
+        );
+        let algorithm_label = text.contains(&format!(
+            "p2pcc_peer_cwnd_segments{{peer_id=\"{}\",algorithm=\"cubic\"}}",
+            a.peer_id
+        ));
+        // bytes_acked: the probe runs before the ACK it sees is processed, so it may trail
+        // the kernel by the last ACK's worth.
+        let acked_ok = acked <= info.bytes_acked as f64
+            && acked >= 67_108_864.0
+            && info.bytes_acked as f64 - acked <= 1_048_576.0;
+        (cwnd > 0.0
+            && srtt > 0.0
+            && algorithm_label
+            && acked_ok
+            && cwnd_agrees(cwnd, info.snd_cwnd)
+            && srtt_agrees(srtt, info.rtt_us))
+        .then(|| last.clone())
+    });
+    match agreed {
+        Some(values) => eprintln!("agreed: {values}"),
+        None => panic!("metrics never agreed with TCP_INFO: {last}"),
+    }
+
+    // eBPF health: the probe ran and the node tracks exactly its own sockets.
+    let text = b.get("/metrics");
+    assert!(text.contains("p2pcc_ebpf_programs_attached 1"), "{text}");
+    let events: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("p2pcc_ebpf_probe_events_total ")?
+                .parse()
+                .ok()
+        })
+        .expect("probe events counter");
+    assert!(
+        events > 1000.0,
+        "tcp_probe ran only {events} times for a 64 MiB transfer"
+    );
+}
+
+#[test]
+fn missing_privileges_give_one_clear_sentence() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_p2p-node"))
+        .args([
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+            "--require-ebpf",
+        ])
+        .output()
+        .expect("running setpriv");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: p2p-node cannot load its eBPF programs: missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{stderr}"
+    );
+}
