@@ -54,12 +54,26 @@ pub fn describe(cmd: &Command) -> String {
             None => words.push(format!("env -u {}", key.to_string_lossy())),
         }
     }
-    words.push(cmd.get_program().to_string_lossy().into_owned());
-    words.extend(cmd.get_args().map(|arg| arg.to_string_lossy().into_owned()));
+    words.push(shell_quote(&cmd.get_program().to_string_lossy()));
+    words.extend(
+        cmd.get_args()
+            .map(|arg| shell_quote(&arg.to_string_lossy())),
+    );
     if let Some(dir) = cmd.get_current_dir() {
         format!("(cd {} && {})", dir.display(), words.join(" "))
     } else {
         words.join(" ")
+    }
+}
+
+/// `word` as a shell would need it to be typed: single-quoted when it holds anything beyond
+/// plain characters (`--test '*'` must not be globbed when pasted into a shell).
+fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+^".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -76,4 +90,20 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask sits inside the workspace")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_commands_as_shell_lines() {
+        let mut cmd = Command::new("cargo");
+        cmd.env_remove("RUSTUP_TOOLCHAIN")
+            .args(["test", "--test", "*", "--", "it's"]);
+        assert_eq!(
+            describe(&cmd),
+            r"env -u RUSTUP_TOOLCHAIN cargo test --test '*' -- 'it'\''s'"
+        );
+    }
 }

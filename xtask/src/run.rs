@@ -19,12 +19,9 @@
 //! Everything created is removed when the run ends, whichever way it ends (the [`Testbed`] guard).
 
 use std::{
-    env, fs,
-    io::{self, BufRead as _, BufReader, Read, Write as _},
-    os::unix::{
-        fs::{DirBuilderExt as _, OpenOptionsExt as _},
-        process::CommandExt as _,
-    },
+    env,
+    io::{self, BufRead as _, BufReader, Read},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -38,7 +35,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    exec::{exec, is_root, workspace_root},
+    exec::{describe, exec, is_root, workspace_root},
     netns, setup,
 };
 
@@ -54,14 +51,12 @@ const HOST_SUBNET: u8 = 250;
 const LISTEN_PORT: u16 = 4001;
 /// The nodes' HTTP port (metrics and API); 9464 is the usual Prometheus exporter port.
 const HTTP_PORT: u16 = 9464;
-/// The bottleneck: 100 Mbit/s with a 2 MB buffer, the setting PLATFORM.md's measurements used.
-/// 32 kbit of burst is the smallest that lets tbf send full 1500-byte packets at 100 Mbit/s
-/// with a 1000 Hz timer.
+/// The bottleneck: 100 Mbit/s with a 2 MB buffer, the setting PLATFORM.md's measurements used
+/// (a full buffer then holds ~160 ms, enough for loss-based algorithms to show bufferbloat).
+/// The burst (4 KB) stays small so that the rate, not bursts, shapes the traffic.
 const TBF: &[&str] = &[
     "tbf", "rate", "100mbit", "burst", "32kbit", "limit", "2000000",
 ];
-/// Names this run's directory in the temporary directory, for the HTTP token file.
-const TOKEN_DIR_PREFIX: &str = "p2pcc-run-";
 /// How long node 1 may take to print its listen address (a first start loads eBPF programs).
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the nodes get to exit after SIGTERM before they are killed.
@@ -86,6 +81,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if !is_root() {
         bail!("`cargo xtask run` needs root (network namespaces, BPF): run it as root");
     }
+    if options.cc.iter().any(String::is_empty) {
+        bail!(
+            "--cc has an empty algorithm name: {:?}",
+            options.cc.join(",")
+        );
+    }
     setup::run()?;
     let root = workspace_root();
     exec(
@@ -99,7 +100,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     install_stop_handler()?;
     println!("[run] removing leftovers of earlier runs");
     netns::delete_leftovers()?;
-    delete_leftover_token_dirs()?;
 
     let mut testbed = Testbed::default();
     println!(
@@ -107,7 +107,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         options.nodes
     );
     testbed.build_network(options.nodes)?;
-    let token_file = testbed.write_token()?;
 
     let algorithms = algorithms(options);
     let spawn = |testbed: &mut Testbed, i: u8, peer: Option<&str>| {
@@ -115,7 +114,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             binary: &binary,
             i,
             algorithm: algorithms[usize::from(i - 1)],
-            token_file: &token_file,
             peer,
         })
     };
@@ -132,7 +130,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         spawn(&mut testbed, i, Some(&bootstrap))?;
     }
 
-    print_table(&algorithms, &token_file);
+    print_table(&algorithms);
     testbed.wait_until_stopped(options.duration.map(Duration::from_secs))
     // `testbed` drops here, on success and on every `?` above: nodes stopped, namespaces deleted.
 }
@@ -142,28 +140,6 @@ fn algorithms(options: &Options) -> Vec<&str> {
     (1..=options.nodes)
         .map(|i| options.cc[usize::from(i - 1) % options.cc.len()].as_str())
         .collect()
-}
-
-/// The directory of one run's HTTP token file, in the temporary directory.
-fn token_dir(pid: u32) -> PathBuf {
-    env::temp_dir().join(format!("{TOKEN_DIR_PREFIX}{pid}"))
-}
-
-/// Removes token directories of runs that were killed before their cleanup could run. Two runs
-/// cannot share the testbed's names, so any such directory belongs to a dead run.
-fn delete_leftover_token_dirs() -> anyhow::Result<()> {
-    let temp = env::temp_dir();
-    for entry in fs::read_dir(&temp).with_context(|| format!("listing {}", temp.display()))? {
-        let path = entry?.path();
-        let is_token_dir = path
-            .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with(TOKEN_DIR_PREFIX));
-        if is_token_dir {
-            println!("[run] removing {}", path.display());
-            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` when set, `target/` otherwise.
@@ -183,7 +159,7 @@ fn http_url(i: u8) -> String {
     format!("http://{}:{HTTP_PORT}/", node_ip(i))
 }
 
-fn print_table(algorithms: &[&str], token_file: &Path) {
+fn print_table(algorithms: &[&str]) {
     println!();
     println!("{:<6} {:<10} {:<10} http", "node", "namespace", "algorithm");
     for (i, algorithm) in (1..).zip(algorithms) {
@@ -195,7 +171,6 @@ fn print_table(algorithms: &[&str], token_file: &Path) {
             http_url(i)
         );
     }
-    println!("HTTP token: {}", token_file.display());
     println!();
 }
 
@@ -232,7 +207,6 @@ struct NodeCommand<'a> {
     binary: &'a Path,
     i: u8,
     algorithm: &'a str,
-    token_file: &'a Path,
     /// The bootstrap peer's multiaddr; `None` for node 1.
     peer: Option<&'a str>,
 }
@@ -251,8 +225,6 @@ struct Testbed {
     namespaces: Vec<String>,
     /// Whether the host–router veth exists.
     host_link: bool,
-    /// The directory holding the HTTP token file.
-    token_dir: Option<PathBuf>,
     nodes: Vec<Node>,
 }
 
@@ -344,48 +316,21 @@ impl Testbed {
         exec(Command::new("ip").args(["route", "add", "10.77.0.0/16", "via", &router_ip]))
     }
 
-    /// Writes a random token to a file only root can read; every node's HTTP API requires it.
-    fn write_token(&mut self) -> anyhow::Result<PathBuf> {
-        let dir = token_dir(std::process::id());
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        self.token_dir = Some(dir.clone());
-
-        let mut random = [0u8; 16];
-        fs::File::open("/dev/urandom")
-            .and_then(|mut urandom| urandom.read_exact(&mut random))
-            .context("reading /dev/urandom")?;
-        let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-
-        let path = dir.join("http-token");
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut file| file.write_all(token.as_bytes()))
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
-    }
-
     /// Starts one node in its namespace; its output is echoed with an `[n<i>]` prefix. Returns
     /// a receiver of every multiaddr with a peer id (`/p2p/`) it prints.
     fn start_node(&mut self, node: &NodeCommand<'_>) -> anyhow::Result<mpsc::Receiver<String>> {
         let namespace = node_namespace(node.i);
         let ip = node_ip(node.i);
         let mut cmd = Command::new("ip");
-        // TODO(cli): p2p-node/src/cli.rs did not exist yet when this was written; the flags
-        // below are the ones agreed on (run --listen --cc --http --http-token-file --peer).
+        // Flags as in p2p-node/src/cli.rs (`RunArgs`).
+        // TODO(cli): pass `--http-token-file <0600 temp file with a random token>` once the node
+        // has such a flag; its HTTP API has no authentication yet.
         cmd.args(["netns", "exec", &namespace])
             .arg(node.binary)
             .arg("run")
             .args(["--listen", &format!("/ip4/{ip}/tcp/{LISTEN_PORT}")])
             .args(["--cc", node.algorithm])
-            .args(["--http", &format!("{ip}:{HTTP_PORT}")])
-            .arg("--http-token-file")
-            .arg(node.token_file);
+            .args(["--http", &format!("{ip}:{HTTP_PORT}")]);
         if let Some(peer) = node.peer {
             cmd.args(["--peer", peer]);
         }
@@ -396,7 +341,8 @@ impl Testbed {
         cmd.process_group(0);
         // SAFETY: the closure runs between fork and exec and only calls prctl, which is
         // async-signal-safe. The death signal survives the exec (`ip netns exec` execs the node
-        // without forking), so the node stops even if xtask is killed outright.
+        // without forking), so the node gets SIGTERM even if xtask is killed outright (it fires
+        // when the spawning thread ends: the main thread, which lives as long as xtask).
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
@@ -410,7 +356,7 @@ impl Testbed {
         println!(
             "[run] starting {name} ({}): $ {}",
             node.algorithm,
-            crate::exec::describe(&cmd)
+            describe(&cmd)
         );
         let mut child = cmd
             .spawn()
@@ -543,11 +489,6 @@ impl Testbed {
             eprintln!("[run] cleanup: {err:#}");
         }
         self.host_link = false;
-        if let Some(dir) = self.token_dir.take()
-            && let Err(err) = fs::remove_dir_all(&dir)
-        {
-            eprintln!("[run] cleanup: removing {}: {err}", dir.display());
-        }
     }
 }
 
