@@ -239,14 +239,18 @@ impl Btf {
         self.type_offsets.is_empty()
     }
 
-    fn string(&self, off: u32) -> &str {
+    fn string_bytes(&self, off: u32) -> &[u8] {
         let start = self.strings.0 + off as usize;
         if start >= self.strings.1 {
-            return "";
+            return &[];
         }
         let bytes = &self.data[start..self.strings.1];
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        core::str::from_utf8(&bytes[..end]).unwrap_or("")
+        &bytes[..end]
+    }
+
+    fn string(&self, off: u32) -> &str {
+        core::str::from_utf8(self.string_bytes(off)).unwrap_or("")
     }
 
     /// The type with this id (`None` for 0/void or out of range).
@@ -270,7 +274,7 @@ impl Btf {
             .find(|&id| {
                 let at = self.type_offsets[id as usize - 1];
                 (read_u32(&self.data, at + 4) >> 24) & 0x1f == kind as u32
-                    && self.string(read_u32(&self.data, at)) == name
+                    && self.string_bytes(read_u32(&self.data, at)) == name.as_bytes()
             })
             .ok_or_else(|| BtfError::NoType {
                 kind,
@@ -398,12 +402,11 @@ impl Btf {
             if m.name == name {
                 return Some((m, base));
             }
-            if m.name.is_empty() {
-                if let Some(found) =
+            if m.name.is_empty()
+                && let Some(found) =
                     self.find_member(self.skip_mods(m.type_id), name, base + m.bit_offset)
-                {
-                    return Some(found);
-                }
+            {
+                return Some(found);
             }
         }
         None

@@ -88,6 +88,63 @@ pub struct ProbeCounters {
 }
 const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 24);
 
+/// ELF section carrying an object's [`StructOpsDecl`].
+pub const STRUCT_OPS_DECL_SECTION: &str = ".p2pcc.struct_ops";
+/// ELF section prefix of struct_ops programs: `struct_ops/<member of the ops struct>`.
+pub const STRUCT_OPS_PROG_PREFIX: &str = "struct_ops/";
+
+/// `TCP_CONG_NON_RESTRICTED`: any network namespace may select the algorithm as its default.
+/// Without it a namespace's `sysctl net.ipv4.tcp_congestion_control=<name>` fails with EPERM
+/// (and, on 6.x kernels, each such attempt leaks the struct_ops map).
+pub const TCP_CONG_NON_RESTRICTED: u32 = 0x1;
+
+/// What a struct_ops object declares about the ops it implements: the kernel struct type, the
+/// name to register under, and the ops' `flags`. The loader fills the struct's `name` and
+/// `flags` members from it and each function-pointer member from the program in section
+/// `struct_ops/<member>`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StructOpsDecl {
+    /// NUL-padded kernel type name, e.g. `tcp_congestion_ops`.
+    pub type_name: [u8; 32],
+    /// NUL-padded name (`TCP_CA_NAME_MAX` = 16 including the NUL).
+    pub name: [u8; 16],
+    pub flags: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<StructOpsDecl>() == 56);
+
+impl StructOpsDecl {
+    /// Builds a declaration at compile time; names that do not fit fail the build.
+    pub const fn new(type_name: &str, name: &str, flags: u32) -> Self {
+        Self {
+            type_name: padded::<32>(type_name),
+            name: padded::<16>(name),
+            flags,
+            _reserved: 0,
+        }
+    }
+}
+
+/// `s` as a NUL-padded array; panics (at compile time when const) if it does not fit.
+pub const fn padded<const N: usize>(s: &str) -> [u8; N] {
+    let bytes = s.as_bytes();
+    assert!(bytes.len() < N, "name too long");
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < bytes.len() {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// The string in a NUL-padded array.
+pub fn unpadded(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).unwrap_or("")
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers, and has no padding

@@ -2,6 +2,15 @@
 //! control aya cannot load.
 
 pub mod caps;
+pub mod struct_ops;
+mod sys;
+
+/// The eBPF objects embedded in the binary.
+pub mod objects {
+    /// `p2pcc_reno`: Reno in Rust, the struct_ops loader's reference algorithm.
+    pub static RENO_RS: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reno_rs.bpf.o"));
+}
 
 use std::sync::Mutex;
 
@@ -93,7 +102,9 @@ impl Probes {
             .load(PROBES_OBJECT)
             .map_err(LoadError::Load)?;
         let mut program_ids = Vec::new();
-        for (program, tracepoint) in [("tcp_probe", "tcp_probe")] {
+        // (program in the object, kernel tracepoint it attaches to)
+        let programs: &[(&'static str, &str)] = &[("tcp_probe", "tcp_probe")];
+        for &(program, tracepoint) in programs {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or(LoadError::Missing("tcp_probe program"))?

@@ -353,3 +353,86 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A TCP connection from namespace `a` to a sink in namespace `b`, both in this process.
+pub struct TcpFlow {
+    pub client: TcpStream,
+    sink: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl TcpFlow {
+    /// Connects from `net.a` to a sink on `net.addr_b:port`, the client using `cc`.
+    pub fn open(net: &NetnsPair, port: u16, cc: &str) -> Self {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ns_b = net.b.clone();
+        let addr_b = net.addr_b.clone();
+        let sink = std::thread::spawn(move || {
+            enter_netns(&ns_b).expect("entering namespace b");
+            let listener = std::net::TcpListener::bind((addr_b.as_str(), port)).expect("bind sink");
+            ready_tx.send(()).unwrap();
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            total
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("sink ready");
+        let ns_a = net.a.clone();
+        let target = format!("{}:{port}", net.addr_b);
+        let cc = cc.to_owned();
+        let client = std::thread::spawn(move || {
+            enter_netns(&ns_a).expect("entering namespace a");
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            use std::os::fd::AsFd as _;
+            p2p_node::sockets::set_congestion(socket.as_fd(), &cc)
+                .expect("setting the congestion control");
+            socket
+                .connect(&target.parse::<std::net::SocketAddr>().unwrap().into())
+                .expect("connect");
+            TcpStream::from(socket)
+        })
+        .join()
+        .expect("client thread");
+        Self {
+            client,
+            sink: Some(sink),
+        }
+    }
+
+    /// Sends `bytes` (bounded by a 60 s write timeout).
+    pub fn send(&mut self, bytes: usize) {
+        self.client
+            .set_write_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            self.client.write_all(&chunk[..n]).expect("sending");
+            left -= n;
+        }
+    }
+
+    /// Closes the client and returns what the sink received.
+    pub fn finish(mut self) -> u64 {
+        let _ = self.client.shutdown(std::net::Shutdown::Write);
+        self.sink.take().unwrap().join().expect("sink thread")
+    }
+}
+
+/// Algorithms the kernel currently offers.
+pub fn available_cc() -> Vec<String> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}

@@ -1,0 +1,202 @@
+//! The few `bpf(2)` commands the struct_ops loader issues itself (aya keeps its own private).
+//! Attribute layouts are aya-obj's bindings of the kernel's `union bpf_attr`.
+
+use std::{
+    ffi::CStr,
+    io,
+    mem::{size_of, zeroed},
+    os::fd::{FromRawFd, OwnedFd, RawFd},
+};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd};
+
+fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a fully initialised bpf_attr of the size passed; the kernel reads at
+    // most that many bytes and writes only fields of the command given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn fd_result(rc: i64) -> OwnedFd {
+    // SAFETY: a successful fd-returning bpf command returns a new fd owned by the caller.
+    unsafe { OwnedFd::from_raw_fd(rc as RawFd) }
+}
+
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is plain data; all-zero is its documented "unset" value.
+    unsafe { zeroed() }
+}
+
+/// Copies a name into a kernel `char[16]` (truncated, NUL-terminated).
+fn object_name(name: &str) -> [libc::c_char; 16] {
+    let mut out = [0 as libc::c_char; 16];
+    for (dst, &b) in out.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        *dst = b as libc::c_char;
+    }
+    out
+}
+
+/// Arguments of `BPF_PROG_LOAD` the loader uses.
+pub struct ProgLoad<'a> {
+    pub prog_type: u32,
+    pub name: &'a str,
+    /// Instructions, 8 bytes each in the object's (host) byte order.
+    pub insns: &'a [u64],
+    pub license: &'a CStr,
+    pub attach_btf_id: u32,
+    pub expected_attach_type: u32,
+}
+
+/// `BPF_PROG_LOAD`. On failure returns the error and the verifier log (loaded again with
+/// logging on, so the successful path pays nothing for it).
+pub fn prog_load(p: &ProgLoad<'_>) -> Result<OwnedFd, (io::Error, String)> {
+    let attempt = |log: Option<&mut Vec<u8>>| {
+        let mut attr = zeroed_attr();
+        // SAFETY: writing the BPF_PROG_LOAD member of the union.
+        let a = unsafe { &mut attr.__bindgen_anon_3 };
+        a.prog_type = p.prog_type;
+        a.insn_cnt = p.insns.len() as u32;
+        a.insns = p.insns.as_ptr() as u64;
+        a.license = p.license.as_ptr() as u64;
+        a.prog_name = object_name(p.name);
+        a.attach_btf_id = p.attach_btf_id;
+        a.expected_attach_type = p.expected_attach_type;
+        if let Some(log) = log {
+            a.log_level = 1;
+            a.log_size = log.len() as u32;
+            a.log_buf = log.as_mut_ptr() as u64;
+        }
+        sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr).map(fd_result)
+    };
+    match attempt(None) {
+        Ok(fd) => Ok(fd),
+        Err(first) => {
+            // 16 MiB: the verifier's log of a large program; we keep only its tail.
+            let mut log = vec![0u8; 16 << 20];
+            let second = attempt(Some(&mut log));
+            let text = CStr::from_bytes_until_nul(&log)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match second {
+                Ok(fd) => Ok(fd),
+                Err(_) => Err((first, text)),
+            }
+        }
+    }
+}
+
+/// Arguments of `BPF_MAP_CREATE` the loader uses.
+pub struct MapCreate<'a> {
+    pub map_type: u32,
+    pub name: &'a str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub btf_fd: Option<RawFd>,
+    pub btf_vmlinux_value_type_id: u32,
+}
+
+/// `BPF_MAP_CREATE`.
+pub fn map_create(m: &MapCreate<'_>) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_MAP_CREATE member of the union.
+    let a = unsafe { &mut attr.__bindgen_anon_1 };
+    a.map_type = m.map_type;
+    a.key_size = m.key_size;
+    a.value_size = m.value_size;
+    a.max_entries = m.max_entries;
+    a.map_flags = m.map_flags;
+    a.map_name = object_name(m.name);
+    a.btf_fd = m.btf_fd.map_or(0, |fd| fd as u32);
+    a.btf_vmlinux_value_type_id = m.btf_vmlinux_value_type_id;
+    sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map(fd_result)
+}
+
+/// `BPF_MAP_UPDATE_ELEM` with raw key and value bytes.
+pub fn map_update(map: RawFd, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the element-command member of the union.
+    let a = unsafe { &mut attr.__bindgen_anon_2 };
+    a.map_fd = map as u32;
+    a.key = key.as_ptr() as u64;
+    a.__bindgen_anon_1.value = value.as_ptr() as u64;
+    sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` into a caller-sized buffer.
+pub fn map_lookup(map: RawFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the element-command member of the union.
+    let a = unsafe { &mut attr.__bindgen_anon_2 };
+    a.map_fd = map as u32;
+    a.key = key.as_ptr() as u64;
+    a.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_BTF_LOAD` of raw BTF bytes.
+pub fn btf_load(btf: &[u8]) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_BTF_LOAD member of the union.
+    let a = unsafe { &mut attr.__bindgen_anon_7 };
+    a.btf = btf.as_ptr() as u64;
+    a.btf_size = btf.len() as u32;
+    sys_bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr).map(fd_result)
+}
+
+/// `BPF_LINK_CREATE` for a struct_ops map.
+pub fn struct_ops_link_create(map: RawFd, attach_type: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_LINK_CREATE member of the union.
+    let a = unsafe { &mut attr.link_create };
+    a.__bindgen_anon_1.map_fd = map as u32;
+    a.attach_type = attach_type;
+    sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(fd_result)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into `info` (a `bpf_prog_info`/`bpf_map_info`/...).
+pub fn obj_info<T>(fd: RawFd, info: &mut T) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of the union.
+    let a = unsafe { &mut attr.info };
+    a.bpf_fd = fd as u32;
+    a.info_len = size_of::<T>() as u32;
+    a.info = info as *mut T as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(drop)
+}
+
+/// Ids of every map in the kernel (`BPF_MAP_GET_NEXT_ID`), bounded by `limit`.
+pub fn map_ids(limit: usize) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let mut next = 0u32;
+    while ids.len() < limit {
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_6.__bindgen_anon_1.start_id = next;
+        if sys_bpf(bpf_cmd::BPF_MAP_GET_NEXT_ID, &mut attr).is_err() {
+            break;
+        }
+        // SAFETY: the kernel wrote next_id.
+        next = unsafe { attr.__bindgen_anon_6.next_id };
+        ids.push(next);
+    }
+    ids
+}
+
+/// `BPF_MAP_GET_FD_BY_ID`.
+pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_6.__bindgen_anon_1.map_id = id;
+    sys_bpf(bpf_cmd::BPF_MAP_GET_FD_BY_ID, &mut attr).map(fd_result)
+}
