@@ -1,0 +1,997 @@
+//! File sharing, after the series' "distributed file sharing system": a shared file is split into
+//! chunks, its id is the SHA-256 of a manifest listing the chunk hashes, providers are announced in
+//! the Kademlia DHT, and a fetch pulls chunks from several providers in parallel, verifies each
+//! by its hash (refetching a bad one from another provider) and only then renames the result into
+//! place.
+//!
+//! Wire protocol `/p2p-cc/files/1.0.0` (libp2p request-response, one request per stream):
+//! - request: `tag u8` (0 manifest, 1 chunk) ‖ `file id [32]` ‖ `chunk index u32 BE` (37 bytes);
+//! - response: `tag u8` (0 manifest, 1 chunk, 2 not found, 3 busy, 4 error) ‖ body until EOF
+//!   (the manifest bytes, the chunk bytes, nothing, nothing, a UTF-8 reason).
+//!
+//! Manifest (the bytes whose SHA-256 is the file id): `version u8 = 1` ‖ `size u64 BE` ‖
+//! `chunk size u32 BE` ‖ `chunk count u32 BE` ‖ `SHA-256 of each chunk [32]...`. The file's name
+//! is not part of it, so the same content shared under two names has one id and both providers
+//! serve it.
+//!
+//! Bounds: files up to [`MAX_FILE_BYTES`], at most [`MAX_CHUNKS`] chunks of at most
+//! [`MAX_CHUNK_BYTES`], [`MAX_SHARED_FILES`] shared files, [`MAX_SERVING`] chunk reads at once
+//! (the excess is answered "busy"), [`MAX_PARALLEL_CHUNKS`] chunk requests in flight per fetch and
+//! [`MAX_PER_PROVIDER`] per provider. A provider that does not answer within the request timeout
+//! (`Config::request_timeout`) fails that chunk, which goes to another provider.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt, io,
+    os::unix::fs::FileExt as _,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Instant,
+};
+
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{PeerId, StreamProtocol, kad, request_response};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::Client;
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/p2p-cc/files/1.0.0");
+/// Chunk size of files this node shares (256 KiB: large enough that per-request overhead is
+/// small, small enough that a refetch after a bad chunk is cheap).
+pub const CHUNK_BYTES: u32 = 256 * 1024;
+/// Smallest chunk size accepted in a manifest.
+pub const MIN_CHUNK_BYTES: u32 = 4 * 1024;
+/// Largest chunk size accepted in a manifest.
+pub const MAX_CHUNK_BYTES: u32 = 1024 * 1024;
+/// Largest file shared or fetched (4 GiB).
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
+/// Most chunks in a manifest: a 4 GiB file in 256 KiB chunks.
+pub const MAX_CHUNKS: u32 = 16 * 1024;
+/// Largest manifest on the wire.
+pub const MAX_MANIFEST_BYTES: usize = MANIFEST_HEADER_BYTES + 32 * MAX_CHUNKS as usize;
+/// Files this node shares at once.
+pub const MAX_SHARED_FILES: usize = 256;
+/// Chunk reads served at once; more requests are answered "busy".
+pub const MAX_SERVING: usize = 32;
+/// Providers a fetch uses.
+pub const MAX_PROVIDERS: usize = 16;
+/// Chunk requests in flight per fetch.
+pub const MAX_PARALLEL_CHUNKS: usize = 16;
+/// Chunk requests in flight per provider within a fetch.
+pub const MAX_PER_PROVIDER: usize = 4;
+/// A provider that fails this many chunks is dropped from the fetch.
+pub const MAX_PROVIDER_FAILURES: u32 = 3;
+/// Test faults remembered at once.
+const MAX_FAULTS: usize = 64;
+/// Requests held back by the "stall" fault at once.
+const MAX_STALLED: usize = 16;
+
+const MANIFEST_VERSION: u8 = 1;
+const MANIFEST_HEADER_BYTES: usize = 1 + 8 + 4 + 4;
+const REQUEST_BYTES: usize = 1 + 32 + 4;
+const MAX_ERROR_BYTES: usize = 512;
+/// Largest response body: a manifest or a chunk.
+const MAX_RESPONSE_BYTES: usize = if MAX_MANIFEST_BYTES > MAX_CHUNK_BYTES as usize {
+    MAX_MANIFEST_BYTES
+} else {
+    MAX_CHUNK_BYTES as usize
+};
+
+/// A file's id: the SHA-256 of its manifest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct FileId(pub [u8; 32]);
+
+impl FileId {
+    /// The DHT key its providers are announced under.
+    pub fn key(&self) -> kad::RecordKey {
+        kad::RecordKey::new(&self.0)
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl FromStr for FileId {
+    type Err = FileError;
+    fn from_str(s: &str) -> Result<Self, FileError> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(s, &mut id)
+            .map_err(|_| FileError::BadId(s.chars().take(80).collect()))?;
+        Ok(Self(id))
+    }
+}
+
+impl Serialize for FileId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{0:?} is not a file id (64 hex digits)")]
+    BadId(String),
+    #[error("malformed manifest: {0}")]
+    Manifest(String),
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} has {size} bytes; files are limited to {MAX_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("this node already shares {MAX_SHARED_FILES} files")]
+    StoreFull,
+    #[error("no provider of file {0} found in the DHT")]
+    NoProviders(FileId),
+    #[error("no provider sent a manifest matching file id {id}: {last_error}")]
+    NoManifest { id: FileId, last_error: String },
+    #[error("chunk {index} of file {id} failed at every provider; last error: {last_error}")]
+    ChunkFailed {
+        id: FileId,
+        index: u32,
+        last_error: String,
+    },
+    #[error("{0} already exists; refusing to overwrite it")]
+    OutputExists(PathBuf),
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("too many file requests or DHT queries in flight; try again")]
+    Busy,
+    #[error("the node has stopped")]
+    NodeStopped,
+}
+
+/// The list of chunk hashes that names a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub size: u64,
+    pub chunk_bytes: u32,
+    pub chunks: Vec<[u8; 32]>,
+}
+
+impl Manifest {
+    /// The canonical bytes (see the module docs); their SHA-256 is the file id.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MANIFEST_HEADER_BYTES + 32 * self.chunks.len());
+        out.push(MANIFEST_VERSION);
+        out.extend_from_slice(&self.size.to_be_bytes());
+        out.extend_from_slice(&self.chunk_bytes.to_be_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u32).to_be_bytes());
+        for hash in &self.chunks {
+            out.extend_from_slice(hash);
+        }
+        out
+    }
+
+    /// Parses and checks a manifest: version, bounds, and a chunk count that matches the size.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FileError> {
+        let bad = |why: String| FileError::Manifest(why);
+        if bytes.len() < MANIFEST_HEADER_BYTES {
+            return Err(bad(format!(
+                "{} bytes is shorter than the header",
+                bytes.len()
+            )));
+        }
+        if bytes[0] != MANIFEST_VERSION {
+            return Err(bad(format!("unknown version {}", bytes[0])));
+        }
+        let size = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        let chunk_bytes = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes"));
+        let count = u32::from_be_bytes(bytes[13..17].try_into().expect("4 bytes"));
+        if size > MAX_FILE_BYTES {
+            return Err(bad(format!("size {size} exceeds {MAX_FILE_BYTES}")));
+        }
+        if !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&chunk_bytes) {
+            return Err(bad(format!(
+                "chunk size {chunk_bytes} outside {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}"
+            )));
+        }
+        if count > MAX_CHUNKS {
+            return Err(bad(format!("{count} chunks exceed {MAX_CHUNKS}")));
+        }
+        if u64::from(count) != size.div_ceil(u64::from(chunk_bytes)) {
+            return Err(bad(format!(
+                "{count} chunks do not cover {size} bytes in chunks of {chunk_bytes}"
+            )));
+        }
+        let hashes = &bytes[MANIFEST_HEADER_BYTES..];
+        if hashes.len() != 32 * count as usize {
+            return Err(bad(format!(
+                "{} hash bytes for {count} chunks",
+                hashes.len()
+            )));
+        }
+        Ok(Self {
+            size,
+            chunk_bytes,
+            chunks: hashes
+                .chunks_exact(32)
+                .map(|h| h.try_into().expect("32 bytes"))
+                .collect(),
+        })
+    }
+
+    pub fn id(&self) -> FileId {
+        FileId(Sha256::digest(self.encode()).into())
+    }
+
+    pub fn offset(&self, index: u32) -> u64 {
+        u64::from(index) * u64::from(self.chunk_bytes)
+    }
+
+    /// Length of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: u32) -> usize {
+        (self.size - self.offset(index)).min(u64::from(self.chunk_bytes)) as usize
+    }
+
+    /// Reads and hashes a file (blocking).
+    pub fn build(path: &Path) -> Result<Self, FileError> {
+        let read = |source| FileError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let size = file.metadata().map_err(read)?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(FileError::TooLarge {
+                path: path.to_owned(),
+                size,
+            });
+        }
+        let mut manifest = Self {
+            size,
+            chunk_bytes: CHUNK_BYTES,
+            chunks: Vec::new(),
+        };
+        let count = size.div_ceil(u64::from(CHUNK_BYTES)) as u32;
+        let mut buf = vec![0u8; CHUNK_BYTES as usize];
+        for index in 0..count {
+            let len = manifest.chunk_len(index);
+            file.read_exact_at(&mut buf[..len], manifest.offset(index))
+                .map_err(read)?;
+            manifest.chunks.push(Sha256::digest(&buf[..len]).into());
+        }
+        Ok(manifest)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire format
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Manifest(FileId),
+    Chunk(FileId, u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Manifest bytes (checked by the fetcher against the id).
+    Manifest(Vec<u8>),
+    Chunk(Vec<u8>),
+    NotFound,
+    Busy,
+    Error(String),
+}
+
+/// The request-response codec for [`PROTOCOL`]; reads are bounded before they allocate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Codec;
+
+fn invalid(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut buf = [0u8; REQUEST_BYTES];
+        io.read_exact(&mut buf).await?;
+        let id = FileId(buf[1..33].try_into().expect("32 bytes"));
+        let index = u32::from_be_bytes(buf[33..37].try_into().expect("4 bytes"));
+        match buf[0] {
+            0 => Ok(Request::Manifest(id)),
+            1 => Ok(Request::Chunk(id, index)),
+            t => Err(invalid(format!("unknown request type {t}"))),
+        }
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut tag = [0u8; 1];
+        io.read_exact(&mut tag).await?;
+        let mut body = Vec::new();
+        io.take(MAX_RESPONSE_BYTES as u64 + 1)
+            .read_to_end(&mut body)
+            .await?;
+        if body.len() > MAX_RESPONSE_BYTES {
+            return Err(invalid(format!(
+                "response exceeds {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        match tag[0] {
+            0 => Ok(Response::Manifest(body)),
+            1 if body.len() <= MAX_CHUNK_BYTES as usize => Ok(Response::Chunk(body)),
+            1 => Err(invalid(format!("chunk exceeds {MAX_CHUNK_BYTES} bytes"))),
+            2 => Ok(Response::NotFound),
+            3 => Ok(Response::Busy),
+            4 => {
+                body.truncate(MAX_ERROR_BYTES);
+                Ok(Response::Error(String::from_utf8_lossy(&body).into_owned()))
+            }
+            t => Err(invalid(format!("unknown response type {t}"))),
+        }
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let (tag, id, index) = match req {
+            Request::Manifest(id) => (0u8, id, 0u32),
+            Request::Chunk(id, index) => (1, id, index),
+        };
+        let mut buf = [0u8; REQUEST_BYTES];
+        buf[0] = tag;
+        buf[1..33].copy_from_slice(&id.0);
+        buf[33..37].copy_from_slice(&index.to_be_bytes());
+        io.write_all(&buf).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let (tag, body): (u8, &[u8]) = match &res {
+            Response::Manifest(b) => (0, b),
+            Response::Chunk(b) => (1, b),
+            Response::NotFound => (2, &[]),
+            Response::Busy => (3, &[]),
+            Response::Error(e) => (4, &e.as_bytes()[..e.len().min(MAX_ERROR_BYTES)]),
+        };
+        io.write_all(&[tag]).await?;
+        io.write_all(body).await?;
+        io.close().await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving (owned by the event loop)
+
+/// A file this node shares.
+#[derive(Clone, Debug)]
+pub struct SharedFile {
+    pub id: FileId,
+    pub name: String,
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// What `GET /api/files` lists.
+#[derive(Clone, Debug, Serialize)]
+pub struct SharedSummary {
+    pub id: FileId,
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub chunks: usize,
+}
+
+/// Test hook: misbehave when serving one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Flip a byte of the chunk.
+    Corrupt,
+    /// Never answer (the requester times out).
+    Stall,
+}
+
+/// A chunk read finished; the event loop sends the response.
+pub struct Served {
+    pub channel: request_response::ResponseChannel<Response>,
+    pub response: Response,
+}
+
+/// The files this node serves, and the bounded work of serving them.
+pub struct Store {
+    files: HashMap<FileId, SharedFile>,
+    faults: HashMap<(FileId, u32), Fault>,
+    stalled: VecDeque<request_response::ResponseChannel<Response>>,
+    serving: usize,
+    served: mpsc::Sender<Served>,
+}
+
+type Channel = request_response::ResponseChannel<Response>;
+
+/// What [`Store::handle`] did with a request.
+pub enum Handled {
+    /// Send this response now.
+    Now(Channel, Response),
+    /// The response will arrive on the `served` channel (or never, for a stall fault).
+    Later,
+    /// Answer without data and count the refusal.
+    Refused(Refusal, Channel),
+}
+
+/// Why an inbound request got no data (counted as rejections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    Busy,
+    BadIndex,
+}
+
+impl Store {
+    pub fn new() -> (Self, mpsc::Receiver<Served>) {
+        let (served, rx) = mpsc::channel(MAX_SERVING);
+        (
+            Self {
+                files: HashMap::new(),
+                faults: HashMap::new(),
+                stalled: VecDeque::new(),
+                serving: 0,
+                served,
+            },
+            rx,
+        )
+    }
+
+    pub fn insert(&mut self, file: SharedFile) -> Result<(), FileError> {
+        if !self.files.contains_key(&file.id) && self.files.len() >= MAX_SHARED_FILES {
+            return Err(FileError::StoreFull);
+        }
+        self.files.insert(file.id, file);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn list(&self) -> Vec<SharedSummary> {
+        self.files
+            .values()
+            .map(|f| SharedSummary {
+                id: f.id,
+                name: f.name.clone(),
+                path: f.path.clone(),
+                size: f.manifest.size,
+                chunks: f.manifest.chunks.len(),
+            })
+            .collect()
+    }
+
+    pub fn set_fault(&mut self, id: FileId, index: u32, fault: Option<Fault>) {
+        match fault {
+            Some(f) if self.faults.len() < MAX_FAULTS || self.faults.contains_key(&(id, index)) => {
+                self.faults.insert((id, index), f);
+            }
+            Some(_) => tracing::warn!("test fault table full"),
+            None => {
+                self.faults.remove(&(id, index));
+            }
+        }
+    }
+
+    /// A chunk read came back.
+    pub fn finished(&mut self) {
+        self.serving = self.serving.saturating_sub(1);
+    }
+
+    /// Answers a request: at once (manifest, refusals) or via a blocking read whose result
+    /// arrives on the `served` channel.
+    pub fn handle(
+        &mut self,
+        request: Request,
+        channel: request_response::ResponseChannel<Response>,
+    ) -> Handled {
+        let (id, index) = match request {
+            Request::Manifest(id) => {
+                return match self.files.get(&id) {
+                    Some(f) => Handled::Now(channel, Response::Manifest(f.manifest.encode())),
+                    None => Handled::Refused(Refusal::NotFound, channel),
+                };
+            }
+            Request::Chunk(id, index) => (id, index),
+        };
+        let Some(file) = self.files.get(&id) else {
+            return Handled::Refused(Refusal::NotFound, channel);
+        };
+        let Some(&expected) = file.manifest.chunks.get(index as usize) else {
+            return Handled::Refused(Refusal::BadIndex, channel);
+        };
+        let fault = self.faults.get(&(id, index)).copied();
+        if fault == Some(Fault::Stall) {
+            if self.stalled.len() >= MAX_STALLED {
+                self.stalled.pop_front();
+            }
+            self.stalled.push_back(channel);
+            return Handled::Later;
+        }
+        if self.serving >= MAX_SERVING {
+            return Handled::Refused(Refusal::Busy, channel);
+        }
+        self.serving += 1;
+        let path = file.path.clone();
+        let offset = file.manifest.offset(index);
+        let len = file.manifest.chunk_len(index);
+        let served = self.served.clone();
+        tokio::task::spawn_blocking(move || {
+            let response = match read_chunk(&path, offset, len, &expected) {
+                Ok(mut bytes) => {
+                    if fault == Some(Fault::Corrupt)
+                        && let Some(b) = bytes.first_mut()
+                    {
+                        *b ^= 0xff;
+                    }
+                    Response::Chunk(bytes)
+                }
+                Err(e) => Response::Error(e),
+            };
+            // At most MAX_SERVING reads are in flight and the channel holds as many.
+            let _ = served.blocking_send(Served { channel, response });
+        });
+        Handled::Later
+    }
+}
+
+/// Reads a chunk and checks it still matches the manifest (the file may have changed on disk).
+fn read_chunk(
+    path: &Path,
+    offset: u64,
+    len: usize,
+    expected: &[u8; 32],
+) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("opening the shared file: {e}"))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| format!("reading the shared file: {e}"))?;
+    if Sha256::digest(&buf).as_slice() != expected {
+        return Err("the shared file changed on disk since it was shared".into());
+    }
+    Ok(buf)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fetching (runs in the caller's task, talks to the event loop through the Client)
+
+/// What a fetch did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FetchReport {
+    pub id: FileId,
+    pub path: PathBuf,
+    pub size: u64,
+    pub chunks: usize,
+    pub seconds: f64,
+    pub bytes_per_second: f64,
+    /// Chunks each provider delivered (verified).
+    pub providers: Vec<ProviderReport>,
+    /// Chunks that failed verification and were fetched again.
+    pub corrupt_chunks: u32,
+    /// Chunk requests that failed otherwise (timeouts, errors, busy) and were retried.
+    pub failed_requests: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProviderReport {
+    #[serde(serialize_with = "ser_peer")]
+    pub peer: PeerId,
+    pub chunks: u32,
+    pub failures: u32,
+}
+
+fn ser_peer<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(peer)
+}
+
+/// Fetches `id` into `out`: providers from the DHT, manifest checked against the id, chunks in
+/// parallel from all providers, each verified. Writes `<out>.part` and renames it only when every
+/// chunk is verified; on any error the partial file is removed.
+pub async fn fetch(client: &Client, id: FileId, out: &Path) -> Result<FetchReport, FileError> {
+    if tokio::fs::try_exists(out).await.unwrap_or(false) {
+        return Err(FileError::OutputExists(out.to_owned()));
+    }
+    let start = Instant::now();
+    let mut providers = client.get_providers(id).await?;
+    providers.retain(|p| *p != client.local_peer_id());
+    providers.truncate(MAX_PROVIDERS);
+    if providers.is_empty() {
+        return Err(FileError::NoProviders(id));
+    }
+    let manifest = fetch_manifest(client, id, &providers).await?;
+
+    let part = part_path(out);
+    let result = fetch_chunks(client, id, &manifest, &providers, &part).await;
+    let mut report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+    };
+    if let Err(source) = tokio::fs::rename(&part, out).await {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(FileError::Write {
+            path: out.to_owned(),
+            source,
+        });
+    }
+    report.path = out.to_owned();
+    report.seconds = start.elapsed().as_secs_f64();
+    report.bytes_per_second = if report.seconds > 0.0 {
+        manifest.size as f64 / report.seconds
+    } else {
+        0.0
+    };
+    Ok(report)
+}
+
+fn part_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_owned();
+    name.push(".part");
+    out.with_file_name(name)
+}
+
+async fn fetch_manifest(
+    client: &Client,
+    id: FileId,
+    providers: &[PeerId],
+) -> Result<Manifest, FileError> {
+    let mut last_error = String::from("no provider answered");
+    for &peer in providers {
+        match client.request(peer, Request::Manifest(id)).await {
+            Ok(Response::Manifest(bytes)) => {
+                if bytes.len() > MAX_MANIFEST_BYTES {
+                    last_error = format!("{peer} sent an oversized manifest");
+                    continue;
+                }
+                if FileId(Sha256::digest(&bytes).into()) != id {
+                    last_error = format!("{peer} sent a manifest that does not hash to the id");
+                    continue;
+                }
+                match Manifest::decode(&bytes) {
+                    Ok(m) => return Ok(m),
+                    Err(e) => last_error = format!("{peer}: {e}"),
+                }
+            }
+            Ok(other) => last_error = format!("{peer} answered {}", describe(&other)),
+            Err(FileError::NodeStopped) => return Err(FileError::NodeStopped),
+            Err(e) => last_error = format!("{peer}: {e}"),
+        }
+    }
+    Err(FileError::NoManifest { id, last_error })
+}
+
+fn describe(response: &Response) -> String {
+    match response {
+        Response::Manifest(_) => "with a manifest".into(),
+        Response::Chunk(_) => "with a chunk".into(),
+        Response::NotFound => "not found".into(),
+        Response::Busy => "busy".into(),
+        Response::Error(e) => format!("error: {e}"),
+    }
+}
+
+/// Per-provider state within one fetch.
+struct Provider {
+    peer: PeerId,
+    in_flight: usize,
+    chunks: u32,
+    failures: u32,
+}
+
+async fn fetch_chunks(
+    client: &Client,
+    id: FileId,
+    manifest: &Manifest,
+    peers: &[PeerId],
+    part: &Path,
+) -> Result<FetchReport, FileError> {
+    let write_err = |source| FileError::Write {
+        path: part.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(part)
+        .map_err(write_err)?;
+    file.set_len(manifest.size).map_err(write_err)?;
+    let file = std::sync::Arc::new(file);
+
+    let mut providers: Vec<Provider> = peers
+        .iter()
+        .map(|&peer| Provider {
+            peer,
+            in_flight: 0,
+            chunks: 0,
+            failures: 0,
+        })
+        .collect();
+    let count = manifest.chunks.len();
+    // Providers (bit per index in `providers`) that already failed each chunk.
+    let mut tried = vec![0u32; count];
+    let mut last_error: Vec<Option<String>> = vec![None; count];
+    let mut queue: VecDeque<u32> = (0..count as u32).collect();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut done = 0usize;
+    let (mut corrupt_chunks, mut failed_requests) = (0u32, 0u32);
+
+    while done < count {
+        // Hand out chunks while there is room.
+        while in_flight.len() < MAX_PARALLEL_CHUNKS {
+            let Some(&index) = queue.front() else { break };
+            let eligible = |p: &(usize, &Provider)| {
+                tried[index as usize] & (1 << p.0) == 0 && p.1.failures < MAX_PROVIDER_FAILURES
+            };
+            if !providers.iter().enumerate().any(|p| eligible(&p)) {
+                return Err(FileError::ChunkFailed {
+                    id,
+                    index,
+                    last_error: last_error[index as usize]
+                        .take()
+                        .unwrap_or_else(|| "every provider failed too often".into()),
+                });
+            }
+            // Spread chunks over providers, starting at a different one per chunk.
+            let n = providers.len();
+            let Some(slot) = (0..n).map(|k| (index as usize + k) % n).find(|&i| {
+                eligible(&(i, &providers[i])) && providers[i].in_flight < MAX_PER_PROVIDER
+            }) else {
+                break; // every eligible provider is busy; wait for one.
+            };
+            queue.pop_front();
+            providers[slot].in_flight += 1;
+            let peer = providers[slot].peer;
+            in_flight.push(async move {
+                (
+                    slot,
+                    index,
+                    client.request(peer, Request::Chunk(id, index)).await,
+                )
+            });
+        }
+
+        let Some((slot, index, result)) = in_flight.next().await else {
+            break;
+        };
+        providers[slot].in_flight -= 1;
+        let i = index as usize;
+        let failure = match result {
+            Ok(Response::Chunk(bytes)) => {
+                if bytes.len() != manifest.chunk_len(index)
+                    || Sha256::digest(&bytes).as_slice() != manifest.chunks[i]
+                {
+                    corrupt_chunks += 1;
+                    client.metrics.chunks_corrupt.inc();
+                    Some(format!(
+                        "{} sent chunk {index} with a wrong hash",
+                        providers[slot].peer
+                    ))
+                } else {
+                    let file = file.clone();
+                    let offset = manifest.offset(index);
+                    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
+                        .await
+                        .map_err(|e| write_err(io::Error::other(e)))?
+                        .map_err(write_err)?;
+                    providers[slot].chunks += 1;
+                    done += 1;
+                    None
+                }
+            }
+            Ok(other) => {
+                failed_requests += 1;
+                Some(format!(
+                    "{} answered {}",
+                    providers[slot].peer,
+                    describe(&other)
+                ))
+            }
+            Err(FileError::NodeStopped) => return Err(FileError::NodeStopped),
+            Err(e) => {
+                failed_requests += 1;
+                Some(format!("{}: {e}", providers[slot].peer))
+            }
+        };
+        if let Some(why) = failure {
+            tracing::debug!(%id, index, "chunk failed: {why}");
+            tried[i] |= 1 << slot;
+            providers[slot].failures += 1;
+            last_error[i] = Some(why);
+            queue.push_front(index);
+        }
+    }
+    if done < count {
+        return Err(FileError::ChunkFailed {
+            id,
+            index: queue.front().copied().unwrap_or_default(),
+            last_error: "the fetch stopped before every chunk arrived".into(),
+        });
+    }
+    file.sync_all().map_err(write_err)?;
+    Ok(FetchReport {
+        id,
+        path: part.to_owned(),
+        size: manifest.size,
+        chunks: count,
+        seconds: 0.0,
+        bytes_per_second: 0.0,
+        providers: providers
+            .iter()
+            .map(|p| ProviderReport {
+                peer: p.peer,
+                chunks: p.chunks,
+                failures: p.failures,
+            })
+            .collect(),
+        corrupt_chunks,
+        failed_requests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(size: u64) -> Manifest {
+        let count = size.div_ceil(u64::from(CHUNK_BYTES));
+        Manifest {
+            size,
+            chunk_bytes: CHUNK_BYTES,
+            chunks: (0..count).map(|i| [i as u8; 32]).collect(),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_names_the_file() {
+        for size in [0, 1, u64::from(CHUNK_BYTES), u64::from(CHUNK_BYTES) * 3 + 7] {
+            let m = manifest(size);
+            assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+            let id = m.id();
+            assert_eq!(id.to_string().parse::<FileId>().unwrap(), id);
+        }
+        assert_ne!(manifest(1).id(), manifest(2).id());
+        let m = manifest(u64::from(CHUNK_BYTES) + 5);
+        assert_eq!(m.chunk_len(0), CHUNK_BYTES as usize);
+        assert_eq!(m.chunk_len(1), 5);
+    }
+
+    #[test]
+    fn malformed_manifests_are_refused() {
+        let good = manifest(u64::from(CHUNK_BYTES) * 2).encode();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (good[..10].to_vec(), "shorter than the header"),
+            (
+                {
+                    let mut b = good.clone();
+                    b[0] = 9;
+                    b
+                },
+                "unknown version",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b.push(0);
+                    b
+                },
+                "hash bytes",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[13..17].copy_from_slice(&3u32.to_be_bytes());
+                    b
+                },
+                "do not cover",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[9..13].copy_from_slice(&1u32.to_be_bytes());
+                    b
+                },
+                "chunk size",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[1..9].copy_from_slice(&u64::MAX.to_be_bytes());
+                    b
+                },
+                "exceeds",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = Manifest::decode(&bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn bad_file_ids_are_refused() {
+        for bad in ["", "zz", &"0".repeat(63), &"g".repeat(64), &"0".repeat(66)] {
+            let err = bad.parse::<FileId>().unwrap_err().to_string();
+            assert!(err.contains("is not a file id"), "{err}");
+        }
+    }
+
+    #[test]
+    fn codec_round_trips_and_bounds_responses() {
+        use request_response::Codec as _;
+        futures::executor::block_on(async {
+            let mut codec = Codec;
+            let id = manifest(1).id();
+            for req in [Request::Manifest(id), Request::Chunk(id, 7)] {
+                let mut buf = Vec::new();
+                codec.write_request(&PROTOCOL, &mut buf, req).await.unwrap();
+                let got = codec.read_request(&PROTOCOL, &mut &buf[..]).await.unwrap();
+                assert_eq!(got, req);
+            }
+            for res in [
+                Response::Chunk(vec![1, 2, 3]),
+                Response::NotFound,
+                Response::Busy,
+                Response::Error("nope".into()),
+            ] {
+                let mut buf = Vec::new();
+                codec
+                    .write_response(&PROTOCOL, &mut buf, res.clone())
+                    .await
+                    .unwrap();
+                let got = codec.read_response(&PROTOCOL, &mut &buf[..]).await.unwrap();
+                assert_eq!(got, res);
+            }
+            let mut huge = vec![1u8];
+            huge.resize(MAX_RESPONSE_BYTES + 2, 0);
+            let err = codec
+                .read_response(&PROTOCOL, &mut &huge[..])
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("exceeds"), "{err}");
+            let err = codec
+                .read_request(&PROTOCOL, &mut &[9u8; REQUEST_BYTES][..])
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("unknown request type"), "{err}");
+        });
+    }
+}

@@ -1,0 +1,194 @@
+//! Gossipsub on one topic, [`TOPIC`], where nodes announce shared files and their status.
+//!
+//! Messages are signed by their author, at most [`MAX_MESSAGE_BYTES`] long (larger ones are
+//! dropped by gossipsub's codec) and JSON-encoded [`Announcement`]s. Every message is validated
+//! before gossipsub forwards it ([`validate`]); a message that does not decode or breaks a bound
+//! is rejected (the sender's score drops) and counted by reason.
+
+use std::time::Duration;
+
+use libp2p::{PeerId, gossipsub};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::files::{FileId, MAX_FILE_BYTES};
+
+/// The status/announcement topic.
+pub const TOPIC: &str = "p2p-cc/status/1";
+/// Largest message on the wire (gossipsub's default is 64 KiB; announcements are small).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
+/// Longest file name in an announcement, bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest algorithm name (the kernel's `TCP_CA_NAME_MAX` minus the NUL).
+pub const MAX_ALGORITHM_BYTES: usize = 15;
+/// Announcements remembered for `GET /api/announcements`.
+pub const MAX_RECENT: usize = 256;
+/// Gossipsub heartbeat (mesh maintenance).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What nodes say on [`TOPIC`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Announcement {
+    /// The author shares a file (and is a provider of it in the DHT).
+    File { id: String, name: String, size: u64 },
+    /// The author's periodic status.
+    Status {
+        algorithm: String,
+        connected_peers: u32,
+        routing_table_peers: u32,
+        shared_files: u32,
+    },
+}
+
+/// A validated announcement and who wrote it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Received {
+    #[serde(serialize_with = "ser_peer")]
+    pub author: PeerId,
+    pub announcement: Announcement,
+}
+
+fn ser_peer<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(peer)
+}
+
+/// Why a message was rejected (the `reason` label of `p2pcc_gossip_rejected_total`).
+#[derive(
+    Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue,
+)]
+pub enum Rejection {
+    /// No signed author.
+    Unsigned,
+    Oversized,
+    /// Not JSON, or not an announcement.
+    Malformed,
+    /// Decoded, but a field breaks a bound.
+    Invalid,
+}
+
+/// Checks a received message.
+pub fn validate(message: &gossipsub::Message) -> Result<Received, Rejection> {
+    let author = message.source.ok_or(Rejection::Unsigned)?;
+    if message.data.len() > MAX_MESSAGE_BYTES {
+        return Err(Rejection::Oversized);
+    }
+    let announcement: Announcement =
+        serde_json::from_slice(&message.data).map_err(|_| Rejection::Malformed)?;
+    check(&announcement)?;
+    Ok(Received {
+        author,
+        announcement,
+    })
+}
+
+fn check(announcement: &Announcement) -> Result<(), Rejection> {
+    let ok = match announcement {
+        Announcement::File { id, name, size } => {
+            id.parse::<FileId>().is_ok()
+                && !name.is_empty()
+                && name.len() <= MAX_NAME_BYTES
+                && !name.chars().any(char::is_control)
+                && *size <= MAX_FILE_BYTES
+        }
+        Announcement::Status { algorithm, .. } => {
+            algorithm.len() <= MAX_ALGORITHM_BYTES
+                && algorithm
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }
+    };
+    if ok { Ok(()) } else { Err(Rejection::Invalid) }
+}
+
+/// Encodes an announcement for publishing, checking the same bounds receivers check.
+pub fn encode(announcement: &Announcement) -> Result<Vec<u8>, String> {
+    check(announcement).map_err(|_| format!("announcement breaks a bound: {announcement:?}"))?;
+    let data = serde_json::to_vec(announcement).map_err(|e| e.to_string())?;
+    if data.len() > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "announcement is {} bytes, the limit is {MAX_MESSAGE_BYTES}",
+            data.len()
+        ));
+    }
+    Ok(data)
+}
+
+/// The gossipsub behaviour: signed messages, strict validation, application validation on,
+/// content-addressed message ids (the same announcement twice is one message).
+pub fn behaviour(key: &libp2p::identity::Keypair) -> anyhow::Result<gossipsub::Behaviour> {
+    let config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(HEARTBEAT)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_MESSAGE_BYTES + 1024) // protobuf framing, signature and key
+        .message_id_fn(|m: &gossipsub::Message| {
+            let mut h = Sha256::new();
+            h.update(m.source.map(|p| p.to_bytes()).unwrap_or_default());
+            h.update(&m.data);
+            gossipsub::MessageId::from(hex::encode(&h.finalize()[..20]))
+        })
+        .build()
+        .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+    let mut behaviour =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    behaviour
+        .subscribe(&gossipsub::IdentTopic::new(TOPIC))
+        .map_err(|e| anyhow::anyhow!("subscribing to {TOPIC}: {e}"))?;
+    Ok(behaviour)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: &[u8], source: Option<PeerId>) -> gossipsub::Message {
+        gossipsub::Message {
+            source,
+            data: data.to_vec(),
+            sequence_number: Some(1),
+            topic: gossipsub::IdentTopic::new(TOPIC).hash(),
+        }
+    }
+
+    #[test]
+    fn valid_announcements_pass_and_bad_ones_are_rejected_by_reason() {
+        let peer = PeerId::random();
+        let file = Announcement::File {
+            id: "ab".repeat(32),
+            name: "a.bin".into(),
+            size: 10,
+        };
+        let got = validate(&message(&encode(&file).unwrap(), Some(peer))).unwrap();
+        assert_eq!(got.announcement, file);
+        assert_eq!(got.author, peer);
+
+        let cases: Vec<(Vec<u8>, Option<PeerId>, Rejection)> = vec![
+            (b"{}".to_vec(), None, Rejection::Unsigned),
+            (vec![b' '; MAX_MESSAGE_BYTES + 1], Some(peer), Rejection::Oversized),
+            (b"not json".to_vec(), Some(peer), Rejection::Malformed),
+            (br#"{"kind":"other"}"#.to_vec(), Some(peer), Rejection::Malformed),
+            (
+                br#"{"kind":"file","id":"xyz","name":"a","size":1}"#.to_vec(),
+                Some(peer),
+                Rejection::Invalid,
+            ),
+            (
+                format!(r#"{{"kind":"file","id":"{}","name":"a\n","size":1}}"#, "ab".repeat(32))
+                    .into_bytes(),
+                Some(peer),
+                Rejection::Invalid,
+            ),
+            (
+                br#"{"kind":"status","algorithm":"bbr; rm -rf","connected_peers":1,"routing_table_peers":1,"shared_files":0}"#
+                    .to_vec(),
+                Some(peer),
+                Rejection::Invalid,
+            ),
+        ];
+        for (data, source, want) in cases {
+            assert_eq!(validate(&message(&data, source)).unwrap_err(), want);
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! In-process libp2p tests: several nodes in this process on 127.0.0.1, talking through the
+//! real TCP transport (and so through the socket hook). Every wait is bounded in time.
+//!
+//! The socket table is process-global, so every test sets the same algorithm ([`ALGORITHM`],
+//! not the kernel default) and the tests run one at a time ([`SERIAL`]) so timings are the
+//! node's, not the neighbour test's.
+
+use std::{
+    collections::HashSet,
+    mem::ManuallyDrop,
+    os::fd::{BorrowedFd, FromRawFd as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair};
+use p2p_node::{
+    node::{
+        self, Client, Config,
+        files::{Fault, FileError, FileId},
+        gossip::Announcement,
+        transport::socket_addr,
+    },
+    sockets::{self, Direction, SocketTable},
+};
+use prometheus_client::registry::Registry;
+
+/// Every socket of every node in this process gets this algorithm.
+const ALGORITHM: &str = "reno";
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn config() -> Config {
+    SocketTable::global().set_algorithm(Some(ALGORITHM.into()));
+    Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        idle_timeout: Duration::from_secs(60),
+        bootstrap_interval: Duration::from_secs(2),
+        maintenance_interval: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+struct TestNode {
+    client: Client,
+    addr: Multiaddr,
+    registry: Registry,
+}
+
+async fn start(config: Config) -> TestNode {
+    let mut registry = Registry::default();
+    let client = node::spawn(Keypair::generate_ed25519(), config, &mut registry).unwrap();
+    let addr = wait_for("a listen address", Duration::from_secs(5), || async {
+        client.info().await.unwrap().listen_addrs.first().cloned()
+    })
+    .await;
+    TestNode {
+        client,
+        addr: addr.parse().unwrap(),
+        registry,
+    }
+}
+
+/// A bootstrap node and `n - 1` nodes that know only it.
+async fn network(n: usize, tweak: impl Fn(&mut Config)) -> Vec<TestNode> {
+    let mut c = config();
+    tweak(&mut c);
+    let first = start(c).await;
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let mut c = config();
+        c.peers = vec![nodes[0].addr.clone()];
+        tweak(&mut c);
+        nodes.push(start(c).await);
+    }
+    nodes
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, panicking after `limit`.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_full_routing_tables(nodes: &[TestNode], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.client.local_peer_id()).collect();
+    wait_for(
+        "every node to have every other in its routing table",
+        limit,
+        || async {
+            for n in nodes {
+                let table: HashSet<PeerId> = n
+                    .client
+                    .routing_table()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .collect();
+                let me = n.client.local_peer_id();
+                if ids.iter().any(|p| *p != me && !table.contains(p)) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    start.elapsed()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("p2p-node-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so chunks differ from each other.
+fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Two nodes share the same content (under different names); returns its id.
+async fn share_on(nodes: &[&TestNode], dir: &Path, data: &[u8]) -> FileId {
+    let mut ids = HashSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let path = dir.join(format!("copy-{i}.bin"));
+        std::fs::write(&path, data).unwrap();
+        let report = n.client.share(&path).await.unwrap();
+        assert_eq!(report.size, data.len() as u64);
+        ids.insert(report.id);
+    }
+    assert_eq!(ids.len(), 1, "the same content has one id");
+    ids.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_discover_each_other_through_the_dht_from_one_bootstrap_peer() {
+    let _serial = SERIAL.lock().await;
+    let start = Instant::now();
+    let nodes = network(5, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    eprintln!(
+        "5 nodes started and discovered each other through the DHT in {:?}",
+        start.elapsed()
+    );
+    for n in &nodes {
+        let info = n.client.info().await.unwrap();
+        assert_eq!(info.routing_table_peers, 4, "visible in /api/node");
+    }
+    // The routing-table gauge is exported.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &nodes[1].registry).unwrap();
+    assert!(text.contains("p2pcc_kad_routing_table_peers 4"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossip_message_reaches_every_node() {
+    let _serial = SERIAL.lock().await;
+    let nodes = network(5, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    let announcement = Announcement::File {
+        id: "5a".repeat(32),
+        name: "hello.txt".into(),
+        size: 42,
+    };
+    let author = nodes[4].client.local_peer_id();
+    let start = Instant::now();
+    // The first publish can race the subscription exchange; retry (bounded).
+    wait_for("a successful publish", Duration::from_secs(10), || async {
+        nodes[4].client.publish(announcement.clone()).await.ok()
+    })
+    .await;
+    wait_for(
+        "the announcement at every node",
+        Duration::from_secs(20),
+        || async {
+            for n in &nodes[..4] {
+                let seen = n.client.announcements().await.unwrap();
+                if !seen
+                    .iter()
+                    .any(|r| r.author == author && r.announcement == announcement)
+                {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    eprintln!("gossip reached 4 nodes in {:?}", start.elapsed());
+    for n in &nodes {
+        assert_eq!(n.client.info().await.unwrap().gossip_rejected, 0);
+    }
+    // A message breaking a bound is refused at the publisher, before it reaches the wire.
+    let bad = Announcement::File {
+        id: "not-an-id".into(),
+        name: "x".into(),
+        size: 1,
+    };
+    let err = nodes[0].client.publish(bad).await.unwrap_err();
+    assert!(format!("{err:#}").contains("breaks a bound"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shared_by_two_nodes_is_fetched_by_a_third_from_both_and_verified() {
+    let _serial = SERIAL.lock().await;
+    let nodes = network(3, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    let dir = temp_dir("fetch");
+    let data = test_bytes(16 * 1024 * 1024 + 12_345, 7);
+    let id = share_on(&[&nodes[0], &nodes[1]], &dir, &data).await;
+
+    let out = dir.join("fetched.bin");
+    let report = nodes[2].client.fetch(id, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(report.chunks, 65);
+    let providers: Vec<_> = report.providers.iter().filter(|p| p.chunks > 0).collect();
+    assert_eq!(
+        providers.len(),
+        2,
+        "both providers served chunks: {report:?}"
+    );
+    assert_eq!(report.corrupt_chunks, 0);
+    eprintln!(
+        "fetched {} bytes from 2 providers in {:.3}s: {:.1} MB/s",
+        report.size,
+        report.seconds,
+        report.bytes_per_second / 1e6
+    );
+
+    // A second fetch into the same path is refused, not overwritten.
+    let err = nodes[2].client.fetch(id, &out).await.unwrap_err();
+    assert!(matches!(err, FileError::OutputExists(_)), "{err}");
+    // An id nobody provides.
+    let unknown = FileId([0x11; 32]);
+    let err = nodes[2]
+        .client
+        .fetch(unknown, &dir.join("none.bin"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no provider of file"), "{err}");
+    assert!(!dir.join("none.bin").exists() && !dir.join("none.bin.part").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_or_stalled_chunk_is_detected_and_refetched_from_the_other_provider() {
+    let _serial = SERIAL.lock().await;
+    let nodes = network(3, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    let dir = temp_dir("corrupt");
+    let data = test_bytes(8 * 256 * 1024, 11);
+    let id = share_on(&[&nodes[0], &nodes[1]], &dir, &data).await;
+
+    // Chunks 0 and 1 start at different providers, so one of them is asked of node 0 first.
+    for index in [0, 1] {
+        nodes[0]
+            .client
+            .set_fault(id, index, Some(Fault::Corrupt))
+            .await;
+    }
+    let out = dir.join("corrupt.bin");
+    let report = nodes[2].client.fetch(id, &out).await.unwrap();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        data,
+        "reassembled file is correct"
+    );
+    assert!(report.corrupt_chunks >= 1, "{report:?}");
+
+    // Node 1 stalls on chunks 2 and 3: the requests time out and go to node 0.
+    for index in [0, 1] {
+        nodes[0].client.set_fault(id, index, None).await;
+    }
+    for index in [2, 3] {
+        nodes[1]
+            .client
+            .set_fault(id, index, Some(Fault::Stall))
+            .await;
+    }
+    let out = dir.join("stalled.bin");
+    let report = nodes[2].client.fetch(id, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(report.failed_requests >= 1, "{report:?}");
+
+    // When every provider corrupts a chunk the fetch fails and leaves nothing behind.
+    nodes[1].client.set_fault(id, 2, Some(Fault::Corrupt)).await;
+    nodes[1].client.set_fault(id, 3, None).await;
+    nodes[0].client.set_fault(id, 2, Some(Fault::Corrupt)).await;
+    let out = dir.join("failed.bin");
+    let err = nodes[2].client.fetch(id, &out).await.unwrap_err();
+    assert!(
+        matches!(err, FileError::ChunkFailed { index: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wrong hash"), "{err}");
+    assert!(!out.exists() && !dir.join("failed.bin.part").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_reject_the_excess() {
+    let _serial = SERIAL.lock().await;
+    let mut c = config();
+    c.max_inbound = 2;
+    c.min_peers = 0;
+    let hub = start(c).await;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        let mut c = config();
+        c.peers = vec![hub.addr.clone()];
+        c.min_peers = 0;
+        others.push(start(c).await);
+    }
+    let info = wait_for(
+        "two refused connections",
+        Duration::from_secs(10),
+        || async {
+            let info = hub.client.info().await.unwrap();
+            assert!(info.inbound_connections <= 2, "{info:?}");
+            (info.connections_denied >= 2).then_some(info)
+        },
+    )
+    .await;
+    assert_eq!(info.inbound_connections, 2, "{info:?}");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &hub.registry).unwrap();
+    let line = r#"p2pcc_connections_denied_total{direction="inbound",limit="connection_limit"} "#;
+    let denied: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line:?} in {text}"));
+    assert!(denied >= 2, "{denied} denied");
+    eprintln!("hub with max_inbound 2: {denied} inbound connections denied");
+}
+
+/// For every connection of every node: the socket table names the right PeerId and addresses,
+/// and the socket itself (found by its own `SO_COOKIE`) runs the configured algorithm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_has_its_socket_in_the_table_with_the_configured_algorithm() {
+    let _serial = SERIAL.lock().await;
+    let nodes = network(4, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    // Each node dials the routing table up to `min_peers`: wait for a full mesh.
+    wait_for("a full mesh", Duration::from_secs(20), || async {
+        for n in &nodes {
+            if n.client.info().await.unwrap().connected_peers < 3 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+
+    let table = SocketTable::global().snapshot();
+    // The other end of a socket's TCP connection (both ends live in this process).
+    let counterpart = |s: &sockets::SocketInfo| {
+        table
+            .iter()
+            .find(|o| o.local == s.remote && o.remote == s.local)
+            .cloned()
+    };
+    let mut checked = 0;
+    for n in &nodes {
+        let me = n.client.local_peer_id();
+        let connections = n.client.connections().await.unwrap();
+        let mut cookies = HashSet::new();
+        for conn in &connections {
+            let remote = socket_addr(&conn.remote).expect("TCP address");
+            // The swarm knows the remote address (and the local one when accepting); the
+            // socket of this node is the one whose other end is bound to this node's PeerId.
+            let matching: Vec<_> = table
+                .iter()
+                .filter(|s| s.direction == conn.direction && s.remote == remote)
+                .filter(|s| match &conn.local {
+                    Some(local) => Some(s.local) == socket_addr(local),
+                    None => true,
+                })
+                .filter(|s| counterpart(s).is_some_and(|o| o.peer == Some(me)))
+                .collect();
+            assert!(!matching.is_empty(), "{me}: no socket for {conn:?}");
+            for socket in matching {
+                assert_eq!(
+                    socket.peer,
+                    Some(conn.peer),
+                    "{me}: cookie names the remote PeerId"
+                );
+                assert_eq!(socket.algorithm, ALGORITHM);
+                assert_ne!(counterpart(socket).unwrap().direction, socket.direction);
+                cookies.insert(socket.cookie);
+            }
+            checked += 1;
+        }
+        assert_eq!(
+            cookies.len(),
+            connections.len(),
+            "{me}: one socket per connection"
+        );
+    }
+    assert!(
+        checked >= 12,
+        "4 nodes in a full mesh: {checked} connection ends"
+    );
+
+    // The sockets themselves: every TCP socket of this process whose SO_COOKIE is in the table
+    // has the table's addresses and runs ALGORITHM.
+    let mut sockets_checked = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the fd was open a moment ago; it is only borrowed for getsockopt and never
+        // closed here. Another test thread may close it meanwhile; then the calls fail or read
+        // another socket, whose cookie is then not (or differently) in the table.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let Ok(cookie) = sockets::cookie(borrowed) else {
+            continue;
+        };
+        let Some(info) = SocketTable::global().get(cookie) else {
+            continue;
+        };
+        // SAFETY: as above; ManuallyDrop keeps the std stream from closing the fd.
+        let stream = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        assert_eq!(stream.local_addr().unwrap(), info.local, "cookie {cookie}");
+        assert_eq!(stream.peer_addr().unwrap(), info.remote, "cookie {cookie}");
+        assert_eq!(sockets::congestion(borrowed).unwrap(), ALGORITHM);
+        assert_eq!(info.algorithm, ALGORITHM);
+        sockets_checked += 1;
+    }
+    assert!(sockets_checked >= 12, "{sockets_checked} sockets checked");
+    assert!(table.iter().any(|s| s.direction == Direction::Inbound));
+    assert!(table.iter().any(|s| s.direction == Direction::Outbound));
+}
