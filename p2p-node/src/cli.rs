@@ -51,6 +51,27 @@ pub enum Command {
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
         node: String,
     },
+    /// Share a file from a running node: it serves the file's chunks and announces itself as a
+    /// provider in the DHT and on gossip. Prints the file id.
+    Share {
+        /// The file (read by the node, so it must be on the node's host).
+        path: PathBuf,
+        /// The running node's HTTP API.
+        #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
+        node: String,
+    },
+    /// Fetch a file by id through a running node, from all its providers in parallel; every
+    /// chunk is verified. The output appears only once the whole file is verified.
+    Fetch {
+        /// The file id (64 hex digits, as `share` printed it).
+        id: String,
+        /// Where to write the file (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// The running node's HTTP API.
+        #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -32,6 +32,9 @@ pub async fn serve(addr: SocketAddr, state: AppState) -> anyhow::Result<()> {
         .route("/api/peers", get(peers))
         .route("/api/cc", get(get_cc))
         .route("/api/perf", post(perf))
+        .route("/api/files", get(files_list).post(files_share))
+        .route("/api/files/fetch", post(files_fetch))
+        .route("/api/announcements", get(announcements))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -146,4 +149,64 @@ async fn perf(State(state): State<AppState>, Json(req): Json<PerfRequest>) -> Re
 
 async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
+}
+
+#[derive(serde::Deserialize)]
+struct ShareRequest {
+    /// Path of the file on the node's host (the CLI sends an absolute one).
+    path: std::path::PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct FetchRequest {
+    id: String,
+    /// Where the node writes the file; refused if it exists.
+    out: std::path::PathBuf,
+}
+
+fn file_error(e: crate::node::files::FileError) -> Response {
+    use crate::node::files::FileError as E;
+    let status = match &e {
+        E::BadId(_) | E::Read { .. } | E::TooLarge { .. } => StatusCode::BAD_REQUEST,
+        E::NoProviders(_) => StatusCode::NOT_FOUND,
+        E::OutputExists(_) => StatusCode::CONFLICT,
+        E::StoreFull | E::Busy | E::NodeStopped => StatusCode::SERVICE_UNAVAILABLE,
+        E::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        E::Manifest(_) | E::NoManifest { .. } | E::ChunkFailed { .. } | E::Request { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
+    };
+    (status, format!("{:#}", anyhow::Error::from(e))).into_response()
+}
+
+async fn files_list(State(state): State<AppState>) -> Response {
+    match state.client.shared_files().await {
+        Ok(files) => Json(files).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")).into_response(),
+    }
+}
+
+async fn files_share(State(state): State<AppState>, Json(req): Json<ShareRequest>) -> Response {
+    match state.client.share(&req.path).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => file_error(e),
+    }
+}
+
+async fn files_fetch(State(state): State<AppState>, Json(req): Json<FetchRequest>) -> Response {
+    let id = match req.id.parse() {
+        Ok(id) => id,
+        Err(e) => return file_error(e),
+    };
+    match state.client.fetch(id, &req.out).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => file_error(e),
+    }
+}
+
+async fn announcements(State(state): State<AppState>) -> Response {
+    match state.client.announcements().await {
+        Ok(recent) => Json(recent).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")).into_response(),
+    }
 }

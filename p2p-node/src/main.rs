@@ -44,6 +44,20 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Peers { node } => peers_table(&node).await,
+            Command::Share { path, node } => {
+                let path = std::fs::canonicalize(&path)
+                    .with_context(|| format!("{} is not a readable file", path.display()))?;
+                let body = serde_json::json!({ "path": path });
+                print!("{}", client_send(&node, "POST", "/api/files", &body.to_string()).await?);
+                Ok(())
+            }
+            Command::Fetch { id, out, node } => {
+                let out = std::path::absolute(&out)
+                    .with_context(|| format!("resolving {}", out.display()))?;
+                let body = serde_json::json!({ "id": id, "out": out });
+                print!("{}", client_send(&node, "POST", "/api/files/fetch", &body.to_string()).await?);
+                Ok(())
+            }
             Command::Perf { peer, upload, download, node } => {
                 let body = serde_json::json!({ "peer": peer, "upload_bytes": upload, "download_bytes": download });
                 print!("{}", client_send(&node, "POST", "/api/perf", &body.to_string()).await?);
