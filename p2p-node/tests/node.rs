@@ -122,6 +122,16 @@ async fn wait_full_routing_tables(nodes: &[TestNode], limit: Duration) -> Durati
     start.elapsed()
 }
 
+/// `p2pcc_gossip_rejected_total{reason}` of a node.
+fn gossip_rejected(node: &TestNode, reason: &str) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &node.registry).unwrap();
+    let line = format!("p2pcc_gossip_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("p2p-node-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -213,6 +223,33 @@ async fn a_gossip_message_reaches_every_node() {
     eprintln!("gossip reached 4 nodes in {:?}", start.elapsed());
     for n in &nodes {
         assert_eq!(n.client.info().await.unwrap().gossip_rejected, 0);
+    }
+    // Malformed messages from a misbehaving peer are rejected (not forwarded) and counted by
+    // reason at the peers that receive them.
+    for (bad, reason) in [
+        (b"not json".to_vec(), "Malformed"),
+        (
+            br#"{"kind":"file","id":"xyz","name":"a","size":1}"#.to_vec(),
+            "Invalid",
+        ),
+    ] {
+        wait_for("a raw publish", Duration::from_secs(5), || async {
+            nodes[4].client.publish_raw(bad.clone()).await.ok()
+        })
+        .await;
+        wait_for(reason, Duration::from_secs(10), || async {
+            let total: u64 = nodes[..4].iter().map(|n| gossip_rejected(n, reason)).sum();
+            (total >= 1).then_some(())
+        })
+        .await;
+    }
+    for n in &nodes[..4] {
+        let seen = n.client.announcements().await.unwrap();
+        assert_eq!(
+            seen.len(),
+            1,
+            "only the valid announcement is kept: {seen:?}"
+        );
     }
     // A message breaking a bound is refused at the publisher, before it reaches the wire.
     let bad = Announcement::File {

@@ -315,6 +315,10 @@ enum Command {
         request: files::Request,
         reply: RequestReply,
     },
+    PublishRaw {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     SetFault {
         id: FileId,
         index: u32,
@@ -447,6 +451,16 @@ impl Client {
         })
         .await
         .ok_or(FileError::NodeStopped)?
+    }
+
+    /// Test hook: publish bytes on the topic without the checks [`Client::publish`] makes, as
+    /// a misbehaving peer would.
+    #[doc(hidden)]
+    pub async fn publish_raw(&self, data: Vec<u8>) -> anyhow::Result<()> {
+        self.call(|reply| Command::PublishRaw { data, reply })
+            .await
+            .context("the node has stopped")?
+            .map_err(|e| anyhow::anyhow!("publishing on {}: {e}", gossip::TOPIC))
     }
 
     /// Test hook: make this node misbehave when serving chunk `index` of `id`.
@@ -788,6 +802,16 @@ impl EventLoop {
                     .files
                     .send_request(&peer, request);
                 self.pending_requests.insert(id, (peer, reply));
+            }
+            Command::PublishRaw { data, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), data)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:?}"));
+                let _ = reply.send(result);
             }
             Command::SetFault { id, index, fault } => self.store.set_fault(id, index, fault),
         }
