@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use cc_ebpf_common::{btf, layout};
 
 /// The eBPF objects, one per binary in `cc-ebpf/src/bin/`.
-const OBJECTS: &[&str] = &["probes", "reno_rs"];
+const OBJECTS: &[&str] = &["probes", "bbr_p2p", "reno_rs"];
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

@@ -51,6 +51,9 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("tcp_sock", "rate_delivered"),
     ("tcp_sock", "rate_interval_us"),
     ("tcp_sock", "is_cwnd_limited"),
+    ("tcp_sock", "tcp_wstamp_ns"),
+    ("tcp_sock", "tcp_clock_cache"),
+    ("tcp_sock", "delivered_mstamp"),
     // struct rate_sample (argument of cong_control)
     ("rate_sample", "prior_mstamp"),
     ("rate_sample", "prior_delivered"),

@@ -145,6 +145,8 @@ pub fn unpadded(bytes: &[u8]) -> &str {
     core::str::from_utf8(&bytes[..end]).unwrap_or("")
 }
 
+pub mod bbr;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers, and has no padding
@@ -154,4 +156,12 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::bbr::BbrState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::bbr::BbrConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::bbr::WarmKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::bbr::WarmEntry {}
 }

@@ -5,6 +5,7 @@
 //! What lives here compiles for the host as well, so `cargo test --lib` checks it without a kernel.
 #![cfg_attr(not(test), no_std)]
 
+pub mod bbr;
 pub mod kernel;
 
 /// The license every object declares; struct_ops programs require a GPL-compatible one.

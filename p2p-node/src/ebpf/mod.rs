@@ -1,12 +1,16 @@
 //! Loading the eBPF programs: the TCP probes with aya, and (see `struct_ops`) the congestion
 //! control aya cannot load.
 
+pub mod bbr;
 pub mod caps;
 pub mod struct_ops;
 mod sys;
 
 /// The eBPF objects embedded in the binary.
 pub mod objects {
+    /// `bbr-p2p`: the BBR variant (struct_ops `tcp_congestion_ops`).
+    pub static BBR_P2P: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bbr_p2p.bpf.o"));
     /// `p2pcc_reno`: Reno in Rust, the struct_ops loader's reference algorithm.
     pub static RENO_RS: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reno_rs.bpf.o"));

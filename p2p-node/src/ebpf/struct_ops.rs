@@ -39,6 +39,8 @@ use super::sys;
 
 /// `BPF_PSEUDO_MAP_FD`: the `ld_imm64` immediate is a map fd.
 const BPF_PSEUDO_MAP_FD: u8 = 1;
+/// `BPF_PSEUDO_CALL`: the call immediate is a relative instruction offset (a BPF subprogram).
+const BPF_PSEUDO_CALL: u8 = 1;
 /// `BPF_PSEUDO_KFUNC_CALL`: the call immediate is a BTF function id.
 const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
 /// Opcode of `ld_imm64` (BPF_LD | BPF_IMM | BPF_DW).
@@ -193,14 +195,28 @@ struct ProgramSpec {
     member: String,
     symbol: String,
     insns: Vec<u64>,
-    /// (instruction index, symbol name, symbol section is `maps`?).
-    relocations: Vec<(usize, String, RelocKind)>,
+    relocations: Vec<Relocation>,
+}
+
+/// A relocation: instruction index and what it refers to.
+#[derive(Clone)]
+struct Relocation {
+    at: usize,
+    symbol: String,
+    kind: RelocKind,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RelocKind {
+    /// A map of the `maps` section.
     Map,
+    /// An undefined symbol: a kernel function.
     Kfunc,
+    /// A function in `.text` (not inlined): a BPF-to-BPF call. `insn` is the function's first
+    /// instruction in `.text`, or `None` for the section symbol (the call's imm holds it).
+    Subprogram {
+        insn: Option<usize>,
+    },
     Other,
 }
 
@@ -210,6 +226,25 @@ struct ObjectSpec {
     license: CString,
     maps: Vec<MapSpec>,
     programs: Vec<ProgramSpec>,
+    /// `.text`: functions the programs call (instructions, relocations, and each function's
+    /// `(first instruction, length)`); the ones a program reaches are appended to it.
+    text: Option<Text>,
+}
+
+struct Text {
+    insns: Vec<u64>,
+    relocations: Vec<Relocation>,
+    functions: Vec<(usize, usize)>,
+}
+
+impl Text {
+    /// The function containing instruction `insn`.
+    fn function_at(&self, insn: usize) -> Option<(usize, usize)> {
+        self.functions
+            .iter()
+            .copied()
+            .find(|&(start, len)| insn >= start && insn < start + len)
+    }
 }
 
 fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
@@ -241,14 +276,18 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
         .data()?;
     let license = CString::new(unpadded(license)).map_err(|e| malformed(e.to_string()))?;
 
-    let maps_section: Option<SectionIndex> = file.section_by_name("maps").map(|s| s.index());
+    // The linker may emit several sections named `maps` (one per map definition group).
+    let maps_sections: Vec<SectionIndex> = file
+        .sections()
+        .filter(|s| s.name() == Ok("maps"))
+        .map(|s| s.index())
+        .collect();
     let mut maps = Vec::new();
-    if let Some(maps_index) = maps_section {
+    for &maps_index in &maps_sections {
         let data = file.section_by_index(maps_index)?.data()?;
-        for sym in file
-            .symbols()
-            .filter(|s| s.section_index() == Some(maps_index))
-        {
+        for sym in file.symbols().filter(|s| {
+            s.section_index() == Some(maps_index) && s.kind() != object::SymbolKind::Section
+        }) {
             let at = sym.address() as usize;
             let def = data.get(at..at + MAP_DEF_SIZE).ok_or_else(|| {
                 malformed(format!("map {} is truncated", sym.name().unwrap_or("?")))
@@ -266,22 +305,58 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
         }
     }
 
+    let text_section = file.section_by_name(".text").map(|s| s.index());
+    let section_code =
+        |section: &object::Section<'_, '_>| -> Result<(Vec<u64>, Vec<Relocation>), StructOpsError> {
+            let name = section.name()?;
+            let data = section.data()?;
+            if data.len() % 8 != 0 {
+                return Err(StructOpsError::Malformed(format!(
+                    "section {name} is not whole instructions"
+                )));
+            }
+            let insns = data
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            let mut relocations = Vec::new();
+            for (offset, reloc) in section.relocations() {
+                let RelocationTarget::Symbol(index) = reloc.target() else {
+                    return Err(StructOpsError::Malformed(format!(
+                        "unexpected relocation in {name}"
+                    )));
+                };
+                let sym = file.symbol_by_index(index)?;
+                let kind = if sym.is_undefined() {
+                    RelocKind::Kfunc
+                } else if sym
+                    .section_index()
+                    .is_some_and(|i| maps_sections.contains(&i))
+                {
+                    RelocKind::Map
+                } else if sym.section_index().is_some() && sym.section_index() == text_section {
+                    let insn = (sym.kind() != object::SymbolKind::Section)
+                        .then_some(sym.address() as usize / 8);
+                    RelocKind::Subprogram { insn }
+                } else {
+                    RelocKind::Other
+                };
+                relocations.push(Relocation {
+                    at: (offset / 8) as usize,
+                    symbol: sym.name()?.to_owned(),
+                    kind,
+                });
+            }
+            Ok((insns, relocations))
+        };
+
     let mut programs = Vec::new();
     for section in file.sections() {
         let name = section.name()?;
         let Some(member) = name.strip_prefix(STRUCT_OPS_PROG_PREFIX) else {
             continue;
         };
-        let data = section.data()?;
-        if data.len() % 8 != 0 {
-            return Err(malformed(format!(
-                "section {name} is not whole instructions"
-            )));
-        }
-        let insns = data
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-            .collect();
+        let (insns, relocations) = section_code(&section)?;
         let symbol = file
             .symbols()
             .find(|s| {
@@ -289,21 +364,6 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
             })
             .and_then(|s| s.name().ok().map(str::to_owned))
             .unwrap_or_else(|| member.to_owned());
-        let mut relocations = Vec::new();
-        for (offset, reloc) in section.relocations() {
-            let RelocationTarget::Symbol(index) = reloc.target() else {
-                return Err(malformed(format!("unexpected relocation in {name}")));
-            };
-            let sym = file.symbol_by_index(index)?;
-            let kind = if sym.is_undefined() {
-                RelocKind::Kfunc
-            } else if sym.section_index().is_some() && sym.section_index() == maps_section {
-                RelocKind::Map
-            } else {
-                RelocKind::Other
-            };
-            relocations.push(((offset / 8) as usize, sym.name()?.to_owned(), kind));
-        }
         programs.push(ProgramSpec {
             member: member.to_owned(),
             symbol,
@@ -314,12 +374,84 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
     if programs.is_empty() {
         return Err(malformed("no struct_ops/<member> program sections".into()));
     }
+    let text = match text_section {
+        Some(index) => {
+            let (insns, relocations) = section_code(&file.section_by_index(index)?)?;
+            let functions = file
+                .symbols()
+                .filter(|s| {
+                    s.section_index() == Some(index)
+                        && s.kind() == object::SymbolKind::Text
+                        && s.size() > 0
+                })
+                .map(|s| (s.address() as usize / 8, s.size() as usize / 8))
+                .collect();
+            (!insns.is_empty()).then_some(Text {
+                insns,
+                relocations,
+                functions,
+            })
+        }
+        None => None,
+    };
     Ok(ObjectSpec {
         decl,
         license,
         maps,
         programs,
+        text,
     })
+}
+
+/// Appends to a program the `.text` functions it reaches (transitively), as libbpf does: the
+/// verifier rejects unreachable instructions, so only called functions may be appended.
+/// Returns the instructions, all relocations at their new positions, and for each call
+/// relocation the new index of its target. Errors name a symbol that cannot be placed.
+fn link_subprograms(
+    mut insns: Vec<u64>,
+    mut relocations: Vec<Relocation>,
+    text: Option<&Text>,
+) -> Result<(Vec<u64>, Vec<Relocation>, HashMap<usize, usize>), String> {
+    let mut placed_functions: HashMap<usize, usize> = HashMap::new();
+    let mut call_targets = HashMap::new();
+    let mut i = 0;
+    // Relocations are appended as functions are placed, so this walks the callees' too.
+    while i < relocations.len() {
+        let r = relocations[i].clone();
+        i += 1;
+        let RelocKind::Subprogram { insn: symbol_insn } = r.kind else {
+            continue;
+        };
+        let text = text.ok_or_else(|| r.symbol.clone())?;
+        // Against the section symbol, the call's imm is the target's offset minus one.
+        let target = match symbol_insn {
+            Some(t) => t,
+            None => {
+                usize::try_from(i64::from(imm(insns[r.at])) + 1).map_err(|_| r.symbol.clone())?
+            }
+        };
+        let (start, len) = text.function_at(target).ok_or_else(|| r.symbol.clone())?;
+        let base = match placed_functions.get(&start) {
+            Some(&base) => base,
+            None => {
+                let base = insns.len();
+                insns.extend_from_slice(&text.insns[start..start + len]);
+                relocations.extend(
+                    text.relocations
+                        .iter()
+                        .filter(|t| t.at >= start && t.at < start + len)
+                        .map(|t| Relocation {
+                            at: t.at - start + base,
+                            ..t.clone()
+                        }),
+                );
+                placed_functions.insert(start, base);
+                base
+            }
+        };
+        call_targets.insert(r.at, base + (target - start));
+    }
+    Ok((insns, relocations, call_targets))
 }
 
 /// Sets the src_reg nibble and the immediate of an instruction.
@@ -332,6 +464,10 @@ fn patch(insn: &mut u64, src_reg: u8, imm: i32) {
 
 fn opcode(insn: u64) -> u8 {
     insn.to_ne_bytes()[0]
+}
+
+fn imm(insn: u64) -> i32 {
+    i32::from_ne_bytes(insn.to_ne_bytes()[4..8].try_into().expect("4 bytes"))
 }
 
 /// A struct_ops object whose maps exist and whose programs the verifier accepted.
@@ -384,6 +520,16 @@ impl StructOps {
 
         let mut maps = HashMap::new();
         for m in &spec.maps {
+            // Local-storage maps must describe key and value in BTF: an `int` key and a byte
+            // array of the value's size serve (the kernel checks sizes, not field types).
+            let needs_btf = m.map_type == bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as u32;
+            let btf = match needs_btf {
+                true => Some(
+                    sys::btf_load(&btf_blob(Some(m.value_size)))
+                        .map_err(|e| syscall_error("loading map BTF", e))?,
+                ),
+                false => None,
+            };
             let fd = sys::map_create(&sys::MapCreate {
                 map_type: m.map_type,
                 name: &m.name,
@@ -391,7 +537,9 @@ impl StructOps {
                 value_size: m.value_size,
                 max_entries: m.max_entries,
                 map_flags: m.map_flags,
-                btf_fd: None,
+                btf_fd: btf.as_ref().map(|b| b.as_raw_fd()),
+                btf_key_type_id: if needs_btf { BTF_INT } else { 0 },
+                btf_value_type_id: if needs_btf { BTF_VALUE_ARRAY } else { 0 },
                 btf_vmlinux_value_type_id: 0,
             })
             .map_err(|e| syscall_error(format!("creating map {}", m.name), e))?;
@@ -401,26 +549,41 @@ impl StructOps {
         let mut programs = Vec::new();
         for p in spec.programs {
             let (index, offset) = ops.function_member(btf, &p.member)?;
-            let mut insns = p.insns;
-            for (at, symbol, kind) in &p.relocations {
+            let (insns, relocations, placed) =
+                link_subprograms(p.insns, p.relocations, spec.text.as_ref()).map_err(|symbol| {
+                    StructOpsError::UnsupportedRelocation {
+                        program: p.symbol.clone(),
+                        symbol,
+                    }
+                })?;
+            let mut insns = insns;
+            for r in &relocations {
                 let unsupported = || StructOpsError::UnsupportedRelocation {
                     program: p.symbol.clone(),
-                    symbol: symbol.clone(),
+                    symbol: r.symbol.clone(),
                 };
-                let insn = insns.get_mut(*at).ok_or_else(unsupported)?;
-                match kind {
+                let insn = insns.get_mut(r.at).ok_or_else(unsupported)?;
+                match r.kind {
                     RelocKind::Map if opcode(*insn) == OP_LD_IMM64 => {
-                        let (fd, _) = maps.get(symbol).ok_or_else(unsupported)?;
+                        let (fd, _) = maps.get(&r.symbol).ok_or_else(unsupported)?;
                         patch(insn, BPF_PSEUDO_MAP_FD, fd.as_raw_fd());
                     }
                     RelocKind::Kfunc if opcode(*insn) == OP_CALL => {
-                        let id = btf.find(Kind::Func, symbol).map_err(|_| {
+                        let id = btf.find(Kind::Func, &r.symbol).map_err(|_| {
                             StructOpsError::UnknownKfunc {
                                 program: p.symbol.clone(),
-                                function: symbol.clone(),
+                                function: r.symbol.clone(),
                             }
                         })?;
                         patch(insn, BPF_PSEUDO_KFUNC_CALL, id as i32);
+                    }
+                    RelocKind::Subprogram { .. } if opcode(*insn) == OP_CALL => {
+                        let target = placed.get(&r.at).copied().ok_or_else(unsupported)?;
+                        patch(
+                            insn,
+                            BPF_PSEUDO_CALL,
+                            (target as i64 - (r.at as i64 + 1)) as i32,
+                        );
                     }
                     _ => return Err(unsupported()),
                 }
@@ -475,12 +638,18 @@ impl StructOps {
         Some(aya::maps::MapData::from_fd(fd).map(|data| wrap_map(map_type, data)))
     }
 
+    /// Takes a map of the object out as a raw fd (for map types aya cannot wrap, such as
+    /// socket storage).
+    pub fn take_map_fd(&mut self, name: &str) -> Option<OwnedFd> {
+        self.maps.remove(name).map(|(fd, _)| fd)
+    }
+
     /// Registers the ops with the kernel.
     pub fn register(self) -> Result<Registration, StructOpsError> {
         let name = self.name().to_owned();
         // The struct_ops map must reference some loaded BTF object; the ops' own types come
         // from vmlinux, so a minimal BTF (one `int`) serves.
-        let btf_fd = sys::btf_load(&minimal_btf()).map_err(|e| syscall_error("loading BTF", e))?;
+        let btf_fd = sys::btf_load(&btf_blob(None)).map_err(|e| syscall_error("loading BTF", e))?;
         let map = sys::map_create(&sys::MapCreate {
             map_type: bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32,
             name: &name,
@@ -489,6 +658,8 @@ impl StructOps {
             max_entries: 1,
             map_flags: BPF_F_LINK,
             btf_fd: Some(btf_fd.as_raw_fd()),
+            btf_key_type_id: 0,
+            btf_value_type_id: 0,
             btf_vmlinux_value_type_id: self.ops.value_type_id,
         })
         .map_err(|e| syscall_error(format!("creating the {} map", self.ops.name), e))?;
@@ -641,12 +812,24 @@ fn map_owner(id: u32) -> Option<(u32, String)> {
     None
 }
 
-/// The smallest valid BTF: one 32-bit signed `int`.
-fn minimal_btf() -> Vec<u8> {
-    let strings = b"\0int\0";
+/// Type ids in [`btf_blob`].
+const BTF_INT: u32 = 1;
+const BTF_VALUE_ARRAY: u32 = 3;
+
+/// A small BTF object: `int` (id 1), and with `value_size`, `unsigned char` (2) and
+/// `unsigned char[value_size]` (3).
+fn btf_blob(value_size: Option<u32>) -> Vec<u8> {
+    let strings = b"\0int\0unsigned char\0";
     let mut types = Vec::new();
-    // name_off 1, info: kind INT (1) << 24, size 4; int encoding: signed (1 << 24), 32 bits.
-    for word in [1u32, 1 << 24, 4, (1 << 24) | 32] {
+    // 1: name "int", kind INT (1) << 24, size 4; encoding: signed (1 << 24), 32 bits.
+    let mut words = vec![1u32, 1 << 24, 4, (1 << 24) | 32];
+    if let Some(n) = value_size {
+        // 2: name "unsigned char", INT, size 1, unsigned, 8 bits.
+        words.extend([5, 1 << 24, 1, 8]);
+        // 3: anonymous ARRAY (3 << 24): element type 2, index type 1, n elements.
+        words.extend([0, 3 << 24, 0, 2, BTF_INT, n]);
+    }
+    for word in words {
         types.extend_from_slice(&word.to_ne_bytes());
     }
     let mut btf = Vec::new();
@@ -688,9 +871,12 @@ mod tests {
     }
 
     #[test]
-    fn minimal_btf_parses() {
-        let btf = Btf::parse(minimal_btf()).unwrap();
-        assert_eq!(btf.find(Kind::Int, "int"), Ok(1));
+    fn generated_btf_parses() {
+        let btf = Btf::parse(btf_blob(None)).unwrap();
+        assert_eq!(btf.find(Kind::Int, "int"), Ok(BTF_INT));
+        let btf = Btf::parse(btf_blob(Some(176))).unwrap();
+        assert_eq!(btf.size_of(BTF_VALUE_ARRAY), Some(176));
+        assert_eq!(btf.find(Kind::Int, "unsigned char"), Ok(2));
     }
 
     #[test]

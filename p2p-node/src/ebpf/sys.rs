@@ -38,10 +38,16 @@ fn zeroed_attr() -> bpf_attr {
     unsafe { zeroed() }
 }
 
-/// Copies a name into a kernel `char[16]` (truncated, NUL-terminated).
+/// Copies a name into a kernel object name `char[16]`: truncated, NUL-terminated, and with
+/// characters the kernel refuses in object names (anything but `[A-Za-z0-9_.]`) as `_`.
 fn object_name(name: &str) -> [libc::c_char; 16] {
     let mut out = [0 as libc::c_char; 16];
     for (dst, &b) in out.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        let b = if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
+            b
+        } else {
+            b'_'
+        };
         *dst = b as libc::c_char;
     }
     out
@@ -105,6 +111,8 @@ pub struct MapCreate<'a> {
     pub max_entries: u32,
     pub map_flags: u32,
     pub btf_fd: Option<RawFd>,
+    pub btf_key_type_id: u32,
+    pub btf_value_type_id: u32,
     pub btf_vmlinux_value_type_id: u32,
 }
 
@@ -120,6 +128,8 @@ pub fn map_create(m: &MapCreate<'_>) -> io::Result<OwnedFd> {
     a.map_flags = m.map_flags;
     a.map_name = object_name(m.name);
     a.btf_fd = m.btf_fd.map_or(0, |fd| fd as u32);
+    a.btf_key_type_id = m.btf_key_type_id;
+    a.btf_value_type_id = m.btf_value_type_id;
     a.btf_vmlinux_value_type_id = m.btf_vmlinux_value_type_id;
     sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map(fd_result)
 }

@@ -363,9 +363,20 @@ pub struct TcpFlow {
 impl TcpFlow {
     /// Connects from `net.a` to a sink on `net.addr_b:port`, the client using `cc`.
     pub fn open(net: &NetnsPair, port: u16, cc: &str) -> Self {
+        Self::between(&net.a, &net.b, &net.addr_b, port, cc)
+    }
+
+    /// Connects from namespace `client_ns` to a sink in `server_ns` on `server_addr:port`.
+    pub fn between(
+        client_ns: &str,
+        server_ns: &str,
+        server_addr: &str,
+        port: u16,
+        cc: &str,
+    ) -> Self {
         let (ready_tx, ready_rx) = mpsc::channel();
-        let ns_b = net.b.clone();
-        let addr_b = net.addr_b.clone();
+        let ns_b = server_ns.to_owned();
+        let addr_b = server_addr.to_owned();
         let sink = std::thread::spawn(move || {
             enter_netns(&ns_b).expect("entering namespace b");
             let listener = std::net::TcpListener::bind((addr_b.as_str(), port)).expect("bind sink");
@@ -384,8 +395,8 @@ impl TcpFlow {
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("sink ready");
-        let ns_a = net.a.clone();
-        let target = format!("{}:{port}", net.addr_b);
+        let ns_a = client_ns.to_owned();
+        let target = format!("{server_addr}:{port}");
         let cc = cc.to_owned();
         let client = std::thread::spawn(move || {
             enter_netns(&ns_a).expect("entering namespace a");
@@ -435,4 +446,113 @@ pub fn available_cc() -> Vec<String> {
         .split_whitespace()
         .map(str::to_owned)
         .collect()
+}
+
+/// sender ⇄ router ⇄ receiver, with the bottleneck (tbf) on the router's egress towards the
+/// receiver, where queues build as on a real link (see PLATFORM.md).
+pub struct Routed {
+    pub sender: String,
+    pub router: String,
+    pub receiver: String,
+    pub sender_addr: String,
+    pub receiver_addr: String,
+}
+
+impl Routed {
+    /// `rate` and `limit` as tc's tbf takes them, e.g. "100mbit" and "2000000" (bytes).
+    pub fn new(name: &str, n: u8, rate: &str, limit: &str) -> Self {
+        let t = Self {
+            sender: format!("p2pcc-{name}-s"),
+            router: format!("p2pcc-{name}-r"),
+            receiver: format!("p2pcc-{name}-d"),
+            sender_addr: format!("10.{n}.1.2"),
+            receiver_addr: format!("10.{n}.2.2"),
+        };
+        t.cleanup();
+        for ns in [&t.sender, &t.router, &t.receiver] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "link", "add", "p2pcc-s0", "netns", &t.sender, "type", "veth", "peer",
+            "p2pcc-r1", "netns", &t.router,
+        ]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "p2pcc-r2",
+            "netns",
+            &t.router,
+            "type",
+            "veth",
+            "peer",
+            "p2pcc-d0",
+            "netns",
+            &t.receiver,
+        ]);
+        for (ns, dev, addr) in [
+            (&t.sender, "p2pcc-s0", format!("10.{n}.1.2/24")),
+            (&t.router, "p2pcc-r1", format!("10.{n}.1.1/24")),
+            (&t.router, "p2pcc-r2", format!("10.{n}.2.1/24")),
+            (&t.receiver, "p2pcc-d0", format!("10.{n}.2.2/24")),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &t.sender,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{n}.1.1"),
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.receiver,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{n}.2.1"),
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &t.router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        sh(&[
+            "tc", "-n", &t.router, "qdisc", "add", "dev", "p2pcc-r2", "root", "tbf", "rate", rate,
+            "burst", "32kbit", "limit", limit,
+        ]);
+        t
+    }
+
+    fn cleanup(&self) {
+        for ns in [&self.sender, &self.router, &self.receiver] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// A flow from the sender to a sink on the receiver.
+    pub fn flow(&self, port: u16, cc: &str) -> TcpFlow {
+        TcpFlow::between(&self.sender, &self.receiver, &self.receiver_addr, port, cc)
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
 }

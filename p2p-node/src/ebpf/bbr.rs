@@ -1,0 +1,95 @@
+//! `bbr-p2p` from the node's side: registration, its tunables, and each socket's BBR state.
+//!
+//! The congestion control is registered host-wide under one name. A node that finds it
+//! already registered (by another node on the same host) uses that registration; the node that
+//! registered it owns it, and it disappears when that node exits. Sockets keep running on it
+//! until they close; a node that then needs it for a new connection registers it again.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use aya::maps::{Array, MapData};
+use cc_ebpf_common::{
+    bbr::{BBR_CONFIG_MAP, BBR_STATE_MAP, BbrConfig, BbrState},
+    btf::Btf,
+};
+
+use super::{
+    objects,
+    struct_ops::{Registration, StructOps, StructOpsError},
+    sys,
+};
+
+/// The algorithm's name as users give it (`--cc bbr-p2p`).
+pub const NAME: &str = "bbr-p2p";
+/// Its name in the kernel (`TCP_CONGESTION`, `tcp_available_congestion_control`): object names
+/// may only hold `[A-Za-z0-9_.]`.
+pub const KERNEL_NAME: &str = "bbr_p2p";
+
+/// A registered bbr-p2p: the registration and the maps the node reads and writes.
+pub struct BbrP2p {
+    registration: Registration,
+    state: OwnedFd,
+    config: std::sync::Mutex<Array<MapData, BbrConfig>>,
+}
+
+impl std::fmt::Debug for BbrP2p {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BbrP2p")
+            .field("registration", &self.registration)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BbrP2p {
+    /// Loads the programs, writes the default tunables and registers `bbr-p2p`.
+    pub fn register(btf: &Btf) -> Result<Self, StructOpsError> {
+        let mut ops = StructOps::load(objects::BBR_P2P, btf)?;
+        let map_error = |what: &str, e: String| StructOpsError::Malformed(format!("{what}: {e}"));
+        let config = ops
+            .take_map(BBR_CONFIG_MAP)
+            .ok_or_else(|| map_error(BBR_CONFIG_MAP, "missing".into()))?
+            .and_then(Array::<MapData, BbrConfig>::try_from)
+            .map_err(|e| map_error(BBR_CONFIG_MAP, e.to_string()))?;
+        let mut config = config;
+        config
+            .set(0, BbrConfig::DEFAULT, 0)
+            .map_err(|e| map_error(BBR_CONFIG_MAP, e.to_string()))?;
+        let state = ops
+            .take_map_fd(BBR_STATE_MAP)
+            .ok_or_else(|| map_error(BBR_STATE_MAP, "missing".into()))?;
+        let registration = ops.register()?;
+        Ok(Self {
+            registration,
+            state,
+            config: std::sync::Mutex::new(config),
+        })
+    }
+
+    /// The BBR state of one of this process's sockets, if it runs bbr-p2p.
+    pub fn state(&self, socket: BorrowedFd<'_>) -> Option<BbrState> {
+        state_of(self.state.as_raw_fd(), socket)
+    }
+
+    pub fn config(&self) -> Result<BbrConfig, aya::maps::MapError> {
+        self.config.lock().expect("lock poisoned").get(&0, 0)
+    }
+
+    /// Validates and applies new tunables (they take effect from the next ACK).
+    pub fn set_config(&self, config: BbrConfig) -> Result<(), String> {
+        config.validate().map_err(str::to_owned)?;
+        self.config
+            .lock()
+            .expect("lock poisoned")
+            .set(0, config, 0)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Looks up the socket-storage value of `socket` in the state map `map`.
+pub fn state_of(map: RawFd, socket: BorrowedFd<'_>) -> Option<BbrState> {
+    let key = socket.as_raw_fd().to_ne_bytes();
+    let mut value = [0u8; size_of::<BbrState>()];
+    sys::map_lookup(map, &key, &mut value).ok()?;
+    // SAFETY: BbrState is plain `#[repr(C)]` integers with no padding, of exactly this size.
+    Some(unsafe { value.as_ptr().cast::<BbrState>().read_unaligned() })
+}
