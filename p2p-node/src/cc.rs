@@ -1,23 +1,43 @@
-//! Choosing the congestion control: validation against what the kernel offers.
+//! Choosing the congestion control: validation against what the kernel offers, and providing
+//! bbr-p2p (registering it, or using the registration of another node on this host).
+
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context as _, bail};
 
-use crate::sockets::SocketTable;
+use crate::{
+    ebpf::{self, bbr, bbr::BbrP2p},
+    sockets::SocketTable,
+};
+
+/// The bbr-p2p this node uses, replaceable when it has to register it anew.
+pub type BbrSlot = Arc<RwLock<Option<Arc<BbrP2p>>>>;
 
 const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
 const DEFAULT: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
 
-/// Algorithms the kernel offers now (built-in ones and registered struct_ops ones).
+/// Algorithms a node can use now, by the names users give: the kernel's (built-in and
+/// registered struct_ops ones) and bbr-p2p, which the node registers when needed.
 pub fn available() -> anyhow::Result<Vec<String>> {
     let text =
         std::fs::read_to_string(AVAILABLE).with_context(|| format!("reading {AVAILABLE}"))?;
-    Ok(text.split_whitespace().map(str::to_owned).collect())
+    let mut names: Vec<String> = text
+        .split_whitespace()
+        .map(|n| bbr::user_name(n).to_owned())
+        .collect();
+    if !names.iter().any(|n| n == bbr::NAME) {
+        names.insert(0, bbr::NAME.to_owned());
+    }
+    Ok(names)
 }
 
-/// Checks that `name` is available; the error lists the ones that are.
+/// Checks that `name` is an algorithm the node can use; the error lists the ones it can.
 pub fn validate(name: &str) -> anyhow::Result<()> {
     let available = available()?;
-    if available.iter().any(|a| a == name) {
+    if available
+        .iter()
+        .any(|a| a == name || bbr::kernel_name(a) == name)
+    {
         Ok(())
     } else {
         bail!(
@@ -27,9 +47,77 @@ pub fn validate(name: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The algorithm new sockets of this node get.
+/// The algorithm new sockets of this node get, by its user-facing name.
 pub fn current() -> String {
-    SocketTable::global().algorithm().unwrap_or_else(|| {
+    let kernel = SocketTable::global().algorithm().unwrap_or_else(|| {
         std::fs::read_to_string(DEFAULT).map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
-    })
+    });
+    bbr::user_name(&kernel).to_owned()
+}
+
+/// Makes bbr-p2p available: uses the registration another node on this host holds, or
+/// registers it (then this node owns it until it exits).
+pub fn provide_bbr() -> anyhow::Result<BbrP2p> {
+    let registered = std::fs::read_to_string(AVAILABLE)
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|n| n == bbr::KERNEL_NAME);
+    if registered && let Some(existing) = BbrP2p::attach_existing() {
+        return Ok(existing);
+    }
+    let btf = ebpf::preflight().context("bbr-p2p needs the eBPF struct_ops support")?;
+    BbrP2p::register(&btf).context("registering bbr-p2p")
+}
+
+/// Resolves `--cc` (default: bbr-p2p when the kernel can run it), provides bbr-p2p when it is
+/// the choice, and sets the algorithm for the node's sockets. Returns the slot telemetry
+/// reads bbr-p2p's maps through.
+pub fn configure(requested: Option<&str>) -> anyhow::Result<BbrSlot> {
+    let slot: BbrSlot = Arc::default();
+    let wants_bbr = requested.is_none_or(|r| bbr::kernel_name(r) == bbr::KERNEL_NAME);
+    if let Some(name) = requested {
+        validate(name)?;
+    }
+    if wants_bbr {
+        match provide_bbr() {
+            Ok(handle) => {
+                if handle.owned() {
+                    eprintln!(
+                        "registered congestion control {} (kernel name {})",
+                        bbr::NAME,
+                        bbr::KERNEL_NAME
+                    );
+                }
+                *slot.write().expect("lock poisoned") = Some(Arc::new(handle));
+                SocketTable::global().set_algorithm(Some(bbr::KERNEL_NAME.to_owned()));
+            }
+            Err(e) if requested.is_some() => return Err(e),
+            Err(e) => {
+                eprintln!(
+                    "warning: bbr-p2p is unavailable ({e:#}); the node uses the kernel's default congestion control"
+                );
+            }
+        }
+    } else if let Some(name) = requested {
+        SocketTable::global().set_algorithm(Some(bbr::kernel_name(name).to_owned()));
+    }
+    // If the node that registered bbr-p2p exits, register it again for the next socket.
+    let reprovide_slot = slot.clone();
+    SocketTable::global().set_reprovide(Box::new(move |name| {
+        if name != bbr::KERNEL_NAME {
+            return false;
+        }
+        match provide_bbr() {
+            Ok(handle) => {
+                tracing::warn!("bbr-p2p was unregistered (its owner exited); registered it again");
+                *reprovide_slot.write().expect("lock poisoned") = Some(Arc::new(handle));
+                true
+            }
+            Err(e) => {
+                tracing::warn!("bbr-p2p is gone and cannot be registered again: {e:#}");
+                false
+            }
+        }
+    }));
+    Ok(slot)
 }

@@ -107,7 +107,7 @@ async fn node(State(state): State<AppState>) -> Response {
 }
 
 async fn peers(State(state): State<AppState>) -> Json<Vec<telemetry::PeerConnection>> {
-    Json(telemetry::connections(state.telemetry.probes.as_deref()))
+    Json(telemetry::connections(&state.telemetry))
 }
 
 async fn get_cc() -> Response {

@@ -104,7 +104,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => "not loaded (see the node's log)".to_owned(),
     };
-    SocketTable::global().set_algorithm(args.cc.clone());
+    let bbr = cc::configure(args.cc.as_deref())?;
 
     let mut registry = Registry::default();
     let config = node::Config {
@@ -117,13 +117,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     registry
         .sub_registry_with_prefix("p2pcc")
         .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(
-            probes.clone(),
+            telemetry::Telemetry {
+                probes: probes.clone(),
+                bbr: bbr.clone(),
+            },
         )));
 
     let state = http::AppState {
         client,
         registry: Arc::new(registry),
-        telemetry: telemetry::Telemetry { probes },
+        telemetry: telemetry::Telemetry { probes, bbr },
         ebpf_status: Arc::new(ebpf_status),
     };
     eprintln!("HTTP API and metrics on http://{}/", args.http);

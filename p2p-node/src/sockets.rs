@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
     sync::{Arc, Mutex, OnceLock, RwLock},
     time::SystemTime,
 };
@@ -44,6 +44,10 @@ pub struct SocketInfo {
     pub algorithm: String,
     /// Unix time the socket was registered, seconds.
     pub opened_unix_s: u64,
+    /// The socket's fd in this process: valid while the entry exists (the stream unregisters
+    /// before it closes the fd), so use it only under [`SocketTable::with_each`].
+    #[serde(skip)]
+    pub fd: RawFd,
 }
 
 fn ser_peer<S: serde::Serializer>(peer: &Option<PeerId>, s: S) -> Result<S::Ok, S::Error> {
@@ -59,11 +63,17 @@ pub trait SocketObserver: Send + Sync {
     fn closed(&self, cookie: u64);
 }
 
+/// Called when setting the node's algorithm on a new socket fails because the kernel no
+/// longer offers it (e.g. the node that registered bbr-p2p exited); returns whether it is
+/// available again (registered anew).
+pub type Reprovide = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The process's socket table and the algorithm new sockets get.
 pub struct SocketTable {
     sockets: Mutex<HashMap<u64, SocketInfo>>,
     algorithm: RwLock<Option<String>>,
     observer: RwLock<Option<Arc<dyn SocketObserver>>>,
+    reprovide: RwLock<Option<Reprovide>>,
 }
 
 impl SocketTable {
@@ -74,6 +84,7 @@ impl SocketTable {
             sockets: Mutex::new(HashMap::new()),
             algorithm: RwLock::new(None),
             observer: RwLock::new(None),
+            reprovide: RwLock::new(None),
         })
     }
 
@@ -90,6 +101,30 @@ impl SocketTable {
         *self.observer.write().expect("lock poisoned") = Some(observer);
     }
 
+    pub fn set_reprovide(&self, reprovide: Reprovide) {
+        *self.reprovide.write().expect("lock poisoned") = Some(reprovide);
+    }
+
+    /// Sets the node's algorithm on a socket, re-providing it once if the kernel lost it.
+    fn apply_algorithm(&self, fd: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+        match set_congestion(fd, name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let again = self
+                    .reprovide
+                    .read()
+                    .expect("lock poisoned")
+                    .as_ref()
+                    .is_some_and(|reprovide| reprovide(name));
+                if again {
+                    set_congestion(fd, name)
+                } else {
+                    Err(e)
+                }
+            }
+            result => result,
+        }
+    }
+
     /// Registers a new socket: applies the node's algorithm, records the cookie. Errors refuse
     /// the connection (table full, or the algorithm cannot be set).
     pub fn register(
@@ -100,7 +135,7 @@ impl SocketTable {
         remote: SocketAddr,
     ) -> io::Result<u64> {
         if let Some(name) = self.algorithm() {
-            set_congestion(fd, &name)?;
+            self.apply_algorithm(fd, &name)?;
         }
         let algorithm = congestion(fd)?;
         let cookie = cookie(fd)?;
@@ -123,6 +158,7 @@ impl SocketTable {
                     opened_unix_s: SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
+                    fd: fd.as_raw_fd(),
                 },
             );
         }
@@ -168,6 +204,16 @@ impl SocketTable {
             .expect("lock poisoned")
             .values()
             .cloned()
+            .collect()
+    }
+
+    /// Calls `f` for every entry with the table locked, so each entry's fd stays open.
+    pub fn with_each<T>(&self, mut f: impl FnMut(&SocketInfo) -> T) -> Vec<T> {
+        self.sockets
+            .lock()
+            .expect("lock poisoned")
+            .values()
+            .map(&mut f)
             .collect()
     }
 

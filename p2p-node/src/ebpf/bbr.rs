@@ -25,9 +25,20 @@ pub const NAME: &str = "bbr-p2p";
 /// may only hold `[A-Za-z0-9_.]`.
 pub const KERNEL_NAME: &str = "bbr_p2p";
 
-/// A registered bbr-p2p: the registration and the maps the node reads and writes.
+/// The name users see for a kernel algorithm name (`bbr_p2p` → `bbr-p2p`).
+pub fn user_name(kernel: &str) -> &str {
+    if kernel == KERNEL_NAME { NAME } else { kernel }
+}
+
+/// The kernel's name for a user-given algorithm name (`bbr-p2p` → `bbr_p2p`).
+pub fn kernel_name(user: &str) -> &str {
+    if user == NAME { KERNEL_NAME } else { user }
+}
+
+/// bbr-p2p as this node uses it: the registration if this node owns it, and the maps the
+/// node reads and writes (its own, or those of the node that registered it).
 pub struct BbrP2p {
-    registration: Registration,
+    registration: Option<Registration>,
     state: OwnedFd,
     config: std::sync::Mutex<Array<MapData, BbrConfig>>,
 }
@@ -59,10 +70,29 @@ impl BbrP2p {
             .ok_or_else(|| map_error(BBR_STATE_MAP, "missing".into()))?;
         let registration = ops.register()?;
         Ok(Self {
-            registration,
+            registration: Some(registration),
             state,
             config: std::sync::Mutex::new(config),
         })
+    }
+
+    /// Uses the bbr-p2p another process registered: finds its maps by name (the newest ones,
+    /// if several exist). `None` if they cannot be found.
+    pub fn attach_existing() -> Option<Self> {
+        let state = sys::newest_map_named(BBR_STATE_MAP)?;
+        let config = sys::newest_map_named(BBR_CONFIG_MAP)?;
+        let config = MapData::from_fd(config).ok()?;
+        let config = Array::try_from(aya::maps::Map::Array(config)).ok()?;
+        Some(Self {
+            registration: None,
+            state,
+            config: std::sync::Mutex::new(config),
+        })
+    }
+
+    /// Whether this node registered bbr-p2p (and unregisters it when it exits).
+    pub fn owned(&self) -> bool {
+        self.registration.is_some()
     }
 
     /// The BBR state of one of this process's sockets, if it runs bbr-p2p.

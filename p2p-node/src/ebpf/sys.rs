@@ -210,3 +210,23 @@ pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     attr.__bindgen_anon_6.__bindgen_anon_1.map_id = id;
     sys_bpf(bpf_cmd::BPF_MAP_GET_FD_BY_ID, &mut attr).map(fd_result)
 }
+
+/// The map with the highest id whose name is `name` (newest first wins), bounded scan.
+pub fn newest_map_named(name: &str) -> Option<OwnedFd> {
+    const MAX_MAPS: usize = 65_536;
+    let mut found = None;
+    for id in map_ids(MAX_MAPS) {
+        let Ok(fd) = map_fd_by_id(id) else { continue };
+        // SAFETY: bpf_map_info is plain data; all-zero is valid.
+        let mut info: aya_obj::generated::bpf_map_info = unsafe { zeroed() };
+        if obj_info(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut info).is_err() {
+            continue;
+        }
+        // SAFETY: the kernel NUL-terminates the 16-byte name.
+        let map_name = unsafe { CStr::from_ptr(info.name.as_ptr()) };
+        if map_name.to_bytes() == name.as_bytes() {
+            found = Some(fd);
+        }
+    }
+    found
+}

@@ -5,10 +5,18 @@ pub mod prometheus;
 
 use std::{collections::HashMap, sync::Arc};
 
-use cc_ebpf_common::SockStats;
+use std::os::fd::BorrowedFd;
+
+use cc_ebpf_common::{
+    SockStats,
+    bbr::{BBR_UNIT, BbrState, WarmStart, bw_to_bytes_per_sec},
+};
 use serde::Serialize;
 
-use crate::{ebpf::Probes, sockets::SocketTable};
+use crate::{
+    ebpf::{Probes, bbr::user_name},
+    sockets::SocketTable,
+};
 
 /// One connection of the node with its latest TCP state.
 #[derive(Clone, Debug, Serialize)]
@@ -21,6 +29,56 @@ pub struct PeerConnection {
     pub algorithm: String,
     /// `None` until the probe has seen the socket (or when the probes are not loaded).
     pub tcp: Option<TcpState>,
+    /// bbr-p2p's model of the path, for sockets running it.
+    pub bbr: Option<BbrView>,
+}
+
+/// bbr-p2p's per-socket state, decoded (a BPF congestion control cannot fill `ss -ti`'s
+/// algorithm section, so this is where its internals are visible).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BbrView {
+    pub mode: &'static str,
+    /// Phase of the PROBE_BW gain cycle (0: probing up at 1.25, 1: draining at 0.75).
+    pub cycle_phase: u8,
+    pub bandwidth_bytes_per_second: u64,
+    pub min_rtt_seconds: f64,
+    pub pacing_gain: f64,
+    pub cwnd_gain: f64,
+    /// Loss bound on inflight (`None`: unbounded).
+    pub inflight_hi_segments: Option<u32>,
+    pub full_bw_reached: bool,
+    /// "cold", "warm" or "fell_back".
+    pub warm_start: &'static str,
+    pub probe_rtt_count: u32,
+    pub loss_bound_count: u32,
+    pub rounds: u32,
+}
+
+impl BbrView {
+    pub fn new(s: &BbrState, mss: u32) -> Self {
+        Self {
+            mode: s.mode().name(),
+            cycle_phase: s.cycle_idx,
+            bandwidth_bytes_per_second: bw_to_bytes_per_sec(s.bw(), mss),
+            min_rtt_seconds: if s.min_rtt_us == u32::MAX {
+                0.0
+            } else {
+                f64::from(s.min_rtt_us) / 1e6
+            },
+            pacing_gain: f64::from(s.pacing_gain) / f64::from(BBR_UNIT),
+            cwnd_gain: f64::from(s.cwnd_gain) / f64::from(BBR_UNIT),
+            inflight_hi_segments: (s.inflight_hi != u32::MAX).then_some(s.inflight_hi),
+            full_bw_reached: s.full_bw_reached != 0,
+            warm_start: match s.warm_start {
+                x if x == WarmStart::Warm as u8 => "warm",
+                x if x == WarmStart::FellBack as u8 => "fell_back",
+                _ => "cold",
+            },
+            probe_rtt_count: s.probe_rtt_count,
+            loss_bound_count: s.loss_bound_count,
+            rounds: s.round_count,
+        }
+    }
 }
 
 /// Decoded TCP state, in the units the API and metrics use.
@@ -77,24 +135,37 @@ pub fn delivery_rate(s: &SockStats) -> u64 {
 }
 
 /// Every authenticated connection of the node with its TCP state.
-pub fn connections(probes: Option<&Probes>) -> Vec<PeerConnection> {
+pub fn connections(telemetry: &Telemetry) -> Vec<PeerConnection> {
+    let probes = telemetry.probes.as_deref();
+    let bbr = telemetry.bbr.read().expect("lock poisoned").clone();
+    let bbr = bbr.as_deref();
     let mut rows: Vec<PeerConnection> = SocketTable::global()
-        .snapshot()
-        .into_iter()
-        .filter_map(|s| {
+        .with_each(|s| {
+            let tcp = probes
+                .and_then(|p| p.stats(s.cookie))
+                .as_ref()
+                .map(TcpState::from);
+            let on_bbr = user_name(&s.algorithm) == crate::ebpf::bbr::NAME;
+            let bbr = bbr.filter(|_| on_bbr).and_then(|b| {
+                // SAFETY: `with_each` holds the table lock, and a socket unregisters before
+                // its fd closes, so `s.fd` is this socket's open fd.
+                let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
+                let mss = tcp.map_or(1448, |t| t.mss_bytes.max(1));
+                b.state(fd).map(|state| BbrView::new(&state, mss))
+            });
             Some(PeerConnection {
                 peer_id: s.peer?.to_base58(),
                 cookie: s.cookie,
                 direction: s.direction,
                 local: s.local.to_string(),
                 remote: s.remote.to_string(),
-                algorithm: s.algorithm,
-                tcp: probes
-                    .and_then(|p| p.stats(s.cookie))
-                    .as_ref()
-                    .map(TcpState::from),
+                algorithm: user_name(&s.algorithm).to_owned(),
+                tcp,
+                bbr,
             })
         })
+        .into_iter()
+        .flatten()
         .collect();
     rows.sort_by(|a, b| a.peer_id.cmp(&b.peer_id).then(a.cookie.cmp(&b.cookie)));
     rows
@@ -120,6 +191,19 @@ pub fn busiest_per_peer(rows: &[PeerConnection]) -> Vec<&PeerConnection> {
 #[derive(Clone)]
 pub struct Telemetry {
     pub probes: Option<Arc<Probes>>,
+    pub bbr: crate::cc::BbrSlot,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("probes", &self.probes.is_some())
+            .field(
+                "bbr",
+                &self.bbr.read().map(|b| b.is_some()).unwrap_or(false),
+            )
+            .finish()
+    }
 }
 
 #[cfg(test)]

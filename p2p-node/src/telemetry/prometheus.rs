@@ -10,7 +10,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use super::{PeerConnection, TcpState, busiest_per_peer, connections};
+use super::{PeerConnection, TcpState, Telemetry, busiest_per_peer, connections};
 use crate::ebpf::Probes;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,15 +29,27 @@ struct MapLabels {
     map: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerModeLabels {
+    peer_id: String,
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerWarmLabels {
+    peer_id: String,
+    state: String,
+}
+
 /// Per-peer TCP state and the node's eBPF health, registered under the `p2pcc` prefix.
 #[derive(Debug)]
 pub struct TcpCollector {
-    probes: Option<Arc<Probes>>,
+    telemetry: Telemetry,
 }
 
 impl TcpCollector {
-    pub fn new(probes: Option<Arc<Probes>>) -> Self {
-        Self { probes }
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self { telemetry }
     }
 }
 
@@ -82,7 +94,8 @@ fn single(
 
 impl Collector for TcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let rows = connections(self.probes.as_deref());
+        let rows = connections(&self.telemetry);
+        let probes: Option<&Arc<Probes>> = self.telemetry.probes.as_ref();
         let peers: Vec<(PeerLabels, TcpState)> = busiest_per_peer(&rows)
             .into_iter()
             .filter_map(|c: &PeerConnection| {
@@ -186,10 +199,99 @@ impl Collector for TcpCollector {
                 .map(|(algorithm, n)| (AlgorithmLabels { algorithm }, n)),
         )?;
 
-        let attached = self
-            .probes
-            .as_ref()
-            .map_or(0, |p| p.programs().len() as i64);
+        let bbr: Vec<(String, super::BbrView)> = busiest_per_peer(&rows)
+            .into_iter()
+            .filter_map(|c| Some((c.peer_id.clone(), c.bbr.clone()?)))
+            .collect();
+        let peer = |id: &String| PeerLabels {
+            peer_id: id.clone(),
+            algorithm: crate::ebpf::bbr::NAME.into(),
+        };
+        gauge(
+            e,
+            "bbr_mode",
+            "bbr-p2p state machine mode of the peer's connection (1 for the current mode).",
+            None,
+            bbr.iter().map(|(id, b)| {
+                (
+                    PeerModeLabels {
+                        peer_id: id.clone(),
+                        mode: b.mode.into(),
+                    },
+                    1i64,
+                )
+            }),
+        )?;
+        gauge(
+            e,
+            "bbr_bandwidth",
+            "bbr-p2p bottleneck bandwidth estimate (BtlBw) of the peer's path.",
+            Some(Unit::Other("bytes_per_second".into())),
+            bbr.iter()
+                .map(|(id, b)| (peer(id), b.bandwidth_bytes_per_second as f64)),
+        )?;
+        gauge(
+            e,
+            "bbr_min_rtt",
+            "bbr-p2p propagation delay estimate (RTprop) of the peer's path.",
+            Some(Unit::Seconds),
+            bbr.iter().map(|(id, b)| (peer(id), b.min_rtt_seconds)),
+        )?;
+        gauge(
+            e,
+            "bbr_pacing_gain",
+            "bbr-p2p pacing gain (1.0 = pace at BtlBw).",
+            Some(Unit::Other("ratio".into())),
+            bbr.iter().map(|(id, b)| (peer(id), b.pacing_gain)),
+        )?;
+        gauge(
+            e,
+            "bbr_cwnd_gain",
+            "bbr-p2p cwnd gain (multiple of the BDP).",
+            Some(Unit::Other("ratio".into())),
+            bbr.iter().map(|(id, b)| (peer(id), b.cwnd_gain)),
+        )?;
+        gauge(
+            e,
+            "bbr_inflight_hi",
+            "bbr-p2p loss bound on inflight (absent while unbounded).",
+            Some(Unit::Other("segments".into())),
+            bbr.iter()
+                .filter_map(|(id, b)| Some((peer(id), f64::from(b.inflight_hi_segments?)))),
+        )?;
+        gauge(
+            e,
+            "bbr_warm_start",
+            "How the peer's connection started: cold, warm (from the per-address record) or fell_back.",
+            None,
+            bbr.iter().map(|(id, b)| {
+                (
+                    PeerWarmLabels {
+                        peer_id: id.clone(),
+                        state: b.warm_start.into(),
+                    },
+                    1i64,
+                )
+            }),
+        )?;
+        counter(
+            e,
+            "bbr_probe_rtt",
+            "Times the peer's connection entered PROBE_RTT.",
+            None,
+            bbr.iter()
+                .map(|(id, b)| (peer(id), u64::from(b.probe_rtt_count))),
+        )?;
+        counter(
+            e,
+            "bbr_loss_bound",
+            "Times loss bounded the inflight of the peer's connection.",
+            None,
+            bbr.iter()
+                .map(|(id, b)| (peer(id), u64::from(b.loss_bound_count))),
+        )?;
+
+        let attached = probes.map_or(0, |p| p.programs().len() as i64);
         single(
             e,
             "ebpf_programs_attached",
@@ -197,7 +299,7 @@ impl Collector for TcpCollector {
             MetricType::Gauge,
             ConstGauge::new(attached),
         )?;
-        if let Some(probes) = &self.probes {
+        if let Some(probes) = probes {
             let counters = probes.counters();
             gauge(
                 e,
