@@ -121,3 +121,63 @@ pub fn configure(requested: Option<&str>) -> anyhow::Result<BbrSlot> {
     }));
     Ok(slot)
 }
+
+/// The outcome of switching the node's algorithm.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwitchReport {
+    /// The node's algorithm now (for new and existing connections).
+    pub algorithm: String,
+    /// Established sockets moved to it.
+    pub switched: usize,
+    /// Sockets that could not be moved, with the reason.
+    pub failed: Vec<SwitchFailure>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwitchFailure {
+    pub cookie: u64,
+    pub error: String,
+}
+
+/// Switches the node to `name`: new sockets get it, and every socket the node holds is moved
+/// with `setsockopt(TCP_CONGESTION)` on its own fd (never another process's socket). Unknown
+/// names change nothing.
+pub fn switch(name: &str, slot: &BbrSlot) -> anyhow::Result<SwitchReport> {
+    validate(name)?;
+    let kernel = bbr::kernel_name(name).to_owned();
+    if kernel == bbr::KERNEL_NAME {
+        let usable = slot.read().expect("lock poisoned").is_some()
+            && std::fs::read_to_string(AVAILABLE)
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|n| n == kernel);
+        if !usable {
+            let handle = provide_bbr()?;
+            *slot.write().expect("lock poisoned") = Some(Arc::new(handle));
+        }
+    }
+    let table = SocketTable::global();
+    table.set_algorithm(Some(kernel.clone()));
+    let results = table.switch_all(&kernel);
+    let mut report = SwitchReport {
+        algorithm: name.to_owned(),
+        switched: 0,
+        failed: Vec::new(),
+    };
+    for (cookie, result) in results {
+        match result {
+            Ok(()) => report.switched += 1,
+            Err(e) => report.failed.push(SwitchFailure {
+                cookie,
+                error: e.to_string(),
+            }),
+        }
+    }
+    tracing::info!(
+        algorithm = name,
+        switched = report.switched,
+        failed = report.failed.len(),
+        "congestion control switched"
+    );
+    Ok(report)
+}

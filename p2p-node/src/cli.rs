@@ -30,6 +30,9 @@ pub enum Command {
         /// The running node's HTTP API.
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"), global = true)]
         node: String,
+        /// Token for changes, when the node requires one (or env P2PCC_HTTP_TOKEN).
+        #[arg(long, env = "P2PCC_HTTP_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
     },
     /// Print the running node's peers and their TCP state, like `ss -ti`.
     Peers {
@@ -78,6 +81,16 @@ pub enum Command {
 pub enum CcAction {
     /// The node's algorithm and the ones available.
     List,
+    /// Switch the node, its new and established connections, to an algorithm.
+    Set {
+        /// bbr-p2p, bbr, cubic, reno, or any name in tcp_available_congestion_control.
+        algorithm: String,
+    },
+    /// Show bbr-p2p's tunables, or change some (`--set name=value`, repeatable).
+    Tunables {
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +113,18 @@ pub struct RunArgs {
     /// Observe every TCP socket on the host, not only the node's own.
     #[arg(long)]
     pub observe_all: bool,
+    /// Token required for changes through the HTTP API (`Authorization: Bearer <token>`);
+    /// mandatory when --http is not a loopback address.
+    #[arg(
+        long,
+        conflicts_with = "http_token_file",
+        hide_env_values = true,
+        env = "P2PCC_HTTP_TOKEN"
+    )]
+    pub http_token: Option<String>,
+    /// File holding the HTTP token (first line).
+    #[arg(long)]
+    pub http_token_file: Option<PathBuf>,
     /// Exit if the eBPF programs cannot be loaded, instead of running without telemetry.
     #[arg(long)]
     pub require_ebpf: bool,

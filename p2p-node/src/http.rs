@@ -5,8 +5,9 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context as _;
 use axum::{
     Json, Router,
-    extract::State,
-    http::{StatusCode, header},
+    extract::{ConnectInfo, Request, State},
+    http::{Method, StatusCode, header},
+    middleware::{self, Next},
     response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
@@ -22,6 +23,9 @@ pub struct AppState {
     pub telemetry: telemetry::Telemetry,
     /// One sentence: "loaded", or why the eBPF part is not running.
     pub ebpf_status: Arc<String>,
+    /// When set, every request that changes something (any method but GET/HEAD) must carry
+    /// `Authorization: Bearer <token>`. Required when the API binds beyond loopback.
+    pub token: Option<Arc<String>>,
 }
 
 pub async fn serve(addr: SocketAddr, state: AppState) -> anyhow::Result<()> {
@@ -30,16 +34,147 @@ pub async fn serve(addr: SocketAddr, state: AppState) -> anyhow::Result<()> {
         .route("/metrics", get(metrics))
         .route("/api/node", get(node))
         .route("/api/peers", get(peers))
-        .route("/api/cc", get(get_cc))
+        .route("/api/cc", get(get_cc).put(put_cc))
+        .route("/api/cc/tunables", get(get_tunables).put(put_tunables))
         .route("/api/perf", post(perf))
         .route("/api/files", get(files_list).post(files_share))
         .route("/api/files/fetch", post(files_fetch))
         .route("/api/announcements", get(announcements))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP API to {addr}"))?;
-    axum::serve(listener, app).await.context("HTTP server")
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .context("HTTP server")
+}
+
+/// Reads stay open (`/metrics` is scraped without credentials); changes need the token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    if let (false, Some(token)) = (read_only, &state.token) {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| tokens_equal(given, token)) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "this request changes the node: send `Authorization: Bearer <token>` (the node's --http-token)\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares tokens in time independent of where they differ (and of their lengths): equal
+/// SHA-256 digests, compared with a fold over all bytes.
+fn tokens_equal(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+fn bad_request(message: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CcRequest {
+    algorithm: String,
+}
+
+async fn put_cc(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: CcRequest = match serde_json::from_slice(&body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(format!("expected {{\"algorithm\": \"<name>\"}}: {e}")),
+    };
+    if let Err(e) = cc::validate(&req.algorithm) {
+        return bad_request(format!("{e:#}"));
+    }
+    let before = cc::current();
+    match cc::switch(&req.algorithm, &state.telemetry.bbr) {
+        Ok(report) => {
+            tracing::info!(target: "audit", %from, from_algorithm = %before, to_algorithm = %req.algorithm, switched = report.switched, failed = report.failed.len(), "congestion control changed");
+            Json(report).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
+    }
+}
+
+fn bbr_handle(state: &AppState) -> Result<Arc<crate::ebpf::bbr::BbrP2p>, Response> {
+    state.telemetry.bbr.read().expect("lock poisoned").clone().ok_or_else(|| {
+        (
+            StatusCode::CONFLICT,
+            "bbr-p2p is not loaded on this node (start it with --cc bbr-p2p, or switch to it with PUT /api/cc)\n",
+        )
+            .into_response()
+    })
+}
+
+async fn get_tunables(State(state): State<AppState>) -> Response {
+    let bbr = match bbr_handle(&state) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match bbr.config() {
+        Ok(config) => Json(crate::tunables::to_json(&config)).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the tunables: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn put_tunables(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let bbr = match bbr_handle(&state) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let changes: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(format!("expected a JSON object of tunables: {e}")),
+    };
+    let current = match bbr.config() {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the tunables: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let (new, applied) = match crate::tunables::apply(&current, &changes) {
+        Ok(x) => x,
+        Err(e) => return bad_request(e),
+    };
+    if let Err(e) = bbr.set_config(new) {
+        return bad_request(e);
+    }
+    for (name, old, value) in applied {
+        tracing::info!(target: "audit", %from, tunable = name, old, new = value, "bbr-p2p tunable changed");
+    }
+    Json(crate::tunables::to_json(&new)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -12,3 +12,4 @@ pub mod http;
 pub mod node;
 pub mod sockets;
 pub mod telemetry;
+pub mod tunables;

@@ -39,8 +39,31 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Cc { action: CcAction::List, node } => {
-                print!("{}", client_get(&node, "/api/cc").await?);
+            Command::Cc { action, node, token } => {
+                let token = token.as_deref();
+                let out = match action {
+                    CcAction::List => client_get(&node, "/api/cc").await?,
+                    CcAction::Set { algorithm } => {
+                        let body = serde_json::json!({ "algorithm": algorithm });
+                        client_request(&node, token, "PUT", "/api/cc", &body.to_string()).await?
+                    }
+                    CcAction::Tunables { set } if set.is_empty() => client_get(&node, "/api/cc/tunables").await?,
+                    CcAction::Tunables { set } => {
+                        let mut changes = serde_json::Map::new();
+                        for item in &set {
+                            let (name, value) = item
+                                .split_once('=')
+                                .with_context(|| format!("--set takes NAME=VALUE, got {item:?}"))?;
+                            let value: u64 = value
+                                .parse()
+                                .with_context(|| format!("{name}: {value:?} is not a non-negative integer"))?;
+                            changes.insert(name.to_owned(), value.into());
+                        }
+                        let body = serde_json::Value::Object(changes).to_string();
+                        client_request(&node, token, "PUT", "/api/cc/tunables", &body).await?
+                    }
+                };
+                println!("{}", out.trim_end());
                 Ok(())
             }
             Command::Peers { node } => peers_table(&node).await,
@@ -78,6 +101,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.cc {
         cc::validate(name)?;
     }
+    let token = http_token(&args)?;
     let key = match &args.key {
         Some(path) => load_or_create_key(path)?,
         None => Keypair::generate_ed25519(),
@@ -128,6 +152,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         telemetry: telemetry::Telemetry { probes, bbr },
         ebpf_status: Arc::new(ebpf_status),
+        token,
     };
     eprintln!("HTTP API and metrics on http://{}/", args.http);
     tokio::select! {
@@ -137,6 +162,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The token changes through the HTTP API need; mandatory beyond loopback.
+fn http_token(args: &RunArgs) -> anyhow::Result<Option<Arc<String>>> {
+    let token = match (&args.http_token, &args.http_token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("reading the HTTP token file {}", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().trim().to_owned())
+        }
+        (None, None) => None,
+    };
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        bail!("the HTTP token must be at least 16 characters");
+    }
+    if token.is_none() && !args.http.ip().is_loopback() {
+        bail!(
+            "--http {} is not a loopback address: give a token with --http-token or --http-token-file \
+             (changes through the API then need `Authorization: Bearer <token>`; /metrics stays open)",
+            args.http
+        );
+    }
+    Ok(token.map(Arc::new))
 }
 
 async fn shutdown_signal() {
@@ -181,8 +230,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// A minimal HTTP/1.1 client for the node's own API (plain text, loopback by default).
+/// A request with the token from `P2PCC_HTTP_TOKEN`, if set.
 async fn client_send(node: &str, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
+    let token = std::env::var("P2PCC_HTTP_TOKEN").ok();
+    client_request(node, token.as_deref(), method, path, body).await
+}
+
+/// A minimal HTTP/1.1 client for the node's own API (plain text, loopback by default).
+async fn client_request(
+    node: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let authority = node
         .strip_prefix("http://")
@@ -191,8 +252,9 @@ async fn client_send(node: &str, method: &str, path: &str, body: &str) -> anyhow
     let mut stream = tokio::net::TcpStream::connect(authority)
         .await
         .with_context(|| format!("connecting to the node at {node} (is it running?)"))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;

@@ -207,6 +207,25 @@ impl SocketTable {
             .collect()
     }
 
+    /// Moves every socket of the table to `algorithm` (on the node's own fds, under the lock,
+    /// so no fd can be closed and reused meanwhile) and records it; per socket the result.
+    pub fn switch_all(&self, algorithm: &str) -> Vec<(u64, io::Result<()>)> {
+        let mut sockets = self.sockets.lock().expect("lock poisoned");
+        sockets
+            .values_mut()
+            .map(|s| {
+                // SAFETY: the entry exists, so its stream (which owns the fd) has not dropped;
+                // the lock keeps it from unregistering until we are done.
+                let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
+                let result = set_congestion(fd, algorithm).and_then(|()| {
+                    s.algorithm = congestion(fd)?;
+                    Ok(())
+                });
+                (s.cookie, result)
+            })
+            .collect()
+    }
+
     /// Calls `f` for every entry with the table locked, so each entry's fd stays open.
     pub fn with_each<T>(&self, mut f: impl FnMut(&SocketInfo) -> T) -> Vec<T> {
         self.sockets

@@ -127,15 +127,16 @@ pub struct Node {
 
 impl Node {
     pub fn start(ns: &str, listen_ip: &str, extra: &[&str]) -> Self {
+        Self::start_with_http(ns, listen_ip, "127.0.0.1:9464", extra)
+    }
+
+    /// As [`Node::start`], with the HTTP API on `http` (its port must be 9464).
+    pub fn start_with_http(ns: &str, listen_ip: &str, http: &str, extra: &[&str]) -> Self {
         let http_port = 9464;
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_p2p-node"), "run"])
             .args(["--listen", &format!("/ip4/{listen_ip}/tcp/4001")])
-            .args([
-                "--http",
-                &format!("127.0.0.1:{http_port}"),
-                "--require-ebpf",
-            ])
+            .args(["--http", http, "--require-ebpf"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -213,10 +214,33 @@ impl Node {
     }
 
     fn try_http(&self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        self.try_http_auth(method, path, body, None)
+    }
+
+    /// An HTTP request with `Authorization: Bearer <token>` when given.
+    pub fn http_auth(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        self.try_http_auth(method, path, body, token)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn try_http_auth(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
         let ns = self.ns.clone();
         let port = self.http_port;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         std::thread::spawn(move || -> std::io::Result<(u16, String)> {
@@ -555,4 +579,46 @@ impl Drop for Routed {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Every TCP socket of `node` listed in its `/api/peers`, duplicated into this process:
+/// `(cookie, fd)`.
+pub fn node_sockets(node: &Node) -> Vec<(u64, std::os::fd::OwnedFd)> {
+    let peers: Vec<serde_json::Value> = serde_json::from_str(&node.get("/api/peers")).unwrap();
+    peers
+        .iter()
+        .filter_map(|p| {
+            let cookie = p["cookie"].as_u64()?;
+            Some((cookie, node.socket_by_cookie(cookie)?))
+        })
+        .collect()
+}
+
+/// A POST to the node API on 127.0.0.1:9464 inside `ns` (for use from another thread).
+pub fn post_in_ns(ns: &str, path: &str, body: &str) -> (u16, String) {
+    let ns = ns.to_owned();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::thread::spawn(move || {
+        enter_netns(&ns).unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", 9464)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_owned())
+    })
+    .join()
+    .unwrap()
 }

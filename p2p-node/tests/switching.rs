@@ -1,0 +1,184 @@
+//! Choosing and switching the congestion control of a running node: every established socket
+//! of that node moves (and no socket of another process), metrics follow, and bad requests
+//! change nothing.
+
+mod common;
+
+use std::{os::fd::AsFd as _, time::Duration};
+
+use common::{NetnsPair, Node, eventually, kernel_tests_possible, node_sockets};
+use p2p_node::sockets;
+
+fn algorithms(node: &Node) -> Vec<String> {
+    node_sockets(node)
+        .iter()
+        .map(|(_, fd)| sockets::congestion(fd.as_fd()).unwrap())
+        .collect()
+}
+
+#[test]
+fn switching_moves_every_established_socket_of_the_node_and_no_other() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = NetnsPair::new("sw", 4);
+    let a = Node::start(&net.a, &net.addr_a, &["--cc", "reno"]);
+    let b = Node::start(
+        &net.b,
+        &net.addr_b,
+        &["--peer", &a.multiaddr, "--cc", "cubic"],
+    );
+    eventually(Duration::from_secs(15), || {
+        (!node_sockets(&b).is_empty()).then_some(())
+    })
+    .expect("B connected to A");
+    assert!(
+        algorithms(&b).iter().all(|a| a == "cubic"),
+        "{:?}",
+        algorithms(&b)
+    );
+
+    // A transfer runs while B switches.
+    let (b_ns, a_id) = (b.ns.clone(), a.peer_id.clone());
+    let transfer = std::thread::spawn(move || {
+        let body = format!(r#"{{"peer":"{a_id}","upload_bytes":1073741824}}"#);
+        common::post_in_ns(&b_ns, "/api/perf", &body)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    for (name, kernel) in [("bbr-p2p", "bbr_p2p"), ("cubic", "cubic")] {
+        let (status, body) = b.http("PUT", "/api/cc", &format!(r#"{{"algorithm":"{name}"}}"#));
+        assert_eq!(status, 200, "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(report["switched"].as_u64().unwrap() >= 1, "{body}");
+        assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{body}");
+        let now = algorithms(&b);
+        assert!(
+            !now.is_empty() && now.iter().all(|a| a == kernel),
+            "B's sockets after switching to {name}: {now:?}"
+        );
+        assert!(
+            algorithms(&a).iter().all(|a| a == "reno"),
+            "A's sockets changed: {:?}",
+            algorithms(&a)
+        );
+        // The per-peer series carry the new label at the next scrape.
+        let text = b.get("/metrics");
+        let label = format!(
+            "p2pcc_peer_cwnd_segments{{peer_id=\"{}\",algorithm=\"{name}\"}}",
+            a.peer_id
+        );
+        assert!(
+            text.contains(&label),
+            "no {label} in:\n{}",
+            text.lines()
+                .filter(|l| l.contains("cwnd"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let cc: serde_json::Value = serde_json::from_str(&b.get("/api/cc")).unwrap();
+        assert_eq!(cc["algorithm"], name);
+    }
+    let (status, report) = transfer.join().unwrap();
+    assert_eq!(
+        status, 200,
+        "the transfer failed across the switches: {report}"
+    );
+}
+
+#[test]
+fn bad_names_bad_tunables_and_missing_tokens_change_nothing() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = NetnsPair::new("bad", 5);
+    let token = "a-test-token-of-32-characters-xx";
+    let a = Node::start_with_http(
+        &net.a,
+        &net.addr_a,
+        "0.0.0.0:9464",
+        &["--http-token", token],
+    );
+
+    // Unknown algorithm: 400 with the valid names, nothing changes.
+    let (status, body) = a.http_auth("PUT", "/api/cc", r#"{"algorithm":"nope"}"#, Some(token));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("unknown or unavailable congestion control \"nope\"; available: "),
+        "{body}"
+    );
+    assert!(body.contains("bbr-p2p") && body.contains("cubic"), "{body}");
+    let cc: serde_json::Value = serde_json::from_str(&a.get("/api/cc")).unwrap();
+    assert_eq!(cc["algorithm"], "bbr-p2p");
+    let (status, body) = a.http_auth("PUT", "/api/cc", "not json", Some(token));
+    assert_eq!(status, 400, "{body}");
+
+    // Bad tunables: 400 naming the problem, nothing changes.
+    let before = a.get("/api/cc/tunables");
+    for (change, message) in [
+        (
+            r#"{"cwnd_gain": 99999}"#,
+            "cwnd_gain must be within 1.0..=4.0",
+        ),
+        (
+            r#"{"min_cwnd": "four"}"#,
+            "min_cwnd must be a non-negative integer (segments), got \"four\"",
+        ),
+        (
+            r#"{"min_cwnd": 8, "no_such": 1}"#,
+            "unknown tunable \"no_such\"",
+        ),
+        (r#"[1, 2]"#, "expected a JSON object"),
+    ] {
+        let (status, body) = a.http_auth("PUT", "/api/cc/tunables", change, Some(token));
+        assert_eq!(status, 400, "{change}: {body}");
+        assert!(body.contains(message), "{change}: {body}");
+    }
+    assert_eq!(
+        a.get("/api/cc/tunables"),
+        before,
+        "a rejected change altered the tunables"
+    );
+    // A good one applies and shows.
+    let (status, body) = a.http_auth("PUT", "/api/cc/tunables", r#"{"min_cwnd": 6}"#, Some(token));
+    assert_eq!(status, 200, "{body}");
+    let t: serde_json::Value = serde_json::from_str(&a.get("/api/cc/tunables")).unwrap();
+    assert_eq!(t["tunables"]["min_cwnd"], 6);
+
+    // Missing or wrong token: 401, nothing changes; reads need none.
+    for token in [None, Some("wrong-token-wrong-token-wrong")] {
+        let (status, body) = a.http_auth("PUT", "/api/cc", r#"{"algorithm":"cubic"}"#, token);
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("Authorization: Bearer <token>"), "{body}");
+    }
+    let cc: serde_json::Value = serde_json::from_str(&a.get("/api/cc")).unwrap();
+    assert_eq!(cc["algorithm"], "bbr-p2p");
+    let (status, _) = a.http("GET", "/metrics", "");
+    assert_eq!(status, 200);
+
+    // Beyond loopback without a token the node refuses to start.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.b,
+            env!("CARGO_BIN_EXE_p2p-node"),
+            "run",
+        ])
+        .args([
+            "--listen",
+            &format!("/ip4/{}/tcp/4001", net.addr_b),
+            "--http",
+            "0.0.0.0:9464",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "error: --http 0.0.0.0:9464 is not a loopback address: give a token with --http-token"
+        ),
+        "{stderr}"
+    );
+}
