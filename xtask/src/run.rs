@@ -159,6 +159,18 @@ fn http_url(i: u8) -> String {
     format!("http://{}:{HTTP_PORT}/", node_ip(i))
 }
 
+/// The token for changes through the nodes' APIs: random per run.
+fn testbed_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        assert_eq!(n, bytes.len() as isize, "getrandom failed");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
 fn print_table(algorithms: &[&str]) {
     println!();
     println!("{:<6} {:<10} {:<10} http", "node", "namespace", "algorithm");
@@ -171,6 +183,13 @@ fn print_table(algorithms: &[&str]) {
             http_url(i)
         );
     }
+    println!();
+    println!("Switch a node's algorithm live (token of this run):");
+    println!(
+        "  P2PCC_HTTP_TOKEN={} target/release/p2p-node cc set cubic --node {}",
+        testbed_token(),
+        http_url(1).trim_end_matches('/')
+    );
     println!();
 }
 
@@ -322,9 +341,10 @@ impl Testbed {
         let namespace = node_namespace(node.i);
         let ip = node_ip(node.i);
         let mut cmd = Command::new("ip");
-        // Flags as in p2p-node/src/cli.rs (`RunArgs`).
-        // TODO(cli): pass `--http-token-file <0600 temp file with a random token>` once the node
-        // has such a flag; its HTTP API has no authentication yet.
+        // Flags as in p2p-node/src/cli.rs (`RunArgs`). The API listens on the node's testbed
+        // address, not loopback, so changes through it need the testbed's token (given in the
+        // environment, not on the command line where `ps` would show it).
+        cmd.env("P2PCC_HTTP_TOKEN", testbed_token());
         cmd.args(["netns", "exec", &namespace])
             .arg(node.binary)
             .arg("run")
