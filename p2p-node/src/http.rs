@@ -116,20 +116,20 @@ async fn put_cc(
     }
 }
 
-fn bbr_handle(state: &AppState) -> Result<Arc<crate::ebpf::bbr::BbrP2p>, Response> {
+fn bbr_handle(state: &AppState) -> Result<Arc<crate::ebpf::bbr::BbrP2p>, Box<Response>> {
     state.telemetry.bbr.read().expect("lock poisoned").clone().ok_or_else(|| {
-        (
+        Box::new((
             StatusCode::CONFLICT,
             "bbr-p2p is not loaded on this node (start it with --cc bbr-p2p, or switch to it with PUT /api/cc)\n",
         )
-            .into_response()
+            .into_response())
     })
 }
 
 async fn get_tunables(State(state): State<AppState>) -> Response {
     let bbr = match bbr_handle(&state) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match bbr.config() {
         Ok(config) => Json(crate::tunables::to_json(&config)).into_response(),
@@ -148,7 +148,7 @@ async fn put_tunables(
 ) -> Response {
     let bbr = match bbr_handle(&state) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let changes: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

@@ -190,10 +190,8 @@ impl SocketTable {
             .expect("lock poisoned")
             .remove(&cookie)
             .is_some();
-        if removed {
-            if let Some(observer) = self.observer.read().expect("lock poisoned").as_ref() {
-                observer.closed(cookie);
-            }
+        if removed && let Some(observer) = self.observer.read().expect("lock poisoned").as_ref() {
+            observer.closed(cookie);
         }
     }
 

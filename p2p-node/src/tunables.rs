@@ -6,9 +6,13 @@ use serde_json::{Map, Value};
 
 type Get = fn(&BbrConfig) -> u32;
 type Set = fn(&mut BbrConfig, u32);
+/// `(name, unit, get, set)`.
+type Tunable = (&'static str, &'static str, Get, Set);
+/// A change as `(name, old, new)`.
+pub type Change = (&'static str, u32, u32);
 
 /// `(name, unit, get, set)` of every tunable.
-const TUNABLES: &[(&str, &str, Get, Set)] = &[
+const TUNABLES: &[Tunable] = &[
     (
         "high_gain",
         "1/256 (256 = 1.0)",
@@ -127,7 +131,7 @@ const TUNABLES: &[(&str, &str, Get, Set)] = &[
 
 /// `{"tunables": {name: value}, "units": {name: unit}, "defaults": {name: value}}`.
 pub fn to_json(config: &BbrConfig) -> Value {
-    let obj = |f: &dyn Fn(&(&str, &str, Get, Set)) -> Value| {
+    let obj = |f: &dyn Fn(&Tunable) -> Value| {
         Value::Object(
             TUNABLES
                 .iter()
@@ -145,10 +149,7 @@ pub fn to_json(config: &BbrConfig) -> Value {
 /// Applies a JSON object of changes to `config`; returns the new config and the changes as
 /// `(name, old, new)`. Any unknown name, non-integer value or out-of-range result rejects the
 /// whole request.
-pub fn apply(
-    config: &BbrConfig,
-    changes: &Value,
-) -> Result<(BbrConfig, Vec<(&'static str, u32, u32)>), String> {
+pub fn apply(config: &BbrConfig, changes: &Value) -> Result<(BbrConfig, Vec<Change>), String> {
     let Some(changes) = changes.as_object() else {
         return Err("expected a JSON object of tunable names and integer values".into());
     };

@@ -78,7 +78,7 @@ fn fills_the_link_goes_startup_drain_probe_bw_and_starts_warm_next_time() {
         "BtlBw estimate {bw:.1} Mbit/s"
     );
     assert_eq!(state.warm_start, WarmStart::Cold as u8);
-    drop(flow.finish());
+    flow.finish();
 
     // A second connection to the same address starts warm, from what the first one measured.
     let mut second = net.flow(5102, "bbr_p2p");
@@ -135,7 +135,7 @@ fn probe_rtt_follows_the_min_rtt_window() {
         samples.iter().any(|s| s.mode() == Mode::ProbeRtt),
         "no sample caught PROBE_RTT"
     );
-    drop(flow.finish());
+    flow.finish();
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn shallow_buffer_losses_engage_the_loss_bound() {
     assert!(info.total_retrans > 0, "the shallow buffer caused no loss");
     assert!(state.loss_bound_count >= 1, "loss bound never engaged");
     assert_ne!(state.inflight_hi, u32::MAX);
-    drop(flow.finish());
+    flow.finish();
 }
 
 #[test]
@@ -182,7 +182,6 @@ fn adhoc_compare_shallow() {
             info.rtt_us,
             info.snd_cwnd
         );
-        drop(flow.finish());
-        drop(net);
+        flow.finish();
     }
 }

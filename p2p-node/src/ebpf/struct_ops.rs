@@ -403,6 +403,9 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
     })
 }
 
+/// A program with its subprograms: instructions, relocations, call site → target index.
+type Linked = (Vec<u64>, Vec<Relocation>, HashMap<usize, usize>);
+
 /// Appends to a program the `.text` functions it reaches (transitively), as libbpf does: the
 /// verifier rejects unreachable instructions, so only called functions may be appended.
 /// Returns the instructions, all relocations at their new positions, and for each call
@@ -411,7 +414,7 @@ fn link_subprograms(
     mut insns: Vec<u64>,
     mut relocations: Vec<Relocation>,
     text: Option<&Text>,
-) -> Result<(Vec<u64>, Vec<Relocation>, HashMap<usize, usize>), String> {
+) -> Result<Linked, String> {
     let mut placed_functions: HashMap<usize, usize> = HashMap::new();
     let mut call_targets = HashMap::new();
     let mut i = 0;

@@ -151,7 +151,7 @@ impl Node {
                 if n == 0 {
                     break;
                 }
-                eprint!("[{}] {}", "node", String::from_utf8_lossy(&buf[..n]));
+                eprint!("[node] {}", String::from_utf8_lossy(&buf[..n]));
                 sink.lock()
                     .unwrap()
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
