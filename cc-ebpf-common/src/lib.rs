@@ -20,14 +20,75 @@ pub const SOCK_STATS_MAP: &str = "SOCK_STATS";
 pub const PROBE_CONFIG_MAP: &str = "PROBE_CONFIG";
 /// Name of the per-CPU array map of probe self-counters ([`ProbeCounters`]).
 pub const PROBE_COUNTERS_MAP: &str = "PROBE_COUNTERS";
+/// Name of the LRU per-CPU hash map of smoothed-RTT histograms per congestion control
+/// ([`RttHist`]), keyed by the address of the algorithm's `tcp_congestion_ops`.
+pub const RTT_HIST_MAP: &str = "RTT_HIST";
+/// Name of the ring buffer carrying one [`FinalRecord`] per destroyed tracked socket.
+pub const FINAL_RECORDS_MAP: &str = "FINAL_RECORDS";
 
 /// Sockets tracked at once. Sized for a node's connection limits (1024 inbound + 512 outbound,
 /// see the node's connection management) with 4x headroom for the observe-every-socket mode,
 /// where the LRU evicts the least recently updated socket (counted in `ProbeCounters`).
 pub const SOCK_STATS_MAX_ENTRIES: u32 = 8192;
 
+/// Congestion-control algorithms with an RTT histogram at once. A host offers a handful
+/// (reno, cubic, bbr, bbr-p2p, a test algorithm); a struct_ops algorithm registered again gets
+/// a new ops address, so this leaves room for re-registrations before the LRU evicts the oldest.
+pub const RTT_HIST_MAX_ENTRIES: u32 = 64;
+
+/// Bytes of the final-record ring buffer (a power of two, as the kernel requires):
+/// 256 KiB = ~1200 records of [`FinalRecord`] (+8 bytes header each), enough for every socket
+/// of a node closing at once between two drains (the node drains every second). A full buffer
+/// drops the record and counts it (`ProbeCounters::final_lost`).
+pub const FINAL_RECORDS_BYTES: u32 = 256 * 1024;
+
+/// Log2 buckets of the RTT histogram: bucket `i` counts smoothed RTTs in `[2^i, 2^(i+1))` µs
+/// (bucket 0 also counts 0 µs); the last bucket, 2^27 µs ≈ 134 s, is above any TCP srtt.
+pub const RTT_HIST_BUCKETS: usize = 28;
+
+/// The kernel's congestion-avoidance states (`enum tcp_ca_state`), in their numeric order.
+pub const CA_STATES: [&str; 5] = ["open", "disorder", "cwr", "recovery", "loss"];
+
+/// `floor(log2(v))` for `v >= 1`, 0 for `v == 0`: branch-only, no loop (it runs in eBPF).
+#[inline(always)]
+pub const fn log2_u32(mut v: u32) -> u32 {
+    let mut r = 0;
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    r
+}
+
+/// Histogram bucket of a smoothed RTT in microseconds (clamped to the last bucket).
+#[inline(always)]
+pub const fn rtt_bucket(srtt_us: u32) -> usize {
+    let b = log2_u32(srtt_us) as usize;
+    if b < RTT_HIST_BUCKETS {
+        b
+    } else {
+        RTT_HIST_BUCKETS - 1
+    }
+}
+
 /// Latest TCP state of one socket, written by the `tcp_probe` program on every ACK that passes
-/// the kernel's probe point. All values are copied from the socket as the kernel holds them.
+/// the kernel's probe point, plus what the retransmit and congestion-state tracepoints add up.
+/// The node inserts it zeroed except `opened_ns`/`ca_state_since_ns` (its registration time).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockStats {
@@ -61,8 +122,157 @@ pub struct SockStats {
     pub updated_ns: u64,
     /// Probe events seen for this socket.
     pub events: u64,
+    /// `tcp_sock.rcv_wnd`, bytes (the receive window this side advertises).
+    pub rcv_wnd_bytes: u32,
+    /// Current congestion-avoidance state (index into [`CA_STATES`]) as last accounted.
+    pub ca_state: u32,
+    /// Segments retransmitted successfully (`tcp_retransmit_skb` with err 0, GSO segments).
+    pub retrans_segments: u32,
+    /// Congestion-state changes (to a different state).
+    pub ca_transitions: u32,
+    /// Bytes retransmitted successfully (`skb->len` of each retransmission, as
+    /// `tcpi_bytes_retrans` counts them).
+    pub retrans_bytes: u64,
+    /// CLOCK_MONOTONIC ns when tracking began (registration, or first event in observe-all).
+    pub opened_ns: u64,
+    /// CLOCK_MONOTONIC ns when the current `ca_state` began (time in it is not yet in
+    /// `ca_state_ns`: add `now - ca_state_since_ns` when reading).
+    pub ca_state_since_ns: u64,
+    /// Nanoseconds spent in each state of [`CA_STATES`], up to `ca_state_since_ns`.
+    pub ca_state_ns: [u64; 5],
+    /// Times each state of [`CA_STATES`] was entered.
+    pub ca_state_entries: [u32; 5],
+    pub _reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockStats>() == 80);
+const _: () = assert!(core::mem::size_of::<SockStats>() == 184);
+
+impl SockStats {
+    /// A fresh entry for a socket tracked from `now_ns` (CLOCK_MONOTONIC), in state Open.
+    pub const fn opened_at(now_ns: u64) -> Self {
+        Self {
+            cwnd_segments: 0,
+            ssthresh_segments: 0,
+            srtt_us: 0,
+            min_rtt_us: 0,
+            mss_bytes: 0,
+            rate_delivered_segments: 0,
+            rate_interval_us: 0,
+            snd_wnd_bytes: 0,
+            total_retrans_segments: 0,
+            packets_out_segments: 0,
+            pacing_rate_bytes_per_sec: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            updated_ns: 0,
+            events: 0,
+            rcv_wnd_bytes: 0,
+            ca_state: 0,
+            retrans_segments: 0,
+            ca_transitions: 0,
+            retrans_bytes: 0,
+            opened_ns: now_ns,
+            ca_state_since_ns: now_ns,
+            ca_state_ns: [0; 5],
+            ca_state_entries: [0; 5],
+            _reserved: 0,
+        }
+    }
+
+    /// Closes the current state's interval at `now_ns` and moves to `new_state` (the logic the
+    /// `tcp_cong_state_set` program runs; host-tested). Returns `false` for an unknown state.
+    #[inline(always)]
+    pub fn change_ca_state(&mut self, new_state: u32, now_ns: u64) -> bool {
+        // One opaque value: otherwise LLVM may bounds-check one copy of the state and index
+        // with another, which the eBPF verifier cannot follow.
+        // SAFETY: reading a local.
+        let new_state = unsafe { core::ptr::read_volatile(&new_state) };
+        self.account_ca_state(now_ns);
+        if new_state as usize >= CA_STATES.len() {
+            return false;
+        }
+        if new_state != self.ca_state {
+            self.ca_transitions = self.ca_transitions.wrapping_add(1);
+            if let Some(n) = state_slot(&mut self.ca_state_entries, new_state) {
+                *n = n.wrapping_add(1);
+            }
+            self.ca_state = new_state;
+        }
+        true
+    }
+
+    /// Adds the time since `ca_state_since_ns` to the current state.
+    #[inline(always)]
+    pub fn account_ca_state(&mut self, now_ns: u64) {
+        let elapsed = now_ns.saturating_sub(self.ca_state_since_ns);
+        if let Some(t) = state_slot(&mut self.ca_state_ns, self.ca_state) {
+            *t += elapsed;
+        }
+        self.ca_state_since_ns = now_ns;
+    }
+
+    /// Time in each state up to `now_ns`, including the current state's open interval.
+    pub fn ca_state_ns_at(&self, now_ns: u64) -> [u64; 5] {
+        let mut out = self.ca_state_ns;
+        if let Some(t) = out.get_mut(self.ca_state as usize) {
+            *t += now_ns.saturating_sub(self.ca_state_since_ns);
+        }
+        out
+    }
+}
+
+/// The element for a congestion state, by constant indices: the eBPF verifier must see a bounded
+/// offset, and a computed index is bounds-checked in one register and used from another copy.
+#[inline(always)]
+fn state_slot<T>(a: &mut [T; 5], state: u32) -> Option<&mut T> {
+    let [open, disorder, cwr, recovery, loss] = a;
+    match state {
+        0 => Some(open),
+        1 => Some(disorder),
+        2 => Some(cwr),
+        3 => Some(recovery),
+        4 => Some(loss),
+        _ => None,
+    }
+}
+
+/// Smoothed-RTT histogram of one congestion control, per CPU (summed in userspace), updated on
+/// every `tcp_probe` event of a tracked socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RttHist {
+    /// The algorithm's name (`tcp_congestion_ops.name`), NUL-padded; set on the CPU that
+    /// created the entry, zero on the others.
+    pub name: [u8; 16],
+    pub count: u64,
+    /// Sum of the samples, microseconds.
+    pub sum_us: u64,
+    /// See [`RTT_HIST_BUCKETS`].
+    pub buckets: [u64; RTT_HIST_BUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<RttHist>() == 256);
+
+impl Default for RttHist {
+    fn default() -> Self {
+        Self {
+            name: [0; 16],
+            count: 0,
+            sum_us: 0,
+            buckets: [0; RTT_HIST_BUCKETS],
+        }
+    }
+}
+
+/// What `tcp_destroy_sock` emits for a tracked socket before removing its entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalRecord {
+    pub cookie: u64,
+    /// The socket's congestion control at destruction, NUL-padded.
+    pub algorithm: [u8; 16],
+    /// The entry as it was, with the current state's time accounted up to destruction.
+    pub stats: SockStats,
+}
+const _: () = assert!(core::mem::size_of::<FinalRecord>() == 208);
 
 /// Probe configuration, one entry at index 0 of [`PROBE_CONFIG_MAP`].
 #[repr(C)]
@@ -85,8 +295,25 @@ pub struct ProbeCounters {
     pub skipped: u64,
     /// Map updates that failed (map full in observe-all mode).
     pub update_failed: u64,
+    /// `tcp_retransmit_skb` events for tracked sockets.
+    pub retransmit_events: u64,
+    /// `tcp_cong_state_set` events for tracked sockets.
+    pub cong_state_events: u64,
+    /// `tcp_destroy_sock` events for tracked sockets (each emits a final record).
+    pub destroy_events: u64,
+    /// Final records dropped because the ring buffer was full.
+    pub final_lost: u64,
+    /// RTT samples not recorded (histogram map could not take a new algorithm).
+    pub hist_lost: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 64);
+
+impl ProbeCounters {
+    /// Events that could not be recorded, of any kind.
+    pub const fn lost(&self) -> u64 {
+        self.update_failed + self.final_lost + self.hist_lost
+    }
+}
 
 /// ELF section carrying an object's [`StructOpsDecl`].
 pub const STRUCT_OPS_DECL_SECTION: &str = ".p2pcc.struct_ops";
@@ -157,6 +384,10 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeCounters {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::RttHist {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FinalRecord {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::bbr::BbrState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::bbr::BbrConfig {}
@@ -164,4 +395,39 @@ mod pod {
     unsafe impl aya::Pod for super::bbr::WarmKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::bbr::WarmEntry {}
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[test]
+    fn log2_buckets() {
+        assert_eq!(log2_u32(0), 0);
+        assert_eq!(log2_u32(1), 0);
+        assert_eq!(log2_u32(2), 1);
+        assert_eq!(log2_u32(3), 1);
+        assert_eq!(log2_u32(1023), 9);
+        assert_eq!(log2_u32(1024), 10);
+        assert_eq!(log2_u32(u32::MAX), 31);
+        for v in 1..100_000u32 {
+            assert_eq!(log2_u32(v), 31 - v.leading_zeros());
+        }
+        assert_eq!(rtt_bucket(u32::MAX), RTT_HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn ca_state_time_adds_up() {
+        let mut s = SockStats::opened_at(1_000);
+        assert!(s.change_ca_state(1, 3_000)); // open 2000
+        assert!(s.change_ca_state(3, 4_000)); // disorder 1000
+        assert!(s.change_ca_state(3, 4_500)); // same state: no transition
+        assert!(s.change_ca_state(0, 10_000)); // recovery 6000
+        assert!(!s.change_ca_state(9, 10_000));
+        assert_eq!(s.ca_transitions, 3);
+        assert_eq!(s.ca_state_entries, [1, 1, 0, 1, 0]);
+        let at = s.ca_state_ns_at(11_000);
+        assert_eq!(at, [3_000, 1_000, 0, 6_000, 0]);
+        assert_eq!(at.iter().sum::<u64>(), 11_000 - 1_000);
+    }
 }

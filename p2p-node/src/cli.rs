@@ -131,4 +131,13 @@ pub struct RunArgs {
     /// Close connections without open streams after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub idle_timeout_secs: u64,
+    /// Peers with per-peer metric series: the busiest K by bytes (others are in the
+    /// all-peer histograms and totals only).
+    #[arg(long, default_value_t = crate::telemetry::DEFAULT_TOP_PEERS)]
+    pub top_peers: usize,
+    /// Turn on the kernel's per-program run time and count (BPF_ENABLE_STATS, as
+    /// `kernel.bpf_stats_enabled=1`) while the node runs, for p2pcc_ebpf_program_run_*.
+    /// The kernel turns it off again when the node exits.
+    #[arg(long)]
+    pub bpf_stats: bool,
 }

@@ -124,6 +124,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             p.set_observe_all(args.observe_all)
                 .context("configuring the probes")?;
             SocketTable::global().set_observer(p.clone());
+            if args.bpf_stats {
+                p.enable_run_stats()
+                    .context("turning on eBPF run-time statistics (--bpf-stats)")?;
+            }
             "loaded".to_owned()
         }
         None => "not loaded (see the node's log)".to_owned(),
@@ -138,19 +142,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let client = node::spawn(key, config, &mut registry)?;
+    let telemetry = telemetry::Telemetry::new(probes, bbr, args.top_peers);
+    telemetry.spawn_collector();
     registry
         .sub_registry_with_prefix("p2pcc")
         .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(
-            telemetry::Telemetry {
-                probes: probes.clone(),
-                bbr: bbr.clone(),
-            },
+            telemetry.clone(),
         )));
 
     let state = http::AppState {
         client,
         registry: Arc::new(registry),
-        telemetry: telemetry::Telemetry { probes, bbr },
+        telemetry,
         ebpf_status: Arc::new(ebpf_status),
         token,
     };

@@ -1,20 +1,38 @@
 //! TCP probes: per-socket TCP state for the node's telemetry.
 //!
-//! `tp_btf/tcp_probe` runs on every segment an established socket receives. It keeps the latest
-//! state of each tracked socket in `SOCK_STATS` (keyed by socket cookie, the value `SO_COOKIE`
-//! returns). The node inserts an entry for each of its own sockets; other sockets are skipped
-//! after one map lookup, unless `PROBE_CONFIG.observe_all` is set.
+//! Four BTF tracepoints, all keyed by socket cookie (the value `SO_COOKIE` returns):
+//! - `tcp_probe` (every segment an established socket receives): the latest state of each
+//!   tracked socket in `SOCK_STATS`, and a log2 histogram of smoothed RTT per congestion control
+//!   in `RTT_HIST`;
+//! - `tcp_retransmit_skb`: retransmitted segments and bytes;
+//! - `tcp_cong_state_set`: time in each congestion state and the transitions (as bcc's tcpcong);
+//! - `tcp_destroy_sock`: a final record to `FINAL_RECORDS`, then the entry is removed.
+//!
+//! The node inserts an entry for each of its own sockets; other sockets are skipped after one
+//! map lookup, unless `PROBE_CONFIG.observe_all` is set. When the node drops a socket it leaves
+//! the entry for `tcp_destroy_sock` to finish (so the final record has the last retransmits and
+//! state time) and removes it itself only if no destroy came within a grace period: removal on
+//! either side is idempotent (deleting a missing key is a no-op).
+//!
+//! Fields are read with direct BTF-checked loads at the generated offsets; the only helpers on the
+//! per-ACK path are the cookie, the typed `tcp_sock` cast and the map lookups.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    },
     macros::{btf_tracepoint, map},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use cc_ebpf::kernel::*;
-use cc_ebpf_common::{ProbeConfig, ProbeCounters, SOCK_STATS_MAX_ENTRIES, SockStats};
+use cc_ebpf_common::{
+    FINAL_RECORDS_BYTES, FinalRecord, ProbeConfig, ProbeCounters, RTT_HIST_MAX_ENTRIES, RttHist,
+    SOCK_STATS_MAX_ENTRIES, SockStats, rtt_bucket,
+};
 
 cc_ebpf::license!();
 
@@ -22,6 +40,17 @@ cc_ebpf::license!();
 #[map]
 static SOCK_STATS: LruHashMap<u64, SockStats> =
     LruHashMap::with_max_entries(SOCK_STATS_MAX_ENTRIES, 0);
+
+/// Smoothed-RTT histogram per congestion control, keyed by the address of its
+/// `tcp_congestion_ops`. Bounded by `RTT_HIST_MAX_ENTRIES` (see its sizing note); per CPU so
+/// the per-ACK increment needs no atomics.
+#[map]
+static RTT_HIST: LruPerCpuHashMap<u64, RttHist> =
+    LruPerCpuHashMap::with_max_entries(RTT_HIST_MAX_ENTRIES, 0);
+
+/// Final records of destroyed tracked sockets. `FINAL_RECORDS_BYTES` (see its sizing note).
+#[map]
+static FINAL_RECORDS: RingBuf = RingBuf::with_byte_size(FINAL_RECORDS_BYTES, 0);
 
 /// One entry: the probe configuration written by the node.
 #[map]
@@ -34,64 +63,172 @@ static PROBE_COUNTERS: PerCpuArray<ProbeCounters> = PerCpuArray::with_max_entrie
 /// `BPF_NOEXIST`: create the entry only if absent.
 const BPF_NOEXIST: u64 = 1;
 
+type Sk = *mut core::ffi::c_void;
+
+#[inline(always)]
+fn count(f: impl FnOnce(&mut ProbeCounters)) {
+    if let Some(c) = PROBE_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        f(unsafe { &mut *c });
+    }
+}
+
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
-    // SAFETY: argument 0 of the tcp_probe tracepoint is `struct sock *sk`.
-    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    // Argument 0 of tcp_probe is `struct sock *sk`.
+    let sk: Sk = ctx.arg(0);
     on_tcp_probe(sk);
     0
 }
 
-#[inline(always)]
-fn on_tcp_probe(sk: *mut core::ffi::c_void) {
-    let counters = PROBE_COUNTERS.get_ptr_mut(0);
-    if let Some(c) = counters {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        unsafe { (*c).events += 1 };
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    // The tracepoint's arguments, as its BTF prototype declares them.
+    let (sk, skb, err): (Sk, *mut u8, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
+        return 0;
+    };
+    count(|c| c.retransmit_events += 1);
+    // A failed attempt (err != 0, e.g. -EBUSY when the qdisc is full) retransmitted nothing;
+    // the kernel counts only successes in tcpi_total_retrans / tcpi_bytes_retrans.
+    if err as u32 != 0 {
+        return 0;
     }
+    // SAFETY: `skb` is the tracepoint's BTF-typed `struct sk_buff *`; `len` is a u32 member and
+    // `tcp_gso_segs` a u16 inside the TCP control block `cb` (a char array member).
+    let (len, segs) = unsafe {
+        let skb = KernelPtr::new(skb);
+        (
+            skb.u32(SK_BUFF__LEN),
+            skb.u16(SK_BUFF__CB + TCP_SKB_CB__TCP_GSO_SEGS),
+        )
+    };
+    // SAFETY: map value; the socket lock serialises this socket's events.
+    unsafe {
+        let s = &mut *entry;
+        s.retrans_bytes += u64::from(len);
+        s.retrans_segments += u32::from(segs).max(1);
+    }
+    0
+}
+
+/// `tcp_cong_state_set(struct sock *sk, const u8 ca_state)`: runs before the kernel stores the
+/// new state, so the entry's `ca_state` is the one being left.
+#[btf_tracepoint(function = "tcp_cong_state_set")]
+pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
+    // The tracepoint's arguments, as its BTF prototype declares them.
+    let (sk, state): (Sk, u64) = (ctx.arg(0), ctx.arg(1));
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
+        return 0;
+    };
+    count(|c| c.cong_state_events += 1);
+    // SAFETY: map value, serialised by the socket lock; no-arg helper.
+    unsafe { (*entry).change_ca_state(state as u32 & 0xff, bpf_ktime_get_ns()) };
+    0
+}
+
+/// `tcp_destroy_sock(struct sock *sk)`: final record, then the entry goes.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    // Argument 0 is `struct sock *sk`.
+    let sk: Sk = ctx.arg(0);
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
+        return 0;
+    };
+    count(|c| c.destroy_events += 1);
+    // SAFETY: map value, serialised by the socket lock.
+    let s = unsafe { &mut *entry };
+    // SAFETY: no-arg helper.
+    s.account_ca_state(unsafe { bpf_ktime_get_ns() });
+    match FINAL_RECORDS.reserve::<FinalRecord>(0) {
+        Some(mut slot) => {
+            let mut algorithm = [0u8; 16];
+            // SAFETY: helper returns a typed `tcp_sock *` or null; the ops pointer is a member of
+            // it and `name` a 16-byte member of the ops (read with the fault-safe helper).
+            unsafe {
+                let tp = KernelPtr::new(bpf_skc_to_tcp_sock(sk));
+                if !tp.is_null() {
+                    let ops = tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS);
+                    if ops != 0 {
+                        algorithm = bpf_probe_read_kernel(
+                            (ops as usize + TCP_CONGESTION_OPS__NAME) as *const [u8; 16],
+                        )
+                        .unwrap_or([0; 16]);
+                    }
+                }
+            }
+            slot.write(FinalRecord {
+                cookie,
+                algorithm,
+                stats: *s,
+            });
+            slot.submit(0);
+        }
+        None => count(|c| c.final_lost += 1),
+    }
+    let _ = SOCK_STATS.remove(cookie);
+    0
+}
+
+#[inline(always)]
+fn on_tcp_probe(sk: Sk) {
+    count(|c| c.events += 1);
     // SAFETY: `sk` is the tracepoint's socket argument, a BTF-typed `struct sock *`.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: the helper returns a BTF-typed `struct tcp_sock *` or null (not a TCP socket).
+    let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
     let entry = match SOCK_STATS.get_ptr_mut(cookie) {
         Some(entry) => entry,
         None => {
             let observe_all = PROBE_CONFIG.get(0).is_some_and(|c| c.observe_all != 0);
-            if !observe_all {
-                if let Some(c) = counters {
-                    // SAFETY: as above.
-                    unsafe { (*c).skipped += 1 };
-                }
+            if !observe_all || tp.is_null() {
+                count(|c| c.skipped += 1);
                 return;
             }
-            let inserted = SOCK_STATS.insert(cookie, SockStats::default(), BPF_NOEXIST);
+            // SAFETY: no-arg helper; `tp` verified non-null and `icsk_ca_state` is a bitfield
+            // of inet_connection_sock, the head of tcp_sock.
+            let mut fresh = SockStats::opened_at(unsafe { bpf_ktime_get_ns() });
+            fresh.ca_state = u32::from(unsafe {
+                tp.bits8(
+                    INET_CONNECTION_SOCK__ICSK_CA_STATE,
+                    INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
+                    INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
+                )
+            });
+            let inserted = SOCK_STATS.insert(cookie, fresh, BPF_NOEXIST);
             match (inserted, SOCK_STATS.get_ptr_mut(cookie)) {
                 (_, Some(entry)) => entry,
                 _ => {
-                    if let Some(c) = counters {
-                        // SAFETY: as above.
-                        unsafe { (*c).update_failed += 1 };
-                    }
+                    count(|c| c.update_failed += 1);
                     return;
                 }
             }
         }
     };
-    // SAFETY: the helper returns a BTF-typed `struct tcp_sock *` or null (not a TCP socket).
-    let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
     if tp.is_null() {
         return;
     }
     // SAFETY: `entry` points into the map value; `tp` is a verified tcp_sock and every offset
     // is a field of it (tcp_sock starts with inet_connection_sock, which starts with sock).
-    unsafe {
+    let (srtt_us, ops) = unsafe {
         let s = &mut *entry;
+        let srtt_us = tp.u32(TCP_SOCK__SRTT_US) >> 3;
         s.cwnd_segments = tp.u32(TCP_SOCK__SND_CWND);
         s.ssthresh_segments = tp.u32(TCP_SOCK__SND_SSTHRESH);
-        s.srtt_us = tp.u32(TCP_SOCK__SRTT_US) >> 3;
+        s.srtt_us = srtt_us;
         s.min_rtt_us = tp.u32(TCP_SOCK__RTT_MIN + MINMAX_S0_V);
         s.mss_bytes = tp.u32(TCP_SOCK__MSS_CACHE);
         s.rate_delivered_segments = tp.u32(TCP_SOCK__RATE_DELIVERED);
         s.rate_interval_us = tp.u32(TCP_SOCK__RATE_INTERVAL_US);
         s.snd_wnd_bytes = tp.u32(TCP_SOCK__SND_WND);
+        s.rcv_wnd_bytes = tp.u32(TCP_SOCK__RCV_WND);
         s.total_retrans_segments = tp.u32(TCP_SOCK__TOTAL_RETRANS);
         s.packets_out_segments = tp.u32(TCP_SOCK__PACKETS_OUT);
         s.pacing_rate_bytes_per_sec = tp.u64(SOCK__SK_PACING_RATE);
@@ -99,5 +236,48 @@ fn on_tcp_probe(sk: *mut core::ffi::c_void) {
         s.bytes_received = tp.u64(TCP_SOCK__BYTES_RECEIVED);
         s.updated_ns = bpf_ktime_get_ns();
         s.events += 1;
+        (srtt_us, tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS))
+    };
+    // Only sockets with an RTT sample count (srtt is 0 before the first one).
+    if srtt_us != 0 {
+        record_rtt(ops, srtt_us);
     }
+}
+
+#[inline(always)]
+fn record_rtt(ops: u64, srtt_us: u32) {
+    let hist = match RTT_HIST.get_ptr_mut(ops) {
+        Some(h) => h,
+        None => match new_hist(ops) {
+            Some(h) => h,
+            None => {
+                count(|c| c.hist_lost += 1);
+                return;
+            }
+        },
+    };
+    // SAFETY: this CPU's copy of the map value.
+    unsafe {
+        let h = &mut *hist;
+        h.count += 1;
+        h.sum_us += u64::from(srtt_us);
+        if let Some(b) = h.buckets.get_mut(rtt_bucket(srtt_us)) {
+            *b += 1;
+        }
+    }
+}
+
+/// First sample of an algorithm: creates its histogram with the algorithm's name (slow path,
+/// once per algorithm and CPU at most).
+#[inline(always)]
+fn new_hist(ops: u64) -> Option<*mut RttHist> {
+    let mut fresh = RttHist::default();
+    // SAFETY: `ops` is a `tcp_congestion_ops *` loaded from the socket; the fault-safe helper
+    // reads its 16-byte `name`.
+    fresh.name = unsafe {
+        bpf_probe_read_kernel((ops as usize + TCP_CONGESTION_OPS__NAME) as *const [u8; 16])
+    }
+    .unwrap_or([0; 16]);
+    let _ = RTT_HIST.insert(ops, fresh, BPF_NOEXIST);
+    RTT_HIST.get_ptr_mut(ops)
 }

@@ -16,16 +16,21 @@ pub mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reno_rs.bpf.o"));
 }
 
-use std::sync::Mutex;
+use std::{
+    os::fd::OwnedFd,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
 };
 use cc_ebpf_common::{
-    PROBE_CONFIG_MAP, PROBE_COUNTERS_MAP, ProbeConfig, ProbeCounters, SOCK_STATS_MAP,
-    SOCK_STATS_MAX_ENTRIES, SockStats, layout,
+    FINAL_RECORDS_MAP, FinalRecord, PROBE_CONFIG_MAP, PROBE_COUNTERS_MAP, ProbeConfig,
+    ProbeCounters, RTT_HIST_MAP, RTT_HIST_MAX_ENTRIES, RttHist, SOCK_STATS_MAP,
+    SOCK_STATS_MAX_ENTRIES, SockStats, layout, unpadded,
 };
 
 use crate::sockets::SocketObserver;
@@ -87,14 +92,64 @@ pub fn preflight() -> Result<cc_ebpf_common::btf::Btf, LoadError> {
     Ok(btf)
 }
 
+/// `(program in the object, kernel tracepoint it attaches to, required)`: the node runs
+/// without an optional program (counted as a load failure) but not without `tcp_probe`.
+const PROGRAMS: &[(&str, &str, bool)] = &[
+    ("tcp_probe", "tcp_probe", true),
+    ("tcp_retransmit_skb", "tcp_retransmit_skb", false),
+    ("tcp_cong_state_set", "tcp_cong_state_set", false),
+    ("tcp_destroy_sock", "tcp_destroy_sock", false),
+];
+
+/// How long an entry the node dropped may wait for `tcp_destroy_sock` (which fires once the
+/// kernel frees the socket: after the FIN exchange, or `tcp_fin_timeout` = 60 s for a peer that
+/// never answers) before the node removes it itself.
+pub const DESTROY_GRACE: Duration = Duration::from_secs(90);
+
+/// Run time and count of one program (`BPF_OBJ_GET_INFO_BY_FD`; counted only while
+/// `kernel.bpf_stats_enabled` is on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// A record of a socket whose tracking ended: from `tcp_destroy_sock`, or read by the node when
+/// the destroy did not come within [`DESTROY_GRACE`] (`expired`).
+#[derive(Clone, Copy, Debug)]
+pub struct Ended {
+    pub record: FinalRecord,
+    pub expired: bool,
+}
+
 /// The loaded and attached TCP probes and their maps.
 pub struct Probes {
     /// Owns the programs and their links; dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     stats: Mutex<HashMap<MapData, u64, SockStats>>,
     config: Mutex<Array<MapData, ProbeConfig>>,
     counters: PerCpuArray<MapData, ProbeCounters>,
+    rtt_hist: PerCpuHashMap<MapData, u64, RttHist>,
+    final_records: Mutex<RingBuf<MapData>>,
+    /// Sockets the node dropped whose entry waits for `tcp_destroy_sock`.
+    closing: Mutex<std::collections::HashMap<u64, Instant>>,
     program_ids: Vec<(&'static str, u32)>,
+    /// Programs that failed to load or attach, with the error.
+    failed: Vec<(&'static str, String)>,
+    /// Holds `BPF_ENABLE_STATS` on while open (the kernel restores the setting when the node
+    /// exits, even when it is killed).
+    stats_fd: Mutex<Option<OwnedFd>>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Probes {
@@ -106,50 +161,179 @@ impl Probes {
             .load(PROBES_OBJECT)
             .map_err(LoadError::Load)?;
         let mut program_ids = Vec::new();
-        // (program in the object, kernel tracepoint it attaches to)
-        let programs: &[(&'static str, &str)] = &[("tcp_probe", "tcp_probe")];
-        for &(program, tracepoint) in programs {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or(LoadError::Missing("tcp_probe program"))?
-                .try_into()
-                .map_err(|source| LoadError::Program { program, source })?;
-            prog.load(tracepoint, &btf)
-                .and_then(|()| prog.attach().map(drop))
-                .map_err(|source| LoadError::Program { program, source })?;
-            if let Ok(info) = prog.info() {
-                program_ids.push((program, info.id()));
+        let mut failed = Vec::new();
+        for &(program, tracepoint, required) in PROGRAMS {
+            let attached = (|| -> Result<u32, LoadError> {
+                let prog: &mut BtfTracePoint = ebpf
+                    .program_mut(program)
+                    .ok_or(LoadError::Missing("a probe program"))?
+                    .try_into()
+                    .map_err(|source| LoadError::Program { program, source })?;
+                prog.load(tracepoint, &btf)
+                    .and_then(|()| prog.attach().map(drop))
+                    .map_err(|source| LoadError::Program { program, source })?;
+                Ok(prog.info().map(|i| i.id()).unwrap_or(0))
+            })();
+            match attached {
+                Ok(id) => program_ids.push((program, id)),
+                Err(e) if required => return Err(e),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    tracing::warn!("TCP probe {program} not attached: {why}");
+                    failed.push((program, why));
+                }
             }
         }
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(LoadError::Missing(name))
         };
-        let stats = HashMap::try_from(map(&mut ebpf, SOCK_STATS_MAP)?).map_err(|source| {
-            LoadError::Map {
-                map: SOCK_STATS_MAP,
-                source,
-            }
-        })?;
-        let config = Array::try_from(map(&mut ebpf, PROBE_CONFIG_MAP)?).map_err(|source| {
-            LoadError::Map {
-                map: PROBE_CONFIG_MAP,
-                source,
-            }
-        })?;
-        let counters =
-            PerCpuArray::try_from(map(&mut ebpf, PROBE_COUNTERS_MAP)?).map_err(|source| {
-                LoadError::Map {
-                    map: PROBE_COUNTERS_MAP,
-                    source,
-                }
-            })?;
+        let err = |map: &'static str| move |source| LoadError::Map { map, source };
+        let stats =
+            HashMap::try_from(map(&mut ebpf, SOCK_STATS_MAP)?).map_err(err(SOCK_STATS_MAP))?;
+        let config =
+            Array::try_from(map(&mut ebpf, PROBE_CONFIG_MAP)?).map_err(err(PROBE_CONFIG_MAP))?;
+        let counters = PerCpuArray::try_from(map(&mut ebpf, PROBE_COUNTERS_MAP)?)
+            .map_err(err(PROBE_COUNTERS_MAP))?;
+        let rtt_hist =
+            PerCpuHashMap::try_from(map(&mut ebpf, RTT_HIST_MAP)?).map_err(err(RTT_HIST_MAP))?;
+        let final_records = RingBuf::try_from(map(&mut ebpf, FINAL_RECORDS_MAP)?)
+            .map_err(err(FINAL_RECORDS_MAP))?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             stats: Mutex::new(stats),
             config: Mutex::new(config),
             counters,
+            rtt_hist,
+            final_records: Mutex::new(final_records),
+            closing: Mutex::new(std::collections::HashMap::new()),
             program_ids,
+            failed,
+            stats_fd: Mutex::new(None),
         })
+    }
+
+    /// Turns on the kernel's per-program run time and count (`BPF_ENABLE_STATS`) for as long
+    /// as the node runs. Costs every BPF program on the host ~20 ns per run while on.
+    pub fn enable_run_stats(&self) -> Result<(), aya::sys::SyscallError> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+        *self.stats_fd.lock().expect("lock poisoned") = Some(fd);
+        Ok(())
+    }
+
+    /// Run time and count of each attached program.
+    pub fn run_stats(&self) -> Vec<(&'static str, RunStats)> {
+        self.program_ids
+            .iter()
+            .filter_map(|&(name, _)| {
+                let prog: &BtfTracePoint = self.ebpf.program(name)?.try_into().ok()?;
+                let info = prog.info().ok()?;
+                Some((
+                    name,
+                    RunStats {
+                        run_time_ns: info.run_time().as_nanos() as u64,
+                        run_count: info.run_count(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether this node holds the kernel's run-time statistics on (`--bpf-stats`).
+    pub fn run_stats_enabled(&self) -> bool {
+        self.stats_fd.lock().expect("lock poisoned").is_some()
+    }
+
+    /// Programs that failed to load or attach, with the error.
+    pub fn failed(&self) -> &[(&'static str, String)] {
+        &self.failed
+    }
+
+    /// Smoothed-RTT histograms per algorithm name, summed over CPUs (entries of re-registered
+    /// algorithms merged by name).
+    pub fn rtt_histograms(&self) -> Vec<(String, RttHist)> {
+        let mut out: std::collections::BTreeMap<String, RttHist> = Default::default();
+        for (_, per_cpu) in self.rtt_hist.iter().flatten() {
+            let name = per_cpu
+                .iter()
+                .map(|h| unpadded(&h.name))
+                .find(|n| !n.is_empty())
+                .unwrap_or("unknown")
+                .to_owned();
+            let sum = out.entry(name).or_default();
+            for h in per_cpu.iter() {
+                sum.count += h.count;
+                sum.sum_us += h.sum_us;
+                for (a, b) in sum.buckets.iter_mut().zip(h.buckets.iter()) {
+                    *a += b;
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Entries in `RTT_HIST`.
+    pub fn rtt_hist_entries(&self) -> usize {
+        self.rtt_hist.keys().count()
+    }
+
+    pub const fn rtt_hist_capacity() -> u32 {
+        RTT_HIST_MAX_ENTRIES
+    }
+
+    /// Takes the final records `tcp_destroy_sock` emitted, and ends the tracking of dropped
+    /// sockets whose destroy did not come within [`DESTROY_GRACE`] (their entry read, then
+    /// removed). Call regularly: the ring buffer holds ~1200 records.
+    pub fn take_ended(&self) -> Vec<Ended> {
+        let mut out = Vec::new();
+        {
+            let mut ring = self.final_records.lock().expect("lock poisoned");
+            while let Some(item) = ring.next() {
+                if item.len() >= size_of::<FinalRecord>() {
+                    // SAFETY: the program writes whole `FinalRecord`s (plain integers, any bit
+                    // pattern valid); read unaligned from the ring's memory.
+                    let record =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FinalRecord>()) };
+                    out.push(Ended {
+                        record,
+                        expired: false,
+                    });
+                }
+            }
+        }
+        let mut closing = self.closing.lock().expect("lock poisoned");
+        for e in &out {
+            closing.remove(&e.record.cookie);
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = closing
+            .iter()
+            .filter(|&(_, &since)| now.duration_since(since) >= DESTROY_GRACE)
+            .map(|(&cookie, _)| cookie)
+            .collect();
+        if !expired.is_empty() {
+            let mut stats = self.stats.lock().expect("lock poisoned");
+            for cookie in expired {
+                closing.remove(&cookie);
+                if let Ok(mut s) = stats.get(&cookie, 0) {
+                    s.account_ca_state(monotonic_ns());
+                    let _ = stats.remove(&cookie);
+                    out.push(Ended {
+                        record: FinalRecord {
+                            cookie,
+                            algorithm: [0; 16],
+                            stats: s,
+                        },
+                        expired: true,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Sockets the node dropped whose entry still waits for `tcp_destroy_sock`.
+    pub fn closing(&self) -> usize {
+        self.closing.lock().expect("lock poisoned").len()
     }
 
     /// Observe every TCP socket on the host (`true`) or only the node's own (`false`).
@@ -165,6 +349,12 @@ impl Probes {
     pub fn stats(&self, cookie: u64) -> Option<SockStats> {
         let stats = self.stats.lock().expect("lock poisoned");
         stats.get(&cookie, 0).ok().filter(|s| s.events > 0)
+    }
+
+    /// Every entry of `SOCK_STATS` (walks the map).
+    pub fn all_stats(&self) -> Vec<(u64, SockStats)> {
+        let stats = self.stats.lock().expect("lock poisoned");
+        stats.iter().flatten().collect()
     }
 
     /// Entries in `SOCK_STATS` (walks the map: for metrics, not for hot paths).
@@ -184,6 +374,11 @@ impl Probes {
                 sum.events += c.events;
                 sum.skipped += c.skipped;
                 sum.update_failed += c.update_failed;
+                sum.retransmit_events += c.retransmit_events;
+                sum.cong_state_events += c.cong_state_events;
+                sum.destroy_events += c.destroy_events;
+                sum.final_lost += c.final_lost;
+                sum.hist_lost += c.hist_lost;
             }
         }
         sum
@@ -199,6 +394,7 @@ impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Probes")
             .field("programs", &self.program_ids)
+            .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
@@ -206,12 +402,38 @@ impl std::fmt::Debug for Probes {
 impl SocketObserver for Probes {
     fn opened(&self, cookie: u64) {
         let mut stats = self.stats.lock().expect("lock poisoned");
-        if let Err(e) = stats.insert(cookie, SockStats::default(), 0) {
+        if let Err(e) = stats.insert(cookie, SockStats::opened_at(monotonic_ns()), 0) {
             tracing::warn!(cookie, "cannot track socket: {e}");
         }
     }
 
+    /// The entry stays for `tcp_destroy_sock` to emit the final record and remove it (the
+    /// kernel frees the socket only after its fd is closed, i.e. after this call); without that
+    /// program, or after [`DESTROY_GRACE`] (see [`Probes::take_ended`]), the node removes it.
     fn closed(&self, cookie: u64) {
-        let _ = self.stats.lock().expect("lock poisoned").remove(&cookie);
+        let destroy_attached = self
+            .program_ids
+            .iter()
+            .any(|&(name, _)| name == "tcp_destroy_sock");
+        if destroy_attached {
+            self.closing
+                .lock()
+                .expect("lock poisoned")
+                .insert(cookie, Instant::now());
+        } else {
+            // Idempotent: the entry may already be gone (LRU eviction).
+            let _ = self.stats.lock().expect("lock poisoned").remove(&cookie);
+        }
     }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

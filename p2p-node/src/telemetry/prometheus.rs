@@ -10,7 +10,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use super::{PeerConnection, TcpState, Telemetry, busiest_per_peer, connections};
+use super::{PeerConnection, TcpState, Telemetry, connections, top_peers};
 use crate::ebpf::Probes;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +22,29 @@ struct PeerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlgorithmLabels {
     algorithm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerStateLabels {
+    peer_id: String,
+    algorithm: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlgorithmStateLabels {
+    algorithm: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,8 +119,11 @@ impl Collector for TcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let rows = connections(&self.telemetry);
         let probes: Option<&Arc<Probes>> = self.telemetry.probes.as_ref();
-        let peers: Vec<(PeerLabels, TcpState)> = busiest_per_peer(&rows)
-            .into_iter()
+        self.telemetry.collect_ended();
+        let top = top_peers(&rows, self.telemetry.top_peers);
+        let peers: Vec<(PeerLabels, TcpState)> = top
+            .iter()
+            .copied()
             .filter_map(|c: &PeerConnection| {
                 let labels = PeerLabels {
                     peer_id: c.peer_id.clone(),
@@ -184,6 +210,56 @@ impl Collector for TcpCollector {
                 .iter()
                 .map(|(l, t)| (l.clone(), u64::from(t.retransmitted_segments))),
         )?;
+        counter(
+            e,
+            "peer_retransmitted_bytes",
+            "Bytes retransmitted on the peer's connection (tcp_retransmit_skb).",
+            None,
+            peers
+                .iter()
+                .map(|(l, t)| (l.clone(), t.retransmitted_bytes)),
+        )?;
+        gauge(
+            e,
+            "peer_send_window",
+            "Receive window the peer advertises (what this side may send).",
+            Some(Unit::Bytes),
+            per_peer(|t| f64::from(t.send_window_bytes)),
+        )?;
+        gauge(
+            e,
+            "peer_receive_window",
+            "Receive window this side advertises to the peer.",
+            Some(Unit::Bytes),
+            per_peer(|t| f64::from(t.receive_window_bytes)),
+        )?;
+        counter(
+            e,
+            "peer_ca_transitions",
+            "Congestion-state changes of the peer's connection (tcp_cong_state_set).",
+            None,
+            peers
+                .iter()
+                .map(|(l, t)| (l.clone(), u64::from(t.ca_transitions))),
+        )?;
+        {
+            let mut metric = e.encode_descriptor(
+                "peer_ca_state",
+                "Time the peer's connection spent in each congestion-avoidance state since the node began tracking it.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for (l, t) in &peers {
+                for (state, seconds) in t.ca_state_seconds.by_state() {
+                    let labels = PeerStateLabels {
+                        peer_id: l.peer_id.clone(),
+                        algorithm: l.algorithm.clone(),
+                        state: state.into(),
+                    };
+                    ConstCounter::new(seconds).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
 
         let mut by_algorithm: BTreeMap<String, i64> = BTreeMap::new();
         for row in &rows {
@@ -199,8 +275,8 @@ impl Collector for TcpCollector {
                 .map(|(algorithm, n)| (AlgorithmLabels { algorithm }, n)),
         )?;
 
-        let bbr: Vec<(String, super::BbrView)> = busiest_per_peer(&rows)
-            .into_iter()
+        let bbr: Vec<(String, super::BbrView)> = top
+            .iter()
             .filter_map(|c| Some((c.peer_id.clone(), c.bbr.clone()?)))
             .collect();
         let peer = |id: &String| PeerLabels {
@@ -291,6 +367,79 @@ impl Collector for TcpCollector {
                 .map(|(id, b)| (peer(id), u64::from(b.loss_bound_count))),
         )?;
 
+        let closed = self.telemetry.closed.lock().expect("lock poisoned").clone();
+        let algo = |a: &String| AlgorithmLabels {
+            algorithm: a.clone(),
+        };
+        counter(
+            e,
+            "closed_connections",
+            "TCP connections whose tracking ended (final record from tcp_destroy_sock, or read by the node when none came).",
+            None,
+            closed.iter().map(|(a, c)| (algo(a), c.connections)),
+        )?;
+        counter(
+            e,
+            "closed_bytes_acked",
+            "Bytes acknowledged over connections whose tracking ended.",
+            None,
+            closed.iter().map(|(a, c)| (algo(a), c.bytes_acked)),
+        )?;
+        counter(
+            e,
+            "closed_retransmitted_bytes",
+            "Bytes retransmitted over connections whose tracking ended.",
+            None,
+            closed.iter().map(|(a, c)| (algo(a), c.retransmitted_bytes)),
+        )?;
+        {
+            let mut metric = e.encode_descriptor(
+                "closed_ca_state",
+                "Time connections whose tracking ended spent in each congestion-avoidance state.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for (a, c) in &closed {
+                for (i, state) in cc_ebpf_common::CA_STATES.iter().enumerate() {
+                    let labels = AlgorithmStateLabels {
+                        algorithm: a.clone(),
+                        state: (*state).into(),
+                    };
+                    ConstCounter::new(c.ca_state_ns[i] as f64 / 1e9)
+                        .encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        if let Some(probes) = probes {
+            let mut metric = e.encode_descriptor(
+                "tcp_srtt_seconds",
+                "Smoothed RTT of every tracked connection, sampled on each ACK (tcp_probe), by congestion control; log2 buckets aggregated in the kernel.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (algorithm, h) in probes.rtt_histograms() {
+                let mut buckets: Vec<(f64, u64)> = h
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| ((1u64 << (i + 1)) as f64 / 1e6, n))
+                    .collect();
+                buckets.push((f64::MAX, 0));
+                let labels = AlgorithmLabels {
+                    algorithm: crate::ebpf::bbr::user_name(&algorithm).to_owned(),
+                };
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        h.sum_us as f64 / 1e6,
+                        h.count,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+
         let attached = probes.map_or(0, |p| p.programs().len() as i64);
         single(
             e,
@@ -299,31 +448,65 @@ impl Collector for TcpCollector {
             MetricType::Gauge,
             ConstGauge::new(attached),
         )?;
+        single(
+            e,
+            "ebpf_probes_loaded",
+            "1 when the TCP probes are loaded, 0 when the node runs without them (see its log).",
+            MetricType::Gauge,
+            ConstGauge::new(i64::from(probes.is_some())),
+        )?;
         if let Some(probes) = probes {
             let counters = probes.counters();
+            gauge(
+                e,
+                "ebpf_program_load_failures",
+                "Optional probe programs that failed to load or attach (1 per program; the reason is in the log).",
+                None,
+                probes.failed().iter().map(|(p, _)| {
+                    (
+                        ProgramLabels {
+                            program: (*p).into(),
+                        },
+                        1i64,
+                    )
+                }),
+            )?;
+            let map = |m: &str| MapLabels { map: m.into() };
             gauge(
                 e,
                 "ebpf_map_entries",
                 "Entries in each eBPF map.",
                 None,
-                [(
-                    MapLabels {
-                        map: "SOCK_STATS".into(),
-                    },
-                    probes.tracked() as i64,
-                )],
+                [
+                    (map(cc_ebpf_common::SOCK_STATS_MAP), probes.tracked() as i64),
+                    (
+                        map(cc_ebpf_common::RTT_HIST_MAP),
+                        probes.rtt_hist_entries() as i64,
+                    ),
+                ],
             )?;
             gauge(
                 e,
                 "ebpf_map_capacity",
                 "max_entries of each eBPF map.",
                 None,
-                [(
-                    MapLabels {
-                        map: "SOCK_STATS".into(),
-                    },
-                    i64::from(Probes::tracked_capacity()),
-                )],
+                [
+                    (
+                        map(cc_ebpf_common::SOCK_STATS_MAP),
+                        i64::from(Probes::tracked_capacity()),
+                    ),
+                    (
+                        map(cc_ebpf_common::RTT_HIST_MAP),
+                        i64::from(Probes::rtt_hist_capacity()),
+                    ),
+                ],
+            )?;
+            single(
+                e,
+                "ebpf_sockets_closing",
+                "Sockets the node dropped whose entry waits for tcp_destroy_sock (removed by the node after 90 s).",
+                MetricType::Gauge,
+                ConstGauge::new(probes.closing() as i64),
             )?;
             single(
                 e,
@@ -332,14 +515,70 @@ impl Collector for TcpCollector {
                 MetricType::Counter,
                 ConstCounter::new(counters.events),
             )?;
+            counter(
+                e,
+                "ebpf_tracked_events",
+                "Events of tracked sockets per tracepoint program other than tcp_probe.",
+                None,
+                [
+                    ("tcp_retransmit_skb", counters.retransmit_events),
+                    ("tcp_cong_state_set", counters.cong_state_events),
+                    ("tcp_destroy_sock", counters.destroy_events),
+                ]
+                .map(|(p, n)| (ProgramLabels { program: p.into() }, n)),
+            )?;
             single(
                 e,
                 "ebpf_events_lost",
-                "Probe events that could not be recorded (map full).",
+                "Probe events that could not be recorded: socket map full, final-record ring buffer full, or RTT histogram map unable to take an algorithm.",
                 MetricType::Counter,
-                ConstCounter::new(counters.update_failed),
+                ConstCounter::new(counters.lost()),
+            )?;
+            let (destroyed, expired) = closed.values().fold((0, 0), |(d, x), c| {
+                (d + c.connections - c.expired, x + c.expired)
+            });
+            counter(
+                e,
+                "ebpf_final_records",
+                "Final records of ended sockets by source: destroy (tcp_destroy_sock) or expired (no destroy within 90 s; read and removed by the node).",
+                None,
+                [("destroy", destroyed), ("expired", expired)]
+                    .map(|(s, n)| (SourceLabels { source: s.into() }, n)),
+            )?;
+            let run = probes.run_stats();
+            let program = |p: &str| ProgramLabels { program: p.into() };
+            counter(
+                e,
+                "ebpf_program_runs",
+                "Runs of each eBPF program (BPF_OBJ_GET_INFO_BY_FD run_cnt; counted only while kernel.bpf_stats_enabled is on: `p2p-node run --bpf-stats` or `sysctl kernel.bpf_stats_enabled=1`).",
+                None,
+                run.iter().map(|(p, r)| (program(p), r.run_count)),
+            )?;
+            {
+                let mut metric = e.encode_descriptor(
+                    "ebpf_program_run",
+                    "Time spent running each eBPF program (BPF_OBJ_GET_INFO_BY_FD run_time_ns; counted only while kernel.bpf_stats_enabled is on: `p2p-node run --bpf-stats` or `sysctl kernel.bpf_stats_enabled=1`).",
+                    Some(&Unit::Seconds),
+                    MetricType::Counter,
+                )?;
+                for (p, r) in &run {
+                    ConstCounter::new(r.run_time_ns as f64 / 1e9)
+                        .encode(metric.encode_family(&program(p))?)?;
+                }
+            }
+            single(
+                e,
+                "ebpf_stats_enabled",
+                "1 while kernel.bpf_stats_enabled is on (run time and count are being counted).",
+                MetricType::Gauge,
+                ConstGauge::new(i64::from(probes.run_stats_enabled() || bpf_stats_enabled())),
             )?;
         }
         Ok(())
     }
+}
+
+/// `kernel.bpf_stats_enabled` (also on while any process holds a `BPF_ENABLE_STATS` fd).
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
