@@ -417,6 +417,20 @@ fn read_u32(data: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
 }
 
+/// The running kernel's BTF for tests: `None` (with the reason printed) on a machine without
+/// it; in CI (`CI` set) its absence fails the test instead.
+#[cfg(test)]
+pub(crate) fn running_kernel() -> Option<Btf> {
+    match Btf::from_sys_fs() {
+        Ok(btf) => Some(btf),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            std::eprintln!("skipping: {e}");
+            None
+        }
+        Err(e) => panic!("CI machines must have kernel BTF: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,14 +515,7 @@ mod tests {
 
     #[test]
     fn reads_the_running_kernel_when_present() {
-        let btf = match Btf::from_sys_fs() {
-            Ok(btf) => btf,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                std::eprintln!("skipping: {e}");
-                return;
-            }
-            Err(e) => panic!("CI machines must have kernel BTF: {e}"),
-        };
+        let Some(btf) = running_kernel() else { return };
         let tcp_sock = btf.find(Kind::Struct, "tcp_sock").unwrap();
         assert!(btf.size_of(tcp_sock).unwrap() > 1000);
         let cwnd = btf.field("tcp_sock", "snd_cwnd").unwrap();

@@ -56,17 +56,36 @@ pub fn current() -> String {
 }
 
 /// Makes bbr-p2p available: uses the registration another node on this host holds, or
-/// registers it (then this node owns it until it exits).
+/// registers it (then this node owns it until it exits). Another node may be registering or
+/// unregistering at the same moment, so a lost race is retried a few times.
 pub fn provide_bbr() -> anyhow::Result<BbrP2p> {
-    let registered = std::fs::read_to_string(AVAILABLE)
-        .unwrap_or_default()
-        .split_whitespace()
-        .any(|n| n == bbr::KERNEL_NAME);
-    if registered && let Some(existing) = BbrP2p::attach_existing() {
-        return Ok(existing);
+    const ATTEMPTS: u32 = 5;
+    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+    let mut last_error = None;
+    for _ in 0..ATTEMPTS {
+        let registered = std::fs::read_to_string(AVAILABLE)
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|n| n == bbr::KERNEL_NAME);
+        if registered {
+            if let Some(existing) = BbrP2p::attach_existing() {
+                return Ok(existing);
+            }
+        } else {
+            let btf = ebpf::preflight().context("bbr-p2p needs the eBPF struct_ops support")?;
+            match BbrP2p::register(&btf) {
+                Ok(handle) => return Ok(handle),
+                Err(e @ ebpf::struct_ops::StructOpsError::AlreadyRegistered { .. }) => last_error = Some(e.into()),
+                Err(e) => return Err(anyhow::Error::new(e).context("registering bbr-p2p")),
+            }
+        }
+        // Registered but its maps are gone (its owner is exiting), or registered by someone
+        // else a moment ago: look again.
+        std::thread::sleep(BACKOFF);
     }
-    let btf = ebpf::preflight().context("bbr-p2p needs the eBPF struct_ops support")?;
-    BbrP2p::register(&btf).context("registering bbr-p2p")
+    Err(last_error.unwrap_or_else(|| {
+        anyhow::anyhow!("bbr-p2p is registered on this host but its maps cannot be found")
+    }))
 }
 
 /// Resolves `--cc` (default: bbr-p2p when the kernel can run it), provides bbr-p2p when it is

@@ -255,49 +255,19 @@ async fn client_request(
     let mut stream = tokio::net::TcpStream::connect(authority)
         .await
         .with_context(|| format!("connecting to the node at {node} (is it running?)"))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = http::request_text(method, authority, path, token, body);
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head.lines().next().unwrap_or_default();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    if !status.contains(" 200 ") {
-        bail!("{status}: {}", body.trim());
+    let (status, body) = http::parse_response(&response).context("malformed HTTP response")?;
+    if status != 200 {
+        bail!("HTTP {status}: {}", body.trim());
     }
     Ok(body)
 }
 
 async fn client_get(node: &str, path: &str) -> anyhow::Result<String> {
     client_send(node, "GET", path, "").await
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 async fn peers_table(node: &str) -> anyhow::Result<()> {

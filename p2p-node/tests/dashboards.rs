@@ -7,7 +7,10 @@ use std::{collections::BTreeSet, time::Duration};
 use common::{NetnsPair, Node, eventually, kernel_tests_possible};
 
 fn dashboard_metrics() -> BTreeSet<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/grafana/p2p-cc.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dashboards/grafana/p2p-cc.json"
+    );
     let text = std::fs::read_to_string(path).expect("dashboard JSON");
     let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard is valid JSON");
     let mut names = BTreeSet::new();
@@ -25,7 +28,10 @@ fn dashboard_metrics() -> BTreeSet<String> {
     for expr in exprs {
         let mut rest = expr.as_str();
         while let Some(at) = rest.find("p2pcc_") {
-            let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
             rest = &rest[at + name.len()..];
             names.insert(name);
         }
@@ -55,17 +61,36 @@ fn every_dashboard_metric_is_exported_by_a_node() {
         .collect();
     let missing: Vec<&String> = names
         .iter()
-        .filter(|n| !families.contains(n.as_str()) && !families.contains(n.strip_suffix("_total").unwrap_or(n)))
+        .filter(|n| {
+            !families.contains(n.as_str())
+                && !families.contains(n.strip_suffix("_total").unwrap_or(n))
+        })
         .collect();
-    assert!(missing.is_empty(), "dashboard uses metrics the node does not export: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "dashboard uses metrics the node does not export: {missing:?}"
+    );
 }
 
 #[test]
 fn prometheus_config_is_valid() {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/prometheus/prometheus.yml");
-    match std::process::Command::new("promtool").args(["check", "config", config]).output() {
-        Ok(out) => assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        Err(e) if std::env::var_os("CI").is_none() => eprintln!("SKIPPED: promtool not available ({e})"),
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dashboards/prometheus/prometheus.yml"
+    );
+    match std::process::Command::new("promtool")
+        .args(["check", "config", config])
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: promtool not available ({e})")
+        }
         Err(e) => panic!("promtool is required in CI (Debian package prometheus): {e}"),
     }
 }

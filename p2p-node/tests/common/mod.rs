@@ -236,39 +236,15 @@ impl Node {
         body: &str,
         token: Option<&str>,
     ) -> std::io::Result<(u16, String)> {
-        let ns = self.ns.clone();
-        let port = self.http_port;
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        std::thread::spawn(move || -> std::io::Result<(u16, String)> {
-            enter_netns(&ns)?;
-            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response)?;
-            let response = String::from_utf8_lossy(&response).into_owned();
-            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let body = if head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked")
-            {
-                dechunk(body)
-            } else {
-                body.to_owned()
-            };
-            Ok((status, body))
-        })
-        .join()
-        .expect("http thread panicked")
+        http_in_ns(
+            &self.ns,
+            self.http_port,
+            method,
+            path,
+            body,
+            token,
+            Duration::from_secs(60),
+        )
     }
 
     /// Duplicates the node's socket with this cookie into the test process.
@@ -339,21 +315,6 @@ pub fn enter_netns(ns: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Value of the series `name{...label="value"...}` in Prometheus text, if present.
@@ -596,29 +557,33 @@ pub fn node_sockets(node: &Node) -> Vec<(u64, std::os::fd::OwnedFd)> {
 
 /// A POST to the node API on 127.0.0.1:9464 inside `ns` (for use from another thread).
 pub fn post_in_ns(ns: &str, path: &str, body: &str) -> (u16, String) {
+    http_in_ns(ns, 9464, "POST", path, body, None, Duration::from_secs(120)).expect("HTTP request")
+}
+
+/// An HTTP request to 127.0.0.1:`port` made from inside namespace `ns` (on its own thread,
+/// which enters the namespace).
+pub fn http_in_ns(
+    ns: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let ns = ns.to_owned();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    std::thread::spawn(move || {
-        enter_netns(&ns).unwrap();
-        let mut stream = TcpStream::connect(("127.0.0.1", 9464)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
+    let request = p2p_node::http::request_text(method, "127.0.0.1", path, token, body);
+    std::thread::spawn(move || -> std::io::Result<(u16, String)> {
+        enter_netns(&ns)?;
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(request.as_bytes())?;
         let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, body.to_owned())
+        stream.read_to_end(&mut response)?;
+        let response = String::from_utf8_lossy(&response);
+        p2p_node::http::parse_response(&response)
+            .ok_or_else(|| std::io::Error::other(format!("malformed HTTP response: {response}")))
     })
     .join()
-    .unwrap()
+    .expect("http thread panicked")
 }
