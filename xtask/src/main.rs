@@ -2,8 +2,10 @@
 //! pieces and Debian packages the eBPF build needs, run the kernel tests as root, and start a
 //! testbed of nodes in network namespaces.
 //!
-//! `cargo xtask setup | test | run` (the alias lives in `.cargo/config.toml`).
+//! `cargo xtask setup | test | run | bench | delay-line` (the alias lives in `.cargo/config.toml`).
 
+mod bench;
+mod delay_line;
 mod exec;
 mod netns;
 mod run;
@@ -28,6 +30,21 @@ enum Task {
     Test(test::Options),
     /// Run setup, build p2p-node, and start a testbed of nodes in network namespaces (root).
     Run(run::Options),
+    /// Benchmarks (root): measurements written to docs/bench.md, not pass/fail tests.
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+    /// Hold every packet of an NFQUEUE in a network namespace for a fixed delay (root); add
+    /// `iptables-legacy -A FORWARD -j NFQUEUE --queue-num N` there yourself.
+    DelayLine(delay_line::Options),
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// bbr-p2p vs the kernel's bbr on the same shaped links: goodput, RTT, retransmissions and
+    /// per-ACK program cost; writes "## bbr-p2p vs kernel bbr" in docs/bench.md.
+    Bbr(bench::BbrOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +52,9 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test(options) => test::run(&options),
         Task::Run(options) => run::run(&options),
+        Task::Bench { which } => match which {
+            BenchKind::Bbr(options) => bench::run_bbr(&options),
+        },
+        Task::DelayLine(options) => delay_line::run(&options),
     }
 }
