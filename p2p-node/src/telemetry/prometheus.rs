@@ -582,3 +582,94 @@ impl Collector for TcpCollector {
 fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
+
+/// Content type of [`to_prometheus_text`]'s output.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics (Prometheus does; curl, promtool
+/// pipelines and most tools do not and get the classic text format).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// Converts prometheus-client's OpenMetrics text to the Prometheus text format 0.0.4 that
+/// `promtool check metrics` and classic scrapers read: counter families are named with their
+/// `_total` suffix in HELP/TYPE, `# UNIT` lines, `_created` samples and `# EOF` are dropped, and
+/// OpenMetrics-only types (info, stateset, unknown) become gauges/untyped.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    use std::collections::HashMap;
+    let mut types: HashMap<&str, &str> = HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, ty)) = rest.split_once(' ') {
+                types.insert(name, ty.trim());
+            }
+        }
+    }
+    let renamed = |name: &str| -> String {
+        match types.get(name).copied() {
+            Some("counter") => format!("{name}_total"),
+            Some("info") => format!("{name}_info"),
+            _ => name.to_owned(),
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let ty = match ty.trim() {
+                "info" | "stateset" => "gauge",
+                "unknown" => "untyped",
+                t => t,
+            };
+            out.push_str(&format!("# TYPE {} {ty}\n", renamed(name)));
+            continue;
+        }
+        let sample_name = line.split(['{', ' ']).next().unwrap_or("");
+        if sample_name
+            .strip_suffix("_created")
+            .is_some_and(|base| types.get(base) == Some(&"counter"))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP p2pcc_x_bytes Bytes.\n# TYPE p2pcc_x_bytes counter\n# UNIT p2pcc_x_bytes bytes\n\
+                  p2pcc_x_bytes_total{a=\"1\"} 3\np2pcc_x_bytes_created{a=\"1\"} 1.5\n\
+                  # HELP g A gauge.\n# TYPE g gauge\ng 1\n\
+                  # HELP v Build.\n# TYPE v info\nv_info{version=\"1\"} 1\n\
+                  # HELP h Hist.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 0\nh_sum 0\nh_count 0\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP p2pcc_x_bytes_total Bytes.\n# TYPE p2pcc_x_bytes_total counter\n\
+             p2pcc_x_bytes_total{a=\"1\"} 3\n\
+             # HELP g A gauge.\n# TYPE g gauge\ng 1\n\
+             # HELP v_info Build.\n# TYPE v_info gauge\nv_info{version=\"1\"} 1\n\
+             # HELP h Hist.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 0\nh_sum 0\nh_count 0\n"
+        );
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4"
+        )));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(None));
+    }
+}
