@@ -19,6 +19,12 @@ fn srtt_agrees(exported_s: f64, kernel_us: u32) -> bool {
     (exported_s - kernel_s).abs() <= (0.25 * kernel_s).max(100e-6)
 }
 
+/// Pacing rate follows cwnd/srtt (cubic: 2x in slow start, 1.2x after), so it moves with them.
+fn pacing_agrees(exported: f64, kernel: u64) -> bool {
+    let kernel = kernel as f64;
+    (exported - kernel).abs() <= 0.25 * kernel
+}
+
 #[test]
 fn per_peer_metrics_match_tcp_info_between_namespaces() {
     if !kernel_tests_possible() {
@@ -75,9 +81,10 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         let cwnd = metric(&text, "p2pcc_peer_cwnd_segments", label)?;
         let srtt = metric(&text, "p2pcc_peer_srtt_seconds", label)?;
         let acked = metric(&text, "p2pcc_peer_bytes_acked_total", label)?;
+        let pacing = metric(&text, "p2pcc_peer_pacing_rate_bytes_per_second", label)?;
         last = format!(
-            "exported cwnd {cwnd} srtt {srtt}s acked {acked}; TCP_INFO cwnd {} rtt {}us acked {}",
-            info.snd_cwnd, info.rtt_us, info.bytes_acked
+            "exported cwnd {cwnd} srtt {srtt}s acked {acked} pacing {pacing}; TCP_INFO cwnd {} rtt {}us acked {} pacing {}",
+            info.snd_cwnd, info.rtt_us, info.bytes_acked, info.pacing_rate
         );
         let algorithm_label = text.contains(&format!(
             "p2pcc_peer_cwnd_segments{{peer_id=\"{}\",algorithm=\"cubic\"}}",
@@ -93,7 +100,8 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
             && algorithm_label
             && acked_ok
             && cwnd_agrees(cwnd, info.snd_cwnd)
-            && srtt_agrees(srtt, info.rtt_us))
+            && srtt_agrees(srtt, info.rtt_us)
+            && pacing_agrees(pacing, info.pacing_rate))
         .then(|| last.clone())
     });
     match agreed {
@@ -103,7 +111,7 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
 
     // eBPF health: the probe ran and the node tracks exactly its own sockets.
     let text = b.get("/metrics");
-    assert!(text.contains("p2pcc_ebpf_programs_attached 1"), "{text}");
+    assert!(text.contains("p2pcc_ebpf_programs_attached 4"), "{text}");
     let events: f64 = text
         .lines()
         .find_map(|l| {
