@@ -114,7 +114,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(e) => {
             eprintln!(
                 "warning: running without TCP telemetry: {}",
-                error_chain(&e)
+                ebpf::error_chain(&e)
             );
             None
         }
@@ -220,17 +220,6 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Keypair> {
         }
         Err(e) => Err(e).with_context(|| format!("reading key file {}", path.display())),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// A request with the token from `P2PCC_HTTP_TOKEN`, if set.
