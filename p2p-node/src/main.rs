@@ -264,8 +264,19 @@ async fn peers_table(node: &str) -> anyhow::Result<()> {
     let peers: Vec<serde_json::Value> =
         serde_json::from_str(&body).context("decoding /api/peers")?;
     println!(
-        "{:<54} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7}",
-        "PEER", "CC", "REMOTE", "CWND", "SRTT(ms)", "MINRTT", "PACING(B/s)", "ACKED(B)", "RETRANS"
+        "{:<54} {:<8} {:<22} {:<8} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
+        "PEER",
+        "CC",
+        "REMOTE",
+        "CA",
+        "CWND",
+        "SRTT(ms)",
+        "MINRTT",
+        "PACING(B/s)",
+        "ACKED(B)",
+        "RETRANS",
+        "RETRANS(B)",
+        "SNDWND(B)"
     );
     for p in peers {
         let t = &p["tcp"];
@@ -273,16 +284,19 @@ async fn peers_table(node: &str) -> anyhow::Result<()> {
             |v: &serde_json::Value| v.as_f64().map_or("-".into(), |s| format!("{:.2}", s * 1e3));
         let num = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
         println!(
-            "{:<54} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7}",
+            "{:<54} {:<8} {:<22} {:<8} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
             p["peer_id"].as_str().unwrap_or("?"),
             p["algorithm"].as_str().unwrap_or("?"),
             p["remote"].as_str().unwrap_or("?"),
+            t["ca_state"].as_str().unwrap_or("-"),
             num(&t["cwnd_segments"]),
             ms(&t["srtt_seconds"]),
             ms(&t["min_rtt_seconds"]),
             num(&t["pacing_rate_bytes_per_second"]),
             num(&t["bytes_acked"]),
             num(&t["retransmitted_segments"]),
+            num(&t["retransmitted_bytes"]),
+            num(&t["send_window_bytes"]),
         );
     }
     Ok(())
