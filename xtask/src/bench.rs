@@ -326,7 +326,7 @@ fn check_running(node: &RegisteringNode, line: Option<&DelayLine>) -> anyhow::Re
     Ok(())
 }
 
-fn sleep_unless_stopped(duration: Duration) -> anyhow::Result<()> {
+pub(crate) fn sleep_unless_stopped(duration: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + duration;
     while Instant::now() < deadline {
         if stop_requested() {
@@ -778,7 +778,7 @@ impl Drop for Testbed {
 }
 
 /// Waits for `child` at most `limit`, killing it (and failing) past that or on a stop request.
-fn wait_with_deadline(mut child: Child, limit: Duration) -> anyhow::Result<std::process::Output> {
+pub(crate) fn wait_with_deadline(mut child: Child, limit: Duration) -> anyhow::Result<std::process::Output> {
     // Read stdout on a thread so that a large JSON document cannot fill the pipe and stall it.
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -867,7 +867,7 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[rank - 1]
 }
 
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     quantile(&mut values.into_iter().collect::<Vec<_>>(), 0.5)
 }
 
@@ -1143,9 +1143,10 @@ impl Report<'_> {
     }
 }
 
-/// Replaces the section under [`HEADING`] in `path` (up to the next `## ` heading) with
-/// `section`, keeping every other section; appends it when absent, creates the file when missing.
-fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+/// Replaces the section under `section`'s own first line ([`HEADING`] for this benchmark) in
+/// `path` (up to the next `## ` heading) with `section`, keeping every other section; appends it
+/// when absent, creates the file when missing.
+pub(crate) fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
     let existing = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
@@ -1160,8 +1161,9 @@ fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
 
 fn replace_section(existing: &str, section: &str) -> String {
     let section = format!("{}\n", section.trim_end());
+    let heading = section.lines().next().unwrap_or(HEADING).trim_end();
     let lines: Vec<&str> = existing.lines().collect();
-    let start = lines.iter().position(|l| l.trim_end() == HEADING);
+    let start = lines.iter().position(|l| l.trim_end() == heading);
     match start {
         Some(start) => {
             let end = lines[start + 1..]

@@ -5,6 +5,7 @@
 //! `cargo xtask setup | test | run | bench | delay-line` (the alias lives in `.cargo/config.toml`).
 
 mod bench;
+mod bench_probes;
 mod delay_line;
 mod exec;
 mod netns;
@@ -45,6 +46,9 @@ enum BenchKind {
     /// bbr-p2p vs the kernel's bbr on the same shaped links: goodput, RTT, retransmissions and
     /// per-ACK program cost; writes "## bbr-p2p vs kernel bbr" in docs/bench.md.
     Bbr(bench::BbrOptions),
+    /// Cost per event of the node's TCP probe programs and bulk loopback throughput with them
+    /// attached vs none; writes "## Probes" in docs/bench.md.
+    Probes(bench_probes::ProbesOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run(options) => run::run(&options),
         Task::Bench { which } => match which {
             BenchKind::Bbr(options) => bench::run_bbr(&options),
+            BenchKind::Probes(options) => bench_probes::run(&options),
         },
         Task::DelayLine(options) => delay_line::run(&options),
     }

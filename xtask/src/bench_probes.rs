@@ -1,0 +1,881 @@
+//! `cargo xtask bench probes`: what the node's four TCP probe programs (`tcp_probe`,
+//! `tcp_retransmit_skb`, `tcp_cong_state_set`, `tcp_destroy_sock`) cost; writes the section
+//! "## Probes" of `docs/bench.md`.
+//!
+//! Everything runs over loopback in one namespace, `p2pcc-pb`, with an iperf3 server in it:
+//! - (a) cost per event: a release `p2p-node run --observe-all --bpf-stats` in the namespace
+//!   (so the probes track iperf3's sockets, and the kernel counts run time per program while the
+//!   node holds its stats fd: the `kernel.bpf_stats_enabled` sysctl is not touched). Each
+//!   repetition is one clean bulk run and one with random drops of the data direction
+//!   (`iptables-legacy ... -m statistic`), so that the retransmit and congestion-state programs
+//!   fire too; `run_time_ns / run_cnt` of each program over the repetition comes from
+//!   `bpftool prog show --json`; the report gives the median over repetitions. In the same runs,
+//!   when bpftrace is installed, a naive baseline: a bpftrace one-liner on the classic
+//!   `tcp:tcp_probe` tracepoint counting events per port pair in a hash map.
+//! - (b) throughput: clean bulk runs with the node (all probes attached, `--observe-all`, no run
+//!   statistics) and without any node, alternating which goes first; medians and their ratio.
+//!
+//! Every process and the namespace are removed by guards on every exit path, Ctrl-C included.
+
+use std::{
+    fs,
+    io::{self, BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::{
+    bench::{
+        install_stop_handler, median, sleep_unless_stopped, stop_requested, wait_with_deadline,
+        write_section,
+    },
+    exec::{describe, exec, is_root, output, workspace_root},
+    setup,
+};
+
+const NS: &str = "p2pcc-pb";
+const IPERF_PORT: &str = "5201";
+const HEADING: &str = "## Probes";
+/// The node's programs, as bpftool names them.
+const PROGRAMS: [&str; 4] = [
+    "tcp_probe",
+    "tcp_retransmit_skb",
+    "tcp_cong_state_set",
+    "tcp_destroy_sock",
+];
+/// Issue 6's targets.
+const TARGET_NS_PER_EVENT: f64 = 60.0;
+const TARGET_THROUGHPUT_RATIO: f64 = 0.98;
+/// The baseline: one hash-map update per tcp_probe event, as a first tracing program would do.
+const BASELINE_SCRIPT: &str =
+    "tracepoint:tcp:tcp_probe { @events[args->sport, args->dport] = count(); }";
+/// How long the node may take to load and attach its programs.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between runs, so the previous run's sockets are gone.
+const PAUSE: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(clap::Args)]
+pub struct ProbesOptions {
+    /// Repetitions of (a) and alternations of (b).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    reps: u32,
+    /// Length of each iperf3 run.
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=120))]
+    seconds: u64,
+    /// Random drop probability of the data direction in (a)'s lossy runs.
+    #[arg(long, default_value_t = 0.0005)]
+    loss: f64,
+    /// Use the p2p-node already in target/release instead of building it first.
+    #[arg(long)]
+    skip_build: bool,
+    /// The markdown file whose "## Probes" section is (re)written.
+    #[arg(long, default_value = "docs/bench.md")]
+    output: PathBuf,
+}
+
+/// Run time and count of one program at one moment.
+#[derive(Clone, Debug, PartialEq)]
+struct ProgCounters {
+    name: String,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// One program's cost over one repetition of (a).
+#[derive(Clone, Debug, Default)]
+struct Cost {
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+impl Cost {
+    fn ns_per_event(&self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
+}
+
+pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask bench probes` needs root (network namespaces, BPF): run it as root");
+    }
+    if !(0.0..1.0).contains(&options.loss) {
+        bail!("--loss must be in [0, 1): {}", options.loss);
+    }
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    setup::run()?;
+    let root = workspace_root();
+    if !options.skip_build {
+        exec(Command::new("cargo").current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "p2p-node",
+        ]))?;
+    }
+    let binary = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("release/p2p-node");
+    install_stop_handler()?;
+
+    let others = foreign_tracing_programs()?;
+    if !others.is_empty() {
+        println!(
+            "[bench] note: other TCP tracing programs are attached ({}): they run in both arms of (b)",
+            others.join(", ")
+        );
+    }
+    let bed = Namespace::create()?;
+
+    // (a) cost per event.
+    let mut costs: Vec<Vec<(String, Cost)>> = Vec::new();
+    let mut events_per_rep: Vec<Vec<(String, u64)>> = Vec::new();
+    {
+        let node = ProbeNode::start(&binary, true)?;
+        let baseline = Baseline::start()?;
+        for rep in 0..options.reps {
+            let before = program_counters(&node, baseline.as_ref())?;
+            println!("[bench] (a) repetition {}/{}", rep + 1, options.reps);
+            bed.iperf(options.seconds)?;
+            sleep_unless_stopped(PAUSE)?;
+            bed.set_loss(options.loss)?;
+            let lossy = bed.iperf(options.seconds);
+            bed.set_loss(0.0)?;
+            lossy?;
+            sleep_unless_stopped(PAUSE)?;
+            let after = program_counters(&node, baseline.as_ref())?;
+            let rep_costs = deltas(&before, &after);
+            for (name, cost) in &rep_costs {
+                println!(
+                    "[bench]   {name}: {} events, {} ns/event",
+                    cost.run_cnt,
+                    cost.ns_per_event()
+                        .map_or("-".to_owned(), |ns| format!("{ns:.1}"))
+                );
+            }
+            events_per_rep.push(
+                rep_costs
+                    .iter()
+                    .map(|(n, c)| (n.clone(), c.run_cnt))
+                    .collect(),
+            );
+            costs.push(rep_costs);
+        }
+    }
+
+    // (b) throughput with all probes attached vs none, alternating.
+    let mut with_probes = Vec::new();
+    let mut without = Vec::new();
+    for rep in 0..options.reps {
+        let order = if rep % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for attached in order {
+            println!(
+                "[bench] (b) alternation {}/{}: probes {}",
+                rep + 1,
+                options.reps,
+                if attached { "attached" } else { "none" }
+            );
+            let node = attached
+                .then(|| ProbeNode::start(&binary, false))
+                .transpose()?;
+            let bps = bed.iperf(options.seconds)?;
+            drop(node);
+            println!("[bench]   {:.2} Gbit/s", bps / 1e9);
+            if attached {
+                with_probes.push(bps);
+            } else {
+                without.push(bps);
+            }
+            sleep_unless_stopped(PAUSE)?;
+        }
+    }
+    drop(bed);
+
+    let report = render(&Report {
+        options,
+        costs: &costs,
+        events_per_rep: &events_per_rep,
+        with_probes: &with_probes,
+        without: &without,
+        others: &others,
+        started_at,
+        elapsed: started.elapsed(),
+    })?;
+    println!("\n{report}");
+    let path = root.join(&options.output);
+    write_section(&path, &report)?;
+    println!("[bench] wrote {}", path.display());
+    Ok(())
+}
+
+/// The benchmark's namespace with an iperf3 server in it; removed on drop.
+struct Namespace {
+    server: Option<Child>,
+}
+
+impl Namespace {
+    fn create() -> anyhow::Result<Self> {
+        if Path::new("/run/netns").join(NS).exists() {
+            exec(Command::new("ip").args(["netns", "del", NS]))?;
+        }
+        exec(Command::new("ip").args(["netns", "add", NS]))?;
+        let mut bed = Self { server: None };
+        exec(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", NS, "iperf3", "-s", "-p", IPERF_PORT])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        println!("[bench] $ {}", describe(&cmd));
+        bed.server = Some(cmd.spawn().context("starting the iperf3 server")?);
+        thread::sleep(Duration::from_millis(500));
+        Ok(bed)
+    }
+
+    /// Drops the data direction (towards the server's port) with `probability`; 0 removes it.
+    fn set_loss(&self, probability: f64) -> anyhow::Result<()> {
+        let rule = |op: &str| {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", NS, "iptables-legacy", op, "OUTPUT"])
+                .args(["-p", "tcp", "--dport", IPERF_PORT])
+                .args(["-m", "statistic", "--mode", "random", "--probability"])
+                .arg(format!("{probability}"))
+                .args(["-j", "DROP"]);
+            cmd
+        };
+        if probability > 0.0 {
+            exec(&mut rule("-A"))
+        } else {
+            // Deleting needs the same probability as added: flush the chain instead.
+            exec(Command::new("ip").args(["netns", "exec", NS, "iptables-legacy", "-F", "OUTPUT"]))
+        }
+    }
+
+    /// One bulk iperf3 run over loopback; the receiver's goodput in bit/s.
+    fn iperf(&self, seconds: u64) -> anyhow::Result<f64> {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            NS,
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            IPERF_PORT,
+        ])
+        .args(["-t", &seconds.to_string(), "-J"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+        println!("[bench] $ {}", describe(&cmd));
+        let child = cmd.spawn().context("starting iperf3")?;
+        let out = wait_with_deadline(child, Duration::from_secs(seconds + 30))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let goodput = goodput_bps(&text);
+        if !out.status.success() {
+            bail!(
+                "iperf3 failed ({}): {}{}",
+                out.status,
+                goodput.err().map_or(String::new(), |e| format!("{e:#} ")),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        goodput
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        if let Err(err) = exec(Command::new("ip").args(["netns", "del", NS])) {
+            eprintln!("[bench] cleanup: {err:#}");
+        }
+    }
+}
+
+/// Receiver-side goodput (bit/s) from iperf3's `-J` output.
+fn goodput_bps(json: &str) -> anyhow::Result<f64> {
+    let v: Value = serde_json::from_str(json).context("parsing iperf3's JSON")?;
+    if let Some(error) = v["error"].as_str() {
+        bail!("iperf3: {error}");
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no end.sum_received.bits_per_second in iperf3's output")
+}
+
+/// A release p2p-node in the namespace observing every TCP socket; stopped on drop.
+struct ProbeNode {
+    child: Child,
+}
+
+impl ProbeNode {
+    fn start(binary: &Path, run_stats: bool) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", NS])
+            .arg(binary)
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/4001"])
+            .args([
+                "--http",
+                "127.0.0.1:9464",
+                "--require-ebpf",
+                "--observe-all",
+            ])
+            // The kernel's cubic for the node's own sockets: no bbr-p2p registration.
+            .args(["--cc", "cubic"]);
+        if run_stats {
+            cmd.arg("--bpf-stats");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: only prctl between fork and exec, which is async-signal-safe: the node gets
+        // SIGTERM even if xtask is killed outright (`ip netns exec` execs the node: same process).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        println!("[bench] $ {}", describe(&cmd));
+        let mut child = cmd.spawn().context("starting p2p-node")?;
+        let stderr = child.stderr.take().expect("piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ERROR") || line.contains("WARN") || line.starts_with("error") {
+                    eprintln!("[p2p-node] {line}");
+                }
+            }
+        });
+        let mut node = Self { child };
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        loop {
+            let attached = node.counters()?.len();
+            if attached == PROGRAMS.len() {
+                return Ok(node);
+            }
+            if let Some(status) = node.child.try_wait()? {
+                bail!("p2p-node exited before attaching its probes: {status}");
+            }
+            if Instant::now() > deadline || stop_requested() {
+                bail!(
+                    "p2p-node attached {attached} of {} probe programs within {ATTACH_TIMEOUT:?}",
+                    PROGRAMS.len()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The node's probe programs and their counters.
+    fn counters(&self) -> anyhow::Result<Vec<ProgCounters>> {
+        let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+        held_programs(&listing, &held_prog_ids(self.child.id()), &PROGRAMS)
+    }
+}
+
+impl Drop for ProbeNode {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");
+            // SAFETY: our own unreaped child: the pid cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                thread::sleep(POLL);
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The bpftrace baseline program; `None` when bpftrace is not installed. Stopped on drop.
+struct Baseline {
+    child: Child,
+}
+
+/// The name bpftool gives the baseline's program (bpftrace names it after the probe).
+const BASELINE_NAME: &str = "tcp_probe (bpftrace baseline)";
+
+impl Baseline {
+    fn start() -> anyhow::Result<Option<Self>> {
+        if Command::new("bpftrace")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            println!("[bench] bpftrace is not installed: no baseline (apt-get install bpftrace)");
+            return Ok(None);
+        }
+        let mut cmd = Command::new("bpftrace");
+        cmd.args(["-e", BASELINE_SCRIPT])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        println!("[bench] baseline: $ {}", describe(&cmd));
+        let mut child = cmd.spawn().context("starting bpftrace")?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("Attaching") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let baseline = Self { child };
+        rx.recv_timeout(ATTACH_TIMEOUT)
+            .context("bpftrace did not attach its probe")?;
+        // "Attaching" is printed just before the attach itself.
+        thread::sleep(Duration::from_secs(1));
+        Ok(Some(baseline))
+    }
+
+    fn counters(&self) -> anyhow::Result<Option<ProgCounters>> {
+        let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+        let programs: Value = serde_json::from_str(&listing).context("parsing bpftool's JSON")?;
+        let ids = held_prog_ids(self.child.id());
+        Ok(programs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| held_by(p, &ids) && p["type"] == "tracepoint")
+            .map(|p| ProgCounters {
+                name: BASELINE_NAME.to_owned(),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or_default(),
+                run_cnt: p["run_cnt"].as_u64().unwrap_or_default(),
+            }))
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");
+        // SAFETY: our own unreaped child: the pid cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn program_counters(
+    node: &ProbeNode,
+    baseline: Option<&Baseline>,
+) -> anyhow::Result<Vec<ProgCounters>> {
+    let mut out = node.counters()?;
+    if let Some(b) = baseline {
+        out.extend(b.counters()?);
+    }
+    Ok(out)
+}
+
+fn held_by(prog: &Value, ids: &[u64]) -> bool {
+    prog["id"].as_u64().is_some_and(|id| ids.contains(&id))
+}
+
+/// Ids of the BPF programs process `pid` holds, directly or through a link, from the
+/// `prog_id:` lines of `/proc/<pid>/fdinfo` (`bpftool prog show` lists no holder pids on this
+/// platform's bpftool).
+fn held_prog_ids(pid: u32) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
+        .flat_map(|info| prog_ids_in_fdinfo(&info))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn prog_ids_in_fdinfo(info: &str) -> Vec<u64> {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+        .collect()
+}
+
+/// Processes holding each of `ids`: `comm pid` per id, in `ids` order.
+fn holders(ids: &[u64]) -> Vec<(u64, Vec<String>)> {
+    let mut out: Vec<(u64, Vec<String>)> = ids.iter().map(|&id| (id, Vec::new())).collect();
+    for proc in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = proc
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let held = held_prog_ids(pid);
+        for (id, names) in &mut out {
+            if held.contains(id) {
+                let comm = fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
+                names.push(format!("{} {pid}", comm.trim()));
+            }
+        }
+    }
+    out
+}
+
+/// Programs named in `names` among `ids`, from `bpftool prog show --json`, in `names` order.
+fn held_programs(listing: &str, ids: &[u64], names: &[&str]) -> anyhow::Result<Vec<ProgCounters>> {
+    let programs: Value = serde_json::from_str(listing).context("parsing bpftool's JSON")?;
+    let programs = programs.as_array().map(Vec::as_slice).unwrap_or_default();
+    Ok(names
+        .iter()
+        .filter_map(|name| {
+            let p = programs
+                .iter()
+                .find(|p| held_by(p, ids) && p["name"] == *name)?;
+            Some(ProgCounters {
+                name: (*name).to_owned(),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or_default(),
+                run_cnt: p["run_cnt"].as_u64().unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
+/// Tracing programs on TCP events held by processes other than this benchmark's (another
+/// node, a bcc tool): they add to both arms of (b).
+fn foreign_tracing_programs() -> anyhow::Result<Vec<String>> {
+    let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+    let programs: Value = serde_json::from_str(&listing).context("parsing bpftool's JSON")?;
+    let tcp: Vec<(u64, String)> = programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            matches!(
+                p["type"].as_str(),
+                Some("tracing" | "tracepoint" | "raw_tracepoint")
+            ) && p["name"].as_str().is_some_and(|n| n.contains("tcp"))
+        })
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
+        .collect();
+    let ids: Vec<u64> = tcp.iter().map(|(id, _)| *id).collect();
+    Ok(holders(&ids)
+        .into_iter()
+        .zip(&tcp)
+        .map(|((_, held_by), (id, name))| format!("{name} #{id} (held by {})", held_by.join(", ")))
+        .collect())
+}
+
+/// Per-program (time, count) deltas between two readings, in `after`'s order.
+fn deltas(before: &[ProgCounters], after: &[ProgCounters]) -> Vec<(String, Cost)> {
+    after
+        .iter()
+        .filter_map(|a| {
+            let b = before.iter().find(|b| b.name == a.name)?;
+            Some((
+                a.name.clone(),
+                Cost {
+                    run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
+                    run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
+                },
+            ))
+        })
+        .collect()
+}
+
+struct Report<'a> {
+    options: &'a ProbesOptions,
+    costs: &'a [Vec<(String, Cost)>],
+    events_per_rep: &'a [Vec<(String, u64)>],
+    with_probes: &'a [f64],
+    without: &'a [f64],
+    others: &'a [String],
+    started_at: SystemTime,
+    elapsed: Duration,
+}
+
+fn render(r: &Report<'_>) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let o = r.options;
+    let mut s = String::new();
+    let epoch = r
+        .started_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let date = output(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{epoch}"),
+        "+%Y-%m-%d %H:%M UTC",
+    ]))?;
+    writeln!(s, "{HEADING}\n")?;
+    writeln!(
+        s,
+        "Cost of the node's four TCP probe programs, and bulk throughput with them attached \
+         (issue 6). Written by:\n\n```\ncargo xtask bench probes --reps {} --seconds {} --loss {}\n```\n",
+        o.reps, o.seconds, o.loss
+    )?;
+    writeln!(s, "- Run: {} (took {:.0?})", date.trim(), r.elapsed)?;
+    writeln!(s, "- Machine: {}", machine()?)?;
+    writeln!(
+        s,
+        "- Traffic: iperf3 over loopback in namespace `{NS}`, one stream, {} s per run, the \
+         namespace's default congestion control ({}).",
+        o.seconds,
+        output(Command::new("ip").args([
+            "netns",
+            "exec",
+            NS,
+            "sysctl",
+            "-n",
+            "net.ipv4.tcp_congestion_control"
+        ]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+    )?;
+    if r.others.is_empty() {
+        writeln!(s, "- No other TCP tracing programs were attached.")?;
+    } else {
+        writeln!(
+            s,
+            "- Other TCP tracing programs were attached at the start (they ran in both arms of (b)): {}.",
+            r.others.join("; ")
+        )?;
+    }
+
+    writeln!(
+        s,
+        "\n### (a) Cost per event\n\n`p2p-node run --observe-all --bpf-stats` (run-time statistics \
+         from the node's BPF_ENABLE_STATS fd; the sysctl is left alone). One repetition = one clean \
+         and one lossy run (random drop {} of the data direction, `iptables-legacy -m statistic`); \
+         ns/event = Δrun_time_ns / Δrun_cnt over the repetition, from `bpftool prog show --json`. \
+         Median over {} repetitions; target ≤ {TARGET_NS_PER_EVENT} ns.\n",
+        o.loss, o.reps
+    )?;
+    writeln!(
+        s,
+        "| program | events per repetition (median) | ns/event median | min – max | target |"
+    )?;
+    writeln!(s, "|---|---:|---:|---:|---|")?;
+    let mut names: Vec<String> = PROGRAMS.iter().map(|n| (*n).to_owned()).collect();
+    names.push(BASELINE_NAME.to_owned());
+    let mut medians = Vec::new();
+    for name in &names {
+        let per_rep: Vec<f64> = r
+            .costs
+            .iter()
+            .filter_map(|rep| rep.iter().find(|(n, _)| n == name)?.1.ns_per_event())
+            .collect();
+        let events = median(
+            r.events_per_rep
+                .iter()
+                .filter_map(|rep| rep.iter().find(|(n, _)| n == name).map(|(_, c)| *c as f64)),
+        );
+        if per_rep.is_empty() {
+            if name != BASELINE_NAME {
+                writeln!(s, "| `{name}` | {events:.0} | – | – | no events |")?;
+            }
+            continue;
+        }
+        let med = median(per_rep.iter().copied());
+        let min = per_rep.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = per_rep.iter().copied().fold(0.0, f64::max);
+        let verdict = if name == BASELINE_NAME {
+            "(baseline)".to_owned()
+        } else {
+            medians.push((name.clone(), med));
+            if med <= TARGET_NS_PER_EVENT {
+                "met".to_owned()
+            } else {
+                "**missed**".to_owned()
+            }
+        };
+        writeln!(
+            s,
+            "| `{name}` | {events:.0} | {med:.1} | {min:.1} – {max:.1} | {verdict} |"
+        )?;
+    }
+    if names.iter().any(|n| n == BASELINE_NAME)
+        && r.costs
+            .iter()
+            .any(|rep| rep.iter().any(|(n, _)| n == BASELINE_NAME))
+    {
+        writeln!(
+            s,
+            "\nBaseline, in the same runs: `bpftrace -e '{BASELINE_SCRIPT}'` (classic tracepoint, \
+             one hash-map update per event)."
+        )?;
+    }
+
+    let with = median(r.with_probes.iter().copied());
+    let none = median(r.without.iter().copied());
+    let ratio = with / none;
+    writeln!(
+        s,
+        "\n### (b) Bulk loopback throughput, all probes attached vs none\n\n\
+         `p2p-node run --observe-all` (all four programs attached, every TCP socket tracked, no \
+         run-time statistics) running vs no node, {} alternations (the first arm alternates), \
+         receiver goodput; target ratio ≥ {TARGET_THROUGHPUT_RATIO}.\n",
+        o.reps
+    )?;
+    writeln!(s, "| | median Gbit/s | runs (Gbit/s) |")?;
+    writeln!(s, "|---|---:|---|")?;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|b| format!("{:.2}", b / 1e9))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(s, "| no probes | {:.2} | {} |", none / 1e9, list(r.without))?;
+    writeln!(
+        s,
+        "| probes attached | {:.2} | {} |",
+        with / 1e9,
+        list(r.with_probes)
+    )?;
+    writeln!(
+        s,
+        "\nRatio attached / none: **{ratio:.3}** (target ≥ {TARGET_THROUGHPUT_RATIO}: {}).",
+        if ratio >= TARGET_THROUGHPUT_RATIO {
+            "met"
+        } else {
+            "missed"
+        }
+    )?;
+    Ok(s)
+}
+
+/// Kernel, CPU model and count, memory: what the numbers depend on.
+fn machine() -> anyhow::Result<String> {
+    let kernel = output(Command::new("uname").arg("-r"))?;
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or("?".to_owned(), |kb| {
+            format!("{:.0} GiB", kb / 1024.0 / 1024.0)
+        });
+    let iperf = output(Command::new("iperf3").arg("--version"))
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    Ok(format!(
+        "Linux {}, {cpus} × {model}, {mem_gib}; {iperf}",
+        kernel.trim()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_node_programs_by_id_and_name() {
+        let listing = r#"[
+            {"id":1,"type":"tracing","name":"tcp_probe","run_time_ns":100,"run_cnt":4},
+            {"id":2,"type":"tracing","name":"tcp_probe","run_time_ns":999,"run_cnt":1},
+            {"id":3,"type":"tracing","name":"tcp_destroy_sock"},
+            {"id":4,"type":"struct_ops","name":"bbr_init","run_time_ns":5,"run_cnt":5}
+        ]"#;
+        let link = "pos:\t0\nflags:\t02000002\nlink_type:\ttracing\nlink_id:\t3\nprog_tag:\tab\nprog_id:\t3\n";
+        assert_eq!(prog_ids_in_fdinfo(link), vec![3]);
+        let found = held_programs(listing, &[1, 3, 4], &PROGRAMS).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                ProgCounters {
+                    name: "tcp_probe".into(),
+                    run_time_ns: 100,
+                    run_cnt: 4
+                },
+                ProgCounters {
+                    name: "tcp_destroy_sock".into(),
+                    run_time_ns: 0,
+                    run_cnt: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn cost_is_the_delta_over_the_repetition() {
+        let at = |t, c| {
+            vec![ProgCounters {
+                name: "tcp_probe".into(),
+                run_time_ns: t,
+                run_cnt: c,
+            }]
+        };
+        let d = deltas(&at(1000, 10), &at(4000, 60));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].1.ns_per_event(), Some(60.0));
+        assert_eq!(deltas(&at(5, 5), &at(5, 5))[0].1.ns_per_event(), None);
+    }
+
+    #[test]
+    fn writes_only_its_own_section() {
+        let dir = std::env::temp_dir().join(format!("p2pcc-bench-probes-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bench.md");
+        fs::write(
+            &path,
+            "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nkept\n\n## Probes\n\nold\n",
+        )
+        .unwrap();
+        write_section(&path, "## Probes\n\nnew\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nkept\n\n## Probes\n\nnew\n"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_goodput() {
+        let json = r#"{"end":{"sum_received":{"bits_per_second":4.2e10}}}"#;
+        assert_eq!(goodput_bps(json).unwrap(), 4.2e10);
+        assert!(goodput_bps(r#"{"error":"unable to connect"}"#).is_err());
+    }
+}
