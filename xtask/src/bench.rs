@@ -349,6 +349,9 @@ fn delete_own_namespaces() {
 /// The p2p-node that keeps bbr_p2p registered; stopped on drop.
 struct RegisteringNode {
     child: Child,
+    /// Ids of the BPF programs that appeared while the node started: its own (bpftool here
+    /// reports no holder pids, so ownership is told by load time).
+    programs: Vec<u64>,
 }
 
 impl RegisteringNode {
@@ -376,6 +379,7 @@ impl RegisteringNode {
                 Ok(())
             });
         }
+        let before = prog_ids()?;
         println!("[bench] registering {OURS}: $ {}", describe(&cmd));
         let mut child = cmd.spawn().context("starting p2p-node")?;
         // Its log is echoed only on failure-relevant lines; the pipe is drained to the end.
@@ -387,7 +391,20 @@ impl RegisteringNode {
                 }
             }
         });
-        Self::wait_registered(Self { child }, Instant::now() + REGISTER_TIMEOUT)
+        let mut node = Self::wait_registered(
+            Self {
+                child,
+                programs: Vec::new(),
+            },
+            Instant::now() + REGISTER_TIMEOUT,
+        )?;
+        // Programs loaded right after the registration (if any) belong to the node too.
+        sleep_unless_stopped(Duration::from_secs(1))?;
+        node.programs = prog_ids()?
+            .into_iter()
+            .filter(|id| !before.contains(id))
+            .collect();
+        Ok(node)
     }
 
     fn wait_registered(mut node: Self, deadline: Instant) -> anyhow::Result<Self> {
@@ -407,10 +424,10 @@ impl RegisteringNode {
         }
     }
 
-    /// The counters of the BPF programs this node holds open.
+    /// The counters of the BPF programs this node loaded.
     fn prog_stats(&self) -> anyhow::Result<Vec<ProgStats>> {
         let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
-        parse_prog_stats(&listing, self.child.id())
+        parse_prog_stats(&listing, &self.programs)
     }
 }
 
@@ -430,26 +447,32 @@ impl Drop for RegisteringNode {
     }
 }
 
-/// Programs held by process `pid` in `bpftool prog show --json` output, with their counters.
-fn parse_prog_stats(listing: &str, pid: u32) -> anyhow::Result<Vec<ProgStats>> {
+/// The ids of every loaded BPF program.
+fn prog_ids() -> anyhow::Result<Vec<u64>> {
+    let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+    let programs: Value = serde_json::from_str(&listing).context("parsing bpftool's JSON")?;
+    Ok(programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
+}
+
+/// The programs with the given `ids` in `bpftool prog show --json` output, with their counters.
+fn parse_prog_stats(listing: &str, ids: &[u64]) -> anyhow::Result<Vec<ProgStats>> {
     let programs: Value = serde_json::from_str(listing).context("parsing bpftool's JSON")?;
-    let held_by_node = |prog: &Value| {
-        prog["pids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| p["pid"].as_u64() == Some(u64::from(pid)))
-    };
+    let ours = |prog: &Value| prog["id"].as_u64().is_some_and(|id| ids.contains(&id));
     let is_bbr_p2p = |prog: &Value| {
         prog["type"] == "struct_ops" && prog["name"].as_str().is_some_and(|n| n.starts_with("bbr_"))
     };
     let programs = programs.as_array().map(Vec::as_slice).unwrap_or_default();
-    // When another process registered bbr_p2p first, our node uses that registration and holds
-    // no struct_ops programs of its own: then count the registered ones, whoever holds them.
-    let node_registered = programs.iter().any(|p| held_by_node(p) && is_bbr_p2p(p));
+    // When another process registered bbr_p2p first, our node uses that registration and loaded
+    // no struct_ops programs of its own: then count the registered ones, whoever loaded them.
+    let node_registered = programs.iter().any(|p| ours(p) && is_bbr_p2p(p));
     let mut out = Vec::new();
     for prog in programs {
-        if !(held_by_node(prog) || (!node_registered && is_bbr_p2p(prog))) {
+        if !(ours(prog) || (!node_registered && is_bbr_p2p(prog))) {
             continue;
         }
         out.push(ProgStats {
@@ -778,7 +801,10 @@ impl Drop for Testbed {
 }
 
 /// Waits for `child` at most `limit`, killing it (and failing) past that or on a stop request.
-pub(crate) fn wait_with_deadline(mut child: Child, limit: Duration) -> anyhow::Result<std::process::Output> {
+pub(crate) fn wait_with_deadline(
+    mut child: Child,
+    limit: Duration,
+) -> anyhow::Result<std::process::Output> {
     // Read stdout on a thread so that a large JSON document cannot fill the pipe and stall it.
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -1086,9 +1112,12 @@ impl Report<'_> {
         writeln!(
             s,
             "Counter deltas over all bbr-p2p runs of each scenario, for the BPF programs the \
-             registering p2p-node holds (the node's own telemetry programs included, for comparison: \
-             they run for every TCP socket of the host, whichever algorithm). \
-             kernel.bpf_stats_enabled was set to 1 for the benchmark and restored to {} afterwards.\n",
+             registering p2p-node loaded: bbr-p2p's struct_ops programs and, for comparison, the \
+             node's telemetry tracepoint programs (`tracing`), which run for every TCP socket of the \
+             host whichever algorithm it uses. bpf_stats adds its own clock reads to every call. \
+             kernel.bpf_stats_enabled was set to 1 for the benchmark and restored to {} afterwards. \
+             Nanoseconds vary with the machine's load (2 cores, shared with builds): compare \
+             programs within one run rather than across runs.\n",
             self.stats_restored
         )?;
         writeln!(s, "| scenario | program | type | calls | ns/call |")?;
@@ -1268,7 +1297,7 @@ mod tests {
     fn reads_bpftool_listing() {
         let json = r#"[{"id":5,"type":"struct_ops","name":"bbr_cong_contro","run_time_ns":100,"run_cnt":4,"pids":[{"pid":42,"comm":"p2p-node"}]},
                       {"id":6,"type":"tracing","name":"other","run_time_ns":1,"run_cnt":1,"pids":[{"pid":7,"comm":"x"}]}]"#;
-        let stats = parse_prog_stats(json, 42).unwrap();
+        let stats = parse_prog_stats(json, &[5]).unwrap();
         assert_eq!(stats.len(), 1);
         assert_eq!(stats[0].run_cnt, 4);
         let mut cost = Cost::default();
