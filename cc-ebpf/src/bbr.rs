@@ -34,13 +34,15 @@
 //!    wrapping at 7 and 3 bits.
 //! 3. `MAX_TCP_HEADER` in the TSO budget is a constant (320 bytes, x86_64's value with the usual
 //!    configs): the kernel's depends on config options a program cannot see.
-//! 4. **Loss-bounded probing** (after BBRv3): when more than 2% of a round's packets are lost
-//!    (and at least 3), `inflight_hi` = 0.7 × the inflight that met the loss, and cwnd never
-//!    exceeds it (also during recovery). While probing (STARTUP, or the 1.25 phase of
-//!    PROBE_BW) the probe also ends. Each later probe phase that reached the bound without such
-//!    loss raises it by a step that doubles (1, 2, 4, … packets). BBRv1 ignores loss outside
-//!    recovery and keeps overflowing shallow buffers; BBRv3 also bounds cruising rounds, with
-//!    a separate short-term bound (`inflight_lo`) that this variant folds into `inflight_hi`.
+//! 4. **Loss-bounded probing** (after BBRv3): while probing (STARTUP, or the 1.25 phase of
+//!    PROBE_BW), more than 2% of a round's packets lost (and at least 3) ends the probe and
+//!    sets `inflight_hi` = 0.7 × the inflight that met the loss (never below 0.7 × BDP, as
+//!    BBRv3's floor); cwnd never exceeds it, also during recovery. Each later probe that
+//!    reached the bound without such loss raises it, by 1/16 of it at first, doubling each
+//!    time. BBRv1 ignores loss outside recovery and keeps overflowing shallow buffers at every
+//!    probe. (BBRv3 also keeps a short-term bound, `inflight_lo`, for lossy cruising rounds;
+//!    this variant leaves cruising rounds to BBRv1's behaviour, so random loss is not
+//!    mistaken for a full buffer.)
 //! 5. **Warm start** (RFC 9040 temporal sharing): on release, a connection that measured its
 //!    path records `BtlBw` and `RTprop` per remote address; a new connection to that address
 //!    within 2 minutes starts in PROBE_BW from them (cwnd = the BDP at cwnd gain, paced at
@@ -98,6 +100,9 @@ const EXTRA_ACKED_MAX_US: u64 = 100_000;
 /// Losses in a round below this never count as "too high" (one or two losses in a small
 /// round are noise, not a full buffer).
 const LOSS_MIN_PACKETS: u32 = 3;
+/// The first raise of `inflight_hi` after a cut is this fraction of it (1/16), doubling with
+/// each loss-free probe: the pre-cut level (1/0.7 = +43%) is back within 3 probes.
+const INFLIGHT_HI_FIRST_STEP_DIV: u32 = 16;
 /// Largest step by which `inflight_hi` grows after a loss-free probe, packets.
 const INFLIGHT_HI_MAX_STEP: u32 = 1 << 10;
 /// Queueing a warm start may add before it counts as contradicting the record: on
@@ -623,9 +628,11 @@ impl Bbr {
         self.round_loss_high = 0;
     }
 
-    /// Deviation 4: more than `loss_thresh_per_mille` of this round's packets lost (once per
-    /// round) cuts `inflight_hi` to `inflight_hi_beta` × the inflight that met the loss; while
-    /// probing it also ends the probe (STARTUP, or the up phase of PROBE_BW).
+    /// Deviation 4: while probing (STARTUP, or the up phase of PROBE_BW), more than
+    /// `loss_thresh_per_mille` of this round's packets lost (at least 3) ends the probe and
+    /// bounds inflight: `inflight_hi` = `inflight_hi_beta` × the inflight that met the loss, but
+    /// never below `inflight_hi_beta` × BDP (as BBRv3's floor of 0.7 × its target inflight), so
+    /// random loss cannot ratchet the bound below the path's capacity.
     fn check_loss_too_high(&mut self, c: &Conn, rs: &RateSample, cfg: &BbrConfig) {
         if cfg.loss_bound_enabled == 0 || rs.losses <= 0 || self.round_loss_high != 0 {
             return;
@@ -637,19 +644,21 @@ impl Bbr {
             return;
         }
         self.round_loss_high = 1;
-        if rs.is_app_limited || self.mode() == Mode::ProbeRtt {
+        let probing = self.mode() == Mode::Startup || (self.mode() == Mode::ProbeBw && self.pacing_gain > BBR_UNIT);
+        if !probing || rs.is_app_limited {
             return;
         }
-        let inflight = rs.prior_in_flight.min(self.inflight_hi);
-        let bound = (u64::from(inflight) * u64::from(cfg.inflight_hi_beta) >> BBR_SCALE_U64) as u32;
-        self.inflight_hi = bound.max(cfg.min_cwnd);
-        self.inflight_hi_step = 1;
+        let beta = |x: u32| (u64::from(x) * u64::from(cfg.inflight_hi_beta) >> BBR_SCALE_U64) as u32;
+        let at_loss = beta(rs.prior_in_flight.min(self.inflight_hi));
+        let floor = if self.max_bw() > 0 { beta(self.bdp(self.max_bw(), BBR_UNIT)) } else { 0 };
+        self.inflight_hi = at_loss.max(floor).max(cfg.min_cwnd);
+        self.inflight_hi_step = (self.inflight_hi / INFLIGHT_HI_FIRST_STEP_DIV).max(1);
         self.loss_bound_count = self.loss_bound_count.saturating_add(1);
         if self.mode() == Mode::Startup {
             // The pipe is as full as the buffer allows: leave STARTUP (to DRAIN).
             self.full_bw_reached = 1;
             self.full_bw = self.max_bw();
-        } else if self.mode() == Mode::ProbeBw && self.pacing_gain > BBR_UNIT {
+        } else {
             // End the probe phase now: on to the 0.75 phase that drains it.
             self.cycle_idx = 0;
             self.cycle_stamp_us = 0;
