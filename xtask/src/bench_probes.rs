@@ -133,6 +133,16 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
         );
     }
     let bed = Namespace::create()?;
+    let congestion_control = output(Command::new("ip").args([
+        "netns",
+        "exec",
+        NS,
+        "sysctl",
+        "-n",
+        "net.ipv4.tcp_congestion_control",
+    ]))?
+    .trim()
+    .to_owned();
 
     // (a) cost per event.
     let mut costs: Vec<Vec<(String, Cost)>> = Vec::new();
@@ -209,6 +219,7 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
         with_probes: &with_probes,
         without: &without,
         others: &others,
+        congestion_control: &congestion_control,
         started_at,
         elapsed: started.elapsed(),
     })?;
@@ -613,6 +624,8 @@ struct Report<'a> {
     with_probes: &'a [f64],
     without: &'a [f64],
     others: &'a [String],
+    /// The namespace's default, which iperf3's sockets use.
+    congestion_control: &'a str,
     started_at: SystemTime,
     elapsed: Duration,
 }
@@ -645,17 +658,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
         s,
         "- Traffic: iperf3 over loopback in namespace `{NS}`, one stream, {} s per run, the \
          namespace's default congestion control ({}).",
-        o.seconds,
-        output(Command::new("ip").args([
-            "netns",
-            "exec",
-            NS,
-            "sysctl",
-            "-n",
-            "net.ipv4.tcp_congestion_control"
-        ]))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "?".into())
+        o.seconds, r.congestion_control
     )?;
     if r.others.is_empty() {
         writeln!(s, "- No other TCP tracing programs were attached.")?;
