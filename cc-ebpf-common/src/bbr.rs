@@ -142,7 +142,9 @@ pub struct BbrState {
     pub modes_seen: u8,
     /// Whether the current probe phase was limited by `inflight_hi`.
     pub probe_hit_bound: u8,
-    pub _pad: [u8; 4],
+    /// Probe phases still to cruise through (gain 1.0) after a probe that met loss.
+    pub probes_to_skip: u8,
+    pub _pad: [u8; 3],
     // --- counters for the node ---
     /// Times PROBE_RTT was entered.
     pub probe_rtt_count: u32,

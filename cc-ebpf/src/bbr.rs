@@ -39,7 +39,8 @@
 //!    sets `inflight_hi` = 0.7 × the inflight that met the loss (never below 0.7 × BDP, as
 //!    BBRv3's floor); cwnd never exceeds it, also during recovery. Each later probe that
 //!    reached the bound without such loss raises it, by 1/16 of it at first, doubling each
-//!    time. BBRv1 ignores loss outside recovery and keeps overflowing shallow buffers at every
+//!    time; after a probe that met loss, the next two probe phases cruise at gain 1 (BBRv3
+//!    spaces probes by seconds once loss has bounded it). BBRv1 ignores loss outside recovery and keeps overflowing shallow buffers at every
 //!    probe. (BBRv3 also keeps a short-term bound, `inflight_lo`, for lossy cruising rounds;
 //!    this variant leaves cruising rounds to BBRv1's behaviour, so random loss is not
 //!    mistaken for a full buffer.)
@@ -103,6 +104,10 @@ const LOSS_MIN_PACKETS: u32 = 3;
 /// The first raise of `inflight_hi` after a cut is this fraction of it (1/16), doubling with
 /// each loss-free probe: the pre-cut level (1/0.7 = +43%) is back within 3 probes.
 const INFLIGHT_HI_FIRST_STEP_DIV: u32 = 16;
+/// Probe phases to cruise through after a probe that met loss: BBRv3 waits seconds between
+/// probes once loss bounded it; BBRv1's cycle probes every 8 rounds, which on a shallow buffer
+/// overflows it every time. Two skipped probes space lossy probes by at least 24 rounds.
+const PROBES_TO_SKIP_AFTER_LOSS: u8 = 2;
 /// Largest step by which `inflight_hi` grows after a loss-free probe, packets.
 const INFLIGHT_HI_MAX_STEP: u32 = 1 << 10;
 /// Queueing a warm start may add before it counts as contradicting the record: on
@@ -477,7 +482,9 @@ impl Bbr {
     /// raises the bound (deviation 4).
     fn advance_cycle_phase(&mut self, c: &Conn) {
         if self.cycle_idx == 0 && self.inflight_hi != INFLIGHT_UNBOUNDED {
-            if self.round_loss_high == 0 && self.probe_hit_bound != 0 {
+            if self.probes_to_skip > 0 {
+                self.probes_to_skip -= 1;
+            } else if self.round_loss_high == 0 && self.probe_hit_bound != 0 {
                 self.inflight_hi = self.inflight_hi.saturating_add(self.inflight_hi_step);
                 self.inflight_hi_step = (self.inflight_hi_step * 2).min(INFLIGHT_HI_MAX_STEP);
             }
@@ -659,10 +666,12 @@ impl Bbr {
             self.full_bw_reached = 1;
             self.full_bw = self.max_bw();
         } else {
-            // End the probe phase now: on to the 0.75 phase that drains it.
+            // End the probe phase now: on to the 0.75 phase that drains it; cruise through the
+            // next probe phases.
             self.cycle_idx = 0;
             self.cycle_stamp_us = 0;
             self.advance_cycle_phase(c);
+            self.probes_to_skip = PROBES_TO_SKIP_AFTER_LOSS;
         }
     }
 
@@ -844,6 +853,7 @@ impl Bbr {
                     BBR_UNIT
                 } else {
                     match self.cycle_idx & (CYCLE_LEN - 1) {
+                        0 if self.probes_to_skip > 0 => BBR_UNIT,
                         0 => cfg.probe_up_gain,
                         1 => cfg.probe_down_gain,
                         _ => BBR_UNIT,
@@ -1115,6 +1125,32 @@ mod tests {
         s.round_loss_high = 1;
         s.advance_cycle_phase(&c);
         assert_eq!(s.inflight_hi, 115);
+    }
+
+    #[test]
+    fn a_lossy_probe_skips_the_next_two_probes() {
+        let cfg = BbrConfig::DEFAULT;
+        let c = conn();
+        let mut s = Bbr(BbrState { mode: Mode::ProbeBw as u8, min_rtt_us: 20_000, inflight_hi: INFLIGHT_UNBOUNDED, ..Default::default() });
+        s.bw_filter = [MinmaxSample { t: 0, v: bw_of_mbit(100) }; 3];
+        s.cycle_idx = 0;
+        s.update_gains(&cfg);
+        assert_eq!(s.pacing_gain, cfg.probe_up_gain);
+        // 10 of 100 packets lost in the probe round.
+        let c_lossy = Conn { lost: 10, delivered: 90, ..c };
+        let rs = RateSample { losses: 1, prior_in_flight: 200, delivered: 1, interval_us: 1, ..Default::default() };
+        s.check_loss_too_high(&c_lossy, &rs, &cfg);
+        assert_eq!(s.loss_bound_count, 1);
+        assert_eq!(s.cycle_idx, 1, "the probe ended");
+        // The next two phase-0s cruise at 1.0; the third probes again.
+        let mut gains = vec![];
+        for _ in 0..3 {
+            s.cycle_idx = 0;
+            s.update_gains(&cfg);
+            gains.push(s.pacing_gain);
+            s.advance_cycle_phase(&c);
+        }
+        assert_eq!(gains, [BBR_UNIT, BBR_UNIT, cfg.probe_up_gain]);
     }
 
     #[test]
