@@ -75,6 +75,10 @@ pub struct Options {
     /// Congestion control per node, comma-separated; repeated in turn when shorter than --nodes.
     #[arg(long, value_delimiter = ',', default_value = "bbr-p2p,cubic,bbr")]
     cc: Vec<String>,
+    /// Do not generate traffic (by default every other node uploads to node 1 periodically,
+    /// with the libp2p perf protocol, so the graphs show connections under load).
+    #[arg(long)]
+    no_traffic: bool,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -131,7 +135,16 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
 
     print_table(&algorithms);
-    testbed.wait_until_stopped(options.duration.map(Duration::from_secs))
+    let traffic = (!options.no_traffic && options.nodes > 1).then(|| {
+        let target = bootstrap.rsplit('/').next().unwrap_or_default().to_owned();
+        spawn_traffic(options.nodes, target)
+    });
+    let result = testbed.wait_until_stopped(options.duration.map(Duration::from_secs));
+    TRAFFIC_STOP.store(true, Ordering::SeqCst);
+    if let Some(traffic) = traffic {
+        let _ = traffic.join();
+    }
+    result
     // `testbed` drops here, on success and on every `?` above: nodes stopped, namespaces deleted.
 }
 
@@ -191,6 +204,63 @@ fn print_table(algorithms: &[&str]) {
         http_url(1).trim_end_matches('/')
     );
     println!();
+}
+
+/// Bytes each other node uploads to node 1 per traffic round (≈ 2 s at 100 Mbit/s).
+const TRAFFIC_BYTES: u64 = 25_000_000;
+/// Time between the starts of traffic rounds.
+const TRAFFIC_PERIOD: Duration = Duration::from_secs(15);
+/// Tells the traffic thread to stop (the testbed is going down).
+static TRAFFIC_STOP: AtomicBool = AtomicBool::new(false);
+
+/// Every [`TRAFFIC_PERIOD`] until the run stops, asks nodes 2..=n in turn to upload
+/// [`TRAFFIC_BYTES`] to node 1 through their HTTP API (`POST /api/perf`). Bounded: one request
+/// at a time, each with a read timeout.
+fn spawn_traffic(nodes: u8, target_peer: String) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let body = format!(r#"{{"peer":"{target_peer}","upload_bytes":{TRAFFIC_BYTES}}}"#);
+        let running = || !TRAFFIC_STOP.load(Ordering::SeqCst) && !stop_requested();
+        // The first round waits a little: the other nodes are still connecting.
+        let mut next = Instant::now() + TRAFFIC_PERIOD / 3;
+        let mut round: u64 = 0;
+        while running() {
+            if Instant::now() < next {
+                thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+            next = Instant::now() + TRAFFIC_PERIOD;
+            let i = 2 + (round % u64::from(nodes - 1)) as u8;
+            if let Err(err) = perf_request(i, &body) {
+                println!("[run] traffic n{i} -> n1: {err}");
+            }
+            round += 1;
+        }
+    })
+}
+
+/// One `POST /api/perf` to node `i` (from the host, over the host–router link).
+fn perf_request(i: u8, body: &str) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let address = format!("{}:{HTTP_PORT}", node_ip(i));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "POST /api/perf HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        testbed_token(),
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        bail!(
+            "HTTP {status}: {}",
+            response.split("\r\n\r\n").nth(1).unwrap_or("").trim()
+        );
+    }
+    Ok(())
 }
 
 /// Set by SIGINT/SIGTERM; the waiting loops poll it.
