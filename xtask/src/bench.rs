@@ -34,6 +34,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::exec::release_node;
 use crate::{
     delay_line::{self, DelayLine},
     exec::{describe, exec, is_root, output, workspace_root},
@@ -201,17 +202,7 @@ pub fn run_bbr(options: &BbrOptions) -> anyhow::Result<()> {
     let started_at = SystemTime::now();
     setup::run()?;
     let root = workspace_root();
-    if !options.skip_build {
-        exec(Command::new("cargo").current_dir(&root).args([
-            "build",
-            "--release",
-            "-p",
-            "p2p-node",
-        ]))?;
-    }
-    let binary = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("release/p2p-node");
+    let binary = release_node(!options.skip_build)?;
 
     install_stop_handler()?;
     delete_own_namespaces();

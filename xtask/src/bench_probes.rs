@@ -30,6 +30,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::exec::release_node;
 use crate::{
     bench::{
         install_stop_handler, median, sleep_unless_stopped, stop_requested, wait_with_deadline,
@@ -112,17 +113,7 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
     let started_at = SystemTime::now();
     setup::run()?;
     let root = workspace_root();
-    if !options.skip_build {
-        exec(Command::new("cargo").current_dir(&root).args([
-            "build",
-            "--release",
-            "-p",
-            "p2p-node",
-        ]))?;
-    }
-    let binary = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("release/p2p-node");
+    let binary = release_node(!options.skip_build)?;
     install_stop_handler()?;
 
     let others = foreign_tracing_programs()?;

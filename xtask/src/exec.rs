@@ -107,3 +107,19 @@ mod tests {
         );
     }
 }
+
+/// Builds `p2p-node` in release mode (unless `build` is false) and returns its path.
+pub fn release_node(build: bool) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    if build {
+        exec(Command::new("cargo").current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "p2p-node",
+        ]))?;
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("release/p2p-node"))
+}

@@ -19,10 +19,9 @@
 //! Everything created is removed when the run ends, whichever way it ends (the [`Testbed`] guard).
 
 use std::{
-    env,
     io::{self, BufRead as _, BufReader, Read},
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -34,8 +33,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::exec::release_node;
 use crate::{
-    exec::{describe, exec, is_root, workspace_root},
+    exec::{describe, exec, is_root},
     netns, setup,
 };
 
@@ -92,13 +92,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         );
     }
     setup::run()?;
-    let root = workspace_root();
-    exec(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "p2p-node"]),
-    )?;
-    let binary = target_dir(&root).join("release/p2p-node");
+    let binary = release_node(true)?;
 
     // From here on a Ctrl-C must not kill xtask before the guard has removed the testbed.
     install_stop_handler()?;
@@ -153,11 +147,6 @@ fn algorithms(options: &Options) -> Vec<&str> {
     (1..=options.nodes)
         .map(|i| options.cc[usize::from(i - 1) % options.cc.len()].as_str())
         .collect()
-}
-
-/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, `target/` otherwise.
-fn target_dir(root: &Path) -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 fn node_namespace(i: u8) -> String {
