@@ -92,22 +92,6 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn describes_commands_as_shell_lines() {
-        let mut cmd = Command::new("cargo");
-        cmd.env_remove("RUSTUP_TOOLCHAIN")
-            .args(["test", "--test", "*", "--", "it's"]);
-        assert_eq!(
-            describe(&cmd),
-            r"env -u RUSTUP_TOOLCHAIN cargo test --test '*' -- 'it'\''s'"
-        );
-    }
-}
-
 /// Builds `p2p-node` in release mode (unless `build` is false) and returns its path.
 pub fn release_node(build: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
@@ -122,4 +106,20 @@ pub fn release_node(build: bool) -> anyhow::Result<PathBuf> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     Ok(target.join("release/p2p-node"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_commands_as_shell_lines() {
+        let mut cmd = Command::new("cargo");
+        cmd.env_remove("RUSTUP_TOOLCHAIN")
+            .args(["test", "--test", "*", "--", "it's"]);
+        assert_eq!(
+            describe(&cmd),
+            r"env -u RUSTUP_TOOLCHAIN cargo test --test '*' -- 'it'\''s'"
+        );
+    }
 }

@@ -643,6 +643,7 @@ mod tests {
             nodes: 5,
             duration: None,
             cc: vec!["a".into(), "b".into()],
+            no_traffic: false,
         };
         assert_eq!(algorithms(&options), ["a", "b", "a", "b", "a"]);
     }

@@ -600,10 +600,10 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     use std::collections::HashMap;
     let mut types: HashMap<&str, &str> = HashMap::new();
     for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some((name, ty)) = rest.split_once(' ') {
-                types.insert(name, ty.trim());
-            }
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, ty)) = rest.split_once(' ')
+        {
+            types.insert(name, ty.trim());
         }
     }
     let renamed = |name: &str| -> String {
