@@ -165,7 +165,7 @@ pub struct RateSample {
 
 #[inline(always)]
 fn div_u64(a: u64, b: u64) -> u64 {
-    if b == 0 { 0 } else { a / b }
+    a.checked_div(b).unwrap_or(0)
 }
 
 /// `after(a, b)` for 32-bit sequence-like counters.
@@ -177,7 +177,7 @@ fn after32(a: u32, b: u32) -> bool {
 impl Conn {
     /// Bytes per second for `rate` packets/µs << BW_SCALE at `gain` (`bbr_rate_bytes_per_sec`).
     fn rate_bytes_per_sec(&self, rate: u64, gain: u32) -> u64 {
-        let r = rate * u64::from(self.mss) * u64::from(gain) >> BBR_SCALE_U64;
+        let r = (rate * u64::from(self.mss) * u64::from(gain)) >> BBR_SCALE_U64;
         (r * (1_000_000 / 100 * (100 - PACING_MARGIN_PERCENT))) >> BW_SCALE
     }
 }
@@ -389,7 +389,7 @@ impl Bbr {
     fn packets_in_net_at_edt(&self, c: &Conn, inflight_now: u32) -> u32 {
         let edt_ns = c.wstamp_ns.max(c.clock_ns);
         let interval_us = (edt_ns - c.clock_ns) / 1000;
-        let interval_delivered = (u64::from(self.bw()) * interval_us >> BW_SCALE) as u32;
+        let interval_delivered = ((u64::from(self.bw()) * interval_us) >> BW_SCALE) as u32;
         let mut inflight_at_edt = inflight_now;
         if self.pacing_gain > BBR_UNIT {
             inflight_at_edt = inflight_at_edt.saturating_add(Self::tso_segs_goal(c));
@@ -404,7 +404,7 @@ impl Bbr {
         }
         let max_aggr = (u64::from(self.bw()) * EXTRA_ACKED_MAX_US / BW_UNIT) as u32;
         let extra = self.extra_acked[0].max(self.extra_acked[1]);
-        let aggr = (u64::from(cfg.extra_acked_gain) * u64::from(extra) >> BBR_SCALE_U64) as u32;
+        let aggr = ((u64::from(cfg.extra_acked_gain) * u64::from(extra)) >> BBR_SCALE_U64) as u32;
         aggr.min(max_aggr)
     }
 
@@ -655,7 +655,7 @@ impl Bbr {
         if !probing || rs.is_app_limited {
             return;
         }
-        let beta = |x: u32| (u64::from(x) * u64::from(cfg.inflight_hi_beta) >> BBR_SCALE_U64) as u32;
+        let beta = |x: u32| ((u64::from(x) * u64::from(cfg.inflight_hi_beta)) >> BBR_SCALE_U64) as u32;
         let at_loss = beta(rs.prior_in_flight.min(self.inflight_hi));
         let floor = if self.max_bw() > 0 { beta(self.bdp(self.max_bw(), BBR_UNIT)) } else { 0 };
         self.inflight_hi = at_loss.max(floor).max(cfg.min_cwnd);
@@ -681,7 +681,7 @@ impl Bbr {
         if self.warm_start != WarmStart::Warm as u8 || u32::from(self.warm_rounds) >= cfg.warm_start_check_rounds {
             return;
         }
-        let rtt_limit = (u64::from(self.warm_min_rtt_us) * u64::from(cfg.warm_start_rtt_tolerance) >> BBR_SCALE_U64)
+        let rtt_limit = ((u64::from(self.warm_min_rtt_us) * u64::from(cfg.warm_start_rtt_tolerance)) >> BBR_SCALE_U64)
             .max(u64::from(self.warm_min_rtt_us) + WARM_RTT_SLACK_US);
         let too_slow = self.round_start != 0
             && self.round_min_rtt_us != u32::MAX
@@ -773,7 +773,7 @@ impl Bbr {
         if self.full_bw_reached != 0 || self.round_start == 0 || rs.is_app_limited {
             return;
         }
-        let thresh = u64::from(self.full_bw) * u64::from(cfg.full_bw_thresh) >> BBR_SCALE_U64;
+        let thresh = (u64::from(self.full_bw) * u64::from(cfg.full_bw_thresh)) >> BBR_SCALE_U64;
         if u64::from(self.max_bw()) >= thresh {
             self.full_bw = self.max_bw();
             self.full_bw_cnt = 0;

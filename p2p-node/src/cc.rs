@@ -75,7 +75,9 @@ pub fn provide_bbr() -> anyhow::Result<BbrP2p> {
             let btf = ebpf::preflight().context("bbr-p2p needs the eBPF struct_ops support")?;
             match BbrP2p::register(&btf) {
                 Ok(handle) => return Ok(handle),
-                Err(e @ ebpf::struct_ops::StructOpsError::AlreadyRegistered { .. }) => last_error = Some(e.into()),
+                Err(e @ ebpf::struct_ops::StructOpsError::AlreadyRegistered { .. }) => {
+                    last_error = Some(e.into())
+                }
                 Err(e) => return Err(anyhow::Error::new(e).context("registering bbr-p2p")),
             }
         }

@@ -261,7 +261,11 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
             body,
         )
             .into_response(),
-        Ok(()) => ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], to_prometheus_text(&body)).into_response(),
+        Ok(()) => (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_prometheus_text(&body),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics: {e}"),

@@ -21,7 +21,10 @@ use common::{eventually, kernel_tests_possible};
 use p2p_node::{
     ebpf::{self, Probes},
     sockets::{Direction, SocketTable},
-    telemetry::{Telemetry, prometheus::{TcpCollector, to_prometheus_text}},
+    telemetry::{
+        Telemetry,
+        prometheus::{TcpCollector, to_prometheus_text},
+    },
 };
 use prometheus_client::registry::Registry;
 
@@ -110,7 +113,10 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
     assert_eq!(exported, expected, "the K busiest peers are exported");
     let algorithm = p2p_node::sockets::congestion(conns[0].1.as_fd()).unwrap();
     assert_eq!(
-        value(&text, &format!("p2pcc_connections{{algorithm=\"{algorithm}\"}}")),
+        value(
+            &text,
+            &format!("p2pcc_connections{{algorithm=\"{algorithm}\"}}")
+        ),
         Some(PEERS as f64)
     );
     assert!(value(&text, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}").unwrap() >= PEERS as f64);
@@ -119,7 +125,10 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
         .filter(|l| l.starts_with("p2pcc_tcp_srtt_seconds_count"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(samples >= PEERS as f64, "srtt histogram has {samples} samples");
+    assert!(
+        samples >= PEERS as f64,
+        "srtt histogram has {samples} samples"
+    );
     promtool(&text);
 
     // Everyone disconnects: the node unregisters, then closes.
