@@ -34,6 +34,7 @@ pub async fn serve(addr: SocketAddr, state: AppState) -> anyhow::Result<()> {
         .route("/metrics", get(metrics))
         .route("/api/node", get(node))
         .route("/api/peers", get(peers))
+        .route("/api/history", get(history))
         .route("/api/cc", get(get_cc).put(put_cc))
         .route("/api/cc/tunables", get(get_tunables).put(put_tunables))
         .route("/api/perf", post(perf))
@@ -321,6 +322,12 @@ async fn node(State(state): State<AppState>) -> Response {
 
 async fn peers(State(state): State<AppState>) -> Json<Vec<telemetry::PeerConnection>> {
     Json(telemetry::connections(&state.telemetry))
+}
+
+async fn history(
+    State(state): State<AppState>,
+) -> Json<std::collections::BTreeMap<String, Vec<telemetry::history::Point>>> {
+    Json(state.telemetry.history.snapshot())
 }
 
 async fn get_cc() -> Response {

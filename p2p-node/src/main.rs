@@ -144,6 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = node::spawn(key, config, &mut registry)?;
     let telemetry = telemetry::Telemetry::new(probes, bbr, args.top_peers);
     telemetry.spawn_collector();
+    telemetry.spawn_history();
     registry
         .sub_registry_with_prefix("p2pcc")
         .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(

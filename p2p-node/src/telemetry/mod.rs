@@ -1,6 +1,7 @@
 //! Per-peer TCP telemetry: joins the probes' per-socket state to PeerIds (collect), and exports
 //! it as Prometheus metrics at scrape time (export).
 
+pub mod history;
 pub mod prometheus;
 
 use std::{
@@ -322,6 +323,8 @@ pub struct Telemetry {
     pub top_peers: usize,
     /// Totals of connections whose tracking ended, per algorithm.
     pub closed: Arc<Mutex<BTreeMap<String, ClosedTotals>>>,
+    /// The live page's short per-peer time series.
+    pub history: Arc<history::History>,
 }
 
 impl Telemetry {
@@ -331,6 +334,7 @@ impl Telemetry {
             bbr,
             top_peers,
             closed: Arc::default(),
+            history: Arc::default(),
         }
     }
 
@@ -346,6 +350,21 @@ impl Telemetry {
 
     /// Collects the final records every second on a background thread (the ring buffer must
     /// not fill between scrapes); the thread ends when the probes are dropped.
+    /// Samples every peer once a second into [`Telemetry::history`], for as long as the
+    /// process runs.
+    pub fn spawn_history(&self) {
+        let this = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("p2pcc-history".into())
+            .spawn(move || {
+                loop {
+                    this.history
+                        .record(&connections(&this), std::time::SystemTime::now());
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+    }
+
     pub fn spawn_collector(&self) {
         let Some(probes) = &self.probes else { return };
         let probes = Arc::downgrade(probes);
