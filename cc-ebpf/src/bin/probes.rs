@@ -217,7 +217,7 @@ fn on_tcp_probe(sk: Sk) {
     }
     // SAFETY: `entry` points into the map value; `tp` is a verified tcp_sock and every offset
     // is a field of it (tcp_sock starts with inet_connection_sock, which starts with sock).
-    let (srtt_us, ops) = unsafe {
+    let (srtt_us, ops, events) = unsafe {
         let s = &mut *entry;
         let srtt_us = tp.u32(TCP_SOCK__SRTT_US) >> 3;
         s.cwnd_segments = tp.u32(TCP_SOCK__SND_CWND);
@@ -234,15 +234,22 @@ fn on_tcp_probe(sk: Sk) {
         s.pacing_rate_bytes_per_sec = tp.u64(SOCK__SK_PACING_RATE);
         s.bytes_acked = tp.u64(TCP_SOCK__BYTES_ACKED);
         s.bytes_received = tp.u64(TCP_SOCK__BYTES_RECEIVED);
-        s.updated_ns = bpf_ktime_get_ns();
+        // The TCP clock (`tcp_clock_ns()`, the same monotonic clock as bpf_ktime_get_ns) as of
+        // the socket's previous segment: a field load instead of a helper call per event.
+        s.updated_ns = tp.u64(TCP_SOCK__TCP_MSTAMP) * 1000;
         s.events += 1;
-        (srtt_us, tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS))
+        (srtt_us, tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS), s.events)
     };
-    // Only sockets with an RTT sample count (srtt is 0 before the first one).
-    if srtt_us != 0 {
+    // Only sockets with an RTT sample count (srtt is 0 before the first one). One event in
+    // RTT_SAMPLE_EVERY feeds the histogram: it stays weighted per ACK (a uniform sample) and
+    // the per-CPU hash lookup leaves the common path.
+    if srtt_us != 0 && events % RTT_SAMPLE_EVERY == 0 {
         record_rtt(ops, srtt_us);
     }
 }
+
+/// Events per srtt histogram sample (a power of two: the modulo is a mask).
+const RTT_SAMPLE_EVERY: u64 = 4;
 
 #[inline(always)]
 fn record_rtt(ops: u64, srtt_us: u32) {

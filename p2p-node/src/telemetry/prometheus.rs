@@ -414,7 +414,7 @@ impl Collector for TcpCollector {
         if let Some(probes) = probes {
             let mut metric = e.encode_descriptor(
                 "tcp_srtt_seconds",
-                "Smoothed RTT of every tracked connection, sampled on each ACK (tcp_probe), by congestion control; log2 buckets aggregated in the kernel.",
+                "Smoothed RTT of every tracked connection, sampled on one in four tcp_probe events (per ACK), by congestion control; log2 buckets aggregated in the kernel.",
                 None,
                 MetricType::Histogram,
             )?;
