@@ -34,7 +34,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::exec::release_node;
+use crate::exec::{release_node, stop_child};
 use crate::{
     delay_line::{self, DelayLine},
     exec::{describe, exec, is_root, output, workspace_root},
@@ -424,17 +424,7 @@ impl RegisteringNode {
 
 impl Drop for RegisteringNode {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");
-            // SAFETY: our own unreaped child: the pid cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                thread::sleep(POLL);
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(5));
     }
 }
 

@@ -108,6 +108,21 @@ pub fn release_node(build: bool) -> anyhow::Result<PathBuf> {
     Ok(target.join("release/p2p-node"))
 }
 
+/// Stops a child process: SIGTERM, up to `grace` to exit, then SIGKILL; always reaped.
+pub fn stop_child(child: &mut std::process::Child, grace: std::time::Duration) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
+        // SAFETY: our own unreaped child: the pid cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
