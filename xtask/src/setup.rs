@@ -10,7 +10,8 @@ use crate::exec::{exec, is_root, output};
 /// Debian packages the project needs:
 /// - `llvm-22-dev`, `libpolly-22-dev`, `libzstd-dev`, `zlib1g-dev`: bpf-linker links against
 ///   LLVM 22, the same major as rustc's LLVM, so the bitcode it reads is one it understands;
-/// - `iproute2` (ip, tc), `iptables`: the testbed (namespaces, veth, tbf, NFQUEUE delay);
+/// - `iproute2` (ip, tc, ss), `iptables`, `procps` (sysctl): the testbed (namespaces, veth,
+///   tbf, forwarding, random loss and the NFQUEUE delay line);
 /// - `bpftool`: inspecting loaded programs and their run time (`bpf_stats_enabled`);
 /// - `iperf3`: reference traffic with a chosen congestion control (`-C`);
 /// - `prometheus`: provides `promtool`, which checks the exported metrics text.
@@ -20,6 +21,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "iproute2",
+    "procps",
     "bpftool",
     "iperf3",
     "iptables",
