@@ -21,8 +21,7 @@
 //! sysctl) is undone by guards on every exit path, Ctrl-C included.
 
 use std::{
-    fs,
-    io::{self, BufRead as _, BufReader},
+    fs, io,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -34,7 +33,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::exec::{release_node, stop_child};
+use crate::exec::{die_with_parent, echo_problems, release_node, stop_child};
 use crate::{
     delay_line::{self, DelayLine},
     exec::{describe, exec, is_root, output, workspace_root},
@@ -360,28 +359,13 @@ impl RegisteringNode {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
-        // SAFETY: only prctl between fork and exec, which is async-signal-safe: the node gets
-        // SIGTERM even if xtask is killed outright.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let before = prog_ids()?;
         println!("[bench] registering {OURS}: $ {}", describe(&cmd));
         let mut child = cmd.spawn().context("starting p2p-node")?;
         // Its log is echoed only on failure-relevant lines; the pipe is drained to the end.
         let stderr = child.stderr.take().expect("piped");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ERROR") || line.contains("WARN") {
-                    eprintln!("[p2p-node] {line}");
-                }
-            }
-        });
+        echo_problems(stderr, "[p2p-node]");
         let mut node = Self::wait_registered(
             Self {
                 child,

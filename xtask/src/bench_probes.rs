@@ -19,7 +19,7 @@
 
 use std::{
     fs,
-    io::{self, BufRead as _, BufReader},
+    io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::exec::{release_node, stop_child};
+use crate::exec::{die_with_parent, echo_problems, release_node, stop_child};
 use crate::{
     bench::{
         install_stop_handler, median, sleep_unless_stopped, stop_requested, wait_with_deadline,
@@ -349,26 +349,11 @@ impl ProbeNode {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: only prctl between fork and exec, which is async-signal-safe: the node gets
-        // SIGTERM even if xtask is killed outright (`ip netns exec` execs the node: same process).
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         println!("[bench] $ {}", describe(&cmd));
         let mut child = cmd.spawn().context("starting p2p-node")?;
         let stderr = child.stderr.take().expect("piped");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ERROR") || line.contains("WARN") || line.starts_with("error") {
-                    eprintln!("[p2p-node] {line}");
-                }
-            }
-        });
+        echo_problems(stderr, "[p2p-node]");
         let mut node = Self { child };
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         loop {

@@ -123,6 +123,38 @@ pub fn stop_child(child: &mut std::process::Child, grace: std::time::Duration) {
     let _ = child.wait();
 }
 
+/// Makes the process `cmd` starts get SIGTERM when xtask dies, even if xtask is killed
+/// outright (`PR_SET_PDEATHSIG`). The signal survives `ip netns exec`, which execs the command
+/// without forking. It fires when the spawning thread ends, so spawn from the main thread.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Drains a child's output on its own thread, echoing only warning and error lines.
+pub fn echo_problems(output: impl std::io::Read + Send + 'static, prefix: &'static str) {
+    use std::io::BufRead as _;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("ERROR") || line.contains("WARN") || line.starts_with("error") {
+                eprintln!("{prefix} {line}");
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

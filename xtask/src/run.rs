@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::exec::release_node;
+use crate::exec::{die_with_parent, release_node};
 use crate::{
     exec::{describe, exec, is_root},
     netns, setup,
@@ -418,18 +418,7 @@ impl Testbed {
             .stderr(Stdio::piped());
         // Its own process group: Ctrl-C reaches only xtask, which stops the nodes in order.
         cmd.process_group(0);
-        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-        // async-signal-safe. The death signal survives the exec (`ip netns exec` execs the node
-        // without forking), so the node gets SIGTERM even if xtask is killed outright (it fires
-        // when the spawning thread ends: the main thread, which lives as long as xtask).
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
 
         let name = format!("n{}", node.i);
         println!(
