@@ -1,0 +1,111 @@
+//! `/api/cc` and `/api/cc/tunables`: the node's congestion control and bbr-p2p's tunables.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use super::bad_request;
+use crate::{cc, http::AppState};
+
+pub async fn get_cc() -> Response {
+    match cc::available() {
+        Ok(available) => {
+            Json(serde_json::json!({ "algorithm": cc::current(), "available": available }))
+                .into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct CcRequest {
+    algorithm: String,
+}
+
+pub async fn put_cc(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: CcRequest = match serde_json::from_slice(&body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(format!("expected {{\"algorithm\": \"<name>\"}}: {e}")),
+    };
+    if let Err(e) = cc::validate(&req.algorithm) {
+        return bad_request(format!("{e:#}"));
+    }
+    let before = cc::current();
+    match cc::switch(&req.algorithm, &state.telemetry.bbr) {
+        Ok(report) => {
+            tracing::info!(target: "audit", %from, from_algorithm = %before, to_algorithm = %req.algorithm, switched = report.switched, failed = report.failed.len(), "congestion control changed");
+            Json(report).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
+    }
+}
+
+fn bbr_handle(state: &AppState) -> Result<Arc<crate::ebpf::bbr::BbrP2p>, Box<Response>> {
+    state.telemetry.bbr.read().expect("lock poisoned").clone().ok_or_else(|| {
+        Box::new((
+            StatusCode::CONFLICT,
+            "bbr-p2p is not loaded on this node (start it with --cc bbr-p2p, or switch to it with PUT /api/cc)\n",
+        )
+            .into_response())
+    })
+}
+
+pub async fn get_tunables(State(state): State<AppState>) -> Response {
+    let bbr = match bbr_handle(&state) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match bbr.config() {
+        Ok(config) => Json(crate::tunables::to_json(&config)).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the tunables: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn put_tunables(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let bbr = match bbr_handle(&state) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let changes: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(format!("expected a JSON object of tunables: {e}")),
+    };
+    let current = match bbr.config() {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the tunables: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let (new, applied) = match crate::tunables::apply(&current, &changes) {
+        Ok(x) => x,
+        Err(e) => return bad_request(e),
+    };
+    if let Err(e) = bbr.set_config(new) {
+        return bad_request(e);
+    }
+    for (name, old, value) in applied {
+        tracing::info!(target: "audit", %from, tunable = name, old, new = value, "bbr-p2p tunable changed");
+    }
+    Json(crate::tunables::to_json(&new)).into_response()
+}

@@ -1,0 +1,66 @@
+//! `/api/node`, `/api/peers`, `/api/history`: what the node is and what it sees.
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::{cc, http::AppState, telemetry};
+
+#[derive(Serialize)]
+struct NodeResponse {
+    #[serde(flatten)]
+    info: crate::node::NodeInfo,
+    algorithm: String,
+    ebpf: EbpfStatus,
+}
+
+#[derive(Serialize)]
+struct EbpfStatus {
+    status: String,
+    programs: Vec<ProgramStatus>,
+}
+
+#[derive(Serialize)]
+struct ProgramStatus {
+    name: &'static str,
+    id: u32,
+}
+
+pub async fn node(State(state): State<AppState>) -> Response {
+    match state.client.info().await {
+        Ok(info) => Json(NodeResponse {
+            info,
+            algorithm: cc::current(),
+            ebpf: EbpfStatus {
+                status: state.ebpf_status.to_string(),
+                programs: state
+                    .telemetry
+                    .probes
+                    .as_ref()
+                    .map(|p| {
+                        p.programs()
+                            .iter()
+                            .map(|&(name, id)| ProgramStatus { name, id })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+        })
+        .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")).into_response(),
+    }
+}
+
+pub async fn peers(State(state): State<AppState>) -> Json<Vec<telemetry::PeerConnection>> {
+    Json(telemetry::connections(&state.telemetry))
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+) -> Json<std::collections::BTreeMap<String, Vec<telemetry::history::Point>>> {
+    Json(state.telemetry.history.snapshot())
+}
