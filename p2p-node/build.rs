@@ -1,10 +1,9 @@
 //! Builds the eBPF objects in `cc-ebpf/` and places them in `OUT_DIR` for `include_bytes!`.
 //!
-//! 1. Generates `kernel_layout.rs` from this machine's kernel BTF: the eBPF programs are compiled
-//!    against it and the loader embeds it to verify the running kernel at load time.
-//! 2. Runs `cargo build --release --target bpfel-unknown-none -Z build-std=core` in `cc-ebpf/`
-//!    with the toolchain `cc-ebpf/rust-toolchain.toml` names (nightly + rust-src) and bpf-linker.
-//!    `cargo xtask setup` installs both when missing.
+//! Runs `cargo build --release --target bpfel-unknown-none -Z build-std=core` in `cc-ebpf/`
+//! with the toolchain `cc-ebpf/rust-toolchain.toml` names (nightly + rust-src) and bpf-linker.
+//! `cargo xtask setup` installs both when missing. Nothing here depends on the build machine's
+//! kernel: the loader fills the programs' kernel layout table from the running kernel's BTF.
 
 use std::{
     env, fs,
@@ -13,7 +12,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use cc_ebpf_common::{btf, layout};
 
 /// The eBPF objects, one per binary in `cc-ebpf/src/bin/`.
 const OBJECTS: &[&str] = &["probes", "bbr_p2p", "reno_rs"];
@@ -35,20 +33,8 @@ fn main() -> anyhow::Result<()> {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
-    println!("cargo:rerun-if-changed={}", btf::VMLINUX_BTF);
 
-    let kernel_btf = btf::Btf::from_sys_fs().context("generating the kernel layout")?;
-    let layout_file = out_dir.join("kernel_layout.rs");
-    fs::write(
-        &layout_file,
-        layout::generate(&kernel_btf, btf::VMLINUX_BTF)?,
-    )?;
-
-    build_ebpf(
-        &ebpf_dir,
-        &root.join("target").join("cc-ebpf"),
-        &layout_file,
-    )?;
+    build_ebpf(&ebpf_dir, &root.join("target").join("cc-ebpf"))?;
     let built = root.join("target/cc-ebpf/bpfel-unknown-none/release");
     for object in OBJECTS {
         let from = built.join(object);
@@ -58,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_ebpf(ebpf_dir: &Path, target_dir: &Path, layout_file: &Path) -> anyhow::Result<()> {
+fn build_ebpf(ebpf_dir: &Path, target_dir: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(ebpf_dir)
         .args([
@@ -71,8 +57,7 @@ fn build_ebpf(ebpf_dir: &Path, target_dir: &Path, layout_file: &Path) -> anyhow:
             "build-std=core",
         ])
         .arg("--target-dir")
-        .arg(target_dir)
-        .env("P2PCC_KERNEL_LAYOUT", layout_file);
+        .arg(target_dir);
     // The outer cargo's settings must not leak into the nested nightly build: the toolchain comes
     // from cc-ebpf/rust-toolchain.toml, the flags from cc-ebpf/.cargo/config.toml.
     for var in [

@@ -135,6 +135,17 @@ pub struct FieldLoc {
     pub bitfield: bool,
 }
 
+/// A change [`Btf::edit_member`] makes.
+#[derive(Clone, Copy, Debug)]
+pub enum MemberEdit {
+    /// Move the member to this bit offset.
+    BitOffset(u32),
+    /// Give the member another type.
+    Type(u32),
+    /// Take the member's name away.
+    Remove,
+}
+
 /// Parsed BTF: the raw bytes and the offset of every type header.
 pub struct Btf {
     data: Vec<u8>,
@@ -346,6 +357,53 @@ impl Btf {
             }
             _ => None,
         }
+    }
+
+    /// Number of parameters of a function-pointer member (`struct tcp_congestion_ops`'s
+    /// `cong_control`: 2 before Linux 6.10, 4 after); `None` when the member is not one.
+    pub fn fn_member_arity(&self, outer: &str, member: &str) -> Option<u32> {
+        let id = self.find(Kind::Struct, outer).ok()?;
+        let m = self.members(id).find(|m| m.name == member)?;
+        let ptr = self
+            .ty(self.skip_mods(m.type_id))
+            .filter(|t| t.kind == Kind::Ptr)?;
+        let proto = self
+            .ty(self.skip_mods(ptr.size_or_type))
+            .filter(|t| t.kind == Kind::FuncProto)?;
+        Some(proto.vlen)
+    }
+
+    /// Rewrites one direct member of struct `outer` in raw BTF bytes, to make the BTF of
+    /// another kernel from this one in tests (a field moved, removed, or of another type).
+    pub fn edit_member(
+        data: &mut [u8],
+        outer: &str,
+        member: &str,
+        edit: MemberEdit,
+    ) -> Result<(), BtfError> {
+        let btf = Self::parse(data.to_vec())?;
+        let id = btf.find(Kind::Struct, outer)?;
+        let t = btf.ty(id).expect("found above");
+        let index = btf
+            .member_index(id, member)
+            .ok_or_else(|| BtfError::NoMember {
+                ty: outer.into(),
+                path: member.into(),
+            })?;
+        let at = t.data + 12 * index as usize;
+        let mut write =
+            |at: usize, value: u32| data[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+        match edit {
+            // Name offset 0 is the empty string: the member no longer answers to its name.
+            MemberEdit::Remove => write(at, 0),
+            MemberEdit::Type(type_id) => write(at + 4, type_id),
+            MemberEdit::BitOffset(bits) => {
+                let old = read_u32(&btf.data, at + 8);
+                let keep = if t.kind_flag { old & 0xff00_0000 } else { 0 };
+                write(at + 8, keep | (bits & 0x00ff_ffff));
+            }
+        }
+        Ok(())
     }
 
     /// Index of a direct member of a struct (the `expected_attach_type` of a struct_ops program).

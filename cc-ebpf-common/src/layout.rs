@@ -1,229 +1,330 @@
-//! The kernel struct fields the eBPF programs read or write, and the generator that turns them
-//! into Rust constants from the running kernel's BTF.
+//! The kernel struct fields the eBPF programs read or write, and where they are in the running
+//! kernel — found at load time, not at build time.
 //!
-//! The build generates `kernel_layout.rs` once (see `p2p-node/build.rs`); the eBPF object is
-//! compiled against it and the loader embeds the same file. Before loading, the loader checks
-//! every entry against the BTF of the kernel it runs on ([`verify`]) and refuses with the name of
-//! the first field that moved, instead of running programs that read the wrong bytes.
+//! One build runs on every kernel whose BTF has these fields (Linux 6.1 to 6.18 at least: 36 of
+//! them sit at different offsets between those two). The programs never hold an offset: each
+//! access reads the field's bit offset from [`LAYOUT_SYMBOL`], a table in the object's `.rodata`
+//! that the loader fills from `/sys/kernel/btf/vmlinux` ([`resolve`]) and freezes before loading.
+//! The verifier treats loads from a frozen read-only map as constants, so every access is still
+//! checked at a fixed offset, exactly as if the offset had been compiled in (the technique of
+//! libbpf's `.rodata`/`const volatile` globals; CO-RE relocations would be the other way, which
+//! bpf-linker does not emit for Rust).
+//!
+//! A field that is missing, or whose width differs from the type the programs access it with,
+//! gets [`ABSENT`] in the table and is reported by name ([`Problem`]): the verifier then rejects
+//! exactly the programs that reach it, and the loader names the field in that error.
 
-use std::{fmt::Write as _, format, string::String, vec::Vec};
+/// Name of the `.rodata` symbol holding the table: `[u32; FIELD_COUNT]`, the bit offset of each
+/// field of [`FIELDS`] in the running kernel.
+pub const LAYOUT_SYMBOL: &str = "P2PCC_KERNEL_LAYOUT";
 
-use crate::btf::{Btf, BtfError};
+/// Table value of a field the running kernel does not have. Far beyond any kernel struct, so an
+/// access through it fails verification ("access beyond struct") instead of reading other bytes.
+pub const ABSENT: u32 = 0x7fff_fff8;
 
-/// `(struct, member path)` of every field the eBPF side touches.
-pub const FIELDS: &[(&str, &str)] = &[
-    // struct sock
-    ("sock", "sk_pacing_rate"),
-    ("sock", "sk_pacing_status"),
-    ("sock", "sk_max_pacing_rate"),
-    ("sock", "sk_pacing_shift"),
-    ("sock", "__sk_common.skc_daddr"),
-    ("sock", "__sk_common.skc_dport"),
-    ("sock", "__sk_common.skc_family"),
-    ("sock", "__sk_common.skc_v6_daddr"),
-    // struct inet_connection_sock
-    ("inet_connection_sock", "icsk_ca_state"),
-    ("inet_connection_sock", "icsk_ca_priv"),
-    ("inet_connection_sock", "icsk_ca_ops"),
-    // struct tcp_congestion_ops (the probes read the algorithm's name)
-    ("tcp_congestion_ops", "name"),
-    // struct sk_buff and the TCP control block in its `cb` (argument of tcp_retransmit_skb)
-    ("sk_buff", "len"),
-    ("sk_buff", "cb"),
-    ("tcp_skb_cb", "tcp_gso_segs"),
-    // struct tcp_sock
-    ("tcp_sock", "snd_cwnd"),
-    ("tcp_sock", "snd_ssthresh"),
-    ("tcp_sock", "snd_cwnd_cnt"),
-    ("tcp_sock", "snd_cwnd_clamp"),
-    ("tcp_sock", "snd_cwnd_stamp"),
-    ("tcp_sock", "prior_cwnd"),
-    ("tcp_sock", "srtt_us"),
-    ("tcp_sock", "rtt_min"),
-    ("tcp_sock", "mss_cache"),
-    ("tcp_sock", "delivered"),
-    ("tcp_sock", "lost"),
-    ("tcp_sock", "app_limited"),
-    ("tcp_sock", "tcp_mstamp"),
-    ("tcp_sock", "snd_una"),
-    ("tcp_sock", "snd_nxt"),
-    ("tcp_sock", "bytes_acked"),
-    ("tcp_sock", "bytes_received"),
-    ("tcp_sock", "total_retrans"),
-    ("tcp_sock", "packets_out"),
-    ("tcp_sock", "retrans_out"),
-    ("tcp_sock", "sacked_out"),
-    ("tcp_sock", "lost_out"),
-    ("tcp_sock", "snd_wnd"),
-    ("tcp_sock", "rcv_wnd"),
-    ("tcp_sock", "rate_delivered"),
-    ("tcp_sock", "rate_interval_us"),
-    ("tcp_sock", "is_cwnd_limited"),
-    ("tcp_sock", "tcp_wstamp_ns"),
-    ("tcp_sock", "tcp_clock_cache"),
-    ("tcp_sock", "delivered_mstamp"),
-    // struct rate_sample (argument of cong_control)
-    ("rate_sample", "prior_mstamp"),
-    ("rate_sample", "prior_delivered"),
-    ("rate_sample", "delivered"),
-    ("rate_sample", "interval_us"),
-    ("rate_sample", "rtt_us"),
-    ("rate_sample", "losses"),
-    ("rate_sample", "acked_sacked"),
-    ("rate_sample", "prior_in_flight"),
-    ("rate_sample", "is_app_limited"),
-    ("rate_sample", "is_retrans"),
-    ("rate_sample", "is_ack_delayed"),
-];
-
-/// One resolved field: where it is in its struct, in bits.
+/// One kernel field: `(struct, member path)` and the width in bits the programs access it with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry<'a> {
-    pub ty: &'a str,
-    pub path: &'a str,
-    pub bit_offset: u32,
-    pub bit_size: u32,
+pub struct FieldSpec {
+    pub ty: &'static str,
+    pub path: &'static str,
+    pub bits: u32,
 }
 
-/// Constant name of a field: `tcp_sock`, `snd_cwnd` → `TCP_SOCK__SND_CWND`.
-pub fn const_name(ty: &str, path: &str) -> String {
-    let path = path.rsplit('.').next().unwrap_or(path);
-    format!("{}__{}", ty, path).to_uppercase()
+impl FieldSpec {
+    /// Whether the programs read the field as a bitfield (within one byte).
+    pub const fn is_bitfield(&self) -> bool {
+        self.bits < 8
+    }
 }
 
-/// Resolves [`FIELDS`] in `btf`.
-pub fn resolve(btf: &Btf) -> Result<Vec<Entry<'static>>, BtfError> {
-    FIELDS
-        .iter()
-        .map(|&(ty, path)| {
-            let loc = btf.field(ty, path)?;
-            Ok(Entry {
-                ty,
-                path,
-                bit_offset: loc.bit_offset,
-                bit_size: loc.bit_size,
+/// Calls `$callback! { NAME = ("struct", "member.path", width in bits), ... }` with every kernel
+/// field the eBPF side touches: the one list the programs' accessors ([`cc_ebpf::kernel`]) and
+/// the loader's table ([`FIELDS`]) are both generated from.
+#[macro_export]
+macro_rules! kernel_fields {
+    ($callback:ident) => {
+        $callback! {
+            // struct sock
+            SOCK__SK_PACING_RATE = ("sock", "sk_pacing_rate", 64),
+            SOCK__SK_PACING_STATUS = ("sock", "sk_pacing_status", 32),
+            SOCK__SK_MAX_PACING_RATE = ("sock", "sk_max_pacing_rate", 64),
+            SOCK__SK_PACING_SHIFT = ("sock", "sk_pacing_shift", 8),
+            SOCK__SKC_DADDR = ("sock", "__sk_common.skc_daddr", 32),
+            SOCK__SKC_DPORT = ("sock", "__sk_common.skc_dport", 16),
+            SOCK__SKC_FAMILY = ("sock", "__sk_common.skc_family", 16),
+            SOCK__SKC_V6_DADDR = ("sock", "__sk_common.skc_v6_daddr", 128),
+            // struct inet_connection_sock
+            INET_CONNECTION_SOCK__ICSK_CA_STATE = ("inet_connection_sock", "icsk_ca_state", 5),
+            INET_CONNECTION_SOCK__ICSK_CA_PRIV = ("inet_connection_sock", "icsk_ca_priv", 832),
+            INET_CONNECTION_SOCK__ICSK_CA_OPS = ("inet_connection_sock", "icsk_ca_ops", 64),
+            // struct tcp_congestion_ops (the probes read the algorithm's name)
+            TCP_CONGESTION_OPS__NAME = ("tcp_congestion_ops", "name", 128),
+            // struct sk_buff and the TCP control block in its `cb` (tcp_retransmit_skb)
+            SK_BUFF__LEN = ("sk_buff", "len", 32),
+            SK_BUFF__CB = ("sk_buff", "cb", 384),
+            TCP_SKB_CB__TCP_GSO_SEGS = ("tcp_skb_cb", "tcp_gso_segs", 16),
+            // struct tcp_sock
+            TCP_SOCK__SND_CWND = ("tcp_sock", "snd_cwnd", 32),
+            TCP_SOCK__SND_SSTHRESH = ("tcp_sock", "snd_ssthresh", 32),
+            TCP_SOCK__SND_CWND_CNT = ("tcp_sock", "snd_cwnd_cnt", 32),
+            TCP_SOCK__SND_CWND_CLAMP = ("tcp_sock", "snd_cwnd_clamp", 32),
+            TCP_SOCK__SND_CWND_STAMP = ("tcp_sock", "snd_cwnd_stamp", 32),
+            TCP_SOCK__PRIOR_CWND = ("tcp_sock", "prior_cwnd", 32),
+            TCP_SOCK__SRTT_US = ("tcp_sock", "srtt_us", 32),
+            TCP_SOCK__RTT_MIN = ("tcp_sock", "rtt_min", 192),
+            TCP_SOCK__MSS_CACHE = ("tcp_sock", "mss_cache", 32),
+            TCP_SOCK__DELIVERED = ("tcp_sock", "delivered", 32),
+            TCP_SOCK__LOST = ("tcp_sock", "lost", 32),
+            TCP_SOCK__APP_LIMITED = ("tcp_sock", "app_limited", 32),
+            TCP_SOCK__TCP_MSTAMP = ("tcp_sock", "tcp_mstamp", 64),
+            TCP_SOCK__SND_UNA = ("tcp_sock", "snd_una", 32),
+            TCP_SOCK__SND_NXT = ("tcp_sock", "snd_nxt", 32),
+            TCP_SOCK__BYTES_ACKED = ("tcp_sock", "bytes_acked", 64),
+            TCP_SOCK__BYTES_RECEIVED = ("tcp_sock", "bytes_received", 64),
+            TCP_SOCK__TOTAL_RETRANS = ("tcp_sock", "total_retrans", 32),
+            TCP_SOCK__PACKETS_OUT = ("tcp_sock", "packets_out", 32),
+            TCP_SOCK__RETRANS_OUT = ("tcp_sock", "retrans_out", 32),
+            TCP_SOCK__SACKED_OUT = ("tcp_sock", "sacked_out", 32),
+            TCP_SOCK__LOST_OUT = ("tcp_sock", "lost_out", 32),
+            TCP_SOCK__SND_WND = ("tcp_sock", "snd_wnd", 32),
+            TCP_SOCK__RCV_WND = ("tcp_sock", "rcv_wnd", 32),
+            TCP_SOCK__RATE_DELIVERED = ("tcp_sock", "rate_delivered", 32),
+            TCP_SOCK__RATE_INTERVAL_US = ("tcp_sock", "rate_interval_us", 32),
+            TCP_SOCK__IS_CWND_LIMITED = ("tcp_sock", "is_cwnd_limited", 1),
+            TCP_SOCK__TCP_WSTAMP_NS = ("tcp_sock", "tcp_wstamp_ns", 64),
+            TCP_SOCK__TCP_CLOCK_CACHE = ("tcp_sock", "tcp_clock_cache", 64),
+            TCP_SOCK__DELIVERED_MSTAMP = ("tcp_sock", "delivered_mstamp", 64),
+            // struct rate_sample (argument of cong_control)
+            RATE_SAMPLE__PRIOR_MSTAMP = ("rate_sample", "prior_mstamp", 64),
+            RATE_SAMPLE__PRIOR_DELIVERED = ("rate_sample", "prior_delivered", 32),
+            RATE_SAMPLE__DELIVERED = ("rate_sample", "delivered", 32),
+            RATE_SAMPLE__INTERVAL_US = ("rate_sample", "interval_us", 64),
+            RATE_SAMPLE__RTT_US = ("rate_sample", "rtt_us", 64),
+            RATE_SAMPLE__LOSSES = ("rate_sample", "losses", 32),
+            RATE_SAMPLE__ACKED_SACKED = ("rate_sample", "acked_sacked", 32),
+            RATE_SAMPLE__PRIOR_IN_FLIGHT = ("rate_sample", "prior_in_flight", 32),
+            RATE_SAMPLE__IS_APP_LIMITED = ("rate_sample", "is_app_limited", 8),
+            RATE_SAMPLE__IS_RETRANS = ("rate_sample", "is_retrans", 8),
+            RATE_SAMPLE__IS_ACK_DELAYED = ("rate_sample", "is_ack_delayed", 8),
+        }
+    };
+}
+
+macro_rules! field_table {
+    ($($name:ident = ($ty:literal, $path:literal, $bits:literal)),* $(,)?) => {
+        /// Index of each field in [`FIELDS`] and in the `.rodata` table.
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms, reason = "named as the accessors' constants")]
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum FieldIndex { $($name),* }
+
+        /// Every field, in table order.
+        pub const FIELDS: &[FieldSpec] = &[$(FieldSpec { ty: $ty, path: $path, bits: $bits }),*];
+    };
+}
+kernel_fields!(field_table);
+
+/// Entries in the table.
+pub const FIELD_COUNT: usize = FIELDS.len();
+
+/// The `.rodata` table: the bit offset of each field, [`ABSENT`] for a missing one.
+pub type Table = [u32; FIELD_COUNT];
+
+#[cfg(feature = "std")]
+pub use resolve::*;
+
+#[cfg(feature = "std")]
+mod resolve {
+    use std::{borrow::ToOwned, format, string::String, vec::Vec};
+
+    use super::{ABSENT, FIELDS, FieldSpec, Table};
+    use crate::btf::Btf;
+
+    /// A field the programs cannot use on the running kernel.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Problem {
+        /// `struct.member`.
+        pub field: String,
+        pub why: String,
+    }
+
+    impl core::fmt::Display for Problem {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "kernel field `{}` {}", self.field, self.why)
+        }
+    }
+
+    /// The table for `btf`, and the fields it could not place.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Resolved {
+        pub table: Table,
+        pub problems: Vec<Problem>,
+    }
+
+    impl Resolved {
+        /// The table as the bytes of the `.rodata` symbol (native endianness, as the programs
+        /// read it).
+        pub fn bytes(&self) -> Vec<u8> {
+            self.table.iter().flat_map(|v| v.to_ne_bytes()).collect()
+        }
+
+        /// One sentence naming the unusable fields, for an error saying what they disable;
+        /// `None` when every field resolved.
+        pub fn summary(&self) -> Option<String> {
+            (!self.problems.is_empty()).then(|| {
+                self.problems
+                    .iter()
+                    .map(|p| format!("{p}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             })
-        })
-        .collect()
-}
-
-/// Rust source for `kernel_layout.rs`: for every field `X`, `X: usize` (byte offset; for a
-/// bitfield the byte holding its first bit), `X_BITS: u32` (width) and, for bitfields,
-/// `X_SHIFT: u32` (bit position inside that byte); plus `LAYOUT`, the table [`verify`] checks.
-pub fn generate(btf: &Btf, source: &str) -> Result<String, BtfError> {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "// @generated by cc_ebpf_common::layout from {source}; do not edit.\n"
-    );
-    let entries = resolve(btf)?;
-    for e in &entries {
-        let name = const_name(e.ty, e.path);
-        let _ = writeln!(out, "/// `{}.{}`", e.ty, e.path);
-        let _ = writeln!(out, "pub const {name}: usize = {};", e.bit_offset / 8);
-        let _ = writeln!(out, "pub const {name}_BITS: u32 = {};", e.bit_size);
-        if e.bit_offset % 8 != 0 || e.bit_size % 8 != 0 {
-            let _ = writeln!(out, "pub const {name}_SHIFT: u32 = {};", e.bit_offset % 8);
         }
     }
-    let _ = writeln!(
-        out,
-        "\n/// `(struct, member, bit offset, bit size)` of every field above, checked at load.\n\
-         #[allow(dead_code)]\npub const LAYOUT: &[(&str, &str, u32, u32)] = &["
-    );
-    for e in &entries {
-        let _ = writeln!(
-            out,
-            "    ({:?}, {:?}, {}, {}),",
-            e.ty, e.path, e.bit_offset, e.bit_size
-        );
-    }
-    let _ = writeln!(out, "];");
-    Ok(out)
-}
 
-/// A field whose place in the running kernel differs from the one the programs were built with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mismatch {
-    pub field: String,
-    pub built: (u32, u32),
-    pub running: Option<(u32, u32)>,
-}
-
-impl core::fmt::Display for Mismatch {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let (bo, bs) = self.built;
-        match self.running {
-            Some((ro, rs)) => write!(
-                f,
-                "kernel field `{}` is at bit {ro} ({rs} bits) in the running kernel, but the eBPF \
-                 programs were built for bit {bo} ({bs} bits): rebuild p2p-node on this kernel",
-                self.field
-            ),
-            None => write!(
-                f,
-                "kernel field `{}` does not exist in the running kernel (the eBPF programs were \
-                 built for a kernel that has it): rebuild p2p-node on this kernel",
-                self.field
-            ),
+    /// Places every field of [`FIELDS`] in `btf`.
+    pub fn resolve(btf: &Btf) -> Resolved {
+        let mut table = [ABSENT; super::FIELD_COUNT];
+        let mut problems = Vec::new();
+        for (slot, spec) in table.iter_mut().zip(FIELDS) {
+            match place(btf, spec) {
+                Ok(bit_offset) => *slot = bit_offset,
+                Err(why) => problems.push(Problem {
+                    field: format!("{}.{}", spec.ty, spec.path),
+                    why,
+                }),
+            }
         }
+        Resolved { table, problems }
     }
-}
 
-/// Checks a generated `LAYOUT` table against `btf`; the first field that differs is the error.
-pub fn verify(btf: &Btf, layout: &[(&str, &str, u32, u32)]) -> Result<(), Mismatch> {
-    for &(ty, path, bit_offset, bit_size) in layout {
-        let running = btf
-            .field(ty, path)
-            .ok()
-            .map(|loc| (loc.bit_offset, loc.bit_size));
-        if running != Some((bit_offset, bit_size)) {
-            return Err(Mismatch {
-                field: format!("{ty}.{path}"),
-                built: (bit_offset, bit_size),
-                running,
-            });
+    fn place(btf: &Btf, spec: &FieldSpec) -> Result<u32, String> {
+        let loc = btf
+            .field(spec.ty, spec.path)
+            .map_err(|_| "does not exist in the running kernel".to_owned())?;
+        if loc.bit_size != spec.bits {
+            return Err(format!(
+                "is {} bits wide in the running kernel; the programs read {} bits",
+                loc.bit_size, spec.bits
+            ));
         }
+        if spec.is_bitfield() && loc.bit_offset % 8 + loc.bit_size > 8 {
+            return Err(format!(
+                "(a bitfield at bit {}) crosses a byte boundary in the running kernel",
+                loc.bit_offset
+            ));
+        }
+        if !spec.is_bitfield() && loc.bit_offset % 8 != 0 {
+            return Err(format!("is not byte-aligned (bit {})", loc.bit_offset));
+        }
+        Ok(loc.bit_offset)
     }
-    Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
+    use crate::btf::{Btf, MemberEdit};
     use std::string::ToString;
 
-    #[test]
-    fn const_names_are_stable() {
-        assert_eq!(const_name("tcp_sock", "snd_cwnd"), "TCP_SOCK__SND_CWND");
-        assert_eq!(
-            const_name("sock", "__sk_common.skc_daddr"),
-            "SOCK__SKC_DADDR"
-        );
+    fn index(ty: &str, path: &str) -> usize {
+        FIELDS
+            .iter()
+            .position(|f| (f.ty, f.path) == (ty, path))
+            .unwrap()
     }
 
     #[test]
-    fn generated_layout_verifies_and_a_moved_field_is_named() {
+    fn every_field_resolves_on_the_running_kernel() {
         let Some(btf) = crate::btf::running_kernel() else {
             return;
         };
-        let entries = resolve(&btf).unwrap();
-        let table: Vec<_> = entries
-            .iter()
-            .map(|e| (e.ty, e.path, e.bit_offset, e.bit_size))
-            .collect();
-        assert_eq!(verify(&btf, &table), Ok(()));
-        let mut moved = table.clone();
-        let cwnd = moved
-            .iter()
-            .position(|e| (e.0, e.1) == ("tcp_sock", "snd_cwnd"))
-            .unwrap();
-        moved[cwnd].2 += 32;
-        let err = verify(&btf, &moved).unwrap_err();
-        assert_eq!(err.field, "tcp_sock.snd_cwnd");
-        assert!(err.to_string().contains("rebuild p2p-node"));
-        let code = generate(&btf, "test").unwrap();
-        assert!(code.contains("pub const TCP_SOCK__SND_CWND: usize ="));
-        assert!(code.contains("pub const INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT: u32 ="));
+        let resolved = resolve(&btf);
+        assert_eq!(resolved.problems, []);
+        let cwnd = btf.field("tcp_sock", "snd_cwnd").unwrap();
+        assert_eq!(
+            resolved.table[FieldIndex::TCP_SOCK__SND_CWND as usize],
+            cwnd.bit_offset
+        );
+        assert_eq!(resolved.bytes().len(), FIELD_COUNT * 4);
+    }
+
+    /// The kernel's own BTF, perturbed as another kernel would differ: a field moved, a field
+    /// removed, a field of another width.
+    #[test]
+    fn a_perturbed_btf_gives_patched_offsets_and_named_problems() {
+        let Some(btf) = crate::btf::running_kernel() else {
+            return;
+        };
+        let cwnd = btf.field("tcp_sock", "snd_cwnd").unwrap().bit_offset;
+        let pacing = btf.field("sock", "sk_pacing_rate").unwrap().bit_offset;
+        let mut data = btf.bytes().to_vec();
+        Btf::edit_member(
+            &mut data,
+            "tcp_sock",
+            "snd_cwnd",
+            MemberEdit::BitOffset(cwnd + 256),
+        )
+        .unwrap();
+        // `sock.sk_pacing_rate` at 6.1's place (bit 3648) when this kernel has it elsewhere.
+        let moved_pacing = if pacing == 3648 { 3904 } else { 3648 };
+        Btf::edit_member(
+            &mut data,
+            "sock",
+            "sk_pacing_rate",
+            MemberEdit::BitOffset(moved_pacing),
+        )
+        .unwrap();
+        Btf::edit_member(
+            &mut data,
+            "tcp_sock",
+            "rate_interval_us",
+            MemberEdit::Remove,
+        )
+        .unwrap();
+        let u16_id = btf.find(crate::btf::Kind::Typedef, "u16").unwrap();
+        Btf::edit_member(
+            &mut data,
+            "tcp_sock",
+            "snd_ssthresh",
+            MemberEdit::Type(u16_id),
+        )
+        .unwrap();
+        let perturbed = Btf::parse(data).unwrap();
+        let resolved = resolve(&perturbed);
+
+        assert_eq!(
+            resolved.table[index("tcp_sock", "snd_cwnd")],
+            cwnd + 256,
+            "moved field: the table follows the BTF"
+        );
+        assert_eq!(
+            resolved.table[index("sock", "sk_pacing_rate")],
+            moved_pacing
+        );
+        assert_eq!(
+            resolved.table[index("tcp_sock", "rate_interval_us")],
+            ABSENT
+        );
+        assert_eq!(resolved.table[index("tcp_sock", "snd_ssthresh")], ABSENT);
+        let problems: std::vec::Vec<_> = resolved.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            problems,
+            [
+                "kernel field `tcp_sock.snd_ssthresh` is 16 bits wide in the running kernel; the programs read 32 bits",
+                "kernel field `tcp_sock.rate_interval_us` does not exist in the running kernel",
+            ]
+        );
+        assert!(resolved.summary().unwrap().contains("rate_interval_us"));
+        // Untouched fields keep the kernel's offsets.
+        assert_eq!(
+            resolved.table[index("tcp_sock", "srtt_us")],
+            btf.field("tcp_sock", "srtt_us").unwrap().bit_offset
+        );
+    }
+
+    #[test]
+    fn bitfields_are_flagged_by_width() {
+        assert!(FIELDS[index("inet_connection_sock", "icsk_ca_state")].is_bitfield());
+        assert!(!FIELDS[index("sock", "sk_pacing_shift")].is_bitfield());
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Everything crossing the kernel/user boundary is `#[repr(C)]`, `Copy`, free of `bool` and of
 //! implicit padding, with a compile-time size check. With the `user` feature the types implement
-//! `aya::Pod`; with `std` the crate also carries the host-side BTF reader ([`btf`]) and the kernel
-//! layout generator ([`layout`]) that build scripts and the loader use.
+//! `aya::Pod`; with `std` the crate also carries the host-side BTF reader ([`btf`]) and the resolver
+//! of the kernel layout table ([`layout`]) the loader fills before loading.
 #![no_std]
 
 #[cfg(feature = "std")]
@@ -11,7 +11,6 @@ extern crate std;
 
 #[cfg(feature = "std")]
 pub mod btf;
-#[cfg(feature = "std")]
 pub mod layout;
 
 /// Name of the LRU hash map holding the latest TCP state per socket, keyed by socket cookie.

@@ -1,74 +1,119 @@
-//! Kernel struct layouts, generated at build time from the kernel's BTF (see
-//! `cc_ebpf_common::layout`), and the loads and stores that use them.
+//! Kernel struct fields and the loads and stores that use them.
 //!
-//! The verifier checks every access against the kernel's BTF, so a wrong offset is refused at load
-//! rather than read; the loader also checks the whole table against the running kernel first.
+//! Field offsets are not compiled in: each access reads the field's bit offset from
+//! `P2PCC_KERNEL_LAYOUT`, a table in `.rodata` the loader fills from the running kernel's BTF and
+//! freezes before loading (see `cc_ebpf_common::layout`). The verifier treats a load from a frozen
+//! read-only map as a known constant, so `ptr + offset` is still a fixed offset it checks against
+//! the kernel's BTF, and one object runs on every kernel that has the fields. A table the loader
+//! did not fill holds `ABSENT` everywhere: every access then fails verification.
 
-#![allow(dead_code, reason = "the generated table lists more fields than each object uses")]
+use core::ops::Add;
 
-include!(concat!(env!("OUT_DIR"), "/kernel_layout.rs"));
+use cc_ebpf_common::layout::{ABSENT, FIELD_COUNT, FIELDS, FieldIndex, Table};
 
-/// Fails the build when a field's width differs from the type the programs access it with.
-macro_rules! width {
-    ($($bits:ident == $n:literal),* $(,)?) => { $(const _: () = assert!($bits == $n);)* };
+/// The bit offset of each field in the running kernel, written by the loader before load
+/// (`cc_ebpf_common::layout::LAYOUT_SYMBOL` names it).
+#[unsafe(no_mangle)]
+#[used]
+static P2PCC_KERNEL_LAYOUT: Table = [ABSENT; FIELD_COUNT];
+
+/// A kernel struct field; its place is read from the loader's table when used.
+#[derive(Clone, Copy)]
+pub struct Field(FieldIndex);
+
+impl Field {
+    /// Offset of the field from the start of its struct, in bits.
+    #[inline(always)]
+    pub fn bit_offset(self) -> u32 {
+        // SAFETY: the index is a `FieldIndex`, below FIELD_COUNT. Volatile: the value is the
+        // loader's, not the initializer's, so the compiler must not fold it.
+        unsafe { core::ptr::read_volatile(&raw const P2PCC_KERNEL_LAYOUT[self.0 as usize]) }
+    }
+
+    /// Offset in bytes (for a bitfield, of the byte holding its first bit).
+    #[inline(always)]
+    pub fn offset(self) -> usize {
+        (self.bit_offset() / 8) as usize
+    }
 }
-width!(
-    SOCK__SK_PACING_RATE_BITS == 64,
-    SOCK__SK_PACING_STATUS_BITS == 32,
-    SOCK__SKC_DADDR_BITS == 32,
-    SOCK__SKC_DPORT_BITS == 16,
-    SOCK__SKC_FAMILY_BITS == 16,
-    SOCK__SKC_V6_DADDR_BITS == 128,
-    INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS == 5,
-    INET_CONNECTION_SOCK__ICSK_CA_PRIV_BITS == 832,
-    INET_CONNECTION_SOCK__ICSK_CA_OPS_BITS == 64,
-    TCP_CONGESTION_OPS__NAME_BITS == 128,
-    SK_BUFF__LEN_BITS == 32,
-    SK_BUFF__CB_BITS == 384,
-    TCP_SKB_CB__TCP_GSO_SEGS_BITS == 16,
-    TCP_SOCK__RCV_WND_BITS == 32,
-    TCP_SOCK__SND_CWND_BITS == 32,
-    TCP_SOCK__SND_SSTHRESH_BITS == 32,
-    TCP_SOCK__SND_CWND_CNT_BITS == 32,
-    TCP_SOCK__SND_CWND_CLAMP_BITS == 32,
-    TCP_SOCK__SND_CWND_STAMP_BITS == 32,
-    TCP_SOCK__PRIOR_CWND_BITS == 32,
-    TCP_SOCK__SRTT_US_BITS == 32,
-    TCP_SOCK__RTT_MIN_BITS == 192,
-    TCP_SOCK__MSS_CACHE_BITS == 32,
-    TCP_SOCK__DELIVERED_BITS == 32,
-    TCP_SOCK__LOST_BITS == 32,
-    TCP_SOCK__APP_LIMITED_BITS == 32,
-    TCP_SOCK__TCP_MSTAMP_BITS == 64,
-    TCP_SOCK__BYTES_ACKED_BITS == 64,
-    TCP_SOCK__BYTES_RECEIVED_BITS == 64,
-    TCP_SOCK__TOTAL_RETRANS_BITS == 32,
-    TCP_SOCK__PACKETS_OUT_BITS == 32,
-    TCP_SOCK__RETRANS_OUT_BITS == 32,
-    TCP_SOCK__SACKED_OUT_BITS == 32,
-    TCP_SOCK__LOST_OUT_BITS == 32,
-    TCP_SOCK__SND_WND_BITS == 32,
-    TCP_SOCK__RATE_DELIVERED_BITS == 32,
-    TCP_SOCK__RATE_INTERVAL_US_BITS == 32,
-    TCP_SOCK__IS_CWND_LIMITED_BITS == 1,
-    RATE_SAMPLE__PRIOR_MSTAMP_BITS == 64,
-    RATE_SAMPLE__PRIOR_DELIVERED_BITS == 32,
-    RATE_SAMPLE__DELIVERED_BITS == 32,
-    RATE_SAMPLE__INTERVAL_US_BITS == 64,
-    RATE_SAMPLE__RTT_US_BITS == 64,
-    RATE_SAMPLE__LOSSES_BITS == 32,
-    RATE_SAMPLE__ACKED_SACKED_BITS == 32,
-    RATE_SAMPLE__PRIOR_IN_FLIGHT_BITS == 32,
-    RATE_SAMPLE__IS_APP_LIMITED_BITS == 8,
-    RATE_SAMPLE__IS_RETRANS_BITS == 8,
-    RATE_SAMPLE__IS_ACK_DELAYED_BITS == 8,
-);
+
+/// A byte offset into a kernel object: a [`Field`], or a sum involving one.
+pub trait Offset: Copy {
+    fn bytes(self) -> usize;
+}
+
+impl Offset for Field {
+    #[inline(always)]
+    fn bytes(self) -> usize {
+        self.offset()
+    }
+}
+
+impl Offset for usize {
+    #[inline(always)]
+    fn bytes(self) -> usize {
+        self
+    }
+}
+
+/// `FIELD + n`: `n` bytes into a field (an element of an array or nested struct).
+impl Add<usize> for Field {
+    type Output = usize;
+    #[inline(always)]
+    fn add(self, n: usize) -> usize {
+        self.offset() + n
+    }
+}
+
+/// `OUTER + INNER`: a field of a struct embedded in another (`sk_buff.cb` + `tcp_skb_cb.x`).
+impl Add<Field> for Field {
+    type Output = usize;
+    #[inline(always)]
+    fn add(self, inner: Field) -> usize {
+        self.offset() + inner.offset()
+    }
+}
+
+/// `address + FIELD`.
+impl Add<Field> for usize {
+    type Output = usize;
+    #[inline(always)]
+    fn add(self, field: Field) -> usize {
+        self + field.offset()
+    }
+}
+
+/// The bit position of a bitfield inside the byte at its [`Field::offset`].
+#[derive(Clone, Copy)]
+pub struct Shift(Field);
+
+macro_rules! field_consts {
+    ($($name:ident = ($ty:literal, $path:literal, $bits:literal)),* $(,)?) => {
+        $(
+            #[doc = concat!("`", $ty, ".", $path, "` (", stringify!($bits), " bits)")]
+            pub const $name: Field = Field(FieldIndex::$name);
+        )*
+    };
+}
+cc_ebpf_common::kernel_fields!(field_consts);
+
+/// Width of a field as the programs access it.
+const fn bits(field: FieldIndex) -> u32 {
+    FIELDS[field as usize].bits
+}
+
+pub const INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT: Shift =
+    Shift(INET_CONNECTION_SOCK__ICSK_CA_STATE);
+pub const INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS: u32 =
+    bits(FieldIndex::INET_CONNECTION_SOCK__ICSK_CA_STATE);
+pub const TCP_SOCK__IS_CWND_LIMITED_SHIFT: Shift = Shift(TCP_SOCK__IS_CWND_LIMITED);
+pub const TCP_SOCK__IS_CWND_LIMITED_BITS: u32 = bits(FieldIndex::TCP_SOCK__IS_CWND_LIMITED);
 
 /// `struct minmax` keeps three samples `{u32 t; u32 v;}`; the current minimum is `s[0].v`.
 pub const MINMAX_S0_V: usize = 4;
 
 /// A pointer to a kernel object (a `struct sock`/`tcp_sock`, a `rate_sample`) handed to a
-/// program by the kernel, read and written at the generated offsets.
+/// program by the kernel, read and written at the offsets of the loader's table.
 #[derive(Clone, Copy)]
 pub struct KernelPtr(*mut u8);
 
@@ -92,59 +137,59 @@ impl KernelPtr {
     /// # Safety
     /// `off` must be the offset of a `u8` field of the pointed-to type.
     #[inline(always)]
-    pub unsafe fn u8(self, off: usize) -> u8 {
+    pub unsafe fn u8(self, off: impl Offset) -> u8 {
         // SAFETY: per the contract; volatile keeps it one plain load the verifier can check.
-        unsafe { core::ptr::read_volatile(self.0.add(off)) }
+        unsafe { core::ptr::read_volatile(self.0.add(off.bytes())) }
     }
 
     /// # Safety
     /// `off` must be the offset of a `u16` field of the pointed-to type.
     #[inline(always)]
-    pub unsafe fn u16(self, off: usize) -> u16 {
+    pub unsafe fn u16(self, off: impl Offset) -> u16 {
         // SAFETY: per the contract.
-        unsafe { core::ptr::read_volatile(self.0.add(off).cast()) }
+        unsafe { core::ptr::read_volatile(self.0.add(off.bytes()).cast()) }
     }
 
     /// # Safety
     /// `off` must be the offset of a `u32` field of the pointed-to type.
     #[inline(always)]
-    pub unsafe fn u32(self, off: usize) -> u32 {
+    pub unsafe fn u32(self, off: impl Offset) -> u32 {
         // SAFETY: per the contract.
-        unsafe { core::ptr::read_volatile(self.0.add(off).cast()) }
+        unsafe { core::ptr::read_volatile(self.0.add(off.bytes()).cast()) }
     }
 
     /// # Safety
     /// `off` must be the offset of a `u64` field of the pointed-to type.
     #[inline(always)]
-    pub unsafe fn u64(self, off: usize) -> u64 {
+    pub unsafe fn u64(self, off: impl Offset) -> u64 {
         // SAFETY: per the contract.
-        unsafe { core::ptr::read_volatile(self.0.add(off).cast()) }
+        unsafe { core::ptr::read_volatile(self.0.add(off.bytes()).cast()) }
     }
 
     /// # Safety
     /// `off` must be the offset of a `u32` field the program type may write.
     #[inline(always)]
-    pub unsafe fn set_u32(self, off: usize, value: u32) {
+    pub unsafe fn set_u32(self, off: impl Offset, value: u32) {
         // SAFETY: per the contract.
-        unsafe { core::ptr::write_volatile(self.0.add(off).cast(), value) }
+        unsafe { core::ptr::write_volatile(self.0.add(off.bytes()).cast(), value) }
     }
 
     /// # Safety
     /// `off` must be the offset of a `u64` field the program type may write.
     #[inline(always)]
-    pub unsafe fn set_u64(self, off: usize, value: u64) {
+    pub unsafe fn set_u64(self, off: impl Offset, value: u64) {
         // SAFETY: per the contract.
-        unsafe { core::ptr::write_volatile(self.0.add(off).cast(), value) }
+        unsafe { core::ptr::write_volatile(self.0.add(off.bytes()).cast(), value) }
     }
 
-    /// Reads a bitfield described by its generated `(byte offset, shift, width)`.
+    /// Reads a bitfield described by `(field, its shift, width)`.
     ///
     /// # Safety
-    /// As [`Self::u8`]; the field must lie within that byte.
+    /// As [`Self::u8`]; the loader checks the field lies within that byte.
     #[inline(always)]
-    pub unsafe fn bits8(self, off: usize, shift: u32, width: u32) -> u8 {
+    pub unsafe fn bits8(self, off: Field, shift: Shift, width: u32) -> u8 {
         // SAFETY: per the contract.
         let byte = unsafe { self.u8(off) };
-        (byte >> shift) & ((1u8 << width) - 1)
+        (byte >> (shift.0.bit_offset() % 8)) & ((1u8 << width) - 1)
     }
 }

@@ -15,9 +15,8 @@ use cc_ebpf_common::btf::Btf;
 use common::{NetnsPair, TcpFlow, available_cc, eventually, kernel_tests_possible};
 use p2p_node::{
     ebpf::{
-        kernel_layout,
         objects::RENO_RS,
-        struct_ops::{StructOps, StructOpsError},
+        struct_ops::{Attach, StructOps, StructOpsError},
     },
     sockets,
 };
@@ -174,16 +173,15 @@ fn a_rejected_program_shows_the_verifier_log() {
     if !kernel_tests_possible() {
         return;
     }
-    // In reno_ssthresh, turn `w0 = *(u32 *)(r1 + snd_cwnd)` into a store of 1 to
-    // snd_cwnd_clamp, a field congestion controls may not write.
-    let load = [0x61u8, 0x10];
-    let off = (kernel_layout::TCP_SOCK__SND_CWND as u16).to_le_bytes();
-    let clamp = (kernel_layout::TCP_SOCK__SND_CWND_CLAMP as u16).to_le_bytes();
-    let from = [
-        load[0], load[1], off[0], off[1], 0, 0, 0, 0, 0x77, 0, 0, 0, 1, 0, 0, 0,
-    ];
+    // In reno_ssthresh, r1 is the socket plus snd_cwnd's offset (read from the kernel layout
+    // table); turn `w0 = *(u32 *)(r1 + 0)` into a store of 1 at r1 + (snd_cwnd_clamp -
+    // snd_cwnd), i.e. to snd_cwnd_clamp, a field congestion controls may not write.
+    let byte = |field: &str| btf().field("tcp_sock", field).unwrap().bit_offset / 8;
+    let clamp_at = byte("snd_cwnd_clamp");
+    let delta = (clamp_at as i16 - byte("snd_cwnd") as i16).to_le_bytes();
+    let from = [0x61u8, 0x10, 0, 0, 0, 0, 0, 0, 0x77, 0, 0, 0, 1, 0, 0, 0];
     let to = [
-        0x62, 0x01, clamp[0], clamp[1], 1, 0, 0, 0, 0x77, 0, 0, 0, 1, 0, 0, 0,
+        0x62, 0x01, delta[0], delta[1], 1, 0, 0, 0, 0x77, 0, 0, 0, 1, 0, 0, 0,
     ];
     let bad = patched(RENO_RS, &from, &to);
     let err = register(&bad).unwrap_err();
@@ -194,10 +192,7 @@ fn a_rejected_program_shows_the_verifier_log() {
         "{text}"
     );
     assert!(
-        text.contains(&format!(
-            "no write support to tcp_sock at off {}",
-            kernel_layout::TCP_SOCK__SND_CWND_CLAMP
-        )),
+        text.contains(&format!("no write support to tcp_sock at off {clamp_at}")),
         "{text}"
     );
     assert!(!available_cc().contains(&NAME.to_owned()));
@@ -238,9 +233,47 @@ fn missing_mandatory_op_unknown_type_and_missing_capability_are_named() {
         .find_map(|l| l.find("ERR ").map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("child said: {stdout}"));
     assert!(
-        line.starts_with("ERR registering struct_ops needs CAP_BPF and CAP_SYS_ADMIN (or root): loading program reno_"),
+        // The first privileged step: the read-only map holding the kernel layout table.
+        line.starts_with("ERR registering struct_ops needs CAP_BPF and CAP_SYS_ADMIN (or root): creating the .rodata.P2PCC_KERNEL_LAYOUT map was refused"),
         "{line}"
     );
+}
+
+/// Kernels before 6.4 have no struct_ops links: the map alone registers, deleting its element
+/// unregisters, and a registration left by a crashed process is cleared by the next one.
+#[test]
+fn registers_through_the_map_alone_and_clears_what_a_crash_left() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let load = || StructOps::load(RENO_RS, &btf()).expect("loading p2pcc_reno");
+    let registration = load()
+        .register_with(Attach::Map)
+        .expect("map-only registration");
+    assert!(!registration.linked());
+    assert!(available_cc().contains(&NAME.to_owned()));
+    drop(registration);
+    assert!(
+        !available_cc().contains(&NAME.to_owned()),
+        "dropping unregisters"
+    );
+
+    // A "crash": every fd closed, nothing deleted. The kernel keeps the algorithm.
+    load().register_with(Attach::Map).unwrap().abandon();
+    assert!(
+        available_cc().contains(&NAME.to_owned()),
+        "a crash leaves it registered"
+    );
+    let again = load()
+        .register_with(Attach::Map)
+        .expect("clearing the orphan and registering");
+    assert!(available_cc().contains(&NAME.to_owned()));
+    drop(again);
+    assert!(!available_cc().contains(&NAME.to_owned()));
+
+    // This kernel has links, and `register` uses them.
+    let linked = load().register().unwrap();
+    assert!(linked.linked());
 }
 
 /// Re-runs this test binary as a child doing `mode` (see `child_process`).

@@ -214,7 +214,7 @@ pub extern "C" fn bbr_init(ctx: *const u64) {
     }
 }
 
-/// `cong_control(sk, ack, flag, rs)`: the per-ACK entry point.
+/// `cong_control(sk, ack, flag, rs)`: the per-ACK entry point (Linux ≥ 6.10).
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/cong_control")]
 pub extern "C" fn bbr_cong_control(ctx: *const u64) {
@@ -223,6 +223,24 @@ pub extern "C" fn bbr_cong_control(ctx: *const u64) {
         let args = OpsArgs::new(ctx);
         (args.ptr(0), args.ptr(3))
     };
+    on_ack(sk, rs);
+}
+
+/// `cong_control(sk, rs)`: the same entry point on kernels before 6.10; the loader picks the
+/// form whose argument count matches the running kernel's BTF (section suffix `@<arguments>`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "struct_ops/cong_control@2")]
+pub extern "C" fn bbr_cong_control_2(ctx: *const u64) {
+    // SAFETY: cong_control's arguments are (struct sock *, const struct rate_sample *).
+    let (sk, rs) = unsafe {
+        let args = OpsArgs::new(ctx);
+        (args.ptr(0), args.ptr(1))
+    };
+    on_ack(sk, rs);
+}
+
+#[inline(always)]
+fn on_ack(sk: KernelPtr, rs: KernelPtr) {
     let (Some(bbr), Some(cfg)) = (state(sk, false), config()) else {
         return;
     };

@@ -8,10 +8,17 @@
 //! name, flags) and provides one program per implemented member in section
 //! `struct_ops/<member>`. Loading ([`StructOps::load`]):
 //! 1. creates the maps of the `maps` section (aya-ebpf's map definitions);
-//! 2. relocates each program: map references become `BPF_PSEUDO_MAP_FD` loads, calls to
-//!    undefined symbols become kfunc calls (`BPF_PSEUDO_KFUNC_CALL`, the vmlinux BTF id of the
-//!    function of that name);
-//! 3. loads each program as `BPF_PROG_TYPE_STRUCT_OPS` with `attach_btf_id` = the ops type and
+//! 2. creates one read-only array map per `.rodata*` section, holding the section's bytes with
+//!    the kernel layout table (`cc_ebpf_common::layout`) filled from the running kernel's BTF,
+//!    and freezes it (`BPF_MAP_FREEZE`), so the verifier reads the offsets as constants;
+//! 3. relocates each program: map references become `BPF_PSEUDO_MAP_FD` loads, `.rodata`
+//!    references `BPF_PSEUDO_MAP_VALUE` loads (map fd + offset, as libbpf's
+//!    `bpf_object__relocate_data`), calls to undefined symbols kfunc calls
+//!    (`BPF_PSEUDO_KFUNC_CALL`, the vmlinux BTF id of the function of that name), and calls to
+//!    `.text` functions — with a relocation, or pc-relative without one, as LLVM emits for a
+//!    static function in the same section — BPF-to-BPF calls to a copy of the function appended
+//!    to the program (libbpf's `bpf_object__reloc_code`, aya-obj's `relocate_calls`);
+//! 4. loads each program as `BPF_PROG_TYPE_STRUCT_OPS` with `attach_btf_id` = the ops type and
 //!    `expected_attach_type` = the member's index in it.
 //!
 //! Registering ([`StructOps::register`]) creates the `BPF_MAP_TYPE_STRUCT_OPS` map with
@@ -27,11 +34,13 @@ use std::{
     os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
-use aya_obj::generated::{BPF_F_LINK, bpf_attach_type, bpf_map_info, bpf_map_type, bpf_prog_type};
+use aya_obj::generated::{
+    BPF_F_LINK, BPF_F_RDONLY_PROG, bpf_attach_type, bpf_map_info, bpf_map_type, bpf_prog_type,
+};
 use cc_ebpf_common::{
     STRUCT_OPS_DECL_SECTION, STRUCT_OPS_PROG_PREFIX, StructOpsDecl,
     btf::{Btf, Kind},
-    unpadded,
+    layout, unpadded,
 };
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionIndex};
 
@@ -41,6 +50,8 @@ use super::sys;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 /// `BPF_PSEUDO_CALL`: the call immediate is a relative instruction offset (a BPF subprogram).
 const BPF_PSEUDO_CALL: u8 = 1;
+/// `BPF_PSEUDO_MAP_VALUE`: the `ld_imm64` immediates are a map fd and an offset in its value.
+const BPF_PSEUDO_MAP_VALUE: u8 = 2;
 /// `BPF_PSEUDO_KFUNC_CALL`: the call immediate is a BTF function id.
 const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
 /// Opcode of `ld_imm64` (BPF_LD | BPF_IMM | BPF_DW).
@@ -103,6 +114,16 @@ pub enum StructOpsError {
         log: String,
     },
     #[error(
+        "`{name}` cannot run on this kernel: {fields}; the verifier rejected its program \
+         `{program}` (last lines of its log:\n{log})"
+    )]
+    KernelFields {
+        name: String,
+        program: String,
+        fields: String,
+        log: String,
+    },
+    #[error(
         "registering struct_ops needs CAP_BPF and CAP_SYS_ADMIN (or root): {what} was refused ({source})"
     )]
     PermissionDenied { what: String, source: io::Error },
@@ -129,6 +150,9 @@ struct OpsType {
     value_size: u32,
     /// Byte offset of the ops struct (member `data`) inside the value.
     data_offset: usize,
+    /// `(byte offset, size)` of the ops' `name` and `flags` members.
+    name_field: (usize, usize),
+    flags_field: (usize, usize),
 }
 
 impl OpsType {
@@ -147,12 +171,23 @@ impl OpsType {
         let data = btf
             .field(&value_name, "data")
             .map_err(|e| no_support(e.to_string()))?;
+        let value_size = btf
+            .size_of(value_type_id)
+            .ok_or_else(|| no_support(format!("{value_name} has no size in BTF")))?;
+        let member = |member: &str| {
+            let f = btf
+                .field(type_name, member)
+                .map_err(|e| no_support(e.to_string()))?;
+            Ok::<_, StructOpsError>((f.bit_offset as usize / 8, f.bit_size as usize / 8))
+        };
         Ok(Self {
             name: type_name.into(),
             type_id,
             value_type_id,
-            value_size: btf.size_of(value_type_id).unwrap_or(0),
+            value_size,
             data_offset: data.bit_offset as usize / 8,
+            name_field: member("name")?,
+            flags_field: member("flags")?,
         })
     }
 
@@ -193,6 +228,9 @@ struct MapSpec {
 /// One program: the member it implements and its instructions with relocations pending.
 struct ProgramSpec {
     member: String,
+    /// For a member whose arguments changed between kernels, the argument count this form is
+    /// for (section `struct_ops/<member>@<arguments>`); `None` for the default form.
+    arity: Option<u32>,
     symbol: String,
     insns: Vec<u64>,
     relocations: Vec<Relocation>,
@@ -210,6 +248,12 @@ struct Relocation {
 enum RelocKind {
     /// A map of the `maps` section.
     Map,
+    /// Data in a `.rodata*` section (index in [`ObjectSpec::rodata`]); `offset` is the symbol's
+    /// place in it, to which the `ld_imm64`'s own immediate adds.
+    Rodata {
+        section: usize,
+        offset: u64,
+    },
     /// An undefined symbol: a kernel function.
     Kfunc,
     /// A function in `.text` (not inlined): a BPF-to-BPF call. `insn` is the function's first
@@ -225,6 +269,10 @@ struct ObjectSpec {
     decl: StructOpsDecl,
     license: CString,
     maps: Vec<MapSpec>,
+    /// `.rodata*` sections: (name, bytes).
+    rodata: Vec<(String, Vec<u8>)>,
+    /// Symbols in them: name → (section index in `rodata`, offset, size).
+    rodata_symbols: HashMap<String, (usize, usize, usize)>,
     programs: Vec<ProgramSpec>,
     /// `.text`: functions the programs call (instructions, relocations, and each function's
     /// `(first instruction, length)`); the ones a program reaches are appended to it.
@@ -305,6 +353,32 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
         }
     }
 
+    let rodata_sections: Vec<SectionIndex> = file
+        .sections()
+        .filter(|s| s.name().is_ok_and(|n| n.starts_with(".rodata")))
+        .map(|s| s.index())
+        .collect();
+    let mut rodata = Vec::new();
+    for &index in &rodata_sections {
+        let section = file.section_by_index(index)?;
+        rodata.push((section.name()?.to_owned(), section.data()?.to_vec()));
+    }
+    let mut rodata_symbols = HashMap::new();
+    for sym in file.symbols() {
+        let Some(section) = sym
+            .section_index()
+            .and_then(|i| rodata_sections.iter().position(|&r| r == i))
+        else {
+            continue;
+        };
+        if sym.kind() != object::SymbolKind::Section {
+            rodata_symbols.insert(
+                sym.name()?.to_owned(),
+                (section, sym.address() as usize, sym.size() as usize),
+            );
+        }
+    }
+
     let text_section = file.section_by_name(".text").map(|s| s.index());
     let section_code =
         |section: &object::Section<'_, '_>| -> Result<(Vec<u64>, Vec<Relocation>), StructOpsError> {
@@ -327,8 +401,16 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
                     )));
                 };
                 let sym = file.symbol_by_index(index)?;
+                let rodata_section = sym
+                    .section_index()
+                    .and_then(|i| rodata_sections.iter().position(|&r| r == i));
                 let kind = if sym.is_undefined() {
                     RelocKind::Kfunc
+                } else if let Some(section) = rodata_section {
+                    RelocKind::Rodata {
+                        section,
+                        offset: sym.address(),
+                    }
                 } else if sym
                     .section_index()
                     .is_some_and(|i| maps_sections.contains(&i))
@@ -347,6 +429,34 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
                     kind,
                 });
             }
+            // Calls LLVM resolved itself (a static function in the same section): `call` with
+            // src_reg BPF_PSEUDO_CALL, a pc-relative imm, and no relocation. Inside a program
+            // section they stay valid as they are; in `.text` the callee must travel with the
+            // caller, so they become relocations to it (as libbpf's and aya-obj's do).
+            if Some(section.index()) == text_section {
+                let insns: &Vec<u64> = &insns;
+                for (at, &insn) in insns.iter().enumerate() {
+                    if opcode(insn) != OP_CALL
+                        || src_reg(insn) != BPF_PSEUDO_CALL
+                        || relocations.iter().any(|r| r.at == at)
+                    {
+                        continue;
+                    }
+                    let target = usize::try_from(at as i64 + 1 + i64::from(imm(insn)))
+                        .ok()
+                        .filter(|&t| t < insns.len())
+                        .ok_or_else(|| {
+                            StructOpsError::Malformed(format!(
+                                "call at {name}+{at} jumps outside the section"
+                            ))
+                        })?;
+                    relocations.push(Relocation {
+                        at,
+                        symbol: format!("{name}+{}", target * 8),
+                        kind: RelocKind::Subprogram { insn: Some(target) },
+                    });
+                }
+            }
             Ok((insns, relocations))
         };
 
@@ -355,6 +465,17 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
         let name = section.name()?;
         let Some(member) = name.strip_prefix(STRUCT_OPS_PROG_PREFIX) else {
             continue;
+        };
+        let (member, arity) = match member.split_once('@') {
+            Some((member, n)) => {
+                let n = n.parse().map_err(|_| {
+                    malformed(format!(
+                        "section {name}: `@` must be followed by an argument count"
+                    ))
+                })?;
+                (member, Some(n))
+            }
+            None => (member, None),
         };
         let (insns, relocations) = section_code(&section)?;
         let symbol = file
@@ -366,6 +487,7 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
             .unwrap_or_else(|| member.to_owned());
         programs.push(ProgramSpec {
             member: member.to_owned(),
+            arity,
             symbol,
             insns,
             relocations,
@@ -398,6 +520,8 @@ fn parse(elf: &[u8]) -> Result<ObjectSpec, StructOpsError> {
         decl,
         license,
         maps,
+        rodata,
+        rodata_symbols,
         programs,
         text,
     })
@@ -457,6 +581,25 @@ fn link_subprograms(
     Ok((insns, relocations, call_targets))
 }
 
+/// Which program forms to load: for a member with forms for several argument counts
+/// (`struct_ops/<member>@<n>`), the one for the running kernel's count, else the default form.
+/// `arity` answers a member's argument count in the kernel's BTF.
+fn choose_forms(forms: &[(&str, Option<u32>)], arity: impl Fn(&str) -> Option<u32>) -> Vec<bool> {
+    forms
+        .iter()
+        .map(|&(member, form)| {
+            let kernel = arity(member);
+            let specific = forms
+                .iter()
+                .any(|&(m, f)| m == member && f.is_some() && f == kernel);
+            match form {
+                Some(n) => Some(n) == kernel,
+                None => !specific,
+            }
+        })
+        .collect()
+}
+
 /// Sets the src_reg nibble and the immediate of an instruction.
 fn patch(insn: &mut u64, src_reg: u8, imm: i32) {
     let mut bytes = insn.to_ne_bytes();
@@ -469,8 +612,77 @@ fn opcode(insn: u64) -> u8 {
     insn.to_ne_bytes()[0]
 }
 
+fn src_reg(insn: u64) -> u8 {
+    insn.to_ne_bytes()[1] >> 4
+}
+
 fn imm(insn: u64) -> i32 {
     i32::from_ne_bytes(insn.to_ne_bytes()[4..8].try_into().expect("4 bytes"))
+}
+
+/// Creates a frozen, program-read-only array map for each `.rodata*` section, holding its bytes
+/// with the kernel layout table written over [`layout::LAYOUT_SYMBOL`] (libbpf's handling of
+/// `.rodata`: `bpf_object__populate_internal_map` then `bpf_map_freeze`).
+fn create_rodata_maps(
+    sections: Vec<(String, Vec<u8>)>,
+    symbols: &HashMap<String, (usize, usize, usize)>,
+    layout: &layout::Resolved,
+) -> Result<Vec<OwnedFd>, StructOpsError> {
+    let sections = fill_layout(sections, symbols, layout)?;
+    sections
+        .into_iter()
+        .map(|(name, data)| {
+            let fd = sys::map_create(&sys::MapCreate {
+                map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+                name: &name,
+                key_size: 4,
+                value_size: u32::try_from(data.len().max(1))
+                    .map_err(|_| StructOpsError::Malformed(format!("{name} is too large")))?,
+                // One value: the whole section.
+                max_entries: 1,
+                map_flags: BPF_F_RDONLY_PROG,
+                btf_fd: None,
+                btf_key_type_id: 0,
+                btf_value_type_id: 0,
+                btf_vmlinux_value_type_id: 0,
+            })
+            .map_err(|e| syscall_error(format!("creating the {name} map"), e))?;
+            let mut value = data;
+            if value.is_empty() {
+                value.push(0);
+            }
+            sys::map_update(fd.as_raw_fd(), &0u32.to_ne_bytes(), &value)
+                .map_err(|e| syscall_error(format!("filling the {name} map"), e))?;
+            sys::map_freeze(fd.as_raw_fd())
+                .map_err(|e| syscall_error(format!("freezing the {name} map"), e))?;
+            Ok(fd)
+        })
+        .collect()
+}
+
+/// The `.rodata*` sections with the kernel layout table written over its symbol.
+fn fill_layout(
+    mut sections: Vec<(String, Vec<u8>)>,
+    symbols: &HashMap<String, (usize, usize, usize)>,
+    layout: &layout::Resolved,
+) -> Result<Vec<(String, Vec<u8>)>, StructOpsError> {
+    if let Some(&(section, offset, size)) = symbols.get(layout::LAYOUT_SYMBOL) {
+        let table = layout.bytes();
+        let slot = sections
+            .get_mut(section)
+            .and_then(|(_, data)| data.get_mut(offset..offset + size))
+            .filter(|slot| slot.len() == table.len())
+            .ok_or_else(|| {
+                StructOpsError::Malformed(format!(
+                    "{} is {size} bytes, the loader's table {} (object and loader built from \
+                     different sources)",
+                    layout::LAYOUT_SYMBOL,
+                    table.len()
+                ))
+            })?;
+        slot.copy_from_slice(&table);
+    }
+    Ok(sections)
 }
 
 /// A struct_ops object whose maps exist and whose programs the verifier accepted.
@@ -480,8 +692,6 @@ pub struct StructOps {
     /// (member, byte offset in the ops struct, program fd).
     programs: Vec<(String, usize, OwnedFd)>,
     maps: HashMap<String, (OwnedFd, u32)>,
-    name_offset: usize,
-    flags_offset: usize,
 }
 
 impl std::fmt::Debug for StructOps {
@@ -505,6 +715,15 @@ impl StructOps {
         let ops = OpsType::resolve(btf, &type_name)?;
         let name = unpadded(&spec.decl.name).to_owned();
 
+        let forms: Vec<(&str, Option<u32>)> = spec
+            .programs
+            .iter()
+            .map(|p| (p.member.as_str(), p.arity))
+            .collect();
+        let chosen = choose_forms(&forms, |member| btf.fn_member_arity(&type_name, member));
+        let mut spec = spec;
+        let mut keep = chosen.into_iter();
+        spec.programs.retain(|_| keep.next().unwrap_or(false));
         let members: Vec<&str> = spec.programs.iter().map(|p| p.member.as_str()).collect();
         if let Some((_, groups)) = MANDATORY.iter().find(|(t, _)| *t == type_name) {
             let missing: Vec<String> = groups
@@ -549,6 +768,9 @@ impl StructOps {
             maps.insert(m.name.clone(), (fd, m.map_type));
         }
 
+        let layout = layout::resolve(btf);
+        let rodata = create_rodata_maps(spec.rodata, &spec.rodata_symbols, &layout)?;
+
         let mut programs = Vec::new();
         for p in spec.programs {
             let (index, offset) = ops.function_member(btf, &p.member)?;
@@ -570,6 +792,15 @@ impl StructOps {
                     RelocKind::Map if opcode(*insn) == OP_LD_IMM64 => {
                         let (fd, _) = maps.get(&r.symbol).ok_or_else(unsupported)?;
                         patch(insn, BPF_PSEUDO_MAP_FD, fd.as_raw_fd());
+                    }
+                    RelocKind::Rodata { section, offset } if opcode(*insn) == OP_LD_IMM64 => {
+                        let offset = i64::try_from(offset).map_err(|_| unsupported())?
+                            + i64::from(imm(*insn));
+                        let offset = i32::try_from(offset).map_err(|_| unsupported())?;
+                        patch(insn, BPF_PSEUDO_MAP_VALUE, rodata[section].as_raw_fd());
+                        // The second half of ld_imm64 carries the offset into the value.
+                        let next = insns.get_mut(r.at + 1).ok_or_else(unsupported)?;
+                        patch(next, 0, offset);
                     }
                     RelocKind::Kfunc if opcode(*insn) == OP_CALL => {
                         let id = btf.find(Kind::Func, &r.symbol).map_err(|_| {
@@ -603,6 +834,12 @@ impl StructOps {
                 Some(libc::EPERM) if log.is_empty() => {
                     syscall_error(format!("loading program {}", p.symbol), source)
                 }
+                _ if layout.summary().is_some() => StructOpsError::KernelFields {
+                    program: p.symbol.clone(),
+                    name: name.clone(),
+                    fields: layout.summary().unwrap_or_default(),
+                    log: tail(&log, 10),
+                },
                 _ => StructOpsError::Verifier {
                     program: p.symbol.clone(),
                     source,
@@ -612,18 +849,8 @@ impl StructOps {
             programs.push((p.member, offset, fd));
         }
 
-        let field = |member: &str| {
-            btf.field(&type_name, member)
-                .map(|f| f.bit_offset as usize / 8)
-                .map_err(|e| StructOpsError::NoKernelSupport {
-                    type_name: type_name.clone(),
-                    cause: e.to_string(),
-                })
-        };
         Ok(Self {
             decl: spec.decl,
-            name_offset: field("name")?,
-            flags_offset: field("flags")?,
             ops,
             programs,
             maps,
@@ -647,76 +874,173 @@ impl StructOps {
         self.maps.remove(name).map(|(fd, _)| fd)
     }
 
-    /// Registers the ops with the kernel.
+    /// Registers the ops with the kernel, through a link where the kernel has struct_ops links
+    /// (Linux ≥ 6.4), else through the struct_ops map alone ([`Attach::Auto`]).
     pub fn register(self) -> Result<Registration, StructOpsError> {
+        self.register_with(Attach::Auto)
+    }
+
+    /// Registers the ops the way `attach` says.
+    pub fn register_with(self, attach: Attach) -> Result<Registration, StructOpsError> {
         let name = self.name().to_owned();
         // The struct_ops map must reference some loaded BTF object; the ops' own types come
         // from vmlinux, so a minimal BTF (one `int`) serves.
         let btf_fd = sys::btf_load(&btf_blob(None)).map_err(|e| syscall_error("loading BTF", e))?;
-        let map = sys::map_create(&sys::MapCreate {
-            map_type: bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32,
-            name: &name,
-            key_size: 4,
-            value_size: self.ops.value_size,
-            max_entries: 1,
-            map_flags: BPF_F_LINK,
-            btf_fd: Some(btf_fd.as_raw_fd()),
-            btf_key_type_id: 0,
-            btf_value_type_id: 0,
-            btf_vmlinux_value_type_id: self.ops.value_type_id,
-        })
-        .map_err(|e| syscall_error(format!("creating the {} map", self.ops.name), e))?;
+        let create = |map_flags: u32| {
+            sys::map_create(&sys::MapCreate {
+                map_type: bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32,
+                name: &name,
+                key_size: 4,
+                value_size: self.ops.value_size,
+                max_entries: 1,
+                map_flags,
+                btf_fd: Some(btf_fd.as_raw_fd()),
+                btf_key_type_id: 0,
+                btf_value_type_id: 0,
+                btf_vmlinux_value_type_id: self.ops.value_type_id,
+            })
+            .map_err(|e| syscall_error(format!("creating the {} map", self.ops.name), e))
+        };
+        // Probe, don't assume: before 6.4 the kernel refuses BPF_F_LINK with EINVAL.
+        let (map, linked) = match attach {
+            Attach::Map => (create(0)?, false),
+            Attach::Link => (create(BPF_F_LINK)?, true),
+            Attach::Auto => match create(BPF_F_LINK) {
+                Err(StructOpsError::Syscall { source, .. })
+                    if source.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    tracing::info!(
+                        "struct_ops links are unavailable (Linux < 6.4): registering `{name}` \
+                         through its map; it is unregistered when p2p-node exits normally, or \
+                         on p2p-node's next start after a crash"
+                    );
+                    (create(0)?, false)
+                }
+                other => (other?, true),
+            },
+        };
 
-        let mut value = vec![0u8; self.ops.value_size as usize];
-        let data = self.ops.data_offset;
-        value[data + self.name_offset..data + self.name_offset + 16]
-            .copy_from_slice(&self.decl.name);
-        value[data + self.flags_offset..data + self.flags_offset + 4]
-            .copy_from_slice(&self.decl.flags.to_ne_bytes());
-        for (_, offset, fd) in &self.programs {
-            let at = data + offset;
-            value[at..at + 8].copy_from_slice(&(fd.as_raw_fd() as u64).to_ne_bytes());
-        }
-        sys::map_update(map.as_raw_fd(), &0u32.to_ne_bytes(), &value).map_err(|e| {
-            syscall_error(
-                format!(
-                    "filling the {} map of `{name}` (the kernel validates the ops here)",
-                    self.ops.name
-                ),
-                e,
-            )
-        })?;
-        let link =
-            sys::struct_ops_link_create(map.as_raw_fd(), bpf_attach_type::BPF_STRUCT_OPS as u32)
+        let value = self.map_value()?;
+        let already = |map: RawFd| StructOpsError::AlreadyRegistered {
+            owner: registered_owner(&name, &self.ops, self.ops.name_field.0, map),
+            name: name.clone(),
+        };
+        let fill = |map: RawFd| {
+            sys::map_update(map, &0u32.to_ne_bytes(), &value).map_err(|e| {
+                if !linked && e.raw_os_error() == Some(libc::EEXIST) {
+                    already(map)
+                } else {
+                    syscall_error(
+                        format!(
+                            "filling the {} map of `{name}` (the kernel validates the ops here)",
+                            self.ops.name
+                        ),
+                        e,
+                    )
+                }
+            })
+        };
+        let registered = match fill(map.as_raw_fd()) {
+            // Without links, filling the map registers it; a registration whose process died
+            // stays in the kernel until deleted: clear ours and try once more.
+            Err(StructOpsError::AlreadyRegistered { .. })
+                if unregister_orphans(&name, &self.ops, self.ops.name_field.0) > 0 =>
+            {
+                fill(map.as_raw_fd())
+            }
+            other => other,
+        };
+        registered?;
+        let link = match linked {
+            false => None,
+            true => Some(
+                sys::struct_ops_link_create(
+                    map.as_raw_fd(),
+                    bpf_attach_type::BPF_STRUCT_OPS as u32,
+                )
                 .map_err(|e| {
                     if e.raw_os_error() == Some(libc::EEXIST) {
-                        StructOpsError::AlreadyRegistered {
-                            owner: registered_owner(
-                                &name,
-                                &self.ops,
-                                self.name_offset,
-                                map.as_raw_fd(),
-                            ),
-                            name: name.clone(),
-                        }
+                        already(map.as_raw_fd())
                     } else {
                         syscall_error(format!("linking `{name}`"), e)
                     }
-                })?;
+                })?,
+            ),
+        };
         Ok(Registration {
             name,
-            _link: link,
-            _map: map,
+            link,
+            map,
             _programs: self.programs.into_iter().map(|(_, _, fd)| fd).collect(),
         })
     }
+
+    /// The struct_ops map's value (`bpf_struct_ops_<type>`): name, flags and a program fd per
+    /// implemented member, at the places and sizes the running kernel's BTF gives.
+    fn map_value(&self) -> Result<Vec<u8>, StructOpsError> {
+        let mut value = vec![0u8; self.ops.value_size as usize];
+        let data = self.ops.data_offset;
+        let too_small = |what: &str| StructOpsError::NoKernelSupport {
+            type_name: self.ops.name.clone(),
+            cause: format!(
+                "its `{what}` does not fit in bpf_struct_ops_{}",
+                self.ops.name
+            ),
+        };
+        let name = unpadded(&self.decl.name).as_bytes();
+        let (at, size) = self.ops.name_field;
+        if name.len() >= size {
+            return Err(StructOpsError::Malformed(format!(
+                "the name `{}` is longer than {}'s name field ({} bytes with the NUL)",
+                self.name(),
+                self.ops.name,
+                size
+            )));
+        }
+        value
+            .get_mut(data + at..data + at + name.len())
+            .ok_or_else(|| too_small("name"))?
+            .copy_from_slice(name);
+        let (at, size) = self.ops.flags_field;
+        let flags = u64::from(self.decl.flags).to_ne_bytes();
+        let flags = match size {
+            4 => &flags[..4],
+            8 => &flags[..],
+            _ => return Err(too_small("flags")),
+        };
+        value
+            .get_mut(data + at..data + at + flags.len())
+            .ok_or_else(|| too_small("flags"))?
+            .copy_from_slice(flags);
+        for (member, offset, fd) in &self.programs {
+            value
+                .get_mut(data + offset..data + offset + 8)
+                .ok_or_else(|| too_small(member))?
+                .copy_from_slice(&(fd.as_raw_fd() as u64).to_ne_bytes());
+        }
+        Ok(value)
+    }
+}
+
+/// How [`StructOps::register_with`] registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// A link where the kernel has struct_ops links (≥ 6.4), else the map alone.
+    Auto,
+    /// A `BPF_F_LINK` map and a link: the process dying unregisters the ops.
+    Link,
+    /// The map alone (how kernels before 6.4 register): dropping the [`Registration`] deletes
+    /// the map's element, which unregisters; after a crash the registration stays until the
+    /// next registration of the same name clears it.
+    Map,
 }
 
 /// Registered ops. Dropping it unregisters them.
 pub struct Registration {
     name: String,
-    _link: OwnedFd,
-    _map: OwnedFd,
+    /// `None` when registered through the map alone ([`Attach::Map`]).
+    link: Option<OwnedFd>,
+    map: OwnedFd,
     _programs: Vec<OwnedFd>,
 }
 
@@ -724,12 +1048,78 @@ impl Registration {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Whether the registration holds a struct_ops link (else the map alone registers it).
+    pub fn linked(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Closes everything without unregistering, as a crashed process would leave it (tests).
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used again nor dropped; each field is dropped once here.
+        unsafe {
+            std::ptr::drop_in_place(&mut this.name);
+            std::ptr::drop_in_place(&mut this.link);
+            std::ptr::drop_in_place(&mut this.map);
+            std::ptr::drop_in_place(&mut this._programs);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // A link unregisters when its last fd closes; a map-only registration must be deleted.
+        if self.link.is_none()
+            && let Err(e) = sys::map_delete(self.map.as_raw_fd(), &0u32.to_ne_bytes())
+        {
+            tracing::warn!("unregistering `{}`: {e}", self.name);
+        }
+    }
+}
+
+/// Deletes registrations named `name` made through a struct_ops map alone whose process is
+/// gone (no process holds the map); returns how many. Bounded like [`registered_owner`].
+fn unregister_orphans(name: &str, ops: &OpsType, name_offset: usize) -> usize {
+    const MAX_MAPS: usize = 65_536;
+    let mut cleared = 0;
+    for id in sys::map_ids(MAX_MAPS) {
+        let Ok(fd) = sys::map_fd_by_id(id) else {
+            continue;
+        };
+        // SAFETY: bpf_map_info is plain data; all-zero is valid.
+        let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+        if sys::obj_info(fd.as_raw_fd(), &mut info).is_err()
+            || info.type_ != bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32
+            || info.btf_vmlinux_value_type_id != ops.value_type_id
+            || info.map_flags & BPF_F_LINK != 0
+        {
+            continue;
+        }
+        let mut value = vec![0u8; info.value_size as usize];
+        if sys::map_lookup(fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut value).is_err() {
+            continue;
+        }
+        let at = ops.data_offset + name_offset;
+        let named = value.get(at..at + 16).is_some_and(|n| unpadded(n) == name);
+        // Our own fd from BPF_MAP_GET_FD_BY_ID is the only holder when the owner is gone.
+        if named
+            && map_holders(id) == [(std::process::id(), 1)]
+            && sys::map_delete(fd.as_raw_fd(), &0u32.to_ne_bytes()).is_ok()
+        {
+            tracing::info!("unregistered `{name}` left by a process that is gone (map id {id})");
+            cleared += 1;
+        }
+    }
+    cleared
 }
 
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
             .field("name", &self.name)
+            .field("linked", &self.linked())
             .finish_non_exhaustive()
     }
 }
@@ -787,6 +1177,34 @@ fn map_id(fd: RawFd) -> Option<u32> {
     // SAFETY: bpf_map_info is plain data; all-zero is valid.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
     sys::obj_info(fd, &mut info).ok().map(|()| info.id)
+}
+
+/// `(pid, fds)` of every process holding map `id` (scans `/proc/*/fdinfo`, bounded).
+fn map_holders(id: u32) -> Vec<(u32, usize)> {
+    const MAX_PROCESSES: usize = 4096;
+    const MAX_FDS: usize = 4096;
+    let needle = format!("map_id:\t{id}\n");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for proc in procs.flatten().take(MAX_PROCESSES) {
+        let Ok(pid) = proc.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fdinfo")) else {
+            continue;
+        };
+        let held = fds
+            .flatten()
+            .take(MAX_FDS)
+            .filter(|fd| std::fs::read_to_string(fd.path()).is_ok_and(|s| s.contains(&needle)))
+            .count();
+        if held > 0 {
+            out.push((pid, held));
+        }
+    }
+    out
 }
 
 /// The first process holding an fd of map `id` (scans `/proc/*/fdinfo`, bounded).
@@ -861,6 +1279,7 @@ fn tail(log: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cc_ebpf_common::btf::MemberEdit;
 
     #[test]
     fn patch_sets_src_reg_and_imm_only() {
@@ -880,6 +1299,117 @@ mod tests {
         let btf = Btf::parse(btf_blob(Some(176))).unwrap();
         assert_eq!(btf.size_of(BTF_VALUE_ARRAY), Some(176));
         assert_eq!(btf.find(Kind::Int, "unsigned char"), Ok(2));
+    }
+
+    /// Another kernel, made from this one's BTF: `tcp_sock.snd_cwnd` moved, `cong_control`
+    /// with two arguments (as before Linux 6.10), `rate_sample.rtt_us` removed.
+    fn perturbed_kernel(btf: &Btf) -> (Btf, u32) {
+        let mut data = btf.bytes().to_vec();
+        let cwnd = btf.field("tcp_sock", "snd_cwnd").unwrap().bit_offset;
+        Btf::edit_member(
+            &mut data,
+            "tcp_sock",
+            "snd_cwnd",
+            MemberEdit::BitOffset(cwnd + 512),
+        )
+        .unwrap();
+        // Any pointer to a two-argument function prototype serves as the old signature.
+        let two_args = (1..=btf.len())
+            .find(|&id| {
+                btf.ty(id).is_some_and(|t| {
+                    t.kind == Kind::Ptr
+                        && btf
+                            .ty(t.size_or_type)
+                            .is_some_and(|p| p.kind == Kind::FuncProto && p.vlen == 2)
+                })
+            })
+            .expect("a pointer to a two-argument function");
+        Btf::edit_member(
+            &mut data,
+            "tcp_congestion_ops",
+            "cong_control",
+            MemberEdit::Type(two_args),
+        )
+        .unwrap();
+        Btf::edit_member(&mut data, "rate_sample", "rtt_us", MemberEdit::Remove).unwrap();
+        (Btf::parse(data).unwrap(), cwnd + 512)
+    }
+
+    fn running_kernel() -> Option<Btf> {
+        match Btf::from_sys_fs() {
+            Ok(btf) => Some(btf),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping: {e}");
+                None
+            }
+            Err(e) => panic!("CI machines must have kernel BTF: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_perturbed_kernel_gets_patched_offsets_the_two_argument_form_and_named_fields() {
+        let Some(btf) = running_kernel() else { return };
+        let spec = parse(crate::ebpf::objects::BBR_P2P).unwrap();
+        let forms: Vec<(&str, Option<u32>)> = spec
+            .programs
+            .iter()
+            .map(|p| (p.member.as_str(), p.arity))
+            .collect();
+        let chosen = |btf: &Btf| -> Vec<(String, Option<u32>)> {
+            choose_forms(&forms, |m| btf.fn_member_arity("tcp_congestion_ops", m))
+                .into_iter()
+                .zip(&forms)
+                .filter(|(keep, _)| *keep)
+                .map(|(_, &(m, a))| (m.to_owned(), a))
+                .filter(|(m, _)| m == "cong_control")
+                .collect()
+        };
+        // This kernel (6.18): four arguments, the default form.
+        assert_eq!(
+            btf.fn_member_arity("tcp_congestion_ops", "cong_control"),
+            Some(4)
+        );
+        assert_eq!(chosen(&btf), [("cong_control".to_owned(), None)]);
+
+        let (other, cwnd_bits) = perturbed_kernel(&btf);
+        assert_eq!(
+            other.fn_member_arity("tcp_congestion_ops", "cong_control"),
+            Some(2)
+        );
+        assert_eq!(chosen(&other), [("cong_control".to_owned(), Some(2))]);
+
+        // The table in the object's .rodata follows the perturbed BTF.
+        let resolved = layout::resolve(&other);
+        let filled = fill_layout(spec.rodata.clone(), &spec.rodata_symbols, &resolved).unwrap();
+        let &(section, offset, size) = &spec.rodata_symbols[layout::LAYOUT_SYMBOL];
+        let table = &filled[section].1[offset..offset + size];
+        let at = layout::FieldIndex::TCP_SOCK__SND_CWND as usize * 4;
+        assert_eq!(
+            u32::from_ne_bytes(table[at..at + 4].try_into().unwrap()),
+            cwnd_bits
+        );
+        let at = layout::FieldIndex::RATE_SAMPLE__RTT_US as usize * 4;
+        assert_eq!(
+            u32::from_ne_bytes(table[at..at + 4].try_into().unwrap()),
+            layout::ABSENT
+        );
+        assert_eq!(
+            resolved.summary().as_deref(),
+            Some("kernel field `rate_sample.rtt_us` does not exist in the running kernel")
+        );
+    }
+
+    #[test]
+    fn a_form_for_another_arity_is_never_chosen_alone() {
+        let forms = [
+            ("cong_control", None),
+            ("cong_control", Some(2)),
+            ("ssthresh", None),
+        ];
+        let arity = |n| move |m: &str| (m == "cong_control").then_some(n);
+        assert_eq!(choose_forms(&forms, arity(4)), [true, false, true]);
+        assert_eq!(choose_forms(&forms, arity(2)), [false, true, true]);
+        assert_eq!(choose_forms(&forms, arity(3)), [true, false, true]);
     }
 
     #[test]

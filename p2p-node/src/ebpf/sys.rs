@@ -145,6 +145,26 @@ pub fn map_update(map: RawFd, key: &[u8], value: &[u8]) -> io::Result<()> {
     sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
+/// `BPF_MAP_DELETE_ELEM` (for a struct_ops map registered without a link: unregisters it).
+pub fn map_delete(map: RawFd, key: &[u8]) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the element-command member of the union.
+    let a = unsafe { &mut attr.__bindgen_anon_2 };
+    a.map_fd = map as u32;
+    a.key = key.as_ptr() as u64;
+    sys_bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_FREEZE`: no more writes from userspace; with `BPF_F_RDONLY_PROG` the verifier then
+/// treats the map's contents as constants.
+pub fn map_freeze(map: RawFd) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the element-command member of the union (map_fd only).
+    let a = unsafe { &mut attr.__bindgen_anon_2 };
+    a.map_fd = map as u32;
+    sys_bpf(bpf_cmd::BPF_MAP_FREEZE, &mut attr).map(drop)
+}
+
 /// `BPF_MAP_LOOKUP_ELEM` into a caller-sized buffer.
 pub fn map_lookup(map: RawFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
     let mut attr = zeroed_attr();
