@@ -8,6 +8,40 @@ use libp2p::Multiaddr;
 /// Default address of the HTTP API, metrics and live page.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:9464";
 
+/// Name of the token file in the data dir.
+pub const TOKEN_FILE_NAME: &str = "http-token";
+
+/// Where a node keeps its state when `--data-dir` is not given: systemd's `StateDirectory`,
+/// `/var/lib/p2p-node` for root, else the user's XDG state directory.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd lists several directories separated by ':' when several are configured.
+        if let Some(first) = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .filter(|d| !d.is_empty())
+        {
+            return PathBuf::from(first);
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/p2p-node");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    state.join("p2p-node")
+}
+
+/// The token file a client reads when not told otherwise.
+pub fn default_token_file() -> PathBuf {
+    default_data_dir().join(TOKEN_FILE_NAME)
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "p2p-node",
@@ -30,9 +64,10 @@ pub enum Command {
         /// The running node's HTTP API.
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"), global = true)]
         node: String,
-        /// Token for changes, when the node requires one (or env P2PCC_HTTP_TOKEN).
-        #[arg(long, env = "P2PCC_HTTP_TOKEN", global = true, hide_env_values = true)]
-        token: Option<String>,
+        /// The node's token file, for changes (default: the default data dir's; env
+        /// P2PCC_HTTP_TOKEN takes precedence). Never a token on the command line.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
     },
     /// Print the running node's peers and their TCP state, like `ss -ti`.
     Peers {
@@ -53,6 +88,10 @@ pub enum Command {
         /// The running node's HTTP API.
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
         node: String,
+        /// The node's token file (default: the default data dir's; env P2PCC_HTTP_TOKEN takes
+        /// precedence).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Share a file from a running node: it serves the file's chunks and announces itself as a
     /// provider in the DHT and on gossip. Prints the file id.
@@ -62,6 +101,10 @@ pub enum Command {
         /// The running node's HTTP API.
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
         node: String,
+        /// The node's token file (default: the default data dir's; env P2PCC_HTTP_TOKEN takes
+        /// precedence).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Fetch a file by id through a running node, from all its providers in parallel; every
     /// chunk is verified. The output appears only once the whole file is verified.
@@ -74,6 +117,10 @@ pub enum Command {
         /// The running node's HTTP API.
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
         node: String,
+        /// The node's token file (default: the default data dir's; env P2PCC_HTTP_TOKEN takes
+        /// precedence).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -113,18 +160,19 @@ pub struct RunArgs {
     /// Observe every TCP socket on the host, not only the node's own.
     #[arg(long)]
     pub observe_all: bool,
-    /// Token required for changes through the HTTP API (`Authorization: Bearer <token>`);
-    /// mandatory when --http is not a loopback address.
-    #[arg(
-        long,
-        conflicts_with = "http_token_file",
-        hide_env_values = true,
-        env = "P2PCC_HTTP_TOKEN"
-    )]
-    pub http_token: Option<String>,
-    /// File holding the HTTP token (first line).
+    /// The node's state: the HTTP token file, downloads. Default: $STATE_DIRECTORY (systemd),
+    /// /var/lib/p2p-node for root, else $XDG_STATE_HOME/p2p-node or ~/.local/state/p2p-node.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the token changes through the HTTP API need (`Authorization: Bearer
+    /// <token>`); created with a random token, mode 0600, if absent. Default:
+    /// <data-dir>/http-token. The environment variable P2PCC_HTTP_TOKEN overrides it.
     #[arg(long)]
     pub http_token_file: Option<PathBuf>,
+    /// A `Host` name requests may use besides localhost and the node's addresses (repeatable);
+    /// others get 403 (DNS rebinding).
+    #[arg(long)]
+    pub http_host: Vec<String>,
     /// Exit if the eBPF programs cannot be loaded, instead of running without telemetry.
     #[arg(long)]
     pub require_ebpf: bool,

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use p2p_node::{
     cc,
-    cli::{CcAction, Cli, Command, RunArgs},
+    cli::{self, CcAction, Cli, Command, RunArgs},
     ebpf, http, node,
     sockets::SocketTable,
     telemetry,
@@ -39,7 +39,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Cc { action, node, token } => {
+            Command::Cc { action, node, token_file } => {
+                let token = client_token(token_file.as_deref());
                 let token = token.as_deref();
                 let out = match action {
                     CcAction::List => client_get(&node, "/api/cc").await?,
@@ -67,23 +68,23 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Peers { node } => peers_table(&node).await,
-            Command::Share { path, node } => {
+            Command::Share { path, node, token_file } => {
                 let path = std::fs::canonicalize(&path)
                     .with_context(|| format!("{} is not a readable file", path.display()))?;
                 let body = serde_json::json!({ "path": path });
-                print!("{}", client_send(&node, "POST", "/api/files", &body.to_string()).await?);
+                print!("{}", client_send(&node, token_file.as_deref(), "POST", "/api/files", &body.to_string()).await?);
                 Ok(())
             }
-            Command::Fetch { id, out, node } => {
+            Command::Fetch { id, out, node, token_file } => {
                 let out = std::path::absolute(&out)
                     .with_context(|| format!("resolving {}", out.display()))?;
                 let body = serde_json::json!({ "id": id, "out": out });
-                print!("{}", client_send(&node, "POST", "/api/files/fetch", &body.to_string()).await?);
+                print!("{}", client_send(&node, token_file.as_deref(), "POST", "/api/files/fetch", &body.to_string()).await?);
                 Ok(())
             }
-            Command::Perf { peer, upload, download, node } => {
+            Command::Perf { peer, upload, download, node, token_file } => {
                 let body = serde_json::json!({ "peer": peer, "upload_bytes": upload, "download_bytes": download });
-                print!("{}", client_send(&node, "POST", "/api/perf", &body.to_string()).await?);
+                print!("{}", client_send(&node, token_file.as_deref(), "POST", "/api/perf", &body.to_string()).await?);
                 Ok(())
             }
         }
@@ -101,7 +102,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.cc {
         cc::validate(name)?;
     }
-    let token = http_token(&args)?;
+    http::limits::raise_fd_limit();
     let key = match &args.key {
         Some(path) => load_or_create_key(path)?,
         None => Keypair::generate_ed25519(),
@@ -133,6 +134,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => "not loaded (see the node's log)".to_owned(),
     };
     let bbr = cc::configure(args.cc.as_deref())?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
+    let token_file = args
+        .http_token_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join(cli::TOKEN_FILE_NAME));
+    let token = http::auth::node_token(&token_file)?;
+    if std::env::var_os(http::auth::TOKEN_ENV).is_none() {
+        eprintln!("HTTP API token (for changes) in {}", token_file.display());
+    }
 
     let mut registry = Registry::default();
     let config = node::Config {
@@ -156,40 +166,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         telemetry,
         ebpf_status: Arc::new(ebpf_status),
-        token,
+        token: Arc::new(token),
+        allowed_hosts: Arc::new(http::auth::AllowedHosts(args.http_host.clone())),
     };
     eprintln!("HTTP API and metrics on http://{}/", args.http);
-    tokio::select! {
-        result = http::serve(args.http, state) => result,
-        () = shutdown_signal() => {
-            eprintln!("shutting down");
-            Ok(())
-        }
-    }
-}
-
-/// The token changes through the HTTP API need; mandatory beyond loopback.
-fn http_token(args: &RunArgs) -> anyhow::Result<Option<Arc<String>>> {
-    let token = match (&args.http_token, &args.http_token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(path)) => {
-            let text = fs::read_to_string(path)
-                .with_context(|| format!("reading the HTTP token file {}", path.display()))?;
-            Some(text.lines().next().unwrap_or_default().trim().to_owned())
-        }
-        (None, None) => None,
-    };
-    if token.as_ref().is_some_and(|t| t.len() < 16) {
-        bail!("the HTTP token must be at least 16 characters");
-    }
-    if token.is_none() && !args.http.ip().is_loopback() {
-        bail!(
-            "--http {} is not a loopback address: give a token with --http-token or --http-token-file \
-             (changes through the API then need `Authorization: Bearer <token>`; /metrics stays open)",
-            args.http
-        );
-    }
-    Ok(token.map(Arc::new))
+    http::serve(args.http, state, async {
+        shutdown_signal().await;
+        eprintln!("shutting down");
+    })
+    .await
 }
 
 async fn shutdown_signal() {
@@ -223,9 +208,32 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Keypair> {
     }
 }
 
-/// A request with the token from `P2PCC_HTTP_TOKEN`, if set.
-async fn client_send(node: &str, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
-    let token = std::env::var("P2PCC_HTTP_TOKEN").ok();
+/// The token a client sends with changes: `P2PCC_HTTP_TOKEN`, else the token file (given, or
+/// the default data dir's). `None` if neither is readable: the node then answers 401, and the
+/// reason the file could not be read is printed.
+fn client_token(token_file: Option<&Path>) -> Option<String> {
+    if let Ok(token) = std::env::var(http::auth::TOKEN_ENV) {
+        return Some(token.trim().to_owned());
+    }
+    let path = token_file.map_or_else(cli::default_token_file, Path::to_path_buf);
+    match http::auth::read_token_file(&path) {
+        Ok(token) => Some(token),
+        Err(e) => {
+            eprintln!("note: no token for changes ({e:#}); give --token-file or P2PCC_HTTP_TOKEN");
+            None
+        }
+    }
+}
+
+/// A change through the API, with the client's token.
+async fn client_send(
+    node: &str,
+    token_file: Option<&Path>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<String> {
+    let token = client_token(token_file);
     client_request(node, token.as_deref(), method, path, body).await
 }
 
@@ -257,7 +265,7 @@ async fn client_request(
 }
 
 async fn client_get(node: &str, path: &str) -> anyhow::Result<String> {
-    client_send(node, "GET", path, "").await
+    client_request(node, None, "GET", path, "").await
 }
 
 async fn peers_table(node: &str) -> anyhow::Result<()> {

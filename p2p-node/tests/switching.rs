@@ -6,7 +6,7 @@ mod common;
 
 use std::{os::fd::AsFd as _, time::Duration};
 
-use common::{NetnsPair, Node, eventually, kernel_tests_possible, node_sockets};
+use common::{NetnsPair, Node, eventually, kernel_tests_possible, node_sockets, raw_http_in_ns};
 use p2p_node::sockets;
 
 fn algorithms(node: &Node) -> Vec<String> {
@@ -39,10 +39,10 @@ fn switching_moves_every_established_socket_of_the_node_and_no_other() {
     );
 
     // A transfer runs while B switches.
-    let (b_ns, a_id) = (b.ns.clone(), a.peer_id.clone());
+    let (b_ns, a_id, b_token) = (b.ns.clone(), a.peer_id.clone(), b.token.clone());
     let transfer = std::thread::spawn(move || {
         let body = format!(r#"{{"peer":"{a_id}","upload_bytes":1073741824}}"#);
-        common::post_in_ns(&b_ns, "/api/perf", &body)
+        common::post_in_ns(&b_ns, "/api/perf", &body, &b_token)
     });
     std::thread::sleep(Duration::from_millis(300));
 
@@ -92,13 +92,8 @@ fn bad_names_bad_tunables_and_missing_tokens_change_nothing() {
         return;
     }
     let net = NetnsPair::new("bad", 5);
-    let token = "a-test-token-of-32-characters-xx";
-    let a = Node::start_with_http(
-        &net.a,
-        &net.addr_a,
-        "0.0.0.0:9464",
-        &["--http-token", token],
-    );
+    let a = Node::start_with_http(&net.a, &net.addr_a, "0.0.0.0:9464", &[]);
+    let token = a.token.as_str();
 
     // Unknown algorithm: 400 with the valid names, nothing changes.
     let (status, body) = a.http_auth("PUT", "/api/cc", r#"{"algorithm":"nope"}"#, Some(token));
@@ -156,29 +151,45 @@ fn bad_names_bad_tunables_and_missing_tokens_change_nothing() {
     let (status, _) = a.http("GET", "/metrics", "");
     assert_eq!(status, 200);
 
-    // Beyond loopback without a token the node refuses to start.
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.b,
-            env!("CARGO_BIN_EXE_p2p-node"),
-            "run",
-        ])
-        .args([
-            "--listen",
-            &format!("/ip4/{}/tcp/4001", net.addr_b),
-            "--http",
-            "0.0.0.0:9464",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(
-            "error: --http 0.0.0.0:9464 is not a loopback address: give a token with --http-token"
-        ),
-        "{stderr}"
+    // The token the node made for itself on first start: 64 hex digits in a file only its
+    // owner can read, next to nothing else in its data dir.
+    use std::os::unix::fs::MetadataExt as _;
+    let token_file = a.data_dir.join("http-token");
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().mode() & 0o777,
+        0o600
     );
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    assert!(
+        a.stderr.lock().unwrap().contains(&format!(
+            "HTTP API token (for changes) in {}",
+            token_file.display()
+        )),
+        "the node did not say where its token is"
+    );
+    // The scheme is case-insensitive (RFC 9110); a rebinding page's Host is refused even with
+    // the token; nothing changed on the way.
+    let raw = |host: &str, scheme: &str| {
+        let body = r#"{"min_cwnd": 5}"#;
+        let request = format!(
+            "PUT /api/cc/tunables HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: {scheme} {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        raw_http_in_ns(&net.a, 9464, &request, Duration::from_secs(10)).unwrap()
+    };
+    let (status, body) = raw("evil.example:9464", "Bearer");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("does not name this node"), "{body}");
+    let t: serde_json::Value = serde_json::from_str(&a.get("/api/cc/tunables")).unwrap();
+    assert_eq!(
+        t["tunables"]["min_cwnd"], 6,
+        "a refused request changed a tunable"
+    );
+    let (status, body) = raw("localhost:9464", "bEARER");
+    assert_eq!(status, 200, "{body}");
+    let t: serde_json::Value = serde_json::from_str(&a.get("/api/cc/tunables")).unwrap();
+    assert_eq!(t["tunables"]["min_cwnd"], 5);
+    let (status, body) = raw("127.0.0.1:9464", "Basic");
+    assert_eq!(status, 401, "{body}");
 }

@@ -1,20 +1,25 @@
 //! HTTP: `/metrics` (OpenMetrics text), the JSON API and the live page.
 //!
-//! `routes/` holds the handlers (one file per area of the API), `auth` the credential check every
-//! change passes, `wire` the few lines of HTTP/1.1 the CLI and the tests speak to a node.
+//! `routes/` holds the handlers (one file per area of the API), `auth` the `Host` check and the
+//! credential every change needs, `limits` the server's timeouts, body and connection bounds,
+//! `wire` the few lines of HTTP/1.1 the CLI and the tests speak to a node.
 
-mod auth;
+pub mod auth;
+pub mod limits;
 mod routes;
 mod wire;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use axum::{
-    Router, middleware,
+    Router,
+    http::StatusCode,
+    middleware,
     routing::{get, post},
 };
 use prometheus_client::registry::Registry;
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
 use crate::{node::Client, telemetry};
 
@@ -27,15 +32,18 @@ pub struct AppState {
     pub telemetry: telemetry::Telemetry,
     /// One sentence: "loaded", or why the eBPF part is not running.
     pub ebpf_status: Arc<String>,
-    /// When set, every request that changes something (any method but GET/HEAD) must carry
-    /// `Authorization: Bearer <token>`. Required when the API binds beyond loopback.
-    pub token: Option<Arc<String>>,
+    /// Every request that changes something (any method but GET/HEAD) must carry
+    /// `Authorization: Bearer <token>`, also on loopback.
+    pub token: Arc<String>,
+    /// `Host` names accepted besides localhost and the node's addresses.
+    pub allowed_hosts: Arc<auth::AllowedHosts>,
 }
 
-/// Every route of the API, behind the credential check.
+/// Every route of the API, behind the `Host` check and the credential check, with a body limit
+/// and a time limit per route.
 fn router(state: AppState) -> Router {
     use routes::{cc, files, metrics, node, perf};
-    Router::new()
+    let quick = Router::new()
         .route("/", get(routes::page))
         .route("/metrics", get(metrics::metrics))
         .route("/api/node", get(node::node))
@@ -46,25 +54,42 @@ fn router(state: AppState) -> Router {
             "/api/cc/tunables",
             get(cc::get_tunables).put(cc::put_tunables),
         )
-        .route("/api/perf", post(perf::perf))
         .route("/api/files", get(files::list).post(files::share))
-        .route("/api/files/fetch", post(files::fetch))
         .route("/api/announcements", get(files::announcements))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits::REQUEST_TIMEOUT,
+        ));
+    let transfers = Router::new()
+        .route("/api/perf", post(perf::perf))
+        .route("/api/files/fetch", post(files::fetch))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits::TRANSFER_TIMEOUT,
+        ));
+    quick
+        .merge(transfers)
+        .layer(RequestBodyLimitLayer::new(limits::BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_host,
+        ))
         .with_state(state)
 }
 
-pub async fn serve(addr: SocketAddr, state: AppState) -> anyhow::Result<()> {
+/// Serves the API on `addr` until `shutdown` completes (see [`limits::serve`]).
+pub async fn serve(
+    addr: SocketAddr,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP API to {addr}"))?;
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .context("HTTP server")
+    limits::serve(listener, router(state), limits::connection_cap(), shutdown).await;
+    Ok(())
 }

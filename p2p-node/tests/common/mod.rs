@@ -123,6 +123,24 @@ pub struct Node {
     pub multiaddr: String,
     pub peer_id: String,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The node's `--data-dir` (removed on drop when the harness made it).
+    pub data_dir: std::path::PathBuf,
+    own_data_dir: bool,
+    /// The token it created in its data dir (what `http` sends).
+    pub token: String,
+}
+
+/// A fresh data dir for a test node.
+pub fn test_data_dir(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "p2pcc-test-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Node {
@@ -133,11 +151,21 @@ impl Node {
     /// As [`Node::start`], with the HTTP API on `http` (its port must be 9464).
     pub fn start_with_http(ns: &str, listen_ip: &str, http: &str, extra: &[&str]) -> Self {
         let http_port = 9464;
-        let mut child = Command::new("ip")
+        let own_data_dir = !extra.contains(&"--data-dir");
+        let data_dir = match extra.iter().position(|a| *a == "--data-dir") {
+            Some(i) => std::path::PathBuf::from(extra[i + 1]),
+            None => test_data_dir(ns),
+        };
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_p2p-node"), "run"])
             .args(["--listen", &format!("/ip4/{listen_ip}/tcp/4001")])
             .args(["--http", http, "--require-ebpf"])
-            .args(extra)
+            .args(extra);
+        if own_data_dir {
+            command.arg("--data-dir").arg(&data_dir);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -178,6 +206,11 @@ impl Node {
             }
         };
         let peer_id = multiaddr.rsplit('/').next().unwrap().to_owned();
+        let token = match std::env::var("P2PCC_HTTP_TOKEN") {
+            Ok(token) => token,
+            Err(_) => p2p_node::http::auth::read_token_file(&data_dir.join("http-token"))
+                .unwrap_or_else(|e| panic!("the node in {ns} made no token file: {e:#}")),
+        };
         let node = Self {
             child,
             ns: ns.to_owned(),
@@ -185,6 +218,9 @@ impl Node {
             multiaddr,
             peer_id,
             stderr: stderr_buf,
+            data_dir,
+            own_data_dir,
+            token,
         };
         node.wait_http();
         node
@@ -213,8 +249,9 @@ impl Node {
         body
     }
 
+    /// A request with the node's token.
     fn try_http(&self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-        self.try_http_auth(method, path, body, None)
+        self.try_http_auth(method, path, body, Some(&self.token))
     }
 
     /// An HTTP request with `Authorization: Bearer <token>` when given.
@@ -293,6 +330,16 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        self.stop();
+        if self.own_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+impl Node {
+    /// SIGTERM, then SIGKILL after 5 s.
+    fn stop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -555,9 +602,19 @@ pub fn node_sockets(node: &Node) -> Vec<(u64, std::os::fd::OwnedFd)> {
         .collect()
 }
 
-/// A POST to the node API on 127.0.0.1:9464 inside `ns` (for use from another thread).
-pub fn post_in_ns(ns: &str, path: &str, body: &str) -> (u16, String) {
-    http_in_ns(ns, 9464, "POST", path, body, None, Duration::from_secs(120)).expect("HTTP request")
+/// A POST with `token` to the node API on 127.0.0.1:9464 inside `ns` (for use from another
+/// thread).
+pub fn post_in_ns(ns: &str, path: &str, body: &str, token: &str) -> (u16, String) {
+    http_in_ns(
+        ns,
+        9464,
+        "POST",
+        path,
+        body,
+        Some(token),
+        Duration::from_secs(120),
+    )
+    .expect("HTTP request")
 }
 
 /// An HTTP request to 127.0.0.1:`port` made from inside namespace `ns` (on its own thread,
@@ -571,8 +628,19 @@ pub fn http_in_ns(
     token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    let ns = ns.to_owned();
     let request = p2p_node::http::request_text(method, "127.0.0.1", path, token, body);
+    raw_http_in_ns(ns, port, &request, timeout)
+}
+
+/// Sends `request` verbatim to 127.0.0.1:`port` inside `ns`; the status and body of the answer.
+pub fn raw_http_in_ns(
+    ns: &str,
+    port: u16,
+    request: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let ns = ns.to_owned();
+    let request = request.to_owned();
     std::thread::spawn(move || -> std::io::Result<(u16, String)> {
         enter_netns(&ns)?;
         let mut stream = TcpStream::connect(("127.0.0.1", port))?;
