@@ -4,6 +4,10 @@
 //! with the toolchain `cc-ebpf/rust-toolchain.toml` names (nightly + rust-src) and bpf-linker.
 //! `cargo xtask setup` installs both when missing. Nothing here depends on the build machine's
 //! kernel: the loader fills the programs' kernel layout table from the running kernel's BTF.
+//!
+//! It also copies uPlot (`web/node_modules/uplot/dist`, pinned by `web/package-lock.json` and
+//! installed by `cargo xtask setup`) into `OUT_DIR` for the live pages; without it, a script that
+//! makes the pages say how to install it, and a build warning.
 
 use std::{
     env, fs,
@@ -12,6 +16,35 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+/// What the live pages show instead of charts when uPlot was not installed before the build.
+const UPLOT_MISSING_JS: &str = "window.UPLOT_MISSING = 'uPlot is not installed: run `cargo xtask setup` \
+(npm ci in web/), then rebuild p2p-node.';\n";
+
+/// uPlot's script and style sheet into `OUT_DIR` (`uplot.js`, `uplot.css`).
+fn web_assets(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
+    let dist = root.join("web/node_modules/uplot/dist");
+    println!("cargo:rerun-if-changed={}", dist.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("web/package-lock.json").display()
+    );
+    let js = fs::read_to_string(dist.join("uPlot.iife.min.js"));
+    let css = fs::read_to_string(dist.join("uPlot.min.css"));
+    let (js, css) = match (js, css) {
+        (Ok(js), Ok(css)) => (js, css),
+        _ => {
+            println!(
+                "cargo:warning=uPlot not found in {}: the live pages will show no charts; run `cargo xtask setup`",
+                dist.display()
+            );
+            (UPLOT_MISSING_JS.to_owned(), String::new())
+        }
+    };
+    fs::write(out_dir.join("uplot.js"), js)?;
+    fs::write(out_dir.join("uplot.css"), css)?;
+    Ok(())
+}
 
 /// The eBPF objects, one per binary in `cc-ebpf/src/bin/`.
 const OBJECTS: &[&str] = &["probes", "bbr_p2p", "reno_rs"];
@@ -35,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     build_ebpf(&ebpf_dir, &root.join("target").join("cc-ebpf"))?;
+    web_assets(root, &out_dir)?;
     let built = root.join("target/cc-ebpf/bpfel-unknown-none/release");
     for object in OBJECTS {
         let from = built.join(object);

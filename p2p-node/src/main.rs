@@ -25,6 +25,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,libp2p_swarm=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in piped or collected logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

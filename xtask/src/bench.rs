@@ -652,26 +652,8 @@ impl Testbed {
     /// The round trip sender → receiver without load, as TCP sees it (no `ping` here): the
     /// time from SYN to the receiver's RST for a connect to a closed port, 10 times.
     fn ping(&self) -> anyhow::Result<String> {
-        let probe = thread::spawn(|| -> anyhow::Result<Vec<f64>> {
-            delay_line::enter_namespace(&format!("/run/netns/{SENDER_NS}"))?;
-            let target = std::net::SocketAddr::from(([10, 79, 2, 2], CLOSED_PORT));
-            let mut rtts = Vec::new();
-            for _ in 0..10 {
-                let start = Instant::now();
-                match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                    Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
-                        rtts.push(start.elapsed().as_secs_f64() * 1e3);
-                    }
-                    Err(err) => bail!("connecting to {target} (expected a refusal): {err}"),
-                    Ok(_) => bail!("{target} accepted a connection; expected a closed port"),
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-            Ok(rtts)
-        });
-        let mut rtts = probe
-            .join()
-            .map_err(|_| anyhow::anyhow!("the RTT probe thread panicked"))??;
+        let target = std::net::SocketAddr::from(([10, 79, 2, 2], CLOSED_PORT));
+        let mut rtts = crate::netns::tcp_round_trips(SENDER_NS, target, 10)?;
         Ok(format!(
             "TCP SYN→RST round trip over 10 tries: min {:.2} ms, median {:.2} ms, max {:.2} ms",
             quantile(&mut rtts, 0.0),

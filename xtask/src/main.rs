@@ -8,10 +8,13 @@ mod bench;
 mod bench_probes;
 mod delay_line;
 mod exec;
+mod link;
 mod netns;
+mod overview;
 mod run;
 mod setup;
 mod test;
+mod workload;
 
 use clap::{Parser, Subcommand};
 

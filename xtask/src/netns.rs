@@ -3,7 +3,15 @@
 //! Everything xtask and the tests create is named with [`PREFIX`], so a crashed run's leftovers
 //! can be found and removed without tracking state between runs.
 
-use std::process::Command;
+use std::{
+    io,
+    net::SocketAddr,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
 
 use crate::exec::{exec, output};
 
@@ -14,9 +22,14 @@ pub const PREFIX: &str = "p2pcc-";
 /// namespace (a veth whose peer was never moved out, e.g. after a crash halfway through setup).
 ///
 /// Deleting a namespace destroys the veths inside it and with them their peers elsewhere.
+///
+/// Processes still running in such a namespace (a node of a run whose xtask was killed before
+/// its nodes got their parent-death signal) are killed first: they would keep the namespace
+/// alive, and a node keeps its congestion control registered.
 pub fn delete_leftovers() -> anyhow::Result<()> {
     for namespace in namespace_names(&output(Command::new("ip").args(["netns", "list"]))?) {
         if namespace.starts_with(PREFIX) {
+            kill_processes_in(namespace)?;
             exec(Command::new("ip").args(["netns", "del", namespace]))?;
         }
     }
@@ -27,6 +40,63 @@ pub fn delete_leftovers() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGKILL to every process in `namespace` (`ip netns pids`), then waits up to a second for them
+/// to be gone.
+fn kill_processes_in(namespace: &str) -> anyhow::Result<()> {
+    let pids = || -> anyhow::Result<Vec<libc::pid_t>> {
+        let listing = output(Command::new("ip").args(["netns", "pids", namespace]))?;
+        Ok(listing
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect())
+    };
+    let leftovers = pids()?;
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    println!("[netns] killing leftover processes in {namespace}: {leftovers:?}");
+    for pid in leftovers {
+        // SAFETY: kill has no memory-safety preconditions; the pid was just listed as living in
+        // one of this project's namespaces.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !pids()?.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Round trips from inside `namespace` to `target`, a TCP port nothing listens on, as TCP sees
+/// them (no `ping` binary needed): the time from SYN to the RST, `tries` times, milliseconds.
+pub fn tcp_round_trips(
+    namespace: &str,
+    target: SocketAddr,
+    tries: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let path = format!("/run/netns/{namespace}");
+    let probe = thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        // setns changes only this thread's namespace.
+        crate::delay_line::enter_namespace(&path)?;
+        let mut rtts = Vec::with_capacity(tries);
+        for _ in 0..tries {
+            let start = Instant::now();
+            match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                    rtts.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+                Err(err) => bail!("connecting to {target} (expected a refusal): {err}"),
+                Ok(_) => bail!("{target} accepted a connection; expected a closed port"),
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(rtts)
+    });
+    probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the RTT probe thread panicked"))?
 }
 
 /// Whether the init namespace has a link named `name`.

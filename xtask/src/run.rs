@@ -9,14 +9,26 @@
 //!            p2pcc-r1 10.77.1.1 [tbf]   p2pcc-r2 10.77.2.1 [tbf]   ...
 //!                 |                          |
 //!   p2pcc-n1: p2pcc-n1 10.77.1.2   p2pcc-n2: p2pcc-n2 10.77.2.2   ...   (default via .1)
+//!
+//!   router FORWARD:  -i/-o p2pcc-r<i> statistic DROP (link loss)
+//!                    -o p2pcc-r<i> NFQUEUE <i>  → a delay line holding packets RTT_i/2
 //! ```
 //!
-//! The tbf qdiscs sit on the router's egress towards each node, not on the senders' own veths:
-//! there TCP Small Queues would keep the queue short for every algorithm (see PLATFORM.md), and
-//! the algorithms would look alike. The host link lets a browser or curl on the host reach each
-//! node's HTTP endpoint.
+//! Each node's link ([`crate::link`]: `--link` presets and per-node overrides) is applied on the
+//! router's egress towards the node: a tbf for the rate and buffer, and a delay of RTT/2 — the
+//! NFQUEUE delay line of `xtask/src/delay_line.rs` (one per node, on a thread of this process),
+//! or netem with the tbf as its child where the kernel has netem. The tbf sits on the router, not
+//! on the senders' own veths: there TCP Small Queues would keep the queue short for every
+//! algorithm (see PLATFORM.md), and the algorithms would look alike. Before the nodes start, the
+//! round trip of every link is measured through the shaped path and compared with the
+//! configured one (within [`RTT_TOLERANCE`]). The host link lets a browser or curl on the host
+//! reach each node's HTTP endpoint.
 //!
-//! Everything created is removed when the run ends, whichever way it ends (the [`Testbed`] guard).
+//! Everything created is removed when the run ends, whichever way it ends (the [`Testbed`]
+//! guard): nodes, delay lines, namespaces and with them their links, qdiscs and iptables rules.
+//! After a SIGKILL of xtask the nodes get SIGTERM from the kernel (parent-death signal) and the
+//! delay lines die with the process; the next start kills anything left in `p2pcc-*` namespaces
+//! and deletes them.
 
 use std::{
     io::{self, BufRead as _, BufReader, Read},
@@ -35,8 +47,11 @@ use anyhow::{Context as _, bail};
 
 use crate::exec::{die_with_parent, release_node};
 use crate::{
-    exec::{describe, exec, is_root},
-    netns, setup,
+    delay_line::{self, DelayLine},
+    exec::{describe, exec, is_root, output},
+    link::{self, Link},
+    netns, overview, setup,
+    workload::{self, NodeApi, Traffic},
 };
 
 /// The router namespace; every node's link ends here.
@@ -51,14 +66,18 @@ const HOST_SUBNET: u8 = 250;
 const LISTEN_PORT: u16 = 4001;
 /// The nodes' HTTP port (metrics and API); 9464 is the usual Prometheus exporter port.
 const HTTP_PORT: u16 = 9464;
-/// The bottleneck: 100 Mbit/s with a 2 MB buffer, the setting PLATFORM.md's measurements used
-/// (a full buffer then holds ~160 ms, enough for loss-based algorithms to show bufferbloat).
-/// The burst (4 KB) stays small so that the rate, not bursts, shapes the traffic.
-const TBF: &[&str] = &[
-    "tbf", "rate", "100mbit", "burst", "32kbit", "limit", "2000000",
-];
+/// How far the measured round trip of a link may be from the configured one (issue 11).
+const RTT_TOLERANCE: f64 = 0.10;
+/// Round trips measured per link at start.
+const RTT_TRIES: usize = 10;
+/// A TCP port nothing listens on in the node namespaces (the RTT probe's target: the RST
+/// comes back from the node's kernel).
+const CLOSED_PORT: u16 = 9;
 /// How long node 1 may take to print its listen address (a first start loads eBPF programs).
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections without streams close after this (the node's default is 30 s; the testbed's
+/// connections should outlive the pauses between transfers).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long the nodes get to exit after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often waiting loops look at the stop flag and the nodes.
@@ -67,18 +86,27 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(clap::Args)]
 pub struct Options {
     /// Number of nodes (1 to 249: node i gets the address 10.77.i.2).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..HOST_SUBNET as i64))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..HOST_SUBNET as i64))]
     nodes: u8,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     duration: Option<u64>,
     /// Congestion control per node, comma-separated; repeated in turn when shorter than --nodes.
-    #[arg(long, value_delimiter = ',', default_value = "bbr-p2p,cubic,bbr")]
+    #[arg(long, value_delimiter = ',', default_value = "bbr-p2p,bbr,cubic,reno")]
     cc: Vec<String>,
-    /// Do not generate traffic (by default every other node uploads to node 1 periodically,
-    /// with the libp2p perf protocol, so the graphs show connections under load).
-    #[arg(long)]
-    no_traffic: bool,
+    /// The links (repeatable): a preset for every node (lan, wan, bufferbloat, lossy; default
+    /// wan: 100 Mbit/s, 40 ms, 4 BDP buffer), or one node's link as `n2=lossy` or
+    /// `n2=20mbit,80ms,0.5bdp,1%` (fields in any order, omitted ones from the default).
+    #[arg(long, value_name = "PRESET|nI=SPEC")]
+    link: Vec<String>,
+    /// Generated traffic (xtask/src/workload.rs): none; light (files shared and fetched); heavy
+    /// (light plus back-to-back bulk uploads in a ring n1→n2→…→n1, long enough to fill the
+    /// buffers).
+    #[arg(long, value_enum, default_value = "heavy")]
+    traffic: Traffic,
+    /// Where the testbed's live page (xtask/src/overview.rs) listens.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    overview: String,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -91,6 +119,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             options.cc.join(",")
         );
     }
+    let links = link::links(options.nodes, &options.link)?;
     setup::run()?;
     let binary = release_node(true)?;
 
@@ -104,40 +133,63 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "[run] creating the testbed: router {ROUTER_NS} and {} node namespaces",
         options.nodes
     );
-    testbed.build_network(options.nodes)?;
+    testbed.build_network(&links)?;
+    if !testbed.check_round_trips(&links)? {
+        println!("[run] interrupted while measuring the links");
+        return Ok(());
+    }
 
     let algorithms = algorithms(options);
-    let spawn = |testbed: &mut Testbed, i: u8, peer: Option<&str>| {
-        testbed.start_node(&NodeCommand {
+    // Each node's peer id is known only once it prints its address; node 1 is the others'
+    // bootstrap peer.
+    let mut peer_ids = Vec::new();
+    let mut bootstrap = None;
+    for i in 1..=options.nodes {
+        let ready = testbed.start_node(&NodeCommand {
             binary: &binary,
             i,
             algorithm: algorithms[usize::from(i - 1)],
-            peer,
-        })
-    };
-
-    // Node 1 is the others' bootstrap peer: its address (with its peer id) is known only once it
-    // prints it.
-    let ready = spawn(&mut testbed, 1, None)?;
-    let Some(bootstrap) = testbed.wait_for_address(&ready)? else {
-        println!("[run] interrupted while node 1 was starting");
-        return Ok(());
-    };
-    println!("[run] node 1 listens on {bootstrap}");
-    for i in 2..=options.nodes {
-        spawn(&mut testbed, i, Some(&bootstrap))?;
+            peer: bootstrap.as_deref(),
+        })?;
+        let Some(address) = testbed.wait_for_address(&ready)? else {
+            println!("[run] interrupted while n{i} was starting");
+            return Ok(());
+        };
+        println!("[run] n{i} listens on {address}");
+        peer_ids.push(address.rsplit('/').next().unwrap_or_default().to_owned());
+        bootstrap.get_or_insert(address);
     }
 
     print_table(&algorithms);
-    let traffic = (!options.no_traffic && options.nodes > 1).then(|| {
-        let target = bootstrap.rsplit('/').next().unwrap_or_default().to_owned();
-        spawn_traffic(options.nodes, target)
-    });
+    let apis: Vec<NodeApi> = (1..)
+        .zip(peer_ids)
+        .zip(&links)
+        .map(|((i, peer_id), link)| NodeApi {
+            name: format!("n{i}"),
+            http: format!("{}:{HTTP_PORT}", node_ip(i)),
+            peer_id,
+            link: *link,
+        })
+        .collect();
+    let upstreams = apis
+        .iter()
+        .zip(&algorithms)
+        .map(|(api, algorithm)| overview::Upstream {
+            name: api.name.clone(),
+            address: api.http.clone(),
+            algorithm: (*algorithm).to_owned(),
+            link: api.link.to_string(),
+        })
+        .collect();
+    let _proxy = overview::serve(&options.overview, upstreams)?;
+    println!(
+        "[run] the testbed's live page: http://{}/  (switching needs the token {})",
+        options.overview,
+        testbed_token()
+    );
+    let workload = workload::start(options.traffic, &apis, testbed_token(), stop_requested)?;
     let result = testbed.wait_until_stopped(options.duration.map(Duration::from_secs));
-    TRAFFIC_STOP.store(true, Ordering::SeqCst);
-    if let Some(traffic) = traffic {
-        let _ = traffic.join();
-    }
+    drop(workload);
     result
     // `testbed` drops here, on success and on every `?` above: nodes stopped, namespaces deleted.
 }
@@ -195,63 +247,6 @@ fn print_table(algorithms: &[&str]) {
     println!();
 }
 
-/// Bytes each other node uploads to node 1 per traffic round (≈ 2 s at 100 Mbit/s).
-const TRAFFIC_BYTES: u64 = 25_000_000;
-/// Time between the starts of traffic rounds.
-const TRAFFIC_PERIOD: Duration = Duration::from_secs(15);
-/// Tells the traffic thread to stop (the testbed is going down).
-static TRAFFIC_STOP: AtomicBool = AtomicBool::new(false);
-
-/// Every [`TRAFFIC_PERIOD`] until the run stops, asks nodes 2..=n in turn to upload
-/// [`TRAFFIC_BYTES`] to node 1 through their HTTP API (`POST /api/perf`). Bounded: one request
-/// at a time, each with a read timeout.
-fn spawn_traffic(nodes: u8, target_peer: String) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let body = format!(r#"{{"peer":"{target_peer}","upload_bytes":{TRAFFIC_BYTES}}}"#);
-        let running = || !TRAFFIC_STOP.load(Ordering::SeqCst) && !stop_requested();
-        // The first round waits a little: the other nodes are still connecting.
-        let mut next = Instant::now() + TRAFFIC_PERIOD / 3;
-        let mut round: u64 = 0;
-        while running() {
-            if Instant::now() < next {
-                thread::sleep(POLL_INTERVAL);
-                continue;
-            }
-            next = Instant::now() + TRAFFIC_PERIOD;
-            let i = 2 + (round % u64::from(nodes - 1)) as u8;
-            if let Err(err) = perf_request(i, &body) {
-                println!("[run] traffic n{i} -> n1: {err}");
-            }
-            round += 1;
-        }
-    })
-}
-
-/// One `POST /api/perf` to node `i` (from the host, over the host–router link).
-fn perf_request(i: u8, body: &str) -> anyhow::Result<()> {
-    use std::io::{Read as _, Write as _};
-    let address = format!("{}:{HTTP_PORT}", node_ip(i));
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "POST /api/perf HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        testbed_token(),
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        bail!(
-            "HTTP {status}: {}",
-            response.split("\r\n\r\n").nth(1).unwrap_or("").trim()
-        );
-    }
-    Ok(())
-}
-
 /// Set by SIGINT/SIGTERM; the waiting loops poll it.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
@@ -304,10 +299,12 @@ struct Testbed {
     /// Whether the host–router veth exists.
     host_link: bool,
     nodes: Vec<Node>,
+    /// One per node link, when the kernel has no netem.
+    delay_lines: Vec<DelayLine>,
 }
 
 impl Testbed {
-    fn build_network(&mut self, nodes: u8) -> anyhow::Result<()> {
+    fn build_network(&mut self, links: &[Link]) -> anyhow::Result<()> {
         self.add_namespace(ROUTER_NS)?;
         exec(Command::new("ip").args([
             "netns",
@@ -318,10 +315,126 @@ impl Testbed {
             "-w",
             "net.ipv4.ip_forward=1",
         ]))?;
-        for i in 1..=nodes {
+        let netem = has_netem();
+        println!(
+            "[run] delay: {}",
+            if netem {
+                "netem (the kernel has it), tbf as its child"
+            } else {
+                "no netem in this kernel: NFQUEUE delay lines in the router's FORWARD chain"
+            }
+        );
+        for (i, link) in (1..).zip(links) {
             self.add_node_link(i)?;
+            self.shape(i, link, netem)?;
+            println!("[run] link n{i}: {link}");
         }
         self.add_host_link()
+    }
+
+    /// The link's rate, buffer, delay and loss on the router's side of node i's veth.
+    fn shape(&mut self, i: u8, link: &Link, netem: bool) -> anyhow::Result<()> {
+        let router_veth = format!("p2pcc-r{i}");
+        let tc = || {
+            let mut cmd = Command::new("tc");
+            cmd.args(["-n", ROUTER_NS, "qdisc", "add", "dev", &router_veth]);
+            cmd
+        };
+        if netem {
+            let delay = format!("{}us", link.one_way_delay().as_micros());
+            // netem's own queue must hold a full buffer plus what is in flight in the delay.
+            let limit = (link.buffer_bytes() + link.bdp_bytes()) / 1000 + 1000;
+            exec(
+                tc().args(["root", "handle", "1:", "netem", "delay", &delay])
+                    .args(["limit", &limit.to_string()]),
+            )?;
+            exec(
+                tc().args(["parent", "1:1", "handle", "10:"])
+                    .args(link.tbf_args()),
+            )?;
+        } else {
+            exec(tc().arg("root").args(link.tbf_args()))?;
+            let queue_num = u16::from(i);
+            self.delay_lines.push(delay_line::spawn(
+                ROUTER_NS,
+                queue_num,
+                link.one_way_delay(),
+            )?);
+            iptables(&[
+                "-A",
+                "FORWARD",
+                "-o",
+                &router_veth,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue_num.to_string(),
+            ])?;
+        }
+        if link.loss > 0.0 {
+            // Both directions, ahead of the delay rules (inserted at the top).
+            let probability = link.loss.to_string();
+            for direction in ["-i", "-o"] {
+                iptables(&[
+                    "-I",
+                    "FORWARD",
+                    "1",
+                    direction,
+                    &router_veth,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &probability,
+                    "-j",
+                    "DROP",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Measures each link's round trip through the shaped path (node i to the next node's
+    /// closed port), prints it against the configured one, and fails when any is off by more
+    /// than [`RTT_TOLERANCE`]. `Ok(false)` when a stop was requested meanwhile.
+    fn check_round_trips(&mut self, links: &[Link]) -> anyhow::Result<bool> {
+        if links.len() < 2 {
+            println!("[run] one node: no path between nodes to measure");
+            return Ok(true);
+        }
+        let mut off = Vec::new();
+        for (i, link) in (1..).zip(links) {
+            if stop_requested() {
+                return Ok(false);
+            }
+            let j = i % links.len() as u8 + 1;
+            let configured = path_rtt(link, &links[usize::from(j - 1)]);
+            let target = std::net::SocketAddr::new(node_ip(j).parse()?, CLOSED_PORT);
+            let mut rtts = netns::tcp_round_trips(&node_namespace(i), target, RTT_TRIES)?;
+            rtts.sort_by(f64::total_cmp);
+            let median = rtts[rtts.len() / 2];
+            let error = (median - configured).abs() / configured.max(f64::EPSILON);
+            let verdict = if error <= RTT_TOLERANCE { "ok" } else { "OFF" };
+            println!(
+                "[run] RTT n{i}→n{j}: configured {configured:.2} ms, measured median {median:.2} ms \
+                 (min {:.2}, max {:.2}; {:+.1}%) {verdict}",
+                rtts[0],
+                rtts[rtts.len() - 1],
+                (median - configured) / configured.max(f64::EPSILON) * 100.0
+            );
+            if error > RTT_TOLERANCE {
+                off.push(format!("n{i}→n{j}"));
+            }
+        }
+        if !off.is_empty() {
+            bail!(
+                "the delay line is off by more than {:.0}% on {}",
+                RTT_TOLERANCE * 100.0,
+                off.join(", ")
+            );
+        }
+        Ok(true)
     }
 
     fn add_namespace(&mut self, name: &str) -> anyhow::Result<()> {
@@ -361,11 +474,7 @@ impl Testbed {
             &router_veth,
         ]))?;
         exec(Command::new("ip").args(["-n", ROUTER_NS, "link", "set", &router_veth, "up"]))?;
-        exec(
-            Command::new("tc")
-                .args(["-n", ROUTER_NS, "qdisc", "add", "dev", &router_veth, "root"])
-                .args(TBF),
-        )
+        Ok(())
     }
 
     /// The veth from the init namespace to the router, so the host reaches every node's HTTP port.
@@ -409,7 +518,9 @@ impl Testbed {
             .arg("run")
             .args(["--listen", &format!("/ip4/{ip}/tcp/{LISTEN_PORT}")])
             .args(["--cc", node.algorithm])
-            .args(["--http", &format!("{ip}:{HTTP_PORT}")]);
+            .args(["--http", &format!("{ip}:{HTTP_PORT}")])
+            // The workload's connections stay up between transfers.
+            .args(["--idle-timeout-secs", &IDLE_TIMEOUT.as_secs().to_string()]);
         if let Some(peer) = node.peer {
             cmd.args(["--peer", peer]);
         }
@@ -460,7 +571,7 @@ impl Testbed {
                 bail!("node {name} exited before printing its /p2p/ address: {status}");
             }
             if Instant::now() > deadline {
-                bail!("node 1 printed no /p2p/ address within {NODE_READY_TIMEOUT:?}");
+                bail!("the node printed no /p2p/ address within {NODE_READY_TIMEOUT:?}");
             }
         }
     }
@@ -544,6 +655,12 @@ impl Testbed {
             println!("[run] stopping {} nodes", self.nodes.len());
             self.stop_nodes();
         }
+        // Before the namespace goes: a delay line's socket lives in it and releases what it holds.
+        for line in self.delay_lines.drain(..) {
+            if let Err(err) = line.stop() {
+                eprintln!("[run] cleanup: delay line: {err:#}");
+            }
+        }
         // Deleting a namespace destroys its veths, and with them their peers (the host link).
         for namespace in self.namespaces.drain(..).rev() {
             if let Err(err) = exec(Command::new("ip").args(["netns", "del", &namespace])) {
@@ -564,6 +681,35 @@ impl Drop for Testbed {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// The round trip configured for the path between two nodes' links, milliseconds: each link
+/// delays the packets towards its node by half its RTT.
+fn path_rtt(a: &Link, b: &Link) -> f64 {
+    (a.one_way_delay() + b.one_way_delay()).as_secs_f64() * 1e3
+}
+
+/// `iptables-legacy` in the router namespace (nftables' `queue` is not built into every kernel;
+/// the xtables NFQUEUE target is, see PLATFORM.md).
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
+    exec(
+        Command::new("ip")
+            .args(["netns", "exec", ROUTER_NS, "iptables-legacy"])
+            .args(args),
+    )
+}
+
+/// Whether the kernel has the netem qdisc: try it on the router's loopback and take it off.
+fn has_netem() -> bool {
+    let added = output(Command::new("tc").args([
+        "-n", ROUTER_NS, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+    ]))
+    .is_ok();
+    if added {
+        let _ =
+            output(Command::new("tc").args(["-n", ROUTER_NS, "qdisc", "del", "dev", "lo", "root"]));
+    }
+    added
 }
 
 /// Echoes `stream` line by line as `[name] line` on a thread of its own, and sends every
@@ -632,7 +778,9 @@ mod tests {
             nodes: 5,
             duration: None,
             cc: vec!["a".into(), "b".into()],
-            no_traffic: false,
+            link: Vec::new(),
+            traffic: Traffic::Heavy,
+            overview: String::new(),
         };
         assert_eq!(algorithms(&options), ["a", "b", "a", "b", "a"]);
     }

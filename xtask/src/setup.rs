@@ -40,6 +40,7 @@ pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     debian_packages()?;
     bpf_linker()?;
+    web_assets()?;
     mount_if_missing("bpffs", "bpf", "/sys/fs/bpf")?;
     mount_if_missing("tracefs", "tracefs", "/sys/kernel/tracing")?;
     println!("[setup] done in {:.2?}", started.elapsed());
@@ -192,6 +193,34 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
     let major = numbers.next()?.parse().ok()?;
     let minor = numbers.next()?.parse().ok()?;
     Some((major, minor))
+}
+
+/// The uPlot version `web/package-lock.json` pins (checked so a stale install is replaced).
+const UPLOT_VERSION: &str = "1.6.32";
+
+/// uPlot for the live pages: `npm ci` in `web/` (exactly what `web/package-lock.json` pins),
+/// unless that version is installed. p2p-node's build.rs embeds it.
+fn web_assets() -> anyhow::Result<()> {
+    let web = crate::exec::workspace_root().join("web");
+    let installed = fs::read_to_string(web.join("node_modules/uplot/package.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|package| package["version"].as_str().map(str::to_owned));
+    if installed.as_deref() == Some(UPLOT_VERSION) {
+        println!("[setup] uPlot {UPLOT_VERSION} (web/node_modules): present");
+        return Ok(());
+    }
+    println!("[setup] uPlot {UPLOT_VERSION} (web/node_modules): installing with npm ci");
+    if Command::new("npm").arg("--version").output().is_err() {
+        bail!(
+            "npm is missing: install Node.js and npm (Debian: apt-get install -y npm), then re-run"
+        );
+    }
+    exec(
+        Command::new("npm")
+            .current_dir(&web)
+            .args(["ci", "--no-audit", "--no-fund"]),
+    )
 }
 
 /// Mounts `fstype` at `mount_point` unless it is already mounted there: aya pins maps in bpffs,

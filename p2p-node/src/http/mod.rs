@@ -42,9 +42,13 @@ pub struct AppState {
 /// Every route of the API, behind the `Host` check and the credential check, with a body limit
 /// and a time limit per route.
 fn router(state: AppState) -> Router {
-    use routes::{cc, files, metrics, node, perf};
+    use routes::{cc, files, live, metrics, node, perf};
     let quick = Router::new()
         .route("/", get(routes::page))
+        .route("/overview", get(live::overview))
+        .route("/assets/uplot.js", get(live::uplot_js))
+        .route("/assets/uplot.css", get(live::uplot_css))
+        .route("/assets/charts.js", get(live::charts_js))
         .route("/metrics", get(metrics::metrics))
         .route("/api/node", get(node::node))
         .route("/api/peers", get(node::peers))
@@ -67,8 +71,11 @@ fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             limits::TRANSFER_TIMEOUT,
         ));
+    // Streams run as long as the page is open: no time limit (bounded in number instead).
+    let streams = Router::new().route("/api/events", get(live::events));
     quick
         .merge(transfers)
+        .merge(streams)
         .layer(RequestBodyLimitLayer::new(limits::BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -17,8 +17,10 @@
 //! Bounds: files up to [`MAX_FILE_BYTES`], at most [`MAX_CHUNKS`] chunks of at most
 //! [`MAX_CHUNK_BYTES`], [`MAX_SHARED_FILES`] shared files, [`MAX_SERVING`] chunk reads at once
 //! (the excess is answered "busy"), [`MAX_PARALLEL_CHUNKS`] chunk requests in flight per fetch and
-//! [`MAX_PER_PROVIDER`] per provider. A provider that does not answer within the request timeout
-//! (`Config::request_timeout`) fails that chunk, which goes to another provider.
+//! per provider a window sized from that connection's bandwidth-delay product (see
+//! [`provider_window`]), between [`MIN_PER_PROVIDER`] and [`MAX_PER_PROVIDER`] chunks. A provider
+//! that does not answer within the request timeout (`Config::request_timeout`) fails that chunk,
+//! which goes to another provider.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -57,10 +59,16 @@ pub const MAX_SHARED_FILES: usize = 256;
 pub const MAX_SERVING: usize = 32;
 /// Providers a fetch uses.
 pub const MAX_PROVIDERS: usize = 16;
-/// Chunk requests in flight per fetch.
-pub const MAX_PARALLEL_CHUNKS: usize = 16;
-/// Chunk requests in flight per provider within a fetch.
-pub const MAX_PER_PROVIDER: usize = 4;
+/// Chunk requests in flight per fetch (64 × 256 KiB: 16 MiB of chunks in flight at most).
+pub const MAX_PARALLEL_CHUNKS: usize = 64;
+/// Chunk requests in flight per provider within a fetch, before its rate is known and at least.
+pub const MIN_PER_PROVIDER: usize = 4;
+/// Chunk requests in flight per provider at most (16 MiB at the default chunk size: a 1 Gbit/s
+/// path with 100 ms of RTT, with room to grow).
+pub const MAX_PER_PROVIDER: usize = 64;
+/// The window holds this many BDPs, so the fetch's rate can grow past what it measured
+/// (BBR's cwnd gain: a window of exactly one BDP would cap the rate where it was measured).
+const WINDOW_BDP_GAIN: f64 = 2.0;
 /// A provider that fails this many chunks is dropped from the fetch.
 pub const MAX_PROVIDER_FAILURES: u32 = 3;
 /// Test faults remembered at once.
@@ -714,6 +722,48 @@ struct Provider {
     in_flight: usize,
     chunks: u32,
     failures: u32,
+    /// Chunk bytes received from it and since when (its first request): its delivery rate.
+    bytes: u64,
+    since: Instant,
+    /// The chunk requests it may have in flight: [`provider_window`].
+    window: usize,
+}
+
+/// Chunk requests to keep in flight to a provider: the connection's bandwidth-delay product —
+/// the rate chunks arrive at from it, times the connection's min RTT — in chunks, times
+/// [`WINDOW_BDP_GAIN`], bounded by [`MIN_PER_PROVIDER`] and [`MAX_PER_PROVIDER`]. Without a
+/// rate or an RTT yet, the minimum.
+pub fn provider_window(
+    delivered_bytes: u64,
+    elapsed: std::time::Duration,
+    min_rtt: Option<std::time::Duration>,
+    chunk_bytes: u32,
+) -> usize {
+    let (Some(min_rtt), true) = (min_rtt, elapsed.as_secs_f64() > 0.0) else {
+        return MIN_PER_PROVIDER;
+    };
+    let rate = delivered_bytes as f64 / elapsed.as_secs_f64();
+    let bdp_chunks = rate * min_rtt.as_secs_f64() / f64::from(chunk_bytes.max(1));
+    ((bdp_chunks * WINDOW_BDP_GAIN).ceil() as usize).clamp(MIN_PER_PROVIDER, MAX_PER_PROVIDER)
+}
+
+/// The smallest min RTT the kernel reports among the node's connections to `peer`.
+fn min_rtt_to(peer: PeerId) -> Option<std::time::Duration> {
+    use std::os::fd::BorrowedFd;
+    crate::sockets::SocketTable::global()
+        .with_each(|socket| {
+            if socket.peer != Some(peer) {
+                return None;
+            }
+            // SAFETY: the fd stays open while `with_each` holds the table (see SocketInfo::fd).
+            let fd = unsafe { BorrowedFd::borrow_raw(socket.fd) };
+            let info = crate::sockets::tcp_info(fd).ok()?;
+            (info.min_rtt_us > 0 && info.min_rtt_us != u32::MAX)
+                .then(|| std::time::Duration::from_micros(u64::from(info.min_rtt_us)))
+        })
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 async fn fetch_chunks(
@@ -743,6 +793,9 @@ async fn fetch_chunks(
             in_flight: 0,
             chunks: 0,
             failures: 0,
+            bytes: 0,
+            since: Instant::now(),
+            window: MIN_PER_PROVIDER,
         })
         .collect();
     let count = manifest.chunks.len();
@@ -773,7 +826,7 @@ async fn fetch_chunks(
             // Spread chunks over providers, starting at a different one per chunk.
             let n = providers.len();
             let Some(slot) = (0..n).map(|k| (index as usize + k) % n).find(|&i| {
-                eligible(&(i, &providers[i])) && providers[i].in_flight < MAX_PER_PROVIDER
+                eligible(&(i, &providers[i])) && providers[i].in_flight < providers[i].window
             }) else {
                 break; // every eligible provider is busy; wait for one.
             };
@@ -812,7 +865,15 @@ async fn fetch_chunks(
                         .await
                         .map_err(|e| write_err(io::Error::other(e)))?
                         .map_err(write_err)?;
-                    providers[slot].chunks += 1;
+                    let provider = &mut providers[slot];
+                    provider.chunks += 1;
+                    provider.bytes += manifest.chunk_len(index) as u64;
+                    provider.window = provider_window(
+                        provider.bytes,
+                        provider.since.elapsed(),
+                        min_rtt_to(provider.peer),
+                        manifest.chunk_bytes,
+                    );
                     done += 1;
                     None
                 }
@@ -870,6 +931,30 @@ async fn fetch_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_window_follows_the_bdp_within_bounds() {
+        use std::time::Duration;
+        let second = Duration::from_secs(1);
+        // No RTT or no time yet: the minimum.
+        assert_eq!(
+            provider_window(1 << 20, second, None, CHUNK_BYTES),
+            MIN_PER_PROVIDER
+        );
+        let rtt = Some(Duration::from_millis(100));
+        assert_eq!(
+            provider_window(0, Duration::ZERO, rtt, CHUNK_BYTES),
+            MIN_PER_PROVIDER
+        );
+        // 12.5 MB/s (100 Mbit/s) × 100 ms = 1.25 MB ≈ 4.8 chunks of 256 KiB; twice that, rounded up.
+        assert_eq!(provider_window(12_500_000, second, rtt, CHUNK_BYTES), 10);
+        // 125 MB/s × 200 ms is 95 chunks: bounded.
+        let long = Some(Duration::from_millis(200));
+        assert_eq!(
+            provider_window(125_000_000, second, long, CHUNK_BYTES),
+            MAX_PER_PROVIDER
+        );
+    }
 
     fn manifest(size: u64) -> Manifest {
         let count = size.div_ceil(u64::from(CHUNK_BYTES));

@@ -622,7 +622,14 @@ struct EventLoop {
     min_peers: usize,
     maintenance: tokio::time::Interval,
     status: tokio::time::Interval,
+    /// The last status published and when: an identical one is not published again within
+    /// [`STATUS_REPEAT`] (gossipsub would refuse it as a duplicate, with a warning, while its
+    /// content-addressed id is still in the duplicate cache).
+    last_status: Option<(gossip::Announcement, tokio::time::Instant)>,
 }
+
+/// How long an unchanged status goes unrepeated; well past gossipsub's duplicate cache (60 s).
+const STATUS_REPEAT: Duration = Duration::from_secs(300);
 
 fn interval(period: Duration) -> tokio::time::Interval {
     let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -655,6 +662,7 @@ impl EventLoop {
             min_peers: config.min_peers,
             maintenance: interval(config.maintenance_interval),
             status: interval(config.status_interval),
+            last_status: None,
         }
     }
 
@@ -851,8 +859,17 @@ impl EventLoop {
             routing_table_peers,
             shared_files: self.store.len() as u32,
         };
-        if let Err(e) = self.publish(&status) {
-            tracing::debug!("status not published: {e}");
+        let now = tokio::time::Instant::now();
+        if let Some((last, at)) = &self.last_status
+            && *last == status
+            && now.duration_since(*at) < STATUS_REPEAT
+        {
+            tracing::debug!("status unchanged: not published again");
+            return;
+        }
+        match self.publish(&status) {
+            Ok(()) => self.last_status = Some((status, now)),
+            Err(e) => tracing::debug!("status not published: {e}"),
         }
     }
 

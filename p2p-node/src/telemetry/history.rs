@@ -17,15 +17,27 @@ pub const POINTS: usize = 180;
 /// Peers with a history (the busiest by bytes).
 pub const PEERS: usize = 64;
 
-/// One sample of a peer's busiest connection.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+/// One sample of a peer's busiest connection. Counters are cumulative (the page takes their
+/// differences between samples).
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Point {
     /// Unix time, seconds.
     pub t: u64,
+    /// The connection's congestion control.
+    pub algorithm: String,
     pub cwnd_segments: Option<u32>,
     pub srtt_seconds: Option<f64>,
+    pub min_rtt_seconds: Option<f64>,
     pub pacing_rate_bytes_per_second: Option<u64>,
     pub delivery_rate_bytes_per_second: Option<u64>,
+    pub bytes_acked: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub retransmitted_bytes: Option<u64>,
+    /// Seconds spent in the recovery and loss states since tracking began.
+    pub loss_recovery_seconds: Option<f64>,
+    pub ca_state: Option<&'static str>,
+    /// bbr-p2p's mode, for connections running it.
+    pub bbr_mode: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -47,12 +59,22 @@ impl History {
         peers.retain(|id, _| busiest.iter().any(|c| &c.peer_id == id));
         for c in busiest {
             let series = peers.entry(c.peer_id.clone()).or_default();
+            let tcp = c.tcp.as_ref();
             series.push_back(Point {
                 t,
-                cwnd_segments: c.tcp.map(|t| t.cwnd_segments),
-                srtt_seconds: c.tcp.map(|t| t.srtt_seconds),
-                pacing_rate_bytes_per_second: c.tcp.and_then(|t| t.pacing_rate_bytes_per_second),
-                delivery_rate_bytes_per_second: c.tcp.map(|t| t.delivery_rate_bytes_per_second),
+                algorithm: c.algorithm.clone(),
+                cwnd_segments: tcp.map(|t| t.cwnd_segments),
+                srtt_seconds: tcp.map(|t| t.srtt_seconds),
+                min_rtt_seconds: tcp.map(|t| t.min_rtt_seconds),
+                pacing_rate_bytes_per_second: tcp.and_then(|t| t.pacing_rate_bytes_per_second),
+                delivery_rate_bytes_per_second: tcp.map(|t| t.delivery_rate_bytes_per_second),
+                bytes_acked: tcp.map(|t| t.bytes_acked),
+                bytes_received: tcp.map(|t| t.bytes_received),
+                retransmitted_bytes: tcp.map(|t| t.retransmitted_bytes),
+                loss_recovery_seconds: tcp
+                    .map(|t| t.ca_state_seconds.recovery + t.ca_state_seconds.loss),
+                ca_state: tcp.map(|t| t.ca_state),
+                bbr_mode: c.bbr.as_ref().map(|b| b.mode),
             });
             while series.len() > POINTS {
                 series.pop_front();
@@ -66,8 +88,28 @@ impl History {
             .lock()
             .expect("lock poisoned")
             .iter()
-            .map(|(id, s)| (id.clone(), s.iter().copied().collect()))
+            .map(|(id, s)| (id.clone(), s.iter().cloned().collect()))
             .collect()
+    }
+
+    /// The newest point of every peer sampled at the newest sample time (peers that left are
+    /// already gone), and that time; what the live page's event stream sends each second.
+    pub fn latest(&self) -> (u64, BTreeMap<String, Point>) {
+        let peers = self.peers.lock().expect("lock poisoned");
+        let newest = peers
+            .values()
+            .filter_map(|s| s.back().map(|p| p.t))
+            .max()
+            .unwrap_or(0);
+        let latest = peers
+            .iter()
+            .filter_map(|(id, s)| {
+                s.back()
+                    .filter(|p| p.t == newest)
+                    .map(|p| (id.clone(), p.clone()))
+            })
+            .collect();
+        (newest, latest)
     }
 }
 
@@ -107,5 +149,9 @@ mod tests {
         let s = h.snapshot();
         assert!(!s.contains_key("a"));
         assert_eq!(s.len(), 1);
+        let (t, latest) = h.latest();
+        assert_eq!(t, 1_500);
+        assert_eq!(latest.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(latest["b"].algorithm, "cubic");
     }
 }

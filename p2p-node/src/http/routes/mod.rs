@@ -2,6 +2,7 @@
 
 pub mod cc;
 pub mod files;
+pub mod live;
 pub mod metrics;
 pub mod node;
 pub mod perf;
