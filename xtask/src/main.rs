@@ -11,9 +11,11 @@ mod exec;
 mod link;
 mod netns;
 mod overview;
+mod prometheus;
 mod run;
 mod setup;
 mod test;
+mod testbed_test;
 mod workload;
 
 use clap::{Parser, Subcommand};

@@ -50,7 +50,7 @@ use crate::{
     delay_line::{self, DelayLine},
     exec::{describe, exec, is_root, output},
     link::{self, Link},
-    netns, overview, setup,
+    netns, overview, prometheus, setup,
     workload::{self, NodeApi, Traffic},
 };
 
@@ -107,6 +107,10 @@ pub struct Options {
     /// Where the testbed's live page (xtask/src/overview.rs) listens.
     #[arg(long, default_value = "127.0.0.1:9400")]
     overview: String,
+    /// Also start Debian's prometheus on 127.0.0.1:9090, scraping every node (the configuration
+    /// is dashboards/prometheus/prometheus.yml with this run's targets).
+    #[arg(long)]
+    prometheus: bool,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -187,6 +191,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         options.overview,
         testbed_token()
     );
+    let _prometheus = if options.prometheus {
+        let targets: Vec<String> = apis.iter().map(|api| api.http.clone()).collect();
+        Some(prometheus::start(&targets)?)
+    } else {
+        None
+    };
     let workload = workload::start(options.traffic, &apis, testbed_token(), stop_requested)?;
     let result = testbed.wait_until_stopped(options.duration.map(Duration::from_secs));
     drop(workload);
@@ -781,6 +791,7 @@ mod tests {
             link: Vec::new(),
             traffic: Traffic::Heavy,
             overview: String::new(),
+            prometheus: false,
         };
         assert_eq!(algorithms(&options), ["a", "b", "a", "b", "a"]);
     }

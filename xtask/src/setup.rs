@@ -14,7 +14,8 @@ use crate::exec::{exec, is_root, output};
 ///   tbf, forwarding, random loss and the NFQUEUE delay line);
 /// - `bpftool`: inspecting loaded programs and their run time (`bpf_stats_enabled`);
 /// - `iperf3`: reference traffic with a chosen congestion control (`-C`);
-/// - `prometheus`: provides `promtool`, which checks the exported metrics text.
+/// - `prometheus`: provides `promtool`, which checks the exported metrics text;
+/// - `chromium`, `chromium-driver`: the testbed test drives the live page headless (WebDriver).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "iptables",
     "prometheus",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// The oldest bpf-linker that works with LLVM 22 and the nightly's bitcode.

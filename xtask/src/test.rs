@@ -4,7 +4,9 @@
 //! 1. unit tests of the workspace (`--lib --bins`: no kernel needed);
 //! 2. host tests of the eBPF crate's pure code (`cc-ebpf`, on its own nightly toolchain);
 //! 3. real-kernel integration tests of p2p-node (root; single-threaded because they share kernel
-//!    state: registered congestion controls, pinned maps, namespaces).
+//!    state: registered congestion controls, pinned maps, namespaces);
+//! 4. the testbed end to end (`cargo xtask run` driven from headless Chromium, see
+//!    `testbed_test.rs`; root, about 5 minutes).
 
 use std::{
     env, fs,
@@ -114,6 +116,21 @@ fn run_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow
         result?;
         cleaned?;
         Ok("passed".to_owned())
+    })?;
+
+    stage(stages, "testbed (run + chromium)", || {
+        if options.unit_only {
+            return Ok("skipped: --unit-only".to_owned());
+        }
+        if !is_root() {
+            let reason = "not root (the testbed needs network namespaces and BPF)";
+            if env::var_os("CI").is_some() {
+                bail!("cannot run the testbed test: {reason}; CI is set, so this is a failure");
+            }
+            println!("[test] testbed test skipped: {reason}");
+            return Ok(format!("skipped: {reason}"));
+        }
+        crate::testbed_test::run()
     })
 }
 
