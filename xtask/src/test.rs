@@ -30,6 +30,9 @@ pub struct Options {
     /// Run only the unit tiers (workspace and eBPF host tests), not the real-kernel tests.
     #[arg(long)]
     unit_only: bool,
+    /// Run only the testbed stage (`cargo xtask run` driven from headless Chromium).
+    #[arg(long, conflicts_with = "unit_only")]
+    testbed_only: bool,
     /// Passed to every test harness, e.g. a test name filter or `--ignored`.
     #[arg(last = true)]
     harness_args: Vec<String>,
@@ -60,6 +63,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 fn run_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
+    if !options.testbed_only {
+        run_test_stages(root, options, stages)?;
+    }
+    testbed_stage(options, stages)
+}
+
+fn run_test_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
     stage(stages, "unit tests (workspace)", || {
         exec(
             Command::new("cargo")
@@ -116,8 +126,10 @@ fn run_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow
         result?;
         cleaned?;
         Ok("passed".to_owned())
-    })?;
+    })
+}
 
+fn testbed_stage(options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
     stage(stages, "testbed (run + chromium)", || {
         if options.unit_only {
             return Ok("skipped: --unit-only".to_owned());

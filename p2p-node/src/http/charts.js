@@ -2,6 +2,7 @@
 // node): uPlot charts over a shared time axis, fed once a second from the nodes' `sample`
 // Server-Sent Events (GET /api/events). Bounded: WINDOW seconds of points per series, at most
 // MAX_SERIES series; markers (algorithm switches) older than the window are dropped.
+(() => {
 'use strict';
 
 const WINDOW = 300;
@@ -159,7 +160,7 @@ class Board {
   // Rebuilds the charts when the set of series changed, then gives every chart its data.
   render() {
     if (this.disabled) return;
-    const ids = [...this.series.keys()];
+    const ids = [...this.series.keys()].sort((a, b) => a.localeCompare(b, undefined, {numeric: true}));
     const key = ids.map(id => id + '=' + this.series.get(id).label).join('|');
     if (key !== this.layoutKey) this.layout(ids), this.layoutKey = key;
     const times = new Set();
@@ -186,22 +187,27 @@ class Board {
       box.className = 'chart' + (metric.headline ? ' headline' : '');
       box.innerHTML = `<h2>${metric.title} <span class="unit">(${metric.unit})</span></h2>`;
       this.container.appendChild(box);
-      const width = Math.max(300, box.clientWidth - 16);
+      const height = metric.headline ? 260 : 190;
+      const width = () => Math.max(300, box.clientWidth - 20);
       const chart = new uPlot({
-        width, height: metric.headline ? 260 : 190,
+        width: width(), height,
         plugins: [markerPlugin(this), tooltipPlugin(metric)],
         scales: {x: {time: true}, y: {range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1]}},
         axes: [
-          {label: 'time', labelSize: 18, size: 36},
+          // Whole seconds at least: the data has one point per second.
+          {label: 'time', labelSize: 18, size: 36, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600]},
           {label: metric.unit, labelSize: 18, size: 56, values: (u, vals) => vals.map(v => v == null ? '' : +v.toFixed(metric.digits > 0 && v < 10 ? 1 : 0))},
         ],
         series: [{label: 'time'}, ...ids.map(id => {
           const s = this.series.get(id);
-          return {label: s.label, stroke: s.colour, width: 1.6, spanGaps: false,
+          return {label: s.label, stroke: s.colour, width: 1.6, spanGaps: false, points: {show: false},
                   value: (u, v) => v == null ? '–' : `${v.toFixed(metric.digits)} ${metric.unit}`};
         })],
         legend: {show: true, live: true},
       }, [[], ...ids.map(() => [])], box);
+      new ResizeObserver(() => {
+        if (Math.abs(chart.width - width()) > 4) chart.setSize({width: width(), height});
+      }).observe(box);
       this.charts.push({metric, chart});
     }
   }
@@ -217,3 +223,4 @@ function stream(url, onSample, onState) {
 }
 
 window.p2pcc = {Board, METRICS, connectionValues, nodeValues, withRetrans, stream, colour};
+})();
