@@ -10,9 +10,12 @@
 //!    [`AFTER_SKIP`]..[`AFTER`] seconds after it must fall by at least [`QUEUE_FALL`]×, with
 //!    goodput at least [`GOODPUT_KEPT`]× (medians). A screenshot is kept in
 //!    `target/testbed/overview.png`.
-//! 4. The run stops (SIGTERM) and nothing may be left: `p2pcc-*` namespaces and links, the
+//! 4. A real Prometheus (`--prometheus`) has scraped the run: every query of the Grafana
+//!    dashboard returns data (one link has 1 % loss, `--link n2=1%`, so the loss-bound panel has
+//!    something to show; n2 is on neither the data nor the ACK path of the switched node's uploads).
+//! 5. The run stops (SIGTERM) and nothing may be left: `p2pcc-*` namespaces and links, the
 //!    workload's directory, processes in the namespaces, bbr_p2p in the available algorithms.
-//! 5. Again after a SIGKILL of the run: the next start cleans up, then stops, and nothing is left.
+//! 6. Again after a SIGKILL of the run: the next start cleans up, then stops, and nothing is left.
 
 use std::{
     fs,
@@ -48,18 +51,21 @@ pub fn run() -> anyhow::Result<String> {
     let artifacts = workspace_root().join("target/testbed");
     fs::create_dir_all(&artifacts)?;
 
-    // 1-4: a full run, switched from the page.
-    let mut testbed = start_run(240)?;
-    let result = check_page(&artifacts, &mut testbed);
+    // 1-5: a full run, switched from the page, scraped by Prometheus.
+    let mut testbed = start_run(300, &["--prometheus", "--link", "n2=1%"])?;
+    let result = check_page(&artifacts, &mut testbed).and_then(|verdict| {
+        let scraped = check_dashboard_queries()?;
+        Ok(format!("{verdict}; {scraped}"))
+    });
     let stopped = testbed.stop();
     let verdict = result?;
     stopped?;
     leaves_nothing().context("after the run stopped")?;
 
     // 5: SIGKILL, then the next start cleans up.
-    let mut killed = start_run(60)?;
+    let mut killed = start_run(60, &[])?;
     killed.kill();
-    let mut next = start_run(30)?;
+    let mut next = start_run(30, &["--traffic", "none"])?;
     next.stop()?;
     leaves_nothing().context("after a SIGKILLed run and the next start")?;
     Ok(verdict)
@@ -72,7 +78,7 @@ struct Run {
     token: Option<String>,
 }
 
-fn start_run(seconds: u64) -> anyhow::Result<Run> {
+fn start_run(seconds: u64, extra: &[&str]) -> anyhow::Result<Run> {
     let exe = std::env::current_exe().context("finding the xtask binary")?;
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -82,6 +88,7 @@ fn start_run(seconds: u64) -> anyhow::Result<Run> {
         "--overview",
         OVERVIEW,
     ])
+    .args(extra)
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -240,6 +247,76 @@ fn compare(history: &Value, switched_at: u64) -> anyhow::Result<String> {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Every expression of the Grafana dashboard (panels and variables, with the variables set to
+/// "all" and `$__rate_interval` to 1m) returns at least one series from the run's Prometheus.
+fn check_dashboard_queries() -> anyhow::Result<String> {
+    let path = workspace_root().join("dashboards/grafana/p2p-cc.json");
+    let dashboard: Value = serde_json::from_str(&fs::read_to_string(&path)?)?;
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                exprs.push((
+                    panel["title"].as_str().unwrap_or("?").to_owned(),
+                    expr.to_owned(),
+                ));
+            }
+        }
+    }
+    let mut empty = Vec::new();
+    for (title, expr) in &exprs {
+        let query = expr
+            .replace("$__rate_interval", "1m")
+            .replace("=~\"$instance\"", "=~\".*\"")
+            .replace("=~\"$peer\"", "=~\".*\"")
+            .replace("=~\"$algorithm\"", "=~\".*\"");
+        let path = format!("/api/v1/query?query={}", percent_encode(&query));
+        let response = http_get(crate::prometheus::LISTEN, &path)?;
+        let value: Value = serde_json::from_str(&response)
+            .with_context(|| format!("Prometheus answered {response:?}"))?;
+        let results = value["data"]["result"].as_array().map_or(0, Vec::len);
+        if value["status"] != "success" || results == 0 {
+            empty.push(format!("{title}: {query} ({})", value["error"]));
+        }
+    }
+    let verdict = format!(
+        "Prometheus: {} of {} dashboard queries returned data",
+        exprs.len() - empty.len(),
+        exprs.len()
+    );
+    println!("[testbed] {verdict}");
+    ensure!(empty.is_empty(), "{verdict}; empty: {empty:#?}");
+    Ok(verdict)
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A plain `GET`; the body (Prometheus answers with a length, `Connection: close` ends it).
+fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
+    let mut stream =
+        TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed response")?;
+    Ok(body.to_owned())
 }
 
 /// Nothing of a run may be left.
@@ -429,6 +506,14 @@ fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encodes_queries() {
+        assert_eq!(
+            percent_encode("rate(a{b=~\".*\"}[1m])"),
+            "rate%28a%7Bb%3D~%22.%2A%22%7D%5B1m%5D%29"
+        );
+    }
 
     #[test]
     fn decodes_base64() {
