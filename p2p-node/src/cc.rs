@@ -163,6 +163,14 @@ pub struct SwitchFailure {
 /// Switches the node to `name`: new sockets get it, and every socket the node holds is moved
 /// with `setsockopt(TCP_CONGESTION)` on its own fd (never another process's socket). Unknown
 /// names change nothing.
+/// Successful switches of the node's algorithm since it started (`p2pcc_cc_switches_total`:
+/// the dashboards annotate them).
+static SWITCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn switches() -> u64 {
+    SWITCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn switch(name: &str, slot: &BbrSlot) -> anyhow::Result<SwitchReport> {
     validate(name)?;
     let kernel = bbr::kernel_name(name).to_owned();
@@ -179,6 +187,7 @@ pub fn switch(name: &str, slot: &BbrSlot) -> anyhow::Result<SwitchReport> {
     }
     let table = SocketTable::global();
     table.set_algorithm(Some(kernel.clone()));
+    SWITCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let results = table.switch_all(&kernel);
     let mut report = SwitchReport {
         algorithm: name.to_owned(),

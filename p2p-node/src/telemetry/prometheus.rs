@@ -440,6 +440,13 @@ impl Collector for TcpCollector {
             }
         }
 
+        single(
+            e,
+            "cc_switches",
+            "Switches of the node's congestion control since it started (PUT /api/cc).",
+            MetricType::Counter,
+            ConstCounter::new(crate::cc::switches()),
+        )?;
         let attached = probes.map_or(0, |p| p.programs().len() as i64);
         single(
             e,
