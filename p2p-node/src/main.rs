@@ -154,9 +154,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let client = node::spawn(key, config, &mut registry)?;
-    let telemetry = telemetry::Telemetry::new(probes, bbr, args.top_peers);
-    telemetry.spawn_collector();
-    telemetry.spawn_history();
+    // Telemetry reads bbr-p2p's per-socket state through the handle control owns.
+    let read_bbr: telemetry::collector::BbrReader = {
+        let slot = bbr.clone();
+        Arc::new(move |fd| slot.read().ok()?.as_ref()?.state(fd))
+    };
+    let telemetry = telemetry::Telemetry::start(telemetry::collector::Collector::new(
+        SocketTable::global(),
+        probes,
+        Some(read_bbr),
+        args.top_peers,
+    ));
     registry
         .sub_registry_with_prefix("p2pcc")
         .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(
@@ -167,6 +175,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client,
         registry: Arc::new(registry),
         telemetry,
+        bbr,
         ebpf_status: Arc::new(ebpf_status),
         token: Arc::new(token),
         allowed_hosts: Arc::new(http::auth::AllowedHosts(args.http_host.clone())),

@@ -45,7 +45,7 @@ pub struct SocketInfo {
     /// Unix time the socket was registered, seconds.
     pub opened_unix_s: u64,
     /// The socket's fd in this process: valid while the entry exists (the stream unregisters
-    /// before it closes the fd), so use it only under [`SocketTable::with_each`].
+    /// before it closes the fd), so use it only under [`SocketTable::with_fd`].
     #[serde(skip)]
     pub fd: RawFd,
 }
@@ -224,14 +224,15 @@ impl SocketTable {
             .collect()
     }
 
-    /// Calls `f` for every entry with the table locked, so each entry's fd stays open.
-    pub fn with_each<T>(&self, mut f: impl FnMut(&SocketInfo) -> T) -> Vec<T> {
-        self.sockets
-            .lock()
-            .expect("lock poisoned")
-            .values()
-            .map(&mut f)
-            .collect()
+    /// Calls `f` with one socket's fd, the table locked for that one call only (the fd stays
+    /// open meanwhile); `None` if the socket is gone.
+    pub fn with_fd<T>(&self, cookie: u64, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+        let sockets = self.sockets.lock().expect("lock poisoned");
+        let s = sockets.get(&cookie)?;
+        // SAFETY: the entry exists, so its stream (which owns the fd) has not dropped; the
+        // lock keeps it from unregistering until `f` returns.
+        let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
+        Some(f(fd))
     }
 
     pub fn get(&self, cookie: u64) -> Option<SocketInfo> {

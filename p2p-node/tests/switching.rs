@@ -62,14 +62,19 @@ fn switching_moves_every_established_socket_of_the_node_and_no_other() {
             "A's sockets changed: {:?}",
             algorithms(&a)
         );
-        // The per-peer series carry the new label at the next scrape.
-        let text = b.get("/metrics");
+        // The per-peer series carry the new label after the next collection (scrapes encode
+        // the collector's snapshot, at most one interval old).
         let label = format!(
             "p2pcc_peer_cwnd_segments{{peer_id=\"{}\",algorithm=\"{name}\"}}",
             a.peer_id
         );
+        let mut text = String::new();
+        let seen = common::eventually(Duration::from_secs(3), || {
+            text = b.get("/metrics");
+            text.contains(&label).then_some(())
+        });
         assert!(
-            text.contains(&label),
+            seen.is_some(),
             "no {label} in:\n{}",
             text.lines()
                 .filter(|l| l.contains("cwnd"))

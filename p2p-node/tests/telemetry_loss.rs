@@ -225,6 +225,9 @@ fn congestion_state_time_adds_up_to_the_connection_lifetime() {
 
     let label = pair.label();
     let before_read = Instant::now();
+    // Scrapes encode the collector's latest snapshot: wait one collection so the node reads
+    // its clock after `before_read`.
+    std::thread::sleep(p2p_node::telemetry::collector::INTERVAL + Duration::from_millis(100));
     let text = pair.sender.get("/metrics");
     let conn = pair.connection();
     let after = Instant::now();

@@ -1,4 +1,5 @@
-//! 200 peers, K = 32: `/metrics` carries exactly 32 peers' series plus the all-peer histograms;
+//! 200 peers, K = 32: `/metrics` carries exactly the 32 busiest peers' series (by recent
+//! throughput) plus the all-peer histograms;
 //! after every peer disconnects no per-peer series and no map entries remain (the kernel's
 //! `tcp_destroy_sock` removes them and its final records are counted). The output passes
 //! `promtool check metrics`.
@@ -23,6 +24,7 @@ use p2p_node::{
     sockets::{Direction, SocketTable},
     telemetry::{
         Telemetry,
+        collector::Collector,
         prometheus::{TcpCollector, to_prometheus_text},
     },
 };
@@ -62,7 +64,7 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
     let probes = Arc::new(Probes::load().expect("loading the probes"));
     let table = SocketTable::global();
     table.set_observer(probes.clone());
-    let telemetry = Telemetry::new(Some(probes.clone()), Default::default(), K);
+    let telemetry = Telemetry::start(Collector::new(table, Some(probes.clone()), None, K));
     let mut registry = Registry::default();
     registry
         .sub_registry_with_prefix("p2pcc")
@@ -85,21 +87,28 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
             .unwrap();
         let peer = libp2p::PeerId::random();
         table.bind_peer(cookie, peer);
-        // Traffic grows with i: the last K peers are the busiest.
-        // A reply after each write: tcp_probe sees a segment before the kernel processes it,
-        // so the second exchange's segments carry the first one's acknowledged bytes.
-        let bytes = 1000 * (i + 1);
-        for len in [bytes, 1] {
-            (&client).write_all(&vec![7u8; len]).unwrap();
-            let mut buf = vec![0u8; len];
-            (&server).read_exact(&mut buf).unwrap();
-            (&server).write_all(&[1]).unwrap();
-            (&client).read_exact(&mut [0u8; 1]).unwrap();
-        }
         if i >= PEERS - K {
             busiest.push(peer.to_base58());
         }
         conns.push((cookie, client, server));
+    }
+    // Traffic for a few collections: the last K peers send 100× what the others send, so
+    // they are the busiest by recent throughput whatever the collector picked first (the
+    // top-K set has hysteresis). A reply after each write: tcp_probe sees a segment before
+    // the kernel processes it, so the second exchange's segments carry the first one's
+    // acknowledged bytes.
+    let traffic_until = std::time::Instant::now() + 3 * p2p_node::telemetry::collector::INTERVAL;
+    while std::time::Instant::now() < traffic_until {
+        for (i, (_, client, server)) in conns.iter().enumerate() {
+            let bytes = if i >= PEERS - K { 100_000 } else { 1_000 };
+            for len in [bytes, 1] {
+                (&*client).write_all(&vec![7u8; len]).unwrap();
+                let mut buf = vec![0u8; len];
+                (&*server).read_exact(&mut buf).unwrap();
+                (&*server).write_all(&[1]).unwrap();
+                (&*client).read_exact(&mut [0u8; 1]).unwrap();
+            }
+        }
     }
 
     // Every socket saw its ACKs: the top 32 by bytes are exported, no one else.

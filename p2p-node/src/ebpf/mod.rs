@@ -17,7 +17,7 @@ pub mod objects {
 }
 
 use std::{
-    os::fd::OwnedFd,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -124,8 +124,11 @@ pub struct Probes {
     stats: Mutex<HashMap<MapData, u64, SockStats>>,
     config: Mutex<Array<MapData, ProbeConfig>>,
     counters: PerCpuArray<MapData, ProbeCounters>,
-    rtt_hist: PerCpuHashMap<MapData, u64, RttHist>,
     final_records: Mutex<RingBuf<MapData>>,
+    /// Second fds of `SOCK_STATS` and `RTT_HIST` for batched reads (aya's typed maps do not
+    /// expose `BPF_MAP_LOOKUP_BATCH`).
+    stats_fd: OwnedFd,
+    rtt_hist_fd: OwnedFd,
     /// Sockets the node dropped whose entry waits for `tcp_destroy_sock`.
     closing: Mutex<std::collections::HashMap<u64, Instant>>,
     program_ids: Vec<(&'static str, u32)>,
@@ -133,7 +136,7 @@ pub struct Probes {
     failed: Vec<(&'static str, String)>,
     /// Holds `BPF_ENABLE_STATS` on while open (the kernel restores the setting when the node
     /// exits, even when it is killed).
-    stats_fd: Mutex<Option<OwnedFd>>,
+    run_stats_fd: Mutex<Option<OwnedFd>>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -195,14 +198,17 @@ impl Probes {
             ebpf.take_map(name).ok_or(LoadError::Missing(name))
         };
         let err = |map: &'static str| move |source| LoadError::Map { map, source };
-        let stats =
-            HashMap::try_from(map(&mut ebpf, SOCK_STATS_MAP)?).map_err(err(SOCK_STATS_MAP))?;
+        let stats = map(&mut ebpf, SOCK_STATS_MAP)?;
+        let stats_fd = second_fd(&stats).map_err(err(SOCK_STATS_MAP))?;
+        let stats = HashMap::try_from(stats).map_err(err(SOCK_STATS_MAP))?;
         let config =
             Array::try_from(map(&mut ebpf, PROBE_CONFIG_MAP)?).map_err(err(PROBE_CONFIG_MAP))?;
         let counters = PerCpuArray::try_from(map(&mut ebpf, PROBE_COUNTERS_MAP)?)
             .map_err(err(PROBE_COUNTERS_MAP))?;
-        let rtt_hist =
-            PerCpuHashMap::try_from(map(&mut ebpf, RTT_HIST_MAP)?).map_err(err(RTT_HIST_MAP))?;
+        let rtt_hist = map(&mut ebpf, RTT_HIST_MAP)?;
+        let rtt_hist_fd = second_fd(&rtt_hist).map_err(err(RTT_HIST_MAP))?;
+        // The typed map only checks the type and sizes; reads go through the second fd.
+        PerCpuHashMap::<_, u64, RttHist>::try_from(rtt_hist).map_err(err(RTT_HIST_MAP))?;
         let final_records = RingBuf::try_from(map(&mut ebpf, FINAL_RECORDS_MAP)?)
             .map_err(err(FINAL_RECORDS_MAP))?;
         Ok(Self {
@@ -210,12 +216,13 @@ impl Probes {
             stats: Mutex::new(stats),
             config: Mutex::new(config),
             counters,
-            rtt_hist,
             final_records: Mutex::new(final_records),
+            stats_fd,
+            rtt_hist_fd,
             closing: Mutex::new(std::collections::HashMap::new()),
             program_ids,
             failed,
-            stats_fd: Mutex::new(None),
+            run_stats_fd: Mutex::new(None),
         })
     }
 
@@ -223,7 +230,7 @@ impl Probes {
     /// as the node runs. Costs every BPF program on the host ~20 ns per run while on.
     pub fn enable_run_stats(&self) -> Result<(), aya::sys::SyscallError> {
         let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
-        *self.stats_fd.lock().expect("lock poisoned") = Some(fd);
+        *self.run_stats_fd.lock().expect("lock poisoned") = Some(fd);
         Ok(())
     }
 
@@ -247,7 +254,7 @@ impl Probes {
 
     /// Whether this node holds the kernel's run-time statistics on (`--bpf-stats`).
     pub fn run_stats_enabled(&self) -> bool {
-        self.stats_fd.lock().expect("lock poisoned").is_some()
+        self.run_stats_fd.lock().expect("lock poisoned").is_some()
     }
 
     /// Programs that failed to load or attach, with the error.
@@ -256,31 +263,47 @@ impl Probes {
     }
 
     /// Smoothed-RTT histograms per algorithm name, summed over CPUs (entries of re-registered
-    /// algorithms merged by name).
-    pub fn rtt_histograms(&self) -> Vec<(String, RttHist)> {
+    /// algorithms merged by name), with the entry count; one batched read of `RTT_HIST`.
+    pub fn rtt_histograms(&self) -> (Vec<(String, RttHist)>, usize) {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let stride = size_of::<RttHist>().next_multiple_of(8);
         let mut out: std::collections::BTreeMap<String, RttHist> = Default::default();
-        for (_, per_cpu) in self.rtt_hist.iter().flatten() {
-            let name = per_cpu
-                .iter()
-                .map(|h| unpadded(&h.name))
-                .find(|n| !n.is_empty())
-                .unwrap_or("unknown")
-                .to_owned();
-            let sum = out.entry(name).or_default();
-            for h in per_cpu.iter() {
-                sum.count += h.count;
-                sum.sum_us += h.sum_us;
-                for (a, b) in sum.buckets.iter_mut().zip(h.buckets.iter()) {
-                    *a += b;
+        let mut entries = 0;
+        let result = sys::map_lookup_batch(
+            self.rtt_hist_fd.as_raw_fd(),
+            size_of::<u64>(),
+            stride * cpus,
+            RTT_HIST_MAX_ENTRIES,
+            |_, values| {
+                entries += 1;
+                let per_cpu = (0..cpus).map(|cpu| {
+                    // SAFETY: `values` holds `cpus` values of `stride` bytes; RttHist is plain
+                    // integers (any bit pattern valid); read unaligned.
+                    unsafe {
+                        std::ptr::read_unaligned(values[cpu * stride..].as_ptr().cast::<RttHist>())
+                    }
+                });
+                let per_cpu: Vec<RttHist> = per_cpu.collect();
+                let name = per_cpu
+                    .iter()
+                    .map(|h| unpadded(&h.name))
+                    .find(|n| !n.is_empty())
+                    .unwrap_or("unknown")
+                    .to_owned();
+                let sum = out.entry(name).or_default();
+                for h in &per_cpu {
+                    sum.count += h.count;
+                    sum.sum_us += h.sum_us;
+                    for (a, b) in sum.buckets.iter_mut().zip(h.buckets.iter()) {
+                        *a += b;
+                    }
                 }
-            }
+            },
+        );
+        if let Err(e) = result {
+            tracing::warn!("reading {RTT_HIST_MAP}: {e}");
         }
-        out.into_iter().collect()
-    }
-
-    /// Entries in `RTT_HIST`.
-    pub fn rtt_hist_entries(&self) -> usize {
-        self.rtt_hist.keys().count()
+        (out.into_iter().collect(), entries)
     }
 
     pub const fn rtt_hist_capacity() -> u32 {
@@ -358,15 +381,32 @@ impl Probes {
         stats.get(&cookie, 0).ok().filter(|s| s.events > 0)
     }
 
-    /// Every entry of `SOCK_STATS` (walks the map).
+    /// Every entry of `SOCK_STATS`, in batched reads (`BPF_MAP_LOOKUP_BATCH`, 1,024 entries
+    /// per syscall), including entries the probe has not seen yet (`events == 0`).
     pub fn all_stats(&self) -> Vec<(u64, SockStats)> {
-        let stats = self.stats.lock().expect("lock poisoned");
-        stats.iter().flatten().collect()
-    }
-
-    /// Entries in `SOCK_STATS` (walks the map: for metrics, not for hot paths).
-    pub fn tracked(&self) -> usize {
-        self.stats.lock().expect("lock poisoned").keys().count()
+        const CHUNK: u32 = 1024;
+        let mut out = Vec::new();
+        let result = sys::map_lookup_batch(
+            self.stats_fd.as_raw_fd(),
+            size_of::<u64>(),
+            size_of::<SockStats>(),
+            CHUNK,
+            |key, value| {
+                // SAFETY: the slices are one key (u64) and one SockStats as the kernel copied
+                // them; both are plain integers (any bit pattern valid); read unaligned.
+                let (cookie, stats) = unsafe {
+                    (
+                        std::ptr::read_unaligned(key.as_ptr().cast::<u64>()),
+                        std::ptr::read_unaligned(value.as_ptr().cast::<SockStats>()),
+                    )
+                };
+                out.push((cookie, stats));
+            },
+        );
+        if let Err(e) = result {
+            tracing::warn!("reading {SOCK_STATS_MAP}: {e}");
+        }
+        out
     }
 
     pub const fn tracked_capacity() -> u32 {
@@ -431,6 +471,22 @@ impl SocketObserver for Probes {
             // Idempotent: the entry may already be gone (LRU eviction).
             let _ = self.stats.lock().expect("lock poisoned").remove(&cookie);
         }
+    }
+}
+
+/// A second fd of a hash map (for the batched reads aya does not offer).
+fn second_fd(map: &aya::maps::Map) -> Result<OwnedFd, aya::maps::MapError> {
+    use aya::maps::Map;
+    match map {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => d
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error,
+            })),
+        _ => Err(aya::maps::MapError::InvalidMapType { map_type: 0 }),
     }
 }
 

@@ -176,6 +176,58 @@ pub fn map_lookup(map: RawFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
     sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
 }
 
+/// `BPF_MAP_LOOKUP_BATCH` over a whole hash map: calls `each(key, value)` for every element,
+/// reading up to `chunk` elements per syscall. `value_size` is what one lookup returns (for a
+/// per-CPU map: the 8-byte-rounded value times the possible CPUs). Returns the number of
+/// syscalls made. Elements added or removed during the walk may be missed or seen once; each
+/// element read is a consistent copy.
+pub fn map_lookup_batch(
+    map: RawFd,
+    key_size: usize,
+    value_size: usize,
+    chunk: u32,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> io::Result<u32> {
+    let mut keys = vec![0u8; key_size * chunk as usize];
+    let mut values = vec![0u8; value_size * chunk as usize];
+    // The hash map's batch token is a u32 bucket index; 8 bytes leave room for other maps.
+    let mut token_in = 0u64;
+    let mut token_out = 0u64;
+    let mut calls = 0;
+    let mut first = true;
+    loop {
+        let mut attr = zeroed_attr();
+        // SAFETY: writing the batch-command member of the union.
+        let b = unsafe { &mut attr.batch };
+        b.map_fd = map as u32;
+        b.in_batch = if first { 0 } else { (&raw mut token_in) as u64 };
+        b.out_batch = (&raw mut token_out) as u64;
+        b.keys = keys.as_mut_ptr() as u64;
+        b.values = values.as_mut_ptr() as u64;
+        b.count = chunk;
+        let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+        calls += 1;
+        // SAFETY: the kernel wrote back `count` in the same member.
+        let count = unsafe { attr.batch.count }.min(chunk) as usize;
+        let done = match result {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        for i in 0..count {
+            each(
+                &keys[i * key_size..(i + 1) * key_size],
+                &values[i * value_size..(i + 1) * value_size],
+            );
+        }
+        if done || count == 0 {
+            return Ok(calls);
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
 /// `BPF_BTF_LOAD` of raw BTF bytes.
 pub fn btf_load(btf: &[u8]) -> io::Result<OwnedFd> {
     let mut attr = zeroed_attr();

@@ -30,6 +30,8 @@ pub struct AppState {
     pub client: Client,
     pub registry: Arc<Registry>,
     pub telemetry: telemetry::Telemetry,
+    /// The bbr-p2p handle (control: switching and tunables).
+    pub bbr: crate::cc::BbrSlot,
     /// One sentence: "loaded", or why the eBPF part is not running.
     pub ebpf_status: Arc<String>,
     /// Every request that changes something (any method but GET/HEAD) must carry

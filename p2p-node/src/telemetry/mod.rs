@@ -1,16 +1,19 @@
-//! Per-peer TCP telemetry: joins the probes' per-socket state to PeerIds (collect), and exports
-//! it as Prometheus metrics at scrape time (export).
+//! Per-peer TCP telemetry. The flow is one way: kernel → [`collector`] (the only reader, once per
+//! second) → [`snapshot::Snapshot`] (immutable, shared through a `watch` channel) → exporters
+//! ([`prometheus`] for `/metrics`, the HTTP API's `/api/peers`, [`history`], the live page's
+//! stream). Exporters never touch the kernel; telemetry holds no control state.
 
+pub mod collector;
 pub mod history;
 pub mod prometheus;
+pub mod snapshot;
+pub mod topk;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
-
-use std::os::fd::BorrowedFd;
 
 use cc_ebpf_common::{
     CA_STATES, SockStats,
@@ -19,10 +22,9 @@ use cc_ebpf_common::{
 };
 use serde::Serialize;
 
-use crate::{
-    ebpf::{Ended, Probes, bbr::user_name, monotonic_ns},
-    sockets::SocketTable,
-};
+use tokio::sync::watch;
+
+use crate::ebpf::{Ended, bbr::user_name};
 
 /// One connection of the node with its latest TCP state.
 #[derive(Clone, Debug, Serialize)]
@@ -203,44 +205,6 @@ pub fn delivery_rate(s: &SockStats) -> u64 {
         / u64::from(s.rate_interval_us)
 }
 
-/// Every authenticated connection of the node with its TCP state.
-pub fn connections(telemetry: &Telemetry) -> Vec<PeerConnection> {
-    let probes = telemetry.probes.as_deref();
-    let now_ns = monotonic_ns();
-    let bbr = telemetry.bbr.read().expect("lock poisoned").clone();
-    let bbr = bbr.as_deref();
-    let mut rows: Vec<PeerConnection> = SocketTable::global()
-        .with_each(|s| {
-            let tcp = probes
-                .and_then(|p| p.stats(s.cookie))
-                .as_ref()
-                .map(|s| TcpState::new(s, now_ns));
-            let on_bbr = user_name(&s.algorithm) == crate::ebpf::bbr::NAME;
-            let bbr = bbr.filter(|_| on_bbr).and_then(|b| {
-                // SAFETY: `with_each` holds the table lock, and a socket unregisters before
-                // its fd closes, so `s.fd` is this socket's open fd.
-                let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
-                let mss = tcp.map_or(1448, |t| t.mss_bytes.max(1));
-                b.state(fd).map(|state| BbrView::new(&state, mss))
-            });
-            Some(PeerConnection {
-                peer_id: s.peer?.to_base58(),
-                cookie: s.cookie,
-                direction: s.direction,
-                local: s.local.to_string(),
-                remote: s.remote.to_string(),
-                algorithm: user_name(&s.algorithm).to_owned(),
-                tcp,
-                bbr,
-            })
-        })
-        .into_iter()
-        .flatten()
-        .collect();
-    rows.sort_by(|a, b| a.peer_id.cmp(&b.peer_id).then(a.cookie.cmp(&b.cookie)));
-    rows
-}
-
 /// One connection per peer: the one that carried the most bytes (a peer has at most
 /// `max_per_peer` connections; its busiest one represents it in per-peer series).
 pub fn busiest_per_peer(rows: &[PeerConnection]) -> Vec<&PeerConnection> {
@@ -255,17 +219,6 @@ pub fn busiest_per_peer(rows: &[PeerConnection]) -> Vec<&PeerConnection> {
     let mut out: Vec<_> = best.into_values().collect();
     out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
     out
-}
-
-/// The `k` busiest peers (by bytes acked + received on their busiest connection), sorted by
-/// PeerId: the peers that get per-peer series.
-pub fn top_peers(rows: &[PeerConnection], k: usize) -> Vec<&PeerConnection> {
-    let volume = |c: &PeerConnection| c.tcp.map_or(0, |t| t.bytes_acked + t.bytes_received);
-    let mut peers = busiest_per_peer(rows);
-    peers.sort_by(|a, b| volume(b).cmp(&volume(a)).then(a.peer_id.cmp(&b.peer_id)));
-    peers.truncate(k);
-    peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-    peers
 }
 
 /// Default number of peers with per-peer series (`--top-peers`).
@@ -314,88 +267,63 @@ pub fn fold_ended(totals: &mut BTreeMap<String, ClosedTotals>, ended: &[Ended]) 
     }
 }
 
-/// What the HTTP layer and the exporter share.
+/// The exporters' handle on the collector's snapshots, and the history fed from them.
 #[derive(Clone)]
 pub struct Telemetry {
-    pub probes: Option<Arc<Probes>>,
-    pub bbr: crate::cc::BbrSlot,
-    /// Peers with per-peer series (`--top-peers`).
-    pub top_peers: usize,
-    /// Totals of connections whose tracking ended, per algorithm.
-    pub closed: Arc<Mutex<BTreeMap<String, ClosedTotals>>>,
+    snapshot: watch::Receiver<Arc<snapshot::Snapshot>>,
     /// The live page's short per-peer time series.
     pub history: Arc<history::History>,
 }
 
 impl Telemetry {
-    pub fn new(probes: Option<Arc<Probes>>, bbr: crate::cc::BbrSlot, top_peers: usize) -> Self {
-        Self {
-            probes,
-            bbr,
-            top_peers,
-            closed: Arc::default(),
-            history: Arc::default(),
-        }
+    /// Starts the collector (first collection now, then every [`collector::INTERVAL`]) and the
+    /// history thread that records each new snapshot.
+    pub fn start(collector: collector::Collector) -> Self {
+        Self::from_receiver(collector.spawn())
     }
 
-    /// Drains the probes' final records into the closed-connection totals.
-    pub fn collect_ended(&self) {
-        if let Some(probes) = &self.probes {
-            let ended = probes.take_ended();
-            if !ended.is_empty() {
-                fold_ended(&mut self.closed.lock().expect("lock poisoned"), &ended);
-            }
-        }
-    }
-
-    /// Collects the final records every second on a background thread (the ring buffer must
-    /// not fill between scrapes); the thread ends when the probes are dropped.
-    /// Samples every peer once a second into [`Telemetry::history`], for as long as the
-    /// process runs.
-    pub fn spawn_history(&self) {
-        let this = self.clone();
-        let _ = std::thread::Builder::new()
+    /// Exporters over snapshots from elsewhere (tests, or a collector already running). The
+    /// history is recorded on a thread of its own, which ends with the channel.
+    pub fn from_receiver(snapshot: watch::Receiver<Arc<snapshot::Snapshot>>) -> Self {
+        let history: Arc<history::History> = Arc::default();
+        let mut updates = snapshot.clone();
+        let recorder = history.clone();
+        let spawned = std::thread::Builder::new()
             .name("p2pcc-history".into())
             .spawn(move || {
                 loop {
-                    this.history
-                        .record(&connections(&this), std::time::SystemTime::now());
-                    std::thread::sleep(Duration::from_secs(1));
+                    let s = updates.borrow_and_update().clone();
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(s.taken_unix_ms);
+                    recorder.record(&s.connections, at);
+                    if futures::executor::block_on(updates.changed()).is_err() {
+                        break;
+                    }
                 }
             });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the telemetry history thread: {e}");
+        }
+        Self { snapshot, history }
     }
 
-    pub fn spawn_collector(&self) {
-        let Some(probes) = &self.probes else { return };
-        let probes = Arc::downgrade(probes);
-        let this = Self {
-            probes: None,
-            ..self.clone()
-        };
-        let _ = std::thread::Builder::new()
-            .name("p2pcc-final-records".into())
-            .spawn(move || {
-                while let Some(probes) = probes.upgrade() {
-                    let ended = probes.take_ended();
-                    drop(probes);
-                    if !ended.is_empty() {
-                        fold_ended(&mut this.closed.lock().expect("lock poisoned"), &ended);
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            });
+    /// The latest snapshot (no syscall, no kernel access).
+    pub fn snapshot(&self) -> Arc<snapshot::Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on each new snapshot (for streams such as the live page's SSE).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<snapshot::Snapshot>> {
+        self.snapshot.clone()
     }
 }
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.snapshot();
         f.debug_struct("Telemetry")
-            .field("probes", &self.probes.is_some())
-            .field("top_peers", &self.top_peers)
-            .field(
-                "bbr",
-                &self.bbr.read().map(|b| b.is_some()).unwrap_or(false),
-            )
+            .field("sequence", &s.sequence)
+            .field("connections", &s.connections.len())
+            .field("probes", &s.probes.is_some())
             .finish()
     }
 }
@@ -461,18 +389,10 @@ mod tests {
     }
 
     #[test]
-    fn top_peers_by_traffic() {
-        let rows = vec![
-            row("a", 1, 10),
-            row("a", 2, 500),
-            row("b", 3, 100),
-            row("c", 4, 300),
-            row("d", 5, 0),
-        ];
-        let ids = |v: Vec<&PeerConnection>| v.iter().map(|c| c.cookie).collect::<Vec<_>>();
-        assert_eq!(ids(top_peers(&rows, 2)), vec![2, 4]);
-        assert_eq!(ids(top_peers(&rows, 10)), vec![2, 3, 4, 5]);
-        assert!(top_peers(&rows, 0).is_empty());
+    fn a_peer_is_represented_by_its_busiest_connection() {
+        let rows = vec![row("a", 1, 10), row("a", 2, 500), row("b", 3, 100)];
+        let cookies: Vec<u64> = busiest_per_peer(&rows).iter().map(|c| c.cookie).collect();
+        assert_eq!(cookies, vec![2, 3]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Prometheus export, computed at scrape time from the probes' maps and the socket table, so a
-//! series exists exactly while its peer is connected.
+//! Prometheus export: encodes the latest [`Snapshot`](super::snapshot::Snapshot) (no kernel
+//! access at scrape time), so a series exists exactly while its peer is connected (as of the
+//! last collection).
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt};
 
 use prometheus_client::{
     collector::Collector,
@@ -10,8 +11,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use super::{PeerConnection, TcpState, Telemetry, connections, top_peers};
-use crate::ebpf::Probes;
+use super::{PeerConnection, TcpState, Telemetry, busiest_per_peer};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -117,10 +117,13 @@ fn single(
 
 impl Collector for TcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let rows = connections(&self.telemetry);
-        let probes: Option<&Arc<Probes>> = self.telemetry.probes.as_ref();
-        self.telemetry.collect_ended();
-        let top = top_peers(&rows, self.telemetry.top_peers);
+        let snapshot = self.telemetry.snapshot();
+        let rows = &snapshot.connections;
+        let probes = snapshot.probes.as_ref();
+        let top: Vec<&PeerConnection> = busiest_per_peer(rows)
+            .into_iter()
+            .filter(|c| snapshot.top_peers.binary_search(&c.peer_id).is_ok())
+            .collect();
         let peers: Vec<(PeerLabels, TcpState)> = top
             .iter()
             .copied()
@@ -262,7 +265,7 @@ impl Collector for TcpCollector {
         }
 
         let mut by_algorithm: BTreeMap<String, i64> = BTreeMap::new();
-        for row in &rows {
+        for row in rows {
             *by_algorithm.entry(row.algorithm.clone()).or_default() += 1;
         }
         gauge(
@@ -367,7 +370,7 @@ impl Collector for TcpCollector {
                 .map(|(id, b)| (peer(id), u64::from(b.loss_bound_count))),
         )?;
 
-        let closed = self.telemetry.closed.lock().expect("lock poisoned").clone();
+        let closed = &snapshot.closed;
         let algo = |a: &String| AlgorithmLabels {
             algorithm: a.clone(),
         };
@@ -399,7 +402,7 @@ impl Collector for TcpCollector {
                 Some(&Unit::Seconds),
                 MetricType::Counter,
             )?;
-            for (a, c) in &closed {
+            for (a, c) in closed {
                 for (i, state) in cc_ebpf_common::CA_STATES.iter().enumerate() {
                     let labels = AlgorithmStateLabels {
                         algorithm: a.clone(),
@@ -418,7 +421,7 @@ impl Collector for TcpCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            for (algorithm, h) in probes.rtt_histograms() {
+            for (algorithm, h) in &probes.rtt_histograms {
                 let mut buckets: Vec<(f64, u64)> = h
                     .buckets
                     .iter()
@@ -427,7 +430,7 @@ impl Collector for TcpCollector {
                     .collect();
                 buckets.push((f64::MAX, 0));
                 let labels = AlgorithmLabels {
-                    algorithm: crate::ebpf::bbr::user_name(&algorithm).to_owned(),
+                    algorithm: crate::ebpf::bbr::user_name(algorithm).to_owned(),
                 };
                 metric
                     .encode_family(&labels)?
@@ -447,7 +450,7 @@ impl Collector for TcpCollector {
             MetricType::Counter,
             ConstCounter::new(crate::cc::switches()),
         )?;
-        let attached = probes.map_or(0, |p| p.programs().len() as i64);
+        let attached = probes.map_or(0, |p| p.programs.len() as i64);
         single(
             e,
             "ebpf_programs_attached",
@@ -463,13 +466,13 @@ impl Collector for TcpCollector {
             ConstGauge::new(i64::from(probes.is_some())),
         )?;
         if let Some(probes) = probes {
-            let counters = probes.counters();
+            let counters = probes.counters;
             gauge(
                 e,
                 "ebpf_program_load_failures",
                 "Optional probe programs that failed to load or attach (1 per program; the reason is in the log).",
                 None,
-                probes.failed().iter().map(|(p, _)| {
+                probes.failed.iter().map(|(p, _)| {
                     (
                         ProgramLabels {
                             program: (*p).into(),
@@ -484,36 +487,27 @@ impl Collector for TcpCollector {
                 "ebpf_map_entries",
                 "Entries in each eBPF map.",
                 None,
-                [
-                    (map(cc_ebpf_common::SOCK_STATS_MAP), probes.tracked() as i64),
-                    (
-                        map(cc_ebpf_common::RTT_HIST_MAP),
-                        probes.rtt_hist_entries() as i64,
-                    ),
-                ],
+                probes
+                    .maps
+                    .iter()
+                    .map(|&(m, entries, _)| (map(m), entries as i64)),
             )?;
             gauge(
                 e,
                 "ebpf_map_capacity",
                 "max_entries of each eBPF map.",
                 None,
-                [
-                    (
-                        map(cc_ebpf_common::SOCK_STATS_MAP),
-                        i64::from(Probes::tracked_capacity()),
-                    ),
-                    (
-                        map(cc_ebpf_common::RTT_HIST_MAP),
-                        i64::from(Probes::rtt_hist_capacity()),
-                    ),
-                ],
+                probes
+                    .maps
+                    .iter()
+                    .map(|&(m, _, capacity)| (map(m), i64::from(capacity))),
             )?;
             single(
                 e,
                 "ebpf_sockets_closing",
                 "Sockets the node dropped whose entry waits for tcp_destroy_sock (removed by the node after 90 s).",
                 MetricType::Gauge,
-                ConstGauge::new(probes.closing() as i64),
+                ConstGauge::new(probes.closing as i64),
             )?;
             single(
                 e,
@@ -552,7 +546,7 @@ impl Collector for TcpCollector {
                 [("destroy", destroyed), ("expired", expired)]
                     .map(|(s, n)| (SourceLabels { source: s.into() }, n)),
             )?;
-            let run = probes.run_stats();
+            let run = &probes.run_stats;
             let program = |p: &str| ProgramLabels { program: p.into() };
             counter(
                 e,
@@ -568,7 +562,7 @@ impl Collector for TcpCollector {
                     Some(&Unit::Seconds),
                     MetricType::Counter,
                 )?;
-                for (p, r) in &run {
+                for (p, r) in run {
                     ConstCounter::new(r.run_time_ns as f64 / 1e9)
                         .encode(metric.encode_family(&program(p))?)?;
                 }
@@ -578,16 +572,11 @@ impl Collector for TcpCollector {
                 "ebpf_stats_enabled",
                 "1 while kernel.bpf_stats_enabled is on (run time and count are being counted).",
                 MetricType::Gauge,
-                ConstGauge::new(i64::from(probes.run_stats_enabled() || bpf_stats_enabled())),
+                ConstGauge::new(i64::from(probes.stats_enabled)),
             )?;
         }
         Ok(())
     }
-}
-
-/// `kernel.bpf_stats_enabled` (also on while any process holds a `BPF_ENABLE_STATS` fd).
-fn bpf_stats_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
 
 /// Content type of [`to_prometheus_text`]'s output.

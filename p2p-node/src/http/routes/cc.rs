@@ -40,7 +40,7 @@ pub async fn put_cc(
         return bad_request(format!("{e:#}"));
     }
     let before = cc::current();
-    match cc::switch(&req.algorithm, &state.telemetry.bbr) {
+    match cc::switch(&req.algorithm, &state.bbr) {
         Ok(report) => {
             tracing::info!(target: "audit", %from, from_algorithm = %before, to_algorithm = %req.algorithm, switched = report.switched, failed = report.failed.len(), "congestion control changed");
             Json(report).into_response()
@@ -50,7 +50,7 @@ pub async fn put_cc(
 }
 
 fn bbr_handle(state: &AppState) -> Result<Arc<crate::ebpf::bbr::BbrP2p>, Box<Response>> {
-    state.telemetry.bbr.read().expect("lock poisoned").clone().ok_or_else(|| {
+    state.bbr.read().expect("lock poisoned").clone().ok_or_else(|| {
         Box::new((
             StatusCode::CONFLICT,
             "bbr-p2p is not loaded on this node (start it with --cc bbr-p2p, or switch to it with PUT /api/cc)\n",

@@ -39,10 +39,11 @@ pub async fn node(State(state): State<AppState>) -> Response {
                 status: state.ebpf_status.to_string(),
                 programs: state
                     .telemetry
+                    .snapshot()
                     .probes
                     .as_ref()
                     .map(|p| {
-                        p.programs()
+                        p.programs
                             .iter()
                             .map(|&(name, id)| ProgramStatus { name, id })
                             .collect()
@@ -55,8 +56,9 @@ pub async fn node(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn peers(State(state): State<AppState>) -> Json<Vec<telemetry::PeerConnection>> {
-    Json(telemetry::connections(&state.telemetry))
+/// Every authenticated connection, as of the latest snapshot.
+pub async fn peers(State(state): State<AppState>) -> Response {
+    Json(&state.telemetry.snapshot().connections).into_response()
 }
 
 pub async fn history(

@@ -1,0 +1,214 @@
+//! The collector: the only reader of the kernel for telemetry. Once per [`INTERVAL`] it reads
+//! the probes' maps (one batched `BPF_MAP_LOOKUP_BATCH` walk per hash map), the final records,
+//! and bbr-p2p's per-socket state, joins them to the node's socket table, and publishes an
+//! immutable [`Snapshot`] on a `watch` channel. Exporters only encode snapshots.
+//!
+//! Syscalls per collection, independent of the number of scrapes: `SOCK_STATS` in
+//! ⌈entries / 1,024⌉ + 1 batch reads, `RTT_HIST` in one, the counters in one lookup, one
+//! `BPF_OBJ_GET_INFO_BY_FD` per program, one `sk_storage` lookup per bbr-p2p socket (that map
+//! type has no batch read), and the `/proc/self` reads of the process metrics.
+//!
+//! Locks: the socket table is copied under its lock without syscalls; a bbr-p2p state lookup
+//! needs the socket's fd open, so the table lock is held across that one lookup of one socket
+//! ([`SocketTable::with_fd`]), never across the walk.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    os::fd::BorrowedFd,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use cc_ebpf_common::{RTT_HIST_MAP, SOCK_STATS_MAP, SockStats, bbr::BbrState};
+use tokio::sync::watch;
+
+use super::{
+    BbrView, ClosedTotals, PeerConnection, TcpState, fold_ended,
+    snapshot::{ProbeSnapshot, ProcessStats, Snapshot},
+    topk,
+};
+use crate::{
+    ebpf::{Probes, bbr::user_name, monotonic_ns},
+    sockets::SocketTable,
+};
+
+/// Time between collections. Scrapes and API calls in between see the same snapshot.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads one socket's bbr-p2p state from its fd. Given by the control side (which owns the
+/// bbr-p2p handle); telemetry keeps no control state.
+pub type BbrReader = Arc<dyn Fn(BorrowedFd<'_>) -> Option<BbrState> + Send + Sync>;
+
+/// MSS assumed for a bbr-p2p bandwidth when the probe has not seen the socket yet.
+const DEFAULT_MSS: u32 = 1448;
+
+/// Reads the kernel and builds snapshots; owned by the collector thread.
+pub struct Collector {
+    sockets: &'static SocketTable,
+    probes: Option<Arc<Probes>>,
+    bbr: Option<BbrReader>,
+    top_k: usize,
+    closed: BTreeMap<String, ClosedTotals>,
+    /// Bytes (acked + received) per cookie at the previous collection.
+    last_bytes: HashMap<u64, u64>,
+    last_at: Option<Instant>,
+    /// Recent throughput per peer, bytes per second (moving average).
+    rates: BTreeMap<String, f64>,
+    top: BTreeSet<String>,
+    sequence: u64,
+}
+
+impl Collector {
+    pub fn new(
+        sockets: &'static SocketTable,
+        probes: Option<Arc<Probes>>,
+        bbr: Option<BbrReader>,
+        top_k: usize,
+    ) -> Self {
+        Self {
+            sockets,
+            probes,
+            bbr,
+            top_k,
+            closed: BTreeMap::new(),
+            last_bytes: HashMap::new(),
+            last_at: None,
+            rates: BTreeMap::new(),
+            top: BTreeSet::new(),
+            sequence: 0,
+        }
+    }
+
+    /// One collection.
+    pub fn collect(&mut self) -> Snapshot {
+        let started = Instant::now();
+        let sockets = self.sockets.snapshot();
+        let all_stats = self.probes.as_ref().map(|p| p.all_stats()).unwrap_or_default();
+        let stats_entries = all_stats.len();
+        let stats: HashMap<u64, SockStats> = all_stats
+            .into_iter()
+            .filter(|(_, s)| s.events > 0)
+            .collect();
+        if let Some(probes) = &self.probes {
+            fold_ended(&mut self.closed, &probes.take_ended());
+        }
+        let now_ns = monotonic_ns();
+        let unbound_sockets = sockets.iter().filter(|s| s.peer.is_none()).count();
+        let mut connections: Vec<PeerConnection> = sockets
+            .iter()
+            .filter_map(|s| {
+                let peer_id = s.peer?.to_base58();
+                let tcp = stats.get(&s.cookie).map(|st| TcpState::new(st, now_ns));
+                let algorithm = user_name(&s.algorithm).to_owned();
+                let bbr = match &self.bbr {
+                    Some(read) if algorithm == crate::ebpf::bbr::NAME => {
+                        let mss = tcp.map_or(DEFAULT_MSS, |t| t.mss_bytes.max(1));
+                        self.sockets
+                            .with_fd(s.cookie, |fd| read(fd))
+                            .flatten()
+                            .map(|state| BbrView::new(&state, mss))
+                    }
+                    _ => None,
+                };
+                Some(PeerConnection {
+                    peer_id,
+                    cookie: s.cookie,
+                    direction: s.direction,
+                    local: s.local.to_string(),
+                    remote: s.remote.to_string(),
+                    algorithm,
+                    tcp,
+                    bbr,
+                })
+            })
+            .collect();
+        connections.sort_by(|a, b| a.peer_id.cmp(&b.peer_id).then(a.cookie.cmp(&b.cookie)));
+        self.update_top(&connections, started);
+
+        let probes = self.probes.as_ref().map(|p| {
+            let (rtt_histograms, rtt_entries) = p.rtt_histograms();
+            ProbeSnapshot {
+                programs: p.programs().to_vec(),
+                failed: p.failed().to_vec(),
+                counters: p.counters(),
+                rtt_histograms,
+                maps: vec![
+                    (SOCK_STATS_MAP, stats_entries, Probes::tracked_capacity()),
+                    (RTT_HIST_MAP, rtt_entries, Probes::rtt_hist_capacity()),
+                ],
+                closing: p.closing(),
+                run_stats: p.run_stats(),
+                stats_enabled: p.run_stats_enabled() || bpf_stats_enabled(),
+            }
+        });
+        self.sequence += 1;
+        Snapshot {
+            taken_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            sequence: self.sequence,
+            connections,
+            top_peers: self.top.iter().cloned().collect(),
+            unbound_sockets,
+            closed: self.closed.clone(),
+            probes,
+            process: ProcessStats::read(),
+            collect_seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Updates each peer's recent throughput and the top-K set.
+    fn update_top(&mut self, connections: &[PeerConnection], now: Instant) {
+        let seconds = self
+            .last_at
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        let mut bytes = HashMap::with_capacity(connections.len());
+        let mut per_peer: BTreeMap<&str, f64> = BTreeMap::new();
+        for c in connections {
+            let total = c.tcp.map_or(0, |t| t.bytes_acked + t.bytes_received);
+            // A connection first seen now carried all its bytes since the last collection.
+            let previous = self.last_bytes.get(&c.cookie).copied().unwrap_or(0);
+            bytes.insert(c.cookie, total);
+            let delta = total.saturating_sub(previous) as f64;
+            *per_peer.entry(&c.peer_id).or_default() +=
+                if seconds > 0.0 { delta / seconds } else { 0.0 };
+        }
+        let rates = per_peer
+            .into_iter()
+            .map(|(peer, sample)| {
+                let avg = topk::ewma(self.rates.get(peer).copied(), sample);
+                (peer.to_owned(), avg)
+            })
+            .collect();
+        self.rates = rates;
+        self.top = topk::select(&self.top, &self.rates, self.top_k);
+        self.last_bytes = bytes;
+        self.last_at = Some(now);
+    }
+
+    /// Collects once now (so the first snapshot is real), then every [`INTERVAL`] on a thread
+    /// of its own until every receiver is gone.
+    pub fn spawn(mut self) -> watch::Receiver<Arc<Snapshot>> {
+        let (tx, rx) = watch::channel(Arc::new(self.collect()));
+        let spawned = std::thread::Builder::new()
+            .name("p2pcc-collector".into())
+            .spawn(move || {
+                let mut next = Instant::now() + INTERVAL;
+                while !tx.is_closed() {
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    // A late collection does not cause a burst of catch-up ones.
+                    next = next.max(Instant::now()) + INTERVAL;
+                    tx.send_replace(Arc::new(self.collect()));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the telemetry collector thread: {e}");
+        }
+        rx
+    }
+}
+
+/// `kernel.bpf_stats_enabled` (also on while any process holds a `BPF_ENABLE_STATS` fd).
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
