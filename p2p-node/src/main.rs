@@ -170,6 +170,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(
             telemetry.clone(),
         )));
+    registry.register_collector(Box::new(telemetry::prometheus::ProcessCollector::new(
+        telemetry.clone(),
+    )));
 
     let state = http::AppState {
         client,

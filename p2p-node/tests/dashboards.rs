@@ -40,6 +40,26 @@ fn dashboard_metrics() -> BTreeSet<String> {
 }
 
 #[test]
+fn every_dashboard_metric_is_a_declared_family() {
+    let declared = p2p_node::telemetry::prometheus::exported_names();
+    let names = dashboard_metrics();
+    let unknown: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n);
+            !declared.iter().any(|d| d == *n || d == base)
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries families the node does not declare: {unknown:?}"
+    );
+}
+
+#[test]
 fn every_dashboard_metric_is_exported_by_a_node() {
     if !kernel_tests_possible() {
         return;

@@ -1,6 +1,6 @@
 //! Choosing and switching the congestion control of a running node: every established socket
-//! of that node moves (and no socket of another process), metrics follow, and bad requests
-//! change nothing.
+//! of that node moves (and no socket of another process), per-peer series continue (only
+//! `peer_info` changes), and bad requests change nothing.
 
 mod common;
 
@@ -13,6 +13,19 @@ fn algorithms(node: &Node) -> Vec<String> {
     node_sockets(node)
         .iter()
         .map(|(_, fd)| sockets::congestion(fd.as_fd()).unwrap())
+        .collect()
+}
+
+/// Per-peer value series (`p2pcc_peer_*` but `peer_info`) of `peer`: series → value.
+fn peer_series(text: &str, peer: &str) -> std::collections::BTreeMap<String, f64> {
+    let needle = format!("peer_id=\"{peer}\"");
+    text.lines()
+        .filter(|l| l.starts_with("p2pcc_peer_") && !l.starts_with("p2pcc_peer_info"))
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
         .collect()
 }
 
@@ -46,6 +59,18 @@ fn switching_moves_every_established_socket_of_the_node_and_no_other() {
     });
     std::thread::sleep(Duration::from_millis(300));
 
+    // B's per-peer value series for A before any switch (bbr_* series exist only while a
+    // connection runs bbr-p2p, so the continuity check is on peer_*).
+    let before = eventually(Duration::from_secs(5), || {
+        let series = peer_series(&b.get("/metrics"), &a.peer_id);
+        series
+            .contains_key(&format!(
+                "p2pcc_peer_acked_bytes_total{{peer_id=\"{}\"}}",
+                a.peer_id
+            ))
+            .then_some(series)
+    })
+    .expect("B exports A's per-peer series");
     for (name, kernel) in [("bbr-p2p", "bbr_p2p"), ("cubic", "cubic")] {
         let (status, body) = b.http("PUT", "/api/cc", &format!(r#"{{"algorithm":"{name}"}}"#));
         assert_eq!(status, 200, "{body}");
@@ -62,24 +87,39 @@ fn switching_moves_every_established_socket_of_the_node_and_no_other() {
             "A's sockets changed: {:?}",
             algorithms(&a)
         );
-        // The per-peer series carry the new label after the next collection (scrapes encode
-        // the collector's snapshot, at most one interval old).
-        let label = format!(
-            "p2pcc_peer_cwnd_segments{{peer_id=\"{}\",algorithm=\"{name}\"}}",
+        // After the next collection (scrapes encode the collector's snapshot) peer_info
+        // carries the new algorithm, and every per-peer value series of before is still there
+        // with the same labels: the switch changes values, not series.
+        let info = format!(
+            "p2pcc_peer_info{{peer_id=\"{}\",algorithm=\"{name}\",direction=\"outbound\"}} 1",
             a.peer_id
         );
         let mut text = String::new();
-        let seen = common::eventually(Duration::from_secs(3), || {
+        let seen = eventually(Duration::from_secs(3), || {
             text = b.get("/metrics");
-            text.contains(&label).then_some(())
+            text.contains(&info).then_some(())
         });
         assert!(
             seen.is_some(),
-            "no {label} in:\n{}",
+            "no {info} in:\n{}",
             text.lines()
-                .filter(|l| l.contains("cwnd"))
+                .filter(|l| l.contains("peer_info"))
                 .collect::<Vec<_>>()
                 .join("\n")
+        );
+        let now = peer_series(&text, &a.peer_id);
+        let ended: Vec<&String> = before.keys().filter(|k| !now.contains_key(*k)).collect();
+        assert!(
+            ended.is_empty(),
+            "series ended by the switch to {name}: {ended:?}"
+        );
+        let acked = "p2pcc_peer_acked_bytes_total";
+        let key = format!("{acked}{{peer_id=\"{}\"}}", a.peer_id);
+        assert!(
+            now[&key] >= before[&key],
+            "{key} went back from {} to {}",
+            before[&key],
+            now[&key]
         );
         let cc: serde_json::Value = serde_json::from_str(&b.get("/api/cc")).unwrap();
         assert_eq!(cc["algorithm"], name);

@@ -80,14 +80,18 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         let info = sockets::tcp_info(fd.as_fd()).unwrap();
         let cwnd = metric(&text, "p2pcc_peer_cwnd_segments", label)?;
         let srtt = metric(&text, "p2pcc_peer_srtt_seconds", label)?;
-        let acked = metric(&text, "p2pcc_peer_bytes_acked_total", label)?;
+        let acked = metric(&text, "p2pcc_peer_acked_bytes_total", label)?;
         let pacing = metric(&text, "p2pcc_peer_pacing_rate_bytes_per_second", label)?;
         last = format!(
             "exported cwnd {cwnd} srtt {srtt}s acked {acked} pacing {pacing}; TCP_INFO cwnd {} rtt {}us acked {} pacing {}",
             info.snd_cwnd, info.rtt_us, info.bytes_acked, info.pacing_rate
         );
+        // Value series carry only peer_id; the algorithm is on peer_info.
         let algorithm_label = text.contains(&format!(
-            "p2pcc_peer_cwnd_segments{{peer_id=\"{}\",algorithm=\"cubic\"}}",
+            "p2pcc_peer_cwnd_segments{{peer_id=\"{}\"}}",
+            a.peer_id
+        )) && text.contains(&format!(
+            "p2pcc_peer_info{{peer_id=\"{}\",algorithm=\"cubic\",direction=\"outbound\"}} 1",
             a.peer_id
         ));
         // bytes_acked: the probe runs before the ACK it sees is processed, so it may trail

@@ -478,14 +478,14 @@ impl SocketObserver for Probes {
 fn second_fd(map: &aya::maps::Map) -> Result<OwnedFd, aya::maps::MapError> {
     use aya::maps::Map;
     match map {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => d
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|io_error| aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                call: "dup",
-                io_error,
-            })),
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => {
+            d.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+                aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                })
+            })
+        }
         _ => Err(aya::maps::MapError::InvalidMapType { map_type: 0 }),
     }
 }

@@ -83,7 +83,11 @@ impl Collector {
     pub fn collect(&mut self) -> Snapshot {
         let started = Instant::now();
         let sockets = self.sockets.snapshot();
-        let all_stats = self.probes.as_ref().map(|p| p.all_stats()).unwrap_or_default();
+        let all_stats = self
+            .probes
+            .as_ref()
+            .map(|p| p.all_stats())
+            .unwrap_or_default();
         let stats_entries = all_stats.len();
         let stats: HashMap<u64, SockStats> = all_stats
             .into_iter()

@@ -1,70 +1,815 @@
-//! Prometheus export: encodes the latest [`Snapshot`](super::snapshot::Snapshot) (no kernel
-//! access at scrape time), so a series exists exactly while its peer is connected (as of the
-//! last collection).
+//! Prometheus export: encodes the latest [`Snapshot`] (no kernel access at scrape time), so a
+//! series exists exactly while its peer is connected, as of the last collection.
+//!
+//! Every metric family is defined once, in [`FAMILIES`] and [`PROCESS_FAMILIES`]: name, type,
+//! unit, help, labels and how its series come out of a snapshot. That table drives the exporter,
+//! the README's metric table ([`markdown_table`]) and the dashboard check.
+//!
+//! Per-peer value series carry only `peer_id`, so they continue across a congestion-control
+//! switch; what changes (algorithm, direction) is on `p2pcc_peer_info{...} 1`, joined in queries
+//! with `* on(peer_id) group_left(algorithm) p2pcc_peer_info`. A peer is represented by its
+//! busiest connection; only the top-K peers by recent throughput (with hysteresis, see
+//! [`super::topk`]) get per-peer series.
 
 use std::{collections::BTreeMap, fmt};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Unit,
 };
 
-use super::{PeerConnection, TcpState, Telemetry, busiest_per_peer};
+use super::{BbrView, PeerConnection, TcpState, Telemetry, busiest_per_peer, snapshot::Snapshot};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PeerLabels {
-    peer_id: String,
-    algorithm: String,
+/// How a family's values behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+    Histogram,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AlgorithmLabels {
-    algorithm: String,
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+            Kind::Histogram => "histogram",
+        }
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PeerStateLabels {
-    peer_id: String,
-    algorithm: String,
-    state: String,
+/// One sample's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(u64),
+    Float(f64),
+    /// `(sum, count, [(upper bound, count in this bucket)])`, the `+Inf` bucket last.
+    Histogram(f64, u64, Vec<(f64, u64)>),
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AlgorithmStateLabels {
-    algorithm: String,
-    state: String,
+/// One series of a family: label values in the family's label order, and the value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub labels: Vec<String>,
+    pub value: Value,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProgramLabels {
-    program: String,
+/// What a family's series are computed from.
+pub struct View<'a> {
+    pub snapshot: &'a Snapshot,
+    /// The busiest connection of each top-K peer, sorted by PeerId.
+    pub top: Vec<&'a PeerConnection>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SourceLabels {
-    source: String,
+/// A metric family, defined once.
+pub struct Family {
+    /// Without the prefix, the unit and `_total`: the exported name is
+    /// `<prefix>_<name>_<unit>[_total]`.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<&'static str>,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    pub series: fn(&View<'_>) -> Vec<Series>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MapLabels {
-    map: String,
+impl Family {
+    /// The name as Prometheus text shows it, with `prefix` (`p2pcc` or none), the unit and
+    /// `_total` for counters.
+    pub fn exported_name(&self, prefix: Option<&str>) -> String {
+        let mut name = prefix.map_or_else(String::new, |p| format!("{p}_"));
+        name.push_str(self.name);
+        if let Some(unit) = self.unit {
+            name.push('_');
+            name.push_str(unit);
+        }
+        if self.kind == Kind::Counter {
+            name.push_str("_total");
+        }
+        name
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PeerModeLabels {
-    peer_id: String,
-    mode: String,
+/// The `p2pcc_` families.
+pub const PREFIX: &str = "p2pcc";
+
+fn one(value: Value) -> Vec<Series> {
+    vec![Series {
+        labels: Vec::new(),
+        value,
+    }]
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PeerWarmLabels {
-    peer_id: String,
-    state: String,
+/// A per-peer value from the peer's busiest connection; peers without TCP state (not yet seen
+/// by the probe) or without the value get no series.
+fn per_peer(v: &View<'_>, f: impl Fn(&TcpState) -> Option<Value>) -> Vec<Series> {
+    v.top
+        .iter()
+        .filter_map(|c| {
+            Some(Series {
+                labels: vec![c.peer_id.clone()],
+                value: f(c.tcp.as_ref()?)?,
+            })
+        })
+        .collect()
 }
 
-/// Per-peer TCP state and the node's eBPF health, registered under the `p2pcc` prefix.
+/// A per-peer value of bbr-p2p's model, for peers whose busiest connection runs it.
+fn per_bbr_peer(v: &View<'_>, f: impl Fn(&BbrView) -> Option<Value>) -> Vec<Series> {
+    v.top
+        .iter()
+        .filter_map(|c| {
+            Some(Series {
+                labels: vec![c.peer_id.clone()],
+                value: f(c.bbr.as_ref()?)?,
+            })
+        })
+        .collect()
+}
+
+/// A state set: one series per possible state, 1 for the current one, 0 for the others (so a
+/// change of state changes values, not series).
+fn state_set(
+    v: &View<'_>,
+    states: &[&'static str],
+    current: impl Fn(&PeerConnection) -> Option<&'static str>,
+) -> Vec<Series> {
+    v.top
+        .iter()
+        .filter_map(|c| Some((c, current(c)?)))
+        .flat_map(|(c, now)| {
+            states.iter().map(move |&state| Series {
+                labels: vec![c.peer_id.clone(), state.to_owned()],
+                value: Value::Int(u64::from(state == now)),
+            })
+        })
+        .collect()
+}
+
+fn by_algorithm(v: &View<'_>, f: impl Fn(&super::ClosedTotals) -> Value) -> Vec<Series> {
+    v.snapshot
+        .closed
+        .iter()
+        .map(|(a, c)| Series {
+            labels: vec![a.clone()],
+            value: f(c),
+        })
+        .collect()
+}
+
+fn probes<'a>(v: &View<'a>) -> Option<&'a super::snapshot::ProbeSnapshot> {
+    v.snapshot.probes.as_ref()
+}
+
+fn labelled<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    f: impl Fn(&T) -> (String, Value),
+) -> Vec<Series> {
+    items
+        .into_iter()
+        .map(|t| {
+            let (label, value) = f(t);
+            Series {
+                labels: vec![label],
+                value,
+            }
+        })
+        .collect()
+}
+
+const BBR_MODES: [&str; 4] = ["startup", "drain", "probe_bw", "probe_rtt"];
+const WARM_STATES: [&str; 3] = ["cold", "warm", "fell_back"];
+
+/// Every `p2pcc_` family, in export order.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "build_info",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Always 1; the node's version in a label.",
+        labels: &["version"],
+        series: |_| {
+            vec![Series {
+                labels: vec![env!("CARGO_PKG_VERSION").to_owned()],
+                value: Value::Int(1),
+            }]
+        },
+    },
+    Family {
+        name: "peer_info",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Always 1 for each peer with per-peer series; carries the labels that can change (join with `* on(peer_id) group_left(algorithm) p2pcc_peer_info`).",
+        labels: &["peer_id", "algorithm", "direction"],
+        series: |v| {
+            v.top
+                .iter()
+                .map(|c| Series {
+                    labels: vec![
+                        c.peer_id.clone(),
+                        c.algorithm.clone(),
+                        match c.direction {
+                            crate::sockets::Direction::Inbound => "inbound".into(),
+                            crate::sockets::Direction::Outbound => "outbound".into(),
+                        },
+                    ],
+                    value: Value::Int(1),
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "peer_cwnd",
+        kind: Kind::Gauge,
+        unit: Some("segments"),
+        help: "Congestion window of the peer's connection.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(u64::from(t.cwnd_segments)))),
+    },
+    Family {
+        name: "peer_ssthresh",
+        kind: Kind::Gauge,
+        unit: Some("segments"),
+        help: "Slow-start threshold of the peer's connection (absent while in initial slow start).",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(u64::from(t.ssthresh_segments?)))),
+    },
+    Family {
+        name: "peer_srtt",
+        kind: Kind::Gauge,
+        unit: Some("seconds"),
+        help: "Smoothed round-trip time of the peer's connection.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Float(t.srtt_seconds))),
+    },
+    Family {
+        name: "peer_min_rtt",
+        kind: Kind::Gauge,
+        unit: Some("seconds"),
+        help: "Minimum round-trip time the kernel measured on the peer's connection.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Float(t.min_rtt_seconds))),
+    },
+    Family {
+        name: "peer_pacing_rate",
+        kind: Kind::Gauge,
+        unit: Some("bytes_per_second"),
+        help: "Pacing rate of the peer's connection (absent when unlimited).",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(t.pacing_rate_bytes_per_second?))),
+    },
+    Family {
+        name: "peer_delivery_rate",
+        kind: Kind::Gauge,
+        unit: Some("bytes_per_second"),
+        help: "Delivery rate of the latest rate sample of the peer's connection.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(t.delivery_rate_bytes_per_second))),
+    },
+    Family {
+        name: "peer_in_flight",
+        kind: Kind::Gauge,
+        unit: Some("segments"),
+        help: "Segments sent and not yet acknowledged.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(u64::from(t.packets_in_flight)))),
+    },
+    Family {
+        name: "peer_acked",
+        kind: Kind::Counter,
+        unit: Some("bytes"),
+        help: "Bytes the peer acknowledged on its connection.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(t.bytes_acked))),
+    },
+    Family {
+        name: "peer_received",
+        kind: Kind::Counter,
+        unit: Some("bytes"),
+        help: "Bytes received from the peer on its connection.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(t.bytes_received))),
+    },
+    Family {
+        name: "peer_retransmitted",
+        kind: Kind::Counter,
+        unit: Some("segments"),
+        help: "Segments retransmitted on the peer's connection (tcpi_total_retrans).",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(u64::from(t.retransmitted_segments)))),
+    },
+    Family {
+        name: "peer_retransmitted",
+        kind: Kind::Counter,
+        unit: Some("bytes"),
+        help: "Bytes retransmitted on the peer's connection (tcp_retransmit_skb).",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(t.retransmitted_bytes))),
+    },
+    Family {
+        name: "peer_send_window",
+        kind: Kind::Gauge,
+        unit: Some("bytes"),
+        help: "Receive window the peer advertises (what this side may send).",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(u64::from(t.send_window_bytes)))),
+    },
+    Family {
+        name: "peer_receive_window",
+        kind: Kind::Gauge,
+        unit: Some("bytes"),
+        help: "Receive window this side advertises to the peer.",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(u64::from(t.receive_window_bytes)))),
+    },
+    Family {
+        name: "peer_ca_transitions",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Congestion-state changes of the peer's connection (tcp_cong_state_set).",
+        labels: &["peer_id"],
+        series: |v| per_peer(v, |t| Some(Value::Int(u64::from(t.ca_transitions)))),
+    },
+    Family {
+        name: "peer_ca_state",
+        kind: Kind::Counter,
+        unit: Some("seconds"),
+        help: "Time the peer's connection spent in each congestion-avoidance state since the node began tracking it.",
+        labels: &["peer_id", "state"],
+        series: |v| {
+            v.top
+                .iter()
+                .filter_map(|c| Some((c, c.tcp?)))
+                .flat_map(|(c, t)| {
+                    t.ca_state_seconds
+                        .by_state()
+                        .map(|(state, seconds)| Series {
+                            labels: vec![c.peer_id.clone(), state.to_owned()],
+                            value: Value::Float(seconds),
+                        })
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "bbr_mode",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "bbr-p2p state machine mode of the peer's connection (1 for the current mode, 0 for the others).",
+        labels: &["peer_id", "mode"],
+        series: |v| state_set(v, &BBR_MODES, |c| Some(c.bbr.as_ref()?.mode)),
+    },
+    Family {
+        name: "bbr_bandwidth",
+        kind: Kind::Gauge,
+        unit: Some("bytes_per_second"),
+        help: "bbr-p2p bottleneck bandwidth estimate (BtlBw) of the peer's path.",
+        labels: &["peer_id"],
+        series: |v| per_bbr_peer(v, |b| Some(Value::Int(b.bandwidth_bytes_per_second))),
+    },
+    Family {
+        name: "bbr_min_rtt",
+        kind: Kind::Gauge,
+        unit: Some("seconds"),
+        help: "bbr-p2p propagation delay estimate (RTprop) of the peer's path.",
+        labels: &["peer_id"],
+        series: |v| per_bbr_peer(v, |b| Some(Value::Float(b.min_rtt_seconds))),
+    },
+    Family {
+        name: "bbr_pacing_gain",
+        kind: Kind::Gauge,
+        unit: Some("ratio"),
+        help: "bbr-p2p pacing gain (1.0 = pace at BtlBw).",
+        labels: &["peer_id"],
+        series: |v| per_bbr_peer(v, |b| Some(Value::Float(b.pacing_gain))),
+    },
+    Family {
+        name: "bbr_cwnd_gain",
+        kind: Kind::Gauge,
+        unit: Some("ratio"),
+        help: "bbr-p2p cwnd gain (multiple of the BDP).",
+        labels: &["peer_id"],
+        series: |v| per_bbr_peer(v, |b| Some(Value::Float(b.cwnd_gain))),
+    },
+    Family {
+        name: "bbr_inflight_hi",
+        kind: Kind::Gauge,
+        unit: Some("segments"),
+        help: "bbr-p2p loss bound on inflight (absent while unbounded).",
+        labels: &["peer_id"],
+        series: |v| per_bbr_peer(v, |b| Some(Value::Int(u64::from(b.inflight_hi_segments?)))),
+    },
+    Family {
+        name: "bbr_warm_start",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "How the peer's connection started (1 for its state): cold, warm (from the per-address record) or fell_back.",
+        labels: &["peer_id", "state"],
+        series: |v| state_set(v, &WARM_STATES, |c| Some(c.bbr.as_ref()?.warm_start)),
+    },
+    Family {
+        name: "bbr_probe_rtt",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Times the peer's connection entered PROBE_RTT.",
+        labels: &["peer_id"],
+        series: |v| per_bbr_peer(v, |b| Some(Value::Int(u64::from(b.probe_rtt_count)))),
+    },
+    Family {
+        name: "bbr_loss_bound",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Times loss bounded the inflight of the peer's connection.",
+        labels: &["peer_id"],
+        series: |v| per_bbr_peer(v, |b| Some(Value::Int(u64::from(b.loss_bound_count)))),
+    },
+    Family {
+        name: "connections",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Authenticated TCP connections by congestion control.",
+        labels: &["algorithm"],
+        series: |v| {
+            let mut n: BTreeMap<&str, u64> = BTreeMap::new();
+            for c in &v.snapshot.connections {
+                *n.entry(&c.algorithm).or_default() += 1;
+            }
+            n.into_iter()
+                .map(|(a, n)| Series {
+                    labels: vec![a.to_owned()],
+                    value: Value::Int(n),
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "sockets_unbound",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "TCP sockets of the node without an authenticated PeerId (handshake in progress or failed).",
+        labels: &[],
+        series: |v| one(Value::Int(v.snapshot.unbound_sockets as u64)),
+    },
+    Family {
+        name: "closed_connections",
+        kind: Kind::Counter,
+        unit: None,
+        help: "TCP connections whose tracking ended (final record from tcp_destroy_sock, or read by the node when none came).",
+        labels: &["algorithm"],
+        series: |v| by_algorithm(v, |c| Value::Int(c.connections)),
+    },
+    Family {
+        name: "closed_acked",
+        kind: Kind::Counter,
+        unit: Some("bytes"),
+        help: "Bytes acknowledged over connections whose tracking ended.",
+        labels: &["algorithm"],
+        series: |v| by_algorithm(v, |c| Value::Int(c.bytes_acked)),
+    },
+    Family {
+        name: "closed_retransmitted",
+        kind: Kind::Counter,
+        unit: Some("bytes"),
+        help: "Bytes retransmitted over connections whose tracking ended.",
+        labels: &["algorithm"],
+        series: |v| by_algorithm(v, |c| Value::Int(c.retransmitted_bytes)),
+    },
+    Family {
+        name: "closed_ca_state",
+        kind: Kind::Counter,
+        unit: Some("seconds"),
+        help: "Time connections whose tracking ended spent in each congestion-avoidance state.",
+        labels: &["algorithm", "state"],
+        series: |v| {
+            v.snapshot
+                .closed
+                .iter()
+                .flat_map(|(a, c)| {
+                    cc_ebpf_common::CA_STATES
+                        .iter()
+                        .zip(c.ca_state_ns)
+                        .map(|(state, ns)| Series {
+                            labels: vec![a.clone(), (*state).to_owned()],
+                            value: Value::Float(ns as f64 / 1e9),
+                        })
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "cc_switches",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Switches of the node's congestion control since it started (PUT /api/cc).",
+        labels: &[],
+        series: |_| one(Value::Int(crate::cc::switches())),
+    },
+    Family {
+        name: "tcp_srtt",
+        kind: Kind::Histogram,
+        unit: Some("seconds"),
+        help: "Smoothed RTT of every tracked connection, sampled on one in four tcp_probe events (per ACK), by congestion control; log2 buckets aggregated in the kernel.",
+        labels: &["algorithm"],
+        series: |v| {
+            let Some(p) = probes(v) else {
+                return Vec::new();
+            };
+            labelled(&p.rtt_histograms, |(algorithm, h)| {
+                let mut buckets: Vec<(f64, u64)> = h
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| ((1u64 << (i + 1)) as f64 / 1e6, n))
+                    .collect();
+                buckets.push((f64::MAX, 0));
+                (
+                    crate::ebpf::bbr::user_name(algorithm).to_owned(),
+                    Value::Histogram(h.sum_us as f64 / 1e6, h.count, buckets),
+                )
+            })
+        },
+    },
+    Family {
+        name: "ebpf_probes_loaded",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "1 when the TCP probes are loaded, 0 when the node runs without them (see its log).",
+        labels: &[],
+        series: |v| one(Value::Int(u64::from(probes(v).is_some()))),
+    },
+    Family {
+        name: "ebpf_programs_attached",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "eBPF programs loaded and attached by this node.",
+        labels: &[],
+        series: |v| one(Value::Int(probes(v).map_or(0, |p| p.programs.len() as u64))),
+    },
+    Family {
+        name: "ebpf_program_load_failed",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "1 for each optional probe program that failed to load or attach (the reason is in the log).",
+        labels: &["program"],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| {
+                labelled(&p.failed, |(program, _)| {
+                    ((*program).to_owned(), Value::Int(1))
+                })
+            })
+        },
+    },
+    Family {
+        name: "ebpf_map_entries",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Entries in each eBPF map.",
+        labels: &["map"],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| {
+                labelled(&p.maps, |(m, n, _)| {
+                    ((*m).to_owned(), Value::Int(*n as u64))
+                })
+            })
+        },
+    },
+    Family {
+        name: "ebpf_map_capacity",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "max_entries of each eBPF map.",
+        labels: &["map"],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| {
+                labelled(&p.maps, |(m, _, c)| {
+                    ((*m).to_owned(), Value::Int(u64::from(*c)))
+                })
+            })
+        },
+    },
+    Family {
+        name: "ebpf_sockets_closing",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Sockets the node dropped whose entry waits for tcp_destroy_sock (removed by the node after 90 s).",
+        labels: &[],
+        series: |v| probes(v).map_or_else(Vec::new, |p| one(Value::Int(p.closing as u64))),
+    },
+    Family {
+        name: "ebpf_probe_events",
+        kind: Kind::Counter,
+        unit: None,
+        help: "tcp_probe events the probe ran for (all sockets).",
+        labels: &[],
+        series: |v| probes(v).map_or_else(Vec::new, |p| one(Value::Int(p.counters.events))),
+    },
+    Family {
+        name: "ebpf_tracked_events",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Events of tracked sockets per tracepoint program other than tcp_probe.",
+        labels: &["program"],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| {
+                let c = p.counters;
+                labelled(
+                    &[
+                        ("tcp_retransmit_skb", c.retransmit_events),
+                        ("tcp_cong_state_set", c.cong_state_events),
+                        ("tcp_destroy_sock", c.destroy_events),
+                    ],
+                    |(program, n)| ((*program).to_owned(), Value::Int(*n)),
+                )
+            })
+        },
+    },
+    Family {
+        name: "ebpf_events_lost",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Probe events that could not be recorded, by reason: sock_stats_full (socket map update failed), final_records_full (ring buffer full), rtt_hist_full (histogram map could not take an algorithm).",
+        labels: &["reason"],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| {
+                let c = p.counters;
+                labelled(
+                    &[
+                        ("sock_stats_full", c.update_failed),
+                        ("final_records_full", c.final_lost),
+                        ("rtt_hist_full", c.hist_lost),
+                    ],
+                    |(reason, n)| ((*reason).to_owned(), Value::Int(*n)),
+                )
+            })
+        },
+    },
+    Family {
+        name: "ebpf_final_records",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Final records of ended sockets by source: destroy (tcp_destroy_sock) or expired (no destroy within 90 s; read and removed by the node).",
+        labels: &["source"],
+        series: |v| {
+            if probes(v).is_none() {
+                return Vec::new();
+            }
+            let (destroyed, expired) = v.snapshot.closed.values().fold((0, 0), |(d, x), c| {
+                (d + c.connections - c.expired, x + c.expired)
+            });
+            labelled(&[("destroy", destroyed), ("expired", expired)], |(s, n)| {
+                ((*s).to_owned(), Value::Int(*n))
+            })
+        },
+    },
+    Family {
+        name: "ebpf_program_runs",
+        kind: Kind::Counter,
+        unit: None,
+        help: "Runs of each eBPF program (BPF_OBJ_GET_INFO_BY_FD run_cnt; counted only while kernel.bpf_stats_enabled is on: `p2p-node run --bpf-stats` or `sysctl kernel.bpf_stats_enabled=1`).",
+        labels: &["program"],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| {
+                labelled(&p.run_stats, |(program, r)| {
+                    ((*program).to_owned(), Value::Int(r.run_count))
+                })
+            })
+        },
+    },
+    Family {
+        name: "ebpf_program_run",
+        kind: Kind::Counter,
+        unit: Some("seconds"),
+        help: "Time spent running each eBPF program (BPF_OBJ_GET_INFO_BY_FD run_time_ns; counted only while kernel.bpf_stats_enabled is on).",
+        labels: &["program"],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| {
+                labelled(&p.run_stats, |(program, r)| {
+                    (
+                        (*program).to_owned(),
+                        Value::Float(r.run_time_ns as f64 / 1e9),
+                    )
+                })
+            })
+        },
+    },
+    Family {
+        name: "ebpf_stats_enabled",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "1 while kernel.bpf_stats_enabled is on (run time and count are being counted).",
+        labels: &[],
+        series: |v| {
+            probes(v).map_or_else(Vec::new, |p| one(Value::Int(u64::from(p.stats_enabled))))
+        },
+    },
+    Family {
+        name: "telemetry_collect_duration",
+        kind: Kind::Gauge,
+        unit: Some("seconds"),
+        help: "How long the latest collection (all kernel reads behind /metrics and /api/peers) took.",
+        labels: &[],
+        series: |v| one(Value::Float(v.snapshot.collect_seconds)),
+    },
+    Family {
+        name: "telemetry_snapshot_timestamp",
+        kind: Kind::Gauge,
+        unit: Some("seconds"),
+        help: "Unix time of the snapshot this scrape encodes (collections run once per second).",
+        labels: &[],
+        series: |v| one(Value::Float(v.snapshot.taken_unix_ms as f64 / 1e3)),
+    },
+];
+
+/// The standard process families (no prefix, as every Prometheus client library exports them).
+pub const PROCESS_FAMILIES: &[Family] = &[
+    Family {
+        name: "process_resident_memory",
+        kind: Kind::Gauge,
+        unit: Some("bytes"),
+        help: "Resident memory size of the node.",
+        labels: &[],
+        series: |v| one(Value::Int(v.snapshot.process.resident_bytes)),
+    },
+    Family {
+        name: "process_open_fds",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Open file descriptors of the node.",
+        labels: &[],
+        series: |v| one(Value::Int(v.snapshot.process.open_fds)),
+    },
+    Family {
+        name: "process_cpu",
+        kind: Kind::Counter,
+        unit: Some("seconds"),
+        help: "User and system CPU time of the node.",
+        labels: &[],
+        series: |v| one(Value::Float(v.snapshot.process.cpu_seconds)),
+    },
+    Family {
+        name: "process_start_time",
+        kind: Kind::Gauge,
+        unit: Some("seconds"),
+        help: "Start time of the node since the Unix epoch.",
+        labels: &[],
+        series: |v| one(Value::Float(v.snapshot.process.start_unix_seconds)),
+    },
+];
+
+impl<'a> View<'a> {
+    pub fn new(snapshot: &'a Snapshot) -> Self {
+        let top = busiest_per_peer(&snapshot.connections)
+            .into_iter()
+            .filter(|c| snapshot.top_peers.binary_search(&c.peer_id).is_ok())
+            .collect();
+        Self { snapshot, top }
+    }
+}
+
+fn encode_families(
+    encoder: &mut DescriptorEncoder,
+    families: &[Family],
+    view: &View<'_>,
+) -> fmt::Result {
+    for family in families {
+        let unit = family.unit.map(|u| Unit::Other(u.to_owned()));
+        let metric_type = match family.kind {
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Counter => MetricType::Counter,
+            Kind::Histogram => MetricType::Histogram,
+        };
+        let mut metric =
+            encoder.encode_descriptor(family.name, family.help, unit.as_ref(), metric_type)?;
+        for series in (family.series)(view) {
+            let labels: Vec<(&str, &str)> = family
+                .labels
+                .iter()
+                .copied()
+                .zip(series.labels.iter().map(String::as_str))
+                .collect();
+            let mut sample = metric.encode_family(&labels)?;
+            match (family.kind, series.value) {
+                (Kind::Gauge, Value::Int(n)) => {
+                    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(sample)?
+                }
+                (Kind::Gauge, Value::Float(x)) => ConstGauge::new(x).encode(sample)?,
+                (Kind::Counter, Value::Int(n)) => ConstCounter::new(n).encode(sample)?,
+                (Kind::Counter, Value::Float(x)) => ConstCounter::new(x).encode(sample)?,
+                (Kind::Histogram, Value::Histogram(sum, count, buckets)) => {
+                    sample.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?
+                }
+                // A family's series function produces the kind the family declares
+                // (`every_family_produces_its_declared_labels_and_kind`).
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `p2pcc_` families, registered under the `p2pcc` prefix.
 #[derive(Debug)]
 pub struct TcpCollector {
     telemetry: Telemetry,
@@ -76,507 +821,63 @@ impl TcpCollector {
     }
 }
 
-fn gauge<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<Unit>,
-    series: impl IntoIterator<Item = (L, V)>,
-) -> fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
-    for (labels, value) in series {
-        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn counter<L: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<Unit>,
-    series: impl IntoIterator<Item = (L, u64)>,
-) -> fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
-    for (labels, value) in series {
-        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// A metric without labels.
-fn single(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    metric_type: MetricType,
-    value: impl EncodeMetric,
-) -> fmt::Result {
-    value.encode(encoder.encode_descriptor(name, help, None, metric_type)?)
-}
-
 impl Collector for TcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let snapshot = self.telemetry.snapshot();
-        let rows = &snapshot.connections;
-        let probes = snapshot.probes.as_ref();
-        let top: Vec<&PeerConnection> = busiest_per_peer(rows)
-            .into_iter()
-            .filter(|c| snapshot.top_peers.binary_search(&c.peer_id).is_ok())
-            .collect();
-        let peers: Vec<(PeerLabels, TcpState)> = top
-            .iter()
-            .copied()
-            .filter_map(|c: &PeerConnection| {
-                let labels = PeerLabels {
-                    peer_id: c.peer_id.clone(),
-                    algorithm: c.algorithm.clone(),
-                };
-                Some((labels, c.tcp?))
-            })
-            .collect();
-        let per_peer = |f: fn(&TcpState) -> f64| peers.iter().map(move |(l, t)| (l.clone(), f(t)));
-        let e = &mut encoder;
-        gauge(
-            e,
-            "peer_cwnd",
-            "Congestion window of the peer's connection.",
-            Some(Unit::Other("segments".into())),
-            per_peer(|t| f64::from(t.cwnd_segments)),
-        )?;
-        gauge(
-            e,
-            "peer_ssthresh",
-            "Slow-start threshold of the peer's connection (absent while in initial slow start).",
-            Some(Unit::Other("segments".into())),
-            peers
-                .iter()
-                .filter_map(|(l, t)| Some((l.clone(), f64::from(t.ssthresh_segments?)))),
-        )?;
-        gauge(
-            e,
-            "peer_srtt",
-            "Smoothed round-trip time of the peer's connection.",
-            Some(Unit::Seconds),
-            per_peer(|t| t.srtt_seconds),
-        )?;
-        gauge(
-            e,
-            "peer_min_rtt",
-            "Minimum round-trip time the kernel measured on the peer's connection.",
-            Some(Unit::Seconds),
-            per_peer(|t| t.min_rtt_seconds),
-        )?;
-        gauge(
-            e,
-            "peer_pacing_rate",
-            "Pacing rate of the peer's connection (absent when unlimited).",
-            Some(Unit::Other("bytes_per_second".into())),
-            peers
-                .iter()
-                .filter_map(|(l, t)| Some((l.clone(), t.pacing_rate_bytes_per_second? as f64))),
-        )?;
-        gauge(
-            e,
-            "peer_delivery_rate",
-            "Delivery rate of the latest rate sample of the peer's connection.",
-            Some(Unit::Other("bytes_per_second".into())),
-            per_peer(|t| t.delivery_rate_bytes_per_second as f64),
-        )?;
-        gauge(
-            e,
-            "peer_packets_in_flight",
-            "Segments sent and not yet acknowledged.",
-            Some(Unit::Other("segments".into())),
-            per_peer(|t| f64::from(t.packets_in_flight)),
-        )?;
-        counter(
-            e,
-            "peer_bytes_acked",
-            "Bytes the peer acknowledged on its connection.",
-            None,
-            peers.iter().map(|(l, t)| (l.clone(), t.bytes_acked)),
-        )?;
-        counter(
-            e,
-            "peer_bytes_received",
-            "Bytes received from the peer on its connection.",
-            None,
-            peers.iter().map(|(l, t)| (l.clone(), t.bytes_received)),
-        )?;
-        counter(
-            e,
-            "peer_retransmitted_segments",
-            "Segments retransmitted on the peer's connection.",
-            None,
-            peers
-                .iter()
-                .map(|(l, t)| (l.clone(), u64::from(t.retransmitted_segments))),
-        )?;
-        counter(
-            e,
-            "peer_retransmitted_bytes",
-            "Bytes retransmitted on the peer's connection (tcp_retransmit_skb).",
-            None,
-            peers
-                .iter()
-                .map(|(l, t)| (l.clone(), t.retransmitted_bytes)),
-        )?;
-        gauge(
-            e,
-            "peer_send_window",
-            "Receive window the peer advertises (what this side may send).",
-            Some(Unit::Bytes),
-            per_peer(|t| f64::from(t.send_window_bytes)),
-        )?;
-        gauge(
-            e,
-            "peer_receive_window",
-            "Receive window this side advertises to the peer.",
-            Some(Unit::Bytes),
-            per_peer(|t| f64::from(t.receive_window_bytes)),
-        )?;
-        counter(
-            e,
-            "peer_ca_transitions",
-            "Congestion-state changes of the peer's connection (tcp_cong_state_set).",
-            None,
-            peers
-                .iter()
-                .map(|(l, t)| (l.clone(), u64::from(t.ca_transitions))),
-        )?;
-        {
-            let mut metric = e.encode_descriptor(
-                "peer_ca_state",
-                "Time the peer's connection spent in each congestion-avoidance state since the node began tracking it.",
-                Some(&Unit::Seconds),
-                MetricType::Counter,
-            )?;
-            for (l, t) in &peers {
-                for (state, seconds) in t.ca_state_seconds.by_state() {
-                    let labels = PeerStateLabels {
-                        peer_id: l.peer_id.clone(),
-                        algorithm: l.algorithm.clone(),
-                        state: state.into(),
-                    };
-                    ConstCounter::new(seconds).encode(metric.encode_family(&labels)?)?;
-                }
-            }
-        }
-
-        let mut by_algorithm: BTreeMap<String, i64> = BTreeMap::new();
-        for row in rows {
-            *by_algorithm.entry(row.algorithm.clone()).or_default() += 1;
-        }
-        gauge(
-            e,
-            "connections",
-            "Authenticated TCP connections by congestion control.",
-            None,
-            by_algorithm
-                .into_iter()
-                .map(|(algorithm, n)| (AlgorithmLabels { algorithm }, n)),
-        )?;
-
-        let bbr: Vec<(String, super::BbrView)> = top
-            .iter()
-            .filter_map(|c| Some((c.peer_id.clone(), c.bbr.clone()?)))
-            .collect();
-        let peer = |id: &String| PeerLabels {
-            peer_id: id.clone(),
-            algorithm: crate::ebpf::bbr::NAME.into(),
-        };
-        gauge(
-            e,
-            "bbr_mode",
-            "bbr-p2p state machine mode of the peer's connection (1 for the current mode).",
-            None,
-            bbr.iter().map(|(id, b)| {
-                (
-                    PeerModeLabels {
-                        peer_id: id.clone(),
-                        mode: b.mode.into(),
-                    },
-                    1i64,
-                )
-            }),
-        )?;
-        gauge(
-            e,
-            "bbr_bandwidth",
-            "bbr-p2p bottleneck bandwidth estimate (BtlBw) of the peer's path.",
-            Some(Unit::Other("bytes_per_second".into())),
-            bbr.iter()
-                .map(|(id, b)| (peer(id), b.bandwidth_bytes_per_second as f64)),
-        )?;
-        gauge(
-            e,
-            "bbr_min_rtt",
-            "bbr-p2p propagation delay estimate (RTprop) of the peer's path.",
-            Some(Unit::Seconds),
-            bbr.iter().map(|(id, b)| (peer(id), b.min_rtt_seconds)),
-        )?;
-        gauge(
-            e,
-            "bbr_pacing_gain",
-            "bbr-p2p pacing gain (1.0 = pace at BtlBw).",
-            Some(Unit::Other("ratio".into())),
-            bbr.iter().map(|(id, b)| (peer(id), b.pacing_gain)),
-        )?;
-        gauge(
-            e,
-            "bbr_cwnd_gain",
-            "bbr-p2p cwnd gain (multiple of the BDP).",
-            Some(Unit::Other("ratio".into())),
-            bbr.iter().map(|(id, b)| (peer(id), b.cwnd_gain)),
-        )?;
-        gauge(
-            e,
-            "bbr_inflight_hi",
-            "bbr-p2p loss bound on inflight (absent while unbounded).",
-            Some(Unit::Other("segments".into())),
-            bbr.iter()
-                .filter_map(|(id, b)| Some((peer(id), f64::from(b.inflight_hi_segments?)))),
-        )?;
-        gauge(
-            e,
-            "bbr_warm_start",
-            "How the peer's connection started: cold, warm (from the per-address record) or fell_back.",
-            None,
-            bbr.iter().map(|(id, b)| {
-                (
-                    PeerWarmLabels {
-                        peer_id: id.clone(),
-                        state: b.warm_start.into(),
-                    },
-                    1i64,
-                )
-            }),
-        )?;
-        counter(
-            e,
-            "bbr_probe_rtt",
-            "Times the peer's connection entered PROBE_RTT.",
-            None,
-            bbr.iter()
-                .map(|(id, b)| (peer(id), u64::from(b.probe_rtt_count))),
-        )?;
-        counter(
-            e,
-            "bbr_loss_bound",
-            "Times loss bounded the inflight of the peer's connection.",
-            None,
-            bbr.iter()
-                .map(|(id, b)| (peer(id), u64::from(b.loss_bound_count))),
-        )?;
-
-        let closed = &snapshot.closed;
-        let algo = |a: &String| AlgorithmLabels {
-            algorithm: a.clone(),
-        };
-        counter(
-            e,
-            "closed_connections",
-            "TCP connections whose tracking ended (final record from tcp_destroy_sock, or read by the node when none came).",
-            None,
-            closed.iter().map(|(a, c)| (algo(a), c.connections)),
-        )?;
-        counter(
-            e,
-            "closed_bytes_acked",
-            "Bytes acknowledged over connections whose tracking ended.",
-            None,
-            closed.iter().map(|(a, c)| (algo(a), c.bytes_acked)),
-        )?;
-        counter(
-            e,
-            "closed_retransmitted_bytes",
-            "Bytes retransmitted over connections whose tracking ended.",
-            None,
-            closed.iter().map(|(a, c)| (algo(a), c.retransmitted_bytes)),
-        )?;
-        {
-            let mut metric = e.encode_descriptor(
-                "closed_ca_state",
-                "Time connections whose tracking ended spent in each congestion-avoidance state.",
-                Some(&Unit::Seconds),
-                MetricType::Counter,
-            )?;
-            for (a, c) in closed {
-                for (i, state) in cc_ebpf_common::CA_STATES.iter().enumerate() {
-                    let labels = AlgorithmStateLabels {
-                        algorithm: a.clone(),
-                        state: (*state).into(),
-                    };
-                    ConstCounter::new(c.ca_state_ns[i] as f64 / 1e9)
-                        .encode(metric.encode_family(&labels)?)?;
-                }
-            }
-        }
-
-        if let Some(probes) = probes {
-            let mut metric = e.encode_descriptor(
-                "tcp_srtt_seconds",
-                "Smoothed RTT of every tracked connection, sampled on one in four tcp_probe events (per ACK), by congestion control; log2 buckets aggregated in the kernel.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (algorithm, h) in &probes.rtt_histograms {
-                let mut buckets: Vec<(f64, u64)> = h
-                    .buckets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &n)| ((1u64 << (i + 1)) as f64 / 1e6, n))
-                    .collect();
-                buckets.push((f64::MAX, 0));
-                let labels = AlgorithmLabels {
-                    algorithm: crate::ebpf::bbr::user_name(algorithm).to_owned(),
-                };
-                metric
-                    .encode_family(&labels)?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        h.sum_us as f64 / 1e6,
-                        h.count,
-                        &buckets,
-                        None,
-                    )?;
-            }
-        }
-
-        single(
-            e,
-            "cc_switches",
-            "Switches of the node's congestion control since it started (PUT /api/cc).",
-            MetricType::Counter,
-            ConstCounter::new(crate::cc::switches()),
-        )?;
-        let attached = probes.map_or(0, |p| p.programs.len() as i64);
-        single(
-            e,
-            "ebpf_programs_attached",
-            "eBPF programs loaded and attached by this node.",
-            MetricType::Gauge,
-            ConstGauge::new(attached),
-        )?;
-        single(
-            e,
-            "ebpf_probes_loaded",
-            "1 when the TCP probes are loaded, 0 when the node runs without them (see its log).",
-            MetricType::Gauge,
-            ConstGauge::new(i64::from(probes.is_some())),
-        )?;
-        if let Some(probes) = probes {
-            let counters = probes.counters;
-            gauge(
-                e,
-                "ebpf_program_load_failures",
-                "Optional probe programs that failed to load or attach (1 per program; the reason is in the log).",
-                None,
-                probes.failed.iter().map(|(p, _)| {
-                    (
-                        ProgramLabels {
-                            program: (*p).into(),
-                        },
-                        1i64,
-                    )
-                }),
-            )?;
-            let map = |m: &str| MapLabels { map: m.into() };
-            gauge(
-                e,
-                "ebpf_map_entries",
-                "Entries in each eBPF map.",
-                None,
-                probes
-                    .maps
-                    .iter()
-                    .map(|&(m, entries, _)| (map(m), entries as i64)),
-            )?;
-            gauge(
-                e,
-                "ebpf_map_capacity",
-                "max_entries of each eBPF map.",
-                None,
-                probes
-                    .maps
-                    .iter()
-                    .map(|&(m, _, capacity)| (map(m), i64::from(capacity))),
-            )?;
-            single(
-                e,
-                "ebpf_sockets_closing",
-                "Sockets the node dropped whose entry waits for tcp_destroy_sock (removed by the node after 90 s).",
-                MetricType::Gauge,
-                ConstGauge::new(probes.closing as i64),
-            )?;
-            single(
-                e,
-                "ebpf_probe_events",
-                "tcp_probe events the probe ran for (all sockets).",
-                MetricType::Counter,
-                ConstCounter::new(counters.events),
-            )?;
-            counter(
-                e,
-                "ebpf_tracked_events",
-                "Events of tracked sockets per tracepoint program other than tcp_probe.",
-                None,
-                [
-                    ("tcp_retransmit_skb", counters.retransmit_events),
-                    ("tcp_cong_state_set", counters.cong_state_events),
-                    ("tcp_destroy_sock", counters.destroy_events),
-                ]
-                .map(|(p, n)| (ProgramLabels { program: p.into() }, n)),
-            )?;
-            single(
-                e,
-                "ebpf_events_lost",
-                "Probe events that could not be recorded: socket map full, final-record ring buffer full, or RTT histogram map unable to take an algorithm.",
-                MetricType::Counter,
-                ConstCounter::new(counters.lost()),
-            )?;
-            let (destroyed, expired) = closed.values().fold((0, 0), |(d, x), c| {
-                (d + c.connections - c.expired, x + c.expired)
-            });
-            counter(
-                e,
-                "ebpf_final_records",
-                "Final records of ended sockets by source: destroy (tcp_destroy_sock) or expired (no destroy within 90 s; read and removed by the node).",
-                None,
-                [("destroy", destroyed), ("expired", expired)]
-                    .map(|(s, n)| (SourceLabels { source: s.into() }, n)),
-            )?;
-            let run = &probes.run_stats;
-            let program = |p: &str| ProgramLabels { program: p.into() };
-            counter(
-                e,
-                "ebpf_program_runs",
-                "Runs of each eBPF program (BPF_OBJ_GET_INFO_BY_FD run_cnt; counted only while kernel.bpf_stats_enabled is on: `p2p-node run --bpf-stats` or `sysctl kernel.bpf_stats_enabled=1`).",
-                None,
-                run.iter().map(|(p, r)| (program(p), r.run_count)),
-            )?;
-            {
-                let mut metric = e.encode_descriptor(
-                    "ebpf_program_run",
-                    "Time spent running each eBPF program (BPF_OBJ_GET_INFO_BY_FD run_time_ns; counted only while kernel.bpf_stats_enabled is on: `p2p-node run --bpf-stats` or `sysctl kernel.bpf_stats_enabled=1`).",
-                    Some(&Unit::Seconds),
-                    MetricType::Counter,
-                )?;
-                for (p, r) in run {
-                    ConstCounter::new(r.run_time_ns as f64 / 1e9)
-                        .encode(metric.encode_family(&program(p))?)?;
-                }
-            }
-            single(
-                e,
-                "ebpf_stats_enabled",
-                "1 while kernel.bpf_stats_enabled is on (run time and count are being counted).",
-                MetricType::Gauge,
-                ConstGauge::new(i64::from(probes.stats_enabled)),
-            )?;
-        }
-        Ok(())
+        encode_families(&mut encoder, FAMILIES, &View::new(&snapshot))
     }
+}
+
+/// The `process_*` families, registered without a prefix.
+#[derive(Debug)]
+pub struct ProcessCollector {
+    telemetry: Telemetry,
+}
+
+impl ProcessCollector {
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self { telemetry }
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let snapshot = self.telemetry.snapshot();
+        encode_families(&mut encoder, PROCESS_FAMILIES, &View::new(&snapshot))
+    }
+}
+
+/// Every family's exported name with its kind, labels and help, as a Markdown table (the
+/// README's metric table is this output; a test keeps them equal).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| Metric | Type | Labels | Meaning |\n|---|---|---|---|\n");
+    let rows = FAMILIES
+        .iter()
+        .map(|f| (f, Some(PREFIX)))
+        .chain(PROCESS_FAMILIES.iter().map(|f| (f, None)));
+    for (f, prefix) in rows {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            f.exported_name(prefix),
+            f.kind.name(),
+            f.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            f.help.replace('|', "\\|"),
+        ));
+    }
+    out
+}
+
+/// Every exported family name (Prometheus text names: with unit and `_total`).
+pub fn exported_names() -> Vec<String> {
+    FAMILIES
+        .iter()
+        .map(|f| f.exported_name(Some(PREFIX)))
+        .chain(PROCESS_FAMILIES.iter().map(|f| f.exported_name(None)))
+        .collect()
 }
 
 /// Content type of [`to_prometheus_text`]'s output.
@@ -645,6 +946,191 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::{BbrView, snapshot::ProbeSnapshot};
+    use cc_ebpf_common::SockStats;
+
+    fn connection(peer: &str, cookie: u64, algorithm: &str, bytes: u64) -> PeerConnection {
+        let s = SockStats {
+            bytes_acked: bytes,
+            cwnd_segments: 10,
+            ssthresh_segments: 20,
+            pacing_rate_bytes_per_sec: 1000,
+            events: 1,
+            ..Default::default()
+        };
+        PeerConnection {
+            peer_id: peer.into(),
+            cookie,
+            direction: crate::sockets::Direction::Outbound,
+            local: String::new(),
+            remote: String::new(),
+            algorithm: algorithm.into(),
+            tcp: Some(TcpState::new(&s, 0)),
+            bbr: (algorithm == "bbr-p2p").then(|| {
+                let mut state = cc_ebpf_common::bbr::BbrState::default();
+                state.inflight_hi = 100;
+                BbrView::new(&state, 1448)
+            }),
+        }
+    }
+
+    fn snapshot(algorithm: &str) -> Snapshot {
+        Snapshot {
+            connections: vec![
+                connection("a", 1, algorithm, 10),
+                connection("a", 2, algorithm, 500),
+                connection("b", 3, algorithm, 100),
+                connection("c", 4, algorithm, 100),
+            ],
+            top_peers: vec!["a".into(), "b".into()],
+            probes: Some(ProbeSnapshot {
+                programs: vec![("tcp_probe", 1)],
+                failed: vec![("tcp_destroy_sock", "no".into())],
+                rtt_histograms: vec![("cubic".into(), Default::default())],
+                maps: vec![("SOCK_STATS", 4, 8192)],
+                run_stats: vec![("tcp_probe", Default::default())],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_family_produces_its_declared_labels_and_kind() {
+        for algorithm in ["cubic", "bbr-p2p"] {
+            let snap = snapshot(algorithm);
+            let view = View::new(&snap);
+            for f in FAMILIES.iter().chain(PROCESS_FAMILIES) {
+                for s in (f.series)(&view) {
+                    assert_eq!(s.labels.len(), f.labels.len(), "{}", f.name);
+                    let kind_ok = matches!(
+                        (f.kind, &s.value),
+                        (Kind::Gauge | Kind::Counter, Value::Int(_) | Value::Float(_))
+                            | (Kind::Histogram, Value::Histogram(..))
+                    );
+                    assert!(kind_ok, "{}: {:?}", f.name, s.value);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_unit_last_and_per_peer_values_keyed_by_peer_only() {
+        let names = exported_names();
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(names.contains(&"p2pcc_peer_acked_bytes_total".to_owned()));
+        assert!(names.contains(&"process_cpu_seconds_total".to_owned()));
+        for f in FAMILIES {
+            if f.name.starts_with("peer_") || f.name.starts_with("bbr_") {
+                assert_eq!(f.labels[0], "peer_id", "{}", f.name);
+                if f.name != "peer_info" {
+                    assert!(!f.labels.contains(&"algorithm"), "{}", f.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_top_peers_get_series_from_their_busiest_connection() {
+        let snap = snapshot("cubic");
+        let view = View::new(&snap);
+        let acked = FAMILIES
+            .iter()
+            .find(|f| f.exported_name(None) == "peer_acked_bytes_total")
+            .unwrap();
+        let series = (acked.series)(&view);
+        assert_eq!(
+            series,
+            vec![
+                Series {
+                    labels: vec!["a".into()],
+                    value: Value::Int(500)
+                },
+                Series {
+                    labels: vec!["b".into()],
+                    value: Value::Int(100)
+                },
+            ]
+        );
+    }
+
+    fn encode(snap: Snapshot) -> String {
+        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(snap));
+        let mut registry = prometheus_client::registry::Registry::default();
+        let telemetry = Telemetry::from_receiver(rx);
+        registry
+            .sub_registry_with_prefix(PREFIX)
+            .register_collector(Box::new(TcpCollector::new(telemetry.clone())));
+        registry.register_collector(Box::new(ProcessCollector::new(telemetry)));
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &registry).unwrap();
+        to_prometheus_text(&om)
+    }
+
+    #[test]
+    fn a_switch_changes_peer_info_only() {
+        let series = |text: &str| -> std::collections::BTreeSet<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && l.contains("peer_id=\""))
+                .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+                .collect()
+        };
+        let before = series(&encode(snapshot("cubic")));
+        let after = series(&encode(snapshot("reno")));
+        let changed: Vec<_> = before.symmetric_difference(&after).collect();
+        assert_eq!(
+            changed,
+            vec![
+                "p2pcc_peer_info{peer_id=\"a\",algorithm=\"cubic\",direction=\"outbound\"}",
+                "p2pcc_peer_info{peer_id=\"a\",algorithm=\"reno\",direction=\"outbound\"}",
+                "p2pcc_peer_info{peer_id=\"b\",algorithm=\"cubic\",direction=\"outbound\"}",
+                "p2pcc_peer_info{peer_id=\"b\",algorithm=\"reno\",direction=\"outbound\"}",
+            ]
+        );
+        assert!(before.contains("p2pcc_peer_cwnd_segments{peer_id=\"a\"}"));
+    }
+
+    #[test]
+    fn readme_metric_table_is_the_family_table() {
+        let readme = include_str!("../../../README.md");
+        let begin = "<!-- metrics table: generated from FAMILIES -->\n";
+        let end = "<!-- end of metrics table -->";
+        let start = readme
+            .find(begin)
+            .expect("README has the metrics table markers")
+            + begin.len();
+        let stop = start + readme[start..].find(end).expect("end marker");
+        let table = markdown_table();
+        if std::env::var_os("P2PCC_PRINT_METRICS_TABLE").is_some() {
+            print!("{table}");
+        }
+        assert_eq!(
+            &readme[start..stop],
+            table,
+            "README's metric table is out of date (P2PCC_PRINT_METRICS_TABLE=1 prints it)"
+        );
+    }
+
+    #[test]
+    fn every_declared_family_is_in_the_text() {
+        let text = encode(snapshot("bbr-p2p"));
+        for name in exported_names() {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("p2pcc_bbr_mode{peer_id=\"a\",mode=\"startup\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p2pcc_bbr_mode{peer_id=\"a\",mode=\"drain\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("p2pcc_build_info{version=\""), "{text}");
+    }
 
     #[test]
     fn openmetrics_becomes_prometheus_text() {

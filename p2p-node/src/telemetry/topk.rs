@@ -26,7 +26,11 @@ pub fn ewma(previous: Option<f64>, sample: f64) -> f64 {
 
 /// The new top-`k` set given each connected peer's recent rate and the previous set. Peers
 /// no longer connected (absent from `rates`) leave it.
-pub fn select(previous: &BTreeSet<String>, rates: &BTreeMap<String, f64>, k: usize) -> BTreeSet<String> {
+pub fn select(
+    previous: &BTreeSet<String>,
+    rates: &BTreeMap<String, f64>,
+    k: usize,
+) -> BTreeSet<String> {
     let mut ranked: Vec<(&String, f64, bool)> = rates
         .iter()
         .map(|(peer, &rate)| {
@@ -35,12 +39,12 @@ pub fn select(previous: &BTreeSet<String>, rates: &BTreeMap<String, f64>, k: usi
             (peer, score, incumbent)
         })
         .collect();
-    ranked.sort_by(|a, b| {
-        b.1.total_cmp(&a.1)
-            .then(b.2.cmp(&a.2))
-            .then(a.0.cmp(b.0))
-    });
-    ranked.into_iter().take(k).map(|(p, _, _)| p.clone()).collect()
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+    ranked
+        .into_iter()
+        .take(k)
+        .map(|(p, _, _)| p.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -89,7 +93,11 @@ mod tests {
         let mut top = BTreeSet::new();
         let mut changes = 0;
         for second in 0..20 {
-            let (a, b) = if second % 2 == 0 { (100.0, 80.0) } else { (80.0, 100.0) };
+            let (a, b) = if second % 2 == 0 {
+                (100.0, 80.0)
+            } else {
+                (80.0, 100.0)
+            };
             for (peer, sample) in [("a", a), ("b", b)] {
                 let next = ewma(avg.get(peer).copied(), sample);
                 avg.insert(peer.to_owned(), next);
