@@ -22,6 +22,10 @@ use serde::Serialize;
 /// limits (1024 inbound + 512 outbound established, plus pending handshakes).
 pub const MAX_SOCKETS: usize = 4096;
 
+/// How long a connection may take from TCP established to an authenticated, multiplexed
+/// libp2p connection; the transport drops (and so unregisters) a socket when it runs out.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Who opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +48,9 @@ pub struct SocketInfo {
     pub algorithm: String,
     /// Unix time the socket was registered, seconds.
     pub opened_unix_s: u64,
+    /// When the socket was registered (for the handshake-timeout check).
+    #[serde(skip)]
+    pub registered: std::time::Instant,
     /// The socket's fd in this process: valid while the entry exists (the stream unregisters
     /// before it closes the fd), so use it only under [`SocketTable::with_fd`].
     #[serde(skip)]
@@ -158,6 +165,7 @@ impl SocketTable {
                     opened_unix_s: SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
+                    registered: std::time::Instant::now(),
                     fd: fd.as_raw_fd(),
                 },
             );

@@ -22,7 +22,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, connection_limits,
-    core::{ConnectedPoint, muxing::StreamMuxerBox, upgrade::Version},
+    core::ConnectedPoint,
     gossipsub, identify,
     identity::Keypair,
     kad, memory_connection_limits,
@@ -33,7 +33,6 @@ use libp2p::{
         ConnectionDenied, ConnectionId, DialError, ListenError, NetworkBehaviour, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
-    yamux,
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -502,17 +501,18 @@ pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::R
                 let tcp = libp2p::tcp::tokio::Transport::new(
                     libp2p::tcp::Config::default().nodelay(true),
                 );
-                Ok(tcp
-                    .and_then(|stream, endpoint| {
-                        futures::future::ready(transport::HookedStream::register(stream, &endpoint))
-                    })
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .map(|(peer, muxer), endpoint| {
-                        transport::bind_peer(peer, &endpoint);
-                        (peer, StreamMuxerBox::new(muxer))
-                    }))
+                let noise = noise::Config::new(key)?;
+                let upgraded = tcp.and_then(move |stream, endpoint| {
+                    let noise = noise.clone();
+                    async move {
+                        let stream = transport::HookedStream::register(stream, &endpoint)?;
+                        transport::upgrade(stream, endpoint, noise).await
+                    }
+                });
+                Ok(libp2p::core::transport::timeout::TransportTimeout::new(
+                    upgraded,
+                    transport::HANDSHAKE_TIMEOUT,
+                ))
             },
         )?
         .with_bandwidth_metrics(registry.sub_registry_with_prefix("libp2p"))

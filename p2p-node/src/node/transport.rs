@@ -1,6 +1,9 @@
 //! The TCP transport hook: every TCP stream libp2p-tcp produces (dialed or accepted) passes
 //! through [`HookedStream::register`], which sets the node's congestion control on the socket and
 //! registers its cookie in the [`SocketTable`]. The entry is removed when the stream is dropped.
+//! The stream then goes through [`upgrade`] (noise, then yamux), which binds the PeerId noise
+//! authenticated to that very socket: the join is exact whatever the addresses (NAT, several
+//! peers behind one address, handshakes finishing together).
 //!
 //! libp2p-tcp 0.45 keeps its `Provider` trait private, so the hook sits on the transport's
 //! output (`Transport::map`) instead: it runs once the TCP connection is established and before
@@ -9,15 +12,26 @@
 
 use std::{
     io,
-    net::{self, SocketAddr},
+    net::{IpAddr, SocketAddr},
     os::fd::AsFd,
     pin::Pin,
     task::{Context, Poll},
 };
 
 use futures::{AsyncRead, AsyncWrite};
-use libp2p::{Multiaddr, PeerId, core::ConnectedPoint, multiaddr::Protocol, tcp::tokio::TcpStream};
+use libp2p::{
+    Multiaddr, PeerId,
+    core::{
+        ConnectedPoint, Negotiated,
+        muxing::StreamMuxerBox,
+        upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, Version},
+    },
+    noise,
+    tcp::tokio::TcpStream,
+    yamux,
+};
 
+pub use crate::sockets::HANDSHAKE_TIMEOUT;
 use crate::sockets::{Direction, SocketTable};
 
 /// A TCP stream registered in the [`SocketTable`] for as long as it lives.
@@ -76,37 +90,63 @@ impl AsyncWrite for HookedStream {
     }
 }
 
-/// Binds an authenticated PeerId to its socket. The transport's upgrade output does not carry
-/// the socket, so the socket is found by its remote address and direction: for a dial, the
-/// address dialed; for an accepted connection, the address it came from. Two sockets can only
-/// share that key when both reach the same remote endpoint, whose PeerId is the same, so the
-/// cookie → PeerId join stays exact.
-pub fn bind_peer(peer: PeerId, endpoint: &ConnectedPoint) {
-    let (remote, direction) = match endpoint {
-        ConnectedPoint::Dialer { address, .. } => (address, Direction::Outbound),
-        ConnectedPoint::Listener { send_back_addr, .. } => (send_back_addr, Direction::Inbound),
-    };
-    let Some(remote) = socket_addr(remote) else {
-        return;
-    };
-    let table = SocketTable::global();
-    if let Some(socket) = table
-        .snapshot()
-        .into_iter()
-        .filter(|s| s.peer.is_none() && s.direction == direction && s.remote == remote)
-        .min_by_key(|s| s.opened_unix_s)
-    {
-        table.bind_peer(socket.cookie, peer);
+/// Secures and multiplexes a registered stream, and binds the PeerId noise authenticated to
+/// exactly that stream's socket (by the cookie the stream carries, O(1)).
+///
+/// This is what libp2p's `upgrade(V1).authenticate(noise).multiplex(yamux)` does, written out
+/// so the socket's cookie is still at hand when the remote's identity is known.
+pub async fn upgrade(
+    stream: HookedStream,
+    endpoint: ConnectedPoint,
+    noise: noise::Config,
+) -> io::Result<(PeerId, StreamMuxerBox)> {
+    let cookie = stream.cookie;
+    let (peer, secured) = negotiate(stream, noise, &endpoint).await?;
+    SocketTable::global().bind_peer(cookie, peer);
+    let muxer = negotiate(secured, yamux::Config::default(), &endpoint).await?;
+    Ok((peer, StreamMuxerBox::new(muxer)))
+}
+
+/// Negotiates `upgrade` with multistream-select (protocol version 1) in the role the endpoint
+/// gives, then runs it (libp2p-core's private `upgrade::apply`).
+async fn negotiate<C, U, O, E>(io: C, upgrade: U, endpoint: &ConnectedPoint) -> io::Result<O>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: InboundConnectionUpgrade<Negotiated<C>, Output = O, Error = E>
+        + OutboundConnectionUpgrade<Negotiated<C>, Output = O, Error = E>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let protocols = upgrade.protocol_info();
+    match endpoint {
+        ConnectedPoint::Dialer { role_override, .. } if role_override.is_dialer() => {
+            let (info, io) = multistream_select::dialer_select_proto(io, protocols, Version::V1)
+                .await
+                .map_err(io::Error::other)?;
+            upgrade
+                .upgrade_outbound(io, info)
+                .await
+                .map_err(io::Error::other)
+        }
+        _ => {
+            let (info, io) = multistream_select::listener_select_proto(io, protocols)
+                .await
+                .map_err(io::Error::other)?;
+            upgrade
+                .upgrade_inbound(io, info)
+                .await
+                .map_err(io::Error::other)
+        }
     }
 }
 
 /// The IP and TCP port of a multiaddr, if it has both.
 pub fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+    use libp2p::multiaddr::Protocol;
     let mut ip = None;
     for proto in addr.iter() {
         match proto {
-            Protocol::Ip4(a) => ip = Some(net::IpAddr::V4(a)),
-            Protocol::Ip6(a) => ip = Some(net::IpAddr::V6(a)),
+            Protocol::Ip4(a) => ip = Some(IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(IpAddr::V6(a)),
             Protocol::Tcp(port) => return ip.map(|ip| SocketAddr::new(ip, port)),
             _ => {}
         }

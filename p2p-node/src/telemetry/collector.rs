@@ -98,6 +98,14 @@ impl Collector {
         }
         let now_ns = monotonic_ns();
         let unbound_sockets = sockets.iter().filter(|s| s.peer.is_none()).count();
+        let unbound_past_handshake_timeout = sockets
+            .iter()
+            .filter(|s| {
+                s.peer.is_none()
+                    && started.saturating_duration_since(s.registered)
+                        > crate::sockets::HANDSHAKE_TIMEOUT
+            })
+            .count();
         let mut connections: Vec<PeerConnection> = sockets
             .iter()
             .filter_map(|s| {
@@ -154,6 +162,7 @@ impl Collector {
             connections,
             top_peers: self.top.iter().cloned().collect(),
             unbound_sockets,
+            unbound_past_handshake_timeout,
             closed: self.closed.clone(),
             probes,
             process: ProcessStats::read(),

@@ -453,6 +453,14 @@ pub const FAMILIES: &[Family] = &[
         series: |v| one(Value::Int(v.snapshot.unbound_sockets as u64)),
     },
     Family {
+        name: "sockets_unbound_past_handshake_timeout",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "TCP sockets still without a PeerId longer than the handshake timeout after they were registered (should be 0: the transport drops a socket whose handshake runs out).",
+        labels: &[],
+        series: |v| one(Value::Int(v.snapshot.unbound_past_handshake_timeout as u64)),
+    },
+    Family {
         name: "closed_connections",
         kind: Kind::Counter,
         unit: None,

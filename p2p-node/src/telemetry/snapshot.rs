@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub top_peers: Vec<String>,
     /// Registered sockets without an authenticated PeerId.
     pub unbound_sockets: usize,
+    /// Of those, sockets registered longer than the handshake timeout ago: the transport drops
+    /// a socket whose handshake runs out, so anything here is a join that was lost.
+    pub unbound_past_handshake_timeout: usize,
     /// Totals of connections whose tracking ended, per algorithm.
     pub closed: BTreeMap<String, ClosedTotals>,
     /// `None` when the node runs without its probes.
