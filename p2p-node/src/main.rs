@@ -160,7 +160,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(move |fd| slot.read().ok()?.as_ref()?.state(fd))
     };
     let telemetry = telemetry::Telemetry::start(telemetry::collector::Collector::new(
-        SocketTable::global(),
+        SocketTable::global().clone(),
         probes,
         Some(read_bbr),
         args.top_peers,

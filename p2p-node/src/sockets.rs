@@ -57,6 +57,14 @@ pub struct SocketInfo {
     pub fd: RawFd,
 }
 
+impl std::fmt::Debug for SocketTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketTable")
+            .field("sockets", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn ser_peer<S: serde::Serializer>(peer: &Option<PeerId>, s: S) -> Result<S::Ok, S::Error> {
     match peer {
         Some(p) => s.serialize_str(&p.to_base58()),
@@ -75,7 +83,7 @@ pub trait SocketObserver: Send + Sync {
 /// available again (registered anew).
 pub type Reprovide = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// The process's socket table and the algorithm new sockets get.
+/// The node's socket table and the algorithm new sockets get.
 pub struct SocketTable {
     sockets: Mutex<HashMap<u64, SocketInfo>>,
     algorithm: RwLock<Option<String>>,
@@ -84,15 +92,29 @@ pub struct SocketTable {
 }
 
 impl SocketTable {
-    /// The table of this process.
-    pub fn global() -> &'static SocketTable {
-        static TABLE: OnceLock<SocketTable> = OnceLock::new();
-        TABLE.get_or_init(|| SocketTable {
+    /// An empty table.
+    pub fn new() -> Arc<Self> {
+        Arc::new(SocketTable {
             sockets: Mutex::new(HashMap::new()),
             algorithm: RwLock::new(None),
             observer: RwLock::new(None),
             reprovide: RwLock::new(None),
         })
+    }
+
+    /// The table of the node binary's process.
+    pub fn global() -> &'static Arc<SocketTable> {
+        static TABLE: OnceLock<Arc<SocketTable>> = OnceLock::new();
+        TABLE.get_or_init(SocketTable::new)
+    }
+
+    /// Sockets registered now.
+    pub fn len(&self) -> usize {
+        self.sockets.lock().expect("lock poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Sets the congestion control for sockets registered from now on (`None`: kernel default).

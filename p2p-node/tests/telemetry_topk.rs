@@ -64,7 +64,7 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
     let probes = Arc::new(Probes::load().expect("loading the probes"));
     let table = SocketTable::global();
     table.set_observer(probes.clone());
-    let telemetry = Telemetry::start(Collector::new(table, Some(probes.clone()), None, K));
+    let telemetry = Telemetry::start(Collector::new(table.clone(), Some(probes.clone()), None, K));
     let mut registry = Registry::default();
     registry
         .sub_registry_with_prefix("p2pcc")

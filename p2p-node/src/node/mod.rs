@@ -99,6 +99,10 @@ pub struct Config {
     /// A file request (manifest or chunk) not answered within this fails, and the chunk goes
     /// to another provider. Default 10 s.
     pub request_timeout: Duration,
+    /// The table the transport registers the node's sockets in (and binds PeerIds to). Default:
+    /// the process's table ([`SocketTable::global`]); several swarms in one process (tests)
+    /// each pass their own.
+    pub sockets: Arc<SocketTable>,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             maintenance_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            sockets: SocketTable::global().clone(),
         }
     }
 }
@@ -502,10 +507,12 @@ pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::R
                     libp2p::tcp::Config::default().nodelay(true),
                 );
                 let noise = noise::Config::new(key)?;
+                let sockets = config.sockets.clone();
                 let upgraded = tcp.and_then(move |stream, endpoint| {
                     let noise = noise.clone();
+                    let sockets = sockets.clone();
                     async move {
-                        let stream = transport::HookedStream::register(stream, &endpoint)?;
+                        let stream = transport::HookedStream::register(sockets, stream, &endpoint)?;
                         transport::upgrade(stream, endpoint, noise).await
                     }
                 });

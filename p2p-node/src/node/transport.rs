@@ -15,6 +15,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::fd::AsFd,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -39,11 +40,16 @@ use crate::sockets::{Direction, SocketTable};
 pub struct HookedStream {
     inner: TcpStream,
     cookie: u64,
+    sockets: Arc<SocketTable>,
 }
 
 impl HookedStream {
     /// Applies the node's algorithm and registers the socket.
-    pub fn register(inner: TcpStream, endpoint: &ConnectedPoint) -> io::Result<Self> {
+    pub fn register(
+        sockets: Arc<SocketTable>,
+        inner: TcpStream,
+        endpoint: &ConnectedPoint,
+    ) -> io::Result<Self> {
         let direction = if endpoint.is_dialer() {
             Direction::Outbound
         } else {
@@ -51,14 +57,18 @@ impl HookedStream {
         };
         let local = inner.0.local_addr()?;
         let remote = inner.0.peer_addr()?;
-        let cookie = SocketTable::global().register(inner.0.as_fd(), direction, local, remote)?;
-        Ok(Self { inner, cookie })
+        let cookie = sockets.register(inner.0.as_fd(), direction, local, remote)?;
+        Ok(Self {
+            inner,
+            cookie,
+            sockets,
+        })
     }
 }
 
 impl Drop for HookedStream {
     fn drop(&mut self) {
-        SocketTable::global().unregister(self.cookie);
+        self.sockets.unregister(self.cookie);
     }
 }
 
@@ -100,9 +110,9 @@ pub async fn upgrade(
     endpoint: ConnectedPoint,
     noise: noise::Config,
 ) -> io::Result<(PeerId, StreamMuxerBox)> {
-    let cookie = stream.cookie;
+    let (cookie, sockets) = (stream.cookie, stream.sockets.clone());
     let (peer, secured) = negotiate(stream, noise, &endpoint).await?;
-    SocketTable::global().bind_peer(cookie, peer);
+    sockets.bind_peer(cookie, peer);
     let muxer = negotiate(secured, yamux::Config::default(), &endpoint).await?;
     Ok((peer, StreamMuxerBox::new(muxer)))
 }

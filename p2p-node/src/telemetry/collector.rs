@@ -44,7 +44,7 @@ const DEFAULT_MSS: u32 = 1448;
 
 /// Reads the kernel and builds snapshots; owned by the collector thread.
 pub struct Collector {
-    sockets: &'static SocketTable,
+    sockets: Arc<SocketTable>,
     probes: Option<Arc<Probes>>,
     bbr: Option<BbrReader>,
     top_k: usize,
@@ -60,7 +60,7 @@ pub struct Collector {
 
 impl Collector {
     pub fn new(
-        sockets: &'static SocketTable,
+        sockets: Arc<SocketTable>,
         probes: Option<Arc<Probes>>,
         bbr: Option<BbrReader>,
         top_k: usize,

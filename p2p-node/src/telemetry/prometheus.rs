@@ -975,8 +975,10 @@ mod tests {
             algorithm: algorithm.into(),
             tcp: Some(TcpState::new(&s, 0)),
             bbr: (algorithm == "bbr-p2p").then(|| {
-                let mut state = cc_ebpf_common::bbr::BbrState::default();
-                state.inflight_hi = 100;
+                let state = cc_ebpf_common::bbr::BbrState {
+                    inflight_hi: 100,
+                    ..Default::default()
+                };
                 BbrView::new(&state, 1448)
             }),
         }
