@@ -161,7 +161,17 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
         Some(PEERS as f64),
         "every socket's final record came from tcp_destroy_sock"
     );
-    assert_eq!(value(&text, "p2pcc_ebpf_events_lost_total"), Some(0.0));
+    let lost: Vec<f64> = ["sock_stats_full", "final_records_full", "rtt_hist_full"]
+        .iter()
+        .map(|reason| {
+            value(
+                &text,
+                &format!("p2pcc_ebpf_events_lost_total{{reason=\"{reason}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("no events_lost series for {reason}"))
+        })
+        .collect();
+    assert_eq!(lost, [0.0; 3], "events lost by reason");
     promtool(&text);
 }
 

@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, fmt};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Unit,
 };
@@ -790,31 +790,43 @@ fn encode_families(
         };
         let mut metric =
             encoder.encode_descriptor(family.name, family.help, unit.as_ref(), metric_type)?;
-        for series in (family.series)(view) {
+        let series = (family.series)(view);
+        if family.labels.is_empty() {
+            // One series, encoded without a label set (`name 1`, not `name{} 1`).
+            if let Some(s) = series.into_iter().next() {
+                encode_value(family.kind, s.value, metric)?;
+            }
+            continue;
+        }
+        for s in series {
             let labels: Vec<(&str, &str)> = family
                 .labels
                 .iter()
                 .copied()
-                .zip(series.labels.iter().map(String::as_str))
+                .zip(s.labels.iter().map(String::as_str))
                 .collect();
-            let mut sample = metric.encode_family(&labels)?;
-            match (family.kind, series.value) {
-                (Kind::Gauge, Value::Int(n)) => {
-                    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(sample)?
-                }
-                (Kind::Gauge, Value::Float(x)) => ConstGauge::new(x).encode(sample)?,
-                (Kind::Counter, Value::Int(n)) => ConstCounter::new(n).encode(sample)?,
-                (Kind::Counter, Value::Float(x)) => ConstCounter::new(x).encode(sample)?,
-                (Kind::Histogram, Value::Histogram(sum, count, buckets)) => {
-                    sample.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?
-                }
-                // A family's series function produces the kind the family declares
-                // (`every_family_produces_its_declared_labels_and_kind`).
-                _ => {}
-            }
+            encode_value(family.kind, s.value, metric.encode_family(&labels)?)?;
         }
     }
     Ok(())
+}
+
+fn encode_value(kind: Kind, value: Value, sample: MetricEncoder<'_>) -> fmt::Result {
+    let mut sample = sample;
+    match (kind, value) {
+        (Kind::Gauge, Value::Int(n)) => {
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(sample)
+        }
+        (Kind::Gauge, Value::Float(x)) => ConstGauge::new(x).encode(sample),
+        (Kind::Counter, Value::Int(n)) => ConstCounter::new(n).encode(sample),
+        (Kind::Counter, Value::Float(x)) => ConstCounter::new(x).encode(sample),
+        (Kind::Histogram, Value::Histogram(sum, count, buckets)) => {
+            sample.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        }
+        // A family's series function produces the kind the family declares
+        // (`every_family_produces_its_declared_labels_and_kind`).
+        _ => Ok(()),
+    }
 }
 
 /// The `p2pcc_` families, registered under the `p2pcc` prefix.
@@ -1140,6 +1152,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("p2pcc_build_info{version=\""), "{text}");
+        assert!(text.contains("\np2pcc_ebpf_probes_loaded 1\n"), "{text}");
+        assert!(text.contains("\np2pcc_sockets_unbound 0\n"), "{text}");
     }
 
     #[test]
