@@ -21,14 +21,14 @@ use std::{
 use anyhow::Context as _;
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, connection_limits,
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits,
     core::ConnectedPoint,
     gossipsub, identify,
     identity::Keypair,
     kad, memory_connection_limits,
     metrics::Recorder as _,
     multiaddr::Protocol,
-    noise, ping, request_response,
+    ping, request_response,
     swarm::{
         ConnectionDenied, ConnectionId, DialError, ListenError, NetworkBehaviour, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -503,23 +503,7 @@ pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::R
         .with_tokio()
         .with_other_transport(
             |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                let tcp = libp2p::tcp::tokio::Transport::new(
-                    libp2p::tcp::Config::default().nodelay(true),
-                );
-                let noise = noise::Config::new(key)?;
-                let sockets = config.sockets.clone();
-                let upgraded = tcp.and_then(move |stream, endpoint| {
-                    let noise = noise.clone();
-                    let sockets = sockets.clone();
-                    async move {
-                        let stream = transport::HookedStream::register(sockets, stream, &endpoint)?;
-                        transport::upgrade(stream, endpoint, noise).await
-                    }
-                });
-                Ok(libp2p::core::transport::timeout::TransportTimeout::new(
-                    upgraded,
-                    transport::HANDSHAKE_TIMEOUT,
-                ))
+                Ok(transport::tcp(key, config.sockets.clone())?)
             },
         )?
         .with_bandwidth_metrics(registry.sub_registry_with_prefix("libp2p"))

@@ -23,8 +23,9 @@ use futures::{AsyncRead, AsyncWrite};
 use libp2p::{
     Multiaddr, PeerId,
     core::{
-        ConnectedPoint, Negotiated,
+        ConnectedPoint, Negotiated, Transport as _,
         muxing::StreamMuxerBox,
+        transport::{Boxed, timeout::TransportTimeout},
         upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, Version},
     },
     noise,
@@ -98,6 +99,26 @@ impl AsyncWrite for HookedStream {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
     }
+}
+
+/// The node's TCP transport: every stream is registered in `sockets` (with the node's
+/// congestion control), secured with noise and multiplexed with yamux, its PeerId bound to its
+/// socket; a connection not through all of that within [`HANDSHAKE_TIMEOUT`] is dropped.
+pub fn tcp(
+    key: &libp2p::identity::Keypair,
+    sockets: Arc<SocketTable>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let noise = noise::Config::new(key)?;
+    let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true));
+    let upgraded = tcp.and_then(move |stream, endpoint| {
+        let noise = noise.clone();
+        let sockets = sockets.clone();
+        async move {
+            let stream = HookedStream::register(sockets, stream, &endpoint)?;
+            upgrade(stream, endpoint, noise).await
+        }
+    });
+    Ok(TransportTimeout::new(upgraded, HANDSHAKE_TIMEOUT).boxed())
 }
 
 /// Secures and multiplexes a registered stream, and binds the PeerId noise authenticated to
