@@ -1,6 +1,7 @@
-//! 1,000 concurrent peer connections to one node: every socket's PeerId in the node's
-//! `/api/peers` is the identity of the peer on the other end of that very socket, and no socket
-//! stays unbound.
+//! Telemetry at scale. 1,000 concurrent peer connections to one node: every socket's PeerId in
+//! the node's `/api/peers` is the identity of the peer on the other end of that very socket, and
+//! no socket stays unbound. 10,000 connect/disconnect cycles: no map entry, per-peer series or
+//! unbound socket is left, every connection ended with a final record, RSS grows ≤ 10%.
 //!
 //! Node A runs in namespace `a`. The test process runs 1,000 small swarms (one identity each,
 //! only a connection, no protocols) on a runtime whose threads live in namespace `b`, so all
@@ -11,7 +12,7 @@
 
 mod common;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use common::{NetnsPair, Node, enter_netns, eventually, kernel_tests_possible};
 use futures::StreamExt as _;
@@ -22,10 +23,18 @@ const PEERS: usize = 1000;
 /// Dials in flight at once: below the node's pending-connection limit (128).
 const WAVE: usize = 100;
 
-/// One client: its identity and the local address of its (only) socket to A.
+/// One client: its identity and the local address of its (only) socket to A. Dropping it
+/// drops its swarm, which closes the connection.
 struct Client {
     peer: PeerId,
     local: SocketAddr,
+    swarm: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.swarm.abort();
+    }
 }
 
 /// Starts a client swarm that dials `target` and keeps the connection; reports the client's
@@ -48,7 +57,7 @@ async fn client(target: Multiaddr) -> Result<Client, String> {
     let peer = *swarm.local_peer_id();
     swarm.dial(target).map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut tx = Some(tx);
         loop {
             match swarm.select_next_some().await {
@@ -62,22 +71,61 @@ async fn client(target: Multiaddr) -> Result<Client, String> {
                         let _ = tx.send(Err(error.to_string()));
                     }
                 }
-                SwarmEvent::ConnectionClosed { cause, .. } => {
-                    eprintln!("client {peer}: connection closed: {cause:?}");
-                }
                 _ => {}
             }
         }
     });
-    rx.await.map_err(|e| e.to_string())??;
+    let established = rx.await.map_err(|e| e.to_string());
+    if let Err(e) | Ok(Err(e)) = established {
+        task.abort();
+        return Err(e);
+    }
     let socket = sockets.snapshot();
     match socket.as_slice() {
         [s] => Ok(Client {
             peer,
             local: s.local,
+            swarm: task,
         }),
-        other => Err(format!("client {peer} has {} sockets", other.len())),
+        other => {
+            task.abort();
+            Err(format!("client {peer} has {} sockets", other.len()))
+        }
     }
+}
+
+/// A runtime whose threads live in namespace `ns` (the sockets they create are in it).
+fn runtime_in(ns: &str) -> tokio::runtime::Runtime {
+    let ns = ns.to_owned();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || enter_netns(&ns).expect("entering the clients' namespace"))
+        .build()
+        .unwrap()
+}
+
+/// Connects `n` clients to `target`, [`WAVE`] at a time.
+async fn connect(target: &Multiaddr, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    for wave in 0..n.div_ceil(WAVE) {
+        let dials: Vec<_> = (0..WAVE.min(n - wave * WAVE))
+            .map(|_| tokio::spawn(client(target.clone())))
+            .collect();
+        for dial in dials {
+            match dial.await.unwrap() {
+                Ok(c) => clients.push(c),
+                Err(e) => panic!("a client could not connect to A: {e}"),
+            }
+        }
+    }
+    clients
+}
+
+/// The value of an exact series in Prometheus text.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]
@@ -92,30 +140,9 @@ fn a_thousand_peers_behind_one_address_are_each_bound_to_their_own_socket() {
         &["--idle-timeout-secs", "600", "--cc", "cubic"],
     );
     let target: Multiaddr = a.multiaddr.parse().unwrap();
-    let ns_b = net.b.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .on_thread_start(move || enter_netns(&ns_b).expect("entering namespace b"))
-        .build()
-        .unwrap();
-
+    let runtime = runtime_in(&net.b);
     let started = std::time::Instant::now();
-    let clients: Vec<Client> = runtime.block_on(async {
-        let mut clients = Vec::with_capacity(PEERS);
-        for wave in 0..PEERS.div_ceil(WAVE) {
-            let dials: Vec<_> = (0..WAVE.min(PEERS - wave * WAVE))
-                .map(|_| tokio::spawn(client(target.clone())))
-                .collect();
-            for dial in dials {
-                match dial.await.unwrap() {
-                    Ok(c) => clients.push(c),
-                    Err(e) => panic!("a client could not connect to A: {e}"),
-                }
-            }
-        }
-        clients
-    });
+    let clients = runtime.block_on(connect(&target, PEERS));
     eprintln!(
         "{} clients connected in {:.1} s",
         clients.len(),
@@ -164,9 +191,7 @@ fn a_thousand_peers_behind_one_address_are_each_bound_to_their_own_socket() {
     // No socket is left without its PeerId, now or past the handshake timeout.
     let text = a.get("/metrics");
     let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        value(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics"))
     };
     assert_eq!(value("p2pcc_sockets_unbound"), 0.0);
     assert_eq!(value("p2pcc_sockets_unbound_past_handshake_timeout"), 0.0);
@@ -180,7 +205,87 @@ fn a_thousand_peers_behind_one_address_are_each_bound_to_their_own_socket() {
         rss / 1e6,
         value("p2pcc_telemetry_collect_duration_seconds") * 1e3
     );
+    drop(clients);
     drop(runtime);
-    drop(a);
-    drop(Arc::new(net));
+}
+
+/// Connect/disconnect cycles in total, [`WAVE`] connections at a time.
+const CYCLES: usize = 10_000;
+
+#[test]
+fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = NetnsPair::new("churn", 8);
+    let a = Node::start(&net.a, &net.addr_a, &["--cc", "cubic"]);
+    let target: Multiaddr = a.multiaddr.parse().unwrap();
+    let runtime = runtime_in(&net.b);
+    let metric = |series: &str| value(&a.get("/metrics"), series);
+    let settled = |what: &str| {
+        let mut last = String::new();
+        eventually(Duration::from_secs(60), || {
+            let text = a.get("/metrics");
+            let entries = value(&text, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}");
+            let closing = value(&text, "p2pcc_ebpf_sockets_closing");
+            let unbound = value(&text, "p2pcc_sockets_unbound");
+            let peer_series = text
+                .lines()
+                .filter(|l| l.starts_with("p2pcc_peer_"))
+                .count();
+            let connections: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("p2pcc_connections{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            last = format!(
+                "SOCK_STATS entries {entries:?}, closing {closing:?}, unbound {unbound:?}, \
+                 per-peer series {peer_series}, connections {connections}"
+            );
+            (entries == Some(0.0)
+                && closing == Some(0.0)
+                && unbound == Some(0.0)
+                && peer_series == 0
+                && connections == 0.0)
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{what}: state left behind: {last}"));
+    };
+
+    // One wave first, so the baseline includes what the first connections allocate.
+    drop(runtime.block_on(connect(&target, WAVE)));
+    settled("after the warm-up");
+    let baseline = metric("process_resident_memory_bytes").expect("RSS");
+    let started = std::time::Instant::now();
+    for _ in 0..CYCLES / WAVE {
+        drop(runtime.block_on(connect(&target, WAVE)));
+    }
+    eprintln!(
+        "{CYCLES} cycles in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    settled("after the churn");
+    let text = a.get("/metrics");
+    let rss = value(&text, "process_resident_memory_bytes").expect("RSS");
+    let closed: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("p2pcc_closed_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!(
+        "A's RSS {:.1} MB after the warm-up, {:.1} MB after the churn ({:+.1}%); {closed} closed",
+        baseline / 1e6,
+        rss / 1e6,
+        (rss / baseline - 1.0) * 100.0
+    );
+    assert_eq!(
+        closed,
+        (CYCLES + WAVE) as f64,
+        "every connection's tracking ended with a final record"
+    );
+    assert!(
+        rss <= baseline * 1.10,
+        "RSS grew from {baseline} to {rss} bytes (more than 10%)"
+    );
+    drop(runtime);
 }
