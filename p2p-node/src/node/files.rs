@@ -749,20 +749,19 @@ pub fn provider_window(
 
 /// The smallest min RTT the kernel reports among the node's connections to `peer`.
 fn min_rtt_to(peer: PeerId) -> Option<std::time::Duration> {
-    use std::os::fd::BorrowedFd;
-    crate::sockets::SocketTable::global()
-        .with_each(|socket| {
-            if socket.peer != Some(peer) {
-                return None;
-            }
-            // SAFETY: the fd stays open while `with_each` holds the table (see SocketInfo::fd).
-            let fd = unsafe { BorrowedFd::borrow_raw(socket.fd) };
-            let info = crate::sockets::tcp_info(fd).ok()?;
-            (info.min_rtt_us > 0 && info.min_rtt_us != u32::MAX)
-                .then(|| std::time::Duration::from_micros(u64::from(info.min_rtt_us)))
-        })
+    let table = crate::sockets::SocketTable::global();
+    table
+        .snapshot()
         .into_iter()
-        .flatten()
+        .filter(|socket| socket.peer == Some(peer))
+        .filter_map(|socket| {
+            // One socket at a time: the table is locked only while its TCP_INFO is read.
+            table
+                .with_fd(socket.cookie, |fd| crate::sockets::tcp_info(fd).ok())
+                .flatten()
+        })
+        .filter(|info| info.min_rtt_us > 0 && info.min_rtt_us != u32::MAX)
+        .map(|info| std::time::Duration::from_micros(u64::from(info.min_rtt_us)))
         .min()
 }
 
