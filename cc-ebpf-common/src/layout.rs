@@ -18,6 +18,11 @@
 /// field of [`FIELDS`] in the running kernel.
 pub const LAYOUT_SYMBOL: &str = "P2PCC_KERNEL_LAYOUT";
 
+/// Name of the `.rodata` symbol holding a `u64` mask: bit `i` set when the programs may write
+/// field `i` of [`FIELDS`]. All set at build; the loader clears the bits of fields the running
+/// kernel refuses to let the program type write (found from the verifier's answer).
+pub const WRITABLE_SYMBOL: &str = "P2PCC_KERNEL_WRITABLE";
+
 /// Table value of a field the running kernel does not have. Far beyond any kernel struct, so an
 /// access through it fails verification ("access beyond struct") instead of reading other bytes.
 pub const ABSENT: u32 = 0x7fff_fff8;
@@ -126,6 +131,8 @@ kernel_fields!(field_table);
 
 /// Entries in the table.
 pub const FIELD_COUNT: usize = FIELDS.len();
+// One bit per field in the writable mask.
+const _: () = assert!(FIELD_COUNT <= 64);
 
 /// The `.rodata` table: the bit offset of each field, [`ABSENT`] for a missing one.
 pub type Table = [u32; FIELD_COUNT];

@@ -17,6 +17,14 @@ use cc_ebpf_common::layout::{ABSENT, FIELD_COUNT, FIELDS, FieldIndex, Table};
 #[used]
 static P2PCC_KERNEL_LAYOUT: Table = [ABSENT; FIELD_COUNT];
 
+/// Bit `i` set: the program may write field `i`. The loader clears the bit of a field the
+/// running kernel does not let this program type write (Linux 6.1 refuses congestion controls
+/// `tcp_sock.app_limited`): the write then sits behind a constant-false branch, which the
+/// verifier skips (`cc_ebpf_common::layout::WRITABLE_SYMBOL` names it).
+#[unsafe(no_mangle)]
+#[used]
+static P2PCC_KERNEL_WRITABLE: u64 = u64::MAX;
+
 /// A kernel struct field; its place is read from the loader's table when used.
 #[derive(Clone, Copy)]
 pub struct Field(FieldIndex);
@@ -35,17 +43,37 @@ impl Field {
     pub fn offset(self) -> usize {
         (self.bit_offset() / 8) as usize
     }
+
+    /// Whether the running kernel lets this program write the field (see
+    /// [`P2PCC_KERNEL_WRITABLE`]).
+    #[inline(always)]
+    pub fn writable(self) -> bool {
+        // SAFETY: plain read of a static; volatile for the same reason as above.
+        let mask = unsafe { core::ptr::read_volatile(&raw const P2PCC_KERNEL_WRITABLE) };
+        (mask >> self.0 as u32) & 1 != 0
+    }
 }
 
 /// A byte offset into a kernel object: a [`Field`], or a sum involving one.
 pub trait Offset: Copy {
     fn bytes(self) -> usize;
+
+    /// Whether a store there may be made on the running kernel.
+    #[inline(always)]
+    fn writable(self) -> bool {
+        true
+    }
 }
 
 impl Offset for Field {
     #[inline(always)]
     fn bytes(self) -> usize {
         self.offset()
+    }
+
+    #[inline(always)]
+    fn writable(self) -> bool {
+        Field::writable(self)
     }
 }
 
@@ -166,20 +194,28 @@ impl KernelPtr {
         unsafe { core::ptr::read_volatile(self.0.add(off.bytes()).cast()) }
     }
 
+    /// Writes a `u32` field; nothing on a kernel that does not let the program write it.
+    ///
     /// # Safety
     /// `off` must be the offset of a `u32` field the program type may write.
     #[inline(always)]
     pub unsafe fn set_u32(self, off: impl Offset, value: u32) {
-        // SAFETY: per the contract.
-        unsafe { core::ptr::write_volatile(self.0.add(off.bytes()).cast(), value) }
+        if off.writable() {
+            // SAFETY: per the contract.
+            unsafe { core::ptr::write_volatile(self.0.add(off.bytes()).cast(), value) }
+        }
     }
 
+    /// Writes a `u64` field; nothing on a kernel that does not let the program write it.
+    ///
     /// # Safety
     /// `off` must be the offset of a `u64` field the program type may write.
     #[inline(always)]
     pub unsafe fn set_u64(self, off: impl Offset, value: u64) {
-        // SAFETY: per the contract.
-        unsafe { core::ptr::write_volatile(self.0.add(off.bytes()).cast(), value) }
+        if off.writable() {
+            // SAFETY: per the contract.
+            unsafe { core::ptr::write_volatile(self.0.add(off.bytes()).cast(), value) }
+        }
     }
 
     /// Reads a bitfield described by `(field, its shift, width)`.

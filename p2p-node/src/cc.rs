@@ -17,7 +17,8 @@ const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
 const DEFAULT: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
 
 /// Algorithms a node can use now, by the names users give: the kernel's (built-in and
-/// registered struct_ops ones) and bbr-p2p, which the node registers when needed.
+/// registered struct_ops ones) and bbr-p2p, which the node registers when needed, if this
+/// kernel can run it ([`unavailable`]).
 pub fn available() -> anyhow::Result<Vec<String>> {
     let text =
         std::fs::read_to_string(AVAILABLE).with_context(|| format!("reading {AVAILABLE}"))?;
@@ -25,14 +26,65 @@ pub fn available() -> anyhow::Result<Vec<String>> {
         .split_whitespace()
         .map(|n| bbr::user_name(n).to_owned())
         .collect();
-    if !names.iter().any(|n| n == bbr::NAME) {
+    if !names.iter().any(|n| n == bbr::NAME) && bbr_unavailable().is_none() {
         names.insert(0, bbr::NAME.to_owned());
     }
     Ok(names)
 }
 
+/// Algorithms p2p-node provides that this kernel cannot run, each with the one sentence saying
+/// why (the sentence `--cc` and `cc set` fail with).
+pub fn unavailable() -> Vec<(&'static str, String)> {
+    bbr_unavailable()
+        .map(|why| (bbr::NAME, why))
+        .into_iter()
+        .collect()
+}
+
+/// Why this kernel cannot run bbr-p2p, or `None` when it can. Probed, not assumed from a
+/// version: the first call loads its programs against the running kernel (and drops them);
+/// the answer is kept for the life of the process.
+fn bbr_unavailable() -> Option<String> {
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let registered = std::fs::read_to_string(AVAILABLE)
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|n| n == bbr::KERNEL_NAME);
+            if registered {
+                return None;
+            }
+            let why = match ebpf::preflight() {
+                Err(e) => ebpf::error_chain(&e),
+                Ok(btf) => match ebpf::struct_ops::StructOps::load(ebpf::objects::BBR_P2P, &btf) {
+                    Ok(_) => return None,
+                    Err(e) => ebpf::error_chain(&e),
+                },
+            };
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "unknown".to_owned(), |r| r.trim().to_owned());
+            Some(format!(
+                "{} is unavailable on this kernel (Linux {release}): {why}",
+                bbr::NAME
+            ))
+        })
+        .clone()
+}
+
 /// Checks that `name` is an algorithm the node can use; the error lists the ones it can.
 pub fn validate(name: &str) -> anyhow::Result<()> {
+    // Only a request for bbr-p2p pays for probing it.
+    if bbr::kernel_name(name) == bbr::KERNEL_NAME {
+        return match bbr_unavailable() {
+            Some(why) => bail!("{why}"),
+            None => Ok(()),
+        };
+    }
+    let kernel = std::fs::read_to_string(AVAILABLE).unwrap_or_default();
+    if kernel.split_whitespace().any(|n| n == name) {
+        return Ok(());
+    }
     let available = available()?;
     if available
         .iter()
@@ -61,6 +113,10 @@ pub fn current() -> String {
 pub fn provide_bbr() -> anyhow::Result<BbrP2p> {
     const ATTEMPTS: u32 = 5;
     const BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+    // On kernels before 6.4 a crashed node leaves its registration behind: clear it first.
+    if let Ok(btf) = ebpf::preflight() {
+        ebpf::struct_ops::clear_orphans(&btf, "tcp_congestion_ops", bbr::KERNEL_NAME);
+    }
     let mut last_error = None;
     for _ in 0..ATTEMPTS {
         let registered = std::fs::read_to_string(AVAILABLE)

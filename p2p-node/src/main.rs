@@ -184,11 +184,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         allowed_hosts: Arc::new(http::auth::AllowedHosts(args.http_host.clone())),
     };
     eprintln!("HTTP API and metrics on http://{}/", args.http);
-    http::serve(args.http, state, async {
+    let result = http::serve(args.http, state, async {
         shutdown_signal().await;
         eprintln!("shutting down");
     })
-    .await
+    .await;
+    // bbr-p2p registered without a link (Linux < 6.4) outlives the process unless deleted.
+    ebpf::struct_ops::unregister_at_exit();
+    result
 }
 
 async fn shutdown_signal() {

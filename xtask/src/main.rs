@@ -12,6 +12,7 @@ mod link;
 mod netns;
 mod overview;
 mod prometheus;
+mod qemu;
 mod run;
 mod setup;
 mod test;

@@ -16,6 +16,8 @@ use crate::exec::{exec, is_root, output};
 /// - `iperf3`: reference traffic with a chosen congestion control (`-C`);
 /// - `prometheus`: provides `promtool`, which checks the exported metrics text;
 /// - `chromium`, `chromium-driver`: the testbed test drives the live page headless (WebDriver).
+/// - `qemu-system-x86`, `busybox-static`, `binutils` (objcopy): the QEMU tier, which boots
+///   Debian's Linux 6.1 (fetched by [`crate::qemu::fetch_kernel`]) with a busybox initramfs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -29,6 +31,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "chromium",
     "chromium-driver",
+    "qemu-system-x86",
+    "busybox-static",
+    "binutils",
 ];
 
 /// The oldest bpf-linker that works with LLVM 22 and the nightly's bitcode.
@@ -44,6 +49,7 @@ pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     bpf_linker()?;
     web_assets()?;
+    crate::qemu::fetch_kernel()?;
     mount_if_missing("bpffs", "bpf", "/sys/fs/bpf")?;
     mount_if_missing("tracefs", "tracefs", "/sys/kernel/tracing")?;
     println!("[setup] done in {:.2?}", started.elapsed());

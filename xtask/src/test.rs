@@ -5,7 +5,9 @@
 //! 2. host tests of the eBPF crate's pure code (`cc-ebpf`, on its own nightly toolchain);
 //! 3. real-kernel integration tests of p2p-node (root; single-threaded because they share kernel
 //!    state: registered congestion controls, pinned maps, namespaces);
-//! 4. with `--testbed` (or alone with `--testbed-only`): the testbed end to end (`cargo xtask
+//! 4. the QEMU tier: the release binary on Debian 12's Linux 6.1, the oldest supported kernel
+//!    (see `qemu.rs`).
+//! 5. with `--testbed` (or alone with `--testbed-only`): the testbed end to end (`cargo xtask
 //!    run` driven from headless Chromium, see `testbed_test.rs`; root, about 6 minutes).
 
 use std::{
@@ -19,7 +21,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     exec::{exec, is_root, workspace_root},
-    netns, setup,
+    netns, qemu, setup,
 };
 
 /// Where the kernel tests may pin maps and links; removed before and after them.
@@ -37,6 +39,9 @@ pub struct Options {
     /// Run only the testbed stage.
     #[arg(long, conflicts_with = "unit_only")]
     testbed_only: bool,
+    /// Skip the QEMU tier (Linux 6.1 in a TCG guest, a few minutes); CI does not skip it.
+    #[arg(long)]
+    no_qemu: bool,
     /// Passed to every test harness, e.g. a test name filter or `--ignored`.
     #[arg(last = true)]
     harness_args: Vec<String>,
@@ -133,6 +138,25 @@ fn run_test_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> a
         result?;
         cleaned?;
         Ok("passed".to_owned())
+    })?;
+
+    stage(stages, "QEMU tier (Linux 6.1)", || {
+        if options.unit_only {
+            return Ok("skipped: --unit-only".to_owned());
+        }
+        let skip_reason = if options.no_qemu {
+            Some("--no-qemu".to_owned())
+        } else {
+            qemu::missing()
+        };
+        if let Some(reason) = skip_reason {
+            if env::var_os("CI").is_some() {
+                bail!("cannot run the QEMU tier: {reason}; CI is set, so this is a failure");
+            }
+            println!("[test] QEMU tier skipped: {reason}");
+            return Ok(format!("skipped: {reason}"));
+        }
+        qemu::run()
     })
 }
 

@@ -21,7 +21,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
         generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
     },
     macros::{btf_tracepoint, map},
@@ -276,15 +276,30 @@ fn record_rtt(ops: u64, srtt_us: u32) {
 
 /// First sample of an algorithm: creates its histogram with the algorithm's name (slow path,
 /// once per algorithm and CPU at most).
+///
+/// The new entry is copied from [`EMPTY_HIST`] and named in place: a 256-byte histogram built
+/// on the stack put tcp_probe over Linux 6.1's 512-byte combined stack limit (verifier budget).
 #[inline(always)]
 fn new_hist(ops: u64) -> Option<*mut RttHist> {
-    let mut fresh = RttHist::default();
-    // SAFETY: `ops` is a `tcp_congestion_ops *` loaded from the socket; the fault-safe helper
-    // reads its 16-byte `name`.
-    fresh.name = unsafe {
-        bpf_probe_read_kernel((ops as usize + TCP_CONGESTION_OPS__NAME) as *const [u8; 16])
+    let _ = RTT_HIST.insert(ops, &EMPTY_HIST, BPF_NOEXIST);
+    let hist = RTT_HIST.get_ptr_mut(ops)?;
+    // SAFETY: this CPU's copy of the map value; `ops` is a `tcp_congestion_ops *` loaded from
+    // the socket and the fault-safe helper reads its 16-byte `name` (zeros if it faults).
+    unsafe {
+        let name = &mut (*hist).name;
+        if bpf_probe_read_kernel_buf((ops as usize + TCP_CONGESTION_OPS__NAME) as *const u8, name)
+            .is_err()
+        {
+            *name = [0; 16];
+        }
     }
-    .unwrap_or([0; 16]);
-    let _ = RTT_HIST.insert(ops, fresh, BPF_NOEXIST);
-    RTT_HIST.get_ptr_mut(ops)
+    Some(hist)
 }
+
+/// The value a new [`RTT_HIST`] entry starts from (global data, not stack).
+static EMPTY_HIST: RttHist = RttHist {
+    name: [0; 16],
+    count: 0,
+    sum_us: 0,
+    buckets: [0; cc_ebpf_common::RTT_HIST_BUCKETS],
+};

@@ -620,6 +620,119 @@ fn imm(insn: u64) -> i32 {
     i32::from_ne_bytes(insn.to_ne_bytes()[4..8].try_into().expect("4 bytes"))
 }
 
+/// Creates the `.rodata` maps (kernel layout, `writable` mask) and loads every program.
+fn load_programs(
+    spec: &ObjectSpec,
+    ops: &OpsType,
+    btf: &Btf,
+    maps: &HashMap<String, (OwnedFd, u32)>,
+    layout: &layout::Resolved,
+    writable: u64,
+    name: &str,
+) -> Result<Vec<(String, usize, OwnedFd)>, StructOpsError> {
+    let rodata = create_rodata_maps(spec.rodata.clone(), &spec.rodata_symbols, layout, writable)?;
+    let mut programs = Vec::new();
+    for p in &spec.programs {
+        let (index, offset) = ops.function_member(btf, &p.member)?;
+        let (insns, relocations, placed) =
+            link_subprograms(p.insns.clone(), p.relocations.clone(), spec.text.as_ref()).map_err(
+                |symbol| StructOpsError::UnsupportedRelocation {
+                    program: p.symbol.clone(),
+                    symbol,
+                },
+            )?;
+        let mut insns = insns;
+        for r in &relocations {
+            let unsupported = || StructOpsError::UnsupportedRelocation {
+                program: p.symbol.clone(),
+                symbol: r.symbol.clone(),
+            };
+            let insn = insns.get_mut(r.at).ok_or_else(unsupported)?;
+            match r.kind {
+                RelocKind::Map if opcode(*insn) == OP_LD_IMM64 => {
+                    let (fd, _) = maps.get(&r.symbol).ok_or_else(unsupported)?;
+                    patch(insn, BPF_PSEUDO_MAP_FD, fd.as_raw_fd());
+                }
+                RelocKind::Rodata { section, offset } if opcode(*insn) == OP_LD_IMM64 => {
+                    let offset =
+                        i64::try_from(offset).map_err(|_| unsupported())? + i64::from(imm(*insn));
+                    let offset = i32::try_from(offset).map_err(|_| unsupported())?;
+                    patch(insn, BPF_PSEUDO_MAP_VALUE, rodata[section].as_raw_fd());
+                    // The second half of ld_imm64 carries the offset into the value.
+                    let next = insns.get_mut(r.at + 1).ok_or_else(unsupported)?;
+                    patch(next, 0, offset);
+                }
+                RelocKind::Kfunc if opcode(*insn) == OP_CALL => {
+                    let id = btf.find(Kind::Func, &r.symbol).map_err(|_| {
+                        StructOpsError::UnknownKfunc {
+                            program: p.symbol.clone(),
+                            function: r.symbol.clone(),
+                        }
+                    })?;
+                    patch(insn, BPF_PSEUDO_KFUNC_CALL, id as i32);
+                }
+                RelocKind::Subprogram { .. } if opcode(*insn) == OP_CALL => {
+                    let target = placed.get(&r.at).copied().ok_or_else(unsupported)?;
+                    patch(
+                        insn,
+                        BPF_PSEUDO_CALL,
+                        (target as i64 - (r.at as i64 + 1)) as i32,
+                    );
+                }
+                _ => return Err(unsupported()),
+            }
+        }
+        let fd = sys::prog_load(&sys::ProgLoad {
+            prog_type: bpf_prog_type::BPF_PROG_TYPE_STRUCT_OPS as u32,
+            name: &p.symbol,
+            insns: &insns,
+            license: &spec.license,
+            attach_btf_id: ops.type_id,
+            expected_attach_type: index,
+        })
+        .map_err(|(source, log)| match source.raw_os_error() {
+            Some(libc::EPERM) if log.is_empty() => {
+                syscall_error(format!("loading program {}", p.symbol), source)
+            }
+            _ if layout.summary().is_some() => StructOpsError::KernelFields {
+                program: p.symbol.clone(),
+                name: name.to_owned(),
+                fields: layout.summary().unwrap_or_default(),
+                log: tail(&log, 10),
+            },
+            _ => StructOpsError::Verifier {
+                program: p.symbol.clone(),
+                source,
+                log: tail(&log, 40),
+            },
+        })?;
+        programs.push((p.member.clone(), offset, fd));
+    }
+    Ok(programs)
+}
+
+/// The field a verifier log says the program may not write (`no write support to tcp_sock at
+/// off 1820`): a socket field (sock, inet_connection_sock and tcp_sock share offset 0) whose
+/// place in `table` is that byte offset.
+fn refused_write(log: &str, table: &layout::Table) -> Option<usize> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("no write support to "))?;
+    let (_, rest) = line.split_once("no write support to ")?;
+    let (ty, off) = rest.split_once(" at off ")?;
+    let off: u32 = off.trim().parse().ok()?;
+    let sockets = ["sock", "inet_connection_sock", "tcp_sock"];
+    let family: &[&str] = if sockets.contains(&ty) {
+        &sockets
+    } else {
+        &[ty]
+    };
+    layout::FIELDS.iter().zip(table).position(|(f, &bits)| {
+        family.contains(&f.ty) && bits != layout::ABSENT && bits % 8 == 0 && bits / 8 == off
+    })
+}
+
 /// Creates a frozen, program-read-only array map for each `.rodata*` section, holding its bytes
 /// with the kernel layout table written over [`layout::LAYOUT_SYMBOL`] (libbpf's handling of
 /// `.rodata`: `bpf_object__populate_internal_map` then `bpf_map_freeze`).
@@ -627,8 +740,9 @@ fn create_rodata_maps(
     sections: Vec<(String, Vec<u8>)>,
     symbols: &HashMap<String, (usize, usize, usize)>,
     layout: &layout::Resolved,
+    writable: u64,
 ) -> Result<Vec<OwnedFd>, StructOpsError> {
-    let sections = fill_layout(sections, symbols, layout)?;
+    let sections = fill_layout(sections, symbols, layout, writable)?;
     sections
         .into_iter()
         .map(|(name, data)| {
@@ -665,18 +779,23 @@ fn fill_layout(
     mut sections: Vec<(String, Vec<u8>)>,
     symbols: &HashMap<String, (usize, usize, usize)>,
     layout: &layout::Resolved,
+    writable: u64,
 ) -> Result<Vec<(String, Vec<u8>)>, StructOpsError> {
-    if let Some(&(section, offset, size)) = symbols.get(layout::LAYOUT_SYMBOL) {
-        let table = layout.bytes();
+    for (symbol, table) in [
+        (layout::LAYOUT_SYMBOL, layout.bytes()),
+        (layout::WRITABLE_SYMBOL, writable.to_ne_bytes().to_vec()),
+    ] {
+        let Some(&(section, offset, size)) = symbols.get(symbol) else {
+            continue;
+        };
         let slot = sections
             .get_mut(section)
             .and_then(|(_, data)| data.get_mut(offset..offset + size))
             .filter(|slot| slot.len() == table.len())
             .ok_or_else(|| {
                 StructOpsError::Malformed(format!(
-                    "{} is {size} bytes, the loader's table {} (object and loader built from \
+                    "{symbol} is {size} bytes, the loader's {} (object and loader built from \
                      different sources)",
-                    layout::LAYOUT_SYMBOL,
                     table.len()
                 ))
             })?;
@@ -692,6 +811,8 @@ pub struct StructOps {
     /// (member, byte offset in the ops struct, program fd).
     programs: Vec<(String, usize, OwnedFd)>,
     maps: HashMap<String, (OwnedFd, u32)>,
+    /// Fields the programs would write but this kernel does not let them (the writes skipped).
+    read_only: Vec<String>,
 }
 
 impl std::fmt::Debug for StructOps {
@@ -769,92 +890,45 @@ impl StructOps {
         }
 
         let layout = layout::resolve(btf);
-        let rodata = create_rodata_maps(spec.rodata, &spec.rodata_symbols, &layout)?;
-
-        let mut programs = Vec::new();
-        for p in spec.programs {
-            let (index, offset) = ops.function_member(btf, &p.member)?;
-            let (insns, relocations, placed) =
-                link_subprograms(p.insns, p.relocations, spec.text.as_ref()).map_err(|symbol| {
-                    StructOpsError::UnsupportedRelocation {
-                        program: p.symbol.clone(),
-                        symbol,
-                    }
-                })?;
-            let mut insns = insns;
-            for r in &relocations {
-                let unsupported = || StructOpsError::UnsupportedRelocation {
-                    program: p.symbol.clone(),
-                    symbol: r.symbol.clone(),
-                };
-                let insn = insns.get_mut(r.at).ok_or_else(unsupported)?;
-                match r.kind {
-                    RelocKind::Map if opcode(*insn) == OP_LD_IMM64 => {
-                        let (fd, _) = maps.get(&r.symbol).ok_or_else(unsupported)?;
-                        patch(insn, BPF_PSEUDO_MAP_FD, fd.as_raw_fd());
-                    }
-                    RelocKind::Rodata { section, offset } if opcode(*insn) == OP_LD_IMM64 => {
-                        let offset = i64::try_from(offset).map_err(|_| unsupported())?
-                            + i64::from(imm(*insn));
-                        let offset = i32::try_from(offset).map_err(|_| unsupported())?;
-                        patch(insn, BPF_PSEUDO_MAP_VALUE, rodata[section].as_raw_fd());
-                        // The second half of ld_imm64 carries the offset into the value.
-                        let next = insns.get_mut(r.at + 1).ok_or_else(unsupported)?;
-                        patch(next, 0, offset);
-                    }
-                    RelocKind::Kfunc if opcode(*insn) == OP_CALL => {
-                        let id = btf.find(Kind::Func, &r.symbol).map_err(|_| {
-                            StructOpsError::UnknownKfunc {
-                                program: p.symbol.clone(),
-                                function: r.symbol.clone(),
-                            }
-                        })?;
-                        patch(insn, BPF_PSEUDO_KFUNC_CALL, id as i32);
-                    }
-                    RelocKind::Subprogram { .. } if opcode(*insn) == OP_CALL => {
-                        let target = placed.get(&r.at).copied().ok_or_else(unsupported)?;
-                        patch(
-                            insn,
-                            BPF_PSEUDO_CALL,
-                            (target as i64 - (r.at as i64 + 1)) as i32,
-                        );
-                    }
-                    _ => return Err(unsupported()),
+        // Fields the kernel does not let this program type write, learnt from the verifier:
+        // their bit is cleared in the writable mask and the programs are loaded again (each
+        // round clears one more bit, so this ends).
+        let mut writable = u64::MAX;
+        let mut read_only = Vec::new();
+        let programs = loop {
+            match load_programs(&spec, &ops, btf, &maps, &layout, writable, &name) {
+                Err(StructOpsError::Verifier { log, .. })
+                    if let Some(field) = refused_write(&log, &layout.table)
+                        && writable & (1 << field) != 0 =>
+                {
+                    writable &= !(1 << field);
+                    let f = layout::FIELDS[field];
+                    read_only.push(format!("{}.{}", f.ty, f.path));
                 }
+                other => break other?,
             }
-            let fd = sys::prog_load(&sys::ProgLoad {
-                prog_type: bpf_prog_type::BPF_PROG_TYPE_STRUCT_OPS as u32,
-                name: &p.symbol,
-                insns: &insns,
-                license: &spec.license,
-                attach_btf_id: ops.type_id,
-                expected_attach_type: index,
-            })
-            .map_err(|(source, log)| match source.raw_os_error() {
-                Some(libc::EPERM) if log.is_empty() => {
-                    syscall_error(format!("loading program {}", p.symbol), source)
-                }
-                _ if layout.summary().is_some() => StructOpsError::KernelFields {
-                    program: p.symbol.clone(),
-                    name: name.clone(),
-                    fields: layout.summary().unwrap_or_default(),
-                    log: tail(&log, 10),
-                },
-                _ => StructOpsError::Verifier {
-                    program: p.symbol.clone(),
-                    source,
-                    log: tail(&log, 40),
-                },
-            })?;
-            programs.push((p.member, offset, fd));
+        };
+        if !read_only.is_empty() {
+            tracing::warn!(
+                "`{name}` runs without writing {}: this kernel does not let congestion controls \
+                 write it",
+                read_only.join(", ")
+            );
         }
 
         Ok(Self {
             decl: spec.decl,
             ops,
+            read_only,
             programs,
             maps,
         })
+    }
+
+    /// Kernel fields the programs would write but this kernel does not let congestion controls
+    /// write (`struct.member`): those writes are skipped.
+    pub fn read_only_fields(&self) -> &[String] {
+        &self.read_only
     }
 
     /// The name the ops register under.
@@ -967,6 +1041,15 @@ impl StructOps {
                 })?,
             ),
         };
+        if link.is_none() {
+            let dup = map
+                .try_clone()
+                .map_err(|e| syscall_error("duplicating the struct_ops map fd", e))?;
+            MAP_ONLY
+                .lock()
+                .expect("lock poisoned")
+                .push((name.clone(), dup));
+        }
         Ok(Registration {
             name,
             link,
@@ -1057,6 +1140,10 @@ impl Registration {
     /// Closes everything without unregistering, as a crashed process would leave it (tests).
     #[doc(hidden)]
     pub fn abandon(self) {
+        MAP_ONLY
+            .lock()
+            .expect("lock poisoned")
+            .retain(|(name, _)| *name != self.name);
         let mut this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used again nor dropped; each field is dropped once here.
         unsafe {
@@ -1071,11 +1158,41 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         // A link unregisters when its last fd closes; a map-only registration must be deleted.
-        if self.link.is_none()
-            && let Err(e) = sys::map_delete(self.map.as_raw_fd(), &0u32.to_ne_bytes())
-        {
-            tracing::warn!("unregistering `{}`: {e}", self.name);
+        if self.link.is_none() {
+            MAP_ONLY
+                .lock()
+                .expect("lock poisoned")
+                .retain(|(name, _)| *name != self.name);
+            if let Err(e) = sys::map_delete(self.map.as_raw_fd(), &0u32.to_ne_bytes()) {
+                tracing::warn!("unregistering `{}`: {e}", self.name);
+            }
         }
+    }
+}
+
+/// Map-only registrations of this process (`Attach::Map`): a process exit does not end them,
+/// so [`unregister_at_exit`] deletes them explicitly. Bounded by the algorithms one process
+/// registers (one per name).
+static MAP_ONLY: std::sync::Mutex<Vec<(String, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+
+/// Unregisters this process's map-only registrations (kernels before 6.4); call on the way
+/// out, where owners of a [`Registration`] may never be dropped. Registrations with a link
+/// need nothing: the kernel ends them with the process.
+pub fn unregister_at_exit() {
+    for (name, map) in MAP_ONLY.lock().expect("lock poisoned").drain(..) {
+        match sys::map_delete(map.as_raw_fd(), &0u32.to_ne_bytes()) {
+            Ok(()) => tracing::info!("unregistered `{name}`"),
+            Err(e) => tracing::warn!("unregistering `{name}`: {e}"),
+        }
+    }
+}
+
+/// Clears map-only registrations named `name` of ops type `type_name` that a process which is
+/// gone left behind (a crash on a kernel before 6.4); returns how many.
+pub fn clear_orphans(btf: &Btf, type_name: &str, name: &str) -> usize {
+    match OpsType::resolve(btf, type_name) {
+        Ok(ops) => unregister_orphans(name, &ops, ops.name_field.0),
+        Err(_) => 0,
     }
 }
 
@@ -1380,7 +1497,13 @@ mod tests {
 
         // The table in the object's .rodata follows the perturbed BTF.
         let resolved = layout::resolve(&other);
-        let filled = fill_layout(spec.rodata.clone(), &spec.rodata_symbols, &resolved).unwrap();
+        let filled = fill_layout(
+            spec.rodata.clone(),
+            &spec.rodata_symbols,
+            &resolved,
+            u64::MAX,
+        )
+        .unwrap();
         let &(section, offset, size) = &spec.rodata_symbols[layout::LAYOUT_SYMBOL];
         let table = &filled[section].1[offset..offset + size];
         let at = layout::FieldIndex::TCP_SOCK__SND_CWND as usize * 4;
@@ -1410,6 +1533,27 @@ mod tests {
         assert_eq!(choose_forms(&forms, arity(4)), [true, false, true]);
         assert_eq!(choose_forms(&forms, arity(2)), [false, true, true]);
         assert_eq!(choose_forms(&forms, arity(3)), [true, false, true]);
+    }
+
+    #[test]
+    fn a_refused_write_names_the_socket_field_at_that_offset() {
+        let mut table = [layout::ABSENT; layout::FIELD_COUNT];
+        let app_limited = layout::FieldIndex::TCP_SOCK__APP_LIMITED as usize;
+        let pacing = layout::FieldIndex::SOCK__SK_PACING_STATUS as usize;
+        table[app_limited] = 1820 * 8;
+        table[pacing] = 500 * 8;
+        let log = "283: (63) *(u32 *)(r3 +0) = r1\nno write support to tcp_sock at off 1820\nprocessed 1042 insns";
+        assert_eq!(refused_write(log, &table), Some(app_limited));
+        // sock fields sit at the same offsets inside tcp_sock.
+        assert_eq!(
+            refused_write("no write support to tcp_sock at off 500", &table),
+            Some(pacing)
+        );
+        assert_eq!(
+            refused_write("no write support to tcp_sock at off 7", &table),
+            None
+        );
+        assert_eq!(refused_write("R0 !read_ok", &table), None);
     }
 
     #[test]

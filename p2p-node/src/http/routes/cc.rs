@@ -15,8 +15,16 @@ use crate::{cc, http::AppState};
 pub async fn get_cc() -> Response {
     match cc::available() {
         Ok(available) => {
-            Json(serde_json::json!({ "algorithm": cc::current(), "available": available }))
-                .into_response()
+            let unavailable: serde_json::Map<String, serde_json::Value> = cc::unavailable()
+                .into_iter()
+                .map(|(name, why)| (name.to_owned(), why.into()))
+                .collect();
+            Json(serde_json::json!({
+                "algorithm": cc::current(),
+                "available": available,
+                "unavailable": unavailable,
+            }))
+            .into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
     }

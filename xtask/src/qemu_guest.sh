@@ -1,0 +1,88 @@
+#!/bin/busybox sh
+# /init of the QEMU tier's guest (see xtask/src/qemu.rs): checks the release p2p-node on the
+# guest's kernel and prints one `P2PCC-QEMU <check> ok|FAIL|unavailable ...` marker per check,
+# then `P2PCC-QEMU DONE`, and powers off. The host decides pass/fail from the markers alone.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mkdir -p /sys/fs/bpf /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+ip link set lo up
+
+N=/p2p-node
+mark() { echo "P2PCC-QEMU $*"; }
+# Every wait is bounded: at most $1 tries of 0.5 s.
+wait_for() { tries=$1; shift; while [ "$tries" -gt 0 ]; do "$@" && return 0; tries=$((tries - 1)); sleep 0.5; done; return 1; }
+addr_of() { sed -n 's|.*listening on \(/ip4/127.0.0.1/tcp/[0-9]*/p2p/[A-Za-z0-9]*\).*|\1|p' "$1" | head -n 1; }
+has_addr() { [ -n "$(addr_of "$1")" ]; }
+# The CWND and SRTT columns of `p2p-node peers` for the first peer row on algorithm $2.
+peer_row() { $N peers --node "$1" 2>/dev/null | awk -v cc="$2" 'NR > 1 && $2 == cc { print $5, $6; exit }'; }
+probed() { row=$(peer_row "$1" "$2"); case "$row" in ""|-*|*" -") return 1;; esac; [ "${row%% *}" -gt 0 ]; }
+
+mark "KERNEL $(uname -r)"
+mark "AVAILABLE $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"
+
+# Two nodes on the kernel's own algorithm; node A must load the eBPF probes.
+$N run --listen /ip4/127.0.0.1/tcp/4001 --http 127.0.0.1:9501 --cc cubic --require-ebpf >/tmp/a.log 2>&1 &
+A_PID=$!
+if ! wait_for 40 has_addr /tmp/a.log; then
+    mark "PROBES FAIL node A did not start: $(tail -n 3 /tmp/a.log | tr '\n' ' ')"
+    mark DONE
+    poweroff -f
+fi
+A=$(addr_of /tmp/a.log)
+A_ID=${A##*/}
+$N run --listen /ip4/127.0.0.1/tcp/4002 --http 127.0.0.1:9502 --cc cubic --peer "$A" >/tmp/b.log 2>&1 &
+B_PID=$!
+wait_for 40 sh -c "$N peers --node http://127.0.0.1:9502 2>/dev/null | grep -q $A_ID"
+
+# 1. The probes report per-peer cwnd and RTT for a transfer between the two nodes.
+$N perf "$A_ID" --upload 20000000 --node http://127.0.0.1:9502 >/tmp/perf1.log 2>&1
+if wait_for 10 probed http://127.0.0.1:9502 cubic; then
+    mark "PROBES ok cwnd,srtt(ms)=$(peer_row http://127.0.0.1:9502 cubic | tr ' ' ,) $(tr '\n' ' ' </tmp/perf1.log)"
+else
+    mark "PROBES FAIL $(tr '\n' ' ' </tmp/perf1.log) peers: $($N peers --node http://127.0.0.1:9502 2>&1 | tr '\n' ' ')"
+fi
+
+# 2. Switching among the kernel's algorithms moves the node's connections.
+switch_ok=1
+for cc in reno cubic; do
+    $N cc set "$cc" --node http://127.0.0.1:9502 >/tmp/switch.log 2>&1 || switch_ok=0
+    $N perf "$A_ID" --upload 2000000 --node http://127.0.0.1:9502 >/dev/null 2>&1
+    wait_for 10 probed http://127.0.0.1:9502 "$cc" || switch_ok=0
+done
+if [ $switch_ok = 1 ]; then mark "SWITCH ok reno,cubic"; else mark "SWITCH FAIL $(tr '\n' ' ' </tmp/switch.log)"; fi
+
+# 3. bbr-p2p: `cc list` says whether this kernel can run it; if it can, it carries a transfer;
+#    if not, `--cc bbr-p2p` fails with the reason `cc list` gave.
+$N cc list --node http://127.0.0.1:9502 >/tmp/list.log 2>&1
+mark "CC-LIST $(tr '\n' '|' </tmp/list.log)"
+if $N cc set bbr-p2p --node http://127.0.0.1:9502 >/tmp/bbr.log 2>&1; then
+    $N perf "$A_ID" --upload 20000000 --node http://127.0.0.1:9502 >/tmp/perf2.log 2>&1
+    if wait_for 10 probed http://127.0.0.1:9502 bbr-p2p; then
+        mark "BBR ok cwnd,srtt(ms)=$(peer_row http://127.0.0.1:9502 bbr-p2p | tr ' ' ,) $(tr '\n' ' ' </tmp/perf2.log)"
+    else
+        mark "BBR FAIL registered but carried nothing: $(tr '\n' ' ' </tmp/perf2.log)"
+    fi
+else
+    # `cc list` is JSON: {"unavailable": {"bbr-p2p": "<sentence>"}}; compare its first 100
+    # characters (the sentence may continue with an escaped verifier log).
+    reason=$(sed -n 's/.*"unavailable":{"bbr-p2p":"\([^"]*\)".*/\1/p' /tmp/list.log | cut -c1-100)
+    $N run --listen /ip4/127.0.0.1/tcp/4003 --http 127.0.0.1:9503 --cc bbr-p2p >/tmp/c.log 2>&1 &
+    C_PID=$!
+    wait_for 40 sh -c "! kill -0 $C_PID 2>/dev/null"
+    kill "$C_PID" 2>/dev/null
+    if [ -n "$reason" ] && grep -qF "$reason" /tmp/c.log && grep -qF "$reason" /tmp/bbr.log; then
+        mark "BBR unavailable: $reason"
+    else
+        mark "BBR FAIL cc list: '$reason'; cc set: $(tr '\n' ' ' </tmp/bbr.log); --cc: $(tr '\n' ' ' </tmp/c.log)"
+    fi
+fi
+
+kill "$A_PID" "$B_PID" 2>/dev/null
+mark DONE
+poweroff -f
