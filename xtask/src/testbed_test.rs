@@ -21,6 +21,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -37,6 +38,8 @@ use crate::exec::{output, stop_child, workspace_root};
 /// on 9400 does not answer).
 const OVERVIEW: &str = "127.0.0.1:9411";
 const DRIVER_PORT: u16 = 9515;
+/// How long creating the browser session (and any WebDriver command) may take.
+const SESSION_TIMEOUT_SECS: u64 = 180;
 /// Seconds of page data before the switch that are compared.
 const BEFORE: u64 = 30;
 /// After the switch: the first seconds are the transition, not compared.
@@ -51,12 +54,15 @@ pub fn run() -> anyhow::Result<String> {
     let artifacts = workspace_root().join("target/testbed");
     fs::create_dir_all(&artifacts)?;
 
-    // 1-5: a full run, switched from the page, scraped by Prometheus.
+    // 1-5: a full run, switched from the page, scraped by Prometheus. Chromium first: it starts
+    // slowly on a machine busy with the testbed.
+    let driver = Driver::start()?;
     let mut testbed = start_run(300, &["--prometheus", "--link", "n2=1%"])?;
-    let result = check_page(&artifacts, &mut testbed).and_then(|verdict| {
+    let result = check_page(&artifacts, &mut testbed, &driver).and_then(|verdict| {
         let scraped = check_dashboard_queries()?;
         Ok(format!("{verdict}; {scraped}"))
     });
+    drop(driver);
     let stopped = testbed.stop();
     let verdict = result?;
     stopped?;
@@ -153,9 +159,8 @@ impl Run {
 }
 
 /// Steps 2 and 3; returns the measured ratios.
-fn check_page(artifacts: &Path, run: &mut Run) -> anyhow::Result<String> {
-    let driver = Driver::start()?;
-    let result = (|| {
+fn check_page(artifacts: &Path, run: &mut Run, driver: &Driver) -> anyhow::Result<String> {
+    (|| {
         driver.navigate(&format!("http://{OVERVIEW}/"))?;
         // ≥ 4 nodes with live data on every chart: each has samples and the page drew charts.
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -203,9 +208,7 @@ fn check_page(artifacts: &Path, run: &mut Run) -> anyhow::Result<String> {
             "return window.p2pccNodes.get('{SWITCHED}').history;"
         ))?;
         compare(&history, switched_at)
-    })();
-    driver.quit();
-    result
+    })()
 }
 
 /// The before/after medians of the switched node's queueing delay and goodput.
@@ -367,18 +370,20 @@ struct Driver {
 
 impl Driver {
     fn start() -> anyhow::Result<Self> {
+        // Its own process group, so the browser it starts goes with it (see Drop).
         let process = Command::new("chromedriver")
             .arg(format!("--port={DRIVER_PORT}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .context("starting chromedriver (Debian: chromium-driver)")?;
         let mut driver = Self {
             process,
             session: String::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(SESSION_TIMEOUT_SECS);
         let session = loop {
             let created = call(
                 "POST",
@@ -450,14 +455,25 @@ impl Driver {
         println!("[testbed] screenshot: {}", path.display());
         Ok(())
     }
+}
 
-    fn quit(mut self) {
-        let _ = call(
-            "DELETE",
-            &format!("/session/{}", self.session),
-            &Value::Null,
-        );
+impl Drop for Driver {
+    /// Ends the session, then the driver's whole process group (chromedriver and the browser).
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = call(
+                "DELETE",
+                &format!("/session/{}", self.session),
+                &Value::Null,
+            );
+        }
+        let pgid = libc::pid_t::try_from(self.process.id()).expect("pids fit in pid_t");
+        // SAFETY: kill has no memory-safety preconditions; the group is the one our own
+        // unreaped child leads, so its id cannot have been reused.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
         stop_child(&mut self.process, Duration::from_secs(5));
+        // SAFETY: as above; anything of the group still alive (the browser) goes now.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
     }
 }
 
@@ -465,7 +481,8 @@ impl Driver {
 fn call(method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
     let address = format!("127.0.0.1:{DRIVER_PORT}");
     let mut stream = TcpStream::connect(&address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // Starting the browser takes long on a loaded machine.
+    stream.set_read_timeout(Some(Duration::from_secs(SESSION_TIMEOUT_SECS)))?;
     let body = if body.is_null() {
         String::new()
     } else {
@@ -476,17 +493,53 @@ fn call(method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed response")?;
+    // chromedriver may keep the connection open despite `Connection: close`: read the head,
+    // then exactly Content-Length bytes.
+    let (head, body) = read_response(&mut stream)?;
+    let (head, body) = (head.as_str(), body.as_str());
     let value: Value =
         serde_json::from_str(body).with_context(|| format!("{method} {path}: {head}"))?;
     if head.split_whitespace().nth(1) != Some("200") {
         bail!("{method} {path}: {}", value["value"]["message"]);
     }
     Ok(value["value"].clone())
+}
+
+/// The head and body of one HTTP response with a `Content-Length`.
+fn read_response(stream: &mut TcpStream) -> anyhow::Result<(String, String)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut chunk)?;
+        ensure!(
+            n > 0,
+            "the connection closed before the response head ended"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                value.trim().parse().ok()
+            } else {
+                None
+            }
+        })
+        .context("response without Content-Length")?;
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk)?;
+        ensure!(n > 0, "the connection closed before the body ended");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Ok((head, String::from_utf8(body).context("non-UTF-8 body")?))
 }
 
 fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
@@ -520,6 +573,27 @@ fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The WebDriver client against any page: `P2PCC_PAGE=http://… cargo test -p xtask --
+    /// --ignored webdriver_client` (needs chromium and chromium-driver).
+    #[test]
+    #[ignore = "needs Chromium and a page to load"]
+    fn webdriver_client() {
+        let url = std::env::var("P2PCC_PAGE").expect("P2PCC_PAGE");
+        let driver = Driver::start().unwrap();
+        driver.navigate(&url).unwrap();
+        thread::sleep(Duration::from_secs(3));
+        let title = driver.script("return document.title;").unwrap();
+        assert!(title.is_string(), "{title}");
+        driver.type_into("#token", "abc").unwrap();
+        let typed = driver
+            .script("return document.getElementById('token').value;")
+            .unwrap();
+        assert_eq!(typed, json!("abc"));
+        let path = std::env::temp_dir().join("p2pcc-webdriver-test.png");
+        driver.screenshot(&path).unwrap();
+        assert!(fs::read(&path).unwrap().starts_with(b"\x89PNG"));
+    }
 
     #[test]
     fn percent_encodes_queries() {
