@@ -179,6 +179,15 @@ pub struct RunArgs {
     /// Close connections without open streams after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub idle_timeout_secs: u64,
+    /// Established inbound connections (the memory budget may lower it; see /api/node).
+    #[arg(long, default_value_t = 1024)]
+    pub max_inbound: u32,
+    /// Established outbound connections (the memory budget may lower it).
+    #[arg(long, default_value_t = 512)]
+    pub max_outbound: u32,
+    /// Connections still handshaking, per direction.
+    #[arg(long, default_value_t = 128)]
+    pub max_pending: u32,
     /// Peers with per-peer metric series: the busiest K by bytes (others are in the
     /// all-peer histograms and totals only).
     #[arg(long, default_value_t = crate::telemetry::DEFAULT_TOP_PEERS)]

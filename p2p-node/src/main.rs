@@ -100,7 +100,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Each connection holds a socket: lift the open-file soft limit to the hard one, so the
+/// connection limits, not EMFILE, decide which peers are refused.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
     if let Some(name) = &args.cc {
         cc::validate(name)?;
     }
@@ -151,6 +169,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listen: args.listen.clone(),
         peers: args.peer.clone(),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_inbound: args.max_inbound,
+        max_outbound: args.max_outbound,
+        max_pending: args.max_pending,
         ..Default::default()
     };
     let client = node::spawn(key, config, &mut registry)?;

@@ -52,6 +52,7 @@ fn router(state: AppState) -> Router {
         .route("/assets/uplot.css", get(live::uplot_css))
         .route("/assets/charts.js", get(live::charts_js))
         .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(node::healthz))
         .route("/api/node", get(node::node))
         .route("/api/peers", get(node::peers))
         .route("/api/history", get(node::history))

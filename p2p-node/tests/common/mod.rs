@@ -150,6 +150,19 @@ impl Node {
 
     /// As [`Node::start`], with the HTTP API on `http` (its port must be 9464).
     pub fn start_with_http(ns: &str, listen_ip: &str, http: &str, extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], ns, listen_ip, http, extra)
+    }
+
+    /// As [`Node::start_with_http`], run through `wrapper` inside the namespace (a program and
+    /// its arguments, e.g. a shell that joins a cgroup and then execs its arguments; the pid
+    /// stays the node's).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        ns: &str,
+        listen_ip: &str,
+        http: &str,
+        extra: &[&str],
+    ) -> Self {
         let http_port = 9464;
         let own_data_dir = !extra.contains(&"--data-dir");
         let data_dir = match extra.iter().position(|a| *a == "--data-dir") {
@@ -158,7 +171,9 @@ impl Node {
         };
         let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_p2p-node"), "run"])
+            .args(["netns", "exec", ns])
+            .args(wrapper)
+            .args([env!("CARGO_BIN_EXE_p2p-node"), "run"])
             .args(["--listen", &format!("/ip4/{listen_ip}/tcp/4001")])
             .args(["--http", http, "--require-ebpf"])
             .args(extra);

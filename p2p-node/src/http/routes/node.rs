@@ -1,4 +1,4 @@
-//! `/api/node`, `/api/peers`, `/api/history`: what the node is and what it sees.
+//! `/api/node`, `/api/peers`, `/api/history`, `/healthz`: what the node is and what it sees.
 
 use axum::{
     Json,
@@ -28,6 +28,16 @@ struct EbpfStatus {
 struct ProgramStatus {
     name: &'static str,
     id: u32,
+}
+
+/// 200 when the node's event loop answers within a second, 503 otherwise.
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(1), state.client.info()).await;
+    match answer {
+        Ok(Ok(_)) => "ok\n".into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "event loop busy\n").into_response(),
+    }
 }
 
 pub async fn node(State(state): State<AppState>) -> Response {
