@@ -219,7 +219,12 @@ fn a_thousand_peers_dialling_at_once_meet_exact_limits_and_the_node_stays_respon
     let node = Node::start(
         &net.a,
         &net.addr_a,
-        &["--max-inbound", &MAX_INBOUND.to_string()],
+        &[
+            "--max-inbound",
+            &MAX_INBOUND.to_string(),
+            "--idle-timeout-secs",
+            "300",
+        ],
     );
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
 
