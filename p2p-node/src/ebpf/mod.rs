@@ -3,6 +3,7 @@
 
 pub mod bbr;
 pub mod caps;
+pub mod stack;
 pub mod struct_ops;
 mod sys;
 
