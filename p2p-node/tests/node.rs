@@ -498,3 +498,129 @@ async fn every_connection_has_its_socket_in_the_table_with_the_configured_algori
     assert!(table.iter().any(|s| s.direction == Direction::Inbound));
     assert!(table.iter().any(|s| s.direction == Direction::Outbound));
 }
+
+/// Gossipsub peer scoring: every message of a misbehaving peer that fails validation lowers its
+/// score at the peers that received it; below the graylist threshold everything it sends,
+/// valid announcements too, is ignored. Messages from well-behaved peers still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_invalid_messages_is_graylisted_and_then_ignored() {
+    let _serial = SERIAL.lock().await;
+    let nodes = network(4, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    let (good, bad) = (&nodes[..3], &nodes[3]);
+    let bad_id = bad.client.local_peer_id();
+    wait_for(
+        "the bad peer connected to all",
+        Duration::from_secs(20),
+        || async { (bad.client.info().await.unwrap().connected_peers == 3).then_some(()) },
+    )
+    .await;
+    let file = |id: &str, name: &str| Announcement::File {
+        id: id.repeat(32),
+        name: name.into(),
+        size: 1,
+    };
+
+    // Control: before it misbehaves, its announcements reach every peer.
+    let before = file("1a", "before.txt");
+    wait_for("a publish", Duration::from_secs(10), || async {
+        bad.client.publish(before.clone()).await.ok()
+    })
+    .await;
+    wait_for(
+        "the first announcement everywhere",
+        Duration::from_secs(20),
+        || async {
+            for n in good {
+                let seen = n.client.announcements().await.unwrap();
+                if !seen
+                    .iter()
+                    .any(|r| r.author == bad_id && r.announcement == before)
+                {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    for n in good {
+        let score = n
+            .client
+            .gossip_score(bad_id)
+            .await
+            .unwrap()
+            .expect("scored");
+        assert!(score > node::gossip::GRAYLIST_THRESHOLD, "{score}");
+    }
+
+    // Four messages that fail validation, each sent directly to every peer.
+    for i in 0..4 {
+        let data = format!("not json {i}").into_bytes();
+        wait_for("a raw publish", Duration::from_secs(5), || async {
+            bad.client.publish_raw(data.clone()).await.ok()
+        })
+        .await;
+    }
+    let scores = wait_for(
+        "the bad peer graylisted everywhere",
+        Duration::from_secs(20),
+        || async {
+            let mut scores = Vec::new();
+            for n in good {
+                let score = n.client.gossip_score(bad_id).await.unwrap()?;
+                if score >= node::gossip::GRAYLIST_THRESHOLD {
+                    return None;
+                }
+                scores.push(score);
+            }
+            Some(scores)
+        },
+    )
+    .await;
+    eprintln!("the misbehaving peer's score at its 3 peers: {scores:?}");
+    for n in good {
+        let info = n.client.info().await.unwrap();
+        assert_eq!(info.gossip_graylisted_peers, 1, "{info:?}");
+        assert!(info.gossip_rejected >= 1, "{info:?}");
+    }
+
+    // A valid announcement from it is now ignored by all; one from a good peer still arrives.
+    let after = file("2b", "after.txt");
+    let from_good = file("3c", "good.txt");
+    let good_id = good[0].client.local_peer_id();
+    wait_for("a publish", Duration::from_secs(10), || async {
+        bad.client.publish(after.clone()).await.ok()
+    })
+    .await;
+    wait_for("a publish", Duration::from_secs(10), || async {
+        good[0].client.publish(from_good.clone()).await.ok()
+    })
+    .await;
+    wait_for(
+        "the good peer's announcement",
+        Duration::from_secs(20),
+        || async {
+            for n in &good[1..] {
+                let seen = n.client.announcements().await.unwrap();
+                if !seen
+                    .iter()
+                    .any(|r| r.author == good_id && r.announcement == from_good)
+                {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // Several heartbeats (1 s) of gossip later, the graylisted peer's message is nowhere.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in good {
+        let seen = n.client.announcements().await.unwrap();
+        assert!(
+            !seen.iter().any(|r| r.announcement == after),
+            "a graylisted peer's message was accepted: {seen:?}"
+        );
+    }
+}

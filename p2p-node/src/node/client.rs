@@ -56,6 +56,10 @@ pub(super) enum Command {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    GossipScore {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<f64>>,
+    },
     SetFault {
         id: FileId,
         index: u32,
@@ -198,6 +202,13 @@ impl Client {
             .await
             .context("the node has stopped")?
             .map_err(|e| anyhow::anyhow!("publishing on {}: {e}", gossip::TOPIC))
+    }
+
+    /// This node's gossipsub score of `peer` (`None`: not connected, or scoring off).
+    pub async fn gossip_score(&self, peer: PeerId) -> anyhow::Result<Option<f64>> {
+        self.call(|reply| Command::GossipScore { peer, reply })
+            .await
+            .context("the node has stopped")
     }
 
     /// Test hook: make this node misbehave when serving chunk `index` of `id`.

@@ -181,6 +181,12 @@ impl EventLoop {
                     streams_inbound: self.streams.open().0,
                     streams_outbound: self.streams.open().1,
                     gossip_rejected: self.node_metrics.gossip_rejected_total(),
+                    gossip_graylisted_peers: self
+                        .swarm
+                        .connected_peers()
+                        .filter_map(|p| self.swarm.behaviour().gossipsub.peer_score(p))
+                        .filter(|score| *score < gossip::GRAYLIST_THRESHOLD)
+                        .count(),
                 });
             }
             Command::Connections(reply) => {
@@ -267,6 +273,9 @@ impl EventLoop {
                     .map(|_| ())
                     .map_err(|e| format!("{e:?}"));
                 let _ = reply.send(result);
+            }
+            Command::GossipScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
             Command::SetFault { id, index, fault } => self.store.set_fault(id, index, fault),
         }

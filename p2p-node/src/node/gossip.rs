@@ -25,6 +25,22 @@ pub const MAX_ALGORITHM_BYTES: usize = 15;
 pub const MAX_RECENT: usize = 256;
 /// Gossipsub heartbeat (mesh maintenance).
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Below this score a peer's messages and control frames are ignored altogether (gossipsub's
+/// graylist). The other thresholds are gossipsub's defaults too: gossip −10, publish −50.
+pub const GRAYLIST_THRESHOLD: f64 = -80.0;
+/// P4, invalid messages: each rejected message counts against its sender, squared, times this
+/// weight. Three rejections (−90) put a peer below [`GRAYLIST_THRESHOLD`].
+const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
+/// The invalid-message counter decays to 10% over this long: a peer that stops misbehaving is
+/// heard again after about ten quiet minutes.
+const INVALID_MESSAGE_DECAY: Duration = Duration::from_secs(600);
+/// P1, time in mesh: +0.01 per second, at most +10 (after 1,000 s): trust earned slowly and
+/// never worth more than one rejected message.
+const TIME_IN_MESH_WEIGHT: f64 = 0.01;
+const TIME_IN_MESH_CAP: f64 = 1000.0;
+/// P2, first deliveries of valid messages: +1 each, at most +10, decaying like P4.
+const FIRST_DELIVERY_WEIGHT: f64 = 1.0;
+const FIRST_DELIVERY_CAP: f64 = 10.0;
 
 /// What nodes say on [`TOPIC`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,10 +149,51 @@ pub fn behaviour(key: &libp2p::identity::Keypair) -> anyhow::Result<gossipsub::B
     let mut behaviour =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
             .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    let (params, thresholds) = score_params();
+    behaviour
+        .with_peer_score(params, thresholds)
+        .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
     behaviour
         .subscribe(&gossipsub::IdentTopic::new(TOPIC))
         .map_err(|e| anyhow::anyhow!("subscribing to {TOPIC}: {e}"))?;
     Ok(behaviour)
+}
+
+/// Peer scoring (gossipsub v1.1) for a quiet topic: one status per node per minute and the odd
+/// file announcement. Parameters not named here are gossipsub's defaults, except:
+/// - P3/P3b (mesh delivery deficits) off: honest peers are silent for minutes on this topic, and
+///   a deficit penalty would prune them;
+/// - P5 (application score) off: nothing in the node rates peers yet;
+/// - P6 (IP colocation) off: testbeds and NATed LANs run many nodes behind one address.
+fn score_params() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let decay = gossipsub::score_parameter_decay(INVALID_MESSAGE_DECAY);
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: TIME_IN_MESH_WEIGHT,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: TIME_IN_MESH_CAP,
+        first_message_deliveries_weight: FIRST_DELIVERY_WEIGHT,
+        first_message_deliveries_decay: decay,
+        first_message_deliveries_cap: FIRST_DELIVERY_CAP,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+        invalid_message_deliveries_decay: decay,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        app_specific_weight: 0.0,
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(TOPIC).hash(), topic);
+    let thresholds = gossipsub::PeerScoreThresholds {
+        graylist_threshold: GRAYLIST_THRESHOLD,
+        ..Default::default()
+    };
+    (params, thresholds)
 }
 
 #[cfg(test)]

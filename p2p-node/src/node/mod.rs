@@ -163,6 +163,8 @@ pub struct NodeInfo {
     pub streams_outbound: u32,
     /// Gossip messages rejected by validation since start.
     pub gossip_rejected: u64,
+    /// Connected peers whose gossipsub score is below the graylist threshold (ignored).
+    pub gossip_graylisted_peers: usize,
 }
 
 /// One established connection, as the swarm reported it.
