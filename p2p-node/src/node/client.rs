@@ -20,6 +20,8 @@ use super::{
 #[derive(Clone, Debug, Serialize)]
 pub struct ShareReport {
     pub id: FileId,
+    /// The id as a CIDv1 (other libp2p implementations find providers by it).
+    pub cid: String,
     pub name: String,
     pub size: u64,
     pub chunks: usize,
@@ -138,6 +140,7 @@ impl Client {
             .unwrap_or_else(|| id.to_string());
         let report = ShareReport {
             id,
+            cid: id.cid(),
             name: name.clone(),
             size: manifest.size,
             chunks: manifest.chunks.len(),

@@ -91,11 +91,54 @@ const MAX_RESPONSE_BYTES: usize = if MAX_MANIFEST_BYTES > MAX_CHUNK_BYTES as usi
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct FileId(pub [u8; 32]);
 
+/// Multihash code of SHA2-256, and its digest length.
+const MULTIHASH_SHA2_256: u8 = 0x12;
+const SHA2_256_BYTES: u8 = 32;
+/// CID version 1, and the `raw` multicodec (the id is the digest of the manifest's bytes).
+const CID_V1: u8 = 0x01;
+const MULTICODEC_RAW: u8 = 0x55;
+
 impl FileId {
-    /// The DHT key its providers are announced under.
+    /// The DHT key its providers are announced under: the id as a multihash (SHA2-256), which is
+    /// how go-libp2p and js-libp2p key provider records (`cid.multihash.bytes`), so their
+    /// `FindProviders(cid)` finds ours.
     pub fn key(&self) -> kad::RecordKey {
-        kad::RecordKey::new(&self.0)
+        kad::RecordKey::new(&self.multihash())
     }
+
+    /// `0x12 0x20 <digest>`: SHA2-256, 32 bytes (every code is below 0x80, so one varint byte).
+    pub fn multihash(&self) -> Vec<u8> {
+        let mut bytes = vec![MULTIHASH_SHA2_256, SHA2_256_BYTES];
+        bytes.extend_from_slice(&self.0);
+        bytes
+    }
+
+    /// The id as a CIDv1 (`raw` codec) in multibase base32, the form other implementations
+    /// print and parse (`bafkrei…`).
+    pub fn cid(&self) -> String {
+        let mut bytes = vec![CID_V1, MULTICODEC_RAW];
+        bytes.extend_from_slice(&self.multihash());
+        format!("b{}", base32_lower(&bytes))
+    }
+}
+
+/// RFC 4648 base32, lower case, no padding (multibase `b`).
+fn base32_lower(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &byte in bytes {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
 }
 
 impl fmt::Display for FileId {
@@ -930,6 +973,21 @@ async fn fetch_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_keys_are_sha2_256_multihashes_and_ids_print_as_cids() {
+        // SHA2-256 of nothing: its CIDv1 (raw) is the well-known empty-file CID.
+        let empty = FileId(Sha256::digest(b"").into());
+        assert_eq!(
+            empty.cid(),
+            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        );
+        // libp2p's own multihash decoder reads the key back: code, length, digest.
+        let key = empty.key();
+        let mh = libp2p::multihash::Multihash::<64>::from_bytes(key.as_ref()).unwrap();
+        assert_eq!(mh.code(), 0x12);
+        assert_eq!(mh.digest(), &empty.0[..]);
+    }
 
     #[test]
     fn provider_window_follows_the_bdp_within_bounds() {
