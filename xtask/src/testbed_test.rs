@@ -54,27 +54,52 @@ pub fn run() -> anyhow::Result<String> {
     let artifacts = workspace_root().join("target/testbed");
     fs::create_dir_all(&artifacts)?;
 
+    // The node's release build first: on a busy machine it can take longer than a run may take
+    // to come up.
+    crate::exec::release_node(true)?;
     // 1-5: a full run, switched from the page, scraped by Prometheus. Chromium first: it starts
     // slowly on a machine busy with the testbed.
     let driver = Driver::start()?;
     let mut testbed = start_run(300, &["--prometheus", "--link", "n2=1%"])?;
-    let result = check_page(&artifacts, &mut testbed, &driver).and_then(|verdict| {
-        let scraped = check_dashboard_queries()?;
-        Ok(format!("{verdict}; {scraped}"))
-    });
+    // Every check runs and reports, so one run says everything that is missed.
+    let mut outcomes = vec![check_page(&artifacts, &mut testbed, &driver)];
+    outcomes.push(check_dashboard_queries());
     drop(driver);
-    let stopped = testbed.stop();
-    let verdict = result?;
-    stopped?;
-    leaves_nothing().context("after the run stopped")?;
+    testbed.stop()?;
+    outcomes.push(
+        leaves_nothing()
+            .context("after the run stopped")
+            .map(|()| String::new()),
+    );
 
-    // 5: SIGKILL, then the next start cleans up.
+    // 6: SIGKILL, then the next start cleans up.
     let mut killed = start_run(60, &[])?;
     killed.kill();
     let mut next = start_run(30, &["--traffic", "none"])?;
     next.stop()?;
-    leaves_nothing().context("after a SIGKILLed run and the next start")?;
-    Ok(verdict)
+    outcomes.push(
+        leaves_nothing()
+            .context("after a SIGKILLed run and the next start")
+            .map(|()| "nothing left behind (after a stop, and after a SIGKILL)".to_owned()),
+    );
+    let (passed, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(Result::is_ok);
+    let passed: Vec<String> = passed
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+    let failed: Vec<String> = failed
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|err| format!("{err:#}"))
+        .collect();
+    ensure!(
+        failed.is_empty(),
+        "missed: {}; met: {}",
+        failed.join("; "),
+        passed.join("; ")
+    );
+    Ok(passed.join("; "))
 }
 
 /// A `cargo xtask run` in progress, its output echoed and scanned.
@@ -123,6 +148,13 @@ fn start_run(seconds: u64, extra: &[&str]) -> anyhow::Result<Run> {
     };
     run.wait_ready()?;
     Ok(run)
+}
+
+impl Drop for Run {
+    /// A run the test gave up on (an error on the way) must not outlive the test.
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(30));
+    }
 }
 
 impl Run {
