@@ -42,6 +42,9 @@ pub struct Options {
     /// Skip the QEMU tier (Linux 6.1 in a TCG guest, a few minutes); CI does not skip it.
     #[arg(long)]
     no_qemu: bool,
+    /// Run only the QEMU tier.
+    #[arg(long, conflicts_with_all = ["unit_only", "no_qemu", "testbed_only"])]
+    qemu_only: bool,
     /// Passed to every test harness, e.g. a test name filter or `--ignored`.
     #[arg(last = true)]
     harness_args: Vec<String>,
@@ -72,6 +75,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 fn run_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
+    if options.qemu_only {
+        return qemu_stage(options, stages);
+    }
     if !options.testbed_only {
         run_test_stages(root, options, stages)?;
     }
@@ -139,7 +145,10 @@ fn run_test_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> a
         cleaned?;
         Ok("passed".to_owned())
     })?;
+    qemu_stage(options, stages)
+}
 
+fn qemu_stage(options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
     stage(stages, "QEMU tier (Linux 6.1)", || {
         if options.unit_only {
             return Ok("skipped: --unit-only".to_owned());

@@ -23,6 +23,10 @@ struct Function {
     len: usize,
 }
 
+/// Where a call relocation points: the target's section and, for a function symbol, its first
+/// instruction (`None` for the section symbol: the call's immediate says where).
+type CallTarget = (SectionIndex, Option<usize>);
+
 /// `(program section, combined stack bytes)` of every program in an ELF object (sections other
 /// than `.text` holding code).
 pub fn program_stacks(elf: &[u8]) -> Result<Vec<(String, u32)>, object::Error> {
@@ -69,8 +73,7 @@ pub fn program_stacks(elf: &[u8]) -> Result<Vec<(String, u32)>, object::Error> {
     };
     // Call relocations: (section, instruction) → (target section, target symbol's instruction),
     // or `None` for an undefined symbol (a kfunc: no BPF frame).
-    let mut call_relocs: HashMap<(SectionIndex, usize), Option<(SectionIndex, Option<usize>)>> =
-        HashMap::new();
+    let mut call_relocs: HashMap<(SectionIndex, usize), Option<CallTarget>> = HashMap::new();
     for section in file.sections().filter(|s| code.contains_key(&s.index())) {
         for (offset, reloc) in section.relocations() {
             let RelocationTarget::Symbol(index) = reloc.target() else {
