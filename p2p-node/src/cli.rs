@@ -96,7 +96,7 @@ pub enum Command {
     /// Share a file from a running node: it serves the file's chunks and announces itself as a
     /// provider in the DHT and on gossip. Prints the file id.
     Share {
-        /// The file (read by the node, so it must be on the node's host).
+        /// The file: on the node's host, under one of its --share-dir directories.
         path: PathBuf,
         /// The running node's HTTP API.
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
@@ -111,9 +111,9 @@ pub enum Command {
     Fetch {
         /// The file id (64 hex digits, as `share` printed it).
         id: String,
-        /// Where to write the file (must not exist).
+        /// File name in the node's download directory (--download-dir); must not exist.
         #[arg(long)]
-        out: PathBuf,
+        out: String,
         /// The running node's HTTP API.
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
         node: String,
@@ -173,6 +173,13 @@ pub struct RunArgs {
     /// others get 403 (DNS rebinding).
     #[arg(long)]
     pub http_host: Vec<String>,
+    /// A directory whose files `share` may publish (repeatable). None (the default): sharing by
+    /// path is disabled.
+    #[arg(long)]
+    pub share_dir: Vec<PathBuf>,
+    /// Where `fetch` writes files (by name only). Default: <data-dir>/downloads.
+    #[arg(long)]
+    pub download_dir: Option<PathBuf>,
     /// Exit if the eBPF programs cannot be loaded, instead of running without telemetry.
     #[arg(long)]
     pub require_ebpf: bool,

@@ -78,8 +78,6 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Fetch { id, out, node, token_file } => {
-                let out = std::path::absolute(&out)
-                    .with_context(|| format!("resolving {}", out.display()))?;
                 let body = serde_json::json!({ "id": id, "out": out });
                 print!("{}", client_send(&node, token_file.as_deref(), "POST", "/api/files/fetch", &body.to_string()).await?);
                 Ok(())
@@ -163,6 +161,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if std::env::var_os(http::auth::TOKEN_ENV).is_none() {
         eprintln!("HTTP API token (for changes) in {}", token_file.display());
     }
+    let download_dir = args
+        .download_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("downloads"));
+    let files = http::confine::FilePolicy::new(&args.share_dir, &download_dir)?;
+    if files.share_dirs().is_empty() {
+        eprintln!(
+            "sharing by path is disabled: start the node with --share-dir <dir> to share the files under a directory"
+        );
+    }
+    eprintln!("fetched files go to {}", files.download_dir().display());
 
     let mut registry = Registry::default();
     let config = node::Config {
@@ -203,6 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ebpf_status: Arc::new(ebpf_status),
         token: Arc::new(token),
         allowed_hosts: Arc::new(http::auth::AllowedHosts(args.http_host.clone())),
+        files: Arc::new(files),
     };
     eprintln!("HTTP API and metrics on http://{}/", args.http);
     let result = http::serve(args.http, state, async {

@@ -5,6 +5,7 @@
 //! `wire` the few lines of HTTP/1.1 the CLI and the tests speak to a node.
 
 pub mod auth;
+pub mod confine;
 pub mod limits;
 mod routes;
 mod wire;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub token: Arc<String>,
     /// `Host` names accepted besides localhost and the node's addresses.
     pub allowed_hosts: Arc<auth::AllowedHosts>,
+    /// Where `share` may read and `fetch` may write.
+    pub files: Arc<confine::FilePolicy>,
 }
 
 /// Every route of the API, behind the `Host` check and the credential check, with a body limit

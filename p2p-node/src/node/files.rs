@@ -191,6 +191,8 @@ pub enum FileError {
     },
     #[error("{0} already exists; refusing to overwrite it")]
     OutputExists(PathBuf),
+    #[error("{0} (the partial download's name) already exists; refusing to open or follow it")]
+    PartExists(PathBuf),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -294,8 +296,14 @@ impl Manifest {
             path: path.to_owned(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read)?;
-        let size = file.metadata().map_err(read)?.len();
+        let file = open_no_follow(path).map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
+        if !meta.is_file() {
+            return Err(read(io::Error::other(
+                "not a regular file (devices, fifos and directories are not shared)",
+            )));
+        }
+        let size = meta.len();
         if size > MAX_FILE_BYTES {
             return Err(FileError::TooLarge {
                 path: path.to_owned(),
@@ -455,6 +463,8 @@ pub struct SharedFile {
 pub struct SharedSummary {
     pub id: FileId,
     pub name: String,
+    /// Local path: never sent (API responses carry no local paths).
+    #[serde(skip)]
     pub path: PathBuf,
     pub size: u64,
     pub chunks: usize,
@@ -623,13 +633,23 @@ impl Store {
 }
 
 /// Reads a chunk and checks it still matches the manifest (the file may have changed on disk).
+/// Opens a file for reading, refusing a symlink as the last component (and never blocking on a
+/// fifo).
+fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
 fn read_chunk(
     path: &Path,
     offset: u64,
     len: usize,
     expected: &[u8; 32],
 ) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("opening the shared file: {e}"))?;
+    let file = open_no_follow(path).map_err(|e| format!("opening the shared file: {e}"))?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, offset)
         .map_err(|e| format!("reading the shared file: {e}"))?;
@@ -646,6 +666,8 @@ fn read_chunk(
 #[derive(Clone, Debug, Serialize)]
 pub struct FetchReport {
     pub id: FileId,
+    /// Where the file was written; sent as its file name only (no local paths in responses).
+    #[serde(rename = "name", serialize_with = "ser_file_name")]
     pub path: PathBuf,
     pub size: u64,
     pub chunks: usize,
@@ -667,6 +689,10 @@ pub struct ProviderReport {
     pub failures: u32,
 }
 
+fn ser_file_name<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&path.file_name().unwrap_or_default().to_string_lossy())
+}
+
 fn ser_peer<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(peer)
 }
@@ -674,8 +700,14 @@ fn ser_peer<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error
 /// Fetches `id` into `out`: providers from the DHT, manifest checked against the id, chunks in
 /// parallel from all providers, each verified. Writes `<out>.part` and renames it only when every
 /// chunk is verified; on any error the partial file is removed.
+///
+/// Both files are opened relative to `out`'s directory, never through a symlink: the `.part`
+/// file with `O_CREAT | O_EXCL | O_NOFOLLOW` (something already at its name is refused, not
+/// followed or truncated), the final name by `renameat2(RENAME_NOREPLACE)` (atomic, never
+/// replaces what appeared there meanwhile).
 pub async fn fetch(client: &Client, id: FileId, out: &Path) -> Result<FetchReport, FileError> {
-    if tokio::fs::try_exists(out).await.unwrap_or(false) {
+    let target = OutputTarget::new(out)?;
+    if target.final_exists() {
         return Err(FileError::OutputExists(out.to_owned()));
     }
     let start = Instant::now();
@@ -687,21 +719,18 @@ pub async fn fetch(client: &Client, id: FileId, out: &Path) -> Result<FetchRepor
     }
     let manifest = fetch_manifest(client, id, &providers).await?;
 
-    let part = part_path(out);
-    let result = fetch_chunks(client, id, &manifest, &providers, &part).await;
+    let part = target.create_part()?;
+    let result = fetch_chunks(client, id, &manifest, &providers, part, &target.part_path()).await;
     let mut report = match result {
         Ok(report) => report,
         Err(e) => {
-            let _ = tokio::fs::remove_file(&part).await;
+            target.remove_part();
             return Err(e);
         }
     };
-    if let Err(source) = tokio::fs::rename(&part, out).await {
-        let _ = tokio::fs::remove_file(&part).await;
-        return Err(FileError::Write {
-            path: out.to_owned(),
-            source,
-        });
+    if let Err(e) = target.commit() {
+        target.remove_part();
+        return Err(e);
     }
     report.path = out.to_owned();
     report.seconds = start.elapsed().as_secs_f64();
@@ -711,6 +740,132 @@ pub async fn fetch(client: &Client, id: FileId, out: &Path) -> Result<FetchRepor
         0.0
     };
     Ok(report)
+}
+
+/// Where a fetch writes: `out`'s directory, held open, and the final and `.part` names in it.
+struct OutputTarget {
+    dir: std::os::fd::OwnedFd,
+    out: PathBuf,
+    name: std::ffi::CString,
+    part: std::ffi::CString,
+}
+
+impl OutputTarget {
+    fn new(out: &Path) -> Result<Self, FileError> {
+        use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+        let write_err = |source| FileError::Write {
+            path: out.to_owned(),
+            source,
+        };
+        let invalid = || write_err(io::Error::from(io::ErrorKind::InvalidInput));
+        let name = out.file_name().ok_or_else(invalid)?;
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let c = |b: &[u8]| std::ffi::CString::new(b).map_err(|_| invalid());
+        let dir_c = c(dir.as_os_str().as_bytes())?;
+        // SAFETY: a valid NUL-terminated path; the fd returned is owned below.
+        let fd = unsafe {
+            libc::open(
+                dir_c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(write_err(io::Error::last_os_error()));
+        }
+        let mut part = name.as_bytes().to_vec();
+        part.extend_from_slice(b".part");
+        Ok(Self {
+            // SAFETY: a fresh fd from open(2), owned by nobody else.
+            dir: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+            out: out.to_owned(),
+            name: c(name.as_bytes())?,
+            part: c(&part)?,
+        })
+    }
+
+    fn part_path(&self) -> PathBuf {
+        part_path(&self.out)
+    }
+
+    /// Whether anything (a file, a symlink, a directory) is at the final name.
+    fn final_exists(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: an all-zero stat is a valid output buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid dir fd, NUL-terminated name, valid stat buffer.
+        unsafe {
+            libc::fstatat(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0
+        }
+    }
+
+    fn create_part(&self) -> Result<std::fs::File, FileError> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        // SAFETY: valid dir fd and NUL-terminated name; the fd returned is owned below.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                self.part.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                FileError::PartExists(self.part_path())
+            } else {
+                FileError::Write {
+                    path: self.part_path(),
+                    source: e,
+                }
+            });
+        }
+        // SAFETY: a fresh fd from openat(2), owned by nobody else.
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+
+    /// Removes the `.part` file this fetch created.
+    fn remove_part(&self) {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: valid dir fd and NUL-terminated name.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.part.as_ptr(), 0) };
+    }
+
+    /// Renames `.part` to the final name, unless something appeared there meanwhile.
+    fn commit(&self) -> Result<(), FileError> {
+        use std::os::fd::AsRawFd as _;
+        let dir = self.dir.as_raw_fd();
+        // SAFETY: valid dir fds and NUL-terminated names.
+        let r = unsafe {
+            libc::renameat2(
+                dir,
+                self.part.as_ptr(),
+                dir,
+                self.name.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        Err(if e.kind() == io::ErrorKind::AlreadyExists {
+            FileError::OutputExists(self.out.clone())
+        } else {
+            FileError::Write {
+                path: self.out.clone(),
+                source: e,
+            }
+        })
+    }
 }
 
 fn part_path(out: &Path) -> PathBuf {
@@ -813,18 +968,13 @@ async fn fetch_chunks(
     id: FileId,
     manifest: &Manifest,
     peers: &[PeerId],
+    file: std::fs::File,
     part: &Path,
 ) -> Result<FetchReport, FileError> {
     let write_err = |source| FileError::Write {
         path: part.to_owned(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(part)
-        .map_err(write_err)?;
     file.set_len(manifest.size).map_err(write_err)?;
     let file = std::sync::Arc::new(file);
 

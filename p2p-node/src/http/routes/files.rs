@@ -1,40 +1,72 @@
-//! `/api/files`, `/api/files/fetch`, `/api/announcements`: file sharing.
+//! `/api/files`, `/api/files/fetch`, `/api/announcements`: file sharing, confined to the share
+//! and download directories (see `http::confine`). Responses carry file names, never local paths.
+
+use std::{net::SocketAddr, path::Path};
 
 use axum::{
     Json,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
 
-use crate::http::AppState;
+use crate::{http::AppState, node::files::FileError};
 
 #[derive(serde::Deserialize)]
 pub struct ShareRequest {
-    /// Path of the file on the node's host (the CLI sends an absolute one).
+    /// A file under one of the node's share directories: absolute, or relative to one.
     path: std::path::PathBuf,
 }
 
 #[derive(serde::Deserialize)]
 pub struct FetchRequest {
     id: String,
-    /// Where the node writes the file; refused if it exists.
-    out: std::path::PathBuf,
+    /// File name in the node's download directory; refused if it exists.
+    out: String,
 }
 
-fn file_error(e: crate::node::files::FileError) -> Response {
-    use crate::node::files::FileError as E;
+/// The last component of a path, for messages (no local path leaves the node).
+fn name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn file_error(e: FileError) -> Response {
+    use FileError as E;
     let status = match &e {
         E::BadId(_) | E::Read { .. } | E::TooLarge { .. } => StatusCode::BAD_REQUEST,
         E::NoProviders(_) => StatusCode::NOT_FOUND,
-        E::OutputExists(_) => StatusCode::CONFLICT,
+        E::OutputExists(_) | E::PartExists(_) => StatusCode::CONFLICT,
         E::StoreFull | E::Busy | E::NodeStopped => StatusCode::SERVICE_UNAVAILABLE,
         E::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         E::Manifest(_) | E::NoManifest { .. } | E::ChunkFailed { .. } | E::Request { .. } => {
             StatusCode::BAD_GATEWAY
         }
     };
-    (status, format!("{:#}", anyhow::Error::from(e))).into_response()
+    let message = match &e {
+        E::Read { path, source } => format!("reading {}: {source}", name(path)),
+        E::TooLarge { path, size } => format!(
+            "{} has {size} bytes; files are limited to {} bytes",
+            name(path),
+            crate::node::files::MAX_FILE_BYTES
+        ),
+        E::OutputExists(path) => format!(
+            "{} already exists in the download directory; refusing to overwrite it",
+            name(path)
+        ),
+        E::PartExists(path) => format!(
+            "{} (the partial download's name) already exists in the download directory; refusing to open or follow it",
+            name(path)
+        ),
+        E::Write { path, source } => format!("writing {}: {source}", name(path)),
+        _ => format!("{:#}", anyhow::Error::from(e)),
+    };
+    (status, message + "\n").into_response()
+}
+
+fn refused(rule: super::super::confine::PathRule) -> Response {
+    super::bad_request(rule)
 }
 
 pub async fn list(State(state): State<AppState>) -> Response {
@@ -44,21 +76,61 @@ pub async fn list(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn share(State(state): State<AppState>, Json(req): Json<ShareRequest>) -> Response {
-    match state.client.share(&req.path).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => file_error(e),
+pub async fn share(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(req): Json<ShareRequest>,
+) -> Response {
+    let policy = state.files.clone();
+    let requested = req.path.clone();
+    let checked = tokio::task::spawn_blocking(move || policy.share_path(&requested)).await;
+    let path = match checked {
+        Ok(Ok(path)) => path,
+        Ok(Err(rule)) => {
+            tracing::info!(target: "audit", %from, action = "share", result = %rule, "refused");
+            return refused(rule);
+        }
+        Err(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "share check failed\n").into_response();
+        }
+    };
+    match state.client.share(&path).await {
+        Ok(report) => {
+            tracing::info!(target: "audit", %from, action = "share", id = %report.id, name = %report.name, result = "ok", "file shared");
+            Json(report).into_response()
+        }
+        Err(e) => {
+            tracing::info!(target: "audit", %from, action = "share", result = %e, "failed");
+            file_error(e)
+        }
     }
 }
 
-pub async fn fetch(State(state): State<AppState>, Json(req): Json<FetchRequest>) -> Response {
+pub async fn fetch(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(req): Json<FetchRequest>,
+) -> Response {
     let id = match req.id.parse() {
         Ok(id) => id,
         Err(e) => return file_error(e),
     };
-    match state.client.fetch(id, &req.out).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => file_error(e),
+    let out = match state.files.download_path(&req.out) {
+        Ok(out) => out,
+        Err(rule) => {
+            tracing::info!(target: "audit", %from, action = "fetch", %id, result = %rule, "refused");
+            return refused(rule);
+        }
+    };
+    match state.client.fetch(id, &out).await {
+        Ok(report) => {
+            tracing::info!(target: "audit", %from, action = "fetch", %id, name = %req.out, result = "ok", "file fetched");
+            Json(report).into_response()
+        }
+        Err(e) => {
+            tracing::info!(target: "audit", %from, action = "fetch", %id, name = %req.out, result = %e, "failed");
+            file_error(e)
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! `/api/perf`: a throughput test against a peer.
 
+use std::net::SocketAddr;
+
 use axum::{
     Json,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -18,8 +20,12 @@ pub struct PerfRequest {
     download_bytes: u64,
 }
 
-pub async fn perf(State(state): State<AppState>, Json(req): Json<PerfRequest>) -> Response {
-    let Ok(peer) = req.peer.parse() else {
+pub async fn perf(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(req): Json<PerfRequest>,
+) -> Response {
+    let Ok(peer) = req.peer.parse::<libp2p::PeerId>() else {
         return (
             StatusCode::BAD_REQUEST,
             format!("{:?} is not a PeerId", req.peer),
@@ -31,7 +37,13 @@ pub async fn perf(State(state): State<AppState>, Json(req): Json<PerfRequest>) -
         .perf(peer, req.upload_bytes, req.download_bytes)
         .await
     {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e:#}")).into_response(),
+        Ok(report) => {
+            tracing::info!(target: "audit", %from, action = "perf", %peer, upload = req.upload_bytes, download = req.download_bytes, result = "ok", "perf run");
+            Json(report).into_response()
+        }
+        Err(e) => {
+            tracing::info!(target: "audit", %from, action = "perf", %peer, result = %format!("{e:#}"), "perf failed");
+            (StatusCode::BAD_GATEWAY, format!("{e:#}")).into_response()
+        }
     }
 }

@@ -1,0 +1,346 @@
+//! The control plane against local users, browsers and idle clients, as real processes: a root
+//! node in a namespace; an unprivileged uid (`nobody`, through `setpriv`) running the CLI against
+//! it; paths outside the share and download directories; a rebinding `Host`; 2,000 idle
+//! connections and a slow header drip.
+
+mod common;
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{NetnsPair, Node, enter_netns, eventually, kernel_tests_possible, raw_http_in_ns};
+
+/// Runs the p2p-node CLI as uid/gid 65534 (`nobody`, no capabilities) inside `ns`.
+fn cli_as_nobody(ns: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "setpriv"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_p2p-node"))
+        .args(args)
+        .env_remove("P2PCC_HTTP_TOKEN")
+        .output()
+        .expect("running setpriv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+fn node_fds(node: &Node) -> usize {
+    fs::read_dir(format!("/proc/{}/fd", node.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_unprivileged_user_changes_nothing_and_paths_stay_confined() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = NetnsPair::new("sec", 7);
+    let outside = common::test_data_dir("outside");
+    let share = outside.join("share");
+    fs::create_dir_all(&share).unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(share.join("data.bin"), &data).unwrap();
+    fs::write(outside.join("secret"), b"not for peers").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), share.join("escape")).unwrap();
+
+    let a = Node::start(
+        &net.a,
+        &net.addr_a,
+        &["--share-dir", share.to_str().unwrap()],
+    );
+    let b = Node::start(&net.b, &net.addr_b, &["--peer", &a.multiaddr]);
+    let downloads = b.data_dir.join("downloads");
+    let a_token_file = a.data_dir.join("http-token");
+
+    // The token file is the owner's alone; nobody cannot read it, so every change it tries
+    // through the CLI is refused with 401, and nothing changed.
+    assert_eq!(fs::metadata(&a_token_file).unwrap().mode() & 0o777, 0o600);
+    let token_file = a_token_file.to_str().unwrap();
+    let before_cc = a.get("/api/cc");
+    let before_tunables = a.get("/api/cc/tunables");
+    for args in [
+        vec!["cc", "set", "cubic"],
+        vec!["cc", "tunables", "--set", "min_cwnd=7"],
+        vec!["share", "/etc/shadow"],
+        vec!["fetch", &"ab".repeat(32), "--out", "x.bin"],
+        vec!["perf", &b.peer_id, "--upload", "1000"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--token-file", token_file]);
+        let (ok, output) = cli_as_nobody(&net.a, &args);
+        assert!(!ok, "{args:?} succeeded as nobody: {output}");
+        assert!(output.contains("HTTP 401"), "{args:?}: {output}");
+        assert!(output.contains("Permission denied"), "{args:?}: {output}");
+    }
+    // Reads stay open to everyone.
+    let (ok, output) = cli_as_nobody(&net.a, &["cc", "list"]);
+    assert!(ok, "{output}");
+    assert_eq!(a.get("/api/cc"), before_cc);
+    assert_eq!(a.get("/api/cc/tunables"), before_tunables);
+    let files: serde_json::Value = serde_json::from_str(&a.get("/api/files")).unwrap();
+    assert_eq!(files, serde_json::json!([]), "nothing was shared");
+
+    // With the token: only files under the share dir.
+    let share_req = |path: &str| {
+        a.http(
+            "POST",
+            "/api/files",
+            &serde_json::json!({ "path": path }).to_string(),
+        )
+    };
+    for (path, rule) in [
+        ("/etc/shadow", "not under a share directory"),
+        (
+            outside.join("secret").to_str().unwrap(),
+            "not under a share directory",
+        ),
+        ("escape", "symlinks out of it are not followed"),
+        ("../secret", "`..` is refused"),
+        ("/dev/zero", "not under a share directory"),
+        (".", "not a regular file"),
+    ] {
+        let (status, body) = share_req(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(rule), "{path}: {body}");
+        assert!(!body.contains(outside.to_str().unwrap()), "{body}");
+    }
+    let (status, body) = share_req("data.bin");
+    assert_eq!(status, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listing = a.get("/api/files");
+    assert!(listing.contains("data.bin"), "{listing}");
+    assert!(
+        !listing.contains(share.to_str().unwrap()),
+        "a local path in {listing}"
+    );
+
+    // Fetch writes only by name into the download dir; bad names are 400 and create nothing.
+    let cron = outside.join("cron-x");
+    let fetch = |out: &str| {
+        b.http(
+            "POST",
+            "/api/files/fetch",
+            &serde_json::json!({ "id": id, "out": out }).to_string(),
+        )
+    };
+    for (out, rule) in [
+        (cron.to_str().unwrap(), "not an absolute path"),
+        ("/etc/cron.d/x", "not an absolute path"),
+        ("../x.bin", "`..` is refused"),
+        ("sub/x.bin", "without `/`"),
+        ("", "is empty"),
+    ] {
+        let (status, body) = fetch(out);
+        assert_eq!(status, 400, "{out}: {body}");
+        assert!(body.contains(rule), "{out}: {body}");
+    }
+    assert!(!cron.exists() && !Path::new("/etc/cron.d/x").exists());
+    assert!(!outside.join("x.bin").exists());
+    let entries = || {
+        let mut names: Vec<String> = fs::read_dir(&downloads)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        entries(),
+        Vec::<String>::new(),
+        "a refused fetch created a file"
+    );
+
+    // A symlink planted at the `.part` name, or at the final name: refused, target untouched.
+    let victim = outside.join("victim");
+    fs::write(&victim, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, downloads.join("planted.bin.part")).unwrap();
+    std::os::unix::fs::symlink(&victim, downloads.join("taken.bin")).unwrap();
+    // The DHT needs a moment to carry A's provider record.
+    let (status, body) = eventually(Duration::from_secs(20), || {
+        let (status, body) = fetch("planted.bin");
+        (status != 404).then_some((status, body))
+    })
+    .expect("B never found A as a provider");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("refusing to open or follow it"), "{body}");
+    let (status, body) = fetch("taken.bin");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+    assert!(
+        fs::symlink_metadata(downloads.join("planted.bin.part"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(
+        fs::symlink_metadata(downloads.join("taken.bin"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(entries(), ["planted.bin.part", "taken.bin"]);
+
+    // A good name: the file arrives whole, the answer names it without a path.
+    let (status, body) = fetch("good.bin");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains(downloads.to_str().unwrap()),
+        "a local path in {body}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["name"],
+        "good.bin"
+    );
+    assert_eq!(fs::read(downloads.join("good.bin")).unwrap(), data);
+    assert_eq!(entries(), ["good.bin", "planted.bin.part", "taken.bin"]);
+
+    // A rebinding page's Host is refused, also with the token.
+    let request = format!(
+        "PUT /api/cc HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 22\r\n\r\n{{\"algorithm\":\"cubic\"}}",
+        a.token
+    );
+    let (status, body) = raw_http_in_ns(&net.a, 9464, &request, Duration::from_secs(10)).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(a.get("/api/cc"), before_cc);
+
+    // Every mutation left one audit line naming the client.
+    let log = b.stderr.lock().unwrap().clone();
+    let audits = log.lines().filter(|l| l.contains(" audit:")).count();
+    assert!(audits >= 8, "{audits} audit lines:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" audit:") && l.contains("from=127.0.0.1:")),
+        "{log}"
+    );
+    drop((a, b));
+    let _ = fs::remove_dir_all(&outside);
+}
+
+#[test]
+fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    const IDLE: usize = 2000;
+    const HOLD: Duration = Duration::from_secs(30);
+    let net = NetnsPair::new("idle", 8);
+    let a = Node::start(&net.a, &net.addr_a, &[]);
+    let limit: usize = fs::read_to_string(format!("/proc/{}/limits", a.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap();
+    let ns = net.a.clone();
+    let pid = a.pid();
+    // The attacker (own thread, in the node's namespace): 2,000 connections that never send a
+    // byte, reopened as the node closes them, for 30 s; and one that drips a header.
+    let attacker = std::thread::spawn(move || {
+        enter_netns(&ns).unwrap();
+        let connect = || {
+            let s = TcpStream::connect(("127.0.0.1", 9464)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        };
+        let mut idle: Vec<TcpStream> = (0..IDLE).map(|_| connect()).collect();
+        let mut drip = TcpStream::connect(("127.0.0.1", 9464)).unwrap();
+        drip.set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let drip_start = Instant::now();
+        let mut drip_cut = None;
+        let mut reopened = 0usize;
+        let start = Instant::now();
+        while start.elapsed() < HOLD {
+            for s in idle.iter_mut() {
+                let mut byte = [0u8; 1];
+                let closed = match s.read(&mut byte) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                if closed {
+                    *s = connect();
+                    reopened += 1;
+                }
+            }
+            if drip_cut.is_none() && drip.write_all(b"X-Drip: a\r\n").is_err() {
+                drip_cut = Some(drip_start.elapsed());
+            }
+            if drip_cut.is_none() {
+                // A closed peer shows on read as EOF (or reset).
+                drip.set_nonblocking(true).unwrap();
+                let mut byte = [0u8; 1];
+                if matches!(drip.read(&mut byte), Ok(0)) {
+                    drip_cut = Some(drip_start.elapsed());
+                }
+                drip.set_nonblocking(false).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        (drip_cut, reopened)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut slowest = Duration::ZERO;
+    let mut most_fds = 0;
+    let until = Instant::now() + HOLD - Duration::from_secs(4);
+    while Instant::now() < until {
+        let start = Instant::now();
+        let (status, body) = common::http_in_ns(
+            &net.a,
+            9464,
+            "GET",
+            "/metrics",
+            "",
+            None,
+            Duration::from_secs(5),
+        )
+        .expect("/metrics under load");
+        assert_eq!(status, 200, "{body}");
+        slowest = slowest.max(start.elapsed());
+        most_fds = most_fds.max(
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (drip_cut, reopened) = attacker.join().unwrap();
+    eprintln!(
+        "slowest /metrics {slowest:?}; most node fds {most_fds} (limit {limit}); idle connections the node closed and the attacker reopened: {reopened}; drip cut after {drip_cut:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "/metrics took {slowest:?}"
+    );
+    assert!(most_fds < limit, "{most_fds} fds, limit {limit}");
+    assert!(
+        reopened >= IDLE,
+        "the node kept idle connections open: {reopened} closed"
+    );
+    let drip_cut = drip_cut.expect("the slow header drip was never cut off");
+    assert!(
+        drip_cut >= Duration::from_secs(4) && drip_cut < Duration::from_secs(10),
+        "drip cut after {drip_cut:?} (header read timeout 5 s)"
+    );
+    // The attacker's sockets are gone with its thread; the node's fds come back down.
+    eventually(Duration::from_secs(5), || {
+        (node_fds(&a) < 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("idle connections still held: {} fds", node_fds(&a)));
+}
