@@ -250,7 +250,7 @@ fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
     let ns = net.a.clone();
     let pid = a.pid();
     // The attacker (own thread, in the node's namespace): 2,000 connections that never send a
-    // byte, reopened as the node closes them, for 30 s; and one that drips a header.
+    // byte, reopened as the node closes them, for 30 s.
     let attacker = std::thread::spawn(move || {
         enter_netns(&ns).unwrap();
         let connect = || {
@@ -259,11 +259,6 @@ fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
             s
         };
         let mut idle: Vec<TcpStream> = (0..IDLE).map(|_| connect()).collect();
-        let mut drip = TcpStream::connect(("127.0.0.1", 9464)).unwrap();
-        drip.set_write_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        let drip_start = Instant::now();
-        let mut drip_cut = None;
         let mut reopened = 0usize;
         let start = Instant::now();
         while start.elapsed() < HOLD {
@@ -279,21 +274,46 @@ fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
                     reopened += 1;
                 }
             }
-            if drip_cut.is_none() && drip.write_all(b"X-Drip: a\r\n").is_err() {
-                drip_cut = Some(drip_start.elapsed());
-            }
-            if drip_cut.is_none() {
-                // A closed peer shows on read as EOF (or reset).
-                drip.set_nonblocking(true).unwrap();
-                let mut byte = [0u8; 1];
-                if matches!(drip.read(&mut byte), Ok(0)) {
-                    drip_cut = Some(drip_start.elapsed());
-                }
-                drip.set_nonblocking(false).unwrap();
-            }
             std::thread::sleep(Duration::from_millis(500));
         }
-        (drip_cut, reopened)
+        reopened
+    });
+    // The drip (own thread): a request head sent one header line every 300 ms, never finished.
+    let ns = net.a.clone();
+    let dripper = std::thread::spawn(move || -> (Duration, String) {
+        enter_netns(&ns).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut drip = TcpStream::connect(("127.0.0.1", 9464)).unwrap();
+        let start = Instant::now();
+        drip.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
+        drip.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        loop {
+            if start.elapsed() > Duration::from_secs(20) {
+                return (start.elapsed(), "never cut off".into());
+            }
+            if let Err(e) = drip.write_all(b"X-Drip: a\r\n") {
+                return (start.elapsed(), format!("write: {e}"));
+            }
+            let mut buf = [0u8; 256];
+            match drip.read(&mut buf) {
+                Ok(0) => return (start.elapsed(), "closed".into()),
+                Ok(n) => {
+                    return (
+                        start.elapsed(),
+                        format!("answered {}", String::from_utf8_lossy(&buf[..n])),
+                    );
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return (start.elapsed(), format!("read: {e}")),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     });
     std::thread::sleep(Duration::from_secs(2));
     let mut slowest = Duration::ZERO;
@@ -320,9 +340,10 @@ fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (drip_cut, reopened) = attacker.join().unwrap();
+    let reopened = attacker.join().unwrap();
+    let (drip_cut, how) = dripper.join().unwrap();
     eprintln!(
-        "slowest /metrics {slowest:?}; most node fds {most_fds} (limit {limit}); idle connections the node closed and the attacker reopened: {reopened}; drip cut after {drip_cut:?}"
+        "slowest /metrics {slowest:?}; most node fds {most_fds} (limit {limit}); idle connections the node closed and the attacker reopened: {reopened}; drip ended after {drip_cut:?}: {how}"
     );
     assert!(
         slowest < Duration::from_secs(1),
@@ -333,7 +354,7 @@ fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
         reopened >= IDLE,
         "the node kept idle connections open: {reopened} closed"
     );
-    let drip_cut = drip_cut.expect("the slow header drip was never cut off");
+    assert!(how == "closed" || how.starts_with("read: "), "drip: {how}");
     assert!(
         drip_cut >= Duration::from_secs(4) && drip_cut < Duration::from_secs(10),
         "drip cut after {drip_cut:?} (header read timeout 5 s)"

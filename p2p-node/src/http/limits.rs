@@ -119,3 +119,85 @@ pub async fn serve(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+        time::Instant,
+    };
+
+    use axum::routing::get;
+
+    use super::*;
+
+    /// Serves a one-route app on an ephemeral loopback port; returns the port.
+    fn start(cap: usize) -> u16 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                let app = Router::new().route("/", get(|| async { "ok" }));
+                serve(listener, app, cap, std::future::pending()).await;
+            });
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_slow_header_drip_is_cut_off_after_the_header_read_timeout() {
+        let port = start(16);
+        let mut drip = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let start = Instant::now();
+        drip.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+            .unwrap();
+        drip.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let cut = loop {
+            assert!(start.elapsed() < Duration::from_secs(15), "never cut off");
+            let _ = drip.write_all(b"X-Drip: a\r\n");
+            let mut buf = [0u8; 256];
+            match drip.read(&mut buf) {
+                Ok(0) => break start.elapsed(),
+                Ok(n) => panic!("answered: {}", String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break start.elapsed(),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert!(
+            cut >= HEADER_READ_TIMEOUT - Duration::from_millis(100)
+                && cut < HEADER_READ_TIMEOUT + Duration::from_secs(2),
+            "cut after {cut:?}"
+        );
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_wait_and_a_complete_request_is_answered() {
+        let port = start(4);
+        let idle: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        // The fifth waits in the accept queue until an idle one is closed by the timeout.
+        let start = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(response.ends_with("ok"), "{response}");
+        let waited = start.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT - Duration::from_millis(500),
+            "served after {waited:?}: the cap of 4 was not applied"
+        );
+        drop(idle);
+    }
+}

@@ -45,15 +45,24 @@ pub async fn put_cc(
         Err(e) => return bad_request(format!("expected {{\"algorithm\": \"<name>\"}}: {e}")),
     };
     if let Err(e) = cc::validate(&req.algorithm) {
+        tracing::info!(target: "audit", %from, action = "cc set", to_algorithm = %req.algorithm, result = %format!("{e:#}"), "refused");
         return bad_request(format!("{e:#}"));
     }
     let before = cc::current();
-    match cc::switch(&req.algorithm, &state.bbr) {
+    // setsockopt over every socket of the node: off the async workers.
+    let (name, slot) = (req.algorithm.clone(), state.bbr.clone());
+    let switched = tokio::task::spawn_blocking(move || cc::switch(&name, &slot))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the switch task failed: {e}")));
+    match switched {
         Ok(report) => {
-            tracing::info!(target: "audit", %from, from_algorithm = %before, to_algorithm = %req.algorithm, switched = report.switched, failed = report.failed.len(), "congestion control changed");
+            tracing::info!(target: "audit", %from, action = "cc set", from_algorithm = %before, to_algorithm = %req.algorithm, switched = report.switched, failed = report.failed.len(), result = "ok", "congestion control changed");
             Json(report).into_response()
         }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
+        Err(e) => {
+            tracing::info!(target: "audit", %from, action = "cc set", to_algorithm = %req.algorithm, result = %format!("{e:#}"), "failed");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response()
+        }
     }
 }
 
@@ -107,13 +116,17 @@ pub async fn put_tunables(
     };
     let (new, applied) = match crate::tunables::apply(&current, &changes) {
         Ok(x) => x,
-        Err(e) => return bad_request(e),
+        Err(e) => {
+            tracing::info!(target: "audit", %from, action = "cc tunables", result = %e, "refused");
+            return bad_request(e);
+        }
     };
     if let Err(e) = bbr.set_config(new) {
+        tracing::info!(target: "audit", %from, action = "cc tunables", result = %e, "refused");
         return bad_request(e);
     }
     for (name, old, value) in applied {
-        tracing::info!(target: "audit", %from, tunable = name, old, new = value, "bbr-p2p tunable changed");
+        tracing::info!(target: "audit", %from, action = "cc tunables", tunable = name, old, new = value, result = "ok", "bbr-p2p tunable changed");
     }
     Json(crate::tunables::to_json(&new)).into_response()
 }
