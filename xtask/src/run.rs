@@ -144,6 +144,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
 
     let algorithms = algorithms(options);
+    workload::prepare_dirs()?;
     // Each node's peer id is known only once it prints its address; node 1 is the others'
     // bootstrap peer.
     let mut peer_ids = Vec::new();
@@ -530,7 +531,12 @@ impl Testbed {
             .args(["--cc", node.algorithm])
             .args(["--http", &format!("{ip}:{HTTP_PORT}")])
             // The workload's connections stay up between transfers.
-            .args(["--idle-timeout-secs", &IDLE_TIMEOUT.as_secs().to_string()]);
+            .args(["--idle-timeout-secs", &IDLE_TIMEOUT.as_secs().to_string()])
+            // State, shared files and downloads under the run's directory (removed at the end).
+            .arg("--data-dir")
+            .arg(std::path::Path::new(workload::WORK_DIR).join(format!("n{}", node.i)))
+            .args(["--share-dir", workload::SHARE_DIR])
+            .args(["--download-dir", workload::DOWNLOAD_DIR]);
         if let Some(peer) = node.peer {
             cmd.args(["--peer", peer]);
         }

@@ -62,6 +62,21 @@ const BULK_SECONDS: u64 = 20;
 const MAX_BULK_BYTES: u64 = 1 << 30;
 /// Where the shared files and fetched copies live for the run (removed at start and end).
 pub const WORK_DIR: &str = "/tmp/p2pcc-run";
+/// The directory the nodes share files from (`--share-dir`): the API shares nothing else.
+pub const SHARE_DIR: &str = "/tmp/p2pcc-run/shared";
+/// The directory the nodes fetch into (`--download-dir`): `fetch` takes a file name only.
+pub const DOWNLOAD_DIR: &str = "/tmp/p2pcc-run/downloads";
+
+/// A fresh [`WORK_DIR`] with the share and download directories, before the nodes start (a
+/// node checks its directories when it starts).
+pub fn prepare_dirs() -> anyhow::Result<()> {
+    let _ = fs::remove_dir_all(WORK_DIR);
+    for dir in [SHARE_DIR, DOWNLOAD_DIR] {
+        fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    }
+    Ok(())
+}
+
 /// How long to wait before retrying a failed request.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// Poll step of the waiting loops.
@@ -99,8 +114,6 @@ pub fn start(
     if traffic == Traffic::None || nodes.len() < 2 {
         return Ok(workload);
     }
-    let _ = fs::remove_dir_all(WORK_DIR);
-    fs::create_dir_all(WORK_DIR).with_context(|| format!("creating {WORK_DIR}"))?;
     let running = {
         let stop = Arc::clone(&stop);
         move || !stop.load(Ordering::SeqCst) && !stopped()
@@ -178,8 +191,10 @@ fn share_and_fetch(nodes: &[NodeApi], token: &str, running: &impl Fn() -> bool) 
         let owner = (fetcher + 2.min(nodes.len() - 1)) % nodes.len();
         round += 1;
         let Some(id) = &ids[owner] else { continue };
-        let out = PathBuf::from(WORK_DIR).join(format!("fetched-{}-{round}", nodes[fetcher].name));
-        let body = serde_json::json!({ "id": id, "out": out }).to_string();
+        // A file name: the node writes it into its download directory.
+        let name = format!("fetched-{}-{round}", nodes[fetcher].name);
+        let out = PathBuf::from(DOWNLOAD_DIR).join(&name);
+        let body = serde_json::json!({ "id": id, "out": name }).to_string();
         match post(
             &nodes[fetcher].http,
             "/api/files/fetch",
@@ -199,7 +214,7 @@ fn share_and_fetch(nodes: &[NodeApi], token: &str, running: &impl Fn() -> bool) 
 
 /// Writes the node's file (pseudo-random bytes, distinct per node) and shares it; returns its id.
 fn share(node: &NodeApi, token: &str) -> anyhow::Result<String> {
-    let path = PathBuf::from(WORK_DIR).join(format!("shared-{}.bin", node.name));
+    let path = PathBuf::from(SHARE_DIR).join(format!("shared-{}.bin", node.name));
     if !path.exists() {
         let seed = node
             .peer_id
