@@ -365,3 +365,47 @@ fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
     })
     .unwrap_or_else(|| panic!("idle connections still held: {} fds", node_fds(&a)));
 }
+
+/// The shipped unit passes `systemd-analyze verify` without a warning (unknown keys only warn,
+/// so stderr must be empty too), with ExecStart pointed at the built binary.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/p2p-node.service"
+    ))
+    .unwrap();
+    for key in [
+        "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "StateDirectory=p2p-node",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+    let dir = common::test_data_dir("unit");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p2p-node.service");
+    fs::write(
+        &path,
+        unit.replace("/usr/local/bin/p2p-node", env!("CARGO_BIN_EXE_p2p-node")),
+    )
+    .unwrap();
+    let out = match Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: systemd-analyze: {e} (cargo xtask setup installs it)");
+            return;
+        }
+        Err(e) => panic!("systemd-analyze: {e}"),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "systemd-analyze warned:\n{stderr}");
+    let _ = fs::remove_dir_all(&dir);
+}

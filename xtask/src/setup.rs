@@ -17,7 +17,9 @@ use crate::exec::{exec, is_root, output};
 /// - `prometheus`: provides `promtool`, which checks the exported metrics text;
 /// - `chromium`, `chromium-driver`: the testbed test drives the live page headless (WebDriver).
 /// - `qemu-system-x86`, `busybox-static`, `binutils` (objcopy): the QEMU tier, which boots
-///   Debian's Linux 6.1 (fetched by [`crate::qemu::fetch_kernel`]) with a busybox initramfs.
+///   Debian's Linux 6.1 (fetched by [`crate::qemu::fetch_kernel`]) with a busybox initramfs;
+/// - `systemd` (`systemd-analyze verify` of deploy/p2p-node.service), `util-linux` (`setpriv`:
+///   the security tests run the CLI as an unprivileged user).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -34,6 +36,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "binutils",
+    "systemd",
+    "util-linux",
 ];
 
 /// The oldest bpf-linker that works with LLVM 22 and the nightly's bitcode.
