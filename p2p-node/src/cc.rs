@@ -124,7 +124,7 @@ pub fn provide_bbr() -> anyhow::Result<BbrP2p> {
             .split_whitespace()
             .any(|n| n == bbr::KERNEL_NAME);
         if registered {
-            if let Some(existing) = BbrP2p::attach_existing() {
+            if let Some(existing) = BbrP2p::attach_existing()? {
                 return Ok(existing);
             }
         } else {

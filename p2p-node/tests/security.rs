@@ -406,6 +406,59 @@ fn the_systemd_unit_verifies() {
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.trim().is_empty(), "systemd-analyze warned:\n{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze warned:\n{stderr}"
+    );
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Adopting another process's bbr-p2p maps checks their shape first: crafted maps named like
+/// ours, with another value size or type, are refused with an error naming the map (a lookup
+/// into this build's buffer would let the kernel write past it).
+#[test]
+fn adopting_a_map_of_the_wrong_shape_is_refused_by_name() {
+    use p2p_node::ebpf::{
+        bbr::{BbrP2p, config_map_shape},
+        sys,
+    };
+    if !kernel_tests_possible() {
+        return;
+    }
+    const ARRAY: u32 = 2; // BPF_MAP_TYPE_ARRAY
+    let craft = |name: &str, value_size: u32| {
+        sys::map_create(&sys::MapCreate {
+            map_type: ARRAY,
+            name,
+            key_size: 4,
+            value_size,
+            max_entries: 1,
+            map_flags: 0,
+            btf_fd: None,
+            btf_key_type_id: 0,
+            btf_value_type_id: 0,
+            btf_vmlinux_value_type_id: 0,
+        })
+        .unwrap_or_else(|e| panic!("creating the crafted map {name}: {e}"))
+    };
+    let right = config_map_shape().value_size;
+    // A config map 8 bytes larger than ours (and some state map): refused, naming BBR_CONFIG.
+    let _state = craft("BBR_STATE", 8);
+    let config = craft("BBR_CONFIG", right + 8);
+    let e = BbrP2p::attach_existing()
+        .err()
+        .expect("a config map of the wrong value size was adopted")
+        .to_string();
+    assert!(e.starts_with("map BBR_CONFIG (id "), "{e}");
+    assert!(e.contains(&format!("value size {}", right + 8)), "{e}");
+    assert!(e.contains("refusing to adopt it"), "{e}");
+    drop(config);
+    // The right config but a state map that is not socket storage: refused, naming BBR_STATE.
+    let _config = craft("BBR_CONFIG", right);
+    let e = BbrP2p::attach_existing()
+        .err()
+        .expect("a state map of the wrong type was adopted")
+        .to_string();
+    assert!(e.starts_with("map BBR_STATE (id "), "{e}");
+    assert!(e.contains("has type 2"), "{e}");
 }

@@ -77,17 +77,29 @@ impl BbrP2p {
     }
 
     /// Uses the bbr-p2p another process registered: finds its maps by name (the newest ones,
-    /// if several exist). `None` if they cannot be found.
-    pub fn attach_existing() -> Option<Self> {
-        let state = sys::newest_map_named(BBR_STATE_MAP)?;
-        let config = sys::newest_map_named(BBR_CONFIG_MAP)?;
-        let config = MapData::from_fd(config).ok()?;
-        let config = Array::try_from(aya::maps::Map::Array(config)).ok()?;
-        Some(Self {
+    /// if several exist). `Ok(None)` if they cannot be found; an error naming the map if one
+    /// has another type, key size or value size than this build reads (a lookup would let the
+    /// kernel write past the buffer).
+    pub fn attach_existing() -> Result<Option<Self>, sys::MapMismatch> {
+        let Some(state) = sys::newest_map_named(BBR_STATE_MAP) else {
+            return Ok(None);
+        };
+        let Some(config) = sys::newest_map_named(BBR_CONFIG_MAP) else {
+            return Ok(None);
+        };
+        sys::check_map_shape(config.as_raw_fd(), BBR_CONFIG_MAP, config_map_shape())?;
+        sys::check_map_shape(state.as_raw_fd(), BBR_STATE_MAP, state_map_shape())?;
+        let Ok(config) = MapData::from_fd(config) else {
+            return Ok(None);
+        };
+        let Ok(config) = Array::try_from(aya::maps::Map::Array(config)) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
             registration: None,
             state,
             config: std::sync::Mutex::new(config),
-        })
+        }))
     }
 
     /// Whether this node registered bbr-p2p (and unregisters it when it exits).
@@ -115,11 +127,32 @@ impl BbrP2p {
     }
 }
 
-/// Looks up the socket-storage value of `socket` in the state map `map`.
+/// What this build reads from `BBR_STATE`: socket storage keyed by a socket fd, of `BbrState`.
+pub fn state_map_shape() -> sys::MapShape {
+    sys::MapShape {
+        map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as u32,
+        key_size: size_of::<i32>() as u32,
+        value_size: size_of::<BbrState>() as u32,
+    }
+}
+
+/// What this build reads and writes in `BBR_CONFIG`: an array of one `BbrConfig`.
+pub fn config_map_shape() -> sys::MapShape {
+    sys::MapShape {
+        map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<BbrConfig>() as u32,
+    }
+}
+
+/// Looks up the socket-storage value of `socket` in the state map `map` (whose shape the
+/// caller checked: [`state_map_shape`]).
 pub fn state_of(map: RawFd, socket: BorrowedFd<'_>) -> Option<BbrState> {
     let key = socket.as_raw_fd().to_ne_bytes();
     let mut value = [0u8; size_of::<BbrState>()];
-    sys::map_lookup(map, &key, &mut value).ok()?;
+    // SAFETY: the state map's value size is size_of::<BbrState>(): this node created it, or
+    // checked it before adopting it (`attach_existing`).
+    unsafe { sys::map_lookup(map, &key, &mut value) }.ok()?;
     // SAFETY: BbrState is plain `#[repr(C)]` integers with no padding, of exactly this size.
     Some(unsafe { value.as_ptr().cast::<BbrState>().read_unaligned() })
 }

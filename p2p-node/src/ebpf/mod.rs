@@ -5,7 +5,8 @@ pub mod bbr;
 pub mod caps;
 pub mod stack;
 pub mod struct_ops;
-mod sys;
+#[doc(hidden)]
+pub mod sys; // public for the kernel tests (crafted maps)
 
 /// The eBPF objects embedded in the binary.
 pub mod objects {

@@ -1215,7 +1215,8 @@ fn unregister_orphans(name: &str, ops: &OpsType, name_offset: usize) -> usize {
             continue;
         }
         let mut value = vec![0u8; info.value_size as usize];
-        if sys::map_lookup(fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut value).is_err() {
+        // SAFETY: `value` has the map's value size (from its info), the key is a u32 index.
+        if unsafe { sys::map_lookup(fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut value) }.is_err() {
             continue;
         }
         let at = ops.data_offset + name_offset;
@@ -1276,7 +1277,8 @@ fn registered_owner(name: &str, ops: &OpsType, name_offset: usize, ours: RawFd) 
             continue;
         }
         let mut value = vec![0u8; info.value_size as usize];
-        if sys::map_lookup(fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut value).is_err() {
+        // SAFETY: `value` has the map's value size (from its info), the key is a u32 index.
+        if unsafe { sys::map_lookup(fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut value) }.is_err() {
             continue;
         }
         let at = ops.data_offset + name_offset;

@@ -166,7 +166,12 @@ pub fn map_freeze(map: RawFd) -> io::Result<()> {
 }
 
 /// `BPF_MAP_LOOKUP_ELEM` into a caller-sized buffer.
-pub fn map_lookup(map: RawFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+///
+/// # Safety
+/// The kernel writes the map's whole value size into `value`: `value.len()` must be at least
+/// the value size of the map `map` refers to (per-CPU maps: times the number of CPUs), and
+/// `key.len()` at least its key size.
+pub unsafe fn map_lookup(map: RawFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
     let mut attr = zeroed_attr();
     // SAFETY: writing the element-command member of the union.
     let a = unsafe { &mut attr.__bindgen_anon_2 };
@@ -281,6 +286,56 @@ pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     let mut attr = zeroed_attr();
     attr.__bindgen_anon_6.__bindgen_anon_1.map_id = id;
     sys_bpf(bpf_cmd::BPF_MAP_GET_FD_BY_ID, &mut attr).map(fd_result)
+}
+
+/// The type, key size and value size a map must have before this build reads it into
+/// fixed-size buffers (the kernel writes `value_size` bytes on a lookup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+/// A map found by name whose shape is not what this build expects.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "map {name} (id {id}) has type {}, key size {} and value size {}; this build expects type {}, key size {} and value size {}: refusing to adopt it (was bbr-p2p registered by another build of p2p-node?)",
+    found.map_type, found.key_size, found.value_size, expected.map_type, expected.key_size, expected.value_size
+)]
+pub struct MapMismatch {
+    pub name: String,
+    pub id: u32,
+    pub found: MapShape,
+    pub expected: MapShape,
+}
+
+/// Checks that the map `fd` (named `name`) has the `expected` shape.
+pub fn check_map_shape(fd: RawFd, name: &str, expected: MapShape) -> Result<(), MapMismatch> {
+    // SAFETY: bpf_map_info is plain data; all-zero is valid.
+    let mut info: aya_obj::generated::bpf_map_info = unsafe { zeroed() };
+    let found = match obj_info(fd, &mut info) {
+        Ok(()) => MapShape {
+            map_type: info.type_,
+            key_size: info.key_size,
+            value_size: info.value_size,
+        },
+        Err(_) => MapShape {
+            map_type: u32::MAX,
+            key_size: 0,
+            value_size: 0,
+        },
+    };
+    if found == expected {
+        Ok(())
+    } else {
+        Err(MapMismatch {
+            name: name.to_owned(),
+            id: info.id,
+            found,
+            expected,
+        })
+    }
 }
 
 /// The map with the highest id whose name is `name` (newest first wins), bounded scan.
