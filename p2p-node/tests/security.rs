@@ -446,8 +446,7 @@ fn adopting_a_map_of_the_wrong_shape_is_refused_by_name() {
     let _state = craft("BBR_STATE", 8);
     let config = craft("BBR_CONFIG", right + 8);
     let e = BbrP2p::attach_existing()
-        .err()
-        .expect("a config map of the wrong value size was adopted")
+        .expect_err("a config map of the wrong value size was adopted")
         .to_string();
     assert!(e.starts_with("map BBR_CONFIG (id "), "{e}");
     assert!(e.contains(&format!("value size {}", right + 8)), "{e}");
@@ -456,8 +455,7 @@ fn adopting_a_map_of_the_wrong_shape_is_refused_by_name() {
     // The right config but a state map that is not socket storage: refused, naming BBR_STATE.
     let _config = craft("BBR_CONFIG", right);
     let e = BbrP2p::attach_existing()
-        .err()
-        .expect("a state map of the wrong type was adopted")
+        .expect_err("a state map of the wrong type was adopted")
         .to_string();
     assert!(e.starts_with("map BBR_STATE (id "), "{e}");
     assert!(e.contains("has type 2"), "{e}");
