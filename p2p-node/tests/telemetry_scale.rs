@@ -205,6 +205,25 @@ fn a_thousand_peers_behind_one_address_are_each_bound_to_their_own_socket() {
         rss / 1e6,
         value("p2pcc_telemetry_collect_duration_seconds") * 1e3
     );
+
+    // What a scrape and an API call cost at 1,000 peers (recorded, not asserted: this is a debug
+    // build on shared cores; `cargo xtask bench scale` is where the targets belong).
+    let p99 = |path: &str| {
+        let mut ms: Vec<f64> = (0..100)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                a.get(path);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms[98]
+    };
+    eprintln!(
+        "A at {PEERS} peers, 100 requests each: /metrics p99 {:.1} ms, /api/peers p99 {:.1} ms",
+        p99("/metrics"),
+        p99("/api/peers")
+    );
     drop(clients);
     drop(runtime);
 }
