@@ -2,7 +2,7 @@
 //!
 //! A link is the path between one node and the router: a rate, a base round-trip time, a buffer
 //! sized in bandwidth-delay products, and random loss. The router applies it on its egress
-//! towards the node (tbf for the rate and buffer, a delay of RTT/2 — the NFQUEUE delay line, or
+//! towards the node (an htb for the rate, a byte FIFO of the buffer, a delay of RTT/2 — the NFQUEUE delay line, or
 //! netem where the kernel has it) and drops packets at random in both directions. A path between
 //! nodes `a` and `b` therefore sees a round trip of `(rtt_a + rtt_b) / 2`: the configured RTT
 //! when both links share it, as with every preset.
@@ -36,10 +36,10 @@ pub struct Link {
 /// The smallest buffer any link gets, bytes: ten full-size packets, so a tiny BDP (`lan`, or
 /// a fraction of a BDP) still holds a burst.
 const MIN_BUFFER_BYTES: u64 = 15_140;
-/// The smallest tbf burst, bytes: small, so that the rate, not bursts, shapes the traffic.
+/// The smallest burst, bytes: small, so that the rate, not bursts, shapes the traffic.
 const MIN_BURST_BYTES: u64 = 4_096;
-/// The tbf burst as the bytes sent at the link's rate in this time: above ~300 Mbit/s a 4 KB
-/// burst would need more timer wake-ups than the kernel gives tbf.
+/// The shaper's burst as the bytes sent at the link's rate in this time: above ~300 Mbit/s a 4 KB
+/// burst would need more timer wake-ups than the kernel gives a shaper.
 const BURST_TIME: Duration = Duration::from_micros(250);
 
 impl Link {
@@ -94,7 +94,7 @@ impl Link {
         (self.rate_bits_per_second as f64 / 8.0 * self.rtt.as_secs_f64()) as u64
     }
 
-    /// The tbf (or netem child) buffer, bytes.
+    /// The bottleneck's buffer (its data queue), bytes.
     pub fn buffer_bytes(&self) -> u64 {
         ((self.bdp_bytes() as f64 * self.buffer_bdp) as u64).max(MIN_BUFFER_BYTES)
     }
@@ -107,19 +107,6 @@ impl Link {
     /// The delay added on the router's egress towards the node.
     pub fn one_way_delay(&self) -> Duration {
         self.rtt / 2
-    }
-
-    /// The `tc ... tbf` arguments for the rate and buffer.
-    pub fn tbf_args(&self) -> Vec<String> {
-        vec![
-            "tbf".into(),
-            "rate".into(),
-            format!("{}bit", self.rate_bits_per_second),
-            "burst".into(),
-            self.burst_bytes().to_string(),
-            "limit".into(),
-            self.buffer_bytes().to_string(),
-        ]
     }
 
     /// Applies `spec`'s fields (`20mbit`, `80ms`, `0.5bdp`, `1%`, comma-separated, any order
@@ -275,7 +262,7 @@ mod tests {
         assert_eq!(wan.bdp_bytes(), 500_000);
         assert_eq!(wan.buffer_bytes(), 2_000_000);
         assert_eq!(wan.one_way_delay(), Duration::from_millis(20));
-        assert!(wan.tbf_args().contains(&"100000000bit".to_owned()));
+        assert_eq!(wan.burst_bytes(), MIN_BURST_BYTES);
     }
 
     #[test]

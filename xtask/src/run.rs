@@ -6,7 +6,7 @@
 //!                               |
 //!            p2pcc-hr 10.77.250.2
 //!   router namespace p2pcc-r (ip_forward=1)
-//!            p2pcc-r1 10.77.1.1 [tbf]   p2pcc-r2 10.77.2.1 [tbf]   ...
+//!            p2pcc-r1 10.77.1.1 [htb]   p2pcc-r2 10.77.2.1 [htb]   ...
 //!                 |                          |
 //!   p2pcc-n1: p2pcc-n1 10.77.1.2   p2pcc-n2: p2pcc-n2 10.77.2.2   ...   (default via .1)
 //!
@@ -15,9 +15,10 @@
 //! ```
 //!
 //! Each node's link ([`crate::link`]: `--link` presets and per-node overrides) is applied on the
-//! router's egress towards the node: a tbf for the rate and buffer, and a delay of RTT/2 — the
+//! router's egress towards the node: an htb for the rate (small packets, i.e. ACKs, first; see
+//! `add_bottleneck`), a byte FIFO of the buffer, and a delay of RTT/2 — the
 //! NFQUEUE delay line of `xtask/src/delay_line.rs` (one per node, on a thread of this process),
-//! or netem with the tbf as its child where the kernel has netem. The tbf sits on the router, not
+//! or netem with the htb as its child where the kernel has netem. The shaper sits on the router, not
 //! on the senders' own veths: there TCP Small Queues would keep the queue short for every
 //! algorithm (see PLATFORM.md), and the algorithms would look alike. Before the nodes start, the
 //! round trip of every link is measured through the shaped path and compared with the
@@ -68,6 +69,9 @@ const LISTEN_PORT: u16 = 4001;
 const HTTP_PORT: u16 = 9464;
 /// How far the measured round trip of a link may be from the configured one (issue 11).
 const RTT_TOLERANCE: f64 = 0.10;
+/// Packets up to this size (IP length) skip the data queue at the bottleneck: pure ACKs are
+/// 52 bytes with timestamps and SACK blocks add up to 40.
+const SMALL_PACKET_BYTES: u32 = 128;
 /// Round trips measured per link at start.
 const RTT_TRIES: usize = 10;
 /// A TCP port nothing listens on in the node namespaces (the RTT probe's target: the RST
@@ -330,7 +334,7 @@ impl Testbed {
         println!(
             "[run] delay: {}",
             if netem {
-                "netem (the kernel has it), tbf as its child"
+                "netem (the kernel has it), the shaper as its child"
             } else {
                 "no netem in this kernel: NFQUEUE delay lines in the router's FORWARD chain"
             }
@@ -359,12 +363,9 @@ impl Testbed {
                 tc().args(["root", "handle", "1:", "netem", "delay", &delay])
                     .args(["limit", &limit.to_string()]),
             )?;
-            exec(
-                tc().args(["parent", "1:1", "handle", "10:"])
-                    .args(link.tbf_args()),
-            )?;
+            self.add_bottleneck(&router_veth, link, &["parent", "1:1"])?;
         } else {
-            exec(tc().arg("root").args(link.tbf_args()))?;
+            self.add_bottleneck(&router_veth, link, &["root"])?;
             let queue_num = u16::from(i);
             self.delay_lines.push(delay_line::spawn(
                 ROUTER_NS,
@@ -404,6 +405,68 @@ impl Testbed {
             }
         }
         Ok(())
+    }
+
+    /// The bottleneck on the router's egress towards a node, at `parent` (`root`, or under
+    /// netem): an htb at the link's rate with two classes — packets of up to
+    /// [`SMALL_PACKET_BYTES`] (pure ACKs, handshakes) first, everything else in a byte FIFO of the
+    /// link's buffer. Why the ACK class: in the testbed every node both sends and receives bulk
+    /// data, so the ACKs of a node's uploads return through a queue that another node's uploads
+    /// fill; in one FIFO a node's RTT would show that other node's queue as much as its own,
+    /// and no algorithm could be told apart. (Routers that prioritise ACKs, e.g. CAKE's
+    /// ack-filter, exist; a single FIFO is the other common case.)
+    fn add_bottleneck(&self, veth: &str, link: &Link, parent: &[&str]) -> anyhow::Result<()> {
+        let tc = |object: &str| {
+            let mut cmd = Command::new("tc");
+            cmd.args(["-n", ROUTER_NS, object, "add", "dev", veth]);
+            cmd
+        };
+        let rate = format!("{}bit", link.rate_bits_per_second);
+        let burst = link.burst_bytes().to_string();
+        let ack_rate = format!("{}bit", link.rate_bits_per_second / 20);
+        let data_rate = format!("{}bit", link.rate_bits_per_second / 20 * 19);
+        exec(
+            tc("qdisc")
+                .args(parent)
+                .args(["handle", "10:", "htb", "default", "20"]),
+        )?;
+        exec(
+            tc("class")
+                .args(["parent", "10:", "classid", "10:1", "htb", "rate", &rate])
+                .args(["ceil", &rate, "burst", &burst, "cburst", &burst]),
+        )?;
+        for (class, class_rate, prio) in [("10:10", &ack_rate, "0"), ("10:20", &data_rate, "1")] {
+            exec(
+                tc("class")
+                    .args([
+                        "parent", "10:1", "classid", class, "htb", "rate", class_rate,
+                    ])
+                    .args(["ceil", &rate, "burst", &burst, "cburst", &burst])
+                    .args(["prio", prio, "quantum", "1514"]),
+            )?;
+        }
+        exec(
+            tc("qdisc")
+                .args(["parent", "10:20", "bfifo", "limit"])
+                .arg(link.buffer_bytes().to_string()),
+        )?;
+        exec(tc("qdisc").args(["parent", "10:10", "pfifo", "limit", "1000"]))?;
+        iptables(&[
+            "-t",
+            "mangle",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            veth,
+            "-m",
+            "length",
+            "--length",
+            &format!("0:{SMALL_PACKET_BYTES}"),
+            "-j",
+            "CLASSIFY",
+            "--set-class",
+            "10:10",
+        ])
     }
 
     /// Measures each link's round trip through the shaped path (node i to the next node's
