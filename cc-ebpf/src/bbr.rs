@@ -60,7 +60,9 @@
 //! would panic, and the panic handler is an infinite loop the verifier rejects); array indexes
 //! masked to the array length.
 
-use cc_ebpf_common::bbr::{BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, MinmaxSample, Mode, WarmEntry, WarmStart};
+use cc_ebpf_common::bbr::{
+    BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, MinmaxSample, Mode, WarmEntry, WarmStart,
+};
 
 /// `TCP_INIT_CWND`.
 pub const TCP_INIT_CWND: u32 = 10;
@@ -252,7 +254,10 @@ impl Bbr {
         } else {
             self.min_rtt_us.min(w.min_rtt_us)
         };
-        self.bw_filter = [MinmaxSample { t: self.round_count, v: w.bw }; 3];
+        self.bw_filter = [MinmaxSample {
+            t: self.round_count,
+            v: w.bw,
+        }; 3];
         self.full_bw = w.bw;
         self.full_bw_reached = 1;
         self.reset_probe_bw_mode(c, random);
@@ -266,8 +271,15 @@ impl Bbr {
     /// What to record for the remote address when the connection ends (`None`: it learned
     /// nothing trustworthy: still in STARTUP, or no RTT sample).
     pub fn warm_record(&self, now_us: u64) -> Option<WarmEntry> {
-        (self.full_bw_reached != 0 && self.max_bw() > 0 && self.min_rtt_us != 0 && self.min_rtt_us != u32::MAX)
-            .then_some(WarmEntry { bw: self.max_bw(), min_rtt_us: self.min_rtt_us, stamp_us: now_us })
+        (self.full_bw_reached != 0
+            && self.max_bw() > 0
+            && self.min_rtt_us != 0
+            && self.min_rtt_us != u32::MAX)
+            .then_some(WarmEntry {
+                bw: self.max_bw(),
+                min_rtt_us: self.min_rtt_us,
+                stamp_us: now_us,
+            })
     }
 
     /// `bbr_main` (the `cong_control` op): update the model, then pacing rate, then cwnd.
@@ -307,12 +319,14 @@ impl Bbr {
             1000
         };
         let bw = div_u64(u64::from(c.cwnd) * BW_UNIT, u64::from(rtt_us));
-        c.pacing_rate = self.bw_to_pacing_rate(c, bw.min(u64::from(u32::MAX)) as u32, cfg.high_gain);
+        c.pacing_rate =
+            self.bw_to_pacing_rate(c, bw.min(u64::from(u32::MAX)) as u32, cfg.high_gain);
     }
 
     /// `bbr_bw_to_pacing_rate`.
     fn bw_to_pacing_rate(&self, c: &Conn, bw: u32, gain: u32) -> u64 {
-        c.rate_bytes_per_sec(u64::from(bw), gain).min(c.max_pacing_rate)
+        c.rate_bytes_per_sec(u64::from(bw), gain)
+            .min(c.max_pacing_rate)
     }
 
     /// `bbr_set_pacing_rate`: never lower the rate in STARTUP (the estimate is still growing).
@@ -328,7 +342,11 @@ impl Bbr {
 
     /// `bbr_min_tso_segs`.
     pub fn min_tso_segs(pacing_rate: u64) -> u32 {
-        if pacing_rate < MIN_TSO_RATE_BITS >> 3 { 1 } else { 2 }
+        if pacing_rate < MIN_TSO_RATE_BITS >> 3 {
+            1
+        } else {
+            2
+        }
     }
 
     /// `bbr_tso_segs_goal`: segments per TSO burst at the current pacing rate.
@@ -434,7 +452,15 @@ impl Bbr {
     }
 
     /// `bbr_set_cwnd`, plus the `inflight_hi` cap (deviation 4).
-    fn set_cwnd(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, acked: u32, bw: u32, gain: u32) {
+    fn set_cwnd(
+        &mut self,
+        c: &mut Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        acked: u32,
+        bw: u32,
+        gain: u32,
+    ) {
         let mut cwnd = c.cwnd;
         if acked != 0 {
             let (recovered, conserving) = self.recover_or_restore(c, rs, acked);
@@ -464,7 +490,8 @@ impl Bbr {
 
     /// `bbr_is_next_cycle_phase`.
     fn is_next_cycle_phase(&self, c: &Conn, rs: &RateSample) -> bool {
-        let is_full_length = c.delivered_mstamp_us.saturating_sub(self.cycle_stamp_us) > u64::from(self.min_rtt_us);
+        let is_full_length =
+            c.delivered_mstamp_us.saturating_sub(self.cycle_stamp_us) > u64::from(self.min_rtt_us);
         if self.pacing_gain == BBR_UNIT {
             return is_full_length;
         }
@@ -473,7 +500,9 @@ impl Bbr {
         if self.pacing_gain > BBR_UNIT {
             // The probe also ends once the loss bound caps inflight (deviation 4).
             return is_full_length
-                && (rs.losses > 0 || inflight >= self.inflight(c, bw, self.pacing_gain) || inflight >= self.inflight_hi);
+                && (rs.losses > 0
+                    || inflight >= self.inflight(c, bw, self.pacing_gain)
+                    || inflight >= self.inflight_hi);
         }
         is_full_length || inflight <= self.inflight(c, bw, BBR_UNIT)
     }
@@ -537,7 +566,8 @@ impl Bbr {
     fn lt_bw_interval_done(&mut self, c: &Conn, bw: u32) {
         if self.lt_bw != 0 {
             let diff = bw.abs_diff(self.lt_bw);
-            if u64::from(diff) * u64::from(BBR_UNIT) <= u64::from(LT_BW_RATIO) * u64::from(self.lt_bw)
+            if u64::from(diff) * u64::from(BBR_UNIT)
+                <= u64::from(LT_BW_RATIO) * u64::from(self.lt_bw)
                 || c.rate_bytes_per_sec(u64::from(diff), BBR_UNIT) <= LT_BW_DIFF_BYTES
             {
                 self.lt_bw = ((u64::from(bw) + u64::from(self.lt_bw)) >> 1) as u32;
@@ -589,7 +619,9 @@ impl Bbr {
         }
         let lost = c.lost.wrapping_sub(self.lt_last_lost);
         let delivered = c.delivered.wrapping_sub(self.lt_last_delivered);
-        if delivered == 0 || u64::from(lost) << BBR_SCALE_U64 < u64::from(LT_LOSS_THRESH) * u64::from(delivered) {
+        if delivered == 0
+            || u64::from(lost) << BBR_SCALE_U64 < u64::from(LT_LOSS_THRESH) * u64::from(delivered)
+        {
             return;
         }
         let t = ((c.delivered_mstamp_us / 1000) as u32).wrapping_sub(self.lt_last_stamp_ms) as i32;
@@ -618,13 +650,16 @@ impl Bbr {
             self.start_loss_round(c);
         }
         self.lt_bw_sampling(c, rs, random);
-        let bw = div_u64(rs.delivered as u64 * BW_UNIT, rs.interval_us as u64).min(u64::from(u32::MAX)) as u32;
+        let bw = div_u64(rs.delivered as u64 * BW_UNIT, rs.interval_us as u64)
+            .min(u64::from(u32::MAX)) as u32;
         self.last_bw_sample = bw;
         if !rs.is_app_limited || bw >= self.max_bw() {
             self.bw_filter_update(cfg.bw_filter_rounds, self.round_count, bw);
         }
         if rs.rtt_us > 0 {
-            self.round_min_rtt_us = self.round_min_rtt_us.min(rs.rtt_us.min(i64::from(u32::MAX)) as u32);
+            self.round_min_rtt_us = self
+                .round_min_rtt_us
+                .min(rs.rtt_us.min(i64::from(u32::MAX)) as u32);
         }
     }
 
@@ -647,17 +682,25 @@ impl Bbr {
         let lost = c.lost.wrapping_sub(self.round_start_lost);
         let delivered = c.delivered.wrapping_sub(self.round_start_delivered);
         let sent = u64::from(lost) + u64::from(delivered);
-        if lost < LOSS_MIN_PACKETS || u64::from(lost) * 1000 <= u64::from(cfg.loss_thresh_per_mille) * sent {
+        if lost < LOSS_MIN_PACKETS
+            || u64::from(lost) * 1000 <= u64::from(cfg.loss_thresh_per_mille) * sent
+        {
             return;
         }
         self.round_loss_high = 1;
-        let probing = self.mode() == Mode::Startup || (self.mode() == Mode::ProbeBw && self.pacing_gain > BBR_UNIT);
+        let probing = self.mode() == Mode::Startup
+            || (self.mode() == Mode::ProbeBw && self.pacing_gain > BBR_UNIT);
         if !probing || rs.is_app_limited {
             return;
         }
-        let beta = |x: u32| ((u64::from(x) * u64::from(cfg.inflight_hi_beta)) >> BBR_SCALE_U64) as u32;
+        let beta =
+            |x: u32| ((u64::from(x) * u64::from(cfg.inflight_hi_beta)) >> BBR_SCALE_U64) as u32;
         let at_loss = beta(rs.prior_in_flight.min(self.inflight_hi));
-        let floor = if self.max_bw() > 0 { beta(self.bdp(self.max_bw(), BBR_UNIT)) } else { 0 };
+        let floor = if self.max_bw() > 0 {
+            beta(self.bdp(self.max_bw(), BBR_UNIT))
+        } else {
+            0
+        };
         self.inflight_hi = at_loss.max(floor).max(cfg.min_cwnd);
         self.inflight_hi_step = (self.inflight_hi / INFLIGHT_HI_FIRST_STEP_DIV).max(1);
         self.loss_bound_count = self.loss_bound_count.saturating_add(1);
@@ -678,17 +721,24 @@ impl Bbr {
     /// Deviation 5: during the first rounds of a warm start, check the record against what the
     /// path shows; revert to STARTUP if it contradicts it.
     fn check_warm_start(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig) {
-        if self.warm_start != WarmStart::Warm as u8 || u32::from(self.warm_rounds) >= cfg.warm_start_check_rounds {
+        if self.warm_start != WarmStart::Warm as u8
+            || u32::from(self.warm_rounds) >= cfg.warm_start_check_rounds
+        {
             return;
         }
-        let rtt_limit = ((u64::from(self.warm_min_rtt_us) * u64::from(cfg.warm_start_rtt_tolerance)) >> BBR_SCALE_U64)
+        let rtt_limit = ((u64::from(self.warm_min_rtt_us)
+            * u64::from(cfg.warm_start_rtt_tolerance))
+            >> BBR_SCALE_U64)
             .max(u64::from(self.warm_min_rtt_us) + WARM_RTT_SLACK_US);
         let too_slow = self.round_start != 0
             && self.round_min_rtt_us != u32::MAX
             && u64::from(self.round_min_rtt_us) > rtt_limit;
         if too_slow || (self.round_loss_high != 0 && rs.losses > 0) {
             self.warm_start = WarmStart::FellBack as u8;
-            self.bw_filter = [MinmaxSample { t: self.round_count, v: 0 }; 3];
+            self.bw_filter = [MinmaxSample {
+                t: self.round_count,
+                v: 0,
+            }; 3];
             self.full_bw = 0;
             self.full_bw_cnt = 0;
             self.full_bw_reached = 0;
@@ -740,7 +790,11 @@ impl Bbr {
 
     /// `bbr_update_ack_aggregation`: how much more than BtlBw the ACKs deliver in bursts.
     fn update_ack_aggregation(&mut self, c: &Conn, rs: &RateSample, cfg: &BbrConfig) {
-        if cfg.extra_acked_gain == 0 || rs.acked_sacked == 0 || rs.delivered < 0 || rs.interval_us <= 0 {
+        if cfg.extra_acked_gain == 0
+            || rs.acked_sacked == 0
+            || rs.delivered < 0
+            || rs.interval_us <= 0
+        {
             return;
         }
         if self.round_start != 0 {
@@ -752,14 +806,21 @@ impl Bbr {
                 self.extra_acked[idx] = 0;
             }
         }
-        let epoch_us = c.delivered_mstamp_us.saturating_sub(self.ack_epoch_stamp_us);
+        let epoch_us = c
+            .delivered_mstamp_us
+            .saturating_sub(self.ack_epoch_stamp_us);
         let mut expected = (u64::from(self.bw()) * epoch_us / BW_UNIT) as u32;
-        if self.ack_epoch_acked <= expected || self.ack_epoch_acked.saturating_add(rs.acked_sacked) >= ACK_EPOCH_ACKED_RESET {
+        if self.ack_epoch_acked <= expected
+            || self.ack_epoch_acked.saturating_add(rs.acked_sacked) >= ACK_EPOCH_ACKED_RESET
+        {
             self.ack_epoch_acked = 0;
             self.ack_epoch_stamp_us = c.delivered_mstamp_us;
             expected = 0;
         }
-        self.ack_epoch_acked = self.ack_epoch_acked.saturating_add(rs.acked_sacked).min(0xf_ffff);
+        self.ack_epoch_acked = self
+            .ack_epoch_acked
+            .saturating_add(rs.acked_sacked)
+            .min(0xf_ffff);
         let extra = (self.ack_epoch_acked - expected.min(self.ack_epoch_acked)).min(c.cwnd);
         let idx = usize::from(self.extra_acked_win_idx & 1);
         let slot = &mut self.extra_acked[idx];
@@ -792,7 +853,8 @@ impl Bbr {
             self.update_gains(cfg);
         }
         if self.mode() == Mode::Drain
-            && self.packets_in_net_at_edt(c, c.packets_in_flight) <= self.inflight(c, self.max_bw(), BBR_UNIT)
+            && self.packets_in_net_at_edt(c, c.packets_in_flight)
+                <= self.inflight(c, self.max_bw(), BBR_UNIT)
         {
             self.reset_probe_bw_mode(c, random);
         }
@@ -811,11 +873,18 @@ impl Bbr {
     /// `bbr_update_min_rtt`: the 10 s min filter and PROBE_RTT.
     fn update_min_rtt(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, random: u32) {
         let filter_expired = c.now_us > self.min_rtt_stamp_us + u64::from(cfg.min_rtt_window_us);
-        if rs.rtt_us >= 0 && ((rs.rtt_us as u64) < u64::from(self.min_rtt_us) || (filter_expired && !rs.is_ack_delayed)) {
+        if rs.rtt_us >= 0
+            && ((rs.rtt_us as u64) < u64::from(self.min_rtt_us)
+                || (filter_expired && !rs.is_ack_delayed))
+        {
             self.min_rtt_us = rs.rtt_us.min(i64::from(u32::MAX)) as u32;
             self.min_rtt_stamp_us = c.now_us;
         }
-        if cfg.probe_rtt_duration_us > 0 && filter_expired && self.idle_restart == 0 && self.mode() != Mode::ProbeRtt {
+        if cfg.probe_rtt_duration_us > 0
+            && filter_expired
+            && self.idle_restart == 0
+            && self.mode() != Mode::ProbeRtt
+        {
             self.set_mode(Mode::ProbeRtt);
             self.save_cwnd(c.cwnd);
             self.probe_rtt_done_stamp_us = 0;
@@ -884,7 +953,10 @@ impl Bbr {
     /// `bbr_set_state`: an RTO ends the round and counts as loss for policer detection.
     pub fn on_set_state(&mut self, c: &Conn, new_state: u8, random: u32) {
         if new_state == TCP_CA_LOSS {
-            let rs = RateSample { losses: 1, ..RateSample::default() };
+            let rs = RateSample {
+                losses: 1,
+                ..RateSample::default()
+            };
             self.prev_ca_state = TCP_CA_LOSS;
             self.full_bw = 0;
             self.round_start = 1;
@@ -960,7 +1032,8 @@ mod tests {
                 if c.app_limited != 0 && after32(c.delivered, c.app_limited) {
                     c.app_limited = 0;
                 }
-                let losses = i32::from(self.loss_every > 0 && i % self.loss_every == self.loss_every - 1);
+                let losses =
+                    i32::from(self.loss_every > 0 && i % self.loss_every == self.loss_every - 1);
                 c.lost += losses as u32;
                 let rs = RateSample {
                     prior_delivered,
@@ -987,7 +1060,15 @@ mod tests {
         let mut s = Bbr::default();
         // (round, value, expected max)
         // The window is inclusive: a sample from round 1 still counts in round 11 (dt > win expires).
-        let table = [(1, 100, 100), (2, 50, 100), (5, 80, 100), (11, 60, 100), (12, 10, 80), (16, 20, 60), (30, 5, 5)];
+        let table = [
+            (1, 100, 100),
+            (2, 50, 100),
+            (5, 80, 100),
+            (11, 60, 100),
+            (12, 10, 80),
+            (16, 20, 60),
+            (30, 5, 5),
+        ];
         for (t, v, want) in table {
             s.bw_filter_update(10, t, v);
             assert_eq!(s.max_bw(), want, "round {t} sample {v}");
@@ -1010,7 +1091,11 @@ mod tests {
             s.mode = mode as u8;
             s.cycle_idx = idx;
             s.update_gains(&cfg);
-            assert_eq!((s.pacing_gain, s.cwnd_gain), (pacing, cwnd), "{mode:?} phase {idx}");
+            assert_eq!(
+                (s.pacing_gain, s.cwnd_gain),
+                (pacing, cwnd),
+                "{mode:?} phase {idx}"
+            );
         }
     }
 
@@ -1031,9 +1116,18 @@ mod tests {
         let mut s = Bbr::default();
         let rs = RateSample::default();
         // (max bw this round, full pipe reached after it)
-        let table = [(100, false), (200, false), (240, false), (245, false), (249, true)];
+        let table = [
+            (100, false),
+            (200, false),
+            (240, false),
+            (245, false),
+            (249, true),
+        ];
         for (round, (bw, reached)) in table.into_iter().enumerate() {
-            s.bw_filter = [MinmaxSample { t: round as u32, v: bw }; 3];
+            s.bw_filter = [MinmaxSample {
+                t: round as u32,
+                v: bw,
+            }; 3];
             s.round_start = 1;
             s.check_full_bw_reached(&rs, &cfg);
             assert_eq!(s.full_bw_reached != 0, reached, "round {round} bw {bw}");
@@ -1062,9 +1156,17 @@ mod tests {
         let mut s = Bbr::default();
         let mut c = conn();
         s.init(&mut c, &cfg, None, 0);
-        let path = Path { bw: bw_of_mbit(100), rtt_us: 20_000, loss_every: 0 };
+        let path = Path {
+            bw: bw_of_mbit(100),
+            rtt_us: 20_000,
+            loss_every: 0,
+        };
         let modes = path.run(&mut s, &mut c, &cfg, 20_000);
-        assert_eq!(&modes[..3], &[Mode::Startup, Mode::Drain, Mode::ProbeBw], "{modes:?}");
+        assert_eq!(
+            &modes[..3],
+            &[Mode::Startup, Mode::Drain, Mode::ProbeBw],
+            "{modes:?}"
+        );
         let bw_err = (f64::from(s.max_bw()) / f64::from(path.bw) - 1.0).abs();
         assert!(bw_err < 0.1, "bw estimate off by {bw_err}");
         assert!((20_000..21_000).contains(&s.min_rtt_us), "{}", s.min_rtt_us);
@@ -1083,7 +1185,11 @@ mod tests {
         let mut c = conn();
         s.init(&mut c, &cfg, None, 0);
         // 10% loss: far above the 2% threshold.
-        let path = Path { bw: bw_of_mbit(100), rtt_us: 20_000, loss_every: 10 };
+        let path = Path {
+            bw: bw_of_mbit(100),
+            rtt_us: 20_000,
+            loss_every: 10,
+        };
         path.run(&mut s, &mut c, &cfg, 400);
         assert_eq!(s.full_bw_reached, 1);
         assert!(s.loss_bound_count >= 1);
@@ -1093,11 +1199,18 @@ mod tests {
 
     #[test]
     fn loss_bound_off_behaves_like_bbr_v1() {
-        let cfg = BbrConfig { loss_bound_enabled: 0, ..BbrConfig::DEFAULT };
+        let cfg = BbrConfig {
+            loss_bound_enabled: 0,
+            ..BbrConfig::DEFAULT
+        };
         let mut s = Bbr::default();
         let mut c = conn();
         s.init(&mut c, &cfg, None, 0);
-        let path = Path { bw: bw_of_mbit(100), rtt_us: 20_000, loss_every: 10 };
+        let path = Path {
+            bw: bw_of_mbit(100),
+            rtt_us: 20_000,
+            loss_every: 10,
+        };
         path.run(&mut s, &mut c, &cfg, 400);
         assert_eq!(s.loss_bound_count, 0);
         assert_eq!(s.inflight_hi, INFLIGHT_UNBOUNDED);
@@ -1105,7 +1218,12 @@ mod tests {
 
     #[test]
     fn loss_free_probes_raise_the_bound_by_doubling_steps() {
-        let mut s = Bbr(BbrState { inflight_hi: 100, inflight_hi_step: 1, mode: Mode::ProbeBw as u8, ..Default::default() });
+        let mut s = Bbr(BbrState {
+            inflight_hi: 100,
+            inflight_hi_step: 1,
+            mode: Mode::ProbeBw as u8,
+            ..Default::default()
+        });
         let c = conn();
         let mut seen = vec![];
         for _ in 0..4 {
@@ -1131,14 +1249,32 @@ mod tests {
     fn a_lossy_probe_skips_the_next_two_probes() {
         let cfg = BbrConfig::DEFAULT;
         let c = conn();
-        let mut s = Bbr(BbrState { mode: Mode::ProbeBw as u8, min_rtt_us: 20_000, inflight_hi: INFLIGHT_UNBOUNDED, ..Default::default() });
-        s.bw_filter = [MinmaxSample { t: 0, v: bw_of_mbit(100) }; 3];
+        let mut s = Bbr(BbrState {
+            mode: Mode::ProbeBw as u8,
+            min_rtt_us: 20_000,
+            inflight_hi: INFLIGHT_UNBOUNDED,
+            ..Default::default()
+        });
+        s.bw_filter = [MinmaxSample {
+            t: 0,
+            v: bw_of_mbit(100),
+        }; 3];
         s.cycle_idx = 0;
         s.update_gains(&cfg);
         assert_eq!(s.pacing_gain, cfg.probe_up_gain);
         // 10 of 100 packets lost in the probe round.
-        let c_lossy = Conn { lost: 10, delivered: 90, ..c };
-        let rs = RateSample { losses: 1, prior_in_flight: 200, delivered: 1, interval_us: 1, ..Default::default() };
+        let c_lossy = Conn {
+            lost: 10,
+            delivered: 90,
+            ..c
+        };
+        let rs = RateSample {
+            losses: 1,
+            prior_in_flight: 200,
+            delivered: 1,
+            interval_us: 1,
+            ..Default::default()
+        };
         s.check_loss_too_high(&c_lossy, &rs, &cfg);
         assert_eq!(s.loss_bound_count, 1);
         assert_eq!(s.cycle_idx, 1, "the probe ended");
@@ -1157,8 +1293,15 @@ mod tests {
     fn warm_start_decision() {
         let cfg = BbrConfig::DEFAULT;
         let bw = bw_of_mbit(100);
-        let fresh = WarmEntry { bw, min_rtt_us: 20_000, stamp_us: 1_000_000 - 1_000 };
-        let stale = WarmEntry { stamp_us: 0, ..fresh };
+        let fresh = WarmEntry {
+            bw,
+            min_rtt_us: 20_000,
+            stamp_us: 1_000_000 - 1_000,
+        };
+        let stale = WarmEntry {
+            stamp_us: 0,
+            ..fresh
+        };
         let c0 = conn();
         // (record, enabled, expected start)
         let table = [
@@ -1166,10 +1309,21 @@ mod tests {
             (Some(fresh), 1, WarmStart::Warm),
             (Some(fresh), 0, WarmStart::Cold),
             (Some(WarmEntry { bw: 0, ..fresh }), 1, WarmStart::Cold),
-            (Some(stale), 1, if c0.now_us - stale.stamp_us <= u64::from(cfg.warm_start_max_age_us) { WarmStart::Warm } else { WarmStart::Cold }),
+            (
+                Some(stale),
+                1,
+                if c0.now_us - stale.stamp_us <= u64::from(cfg.warm_start_max_age_us) {
+                    WarmStart::Warm
+                } else {
+                    WarmStart::Cold
+                },
+            ),
         ];
         for (record, enabled, want) in table {
-            let cfg = BbrConfig { warm_start_enabled: enabled, ..cfg };
+            let cfg = BbrConfig {
+                warm_start_enabled: enabled,
+                ..cfg
+            };
             let mut s = Bbr::default();
             let mut c = conn();
             s.init(&mut c, &cfg, record.as_ref(), 3);
@@ -1177,7 +1331,11 @@ mod tests {
             if want == WarmStart::Warm {
                 assert_eq!(s.mode(), Mode::ProbeBw);
                 assert_eq!(s.max_bw(), bw);
-                assert_eq!(c.cwnd, s.bdp(bw, cfg.cwnd_gain), "cwnd starts at the BDP at cwnd gain");
+                assert_eq!(
+                    c.cwnd,
+                    s.bdp(bw, cfg.cwnd_gain),
+                    "cwnd starts at the BDP at cwnd gain"
+                );
             } else {
                 assert_eq!(s.mode(), Mode::Startup);
                 assert_eq!(c.cwnd, TCP_INIT_CWND);
@@ -1188,9 +1346,17 @@ mod tests {
     #[test]
     fn a_warm_start_that_the_path_contradicts_falls_back_to_startup() {
         let cfg = BbrConfig::DEFAULT;
-        let record = WarmEntry { bw: bw_of_mbit(100), min_rtt_us: 20_000, stamp_us: 999_000 };
+        let record = WarmEntry {
+            bw: bw_of_mbit(100),
+            min_rtt_us: 20_000,
+            stamp_us: 999_000,
+        };
         // The path is now 10× slower: cwnd at the old BDP builds a queue, RTT far above 2×.
-        let path = Path { bw: bw_of_mbit(10), rtt_us: 20_000, loss_every: 0 };
+        let path = Path {
+            bw: bw_of_mbit(10),
+            rtt_us: 20_000,
+            loss_every: 0,
+        };
         let mut s = Bbr::default();
         let mut c = conn();
         s.init(&mut c, &cfg, Some(&record), 0);
@@ -1198,31 +1364,61 @@ mod tests {
         path.run(&mut s, &mut c, &cfg, 200);
         assert_eq!(s.warm_start, WarmStart::FellBack as u8);
         // The same path as recorded keeps the warm start.
-        let same = Path { bw: bw_of_mbit(100), rtt_us: 20_000, loss_every: 0 };
+        let same = Path {
+            bw: bw_of_mbit(100),
+            rtt_us: 20_000,
+            loss_every: 0,
+        };
         let mut s = Bbr::default();
         let mut c = conn();
         s.init(&mut c, &cfg, Some(&record), 0);
         same.run(&mut s, &mut c, &cfg, 2_000);
         assert_eq!(s.warm_start, WarmStart::Warm as u8);
         assert_eq!(s.mode(), Mode::ProbeBw);
-        let record = s.warm_record(c.now_us).expect("a measured path is recorded");
+        let record = s
+            .warm_record(c.now_us)
+            .expect("a measured path is recorded");
         assert!((f64::from(record.bw) / f64::from(bw_of_mbit(100)) - 1.0).abs() < 0.1);
     }
 
     #[test]
     fn recovery_conserves_packets_then_restores_cwnd() {
         let cfg = BbrConfig::DEFAULT;
-        let mut s = Bbr(BbrState { mode: Mode::ProbeBw as u8, full_bw_reached: 1, min_rtt_us: 20_000, inflight_hi: INFLIGHT_UNBOUNDED, ..Default::default() });
-        s.bw_filter = [MinmaxSample { t: 0, v: bw_of_mbit(100) }; 3];
-        let mut c = Conn { cwnd: 300, packets_in_flight: 250, ..conn() };
+        let mut s = Bbr(BbrState {
+            mode: Mode::ProbeBw as u8,
+            full_bw_reached: 1,
+            min_rtt_us: 20_000,
+            inflight_hi: INFLIGHT_UNBOUNDED,
+            ..Default::default()
+        });
+        s.bw_filter = [MinmaxSample {
+            t: 0,
+            v: bw_of_mbit(100),
+        }; 3];
+        let mut c = Conn {
+            cwnd: 300,
+            packets_in_flight: 250,
+            ..conn()
+        };
         s.on_ssthresh(&c);
         assert_eq!(s.prior_cwnd, 300);
         c.ca_state = TCP_CA_RECOVERY;
-        let rs = RateSample { acked_sacked: 2, losses: 1, delivered: 2, interval_us: 100, ..Default::default() };
+        let rs = RateSample {
+            acked_sacked: 2,
+            losses: 1,
+            delivered: 2,
+            interval_us: 100,
+            ..Default::default()
+        };
         s.set_cwnd(&mut c, &rs, &cfg, 2, s.bw(), s.cwnd_gain.max(BBR_UNIT));
         assert_eq!(c.cwnd, 252, "packet conservation: inflight + acked");
         c.ca_state = TCP_CA_OPEN;
-        let rs = RateSample { acked_sacked: 2, delivered: 2, interval_us: 100, ..Default::default() };
+        let rs = RateSample {
+            acked_sacked: 2,
+            delivered: 2,
+            interval_us: 100,
+            ..Default::default()
+        };
         s.set_cwnd(&mut c, &rs, &cfg, 2, s.bw(), 2 * BBR_UNIT);
         assert!(c.cwnd >= 300, "cwnd restored after recovery: {}", c.cwnd);
     }

@@ -70,7 +70,8 @@ static BBR_CONFIG: Array<BbrConfig> = Array::with_max_entries(1, 0);
 
 /// Warm-start records per remote address (bounded, least recently used forgotten first).
 #[map]
-static BBR_WARM: LruHashMap<WarmKey, WarmEntry> = LruHashMap::with_max_entries(BBR_WARM_MAX_ENTRIES, 0);
+static BBR_WARM: LruHashMap<WarmKey, WarmEntry> =
+    LruHashMap::with_max_entries(BBR_WARM_MAX_ENTRIES, 0);
 
 /// The socket's state, created on first use.
 #[inline(always)]
@@ -111,14 +112,18 @@ unsafe fn read_conn(tp: KernelPtr) -> Conn {
     // SAFETY: generated offsets of fields of tcp_sock (which begins with sock).
     unsafe {
         let packets_out = tp.u32(TCP_SOCK__PACKETS_OUT);
-        let left_out = tp.u32(TCP_SOCK__SACKED_OUT).wrapping_add(tp.u32(TCP_SOCK__LOST_OUT));
+        let left_out = tp
+            .u32(TCP_SOCK__SACKED_OUT)
+            .wrapping_add(tp.u32(TCP_SOCK__LOST_OUT));
         Conn {
             now_us: tp.u64(TCP_SOCK__TCP_MSTAMP),
             delivered: tp.u32(TCP_SOCK__DELIVERED),
             delivered_mstamp_us: tp.u64(TCP_SOCK__DELIVERED_MSTAMP),
             lost: tp.u32(TCP_SOCK__LOST),
             // tcp_packets_in_flight()
-            packets_in_flight: packets_out.wrapping_sub(left_out).wrapping_add(tp.u32(TCP_SOCK__RETRANS_OUT)),
+            packets_in_flight: packets_out
+                .wrapping_sub(left_out)
+                .wrapping_add(tp.u32(TCP_SOCK__RETRANS_OUT)),
             ca_state: tp.bits8(
                 INET_CONNECTION_SOCK__ICSK_CA_STATE,
                 INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
@@ -172,7 +177,10 @@ unsafe fn write_conn(tp: KernelPtr, before: &Conn, after: &Conn) {
 /// `sk` must be the op's socket.
 #[inline(always)]
 unsafe fn warm_key(sk: KernelPtr) -> WarmKey {
-    let mut key = WarmKey { family: 0, addr: [0; 16] };
+    let mut key = WarmKey {
+        family: 0,
+        addr: [0; 16],
+    };
     // SAFETY: generated offsets of sock_common fields.
     unsafe {
         let family = sk.u16(SOCK__SKC_FAMILY);
@@ -203,7 +211,11 @@ pub extern "C" fn bbr_init(ctx: *const u64) {
     // SAFETY: as above.
     let key = unsafe { warm_key(sk) };
     // SAFETY: the value is copied out before the map can change it.
-    let warm = if key.family != 0 { unsafe { BBR_WARM.get(&key) }.copied() } else { None };
+    let warm = if key.family != 0 {
+        unsafe { BBR_WARM.get(&key) }.copied()
+    } else {
+        None
+    };
     bbr.init(&mut c, cfg, warm.as_ref(), random());
     // SAFETY: as above.
     unsafe {

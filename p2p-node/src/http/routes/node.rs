@@ -76,4 +76,3 @@ pub async fn history(
 ) -> Json<std::collections::BTreeMap<String, Vec<telemetry::history::Point>>> {
     Json(state.telemetry.history.snapshot())
 }
-
