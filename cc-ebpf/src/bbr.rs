@@ -52,6 +52,11 @@
 //!    threshold, reverts it to STARTUP with the initial window.
 //! 6. Tunables come from a config map ([`BbrConfig`]) read once per ACK, not compile-time
 //!    constants; the defaults are tcp_bbr.c's values.
+//! 7. An ACK-compressed rate sample cannot raise the max-bandwidth filter above its current
+//!    value. When ACKs come back faster than their packets were sent, `tcp_rate_gen` divides
+//!    by the send interval, so the sample is our own sending rate (2.89× or 1.25× the estimate
+//!    while probing), not the path's; on a sub-millisecond path through a token bucket the
+//!    kernel test saw estimates of 180–330 Mbit/s on a 100 Mbit/s link from such samples.
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -163,6 +168,9 @@ pub struct RateSample {
     pub prior_in_flight: u32,
     pub is_app_limited: bool,
     pub is_ack_delayed: bool,
+    /// The ACKs came back faster than the packets were sent (`interval_us` is the send
+    /// interval, longer than `tcp_mstamp - prior_mstamp`): deviation 7.
+    pub ack_compressed: bool,
 }
 
 #[inline(always)]
@@ -653,6 +661,12 @@ impl Bbr {
         let bw = div_u64(rs.delivered as u64 * BW_UNIT, rs.interval_us as u64)
             .min(u64::from(u32::MAX)) as u32;
         self.last_bw_sample = bw;
+        // Deviation 7: an ACK-compressed sample measures our sending rate, not the path's.
+        let bw = if rs.ack_compressed && self.max_bw() != 0 {
+            bw.min(self.max_bw())
+        } else {
+            bw
+        };
         if !rs.is_app_limited || bw >= self.max_bw() {
             self.bw_filter_update(cfg.bw_filter_rounds, self.round_count, bw);
         }
@@ -1045,6 +1059,7 @@ mod tests {
                     prior_in_flight,
                     is_app_limited,
                     is_ack_delayed: false,
+                    ack_compressed: false,
                 };
                 s.on_ack(c, &rs, cfg, i);
                 if *modes.last().unwrap() != s.mode() {
@@ -1072,6 +1087,36 @@ mod tests {
         for (t, v, want) in table {
             s.bw_filter_update(10, t, v);
             assert_eq!(s.max_bw(), want, "round {t} sample {v}");
+        }
+    }
+
+    /// Deviation 7: a sample the kernel took over the send interval because the ACKs came back
+    /// batched is our sending rate and does not raise the estimate; the same rate with ACKs as
+    /// spread out as the sends does.
+    #[test]
+    fn an_ack_compressed_sample_does_not_raise_the_estimate() {
+        let cfg = BbrConfig::DEFAULT;
+        let c = conn();
+        let est = bw_of_mbit(100);
+        // 125 Mbit/s over 10 ms in MSS packets, the delivered count the kernel reports.
+        let delivered = (u64::from(bw_of_mbit(125)) * 10_000 / BW_UNIT) as i32;
+        for (compressed, raised) in [(true, false), (false, true)] {
+            let mut s = Bbr::default();
+            s.bw_filter_update(cfg.bw_filter_rounds, 0, est);
+            let rs = RateSample {
+                delivered,
+                interval_us: 10_000,
+                acked_sacked: 2,
+                ack_compressed: compressed,
+                ..Default::default()
+            };
+            s.update_bw(&c, &rs, &cfg, 0);
+            assert_eq!(
+                s.max_bw() > est,
+                raised,
+                "ack_compressed {compressed}: {}",
+                s.max_bw()
+            );
         }
     }
 

@@ -268,10 +268,19 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
             prior_in_flight: rs.u32(RATE_SAMPLE__PRIOR_IN_FLIGHT),
             is_app_limited: rs.u8(RATE_SAMPLE__IS_APP_LIMITED) != 0,
             is_ack_delayed: rs.u8(RATE_SAMPLE__IS_ACK_DELAYED) != 0,
+            ack_compressed: false,
         }
     };
     // SAFETY: `sk` is the op's tcp_sock.
     let before = unsafe { read_conn(sk) };
+    let mut sample = sample;
+    // tcp_rate_gen: interval_us = max(send interval, tcp_mstamp - prior_mstamp); when the
+    // send interval is the longer one the ACKs came back compressed (deviation 7 in bbr.rs).
+    // SAFETY: as above, a struct rate_sample field.
+    let ack_us = before
+        .now_us
+        .wrapping_sub(unsafe { rs.u64(RATE_SAMPLE__PRIOR_MSTAMP) }) as i64;
+    sample.ack_compressed = sample.interval_us > ack_us.max(0);
     let mut c = before;
     bbr.on_ack(&mut c, &sample, cfg, random());
     // SAFETY: as above.
