@@ -98,29 +98,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Each connection holds a socket: lift the open-file soft limit to the hard one, so the
-/// connection limits, not EMFILE, decide which peers are refused.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    raise_fd_limit();
+    // Each connection holds a socket: the connection limits, not EMFILE, decide who is refused.
+    http::limits::raise_fd_limit();
     if let Some(name) = &args.cc {
         cc::validate(name)?;
     }
-    http::limits::raise_fd_limit();
     let key = match &args.key {
         Some(path) => load_or_create_key(path)?,
         None => Keypair::generate_ed25519(),

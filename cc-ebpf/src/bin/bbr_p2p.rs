@@ -256,31 +256,29 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
     let (Some(bbr), Some(cfg)) = (state(sk, false), config()) else {
         return;
     };
-    // SAFETY: generated offsets of struct rate_sample fields.
+    // SAFETY: generated offsets of struct rate_sample fields (and tcp_sock's clock).
     let sample = unsafe {
+        let interval_us = rs.u64(RATE_SAMPLE__INTERVAL_US) as i64;
+        // tcp_rate_gen: interval_us = max(send interval, tcp_mstamp - prior_mstamp); when the
+        // send interval is the longer one the ACKs came back compressed (deviation 7 in bbr.rs).
+        let ack_us = sk
+            .u64(TCP_SOCK__TCP_MSTAMP)
+            .wrapping_sub(rs.u64(RATE_SAMPLE__PRIOR_MSTAMP)) as i64;
         RateSample {
             prior_delivered: rs.u32(RATE_SAMPLE__PRIOR_DELIVERED),
             delivered: rs.u32(RATE_SAMPLE__DELIVERED) as i32,
-            interval_us: rs.u64(RATE_SAMPLE__INTERVAL_US) as i64,
+            interval_us,
             rtt_us: rs.u64(RATE_SAMPLE__RTT_US) as i64,
             losses: rs.u32(RATE_SAMPLE__LOSSES) as i32,
             acked_sacked: rs.u32(RATE_SAMPLE__ACKED_SACKED),
             prior_in_flight: rs.u32(RATE_SAMPLE__PRIOR_IN_FLIGHT),
             is_app_limited: rs.u8(RATE_SAMPLE__IS_APP_LIMITED) != 0,
             is_ack_delayed: rs.u8(RATE_SAMPLE__IS_ACK_DELAYED) != 0,
-            ack_compressed: false,
+            ack_compressed: interval_us > ack_us.max(0),
         }
     };
     // SAFETY: `sk` is the op's tcp_sock.
     let before = unsafe { read_conn(sk) };
-    let mut sample = sample;
-    // tcp_rate_gen: interval_us = max(send interval, tcp_mstamp - prior_mstamp); when the
-    // send interval is the longer one the ACKs came back compressed (deviation 7 in bbr.rs).
-    // SAFETY: as above, a struct rate_sample field.
-    let ack_us = before
-        .now_us
-        .wrapping_sub(unsafe { rs.u64(RATE_SAMPLE__PRIOR_MSTAMP) }) as i64;
-    sample.ack_compressed = sample.interval_us > ack_us.max(0);
     let mut c = before;
     bbr.on_ack(&mut c, &sample, cfg, random());
     // SAFETY: as above.
