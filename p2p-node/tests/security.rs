@@ -20,13 +20,8 @@ use common::{NetnsPair, Node, enter_netns, eventually, kernel_tests_possible, ra
 /// Runs the p2p-node CLI as uid/gid 65534 (`nobody`, no capabilities) inside `ns`.
 fn cli_as_nobody(ns: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "setpriv"])
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["netns", "exec", ns])
+        .args(common::as_nobody(&[]))
         .arg(env!("CARGO_BIN_EXE_p2p-node"))
         .args(args)
         .env_remove("P2PCC_HTTP_TOKEN")
@@ -364,6 +359,137 @@ fn idle_connections_and_slow_headers_cannot_exhaust_the_node() {
         (node_fds(&a) < 200).then_some(())
     })
     .unwrap_or_else(|| panic!("idle connections still held: {} fds", node_fds(&a)));
+}
+
+/// Least privilege, as the systemd unit runs the node: a non-root uid with exactly CAP_BPF,
+/// CAP_PERFMON and CAP_NET_ADMIN loads the probes, registers bbr-p2p, serves, carries a
+/// transfer and switches its connections; without any one of the three it stops with one
+/// sentence naming that one.
+#[test]
+fn runs_as_an_unprivileged_user_with_exactly_its_capabilities() {
+    use std::os::fd::AsFd as _;
+    if !kernel_tests_possible() {
+        return;
+    }
+    // capability.h: CAP_NET_ADMIN 12, CAP_PERFMON 38, CAP_BPF 39.
+    const EXACT: u64 = (1 << 12) | (1 << 38) | (1 << 39);
+    let net = NetnsPair::new("caps", 9);
+    let nobody = common::as_nobody(&common::NODE_CAPS);
+    let nobody: Vec<&str> = nobody.iter().map(String::as_str).collect();
+    let a = Node::start_wrapped(
+        &nobody,
+        &net.a,
+        &net.addr_a,
+        "127.0.0.1:9464",
+        &["--cc", "bbr-p2p"],
+    );
+    let status = fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("Uid:"), "65534\t65534\t65534\t65534", "{status}");
+    assert_eq!(
+        u64::from_str_radix(&field("CapEff:"), 16).unwrap(),
+        EXACT,
+        "{status}"
+    );
+    let log = a.stderr.lock().unwrap().clone();
+    assert!(
+        log.contains("registered congestion control bbr-p2p"),
+        "A did not register bbr-p2p itself:\n{log}"
+    );
+    assert!(common::available_cc().contains(&"bbr_p2p".to_owned()));
+    let node: serde_json::Value = serde_json::from_str(&a.get("/api/node")).unwrap();
+    assert_eq!(node["ebpf"]["status"], "loaded", "{node}");
+
+    // A second node as the same user: bbr-p2p is A's registration, and finding its maps by id
+    // needs CAP_SYS_ADMIN, which this node lacks: it says so and uses a kernel algorithm.
+    let b = Node::start_wrapped(
+        &nobody,
+        &net.b,
+        &net.addr_b,
+        "127.0.0.1:9464",
+        &["--peer", &a.multiaddr, "--cc", "cubic"],
+    );
+    let (status, body) = b.http("PUT", "/api/cc", r#"{"algorithm":"bbr-p2p"}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("needs CAP_SYS_ADMIN"), "{body}");
+
+    // A carries a transfer to B on bbr-p2p; the probes see it; switching moves the connection.
+    let algorithms = || -> Vec<String> {
+        common::node_sockets(&a)
+            .iter()
+            .map(|(_, fd)| p2p_node::sockets::congestion(fd.as_fd()).unwrap())
+            .collect()
+    };
+    eventually(Duration::from_secs(15), || {
+        (!algorithms().is_empty()).then_some(())
+    })
+    .expect("B connected to A");
+    assert!(
+        algorithms().iter().all(|c| c == "bbr_p2p"),
+        "{:?}",
+        algorithms()
+    );
+    let (status, body) = a.http(
+        "POST",
+        "/api/perf",
+        &format!(r#"{{"peer":"{}","upload_bytes":20000000}}"#, b.peer_id),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The exporter's snapshot is refreshed once a second.
+    let events = || common::metric_value(&a.get("/metrics"), "p2pcc_ebpf_probe_events_total");
+    eventually(Duration::from_secs(5), || events().filter(|&e| e > 100.0))
+        .unwrap_or_else(|| panic!("tcp_probe ran {:?} times for 20 MB", events()));
+    for (name, kernel) in [("cubic", "cubic"), ("bbr-p2p", "bbr_p2p")] {
+        let (status, body) = a.http("PUT", "/api/cc", &format!(r#"{{"algorithm":"{name}"}}"#));
+        assert_eq!(status, 200, "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(report["switched"].as_u64().unwrap() >= 1, "{body}");
+        assert_eq!(report["failed"], serde_json::json!([]), "{body}");
+        assert!(
+            algorithms().iter().all(|c| c == kernel),
+            "{:?}",
+            algorithms()
+        );
+    }
+    // Its exit unregisters bbr-p2p, also without root.
+    drop(b);
+    drop(a);
+    assert!(!common::available_cc().contains(&"bbr_p2p".to_owned()));
+
+    // Each capability dropped in turn: one `error:` line naming exactly that capability.
+    for dropped in common::NODE_CAPS {
+        let kept: Vec<&str> = common::NODE_CAPS
+            .into_iter()
+            .filter(|c| *c != dropped)
+            .collect();
+        let data_dir = common::test_data_dir("caps");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.a])
+            .args(common::as_nobody(&kept))
+            .arg(env!("CARGO_BIN_EXE_p2p-node"))
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--http"])
+            .args(["127.0.0.1:0", "--require-ebpf", "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .expect("running setpriv");
+        let _ = fs::remove_dir_all(&data_dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ran without {dropped}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        let named = format!("CAP_{}", dropped.to_uppercase());
+        assert!(
+            errors[0].contains(&format!("missing {named} (")),
+            "without {named}: {stderr}"
+        );
+    }
 }
 
 /// The shipped unit passes `systemd-analyze verify` without a warning (unknown keys only warn,

@@ -280,14 +280,9 @@ fn registers_through_the_map_alone_and_clears_what_a_crash_left() {
 fn spawn_child(mode: &str, unprivileged: bool) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = if unprivileged {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(exe);
+        let nobody = common::as_nobody(&[]);
+        let mut c = Command::new(&nobody[0]);
+        c.args(&nobody[1..]).arg(exe);
         c
     } else {
         Command::new(exe)

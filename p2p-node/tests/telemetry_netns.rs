@@ -116,14 +116,8 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
     // eBPF health: the probe ran and the node tracks exactly its own sockets.
     let text = b.get("/metrics");
     assert!(text.contains("p2pcc_ebpf_programs_attached 4"), "{text}");
-    let events: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("p2pcc_ebpf_probe_events_total ")?
-                .parse()
-                .ok()
-        })
-        .expect("probe events counter");
+    let events =
+        common::metric_value(&text, "p2pcc_ebpf_probe_events_total").expect("probe events counter");
     assert!(
         events > 1000.0,
         "tcp_probe ran only {events} times for a 64 MiB transfer"
@@ -135,13 +129,9 @@ fn missing_privileges_give_one_clear_sentence() {
     if !kernel_tests_possible() {
         return;
     }
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+    let nobody = common::as_nobody(&[]);
+    let out = std::process::Command::new(&nobody[0])
+        .args(&nobody[1..])
         .arg(env!("CARGO_BIN_EXE_p2p-node"))
         .args([
             "run",

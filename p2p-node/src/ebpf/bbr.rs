@@ -80,11 +80,11 @@ impl BbrP2p {
     /// if several exist). `Ok(None)` if they cannot be found; an error naming the map if one
     /// has another type, key size or value size than this build reads (a lookup would let the
     /// kernel write past the buffer).
-    pub fn attach_existing() -> Result<Option<Self>, sys::MapMismatch> {
-        let Some(state) = sys::newest_map_named(BBR_STATE_MAP) else {
+    pub fn attach_existing() -> Result<Option<Self>, AdoptError> {
+        let Some(state) = sys::newest_map_named(BBR_STATE_MAP)? else {
             return Ok(None);
         };
-        let Some(config) = sys::newest_map_named(BBR_CONFIG_MAP) else {
+        let Some(config) = sys::newest_map_named(BBR_CONFIG_MAP)? else {
             return Ok(None);
         };
         sys::check_map_shape(config.as_raw_fd(), BBR_CONFIG_MAP, config_map_shape())?;
@@ -125,6 +125,17 @@ impl BbrP2p {
             .set(0, config, 0)
             .map_err(|e| e.to_string())
     }
+}
+
+/// Why this node cannot use the bbr-p2p registration another process holds.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error(transparent)]
+    Mismatch(#[from] sys::MapMismatch),
+    #[error(
+        "bbr-p2p is registered by another process on this host and this node cannot use its maps"
+    )]
+    Denied(#[from] sys::MapIdsDenied),
 }
 
 /// What this build reads from `BBR_STATE`: socket storage keyed by a socket fd, of `BbrState`.

@@ -35,7 +35,7 @@ use std::{
 };
 
 use aya_obj::generated::{
-    BPF_F_LINK, BPF_F_RDONLY_PROG, bpf_attach_type, bpf_map_info, bpf_map_type, bpf_prog_type,
+    BPF_F_LINK, BPF_F_RDONLY_PROG, bpf_attach_type, bpf_map_type, bpf_prog_type,
 };
 use cc_ebpf_common::{
     STRUCT_OPS_DECL_SECTION, STRUCT_OPS_PROG_PREFIX, StructOpsDecl,
@@ -1201,14 +1201,23 @@ pub fn clear_orphans(btf: &Btf, type_name: &str, name: &str) -> usize {
 fn unregister_orphans(name: &str, ops: &OpsType, name_offset: usize) -> usize {
     const MAX_MAPS: usize = 65_536;
     let mut cleared = 0;
-    for id in sys::map_ids(MAX_MAPS) {
+    let ids = match sys::map_ids(MAX_MAPS) {
+        Ok(ids) => ids,
+        // Before 6.4 a crashed node's registration then stays until a node with
+        // CAP_SYS_ADMIN starts (README, "Least privilege"); from 6.4 links leave no orphans.
+        Err(e) => {
+            tracing::debug!("not looking for orphaned registrations of `{name}`: {e}");
+            return 0;
+        }
+    };
+    for id in ids {
         let Ok(fd) = sys::map_fd_by_id(id) else {
             continue;
         };
-        // SAFETY: bpf_map_info is plain data; all-zero is valid.
-        let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-        if sys::obj_info(fd.as_raw_fd(), &mut info).is_err()
-            || info.type_ != bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32
+        let Ok(info) = sys::map_info(fd.as_raw_fd()) else {
+            continue;
+        };
+        if info.type_ != bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32
             || info.btf_vmlinux_value_type_id != ops.value_type_id
             || info.map_flags & BPF_F_LINK != 0
         {
@@ -1261,17 +1270,21 @@ fn registered_owner(name: &str, ops: &OpsType, name_offset: usize, ours: RawFd) 
     // Bounded: at most this many maps are inspected.
     const MAX_MAPS: usize = 65_536;
     let our_id = map_id(ours);
-    for id in sys::map_ids(MAX_MAPS) {
+    let ids = match sys::map_ids(MAX_MAPS) {
+        Ok(ids) => ids,
+        Err(e) => return format!("owner unknown: {e}"),
+    };
+    for id in ids {
         if Some(id) == our_id {
             continue;
         }
         let Ok(fd) = sys::map_fd_by_id(id) else {
             continue;
         };
-        // SAFETY: bpf_map_info is plain data; all-zero is valid.
-        let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-        if sys::obj_info(fd.as_raw_fd(), &mut info).is_err()
-            || info.type_ != bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32
+        let Ok(info) = sys::map_info(fd.as_raw_fd()) else {
+            continue;
+        };
+        if info.type_ != bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32
             || info.btf_vmlinux_value_type_id != ops.value_type_id
         {
             continue;
@@ -1293,9 +1306,7 @@ fn registered_owner(name: &str, ops: &OpsType, name_offset: usize, ours: RawFd) 
 }
 
 fn map_id(fd: RawFd) -> Option<u32> {
-    // SAFETY: bpf_map_info is plain data; all-zero is valid.
-    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    sys::obj_info(fd, &mut info).ok().map(|()| info.id)
+    sys::map_info(fd).ok().map(|info| info.id)
 }
 
 /// `(pid, fds)` of every process holding map `id` (scans `/proc/*/fdinfo`, bounded).

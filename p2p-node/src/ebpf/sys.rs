@@ -8,7 +8,7 @@ use std::{
     os::fd::{FromRawFd, OwnedFd, RawFd},
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_info};
 
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     // SAFETY: `attr` is a fully initialised bpf_attr of the size passed; the kernel reads at
@@ -186,6 +186,11 @@ pub unsafe fn map_lookup(map: RawFd, key: &[u8], value: &mut [u8]) -> io::Result
 /// per-CPU map: the 8-byte-rounded value times the possible CPUs). Returns the number of
 /// syscalls made. Elements added or removed during the walk may be missed or seen once; each
 /// element read is a consistent copy.
+///
+/// The kernel writes `count × (its own value size)` bytes into the values buffer, so the map's
+/// key and value sizes are read from the kernel first: a map of another shape (a caller's
+/// mistake, or an fd that is not the map it thinks) is an `InvalidInput` error, never a
+/// write past the buffers.
 pub fn map_lookup_batch(
     map: RawFd,
     key_size: usize,
@@ -193,6 +198,17 @@ pub fn map_lookup_batch(
     chunk: u32,
     mut each: impl FnMut(&[u8], &[u8]),
 ) -> io::Result<u32> {
+    let info = map_info(map)?;
+    let kernel_value_size = lookup_value_size(&info)?;
+    if info.key_size as usize != key_size || kernel_value_size != value_size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "map id {} has key size {} and {kernel_value_size} value bytes per lookup; the reader expects {key_size} and {value_size}",
+                info.id, info.key_size
+            ),
+        ));
+    }
     let mut keys = vec![0u8; key_size * chunk as usize];
     let mut values = vec![0u8; value_size * chunk as usize];
     // The hash map's batch token is a u32 bucket index; 8 bytes leave room for other maps.
@@ -233,6 +249,26 @@ pub fn map_lookup_batch(
     }
 }
 
+/// How many bytes one `BPF_MAP_LOOKUP_ELEM`/batch element of this map writes: the value size,
+/// or for per-CPU maps the value rounded up to 8 bytes times the possible CPUs.
+fn lookup_value_size(info: &bpf_map_info) -> io::Result<usize> {
+    use aya_obj::generated::bpf_map_type::*;
+    let per_cpu = [
+        BPF_MAP_TYPE_PERCPU_HASH,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        BPF_MAP_TYPE_LRU_PERCPU_HASH,
+        BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE_DEPRECATED,
+    ]
+    .iter()
+    .any(|&t| t as u32 == info.type_);
+    let value = info.value_size as usize;
+    if !per_cpu {
+        return Ok(value);
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    Ok(value.next_multiple_of(8) * cpus)
+}
+
 /// `BPF_BTF_LOAD` of raw BTF bytes.
 pub fn btf_load(btf: &[u8]) -> io::Result<OwnedFd> {
     let mut attr = zeroed_attr();
@@ -253,32 +289,51 @@ pub fn struct_ops_link_create(map: RawFd, attach_type: u32) -> io::Result<OwnedF
     sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(fd_result)
 }
 
-/// `BPF_OBJ_GET_INFO_BY_FD` into `info` (a `bpf_prog_info`/`bpf_map_info`/...).
-pub fn obj_info<T>(fd: RawFd, info: &mut T) -> io::Result<()> {
+/// `BPF_OBJ_GET_INFO_BY_FD` of a map.
+///
+/// Typed on purpose: the kernel writes up to `info_len` bytes, and for some info types
+/// (`bpf_prog_info`'s `map_ids`, `jited_prog_insns`, ...) also through user pointers held in
+/// the struct itself. The info here is created zeroed by this function (no pointers, a length
+/// that is exactly its size), so no caller can make the kernel write past a Rust buffer.
+pub fn map_info(fd: RawFd) -> io::Result<bpf_map_info> {
+    // SAFETY: bpf_map_info is plain integers and byte arrays; all-zero is valid.
+    let mut info: bpf_map_info = unsafe { zeroed() };
     let mut attr = zeroed_attr();
     // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of the union.
     let a = unsafe { &mut attr.info };
     a.bpf_fd = fd as u32;
-    a.info_len = size_of::<T>() as u32;
-    a.info = info as *mut T as u64;
-    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(drop)
+    a.info_len = size_of::<bpf_map_info>() as u32;
+    a.info = (&raw mut info) as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
 }
 
+/// Walking the kernel's maps by id (`BPF_MAP_GET_NEXT_ID`) needs CAP_SYS_ADMIN; a node
+/// running with only CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN cannot find another process's maps.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "finding another process's eBPF maps by id needs CAP_SYS_ADMIN (the kernel refused BPF_MAP_GET_NEXT_ID)"
+)]
+pub struct MapIdsDenied(#[source] pub io::Error);
+
 /// Ids of every map in the kernel (`BPF_MAP_GET_NEXT_ID`), bounded by `limit`.
-pub fn map_ids(limit: usize) -> Vec<u32> {
+pub fn map_ids(limit: usize) -> Result<Vec<u32>, MapIdsDenied> {
     let mut ids = Vec::new();
     let mut next = 0u32;
     while ids.len() < limit {
         let mut attr = zeroed_attr();
         attr.__bindgen_anon_6.__bindgen_anon_1.start_id = next;
-        if sys_bpf(bpf_cmd::BPF_MAP_GET_NEXT_ID, &mut attr).is_err() {
-            break;
+        match sys_bpf(bpf_cmd::BPF_MAP_GET_NEXT_ID, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(MapIdsDenied(e)),
+            // ENOENT: past the last id.
+            Err(_) => break,
         }
         // SAFETY: the kernel wrote next_id.
         next = unsafe { attr.__bindgen_anon_6.next_id };
         ids.push(next);
     }
-    ids
+    Ok(ids)
 }
 
 /// `BPF_MAP_GET_FD_BY_ID`.
@@ -312,26 +367,30 @@ pub struct MapMismatch {
 
 /// Checks that the map `fd` (named `name`) has the `expected` shape.
 pub fn check_map_shape(fd: RawFd, name: &str, expected: MapShape) -> Result<(), MapMismatch> {
-    // SAFETY: bpf_map_info is plain data; all-zero is valid.
-    let mut info: aya_obj::generated::bpf_map_info = unsafe { zeroed() };
-    let found = match obj_info(fd, &mut info) {
-        Ok(()) => MapShape {
-            map_type: info.type_,
-            key_size: info.key_size,
-            value_size: info.value_size,
-        },
-        Err(_) => MapShape {
-            map_type: u32::MAX,
-            key_size: 0,
-            value_size: 0,
-        },
+    let (id, found) = match map_info(fd) {
+        Ok(info) => (
+            info.id,
+            MapShape {
+                map_type: info.type_,
+                key_size: info.key_size,
+                value_size: info.value_size,
+            },
+        ),
+        Err(_) => (
+            0,
+            MapShape {
+                map_type: u32::MAX,
+                key_size: 0,
+                value_size: 0,
+            },
+        ),
     };
     if found == expected {
         Ok(())
     } else {
         Err(MapMismatch {
             name: name.to_owned(),
-            id: info.id,
+            id,
             found,
             expected,
         })
@@ -339,21 +398,19 @@ pub fn check_map_shape(fd: RawFd, name: &str, expected: MapShape) -> Result<(), 
 }
 
 /// The map with the highest id whose name is `name` (newest first wins), bounded scan.
-pub fn newest_map_named(name: &str) -> Option<OwnedFd> {
+pub fn newest_map_named(name: &str) -> Result<Option<OwnedFd>, MapIdsDenied> {
     const MAX_MAPS: usize = 65_536;
     let mut found = None;
-    for id in map_ids(MAX_MAPS) {
+    for id in map_ids(MAX_MAPS)? {
         let Ok(fd) = map_fd_by_id(id) else { continue };
-        // SAFETY: bpf_map_info is plain data; all-zero is valid.
-        let mut info: aya_obj::generated::bpf_map_info = unsafe { zeroed() };
-        if obj_info(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut info).is_err() {
+        let Ok(info) = map_info(std::os::fd::AsRawFd::as_raw_fd(&fd)) else {
             continue;
-        }
+        };
         // SAFETY: the kernel NUL-terminates the 16-byte name.
         let map_name = unsafe { CStr::from_ptr(info.name.as_ptr()) };
         if map_name.to_bytes() == name.as_bytes() {
             found = Some(fd);
         }
     }
-    found
+    Ok(found)
 }

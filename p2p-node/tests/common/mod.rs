@@ -387,6 +387,12 @@ pub fn metric(text: &str, name: &str, label: (&str, &str)) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Value of the unlabelled series `name` in Prometheus text, if present.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Polls `f` until it returns `Some` or the timeout passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -669,4 +675,29 @@ pub fn raw_http_in_ns(
     })
     .join()
     .expect("http thread panicked")
+}
+
+/// The capabilities the node needs to load its probes and register and use bbr-p2p (README,
+/// "Least privilege"; deploy/p2p-node.service), as `setpriv` names them.
+pub const NODE_CAPS: [&str; 3] = ["bpf", "perfmon", "net_admin"];
+
+/// A `setpriv` command line (program and arguments, to put before the command it runs) that
+/// runs it as uid/gid 65534 (`nobody`, no supplementary groups) with exactly `caps` (setpriv's
+/// names, e.g. `net_admin`): inheritable and ambient, so they survive the exec of a binary
+/// without file capabilities; none at all when `caps` is empty.
+pub fn as_nobody(caps: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ]
+    .map(str::to_owned)
+    .into();
+    let plus: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    args.push(format!("--inh-caps=-all{plus}"));
+    if !caps.is_empty() {
+        args.push(format!("--ambient-caps={}", &plus[1..]));
+    }
+    args
 }
