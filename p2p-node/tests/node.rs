@@ -158,7 +158,9 @@ async fn share_on(nodes: &[&TestNode], dir: &Path, data: &[u8]) -> FileId {
     for (i, n) in nodes.iter().enumerate() {
         let path = dir.join(format!("copy-{i}.bin"));
         std::fs::write(&path, data).unwrap();
-        let report = n.client.share(&path).await.unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let name = format!("copy-{i}.bin");
+        let report = n.client.share(file, name).await.unwrap();
         assert_eq!(report.size, data.len() as u64);
         ids.insert(report.id);
     }

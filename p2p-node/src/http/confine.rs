@@ -3,9 +3,14 @@
 //! names the rule it broke, and no message carries a local path.
 
 use std::{
+    ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt as _,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -17,7 +22,18 @@ const MAX_NAME_BYTES: usize = 255;
 #[derive(Clone, Debug)]
 pub struct FilePolicy {
     share_dirs: Vec<PathBuf>,
+    /// `O_PATH` handles of `share_dirs` (same order), opened once at start: files are opened
+    /// relative to these, never by a path string that could be swapped after the check.
+    share_dir_fds: Vec<Arc<OwnedFd>>,
     download_dir: PathBuf,
+}
+
+/// A file a `share` request may serve: opened, and checked through the open fd.
+#[derive(Debug)]
+pub struct SharedOpen {
+    pub file: fs::File,
+    /// Its file name (the name peers and the API see; never a path).
+    pub name: String,
 }
 
 /// Why a path in a request was refused.
@@ -72,6 +88,14 @@ impl FilePolicy {
                 Ok(real)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let share_dir_fds = share_dirs
+            .iter()
+            .map(|d| {
+                open_dir_path(d)
+                    .map(Arc::new)
+                    .with_context(|| format!("opening --share-dir {}", d.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         {
             use std::os::unix::fs::DirBuilderExt as _;
             fs::DirBuilder::new()
@@ -86,6 +110,7 @@ impl FilePolicy {
             .with_context(|| format!("--download-dir {}", download_dir.display()))?;
         Ok(Self {
             share_dirs,
+            share_dir_fds,
             download_dir,
         })
     }
@@ -98,10 +123,14 @@ impl FilePolicy {
         &self.download_dir
     }
 
-    /// The real path of a file a `share` request names: absolute, or relative to a share
-    /// directory (the first that has it). Its real location (symlinks resolved) must be under a
-    /// share directory and it must be a regular file. Blocking (file system calls).
-    pub fn share_path(&self, requested: &Path) -> Result<PathBuf, PathRule> {
+    /// Opens the file a `share` request names: absolute, or relative to a share directory (the
+    /// first that has it). Symlinks are resolved to find which share directory holds its real
+    /// path; the file is then opened *relative to that directory's handle* with `openat2`
+    /// (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, `O_NOFOLLOW`), and the open fd — not the path —
+    /// must be a regular file. Someone who can write inside a share directory and swaps a
+    /// component for a symlink between the check and the open gets the open refused, not a
+    /// file outside. Blocking (file system calls).
+    pub fn open_shared(&self, requested: &Path) -> Result<SharedOpen, PathRule> {
         if self.share_dirs.is_empty() {
             return Err(PathRule::SharingDisabled);
         }
@@ -123,15 +152,27 @@ impl FilePolicy {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(PathRule::Io(e.kind().to_string())),
             };
-            if !self.share_dirs.iter().any(|d| real.starts_with(d)) {
+            let Some((dir, relative)) = self
+                .share_dirs
+                .iter()
+                .zip(&self.share_dir_fds)
+                .find_map(|(d, fd)| Some((fd, real.strip_prefix(d).ok()?.to_owned())))
+            else {
                 refusal = PathRule::OutsideShareDirs;
                 continue;
-            }
+            };
+            // Devices, fifos and directories are refused before any open (opening some devices
+            // has effects); the open fd is checked again below.
             let meta = fs::metadata(&real).map_err(|e| PathRule::Io(e.kind().to_string()))?;
-            if !meta.is_file() {
+            if !meta.is_file() || relative.as_os_str().is_empty() {
                 return Err(PathRule::NotRegular);
             }
-            return Ok(real);
+            let file = open_beneath(dir, &relative)?;
+            let name = real
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Ok(SharedOpen { file, name });
         }
         Err(refusal)
     }
@@ -141,6 +182,62 @@ impl FilePolicy {
         check_file_name(name)?;
         Ok(self.download_dir.join(name))
     }
+}
+
+/// An `O_PATH` handle of a directory.
+fn open_dir_path(dir: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; a non-negative result is a new fd we own.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd from open(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `relative` for reading beneath `dir` with no symlink anywhere on the way (`openat2`,
+/// Linux ≥ 5.6), never blocking on a fifo; the open fd must be a regular file.
+fn open_beneath(dir: &OwnedFd, relative: &Path) -> Result<fs::File, PathRule> {
+    let path = CString::new(relative.as_os_str().as_bytes()).map_err(|_| PathRule::Nul)?;
+    // SAFETY: open_how is plain integers; all-zero is valid (then filled below).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid dirfd, NUL-terminated path and open_how of the size passed; a
+    // non-negative result is a new fd we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &raw const how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            // A symlink or a way out appeared since the path was checked.
+            Some(libc::ELOOP | libc::EXDEV) => PathRule::OutsideShareDirs,
+            Some(libc::ENOENT | libc::ENOTDIR) => PathRule::NotFound,
+            _ => PathRule::Io(e.kind().to_string()),
+        });
+    }
+    // SAFETY: fresh fd from openat2(2).
+    let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let meta = file
+        .metadata()
+        .map_err(|e| PathRule::Io(e.kind().to_string()))?;
+    if !meta.is_file() {
+        return Err(PathRule::NotRegular);
+    }
+    Ok(file)
 }
 
 /// A plain file name: not empty, no `/`, no NUL, not `.` or `..`, at most 255 bytes.
@@ -169,6 +266,20 @@ pub fn check_file_name(name: &str) -> Result<(), PathRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SharedOpen {
+        /// `/proc/self/fd/N`: reads what the open fd refers to.
+        fn path_of_fd(&self) -> PathBuf {
+            PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+        }
+    }
+
+    impl FilePolicy {
+        /// The rule an `open_shared` refusal names, or `Ok` with the opened file's name.
+        fn share_path_rule(&self, requested: &Path) -> Result<String, PathRule> {
+            self.open_shared(requested).map(|o| o.name)
+        }
+    }
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("p2pcc-confine-{name}-{}", std::process::id()));
@@ -205,55 +316,89 @@ mod tests {
 
         let none = FilePolicy::new(&[], &root.join("dl")).unwrap();
         assert_eq!(
-            none.share_path(&shared.join("sub/a.bin")),
+            none.share_path_rule(&shared.join("sub/a.bin")),
             Err(PathRule::SharingDisabled)
         );
 
         let policy = FilePolicy::new(std::slice::from_ref(&shared), &root.join("dl")).unwrap();
-        let real = fs::canonicalize(shared.join("sub/a.bin")).unwrap();
+        for path in [
+            shared.join("sub/a.bin"),
+            "sub/a.bin".into(),
+            "link-in".into(),
+        ] {
+            let opened = policy.open_shared(&path).unwrap();
+            assert_eq!(opened.name, "a.bin");
+            assert_eq!(fs::read_to_string(opened.path_of_fd()).unwrap(), "a");
+        }
         assert_eq!(
-            policy.share_path(&shared.join("sub/a.bin")),
-            Ok(real.clone())
-        );
-        assert_eq!(policy.share_path(Path::new("sub/a.bin")), Ok(real.clone()));
-        assert_eq!(policy.share_path(Path::new("link-in")), Ok(real));
-        assert_eq!(
-            policy.share_path(&root.join("secret")),
+            policy.share_path_rule(&root.join("secret")),
             Err(PathRule::OutsideShareDirs)
         );
         assert_eq!(
-            policy.share_path(Path::new("/etc/shadow")),
+            policy.share_path_rule(Path::new("/etc/shadow")),
             Err(PathRule::OutsideShareDirs)
         );
         assert_eq!(
-            policy.share_path(Path::new("link-out")),
+            policy.share_path_rule(Path::new("link-out")),
             Err(PathRule::OutsideShareDirs)
         );
         assert_eq!(
-            policy.share_path(Path::new("dir-out/secret")),
+            policy.share_path_rule(Path::new("dir-out/secret")),
             Err(PathRule::OutsideShareDirs)
         );
         assert_eq!(
-            policy.share_path(Path::new("sub/../../secret")),
+            policy.share_path_rule(Path::new("sub/../../secret")),
             Err(PathRule::DotDot)
         );
         assert_eq!(
-            policy.share_path(Path::new("sub")),
+            policy.share_path_rule(Path::new("sub")),
             Err(PathRule::NotRegular)
         );
         assert_eq!(
-            policy.share_path(Path::new("nope")),
+            policy.share_path_rule(Path::new("nope")),
             Err(PathRule::NotFound)
         );
         // A device file under a share dir is refused too.
         std::os::unix::fs::symlink("/dev/zero", shared.join("zero")).unwrap();
         assert_eq!(
-            policy.share_path(Path::new("zero")),
+            policy.share_path_rule(Path::new("zero")),
             Err(PathRule::OutsideShareDirs)
         );
         let dev_policy = FilePolicy::new(&[PathBuf::from("/dev")], &root.join("dl")).unwrap();
         assert_eq!(
-            dev_policy.share_path(Path::new("zero")),
+            dev_policy.share_path_rule(Path::new("zero")),
+            Err(PathRule::NotRegular)
+        );
+
+        // The race: the path checked, then a directory on it swapped for a symlink out before
+        // the open. The open through the share dir's handle refuses; nothing outside is read.
+        fs::create_dir_all(root.join("elsewhere")).unwrap();
+        fs::write(root.join("elsewhere/a.bin"), b"secret").unwrap();
+        let relative = fs::canonicalize(shared.join("sub/a.bin"))
+            .unwrap()
+            .strip_prefix(fs::canonicalize(&shared).unwrap())
+            .unwrap()
+            .to_owned();
+        fs::rename(shared.join("sub"), root.join("sub-moved")).unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere"), shared.join("sub")).unwrap();
+        assert_eq!(
+            open_beneath(&policy.share_dir_fds[0], &relative).map(drop),
+            Err(PathRule::OutsideShareDirs)
+        );
+        fs::remove_file(shared.join("sub")).unwrap();
+        std::os::unix::fs::symlink("../elsewhere", shared.join("sub")).unwrap();
+        assert_eq!(
+            open_beneath(&policy.share_dir_fds[0], &relative).map(drop),
+            Err(PathRule::OutsideShareDirs)
+        );
+        // A fifo planted under the share dir: refused without blocking.
+        fs::remove_file(shared.join("sub")).unwrap();
+        fs::rename(root.join("sub-moved"), shared.join("sub")).unwrap();
+        let fifo = CString::new(shared.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            policy.open_shared(Path::new("fifo")).map(drop),
             Err(PathRule::NotRegular)
         );
 

@@ -127,17 +127,21 @@ impl Client {
         .map_err(|e| anyhow::anyhow!("publishing on {}: {e}", gossip::TOPIC))
     }
 
-    /// Shares a file: hashes it, serves it, announces it in the DHT and on gossip.
-    pub async fn share(&self, path: &Path) -> Result<ShareReport, FileError> {
-        let owned = path.to_owned();
-        let manifest = tokio::task::spawn_blocking(move || files::Manifest::build(&owned))
+    /// Shares an open file under `name`: hashes it, serves it (from this fd), announces it in
+    /// the DHT and on gossip. Open it with `http::confine::FilePolicy::open_shared`.
+    pub async fn share(&self, file: std::fs::File, name: String) -> Result<ShareReport, FileError> {
+        let file = std::sync::Arc::new(file);
+        let hashed = file.clone();
+        let label = name.clone();
+        let manifest = tokio::task::spawn_blocking(move || files::Manifest::build(&hashed, &label))
             .await
             .map_err(|_| FileError::NodeStopped)??;
         let id = manifest.id();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| id.to_string());
+        let name = if name.is_empty() {
+            id.to_string()
+        } else {
+            name
+        };
         let report = ShareReport {
             id,
             cid: id.cid(),
@@ -150,7 +154,7 @@ impl Client {
         let file = files::SharedFile {
             id,
             name,
-            path: path.to_owned(),
+            file,
             manifest,
         };
         let published = self

@@ -290,13 +290,13 @@ impl Manifest {
         (self.size - self.offset(index)).min(u64::from(self.chunk_bytes)) as usize
     }
 
-    /// Reads and hashes a file (blocking).
-    pub fn build(path: &Path) -> Result<Self, FileError> {
+    /// Reads and hashes an open file (blocking); `name` is what errors call it.
+    pub fn build(file: &std::fs::File, name: &str) -> Result<Self, FileError> {
+        let path = Path::new(name);
         let read = |source| FileError::Read {
             path: path.to_owned(),
             source,
         };
-        let file = open_no_follow(path).map_err(read)?;
         let meta = file.metadata().map_err(read)?;
         if !meta.is_file() {
             return Err(read(io::Error::other(
@@ -449,12 +449,13 @@ impl request_response::Codec for Codec {
 // ---------------------------------------------------------------------------------------------
 // Serving (owned by the event loop)
 
-/// A file this node shares.
+/// A file this node shares: the fd opened when it was shared (chunks are read from it, never
+/// by reopening a path that may have been swapped since; see `http::confine`).
 #[derive(Clone, Debug)]
 pub struct SharedFile {
     pub id: FileId,
     pub name: String,
-    pub path: PathBuf,
+    pub file: std::sync::Arc<std::fs::File>,
     pub manifest: Manifest,
 }
 
@@ -463,9 +464,6 @@ pub struct SharedFile {
 pub struct SharedSummary {
     pub id: FileId,
     pub name: String,
-    /// Local path: never sent (API responses carry no local paths).
-    #[serde(skip)]
-    pub path: PathBuf,
     pub size: u64,
     pub chunks: usize,
 }
@@ -551,7 +549,6 @@ impl Store {
             .map(|f| SharedSummary {
                 id: f.id,
                 name: f.name.clone(),
-                path: f.path.clone(),
                 size: f.manifest.size,
                 chunks: f.manifest.chunks.len(),
             })
@@ -609,12 +606,12 @@ impl Store {
             return Handled::Refused(Refusal::Busy, channel);
         }
         self.serving += 1;
-        let path = file.path.clone();
+        let shared = file.file.clone();
         let offset = file.manifest.offset(index);
         let len = file.manifest.chunk_len(index);
         let served = self.served.clone();
         tokio::task::spawn_blocking(move || {
-            let response = match read_chunk(&path, offset, len, &expected) {
+            let response = match read_chunk(&shared, offset, len, &expected) {
                 Ok(mut bytes) => {
                     if fault == Some(Fault::Corrupt)
                         && let Some(b) = bytes.first_mut()
@@ -633,23 +630,12 @@ impl Store {
 }
 
 /// Reads a chunk and checks it still matches the manifest (the file may have changed on disk).
-/// Opens a file for reading, refusing a symlink as the last component (and never blocking on a
-/// fifo).
-fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
 fn read_chunk(
-    path: &Path,
+    file: &std::fs::File,
     offset: u64,
     len: usize,
     expected: &[u8; 32],
 ) -> Result<Vec<u8>, String> {
-    let file = open_no_follow(path).map_err(|e| format!("opening the shared file: {e}"))?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, offset)
         .map_err(|e| format!("reading the shared file: {e}"))?;

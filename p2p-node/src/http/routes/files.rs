@@ -83,9 +83,9 @@ pub async fn share(
 ) -> Response {
     let policy = state.files.clone();
     let requested = req.path.clone();
-    let checked = tokio::task::spawn_blocking(move || policy.share_path(&requested)).await;
-    let path = match checked {
-        Ok(Ok(path)) => path,
+    let checked = tokio::task::spawn_blocking(move || policy.open_shared(&requested)).await;
+    let opened = match checked {
+        Ok(Ok(opened)) => opened,
         Ok(Err(rule)) => {
             tracing::info!(target: "audit", %from, action = "share", result = %rule, "refused");
             return refused(rule);
@@ -94,7 +94,7 @@ pub async fn share(
             return (StatusCode::INTERNAL_SERVER_ERROR, "share check failed\n").into_response();
         }
     };
-    match state.client.share(&path).await {
+    match state.client.share(opened.file, opened.name).await {
         Ok(report) => {
             tracing::info!(target: "audit", %from, action = "share", id = %report.id, name = %report.name, result = "ok", "file shared");
             Json(report).into_response()
