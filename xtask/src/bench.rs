@@ -1,31 +1,42 @@
 //! `cargo xtask bench bbr`: bbr-p2p against the kernel's `bbr`, side by side in one run, on the
-//! same shaped links; writes the section "## bbr-p2p vs kernel bbr" of `docs/bench.md`.
+//! same shaped links (issue 10's scenarios (a)–(f)); writes the section "## bbr-p2p vs kernel bbr"
+//! of `docs/bench.md` and its plots in `docs/bench/`.
 //!
 //! ```text
-//!   p2pcc-bb-s (sender, iperf3 -c)      p2pcc-bb-r (router, ip_forward=1)        p2pcc-bb-d (receiver, iperf3 -s)
+//!   p2pcc-bb-s (sender, iperf3 -c)      p2pcc-bb-r (router, ip_forward=1)        p2pcc-bb-d (receiver, iperf3 -s ×8)
 //!   p2pcc-bbs0 10.79.1.2  <-veth->  p2pcc-bbr1 10.79.1.1 | p2pcc-bbr2 10.79.2.1 [tbf]  <-veth->  p2pcc-bbd0 10.79.2.2
 //!                                   FORWARD: [statistic DROP, data direction] -> NFQUEUE 0 (delay line, both directions)
 //! ```
 //!
-//! Scenarios, each run for both algorithms in alternating order (A B, B A, A B, ...):
-//! - (a) `deep`: tbf 100 Mbit/s, 2 MB buffer on the router's egress towards the receiver, plus
-//!   the delay line's D each way: goodput and median RTT, bbr-p2p / bbr.
-//! - (b) `shallow`: the same rate and delay, a shallow tbf buffer, and random loss of the
-//!   sender's packets in the router's FORWARD chain: retransmitted bytes and goodput.
-//! - (c) the per-call cost of bbr-p2p's struct_ops programs from `kernel.bpf_stats_enabled`,
-//!   measured over every bbr-p2p run of (a) and (b); the sysctl is restored afterwards.
+//! Scenarios (`--scenario a,c` or `all`; BDP = rate × 2 × delay, 250 kB by default), each run for
+//! both algorithms in alternating order (A B, B A, ...) for `--reps` repetitions:
+//! - (a) deep buffer: tbf limit 2 MB, one flow.
+//! - (b) shallow buffer: 15 kB, 1% random loss of the sender's packets, one flow.
+//! - (c) random-loss sweep: 1 BDP, loss 0.5 / 1 / 2 %, one flow.
+//! - (d) coexistence: 0.5 and 4 BDP, one flow of the algorithm and one cubic flow started together.
+//! - (e) eight flows of the algorithm on 1 BDP, started `--stagger` s apart and ending together.
+//! - (f) cost: as (a) with bpf_stats off, machine-wide kernel CPU per GB sent.
 //!
-//! bbr-p2p is registered by a `p2p-node run --cc bbr-p2p --require-ebpf` in the init namespace
-//! for the length of the benchmark (registration is host-wide); iperf3 picks the algorithm per
-//! socket with `-C`. Everything created (namespaces, the node, iperf3, the delay line, the
-//! sysctl) is undone by guards on every exit path, Ctrl-C included.
+//! In (a)–(e) `kernel.bpf_stats_enabled` is on and the counters of bbr-p2p's struct_ops programs
+//! give the per-ACK cost; the sysctl is restored afterwards. The first repetition of each
+//! algorithm also samples `ss -tin` in the sender namespace every 100 ms (cwnd, pacing rate, RTT).
+//!
+//! Each invocation writes its raw runs to `target/bench/bbr-<letter>.json` and then re-renders the
+//! section from every such file present (see bench_report.rs), so scenarios can be run one per
+//! hold of the shared kernel lock. bbr-p2p is registered by a `p2p-node run --cc bbr-p2p
+//! --require-ebpf` in the init namespace (registration is host-wide); iperf3 picks the algorithm per
+//! socket with `-C`. Everything created (namespaces, the node, iperf3, the delay line, the sysctl)
+//! is undone by guards on every exit path, Ctrl-C included.
 
 use std::{
     fs, io,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -33,6 +44,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+pub(crate) use crate::bench_report::median;
+use crate::bench_report::{
+    self as report, CpuTicks, Flow, GroupRecord, KERNEL, OURS, ProgCost, Series, Trial,
+    VariantRecord, quantile,
+};
 use crate::exec::{die_with_parent, echo_problems, release_node, stop_child};
 use crate::{
     delay_line::{self, DelayLine},
@@ -48,199 +64,243 @@ const ROUTER_IN: &str = "p2pcc-bbr1";
 /// The router's interface towards the receiver: the bottleneck's tbf sits on its egress.
 const ROUTER_OUT: &str = "p2pcc-bbr2";
 const RECEIVER_ADDR: &str = "10.79.2.2";
-const IPERF_PORT: &str = "5201";
+/// The first iperf3 server's port; flow i of a run uses `FIRST_PORT + i` (one server each: an
+/// iperf3 server takes one test at a time).
+const FIRST_PORT: u16 = 5201;
+/// The most flows in one run: scenario (e).
+const MAX_FLOWS: usize = 8;
 /// A port nothing listens on in the receiver namespace: connects to it measure the bare RTT.
 const CLOSED_PORT: u16 = 9;
 const NFQUEUE_NUM: u16 = 0;
-const HEADING: &str = "## bbr-p2p vs kernel bbr";
-/// The two algorithms, as the kernel names them: ours first.
-const OURS: &str = "bbr_p2p";
-const KERNEL: &str = "bbr";
 /// How long the node may take to register bbr_p2p (a first start loads and verifies eBPF).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
-/// RTT samples from the first seconds (STARTUP, DRAIN) are left out of the median RTT.
+/// RTT samples from a flow's first seconds (STARTUP, DRAIN) are left out of its RTT quantiles.
 const RTT_SKIP_SECS: f64 = 2.0;
 /// iperf3's reporting interval: the RTT sample rate.
 const IPERF_INTERVAL: &str = "0.2";
+/// `ss -tin` sampling period for the time-series plots.
+const SS_PERIOD: Duration = Duration::from_millis(100);
 /// Pause between runs, so the previous flow's queue has drained.
 const PAUSE: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(100);
+/// Buffers of (a) and (f), (b); loss of (b); losses of (c); buffers of (d), in BDPs: issue 10's.
+const DEEP_LIMIT: u64 = 2_000_000;
+const SHALLOW_LIMIT: u64 = 15_000;
+const SHALLOW_LOSS: f64 = 0.01;
+const SWEEP_LOSSES: [(&str, f64); 3] = [("c05", 0.005), ("c1", 0.01), ("c2", 0.02)];
+const COEXIST_BDPS: [(&str, f64); 2] = [("d05", 0.5), ("d4", 4.0)];
+/// Where the plots go, relative to the markdown file.
+const PLOT_DIR: &str = "bench";
 
 #[derive(clap::Args)]
 pub struct BbrOptions {
+    /// Scenarios to run: letters a–f, comma-separated, or `all`. Each invocation's results are
+    /// merged with those of earlier ones into one docs/bench.md section.
+    #[arg(long, default_value = "all")]
+    scenario: String,
     /// Repetitions per scenario and algorithm (runs alternate between the algorithms).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     reps: u32,
-    /// Length of each iperf3 run.
-    #[arg(long, default_value_t = 20, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..=300))]
+    /// Length of each run (of the window all flows share, in (e)).
+    #[arg(long, default_value_t = 12, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..=300))]
     seconds: u64,
     /// One-way delay added by the NFQUEUE delay line in each direction (0: no delay line).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=500))]
     delay_ms: u64,
-    /// Bottleneck rate (tc syntax).
+    /// Bottleneck rate (tc syntax: kbit, mbit, gbit).
     #[arg(long, default_value = "100mbit")]
     rate: String,
-    /// tbf buffer of scenario (a), bytes.
-    #[arg(long, default_value_t = 2_000_000)]
-    deep_limit: u64,
-    /// tbf buffer of scenario (b), bytes.
-    #[arg(long, default_value_t = 15_000)]
-    shallow_limit: u64,
-    /// Random loss of the sender's packets in scenario (b).
-    #[arg(long, default_value_t = 0.01)]
-    loss: f64,
+    /// Seconds between the starts of scenario (e)'s flows.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=10))]
+    stagger: u64,
     /// Use the p2p-node already in target/release instead of building it first.
     #[arg(long)]
     skip_build: bool,
+    /// Run nothing: redraw the section and plots from target/bench/bbr-*.json.
+    #[arg(long)]
+    render_only: bool,
     /// The markdown file whose "## bbr-p2p vs kernel bbr" section is (re)written.
     #[arg(long, default_value = "docs/bench.md")]
     output: PathBuf,
 }
 
-/// One scenario: a tbf buffer and a random-loss probability.
-struct Scenario {
-    key: &'static str,
-    title: &'static str,
+/// One configuration of a scenario: a buffer, a loss rate, and the flows of each run.
+struct Variant {
+    key: String,
+    title: String,
     limit: u64,
     loss: f64,
+    /// A cubic flow beside the algorithm's (d).
+    competitor: bool,
+    /// Flows of the algorithm.
+    flows: usize,
 }
 
-/// What one iperf3 run measured.
-#[derive(Clone)]
-struct Run {
-    algorithm: &'static str,
-    rep: u32,
-    /// Receiver-side goodput, bit/s.
-    goodput_bps: f64,
-    /// Retransmitted segments (tcpi_total_retrans at the end).
-    retrans_segs: u64,
-    /// The sender's MSS (bytes), to turn segments into bytes.
-    mss: u64,
-    /// Median of the sender's smoothed RTT (µs) over the reporting intervals after the first
-    /// [`RTT_SKIP_SECS`].
-    rtt_median_us: f64,
-    /// 95th percentile of the same samples.
-    rtt_p95_us: f64,
-    /// The largest snd_cwnd reported (bytes).
-    max_cwnd: u64,
-    /// Bytes the sender sent.
-    sent_bytes: u64,
-}
-
-impl Run {
-    fn retrans_bytes(&self) -> u64 {
-        self.retrans_segs * self.mss
+fn variants(group: char, bdp: u64) -> Vec<Variant> {
+    let one = |key: &str, title: String, limit: u64, loss: f64| Variant {
+        key: key.into(),
+        title,
+        limit,
+        loss,
+        competitor: false,
+        flows: 1,
+    };
+    match group {
+        'a' => vec![one("a", format!("{DEEP_LIMIT} B"), DEEP_LIMIT, 0.0)],
+        'b' => vec![one(
+            "b",
+            format!("{SHALLOW_LIMIT} B, {}% loss", SHALLOW_LOSS * 100.0),
+            SHALLOW_LIMIT,
+            SHALLOW_LOSS,
+        )],
+        'c' => SWEEP_LOSSES
+            .iter()
+            .map(|&(key, loss)| one(key, format!("1 BDP, {}% loss", loss * 100.0), bdp, loss))
+            .collect(),
+        'd' => COEXIST_BDPS
+            .iter()
+            .map(|&(key, bdps)| Variant {
+                competitor: true,
+                ..one(
+                    key,
+                    format!("{bdps} BDP, + cubic"),
+                    (bdp as f64 * bdps) as u64,
+                    0.0,
+                )
+            })
+            .collect(),
+        'e' => vec![Variant {
+            flows: MAX_FLOWS,
+            ..one("e", format!("1 BDP, {MAX_FLOWS} flows"), bdp, 0.0)
+        }],
+        'f' => vec![one("f", format!("{DEEP_LIMIT} B, CPU"), DEEP_LIMIT, 0.0)],
+        _ => Vec::new(),
     }
 }
 
-/// One BPF program's counters, from `bpftool prog show`.
-#[derive(Clone, Debug)]
-struct ProgStats {
-    id: u64,
-    name: String,
-    kind: String,
-    run_time_ns: u64,
-    run_cnt: u64,
+/// The scenario letters `spec` names, in order, without repeats.
+fn parse_scenarios(spec: &str) -> anyhow::Result<Vec<char>> {
+    let mut groups = Vec::new();
+    for part in spec.split(',').map(str::trim) {
+        if part == "all" {
+            groups.extend(report::GROUPS);
+            continue;
+        }
+        let mut chars = part.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if report::GROUPS.contains(&c) => groups.push(c),
+            _ => bail!("--scenario {part:?}: expected one of a, b, c, d, e, f or all"),
+        }
+    }
+    let mut unique = Vec::new();
+    for g in report::GROUPS {
+        if groups.contains(&g) {
+            unique.push(g);
+        }
+    }
+    Ok(unique)
 }
 
-/// Counter deltas accumulated per program over the bbr-p2p runs of a scenario.
-#[derive(Default, Clone)]
-struct Cost {
-    /// (name, type, run_time_ns, run_cnt) per program id, in id order.
-    programs: Vec<(u64, String, String, u64, u64)>,
-}
-
-impl Cost {
-    fn add(&mut self, before: &[ProgStats], after: &[ProgStats]) {
-        for a in after {
-            let Some(b) = before.iter().find(|b| b.id == a.id) else {
-                continue;
-            };
-            let time = a.run_time_ns.saturating_sub(b.run_time_ns);
-            let count = a.run_cnt.saturating_sub(b.run_cnt);
-            match self.programs.iter_mut().find(|p| p.0 == a.id) {
-                Some(p) => {
-                    p.3 += time;
-                    p.4 += count;
-                }
-                None => self
-                    .programs
-                    .push((a.id, a.name.clone(), a.kind.clone(), time, count)),
+/// bits per second of a tc rate (`100mbit`).
+fn parse_rate(rate: &str) -> anyhow::Result<u64> {
+    let lower = rate.to_ascii_lowercase();
+    for (unit, scale) in [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)] {
+        if let Some(number) = lower.strip_suffix(unit) {
+            let n: f64 = number
+                .parse()
+                .with_context(|| format!("rate {rate:?}: not a number before {unit}"))?;
+            if n > 0.0 && n.is_finite() {
+                return Ok((n * scale) as u64);
             }
         }
-        self.programs.sort_by_key(|p| p.0);
     }
+    bail!("rate {rate:?}: expected a positive number with kbit, mbit or gbit")
+}
 
-    /// (struct_ops time, cong_control calls): the per-ACK cost is their quotient.
-    fn per_ack(&self) -> Option<(u64, u64)> {
-        let acks = self
-            .programs
-            .iter()
-            .find(|p| p.2 == "struct_ops" && p.1.starts_with("bbr_cong_contr"))?
-            .4;
-        let time = self
-            .programs
-            .iter()
-            .filter(|p| p.2 == "struct_ops")
-            .map(|p| p.3)
-            .sum();
-        Some((time, acks))
-    }
+fn records_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+        .join("bench")
 }
 
 pub fn run_bbr(options: &BbrOptions) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!(
-            "`cargo xtask bench bbr` needs root (network namespaces, BPF, sysctl): run it as root"
-        );
+    let groups = parse_scenarios(&options.scenario)?;
+    let rate_bps = parse_rate(&options.rate)?;
+    let bdp = (rate_bps as f64 / 8.0 * 2.0 * options.delay_ms as f64 / 1e3) as u64;
+    let dir = records_dir();
+    if !options.render_only {
+        if !is_root() {
+            bail!(
+                "`cargo xtask bench bbr` needs root (network namespaces, BPF, sysctl): run it as root"
+            );
+        }
+        setup::run()?;
+        let binary = release_node(!options.skip_build)?;
+        install_stop_handler()?;
+        delete_own_namespaces();
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for group in groups {
+            let record = run_group(options, group, &binary, bdp)?;
+            let path = dir.join(format!("bbr-{group}.json"));
+            fs::write(&path, serde_json::to_string(&record)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("[bench] ({group}) raw runs in {}", path.display());
+        }
     }
-    if !(0.0..1.0).contains(&options.loss) {
-        bail!("--loss must be in [0, 1): {}", options.loss);
+    let records = report::load_records(&dir)?;
+    let (section, plots) = report::render(&records, PLOT_DIR);
+    let path = workspace_root().join(&options.output);
+    let plot_dir = path.parent().unwrap_or(Path::new(".")).join(PLOT_DIR);
+    fs::create_dir_all(&plot_dir).with_context(|| format!("creating {}", plot_dir.display()))?;
+    for (name, svg) in plots {
+        let file = plot_dir.join(name);
+        fs::write(&file, svg).with_context(|| format!("writing {}", file.display()))?;
     }
+    write_section(&path, &section)?;
+    println!(
+        "[bench] wrote {} ({} scenario records) and its plots in {}",
+        path.display(),
+        records.len(),
+        plot_dir.display()
+    );
+    Ok(())
+}
+
+/// Runs one scenario letter, both algorithms, every variant and repetition, on a fresh testbed.
+fn run_group(
+    options: &BbrOptions,
+    group: char,
+    binary: &Path,
+    bdp: u64,
+) -> anyhow::Result<GroupRecord> {
     let started = Instant::now();
     let started_at = SystemTime::now();
-    setup::run()?;
-    let root = workspace_root();
-    let binary = release_node(!options.skip_build)?;
-
-    install_stop_handler()?;
-    delete_own_namespaces();
-
-    let node = RegisteringNode::start(&binary)?;
-    let stats_guard = BpfStatsGuard::enable()?;
-    let mut bed = Testbed::build(&options.rate, options.deep_limit)?;
-    let delay = Duration::from_millis(options.delay_ms);
+    let variants = variants(group, bdp);
+    let node = RegisteringNode::start(binary)?;
+    // (f) measures CPU as deployed: without bpf_stats' clock reads on every program call.
+    let stats_on = group != 'f';
+    let stats_guard = BpfStatsGuard::set(if stats_on { "1" } else { "0" })?;
+    let mut bed = Testbed::build(&options.rate, DEEP_LIMIT)?;
     let mut line = None;
     if options.delay_ms > 0 {
-        line = Some(delay_line::spawn(ROUTER_NS, NFQUEUE_NUM, delay)?);
+        line = Some(delay_line::spawn(
+            ROUTER_NS,
+            NFQUEUE_NUM,
+            Duration::from_millis(options.delay_ms),
+        )?);
         bed.add_delay_rule()?;
     }
-    let ping = bed.ping()?;
-    println!("[bench] base RTT through the router: {ping}");
-    bed.start_iperf_server()?;
+    let base_rtt = bed.ping()?;
+    println!("[bench] base RTT through the router: {base_rtt}");
+    bed.start_iperf_servers()?;
 
-    let scenarios = [
-        Scenario {
-            key: "a",
-            title: "deep buffer",
-            limit: options.deep_limit,
-            loss: 0.0,
-        },
-        Scenario {
-            key: "b",
-            title: "shallow buffer, random loss",
-            limit: options.shallow_limit,
-            loss: options.loss,
-        },
-    ];
-    let mut results: Vec<(Vec<Run>, Cost)> = Vec::new();
-    for scenario in &scenarios {
-        bed.set_tbf(&options.rate, scenario.limit)?;
-        bed.set_loss(scenario.loss)?;
-        let mut runs = Vec::new();
-        let mut cost = Cost::default();
+    let mut records = Vec::new();
+    for variant in &variants {
+        bed.set_tbf(&options.rate, variant.limit)?;
+        bed.set_loss(variant.loss)?;
+        let mut trials = Vec::new();
+        let mut cost = Vec::new();
         for rep in 0..options.reps {
-            // Alternate which algorithm goes first: A B, B A, A B, ...
             let order = if rep % 2 == 0 {
                 [OURS, KERNEL]
             } else {
@@ -249,51 +309,132 @@ pub fn run_bbr(options: &BbrOptions) -> anyhow::Result<()> {
             for algorithm in order {
                 check_running(&node, line.as_ref())?;
                 println!(
-                    "[bench] ({}) {}: {algorithm}, repetition {}/{}",
-                    scenario.key,
-                    scenario.title,
+                    "[bench] ({group}) {}: {algorithm}, repetition {}/{}",
+                    variant.title,
                     rep + 1,
                     options.reps
                 );
-                let before = (algorithm == OURS).then(|| node.prog_stats()).transpose()?;
-                let run = bed.iperf(algorithm, rep, options.seconds)?;
+                let flows = flow_plan(variant, algorithm, options.seconds, options.stagger);
+                let sample = rep == 0 && group != 'f';
+                let before = (algorithm == OURS && stats_on)
+                    .then(|| node.prog_stats())
+                    .transpose()?;
+                let trial = bed.trial(algorithm, rep, &flows, options.seconds, sample)?;
                 if let Some(before) = before {
-                    cost.add(&before, &node.prog_stats()?);
+                    report::add_cost(&mut cost, &before, &node.prog_stats()?);
                 }
                 println!(
-                    "[bench]   goodput {:.2} Mbit/s, median RTT {:.2} ms, retransmits {} segments",
-                    run.goodput_bps / 1e6,
-                    run.rtt_median_us / 1e3,
-                    run.retrans_segs
+                    "[bench]   {:.2} Mbit/s, median RTT {:.2} ms, p95 {:.2} ms, retransmitted {:.2} MB, Jain {:.3}, kernel CPU {:.3} s/GB",
+                    trial.throughput_mbps(),
+                    trial.rtt_median_ms(),
+                    trial.rtt_p95_ms(),
+                    trial.retrans_mb(),
+                    trial.jain(),
+                    trial.cpu_s_per_gb(report::CLOCK_TICKS)
                 );
-                runs.push(run);
+                trials.push(trial);
                 sleep_unless_stopped(PAUSE)?;
             }
         }
-        results.push((runs, cost));
+        records.push(VariantRecord {
+            key: variant.key.clone(),
+            title: variant.title.clone(),
+            limit_bytes: variant.limit,
+            loss: variant.loss,
+            trials,
+            cost,
+        });
     }
     let line_stats = line.take().map(DelayLine::stop).transpose()?;
     drop(bed);
-    let stats_restored = stats_guard.restore();
+    let restored = stats_guard.restore();
     drop(node);
-    let elapsed = started.elapsed();
+    println!("[bench] kernel.bpf_stats_enabled restored to {restored}");
 
-    let report = Report {
-        options,
-        scenarios: &scenarios,
-        results: &results,
-        ping: &ping,
-        line_stats,
-        stats_restored,
-        started_at,
-        elapsed,
+    let kernel = output(Command::new("uname").args(["-r"]))?
+        .trim()
+        .to_owned();
+    let cores = thread::available_parallelism().map_or(0, usize::from);
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let date = output(
+        Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d %H:%M")
+            .arg(format!(
+                "--date=@{}",
+                started_at.duration_since(SystemTime::UNIX_EPOCH)?.as_secs()
+            )),
+    )?;
+    Ok(GroupRecord {
+        group,
+        command: format!(
+            "cargo xtask bench bbr --scenario {group} --reps {} --seconds {} --delay-ms {} --rate {} --stagger {}",
+            options.reps, options.seconds, options.delay_ms, options.rate, options.stagger
+        ),
+        date: date.trim().to_owned(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        machine: format!("Linux {kernel}, {cores} cores ({cpu})"),
+        base_rtt,
+        delay_line: line_stats.map(|l| {
+            format!(
+                "{} packets held, at most {} at once, release after due: mean {:.3} ms, max {:.2} ms",
+                l.packets,
+                l.max_held,
+                l.total_late.as_secs_f64() * 1e3 / l.packets.max(1) as f64,
+                l.max_late.as_secs_f64() * 1e3
+            )
+        }),
+        bpf_stats: if stats_on { "1" } else { "0" }.into(),
+        seconds: options.seconds,
+        reps: options.reps,
+        bdp_bytes: bdp,
+        variants: records,
+    })
+}
+
+/// One flow of a run: its server port, congestion control, start offset and length.
+#[derive(Clone, Debug, PartialEq)]
+struct PlannedFlow {
+    port: u16,
+    cc: &'static str,
+    start: Duration,
+    seconds: u64,
+}
+
+/// The flows of one run. Staggered flows all end together, so every flow is active during the
+/// last `seconds` of the run: the window fairness is measured over.
+fn flow_plan(
+    variant: &Variant,
+    algorithm: &'static str,
+    seconds: u64,
+    stagger: u64,
+) -> Vec<PlannedFlow> {
+    let n = variant.flows;
+    let mut flows: Vec<PlannedFlow> = (0..n)
+        .map(|i| PlannedFlow {
+            port: FIRST_PORT + i as u16,
+            cc: algorithm,
+            start: Duration::from_secs(i as u64 * stagger),
+            seconds: seconds + (n - 1 - i) as u64 * stagger,
+        })
+        .collect();
+    if variant.competitor {
+        flows.push(PlannedFlow {
+            port: FIRST_PORT + n as u16,
+            cc: "cubic",
+            start: Duration::ZERO,
+            seconds,
+        });
     }
-    .render()?;
-    println!("\n{report}");
-    let path = root.join(&options.output);
-    write_section(&path, &report)?;
-    println!("[bench] wrote {} ({:.0?})", path.display(), elapsed);
-    Ok(())
+    flows
 }
 
 /// Fails when the node or the delay line has died or a stop was requested.
@@ -322,7 +463,7 @@ pub(crate) fn sleep_unless_stopped(duration: Duration) -> anyhow::Result<()> {
         if stop_requested() {
             bail!("interrupted");
         }
-        thread::sleep(POLL);
+        thread::sleep(POLL.min(duration));
     }
     Ok(())
 }
@@ -400,7 +541,7 @@ impl RegisteringNode {
     }
 
     /// The counters of the BPF programs this node loaded.
-    fn prog_stats(&self) -> anyhow::Result<Vec<ProgStats>> {
+    fn prog_stats(&self) -> anyhow::Result<Vec<ProgCost>> {
         let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
         parse_prog_stats(&listing, &self.programs)
     }
@@ -425,7 +566,7 @@ fn prog_ids() -> anyhow::Result<Vec<u64>> {
 }
 
 /// The programs with the given `ids` in `bpftool prog show --json` output, with their counters.
-fn parse_prog_stats(listing: &str, ids: &[u64]) -> anyhow::Result<Vec<ProgStats>> {
+fn parse_prog_stats(listing: &str, ids: &[u64]) -> anyhow::Result<Vec<ProgCost>> {
     let programs: Value = serde_json::from_str(listing).context("parsing bpftool's JSON")?;
     let ours = |prog: &Value| prog["id"].as_u64().is_some_and(|id| ids.contains(&id));
     let is_bbr_p2p = |prog: &Value| {
@@ -440,18 +581,18 @@ fn parse_prog_stats(listing: &str, ids: &[u64]) -> anyhow::Result<Vec<ProgStats>
         if !(ours(prog) || (!node_registered && is_bbr_p2p(prog))) {
             continue;
         }
-        out.push(ProgStats {
+        out.push(ProgCost {
             id: prog["id"].as_u64().unwrap_or_default(),
             name: prog["name"].as_str().unwrap_or_default().to_owned(),
             kind: prog["type"].as_str().unwrap_or_default().to_owned(),
-            run_time_ns: prog["run_time_ns"].as_u64().unwrap_or_default(),
-            run_cnt: prog["run_cnt"].as_u64().unwrap_or_default(),
+            time_ns: prog["run_time_ns"].as_u64().unwrap_or_default(),
+            count: prog["run_cnt"].as_u64().unwrap_or_default(),
         });
     }
     Ok(out)
 }
 
-/// Turns `kernel.bpf_stats_enabled` on and puts the previous value back.
+/// Sets `kernel.bpf_stats_enabled` and puts the previous value back.
 struct BpfStatsGuard {
     previous: Option<String>,
 }
@@ -459,13 +600,13 @@ struct BpfStatsGuard {
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStatsGuard {
-    fn enable() -> anyhow::Result<Self> {
+    fn set(value: &str) -> anyhow::Result<Self> {
         let previous = fs::read_to_string(BPF_STATS)
             .with_context(|| format!("reading {BPF_STATS}"))?
             .trim()
             .to_owned();
-        fs::write(BPF_STATS, "1").with_context(|| format!("writing 1 to {BPF_STATS}"))?;
-        println!("[bench] kernel.bpf_stats_enabled: {previous} -> 1");
+        fs::write(BPF_STATS, value).with_context(|| format!("writing {value} to {BPF_STATS}"))?;
+        println!("[bench] kernel.bpf_stats_enabled: {previous} -> {value}");
         Ok(Self {
             previous: Some(previous),
         })
@@ -496,7 +637,7 @@ impl Drop for BpfStatsGuard {
 /// with the router namespace).
 struct Testbed {
     namespaces: Vec<&'static str>,
-    server: Option<Child>,
+    servers: Vec<Child>,
     loss_rule: Option<String>,
 }
 
@@ -504,7 +645,7 @@ impl Testbed {
     fn build(rate: &str, limit: u64) -> anyhow::Result<Self> {
         let mut bed = Self {
             namespaces: Vec::new(),
-            server: None,
+            servers: Vec::new(),
             loss_rule: None,
         };
         for ns in [SENDER_NS, ROUTER_NS, RECEIVER_NS] {
@@ -662,80 +803,288 @@ impl Testbed {
         ))
     }
 
-    fn start_iperf_server(&mut self) -> anyhow::Result<()> {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            RECEIVER_NS,
-            "iperf3",
-            "-s",
-            "-p",
-            IPERF_PORT,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-        println!("[bench] $ {}", describe(&cmd));
-        self.server = Some(cmd.spawn().context("starting the iperf3 server")?);
-        // It listens within milliseconds; the client retries besides.
+    /// One iperf3 server per port a run may use.
+    fn start_iperf_servers(&mut self) -> anyhow::Result<()> {
+        for i in 0..=MAX_FLOWS {
+            let port = (FIRST_PORT + i as u16).to_string();
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", RECEIVER_NS, "iperf3", "-s", "-p", &port])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0);
+            die_with_parent(&mut cmd);
+            if i == 0 {
+                println!(
+                    "[bench] $ {} (and ports up to {})",
+                    describe(&cmd),
+                    usize::from(FIRST_PORT) + MAX_FLOWS
+                );
+            }
+            self.servers
+                .push(cmd.spawn().context("starting an iperf3 server")?);
+        }
+        // They listen within milliseconds; the clients retry besides.
         thread::sleep(Duration::from_millis(500));
         Ok(())
     }
 
-    /// One iperf3 flow of `seconds` from the sender to the receiver on `algorithm`.
-    fn iperf(&self, algorithm: &'static str, rep: u32, seconds: u64) -> anyhow::Result<Run> {
-        let secs = seconds.to_string();
-        let mut last_error = None;
+    /// One run of `flows` (retried whole, up to three times, when an iperf3 fails).
+    fn trial(
+        &self,
+        algorithm: &'static str,
+        rep: u32,
+        flows: &[PlannedFlow],
+        window_secs: u64,
+        sample: bool,
+    ) -> anyhow::Result<Trial> {
+        let mut last_error = String::new();
         for _attempt in 0..3 {
-            let mut cmd = Command::new("ip");
-            cmd.args([
-                "netns",
-                "exec",
-                SENDER_NS,
-                "iperf3",
-                "-c",
-                RECEIVER_ADDR,
-                "-p",
-                IPERF_PORT,
-            ])
-            .args(["-t", &secs, "-i", IPERF_INTERVAL, "-C", algorithm, "-J"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-            println!("[bench] $ {}", describe(&cmd));
-            let child = cmd.spawn().context("starting iperf3")?;
-            let out = wait_with_deadline(child, Duration::from_secs(seconds + 30))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            match parse_iperf(&text, algorithm, rep) {
-                Ok(run) if out.status.success() => return Ok(run),
-                Ok(_) | Err(_) => {
-                    let stderr = String::from_utf8_lossy(&out.stderr);
-                    let error = serde_json::from_str::<Value>(&text)
-                        .ok()
-                        .and_then(|v| v["error"].as_str().map(str::to_owned))
-                        .unwrap_or_else(|| stderr.trim().to_owned());
-                    println!(
-                        "[bench]   iperf3 failed ({}): {error}; retrying",
-                        out.status
-                    );
-                    last_error = Some(error);
-                    sleep_unless_stopped(Duration::from_secs(1))?;
+            match self.try_trial(algorithm, rep, flows, window_secs, sample) {
+                Ok(trial) => return Ok(trial),
+                Err(err) if !stop_requested() => {
+                    println!("[bench]   run failed: {err:#}; retrying");
+                    last_error = format!("{err:#}");
+                    sleep_unless_stopped(PAUSE)?;
                 }
+                Err(err) => return Err(err),
             }
         }
-        bail!(
-            "iperf3 with {algorithm} failed 3 times: {}",
-            last_error.unwrap_or_default()
-        )
+        bail!("the {algorithm} run failed 3 times: {last_error}")
     }
+
+    fn try_trial(
+        &self,
+        algorithm: &'static str,
+        rep: u32,
+        flows: &[PlannedFlow],
+        window_secs: u64,
+        sample: bool,
+    ) -> anyhow::Result<Trial> {
+        let sampler = sample.then(SsSampler::start);
+        let cpu_before = read_cpu()?;
+        let handles: Vec<_> = flows
+            .iter()
+            .cloned()
+            .map(|flow| thread::spawn(move || run_flow(&flow)))
+            .collect();
+        let mut outputs = Vec::new();
+        let mut error = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(text)) => outputs.push(text),
+                Ok(Err(err)) => error = Some(err),
+                Err(_) => error = Some(anyhow::anyhow!("an iperf3 thread panicked")),
+            }
+        }
+        let cpu = read_cpu()?.since(cpu_before);
+        let series = sampler.map(SsSampler::finish).unwrap_or_default();
+        if let Some(err) = error {
+            return Err(err);
+        }
+        let flows = flows
+            .iter()
+            .zip(&outputs)
+            .map(|(plan, text)| {
+                let window_start = plan.seconds.saturating_sub(window_secs) as f64;
+                parse_flow(text, plan.cc, window_start, window_secs as f64)
+                    .with_context(|| format!("flow to port {}", plan.port))
+            })
+            .collect::<anyhow::Result<Vec<Flow>>>()?;
+        Ok(Trial {
+            algorithm: algorithm.into(),
+            rep,
+            flows,
+            cpu,
+            series,
+        })
+    }
+}
+
+/// Waits `flow.start`, runs its iperf3 client and returns its JSON output.
+fn run_flow(flow: &PlannedFlow) -> anyhow::Result<String> {
+    sleep_unless_stopped(flow.start)?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", SENDER_NS, "iperf3", "-c", RECEIVER_ADDR])
+        .args([
+            "-p",
+            &flow.port.to_string(),
+            "-t",
+            &flow.seconds.to_string(),
+        ])
+        .args(["-i", IPERF_INTERVAL, "-C", flow.cc, "-J"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    die_with_parent(&mut cmd);
+    println!("[bench] $ {}", describe(&cmd));
+    let child = cmd.spawn().context("starting iperf3")?;
+    let out = wait_with_deadline(child, Duration::from_secs(flow.seconds + 30))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let error = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        bail!(
+            "iperf3 ({}, port {}) {}: {error}",
+            flow.cc,
+            flow.port,
+            out.status
+        );
+    }
+    Ok(text)
+}
+
+fn read_cpu() -> anyhow::Result<CpuTicks> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    CpuTicks::parse(&stat).context("no aggregate cpu line in /proc/stat")
+}
+
+/// Samples `ss -tin` in the sender namespace every [`SS_PERIOD`] on its own thread.
+struct SsSampler {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Vec<SsSample>>,
+}
+
+impl SsSampler {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            // Bounded: one run lasts at most a few minutes (--seconds ≤ 300 plus the stagger).
+            while !flag.load(Ordering::SeqCst) && samples.len() < 200_000 {
+                let next = Instant::now() + SS_PERIOD;
+                let mut cmd = Command::new("ss");
+                cmd.args(["-N", SENDER_NS, "-tinH", "dst", RECEIVER_ADDR]);
+                if let Ok(text) = output(&mut cmd) {
+                    samples.extend(parse_ss(&text, started.elapsed().as_secs_f64()));
+                }
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Series> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .join()
+            .map(|samples| series_of(&samples))
+            .unwrap_or_default()
+    }
+}
+
+/// One socket in one `ss -tin` listing.
+#[derive(Clone, Debug, PartialEq)]
+struct SsSample {
+    t: f64,
+    local_port: u16,
+    dst_port: u16,
+    cc: String,
+    cwnd_bytes: f64,
+    pacing_bps: f64,
+    rtt_ms: f64,
+    bytes_sent: u64,
+}
+
+/// The sockets of one `ss -tinH` listing (a state line, then a tab-indented info line each).
+fn parse_ss(text: &str, t: f64) -> Vec<SsSample> {
+    let mut out = Vec::new();
+    let mut ports = None;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            // ESTAB 0 0 10.79.1.2:40000 10.79.2.2:5201
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |f: Option<&&str>| {
+                f.and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+            };
+            ports = port(fields.get(3)).zip(port(fields.get(4)));
+            continue;
+        }
+        let Some((local_port, dst_port)) = ports.take() else {
+            continue;
+        };
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        let field = |name: &str| {
+            tokens
+                .iter()
+                .find_map(|t| t.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+        };
+        let number = |name: &str| field(name).and_then(|v| v.parse::<f64>().ok());
+        let cc = tokens
+            .iter()
+            .find(|t| ["bbr_p2p", "bbr", "cubic", "reno"].contains(t))
+            .map_or_else(String::new, |t| (*t).to_owned());
+        let pacing_bps = tokens
+            .iter()
+            .position(|t| *t == "pacing_rate")
+            .and_then(|i| tokens.get(i + 1))
+            .and_then(|v| parse_ss_rate(v))
+            .unwrap_or(f64::NAN);
+        let rtt_ms = field("rtt")
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        out.push(SsSample {
+            t,
+            local_port,
+            dst_port,
+            cc,
+            cwnd_bytes: number("cwnd").unwrap_or(f64::NAN) * number("mss").unwrap_or(f64::NAN),
+            pacing_bps,
+            rtt_ms,
+            bytes_sent: number("bytes_sent").unwrap_or_default() as u64,
+        });
+    }
+    out
+}
+
+/// `ss`'s rates: `98.5Mbps`, `1.2Gbps`, `640Kbps`, `800bps`.
+fn parse_ss_rate(text: &str) -> Option<f64> {
+    for (unit, scale) in [("Gbps", 1e9), ("Mbps", 1e6), ("Kbps", 1e3), ("bps", 1.0)] {
+        if let Some(n) = text.strip_suffix(unit) {
+            return n.parse::<f64>().ok().map(|n| n * scale);
+        }
+    }
+    None
+}
+
+/// One series per destination port: iperf3's data connection, the socket to that port that
+/// sent the most (its control connection sends a few hundred bytes).
+fn series_of(samples: &[SsSample]) -> Vec<Series> {
+    let mut ports: Vec<u16> = samples.iter().map(|s| s.dst_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+        .into_iter()
+        .filter_map(|port| {
+            let data = samples
+                .iter()
+                .filter(|s| s.dst_port == port)
+                .max_by_key(|s| s.bytes_sent)?;
+            let points = samples
+                .iter()
+                .filter(|s| s.dst_port == port && s.local_port == data.local_port)
+                .map(|s| (s.t, s.cwnd_bytes, s.pacing_bps, s.rtt_ms))
+                .collect();
+            Some(Series {
+                cc: data.cc.clone(),
+                dst_port: port,
+                points,
+            })
+        })
+        .collect()
 }
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
+        for mut server in self.servers.drain(..) {
             let _ = server.kill();
             let _ = server.wait();
         }
@@ -784,8 +1133,9 @@ pub(crate) fn wait_with_deadline(
     })
 }
 
-/// The numbers of one run from iperf3's `-J` output.
-fn parse_iperf(json: &str, algorithm: &'static str, rep: u32) -> anyhow::Result<Run> {
+/// One flow's numbers from iperf3's `-J` output; the fairness rate is the sender's bytes in the
+/// reporting intervals inside `[window_start, window_start + window_len]` (flow-local seconds).
+fn parse_flow(json: &str, cc: &str, window_start: f64, window_len: f64) -> anyhow::Result<Flow> {
     let v: Value = serde_json::from_str(json).context("parsing iperf3's JSON")?;
     if let Some(error) = v["error"].as_str() {
         bail!("iperf3: {error}");
@@ -794,329 +1144,42 @@ fn parse_iperf(json: &str, algorithm: &'static str, rep: u32) -> anyhow::Result<
     let goodput_bps = end["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no end.sum_received.bits_per_second")?;
-    let retrans_segs = end["sum_sent"]["retransmits"].as_u64().unwrap_or_default();
-    let sent_bytes = end["sum_sent"]["bytes"].as_u64().unwrap_or_default();
-    let mss = v["start"]["tcp_mss_default"].as_u64().unwrap_or(1448);
-    let mut rtts = Vec::new();
-    let mut max_cwnd = 0;
+    let mut rtt_us = Vec::new();
+    let mut max_cwnd_bytes = 0;
+    let (mut window_bytes, mut window_secs) = (0.0, 0.0);
+    // iperf3's interval bounds carry rounding noise of a few ms.
+    const SLACK: f64 = 0.05;
     for interval in v["intervals"].as_array().into_iter().flatten() {
         let stream = &interval["streams"][0];
-        max_cwnd = max_cwnd.max(stream["snd_cwnd"].as_u64().unwrap_or_default());
-        if stream["start"].as_f64().unwrap_or_default() < RTT_SKIP_SECS {
-            continue;
+        max_cwnd_bytes = max_cwnd_bytes.max(stream["snd_cwnd"].as_u64().unwrap_or_default());
+        let start = stream["start"].as_f64().unwrap_or_default();
+        let stop = stream["end"].as_f64().unwrap_or_default();
+        if start >= window_start - SLACK && stop <= window_start + window_len + SLACK {
+            window_bytes += stream["bytes"].as_f64().unwrap_or_default();
+            window_secs += stream["seconds"].as_f64().unwrap_or_default();
         }
-        if let Some(rtt) = stream["rtt"].as_f64() {
-            rtts.push(rtt);
+        if start >= RTT_SKIP_SECS
+            && let Some(rtt) = stream["rtt"].as_f64()
+        {
+            rtt_us.push(rtt);
         }
     }
-    if rtts.is_empty() {
+    if rtt_us.is_empty() {
         bail!("iperf3 reported no RTT samples after {RTT_SKIP_SECS} s");
     }
-    Ok(Run {
-        algorithm,
-        rep,
+    if window_secs <= 0.0 {
+        bail!("iperf3 reported no interval inside the shared window");
+    }
+    Ok(Flow {
+        cc: cc.to_owned(),
         goodput_bps,
-        retrans_segs,
-        mss,
-        rtt_median_us: quantile(&mut rtts.clone(), 0.5),
-        rtt_p95_us: quantile(&mut rtts, 0.95),
-        max_cwnd,
-        sent_bytes,
+        window_bps: window_bytes * 8.0 / window_secs,
+        retrans_segs: end["sum_sent"]["retransmits"].as_u64().unwrap_or_default(),
+        mss: v["start"]["tcp_mss_default"].as_u64().unwrap_or(1448),
+        sent_bytes: end["sum_sent"]["bytes"].as_u64().unwrap_or_default(),
+        rtt_us,
+        max_cwnd_bytes,
     })
-}
-
-/// The q-quantile of `values` (nearest rank on the sorted values; the median averages the two
-/// middle values of an even count).
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if (q - 0.5).abs() < f64::EPSILON && n.is_multiple_of(2) {
-        return (values[n / 2 - 1] + values[n / 2]) / 2.0;
-    }
-    let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-    values[rank - 1]
-}
-
-pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    quantile(&mut values.into_iter().collect::<Vec<_>>(), 0.5)
-}
-
-struct Report<'a> {
-    options: &'a BbrOptions,
-    scenarios: &'a [Scenario],
-    results: &'a [(Vec<Run>, Cost)],
-    ping: &'a str,
-    line_stats: Option<delay_line::Stats>,
-    stats_restored: String,
-    started_at: SystemTime,
-    elapsed: Duration,
-}
-
-impl Report<'_> {
-    fn render(&self) -> anyhow::Result<String> {
-        use std::fmt::Write as _;
-        let o = self.options;
-        let mut s = String::new();
-        let kernel = output(Command::new("uname").args(["-r"]))?
-            .trim()
-            .to_owned();
-        let cores = thread::available_parallelism().map_or(0, usize::from);
-        let cpu = fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|m| m.trim().to_owned())
-            })
-            .unwrap_or_else(|| "unknown CPU".into());
-        let date = output(
-            Command::new("date")
-                .arg("-u")
-                .arg("+%Y-%m-%d %H:%M UTC")
-                .arg(format!(
-                    "--date=@{}",
-                    self.started_at
-                        .duration_since(SystemTime::UNIX_EPOCH)?
-                        .as_secs()
-                )),
-        )?;
-        let command = format!(
-            "cargo xtask bench bbr --reps {} --seconds {} --delay-ms {} --rate {} --deep-limit {} --shallow-limit {} --loss {}",
-            o.reps, o.seconds, o.delay_ms, o.rate, o.deep_limit, o.shallow_limit, o.loss
-        );
-        writeln!(s, "{HEADING}\n")?;
-        writeln!(
-            s,
-            "Written by `cargo xtask bench bbr` (xtask/src/bench.rs); rerun it to refresh this section.\n"
-        )?;
-        writeln!(s, "- Command: `{command}` (as root)")?;
-        writeln!(
-            s,
-            "- Date: {} (took {:.0} s)",
-            date.trim(),
-            self.elapsed.as_secs_f64()
-        )?;
-        writeln!(s, "- Machine: Linux {kernel}, {cores} cores ({cpu})")?;
-        writeln!(
-            s,
-            "- Path: sender ns → router ns → receiver ns over veth; tbf `rate {} burst 32kbit` on the \
-             router's egress towards the receiver; {}",
-            o.rate,
-            if o.delay_ms > 0 {
-                format!(
-                    "{} ms one-way delay each way from an NFQUEUE delay line in the router's FORWARD \
-                     chain (xtask/src/delay_line.rs)",
-                    o.delay_ms
-                )
-            } else {
-                "no added delay (delay line off)".into()
-            }
-        )?;
-        writeln!(s, "- Base RTT before the runs (no load): {}", self.ping)?;
-        if let Some(line) = self.line_stats {
-            writeln!(
-                s,
-                "- Delay line: {} packets held, at most {} at once, {} recvmmsg calls, {} batch verdicts, \
-                 release after due: mean {:.3} ms, max {:.2} ms",
-                line.packets,
-                line.max_held,
-                line.receive_calls,
-                line.verdicts,
-                line.total_late.as_secs_f64() * 1e3 / line.packets.max(1) as f64,
-                line.max_late.as_secs_f64() * 1e3
-            )?;
-        }
-        writeln!(
-            s,
-            "- Traffic: one iperf3 flow per run ({} s, `-C bbr_p2p` or `-C bbr` on the sender's socket), \
-             {} repetitions per algorithm, alternating which goes first; bbr_p2p registered by \
-             `p2p-node run --cc bbr-p2p --require-ebpf` in the init namespace, with its defaults \
-             (warm start on: repetitions after the first start from the previous flow's estimates).",
-            o.seconds, o.reps
-        )?;
-        writeln!(
-            s,
-            "- Goodput: iperf3's receiver-side rate. RTT: the sender's smoothed RTT (tcpi_rtt) every \
-             {IPERF_INTERVAL} s, median over the run after its first {RTT_SKIP_SECS} s. Retransmitted \
-             bytes: tcpi_total_retrans × MSS. Ratios are bbr-p2p / bbr of the medians over repetitions.\n"
-        )?;
-
-        writeln!(s, "### Summary\n")?;
-        writeln!(
-            s,
-            "| scenario | metric | bbr-p2p | bbr | ratio | target | met |"
-        )?;
-        writeln!(s, "|---|---|---:|---:|---:|---:|---|")?;
-        for (scenario, (runs, _)) in self.scenarios.iter().zip(self.results) {
-            let med = |alg: &str, f: &dyn Fn(&Run) -> f64| {
-                median(runs.iter().filter(|r| r.algorithm == alg).map(f))
-            };
-            let name = format!(
-                "({}) {}: limit {} B{}",
-                scenario.key,
-                scenario.title,
-                scenario.limit,
-                if scenario.loss > 0.0 {
-                    format!(", {}% loss", scenario.loss * 100.0)
-                } else {
-                    String::new()
-                }
-            );
-            let mut row = |metric: &str,
-                           ours: f64,
-                           theirs: f64,
-                           unit: &str,
-                           target: Option<(bool, f64)>| {
-                let ratio = ours / theirs;
-                let ratio_text = if theirs > 0.0 {
-                    format!("{ratio:.3}")
-                } else {
-                    "n/a".into()
-                };
-                let (target_text, met) = match target {
-                    Some((at_least, bound)) => (
-                        format!("{} {bound}", if at_least { "≥" } else { "≤" }),
-                        if (at_least && ratio >= bound) || (!at_least && ratio <= bound) {
-                            "yes"
-                        } else {
-                            "**no**"
-                        },
-                    ),
-                    None => (String::new(), ""),
-                };
-                writeln!(
-                    s,
-                    "| {name} | {metric} | {ours:.2}{unit} | {theirs:.2}{unit} | {ratio_text} | {target_text} | {met} |"
-                )
-            };
-            let goodput = |r: &Run| r.goodput_bps / 1e6;
-            let rtt = |r: &Run| r.rtt_median_us / 1e3;
-            let retrans = |r: &Run| r.retrans_bytes() as f64 / 1e6;
-            let retrans_share =
-                |r: &Run| 100.0 * r.retrans_bytes() as f64 / r.sent_bytes.max(1) as f64;
-            if scenario.loss > 0.0 {
-                row(
-                    "retransmitted",
-                    med(OURS, &retrans),
-                    med(KERNEL, &retrans),
-                    " MB",
-                    Some((false, 0.5)),
-                )?;
-                row(
-                    "retransmitted / sent",
-                    med(OURS, &retrans_share),
-                    med(KERNEL, &retrans_share),
-                    " %",
-                    None,
-                )?;
-                row(
-                    "goodput",
-                    med(OURS, &goodput),
-                    med(KERNEL, &goodput),
-                    " Mbit/s",
-                    None,
-                )?;
-                row(
-                    "median RTT",
-                    med(OURS, &rtt),
-                    med(KERNEL, &rtt),
-                    " ms",
-                    None,
-                )?;
-            } else {
-                row(
-                    "goodput",
-                    med(OURS, &goodput),
-                    med(KERNEL, &goodput),
-                    " Mbit/s",
-                    Some((true, 0.99)),
-                )?;
-                row(
-                    "median RTT",
-                    med(OURS, &rtt),
-                    med(KERNEL, &rtt),
-                    " ms",
-                    Some((false, 1.05)),
-                )?;
-                row(
-                    "retransmitted",
-                    med(OURS, &retrans),
-                    med(KERNEL, &retrans),
-                    " MB",
-                    None,
-                )?;
-            }
-        }
-
-        writeln!(
-            s,
-            "\n### Per-call cost of bbr-p2p's programs (`kernel.bpf_stats_enabled`)\n"
-        )?;
-        writeln!(
-            s,
-            "Counter deltas over all bbr-p2p runs of each scenario, for the BPF programs the \
-             registering p2p-node loaded: bbr-p2p's struct_ops programs and, for comparison, the \
-             node's telemetry tracepoint programs (`tracing`), which run for every TCP socket of the \
-             host whichever algorithm it uses. bpf_stats adds its own clock reads to every call. \
-             kernel.bpf_stats_enabled was set to 1 for the benchmark and restored to {} afterwards. \
-             Nanoseconds vary with the machine's load (2 cores, shared with builds): compare \
-             programs within one run rather than across runs.\n",
-            self.stats_restored
-        )?;
-        writeln!(s, "| scenario | program | type | calls | ns/call |")?;
-        writeln!(s, "|---|---|---|---:|---:|")?;
-        for (scenario, (_, cost)) in self.scenarios.iter().zip(self.results) {
-            for (_, name, kind, time, count) in &cost.programs {
-                if *count == 0 {
-                    continue;
-                }
-                writeln!(
-                    s,
-                    "| ({}) | {name} | {kind} | {count} | {:.1} |",
-                    scenario.key,
-                    *time as f64 / *count as f64
-                )?;
-            }
-            if let Some((time, acks)) = cost.per_ack().filter(|&(_, acks)| acks > 0) {
-                writeln!(
-                    s,
-                    "| ({}) | **all struct_ops programs per ACK** (their time / cong_control calls) | | {acks} | **{:.1}** |",
-                    scenario.key,
-                    time as f64 / acks as f64
-                )?;
-            }
-        }
-
-        writeln!(s, "\n### Raw runs\n")?;
-        writeln!(
-            s,
-            "| scenario | # | algorithm | goodput Mbit/s | median RTT ms | p95 RTT ms | retrans segs | retrans MB | sent MB | max cwnd KB |"
-        )?;
-        writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
-        for (scenario, (runs, _)) in self.scenarios.iter().zip(self.results) {
-            for run in runs {
-                writeln!(
-                    s,
-                    "| ({}) | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.0} |",
-                    scenario.key,
-                    run.rep + 1,
-                    run.algorithm,
-                    run.goodput_bps / 1e6,
-                    run.rtt_median_us / 1e3,
-                    run.rtt_p95_us / 1e3,
-                    run.retrans_segs,
-                    run.retrans_bytes() as f64 / 1e6,
-                    run.sent_bytes as f64 / 1e6,
-                    run.max_cwnd as f64 / 1e3
-                )?;
-            }
-        }
-        Ok(s)
-    }
 }
 
 /// Replaces the section under `section`'s own first line ([`HEADING`] for this benchmark) in
@@ -1137,7 +1200,7 @@ pub(crate) fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
 
 fn replace_section(existing: &str, section: &str) -> String {
     let section = format!("{}\n", section.trim_end());
-    let heading = section.lines().next().unwrap_or(HEADING).trim_end();
+    let heading = section.lines().next().unwrap_or(report::HEADING).trim_end();
     let lines: Vec<&str> = existing.lines().collect();
     let start = lines.iter().position(|l| l.trim_end() == heading);
     match start {
@@ -1217,27 +1280,52 @@ mod tests {
     }
 
     #[test]
-    fn quantiles() {
-        assert_eq!(quantile(&mut [3.0, 1.0, 2.0], 0.5), 2.0);
-        assert_eq!(quantile(&mut [4.0, 1.0, 2.0, 3.0], 0.5), 2.5);
-        assert_eq!(
-            quantile(&mut (1..=100).map(f64::from).collect::<Vec<_>>(), 0.95),
-            95.0
-        );
-    }
-
-    #[test]
     fn reads_iperf_json() {
         let json = r#"{"start":{"tcp_mss_default":1448},
             "intervals":[
-              {"streams":[{"start":0.0,"rtt":50000,"snd_cwnd":100000}]},
-              {"streams":[{"start":2.0,"rtt":21000,"snd_cwnd":300000}]},
-              {"streams":[{"start":2.2,"rtt":23000,"snd_cwnd":200000}]}],
+              {"streams":[{"start":0.0,"end":2.0,"seconds":2.0,"bytes":1000,"rtt":50000,"snd_cwnd":100000}]},
+              {"streams":[{"start":2.0,"end":2.2,"seconds":0.2,"bytes":2500000,"rtt":21000,"snd_cwnd":300000}]},
+              {"streams":[{"start":2.2,"end":2.401,"seconds":0.201,"bytes":2500000,"rtt":23000,"snd_cwnd":200000}]}],
             "end":{"sum_sent":{"retransmits":10,"bytes":1000},"sum_received":{"bits_per_second":9.5e7}}}"#;
-        let run = parse_iperf(json, OURS, 0).unwrap();
-        assert_eq!(run.retrans_bytes(), 14480);
-        assert_eq!(run.rtt_median_us, 22000.0);
-        assert_eq!(run.max_cwnd, 300000);
+        let flow = parse_flow(json, OURS, 2.0, 0.4).unwrap();
+        assert_eq!(flow.retrans_bytes(), 14480);
+        assert_eq!(flow.rtt_us, vec![21000.0, 23000.0]);
+        assert_eq!(flow.max_cwnd_bytes, 300000);
+        assert_eq!(flow.goodput_bps, 9.5e7);
+        // 5 MB in 0.401 s: the first interval lies outside the window.
+        assert!((flow.window_bps - 5e6 * 8.0 / 0.401).abs() < 1.0);
+        assert!(
+            parse_flow(json, OURS, 10.0, 2.0).is_err(),
+            "no interval in the window"
+        );
+        assert!(parse_flow(r#"{"error":"busy"}"#, OURS, 0.0, 1.0).is_err());
+    }
+
+    #[test]
+    fn reads_ss_listing() {
+        let text = "ESTAB 0      0      10.79.1.2:40002 10.79.2.2:5201\n\t cubic wscale:7,7 rto:204 rtt:1.5/0.75 mss:1448 cwnd:10 bytes_sent:180 pacing_rate 77.2Mbps delivery_rate 1Mbps\n\
+ESTAB 0      3000   10.79.1.2:40004 10.79.2.2:5201\n\t ts sack bbr wscale:7,7 rto:224 rtt:21.25/0.3 mss:1448 pmtu:1500 cwnd:180 bytes_sent:123456 bbr:(bw:95Mbps,mrtt:20.5) pacing_rate 1.02Gbps delivery_rate 94.1Mbps\n\
+ESTAB 0      0      10.79.1.2:40006 10.79.2.2:5202\n\t bbr_p2p rtt:30/1 mss:1000 cwnd:50 bytes_sent:999 pacing_rate 640Kbps\n";
+        let samples = parse_ss(text, 1.5);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[1].cc, "bbr");
+        assert_eq!(samples[1].local_port, 40004);
+        assert_eq!(samples[1].dst_port, 5201);
+        assert_eq!(samples[1].cwnd_bytes, 180.0 * 1448.0);
+        assert_eq!(samples[1].pacing_bps, 1.02e9);
+        assert_eq!(samples[1].rtt_ms, 21.25);
+        assert_eq!(samples[2].cc, "bbr_p2p");
+        assert_eq!(samples[2].pacing_bps, 640e3);
+        let series = series_of(&samples);
+        assert_eq!(series.len(), 2);
+        assert_eq!(
+            series[0].cc, "bbr",
+            "the data connection, not iperf3's control one"
+        );
+        assert_eq!(series[0].points, vec![(1.5, 180.0 * 1448.0, 1.02e9, 21.25)]);
+        assert_eq!(series[1].dst_port, 5202);
+        assert_eq!(parse_ss_rate("800bps"), Some(800.0));
+        assert_eq!(parse_ss_rate("fast"), None);
     }
 
     #[test]
@@ -1246,12 +1334,43 @@ mod tests {
                       {"id":6,"type":"tracing","name":"other","run_time_ns":1,"run_cnt":1,"pids":[{"pid":7,"comm":"x"}]}]"#;
         let stats = parse_prog_stats(json, &[5]).unwrap();
         assert_eq!(stats.len(), 1);
-        assert_eq!(stats[0].run_cnt, 4);
-        let mut cost = Cost::default();
-        let mut after = stats.clone();
-        after[0].run_time_ns = 400;
-        after[0].run_cnt = 10;
-        cost.add(&stats, &after);
-        assert_eq!(cost.per_ack(), Some((300, 6)));
+        assert_eq!(stats[0].count, 4);
+        assert_eq!(stats[0].time_ns, 100);
+    }
+
+    #[test]
+    fn scenarios_and_flow_plans() {
+        assert_eq!(parse_scenarios("all").unwrap(), report::GROUPS.to_vec());
+        assert_eq!(parse_scenarios("e, a,a").unwrap(), vec!['a', 'e']);
+        assert!(parse_scenarios("g").is_err());
+        assert!(parse_scenarios("ab").is_err());
+        assert_eq!(parse_rate("100mbit").unwrap(), 100_000_000);
+        assert_eq!(parse_rate("1.5Gbit").unwrap(), 1_500_000_000);
+        assert!(parse_rate("100").is_err());
+        let bdp = 250_000;
+        let c = variants('c', bdp);
+        assert_eq!(
+            c.iter().map(|v| v.loss).collect::<Vec<_>>(),
+            [0.005, 0.01, 0.02]
+        );
+        assert!(c.iter().all(|v| v.limit == bdp));
+        let d = variants('d', bdp);
+        assert_eq!(
+            d.iter().map(|v| v.limit).collect::<Vec<_>>(),
+            [125_000, 1_000_000]
+        );
+        let plan = flow_plan(&d[0], OURS, 12, 1);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(
+            (plan[1].cc, plan[1].port, plan[1].seconds),
+            ("cubic", 5202, 12)
+        );
+        // (e): flow i starts at i s and lasts 12 + (7 - i) s: all end at 19 s.
+        let e = flow_plan(&variants('e', bdp)[0], KERNEL, 12, 1);
+        assert_eq!(e.len(), 8);
+        for (i, f) in e.iter().enumerate() {
+            assert_eq!(f.start.as_secs() + f.seconds, 19, "flow {i}");
+            assert_eq!(f.port, 5201 + i as u16);
+        }
     }
 }

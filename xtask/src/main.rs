@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_probes;
+mod bench_report;
 mod delay_line;
 mod exec;
 mod link;
@@ -15,6 +16,7 @@ mod prometheus;
 mod qemu;
 mod run;
 mod setup;
+mod svg;
 mod test;
 mod testbed_test;
 mod workload;
@@ -49,8 +51,9 @@ enum Task {
 
 #[derive(Subcommand)]
 enum BenchKind {
-    /// bbr-p2p vs the kernel's bbr on the same shaped links: goodput, RTT, retransmissions and
-    /// per-ACK program cost; writes "## bbr-p2p vs kernel bbr" in docs/bench.md.
+    /// bbr-p2p vs the kernel's bbr on the same shaped links, issue 10's scenarios (a)–(f) (one
+    /// or several per invocation): goodput, RTT, retransmissions, fairness, per-ACK program cost
+    /// and CPU per GB; writes "## bbr-p2p vs kernel bbr" in docs/bench.md with plots.
     Bbr(bench::BbrOptions),
     /// Cost per event of the node's TCP probe programs and bulk loopback throughput with them
     /// attached vs none; writes "## Probes" in docs/bench.md.
