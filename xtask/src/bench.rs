@@ -347,9 +347,8 @@ fn run_group(
     }
     let line_stats = line.take().map(DelayLine::stop).transpose()?;
     drop(bed);
-    let restored = stats_guard.restore();
+    stats_guard.restore();
     drop(node);
-    println!("[bench] kernel.bpf_stats_enabled restored to {restored}");
 
     let kernel = output(Command::new("uname").args(["-r"]))?
         .trim()
@@ -612,9 +611,9 @@ impl BpfStatsGuard {
         })
     }
 
-    /// Restores the sysctl; returns the value it was restored to.
-    fn restore(mut self) -> String {
-        self.put_back().unwrap_or_else(|| "?".into())
+    /// Restores the sysctl (the guard's drop would too; this says where it happens).
+    fn restore(mut self) {
+        self.put_back();
     }
 
     fn put_back(&mut self) -> Option<String> {
@@ -1031,12 +1030,17 @@ fn parse_ss(text: &str, t: f64) -> Vec<SsSample> {
             .and_then(|v| v.split('/').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN);
+        let cwnd_bytes = number("cwnd").unwrap_or(f64::NAN) * number("mss").unwrap_or(f64::NAN);
+        // A socket still connecting or already closing lacks some of these: not a sample.
+        if !(cwnd_bytes.is_finite() && pacing_bps.is_finite() && rtt_ms.is_finite()) {
+            continue;
+        }
         out.push(SsSample {
             t,
             local_port,
             dst_port,
             cc,
-            cwnd_bytes: number("cwnd").unwrap_or(f64::NAN) * number("mss").unwrap_or(f64::NAN),
+            cwnd_bytes,
             pacing_bps,
             rtt_ms,
             bytes_sent: number("bytes_sent").unwrap_or_default() as u64,
