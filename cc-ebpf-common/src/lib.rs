@@ -12,6 +12,7 @@ extern crate std;
 #[cfg(feature = "std")]
 pub mod btf;
 pub mod layout;
+pub mod resume;
 
 /// Name of the LRU hash map holding the latest TCP state per socket, keyed by socket cookie.
 pub const SOCK_STATS_MAP: &str = "SOCK_STATS";

@@ -1,0 +1,581 @@
+//! Careful Resume for bbr-p2p: a connection to a peer this node has measured before starts from
+//! that measurement, carefully. The decisions are plain functions here, shared by the node
+//! (which holds the records, keyed by the peer's authenticated PeerId, and offers a hint) and the
+//! eBPF program (which applies the hint on the socket's next ACK), so the host tests check the
+//! very logic the kernel runs.
+//!
+//! Model: RFC 9959 (draft-ietf-tsvwg-careful-resume, "Convergence of Congestion Control from
+//! Retained State"). Its phases, as bbr-p2p runs them:
+//!
+//! ```text
+//!  node: record for this PeerId?  ──no / stale / policer──▶ COLD (reason)
+//!        │ yes: hint written into the socket's storage after the noise handshake
+//!        ▼
+//!  RECONNAISSANCE  first ACK with an RTT sample, connection still in STARTUP?
+//!        │ RTT outside [saved/2, 10×saved] or jump ≤ cwnd ──▶ COLD (rtt_mismatch / jump_too_small)
+//!        ▼ jump: cwnd = saved BDP / 2 (≤ 1× saved BDP), paced at jump / current RTT;
+//!  UNVALIDATED     the round that carries the jump         ─┐ loss above BBR's threshold, or
+//!        ▼                                                  ├─▶ the round's min RTT grew:
+//!  VALIDATING      the round that acknowledges it          ─┘   RETREATED (reason)
+//!        ▼                                                       cwnd = pipe / 2, pacing = the
+//!  RESUMED         normal BBR from here                          measured delivery rate
+//! ```
+//!
+//! Deviations from RFC 9959 (each is a BBR-specific choice):
+//! 1. Saved state is BBR's model (bottleneck bandwidth, min RTT, `inflight_hi`), not a cwnd:
+//!    `saved_cwnd` is the BDP (bandwidth × min RTT), capped by the saved `inflight_hi`.
+//! 2. Congestion during the unvalidated phase means BBR's own loss signal (more than
+//!    `loss_thresh_per_mille` of the round's packets lost, BBRv3's 2%), not any single loss:
+//!    BBR is designed to ignore random loss, and the RFC's any-loss rule would retreat a flow on
+//!    a path with 1% random loss nearly every time. A round whose minimum RTT exceeds the base
+//!    RTT by a quarter (plus [`RTT_GROWTH_SLACK_US`] for timer noise on sub-millisecond paths)
+//!    also retreats: a standing queue means the jump exceeds the path's capacity.
+//! 3. Safe retreat sets cwnd to half the pipe the jump validated (RFC 9959 §3.5) *and* the pacing
+//!    rate to the delivery rate measured during the jump (the contradicted rate is never kept);
+//!    the connection then leaves STARTUP as BBR does when STARTUP meets loss.
+//! 4. The phases advance per BBR packet-timed round instead of per acknowledged packet number.
+//! 5. The record's lifetime is a node setting (default 10 minutes), and a record measured while
+//!    BBR's policer detection (`lt_use_bw`) was active is never used.
+
+/// RFC 9959 §4.2.1: the path is confirmed only if the current RTT is at least half the saved RTT
+/// (a much shorter RTT is another, unknown path) ...
+pub const RTT_CONFIRM_MIN_DIVISOR: u64 = 2;
+/// ... and at most ten times it (a much longer RTT makes the saved rate meaningless).
+pub const RTT_CONFIRM_MAX_FACTOR: u64 = 10;
+/// Rounds a seeded bandwidth sample stays in the max filter: the jump's round and the round that
+/// validates it. A record that the path does not confirm is forgotten by the filter after them.
+pub const SEED_LIFETIME_ROUNDS: u32 = 2;
+/// A round's min RTT above `base × 5/4` means a standing queue of a quarter of the path's delay
+/// (BBR's own "still growing" threshold of 1.25, applied to delay).
+pub const RTT_GROWTH_NUM: u64 = 5;
+pub const RTT_GROWTH_DEN: u64 = 4;
+/// Added to the growth bound: on sub-millisecond paths (namespaces, a LAN) delayed ACKs and timer
+/// granularity move RTT samples by hundreds of microseconds without any queue.
+pub const RTT_GROWTH_SLACK_US: u64 = 1_000;
+
+/// How a connection started.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A normal STARTUP (the reason says why no record was used).
+    Cold = 0,
+    /// Jumped; the round carrying the jump is in flight.
+    Unvalidated = 1,
+    /// The jump's round was acknowledged without contradiction; the next one validates it.
+    Validating = 2,
+    /// The jump was validated: the connection runs on from the record's rate.
+    Resumed = 3,
+    /// The path contradicted the record during validation: safe retreat (the reason says how).
+    Retreated = 4,
+    /// The node wrote a hint; no ACK has carried it into the algorithm yet.
+    Offered = 5,
+}
+
+impl Start {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Unvalidated,
+            2 => Self::Validating,
+            3 => Self::Resumed,
+            4 => Self::Retreated,
+            5 => Self::Offered,
+            _ => Self::Cold,
+        }
+    }
+
+    /// The three states users see: `cold`, `resumed` (jumped; validating or validated) or
+    /// `retreated`. A hint not yet applied is still `cold`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cold | Self::Offered => "cold",
+            Self::Unvalidated | Self::Validating | Self::Resumed => "resumed",
+            Self::Retreated => "retreated",
+        }
+    }
+}
+
+/// Why a connection started cold, or retreated.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    None = 0,
+    /// The node has no record for this PeerId.
+    NoRecord = 1,
+    /// The record is older than the node's freshness limit.
+    Stale = 2,
+    /// The record was measured while a policer was detected.
+    Policer = 3,
+    /// The handshake RTT is outside RFC 9959's bounds of the saved one.
+    RttMismatch = 4,
+    /// The hint arrived after the connection had left STARTUP.
+    NotInStartup = 5,
+    /// Half the saved BDP is no more than the cwnd the connection already has.
+    JumpTooSmall = 6,
+    /// Loss above BBR's threshold in the unvalidated phase.
+    Loss = 7,
+    /// The RTT grew in the unvalidated phase (the jump built a queue).
+    RttGrowth = 8,
+    /// The record holds a zero bandwidth or RTT (never measured properly).
+    Invalid = 9,
+    /// The connection does not run bbr-p2p, or warm start is switched off.
+    Disabled = 10,
+}
+
+impl Reason {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::NoRecord,
+            2 => Self::Stale,
+            3 => Self::Policer,
+            4 => Self::RttMismatch,
+            5 => Self::NotInStartup,
+            6 => Self::JumpTooSmall,
+            7 => Self::Loss,
+            8 => Self::RttGrowth,
+            9 => Self::Invalid,
+            10 => Self::Disabled,
+            _ => Self::None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::NoRecord => "no_record",
+            Self::Stale => "stale",
+            Self::Policer => "policer",
+            Self::RttMismatch => "rtt_mismatch",
+            Self::NotInStartup => "not_in_startup",
+            Self::JumpTooSmall => "jump_too_small",
+            Self::Loss => "loss",
+            Self::RttGrowth => "rtt_growth",
+            Self::Invalid => "invalid",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// What a connection to a peer measured, as the node keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedPath {
+    /// Bottleneck bandwidth, bytes per second.
+    pub bw_bytes_per_sec: u64,
+    pub min_rtt_us: u32,
+    /// BBR's loss bound on inflight, bytes (`None`: unbounded).
+    pub inflight_hi_bytes: Option<u64>,
+    /// A policer was detected when the bandwidth was measured.
+    pub policer: bool,
+    /// When the bandwidth sample was taken, ms (the node's wall clock).
+    pub sampled_at_ms: u64,
+}
+
+/// What the node writes for bbr-p2p into a new connection's storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hint {
+    pub bw_bytes_per_sec: u64,
+    pub min_rtt_us: u32,
+    /// Ceiling of the resumed cwnd, bytes: the saved BDP, or `inflight_hi` if lower.
+    pub ceiling_bytes: u64,
+}
+
+/// Bandwidth-delay product in bytes.
+pub const fn bdp_bytes(bw_bytes_per_sec: u64, rtt_us: u32) -> u64 {
+    // u128 would not compile for BPF; split so `bw × rtt` cannot overflow for any u32 RTT.
+    (bw_bytes_per_sec / 1_000_000) * rtt_us as u64
+        + (bw_bytes_per_sec % 1_000_000) * rtt_us as u64 / 1_000_000
+}
+
+/// The node's decision, when a connection to a known peer finishes its handshake: the hint to
+/// offer, or why the connection starts cold. `max_age_ms` is the freshness limit.
+pub fn offer(saved: &SavedPath, now_ms: u64, max_age_ms: u64) -> Result<Hint, Reason> {
+    if saved.policer {
+        return Err(Reason::Policer);
+    }
+    if saved.bw_bytes_per_sec == 0 || saved.min_rtt_us == 0 {
+        return Err(Reason::Invalid);
+    }
+    // A sample from the future (the clock went back) has no known age: stale.
+    if saved.sampled_at_ms > now_ms || now_ms - saved.sampled_at_ms > max_age_ms {
+        return Err(Reason::Stale);
+    }
+    let bdp = bdp_bytes(saved.bw_bytes_per_sec, saved.min_rtt_us);
+    let ceiling_bytes = match saved.inflight_hi_bytes {
+        Some(hi) if hi < bdp => hi,
+        _ => bdp,
+    };
+    Ok(Hint {
+        bw_bytes_per_sec: saved.bw_bytes_per_sec,
+        min_rtt_us: saved.min_rtt_us,
+        ceiling_bytes,
+    })
+}
+
+/// RFC 9959 §4.2.1: whether the current RTT confirms the saved path.
+pub const fn rtt_confirms(saved_rtt_us: u32, current_rtt_us: u32) -> bool {
+    let (saved, current) = (saved_rtt_us as u64, current_rtt_us as u64);
+    current * RTT_CONFIRM_MIN_DIVISOR >= saved && current <= saved * RTT_CONFIRM_MAX_FACTOR
+}
+
+/// The jump into the unvalidated phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jump {
+    /// The resumed cwnd, bytes: half the ceiling (RFC 9959's `jump_cwnd` = saved_cwnd / 2).
+    pub cwnd_bytes: u64,
+    /// Pacing rate for the jump, bytes/s: the jump over one current RTT, so the jump is spread
+    /// over the round (never above the saved bandwidth, as the current RTT is ≥ half the saved).
+    pub pacing_bytes_per_sec: u64,
+}
+
+/// bbr-p2p's decision on the first ACK that carries an RTT sample after the hint: jump, or why
+/// not. `cwnd_bytes` is what the connection already has.
+pub fn jump(hint: &Hint, current_rtt_us: u32, cwnd_bytes: u64) -> Result<Jump, Reason> {
+    if current_rtt_us == 0 || !rtt_confirms(hint.min_rtt_us, current_rtt_us) {
+        return Err(Reason::RttMismatch);
+    }
+    let cwnd = hint.ceiling_bytes / 2;
+    if cwnd <= cwnd_bytes {
+        return Err(Reason::JumpTooSmall);
+    }
+    Ok(Jump {
+        cwnd_bytes: cwnd,
+        pacing_bytes_per_sec: cwnd * 1_000_000 / current_rtt_us as u64,
+    })
+}
+
+/// One packet-timed round of a resumed connection, as bbr-p2p counted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Round {
+    pub delivered: u32,
+    pub lost: u32,
+    /// Smallest RTT sample of the round, µs.
+    pub min_rtt_us: u32,
+}
+
+/// Whether a round of the unvalidated or validating phase contradicts the record. `base_rtt_us`
+/// is the RTT the jump was confirmed with.
+pub fn contradiction(
+    round: &Round,
+    base_rtt_us: u32,
+    loss_thresh_per_mille: u32,
+) -> Option<Reason> {
+    let sent = u64::from(round.delivered) + u64::from(round.lost);
+    if round.lost > 0 && u64::from(round.lost) * 1000 > u64::from(loss_thresh_per_mille) * sent {
+        return Some(Reason::Loss);
+    }
+    let bound = u64::from(base_rtt_us) * RTT_GROWTH_NUM / RTT_GROWTH_DEN + RTT_GROWTH_SLACK_US;
+    if round.min_rtt_us != u32::MAX && u64::from(round.min_rtt_us) > bound {
+        return Some(Reason::RttGrowth);
+    }
+    None
+}
+
+/// The phase after a round ended: contradiction retreats, otherwise one step towards resumed.
+pub fn after_round(start: Start, contradiction: Option<Reason>) -> (Start, Reason) {
+    match (start, contradiction) {
+        (Start::Unvalidated | Start::Validating, Some(reason)) => (Start::Retreated, reason),
+        (Start::Unvalidated, None) => (Start::Validating, Reason::None),
+        (Start::Validating, None) => (Start::Resumed, Reason::None),
+        (other, _) => (other, Reason::None),
+    }
+}
+
+/// Safe retreat (RFC 9959 §3.5, with deviation 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retreat {
+    pub cwnd_bytes: u64,
+    pub pacing_bytes_per_sec: u64,
+}
+
+/// The retreat from a contradicted jump: cwnd to half the pipe (bytes acknowledged since the
+/// jump, the part of it the path carried), never below `min_cwnd_bytes`; pacing to the delivery
+/// rate the path showed during the jump.
+pub fn retreat(pipe_bytes: u64, delivery_rate_bytes_per_sec: u64, min_cwnd_bytes: u64) -> Retreat {
+    let half = pipe_bytes / 2;
+    Retreat {
+        cwnd_bytes: if half > min_cwnd_bytes {
+            half
+        } else {
+            min_cwnd_bytes
+        },
+        pacing_bytes_per_sec: delivery_rate_bytes_per_sec,
+    }
+}
+
+/// The round stamp to give a bandwidth sample seeded from a record, so the max filter (kernel
+/// `minmax_running_max`: a sample expires once `round - stamp > window`) forgets it after
+/// [`SEED_LIFETIME_ROUNDS`] rounds unless real samples confirm the rate.
+pub const fn seed_stamp(round: u32, window_rounds: u32) -> u32 {
+    round
+        .wrapping_add(SEED_LIFETIME_ROUNDS - 1)
+        .wrapping_sub(window_rounds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+    /// 100 Mbit/s, 40 ms: the issue's bench path.
+    fn saved(age_ms: u64) -> SavedPath {
+        SavedPath {
+            bw_bytes_per_sec: 12_500_000,
+            min_rtt_us: 40_000,
+            inflight_hi_bytes: None,
+            policer: false,
+            sampled_at_ms: 1_000_000 - age_ms,
+        }
+    }
+
+    #[test]
+    fn offer_table() {
+        let max_age = 10 * MIN;
+        let now = 1_000_000;
+        let cases: [(&str, SavedPath, Result<u64, Reason>); 7] = [
+            (
+                "fresh record: ceiling is the BDP (500 kB)",
+                saved(1_000),
+                Ok(500_000),
+            ),
+            ("just within the age limit", saved(max_age), Ok(500_000)),
+            ("stale record", saved(max_age + 1), Err(Reason::Stale)),
+            (
+                "sampled in the future (clock went back)",
+                SavedPath {
+                    sampled_at_ms: now + 1,
+                    ..saved(0)
+                },
+                Err(Reason::Stale),
+            ),
+            (
+                "policer record",
+                SavedPath {
+                    policer: true,
+                    ..saved(0)
+                },
+                Err(Reason::Policer),
+            ),
+            (
+                "zero bandwidth",
+                SavedPath {
+                    bw_bytes_per_sec: 0,
+                    ..saved(0)
+                },
+                Err(Reason::Invalid),
+            ),
+            (
+                "inflight_hi below the BDP caps the ceiling",
+                SavedPath {
+                    inflight_hi_bytes: Some(300_000),
+                    ..saved(0)
+                },
+                Ok(300_000),
+            ),
+        ];
+        for (what, record, want) in cases {
+            let got = offer(&record, now, max_age).map(|h| h.ceiling_bytes);
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn rtt_bounds_are_rfc_9959s() {
+        // saved 40 ms: confirmed within [20 ms, 400 ms].
+        let cases = [
+            (19_999, false),
+            (20_000, true),
+            (40_000, true),
+            (400_000, true),
+            (400_001, false),
+        ];
+        for (current, want) in cases {
+            assert_eq!(rtt_confirms(40_000, current), want, "current {current} us");
+        }
+    }
+
+    #[test]
+    fn jump_table() {
+        let hint = offer(&saved(0), 1_000_000, MIN).unwrap();
+        let iw = 10 * 1448;
+        let cases: [(&str, u32, u64, Result<Jump, Reason>); 5] = [
+            (
+                "same RTT: half the BDP, paced at half the saved rate",
+                40_000,
+                iw,
+                Ok(Jump {
+                    cwnd_bytes: 250_000,
+                    pacing_bytes_per_sec: 6_250_000,
+                }),
+            ),
+            (
+                "RTT at half the saved one: pacing reaches, never exceeds, the saved rate",
+                20_000,
+                iw,
+                Ok(Jump {
+                    cwnd_bytes: 250_000,
+                    pacing_bytes_per_sec: 12_500_000,
+                }),
+            ),
+            (
+                "RTT mismatch: much shorter",
+                10_000,
+                iw,
+                Err(Reason::RttMismatch),
+            ),
+            (
+                "RTT mismatch: much longer",
+                500_000,
+                iw,
+                Err(Reason::RttMismatch),
+            ),
+            (
+                "cwnd already above the jump",
+                40_000,
+                300_000,
+                Err(Reason::JumpTooSmall),
+            ),
+        ];
+        for (what, rtt, cwnd, want) in cases {
+            assert_eq!(jump(&hint, rtt, cwnd), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn unvalidated_phase_table() {
+        let thresh = 20; // 2%
+        let base = 40_000;
+        let round = |delivered, lost, min_rtt_us| Round {
+            delivered,
+            lost,
+            min_rtt_us,
+        };
+        let cases: [(&str, Round, Option<Reason>); 7] = [
+            ("clean round", round(170, 0, 40_300), None),
+            (
+                "1% random loss is not congestion",
+                round(198, 2, 40_100),
+                None,
+            ),
+            (
+                "loss above 2% in the unvalidated phase",
+                round(150, 20, 40_100),
+                Some(Reason::Loss),
+            ),
+            (
+                "RTT grew by half: a standing queue",
+                round(170, 0, 60_000),
+                Some(Reason::RttGrowth),
+            ),
+            (
+                "RTT within a quarter plus slack",
+                round(170, 0, 50_900),
+                None,
+            ),
+            ("no RTT sample in the round", round(170, 0, u32::MAX), None),
+            (
+                "sub-ms path: 600 us of jitter is not growth",
+                round(170, 0, 700),
+                None,
+            ),
+        ];
+        for (what, r, want) in cases {
+            let base = if what.starts_with("sub-ms") {
+                100
+            } else {
+                base
+            };
+            assert_eq!(contradiction(&r, base, thresh), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn phases_advance_per_round_and_retreat_on_contradiction() {
+        let clean = None;
+        let loss = Some(Reason::Loss);
+        assert_eq!(
+            after_round(Start::Unvalidated, clean),
+            (Start::Validating, Reason::None)
+        );
+        assert_eq!(
+            after_round(Start::Validating, clean),
+            (Start::Resumed, Reason::None)
+        );
+        assert_eq!(
+            after_round(Start::Unvalidated, loss),
+            (Start::Retreated, Reason::Loss)
+        );
+        assert_eq!(
+            after_round(Start::Validating, Some(Reason::RttGrowth)),
+            (Start::Retreated, Reason::RttGrowth)
+        );
+        // Once resumed (or cold, or retreated) later rounds change nothing.
+        assert_eq!(
+            after_round(Start::Resumed, loss),
+            (Start::Resumed, Reason::None)
+        );
+        assert_eq!(after_round(Start::Cold, loss), (Start::Cold, Reason::None));
+        assert_eq!(
+            after_round(Start::Retreated, loss),
+            (Start::Retreated, Reason::None)
+        );
+    }
+
+    #[test]
+    fn retreat_uses_the_measured_rate_not_the_record() {
+        // The record said 100 Mbit/s; the path delivered 20 Mbit/s (2.5 MB/s) and 90 kB of the
+        // jump was acknowledged.
+        let r = retreat(90_000, 2_500_000, 4 * 1448);
+        assert_eq!(
+            r,
+            Retreat {
+                cwnd_bytes: 45_000,
+                pacing_bytes_per_sec: 2_500_000
+            }
+        );
+        // Almost nothing got through: the cwnd floor holds.
+        assert_eq!(retreat(1_000, 100_000, 4 * 1448).cwnd_bytes, 4 * 1448);
+    }
+
+    /// The kernel's windowed max filter (`lib/win_minmax.c`), reduced to the expiry rule the seed
+    /// relies on: a sample older than the window is replaced by the newest one.
+    fn running_max(best: &mut (u32, u32), round: u32, value: u32, window: u32) {
+        if value >= best.1 || round.wrapping_sub(best.0) > window {
+            *best = (round, value);
+        }
+    }
+
+    #[test]
+    fn a_seeded_sample_expires_within_two_rounds() {
+        for window in [2, 10, 100] {
+            for start in [0u32, 7, u32::MAX - 1] {
+                let mut best = (seed_stamp(start, window), 1_000);
+                // Real samples at a fifth of the seeded rate.
+                running_max(&mut best, start, 200, window);
+                assert_eq!(
+                    best.1, 1_000,
+                    "still seeded in the jump's round (window {window})"
+                );
+                running_max(&mut best, start.wrapping_add(1), 200, window);
+                assert_eq!(
+                    best.1, 1_000,
+                    "still seeded in the validating round (window {window})"
+                );
+                running_max(&mut best, start.wrapping_add(2), 200, window);
+                assert_eq!(
+                    best.1, 200,
+                    "seed gone after two rounds (window {window}, start {start})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bdp_does_not_overflow() {
+        assert_eq!(bdp_bytes(12_500_000, 40_000), 500_000);
+        assert_eq!(bdp_bytes(1_234_567, 1_000_000), 1_234_567);
+        // 100 Gbit/s and the largest RTT: no overflow.
+        assert_eq!(
+            bdp_bytes(12_500_000_000, u32::MAX),
+            12_500 * u64::from(u32::MAX)
+        );
+    }
+}
