@@ -75,6 +75,19 @@ pub enum Command {
         #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
         node: String,
     },
+    /// List the path measurements the node keeps per peer (careful resume), or forget one.
+    Known {
+        /// Forget this peer's record (a PeerId); needs the token.
+        #[arg(long)]
+        forget: Option<String>,
+        /// The running node's HTTP API.
+        #[arg(long, default_value = concat!("http://", "127.0.0.1:9464"))]
+        node: String,
+        /// The node's token file (default: the default data dir's; env P2PCC_HTTP_TOKEN takes
+        /// precedence).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Run a libp2p perf transfer from a running node to one of its peers.
     Perf {
         /// PeerId of the remote (must be connected).
@@ -204,4 +217,17 @@ pub struct RunArgs {
     /// The kernel turns it off again when the node exits.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Peers whose path measurements (bbr-p2p) the node keeps for careful resume, least
+    /// recently used forgotten first.
+    #[arg(long, default_value_t = crate::known::DEFAULT_CAPACITY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=crate::known::MAX_CAPACITY as u64))]
+    pub known_peers: u64,
+    /// A path measurement older than this is not used to resume a connection, seconds.
+    #[arg(long, default_value_t = crate::known::DEFAULT_MAX_AGE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub known_peers_max_age_secs: u64,
+    /// Keep path measurements in memory only (default: also in <data-dir>/known-peers.json,
+    /// so they survive restarts).
+    #[arg(long)]
+    pub no_known_peers_file: bool,
 }

@@ -9,6 +9,7 @@ pub mod cc;
 pub mod cli;
 pub mod ebpf;
 pub mod http;
+pub mod known;
 pub mod node;
 pub mod sockets;
 pub mod telemetry;

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use p2p_node::{
     cc,
     cli::{self, CcAction, Cli, Command, RunArgs},
-    ebpf, http, node,
+    ebpf, http, known, node,
     sockets::SocketTable,
     telemetry,
 };
@@ -70,6 +70,12 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Peers { node } => peers_table(&node).await,
+            Command::Known { forget: Some(peer), node, token_file } => {
+                let path = format!("/api/peers/known/{}", peer.trim());
+                print!("{}", client_send(&node, token_file.as_deref(), "DELETE", &path, "").await?);
+                Ok(())
+            }
+            Command::Known { forget: None, node, .. } => known_table(&node).await,
             Command::Share { path, node, token_file } => {
                 let path = std::fs::canonicalize(&path)
                     .with_context(|| format!("{} is not a readable file", path.display()))?;
@@ -172,6 +178,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let slot = bbr.clone();
         Arc::new(move |fd| slot.read().ok()?.as_ref()?.state(fd))
     };
+    let known = Arc::new(known::Store::new(known::Config {
+        capacity: args.known_peers as usize,
+        max_age: Duration::from_secs(args.known_peers_max_age_secs),
+        file: (!args.no_known_peers_file).then(|| data_dir.join(known::FILE_NAME)),
+    }));
+    match known.load() {
+        Ok((0, 0)) => {}
+        Ok((kept, dropped)) => {
+            eprintln!("known peers: {kept} records loaded, {dropped} invalid dropped")
+        }
+        Err(e) => eprintln!("warning: known peers start empty: {e:#}"),
+    }
+    known::start(
+        known.clone(),
+        SocketTable::global().clone(),
+        read_bbr.clone(),
+    );
     let telemetry = telemetry::Telemetry::start(telemetry::collector::Collector::new(
         SocketTable::global().clone(),
         probes,
@@ -196,6 +219,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         token: Arc::new(token),
         allowed_hosts: Arc::new(http::auth::AllowedHosts(args.http_host.clone())),
         files: Arc::new(files),
+        known: known.clone(),
     };
     eprintln!("HTTP API and metrics on http://{}/", args.http);
     let result = http::serve(args.http, state, async {
@@ -204,6 +228,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     })
     .await;
     // bbr-p2p registered without a link (Linux < 6.4) outlives the process unless deleted.
+    if let Err(e) = known.save() {
+        eprintln!("warning: saving known peers: {e:#}");
+    }
     ebpf::struct_ops::unregister_at_exit();
     result
 }
@@ -299,16 +326,48 @@ async fn client_get(node: &str, path: &str) -> anyhow::Result<String> {
     client_request(node, None, "GET", path, "").await
 }
 
+async fn known_table(node: &str) -> anyhow::Result<()> {
+    let body = client_get(node, "/api/peers/known").await?;
+    let known: known::KnownPeers =
+        serde_json::from_str(&body).context("decoding /api/peers/known")?;
+    println!(
+        "{} of {} records; used up to {} s old",
+        known.total, known.capacity, known.max_age_seconds
+    );
+    println!(
+        "{:<54} {:>14} {:>10} {:>14} {:>8} {:<10}",
+        "PEER", "BW(Mbit/s)", "MINRTT(ms)", "INFLIGHT_HI(B)", "AGE(s)", "UNUSABLE"
+    );
+    for k in &known.records {
+        let r = &k.record;
+        println!(
+            "{:<54} {:>14.1} {:>10.2} {:>14} {:>8.0} {:<10}",
+            r.peer_id,
+            r.bw_bytes_per_sec as f64 * 8.0 / 1e6,
+            f64::from(r.min_rtt_us) / 1e3,
+            r.inflight_hi_bytes.map_or("-".into(), |b| b.to_string()),
+            k.age_seconds,
+            if r.policer {
+                "policer"
+            } else {
+                k.unusable.as_str()
+            },
+        );
+    }
+    Ok(())
+}
+
 async fn peers_table(node: &str) -> anyhow::Result<()> {
     let body = client_get(node, "/api/peers").await?;
     let peers: Vec<serde_json::Value> =
         serde_json::from_str(&body).context("decoding /api/peers")?;
     println!(
-        "{:<54} {:<8} {:<22} {:<8} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
+        "{:<54} {:<8} {:<22} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
         "PEER",
         "CC",
         "REMOTE",
         "CA",
+        "START",
         "CWND",
         "SRTT(ms)",
         "MINRTT",
@@ -323,12 +382,21 @@ async fn peers_table(node: &str) -> anyhow::Result<()> {
         let ms =
             |v: &serde_json::Value| v.as_f64().map_or("-".into(), |s| format!("{:.2}", s * 1e3));
         let num = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
+        let start = match (
+            p["bbr"]["start"].as_str(),
+            p["bbr"]["start_reason"].as_str(),
+        ) {
+            (Some(start), Some(why)) if !why.is_empty() => format!("{start}({why})"),
+            (Some(start), _) => start.to_owned(),
+            _ => "-".to_owned(),
+        };
         println!(
-            "{:<54} {:<8} {:<22} {:<8} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
+            "{:<54} {:<8} {:<22} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
             p["peer_id"].as_str().unwrap_or("?"),
             p["algorithm"].as_str().unwrap_or("?"),
             p["remote"].as_str().unwrap_or("?"),
             t["ca_state"].as_str().unwrap_or("-"),
+            start,
             num(&t["cwnd_segments"]),
             ms(&t["srtt_seconds"]),
             ms(&t["min_rtt_seconds"]),

@@ -83,12 +83,17 @@ pub trait SocketObserver: Send + Sync {
 /// available again (registered anew).
 pub type Reprovide = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Called with a socket's entry and its still-open fd just before it leaves the table (its
+/// stream is being dropped): the last look at the socket's kernel state.
+pub type CloseHook = Box<dyn Fn(&SocketInfo, BorrowedFd<'_>) + Send + Sync>;
+
 /// The node's socket table and the algorithm new sockets get.
 pub struct SocketTable {
     sockets: Mutex<HashMap<u64, SocketInfo>>,
     algorithm: RwLock<Option<String>>,
     observer: RwLock<Option<Arc<dyn SocketObserver>>>,
     reprovide: RwLock<Option<Reprovide>>,
+    close_hook: RwLock<Option<CloseHook>>,
 }
 
 impl SocketTable {
@@ -99,6 +104,7 @@ impl SocketTable {
             algorithm: RwLock::new(None),
             observer: RwLock::new(None),
             reprovide: RwLock::new(None),
+            close_hook: RwLock::new(None),
         })
     }
 
@@ -132,6 +138,10 @@ impl SocketTable {
 
     pub fn set_reprovide(&self, reprovide: Reprovide) {
         *self.reprovide.write().expect("lock poisoned") = Some(reprovide);
+    }
+
+    pub fn set_close_hook(&self, hook: CloseHook) {
+        *self.close_hook.write().expect("lock poisoned") = Some(hook);
     }
 
     /// Sets the node's algorithm on a socket, re-providing it once if the kernel lost it.
@@ -212,15 +222,19 @@ impl SocketTable {
         }
     }
 
-    /// Removes a socket (it was dropped).
+    /// Removes a socket (its stream is being dropped; the fd closes after this returns).
     pub fn unregister(&self, cookie: u64) {
-        let removed = self
-            .sockets
-            .lock()
-            .expect("lock poisoned")
-            .remove(&cookie)
-            .is_some();
-        if removed && let Some(observer) = self.observer.read().expect("lock poisoned").as_ref() {
+        let removed = self.sockets.lock().expect("lock poisoned").remove(&cookie);
+        if let (Some(info), Some(hook)) = (
+            &removed,
+            self.close_hook.read().expect("lock poisoned").as_ref(),
+        ) {
+            // SAFETY: only the stream's Drop calls this, before the stream's fd is closed.
+            hook(info, unsafe { BorrowedFd::borrow_raw(info.fd) });
+        }
+        if removed.is_some()
+            && let Some(observer) = self.observer.read().expect("lock poisoned").as_ref()
+        {
             observer.closed(cookie);
         }
     }

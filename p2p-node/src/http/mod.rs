@@ -42,6 +42,8 @@ pub struct AppState {
     pub allowed_hosts: Arc<auth::AllowedHosts>,
     /// Where `share` may read and `fetch` may write.
     pub files: Arc<confine::FilePolicy>,
+    /// Path measurements per peer (careful resume).
+    pub known: Arc<crate::known::Store>,
 }
 
 /// Every route of the API, behind the `Host` check and the credential check, with a body limit
@@ -58,6 +60,11 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(node::healthz))
         .route("/api/node", get(node::node))
         .route("/api/peers", get(node::peers))
+        .route("/api/peers/known", get(node::known))
+        .route(
+            "/api/peers/known/{peer}",
+            axum::routing::delete(node::forget),
+        )
         .route("/api/history", get(node::history))
         .route("/api/cc", get(cc::get_cc).put(cc::put_cc))
         .route(

@@ -38,6 +38,8 @@ pub struct Point {
     pub ca_state: Option<&'static str>,
     /// bbr-p2p's mode, for connections running it.
     pub bbr_mode: Option<&'static str>,
+    /// How a bbr-p2p connection started: cold, resumed or retreated (careful resume).
+    pub bbr_start: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +77,7 @@ impl History {
                     .map(|t| t.ca_state_seconds.recovery + t.ca_state_seconds.loss),
                 ca_state: tcp.map(|t| t.ca_state),
                 bbr_mode: c.bbr.as_ref().map(|b| b.mode),
+                bbr_start: c.bbr.as_ref().map(|b| b.start),
             });
             while series.len() > POINTS {
                 series.pop_front();

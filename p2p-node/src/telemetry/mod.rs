@@ -18,6 +18,7 @@ use std::{
 use cc_ebpf_common::{
     CA_STATES, SockStats,
     bbr::{BBR_UNIT, BbrState, WarmStart, bw_to_bytes_per_sec},
+    resume::{Reason, Start},
     unpadded,
 };
 use serde::Serialize;
@@ -55,8 +56,11 @@ pub struct BbrView {
     /// Loss bound on inflight (`None`: unbounded).
     pub inflight_hi_segments: Option<u32>,
     pub full_bw_reached: bool,
-    /// "cold", "warm" or "fell_back".
-    pub warm_start: &'static str,
+    /// How the connection started: "cold", "resumed" (from this peer's record, careful resume)
+    /// or "retreated" (resumed, then the path contradicted the record).
+    pub start: &'static str,
+    /// Why it started cold or retreated ("" when not known or not applicable).
+    pub start_reason: &'static str,
     pub probe_rtt_count: u32,
     pub loss_bound_count: u32,
     pub rounds: u32,
@@ -77,15 +81,21 @@ impl BbrView {
             cwnd_gain: f64::from(s.cwnd_gain) / f64::from(BBR_UNIT),
             inflight_hi_segments: (s.inflight_hi != u32::MAX).then_some(s.inflight_hi),
             full_bw_reached: s.full_bw_reached != 0,
-            warm_start: match s.warm_start {
-                x if x == WarmStart::Warm as u8 => "warm",
-                x if x == WarmStart::FellBack as u8 => "fell_back",
-                _ => "cold",
-            },
+            start: start_of(s).0.name(),
+            start_reason: start_of(s).1.name(),
             probe_rtt_count: s.probe_rtt_count,
             loss_bound_count: s.loss_bound_count,
             rounds: s.round_count,
         }
+    }
+}
+
+/// How a bbr-p2p connection started, from its socket state.
+pub fn start_of(s: &BbrState) -> (Start, Reason) {
+    match s.warm_start {
+        x if x == WarmStart::Warm as u8 => (Start::Resumed, Reason::None),
+        x if x == WarmStart::FellBack as u8 => (Start::Retreated, Reason::RttGrowth),
+        _ => (Start::Cold, Reason::None),
     }
 }
 

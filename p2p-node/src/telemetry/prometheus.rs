@@ -180,7 +180,7 @@ fn labelled<'a, T: 'a>(
 }
 
 const BBR_MODES: [&str; 4] = ["startup", "drain", "probe_bw", "probe_rtt"];
-const WARM_STATES: [&str; 3] = ["cold", "warm", "fell_back"];
+const START_STATES: [&str; 3] = ["cold", "resumed", "retreated"];
 
 /// Every `p2pcc_` family, in export order.
 pub const FAMILIES: &[Family] = &[
@@ -402,12 +402,12 @@ pub const FAMILIES: &[Family] = &[
         series: |v| per_bbr_peer(v, |b| Some(Value::Int(u64::from(b.inflight_hi_segments?)))),
     },
     Family {
-        name: "bbr_warm_start",
+        name: "bbr_start",
         kind: Kind::Gauge,
         unit: None,
-        help: "How the peer's connection started (1 for its state): cold, warm (from the per-address record) or fell_back.",
+        help: "How the peer's connection started (1 for its state): cold, resumed (careful resume from the peer's record) or retreated (the path contradicted the record).",
         labels: &["peer_id", "state"],
-        series: |v| state_set(v, &WARM_STATES, |c| Some(c.bbr.as_ref()?.warm_start)),
+        series: |v| state_set(v, &START_STATES, |c| Some(c.bbr.as_ref()?.start)),
     },
     Family {
         name: "bbr_probe_rtt",

@@ -1,8 +1,10 @@
 //! `/api/node`, `/api/peers`, `/api/history`, `/healthz`: what the node is and what it sees.
 
+use std::net::SocketAddr;
+
 use axum::{
     Json,
-    extract::State,
+    extract::{ConnectInfo, Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -69,6 +71,32 @@ pub async fn node(State(state): State<AppState>) -> Response {
 /// Every authenticated connection, as of the latest snapshot.
 pub async fn peers(State(state): State<AppState>) -> Response {
     Json(&state.telemetry.snapshot().connections).into_response()
+}
+
+/// The path measurements the node keeps per peer (bounded: [`crate::known::MAX_LISTED`]).
+pub async fn known(State(state): State<AppState>) -> Json<crate::known::KnownPeers> {
+    Json(state.known.list(crate::known::now_unix_ms()))
+}
+
+/// Forgets one peer's measurements: its next connection starts cold.
+pub async fn forget(
+    State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(peer): Path<String>,
+) -> Response {
+    let Ok(id) = peer.parse::<libp2p::PeerId>() else {
+        tracing::info!(target: "audit", %from, action = "known forget", result = "not a PeerId", "refused");
+        return super::bad_request("not a PeerId");
+    };
+    if state.known.forget(&id) {
+        tracing::info!(target: "audit", %from, action = "known forget", peer = %id, result = "ok", "record forgotten");
+        if let Err(e) = state.known.save() {
+            tracing::warn!("saving known peers: {e:#}");
+        }
+        (StatusCode::OK, "forgotten\n").into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no record for this peer\n").into_response()
+    }
 }
 
 pub async fn history(
