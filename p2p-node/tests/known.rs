@@ -22,7 +22,7 @@ fn records_are_per_peer_id_persisted_and_forgotten_with_the_token() {
     if !kernel_tests_possible() {
         return;
     }
-    let net = NetnsPair::new("known", 7);
+    let net = NetnsPair::new("known", 11);
     let a = Node::start(&net.a, &net.addr_a, &[]);
     let dir = test_data_dir("known-b");
     let dir_arg = dir.to_str().unwrap();
