@@ -8,6 +8,8 @@
 pub mod cc;
 pub mod cli;
 pub mod ebpf;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod known;
 pub mod node;

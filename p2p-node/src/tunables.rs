@@ -218,3 +218,61 @@ mod tests {
         assert_eq!(changes, vec![("min_cwnd", 4, 8)]);
     }
 }
+
+/// Fuzz target (see `crate::fuzz`): `PUT /api/cc/tunables` bodies (any JSON a local user with
+/// the token, or a bug in a dashboard, sends).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::for_a_while;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let name = prop_oneof![
+            3 => proptest::sample::select(TUNABLES.iter().map(|t| t.0).collect::<Vec<_>>())
+                .prop_map(str::to_owned),
+            1 => ".{0,12}",
+        ];
+        let number = prop_oneof![
+            any::<u32>().prop_map(Value::from),
+            (0u64..3000).prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            Just(Value::from(u64::from(u32::MAX) + 1)),
+        ];
+        let leaf = prop_oneof![
+            4 => number,
+            1 => any::<bool>().prop_map(Value::from),
+            1 => ".{0,8}".prop_map(Value::from),
+            1 => Just(Value::Null),
+        ];
+        let object = proptest::collection::btree_map(name, leaf.clone(), 0..6)
+            .prop_map(|m| Value::Object(m.into_iter().collect()));
+        prop_oneof![4 => object, 1 => leaf, 1 => proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::from)]
+    }
+
+    #[test]
+    fn tunables_bodies() {
+        for_a_while("tunables", json_value(), |changes| {
+            let Ok((new, applied)) = apply(&BbrConfig::DEFAULT, &changes) else {
+                return Ok(());
+            };
+            // Whatever is accepted is a valid configuration, changed only where asked.
+            prop_assert!(new.validate().is_ok());
+            let asked = changes.as_object().unwrap();
+            prop_assert_eq!(applied.len(), asked.len());
+            for (name, old, value) in &applied {
+                prop_assert_eq!(Some(u64::from(*value)), asked[*name].as_u64());
+                let get = TUNABLES.iter().find(|t| t.0 == *name).unwrap().2;
+                prop_assert_eq!(get(&BbrConfig::DEFAULT), *old);
+                prop_assert_eq!(get(&new), *value);
+            }
+            // The JSON the API shows reads back to the same configuration.
+            let (same, _) = apply(&new, &to_json(&new)["tunables"]).unwrap();
+            prop_assert_eq!(same, new);
+            Ok(())
+        });
+    }
+}

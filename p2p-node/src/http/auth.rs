@@ -314,3 +314,58 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Fuzz target (see `crate::fuzz`): the `Host` and `Authorization` headers of every request
+/// (web pages and local users choose them).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::for_a_while;
+
+    fn headers() -> impl Strategy<Value = (String, String)> {
+        let host = prop_oneof![
+            ".{0,24}",
+            "(localhost|LocalHost|127\\.0\\.0\\.[0-9]{1,3}|\\[::1\\]|evil\\.example|node\\.lan)(:[0-9]{0,6})?\\.?",
+            "\\[[0-9a-f:.]{0,20}\\]?(:[0-9]{1,5})?",
+        ];
+        let auth = prop_oneof![
+            ".{0,24}",
+            "[ \\t]{0,2}(bearer|Bearer|BEARER|Basic|)[ \\t]{0,3}[ -~]{0,20}"
+        ];
+        (host, auth)
+    }
+
+    #[test]
+    fn host_and_authorization_headers() {
+        let local: SocketAddr = "10.9.9.1:9464".parse().unwrap();
+        let configured = AllowedHosts(vec!["node.lan".into()]);
+        for_a_while(
+            "Host and Authorization headers",
+            headers(),
+            |(host, auth)| {
+                let name = host_name(&host);
+                if configured.allows(&host, Some(local)) {
+                    // Only this node's names pass: a rebinding page's own name never does.
+                    let ok = name.eq_ignore_ascii_case("localhost")
+                        || name.eq_ignore_ascii_case("node.lan")
+                        || name
+                            .parse::<IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback() || ip == local.ip());
+                    prop_assert!(ok, "{host:?} allowed as {name:?}");
+                }
+                prop_assert!(!AllowedHosts::default().allows("evil.example", Some(local)));
+                if let Some(token) = bearer_token(&auth) {
+                    prop_assert!(!token.is_empty() && token.trim() == token);
+                    prop_assert!(auth.contains(token));
+                    prop_assert!(auth.trim_start()[..6].eq_ignore_ascii_case("bearer"));
+                    prop_assert!(tokens_equal(token, token));
+                    let longer = format!("{token}x");
+                    prop_assert!(!tokens_equal(token, &longer));
+                }
+                Ok(())
+            },
+        );
+    }
+}

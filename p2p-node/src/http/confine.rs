@@ -412,3 +412,87 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 }
+
+/// Fuzz target (see `crate::fuzz`): the `path` of `POST /api/files` and the `out` of
+/// `POST /api/files/fetch`, against a share directory with symlinks pointing out of it.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::for_a_while;
+
+    /// Paths assembled from the pieces that matter (`..`, `.`, `/`, NUL, symlinks in and out,
+    /// absolute prefixes) and arbitrary text.
+    fn paths() -> impl Strategy<Value = String> {
+        let piece = proptest::sample::select(vec![
+            "..",
+            ".",
+            "",
+            "a.bin",
+            "sub",
+            "link-in",
+            "link-out",
+            "dir-out",
+            "secret",
+            "zero",
+            "fifo",
+            "nul\0",
+            "/etc/passwd",
+            "/",
+            "//",
+            "x\u{0}y",
+            "dl",
+            "..a",
+            "a..",
+        ]);
+        let joined = (any::<bool>(), proptest::collection::vec(piece, 0..6)).prop_map(
+            |(absolute, pieces)| {
+                let p = pieces.join("/");
+                if absolute { format!("/{p}") } else { p }
+            },
+        );
+        prop_oneof![3 => joined, 1 => ".{0,40}"]
+    }
+
+    #[test]
+    fn share_paths_and_download_names() {
+        let root = std::env::temp_dir().join(format!("p2pcc-fuzz-confine-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let shared = root.join("shared");
+        fs::create_dir_all(shared.join("sub")).unwrap();
+        fs::write(shared.join("sub/a.bin"), b"a").unwrap();
+        fs::write(shared.join("a.bin"), b"a").unwrap();
+        fs::write(root.join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(root.join("secret"), shared.join("link-out")).unwrap();
+        std::os::unix::fs::symlink(shared.join("sub/a.bin"), shared.join("link-in")).unwrap();
+        std::os::unix::fs::symlink(&root, shared.join("dir-out")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", shared.join("zero")).unwrap();
+        let policy = FilePolicy::new(std::slice::from_ref(&shared), &root.join("dl")).unwrap();
+        let real_shared = fs::canonicalize(&shared).unwrap();
+        for_a_while("share paths and download names", paths(), |path| {
+            if let Ok(opened) = policy.open_shared(Path::new(&path)) {
+                // Whatever opens is a regular file under the share directory.
+                let target =
+                    fs::read_link(format!("/proc/self/fd/{}", opened.file.as_raw_fd())).unwrap();
+                prop_assert!(
+                    target.starts_with(&real_shared),
+                    "{path:?} opened {target:?}"
+                );
+                prop_assert!(opened.file.metadata().unwrap().is_file());
+                prop_assert!(!opened.name.contains('/'));
+            }
+            if let Ok(out) = policy.download_path(&path) {
+                // A fetch writes exactly `path`, as a name, in the download directory.
+                prop_assert_eq!(out.parent(), Some(policy.download_dir()));
+                prop_assert_eq!(
+                    out.file_name().and_then(|n| n.to_str()),
+                    Some(path.as_str())
+                );
+                prop_assert!(path != "." && path != "..");
+            }
+            Ok(())
+        });
+        let _ = fs::remove_dir_all(&root);
+    }
+}

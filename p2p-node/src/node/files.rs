@@ -1273,3 +1273,185 @@ mod tests {
         });
     }
 }
+
+/// Fuzz targets (see `crate::fuzz`): what a hostile peer sends on [`PROTOCOL`] — requests,
+/// responses and chunk framing — and the manifest and ids it names.
+#[cfg(test)]
+mod fuzz {
+    use futures::{executor::block_on, io::Cursor};
+    use proptest::{collection::vec, prelude::*};
+    use request_response::Codec as _;
+
+    use super::*;
+    use crate::fuzz::for_a_while;
+
+    fn read_request(bytes: &[u8]) -> io::Result<Request> {
+        block_on(Codec.read_request(&PROTOCOL, &mut Cursor::new(bytes)))
+    }
+
+    fn read_response(bytes: &[u8]) -> io::Result<Response> {
+        block_on(Codec.read_response(&PROTOCOL, &mut Cursor::new(bytes)))
+    }
+
+    fn write_request(request: Request) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        block_on(Codec.write_request(&PROTOCOL, &mut out, request)).unwrap();
+        out.into_inner()
+    }
+
+    fn write_response(response: Response) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        block_on(Codec.write_response(&PROTOCOL, &mut out, response)).unwrap();
+        out.into_inner()
+    }
+
+    /// Lengths around every bound the codec checks, and small ones.
+    fn body_len() -> impl Strategy<Value = usize> {
+        let around = |n: usize| n.saturating_sub(2)..=n + 2;
+        prop_oneof![
+            40 => 0..1024usize,
+            4 => around(MAX_ERROR_BYTES),
+            1 => around(MAX_CHUNK_BYTES as usize),
+            1 => around(MAX_RESPONSE_BYTES),
+        ]
+    }
+
+    #[test]
+    fn requests() {
+        let bytes = prop_oneof![
+            vec(any::<u8>(), 0..80),
+            (0u8..3, any::<[u8; 32]>(), any::<u32>()).prop_map(|(tag, id, index)| {
+                let mut b = vec![tag];
+                b.extend_from_slice(&id);
+                b.extend_from_slice(&index.to_be_bytes());
+                b
+            }),
+        ];
+        for_a_while("file-sharing requests", bytes, |bytes| {
+            match read_request(&bytes) {
+                Ok(request) => {
+                    prop_assert!(bytes.len() >= REQUEST_BYTES);
+                    let again = write_request(request);
+                    prop_assert_eq!(read_request(&again).unwrap(), request);
+                    // What was read is exactly the frame (a manifest request ignores the index).
+                    prop_assert_eq!(&again[..33], &bytes[..33]);
+                }
+                Err(_) => prop_assert!(bytes.len() < REQUEST_BYTES || bytes[0] > 1),
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn responses_and_chunk_framing() {
+        let frames = (
+            any::<u8>(),
+            body_len(),
+            any::<u8>(),
+            vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(tag, len, fill, head)| {
+                let mut b = vec![tag % 6];
+                b.extend(
+                    head.iter()
+                        .copied()
+                        .chain(std::iter::repeat(fill))
+                        .take(len),
+                );
+                b
+            });
+        for_a_while("file-sharing responses", frames, |bytes| {
+            let Ok(response) = read_response(&bytes) else {
+                return Ok(());
+            };
+            let body = bytes.len().saturating_sub(1);
+            prop_assert!(body <= MAX_RESPONSE_BYTES);
+            match &response {
+                Response::Chunk(c) => prop_assert!(c.len() <= MAX_CHUNK_BYTES as usize),
+                Response::Error(e) => prop_assert!(e.len() <= 3 * MAX_ERROR_BYTES),
+                _ => {}
+            }
+            // Written back and read again: the same response (an error message longer than
+            // the limit is cut on the way out; that cut is what a receiver sees).
+            let again = read_response(&write_response(response.clone())).unwrap();
+            match (&response, &again) {
+                (Response::Error(a), Response::Error(b)) if a.len() > MAX_ERROR_BYTES => {
+                    prop_assert!(b.len() <= 3 * MAX_ERROR_BYTES)
+                }
+                _ => prop_assert_eq!(&again, &response),
+            }
+            Ok(())
+        });
+    }
+
+    /// Manifest headers near and past every bound, with hash bytes that fit or do not.
+    fn manifest_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let size = prop_oneof![
+            Just(0u64),
+            1u64..10_000_000,
+            (MAX_FILE_BYTES - 2)..=(MAX_FILE_BYTES + 2),
+            any::<u64>(),
+        ];
+        let chunk = prop_oneof![
+            Just(CHUNK_BYTES),
+            (MIN_CHUNK_BYTES - 1)..=(MIN_CHUNK_BYTES + 1),
+            (MAX_CHUNK_BYTES - 1)..=(MAX_CHUNK_BYTES + 1),
+            any::<u32>(),
+        ];
+        let structured = (0u8..3, size, chunk, -2i64..=2, 0usize..40).prop_map(
+            |(version, size, chunk_bytes, count_skew, extra)| {
+                let count = if chunk_bytes == 0 {
+                    0
+                } else {
+                    (size.div_ceil(u64::from(chunk_bytes)) as i64 + count_skew).max(0) as u32
+                };
+                let mut b = vec![version];
+                b.extend_from_slice(&size.to_be_bytes());
+                b.extend_from_slice(&chunk_bytes.to_be_bytes());
+                b.extend_from_slice(&count.to_be_bytes());
+                // Hash bytes for up to a few hundred chunks; large counts get a short tail.
+                let hashes = (count.min(300) as usize * 32 + extra).saturating_sub(20);
+                b.extend((0..hashes).map(|i| i as u8));
+                b
+            },
+        );
+        prop_oneof![vec(any::<u8>(), 0..200), structured]
+    }
+
+    #[test]
+    fn manifests() {
+        for_a_while("manifests", manifest_bytes(), |bytes| {
+            let Ok(m) = Manifest::decode(&bytes) else {
+                return Ok(());
+            };
+            prop_assert_eq!(m.encode(), bytes);
+            prop_assert!(m.size <= MAX_FILE_BYTES);
+            // The chunks tile the file exactly: what a fetcher writes is what the size says.
+            let mut covered = 0u64;
+            for index in 0..m.chunks.len() as u32 {
+                prop_assert_eq!(m.offset(index), covered);
+                let len = m.chunk_len(index);
+                prop_assert!(len >= 1 && len <= m.chunk_bytes as usize);
+                covered += len as u64;
+            }
+            prop_assert_eq!(covered, m.size);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_ids() {
+        let text = prop_oneof![
+            ".{0,80}",
+            "[0-9a-fA-F]{62,66}",
+            any::<[u8; 32]>().prop_map(hex::encode),
+        ];
+        for_a_while("file ids", text, |text| {
+            if let Ok(id) = text.parse::<FileId>() {
+                prop_assert_eq!(id.to_string(), text.to_ascii_lowercase());
+                prop_assert_eq!(id.to_string().parse::<FileId>().unwrap(), id);
+            }
+            Ok(())
+        });
+    }
+}

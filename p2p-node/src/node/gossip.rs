@@ -249,3 +249,77 @@ mod tests {
         }
     }
 }
+
+/// Fuzz target (see `crate::fuzz`): what any peer may publish on [`TOPIC`].
+#[cfg(test)]
+mod fuzz {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+    use crate::fuzz::for_a_while;
+
+    /// Announcements with fields near and past their bounds, as JSON, and plain bytes.
+    fn payloads() -> impl Strategy<Value = Vec<u8>> {
+        let text = prop_oneof![
+            ".{0,20}",
+            "[a-z0-9_-]{14,17}",
+            "\\PC{250,260}",
+            "[\\x00-\\x1f]{1,3}"
+        ];
+        let file = (
+            prop_oneof!["[0-9a-f]{64}", ".{0,70}"],
+            text.clone(),
+            prop_oneof![any::<u64>(), Just(MAX_FILE_BYTES), Just(MAX_FILE_BYTES + 1)],
+        )
+            .prop_map(|(id, name, size)| Announcement::File { id, name, size });
+        let status = (text, any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(algorithm, connected_peers, routing_table_peers, shared_files)| {
+                Announcement::Status {
+                    algorithm,
+                    connected_peers,
+                    routing_table_peers,
+                    shared_files,
+                }
+            },
+        );
+        let json = prop_oneof![file, status].prop_map(|a| serde_json::to_vec(&a).unwrap());
+        let padded = (json.clone(), 0usize..(2 * MAX_MESSAGE_BYTES)).prop_map(|(mut j, pad)| {
+            // Whitespace after the object: still JSON, possibly over the size bound.
+            j.extend(std::iter::repeat_n(b' ', pad));
+            j
+        });
+        prop_oneof![json, padded, vec(any::<u8>(), 0..300)]
+    }
+
+    #[test]
+    fn gossip_payloads() {
+        let source = PeerId::random();
+        for_a_while("gossip payloads", payloads(), |data| {
+            let message = gossipsub::Message {
+                source: Some(source),
+                data: data.clone(),
+                sequence_number: Some(1),
+                topic: gossipsub::IdentTopic::new(TOPIC).hash(),
+            };
+            let Ok(received) = validate(&message) else {
+                return Ok(());
+            };
+            prop_assert!(data.len() <= MAX_MESSAGE_BYTES);
+            // What a receiver accepts, a sender may send: both sides check the same bounds.
+            let sent = encode(&received.announcement);
+            prop_assert!(sent.is_ok(), "accepted but not sendable: {:?}", sent);
+            match &received.announcement {
+                Announcement::File { id, name, size } => {
+                    prop_assert!(id.parse::<FileId>().is_ok());
+                    prop_assert!(!name.is_empty() && name.len() <= MAX_NAME_BYTES);
+                    prop_assert!(!name.chars().any(char::is_control));
+                    prop_assert!(*size <= MAX_FILE_BYTES);
+                }
+                Announcement::Status { algorithm, .. } => {
+                    prop_assert!(algorithm.len() <= MAX_ALGORITHM_BYTES);
+                }
+            }
+            Ok(())
+        });
+    }
+}

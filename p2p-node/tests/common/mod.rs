@@ -670,7 +670,7 @@ pub fn raw_http_in_ns(
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
         let response = String::from_utf8_lossy(&response);
-        p2p_node::http::parse_response(&response)
+        p2p_node::http::parse_response(response.as_bytes())
             .ok_or_else(|| std::io::Error::other(format!("malformed HTTP response: {response}")))
     })
     .join()

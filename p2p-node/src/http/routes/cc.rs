@@ -32,7 +32,7 @@ pub async fn get_cc() -> Response {
 
 #[derive(serde::Deserialize)]
 pub struct CcRequest {
-    algorithm: String,
+    pub(super) algorithm: String,
 }
 
 pub async fn put_cc(

@@ -15,14 +15,14 @@ use crate::{http::AppState, node::files::FileError};
 #[derive(serde::Deserialize)]
 pub struct ShareRequest {
     /// A file under one of the node's share directories: absolute, or relative to one.
-    path: std::path::PathBuf,
+    pub(super) path: std::path::PathBuf,
 }
 
 #[derive(serde::Deserialize)]
 pub struct FetchRequest {
-    id: String,
+    pub(super) id: String,
     /// File name in the node's download directory; refused if it exists.
-    out: String,
+    pub(super) out: String,
 }
 
 /// The last component of a path, for messages (no local path leaves the node).

@@ -13,11 +13,11 @@ use crate::http::AppState;
 
 #[derive(serde::Deserialize)]
 pub struct PerfRequest {
-    peer: String,
+    pub(super) peer: String,
     #[serde(default)]
-    upload_bytes: u64,
+    pub(super) upload_bytes: u64,
     #[serde(default)]
-    download_bytes: u64,
+    pub(super) download_bytes: u64,
 }
 
 pub async fn perf(
