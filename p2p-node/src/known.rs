@@ -368,19 +368,19 @@ impl Store {
             );
         }
         let mut inner = self.lock();
-        let (mut kept, mut dropped) = (0, 0);
+        let mut dropped = 0;
         // The file lists records oldest first: inserting in order rebuilds the LRU.
         for record in file.records {
             match record.peer_id.parse::<PeerId>() {
                 Ok(peer) if record.plausible() => {
                     inner.insert(peer, record, self.config.capacity);
-                    kept += 1;
                 }
                 _ => dropped += 1,
             }
         }
         inner.dirty = false;
-        Ok((kept.min(self.config.capacity), dropped))
+        // A PeerId listed twice is one record (the later wins): count what is held.
+        Ok((inner.records.len(), dropped))
     }
 
     /// Writes the records if they changed since the last save: a new file beside the old one
@@ -686,5 +686,128 @@ mod tests {
             assert!(s2.len() <= 4);
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Fuzz target (see `crate::fuzz`): the known-peers file, which whoever can write the data dir
+/// (or a crash mid-write on another implementation) may leave in any shape.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::for_a_while;
+
+    fn records() -> impl Strategy<Value = Vec<Record>> {
+        let peer = prop_oneof![
+            Just(PeerId::random().to_string()),
+            Just(PeerId::random().to_string()),
+            ".{0,8}",
+        ];
+        let bw = prop_oneof![0u64..3, 1u64..MAX_BW_BYTES_PER_SEC + 2, any::<u64>()];
+        let rtt = prop_oneof![
+            0u32..3,
+            (MAX_MIN_RTT_US - 1)..=(MAX_MIN_RTT_US + 1),
+            any::<u32>()
+        ];
+        let inflight = proptest::option::of(prop_oneof![0u64..3, any::<u64>()]);
+        let record = (peer, bw, rtt, inflight, any::<bool>(), any::<u64>()).prop_map(
+            |(peer_id, bw_bytes_per_sec, min_rtt_us, inflight_hi_bytes, policer, at)| Record {
+                peer_id,
+                bw_bytes_per_sec,
+                min_rtt_us,
+                inflight_hi_bytes,
+                policer,
+                sampled_at_unix_ms: at,
+            },
+        );
+        proptest::collection::vec(record, 0..12)
+    }
+
+    /// Whole files: well-formed with hostile records, other versions, cut-off or plain bytes.
+    fn files() -> impl Strategy<Value = Vec<u8>> {
+        let well_formed = || {
+            (prop_oneof![Just(FILE_VERSION), any::<u32>()], records()).prop_map(
+                |(version, records)| serde_json::to_vec(&File { version, records }).unwrap(),
+            )
+        };
+        let cut = (well_formed(), any::<prop::sample::Index>()).prop_map(|(mut b, at)| {
+            b.truncate(at.index(b.len() + 1));
+            b
+        });
+        prop_oneof![4 => well_formed(), 1 => cut, 1 => proptest::collection::vec(any::<u8>(), 0..64)]
+    }
+
+    /// Found by `known_peers_files`: a PeerId listed twice was counted as two kept records.
+    #[test]
+    fn a_peer_listed_twice_is_one_record() {
+        let dir = std::env::temp_dir().join(format!("p2pcc-known-twice-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("known-peers.json");
+        let record = Record {
+            peer_id: PeerId::random().to_string(),
+            bw_bytes_per_sec: 1,
+            min_rtt_us: 1,
+            inflight_hi_bytes: None,
+            policer: false,
+            sampled_at_unix_ms: 0,
+        };
+        let records = vec![record.clone(), record];
+        let text = serde_json::to_vec(&File {
+            version: FILE_VERSION,
+            records,
+        })
+        .unwrap();
+        fs::write(&path, text).unwrap();
+        let s = Store::new(Config {
+            file: Some(path),
+            ..Config::default()
+        });
+        assert_eq!(s.load().unwrap(), (1, 0));
+        assert_eq!(s.len(), 1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn known_peers_files() {
+        let dir = std::env::temp_dir().join(format!("p2pcc-fuzz-known-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("known-peers.json");
+        let copy = dir.join("copy.json");
+        const CAPACITY: usize = 4;
+        let store = |file: &Path| {
+            Store::new(Config {
+                capacity: CAPACITY,
+                max_age: Duration::from_secs(600),
+                file: Some(file.to_owned()),
+            })
+        };
+        for_a_while("known-peers file", files(), |bytes| {
+            fs::write(&path, &bytes).unwrap();
+            let s = store(&path);
+            let Ok((kept, _dropped)) = s.load() else {
+                prop_assert!(s.is_empty());
+                return Ok(());
+            };
+            prop_assert!(kept <= CAPACITY && s.len() == kept);
+            let listed = s.list(now_unix_ms());
+            for known in &listed.records {
+                prop_assert!(known.record.plausible(), "{:?}", known.record);
+            }
+            // Saved (to another file) and read back: the same records, in the same order.
+            let saved = store(&copy);
+            *saved.lock() = std::mem::take(&mut *s.lock());
+            saved.lock().dirty = true;
+            let _ = fs::remove_file(&copy);
+            saved.save().unwrap();
+            let again = store(&copy);
+            again.load().unwrap();
+            let records =
+                |k: KnownPeers| k.records.into_iter().map(|r| r.record).collect::<Vec<_>>();
+            prop_assert_eq!(records(again.list(0)), records(saved.list(0)));
+            Ok(())
+        });
+        let _ = fs::remove_dir_all(&dir);
     }
 }
