@@ -25,6 +25,12 @@ pub const PROBE_COUNTERS_MAP: &str = "PROBE_COUNTERS";
 pub const RTT_HIST_MAP: &str = "RTT_HIST";
 /// Name of the ring buffer carrying one [`FinalRecord`] per destroyed tracked socket.
 pub const FINAL_RECORDS_MAP: &str = "FINAL_RECORDS";
+/// Name of the socket-storage map marking the sockets the probes track ([`SockTrack`]).
+pub const SOCK_TRACK_MAP: &str = "SOCK_TRACK";
+
+/// TCP-clock advance (µs) after which `tcp_probe` refreshes a tracked socket's [`SockStats`];
+/// events in between only count (a congestion-state change refreshes at once).
+pub const REFRESH_US: u64 = 1000;
 
 /// Sockets tracked at once. Sized for a node's connection limits (1024 inbound + 512 outbound,
 /// see the node's connection management) with 4x headroom for the observe-every-socket mode,
@@ -120,7 +126,8 @@ pub struct SockStats {
     pub bytes_received: u64,
     /// `bpf_ktime_get_ns()` of the latest update.
     pub updated_ns: u64,
-    /// Probe events seen for this socket.
+    /// Refreshes of this entry by `tcp_probe` (at most one per [`REFRESH_US`] of the socket's
+    /// TCP clock, plus congestion-state changes: see [`SockTrack::due`]).
     pub events: u64,
     /// `tcp_sock.rcv_wnd`, bytes (the receive window this side advertises).
     pub rcv_wnd_bytes: u32,
@@ -285,14 +292,56 @@ pub struct ProbeConfig {
 }
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8);
 
-/// Self-counters of the probes, per CPU (summed in userspace).
+/// A tracked socket's mark, in socket storage ([`SOCK_TRACK_MAP`]): the node inserts one per
+/// socket it owns (by fd, `owned = 1`); in observe-all mode `tcp_probe` creates one (zeroed,
+/// `owned = 0`) for any other socket. The kernel frees it with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockTrack {
+    /// The socket's TCP clock (`tcp_mstamp`, µs) at the last refresh; 0 before the first.
+    pub refreshed_us: u64,
+    /// 1: a socket of the node; 0: created by observe-all mode.
+    pub owned: u32,
+    /// `icsk_ca_state` at the last refresh.
+    pub ca_state: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockTrack>() == 16);
+
+impl SockTrack {
+    /// The node's mark for one of its sockets.
+    pub const fn owned() -> Self {
+        Self {
+            refreshed_us: 0,
+            owned: 1,
+            ca_state: 0,
+        }
+    }
+
+    /// Whether the event at TCP clock `now_us` with congestion state `ca_state` refreshes the
+    /// snapshot (first event, clock advanced by ≥ [`REFRESH_US`], or the state changed); if so
+    /// it is recorded as the last refresh (the logic `tcp_probe` runs; host-tested).
+    #[inline(always)]
+    pub fn due(&mut self, now_us: u64, ca_state: u32) -> bool {
+        let due = self.refreshed_us == 0
+            || now_us.wrapping_sub(self.refreshed_us) >= REFRESH_US
+            || ca_state != self.ca_state;
+        if due {
+            self.refreshed_us = now_us;
+            self.ca_state = ca_state;
+        }
+        due
+    }
+}
+
+/// Self-counters of the probes, per CPU (summed in userspace). Events of sockets the probes do
+/// not track are not counted here: the kernel's `run_cnt` (bpf_stats) counts every run.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeCounters {
-    /// `tcp_probe` events seen (all sockets).
+    /// `tcp_probe` events of tracked sockets.
     pub events: u64,
-    /// Events for sockets the node does not track (skipped cheaply).
-    pub skipped: u64,
+    /// Of those, the events that refreshed the socket's [`SockStats`] (see [`SockTrack::due`]).
+    pub refreshes: u64,
     /// Map updates that failed (map full in observe-all mode).
     pub update_failed: u64,
     /// `tcp_retransmit_skb` events for tracked sockets.
@@ -382,6 +431,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockTrack {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RttHist {}
@@ -414,6 +465,23 @@ mod probe_tests {
             assert_eq!(log2_u32(v), 31 - v.leading_zeros());
         }
         assert_eq!(rtt_bucket(u32::MAX), RTT_HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn refresh_once_per_millisecond_or_state_change() {
+        let mut t = SockTrack::owned();
+        assert!(t.due(5_000, 0), "first event");
+        assert!(!t.due(5_000, 0));
+        assert!(!t.due(5_999, 0), "999 µs later");
+        assert!(t.due(6_000, 0), "1 ms later");
+        assert_eq!(t.refreshed_us, 6_000);
+        assert!(t.due(6_010, 1), "state change");
+        assert!(!t.due(6_020, 1));
+        assert!(!t.due(7_009, 1));
+        assert!(t.due(7_010, 1));
+        // The clock going backwards (a different clock base) refreshes rather than stalls.
+        assert!(t.due(100, 1));
+        assert_eq!(t.owned, 1);
     }
 
     #[test]

@@ -74,7 +74,8 @@ fn ser_peer<S: serde::Serializer>(peer: &Option<PeerId>, s: S) -> Result<S::Ok, 
 
 /// Told when sockets come and go (the eBPF side starts and stops tracking them).
 pub trait SocketObserver: Send + Sync {
-    fn opened(&self, cookie: u64);
+    /// A socket of the node was registered; `fd` is open for the call.
+    fn opened(&self, cookie: u64, fd: BorrowedFd<'_>);
     fn closed(&self, cookie: u64);
 }
 
@@ -203,7 +204,7 @@ impl SocketTable {
             );
         }
         if let Some(observer) = self.observer.read().expect("lock poisoned").as_ref() {
-            observer.opened(cookie);
+            observer.opened(cookie, fd);
         }
         Ok(cookie)
     }

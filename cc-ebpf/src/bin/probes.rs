@@ -1,37 +1,47 @@
 //! TCP probes: per-socket TCP state for the node's telemetry.
 //!
-//! Four BTF tracepoints, all keyed by socket cookie (the value `SO_COOKIE` returns):
-//! - `tcp_probe` (every segment an established socket receives): the latest state of each
-//!   tracked socket in `SOCK_STATS`, and a log2 histogram of smoothed RTT per congestion control
-//!   in `RTT_HIST`;
-//! - `tcp_retransmit_skb`: retransmitted segments and bytes;
+//! Four BTF tracepoints. Each first asks socket storage (`SOCK_TRACK`, one `bpf_sk_storage_get`
+//! without create) whether the socket is tracked; every other socket on the host exits there.
+//! Tracked sockets are keyed by socket cookie (the value `SO_COOKIE` returns) in `SOCK_STATS`:
+//! - `tcp_probe` (every segment an established socket receives): counts the event, and when
+//!   the socket's TCP clock advanced ≥ 1 ms since the last refresh (or its congestion state
+//!   changed, see `SockTrack::due`) refreshes the socket's entry in `SOCK_STATS` and adds a
+//!   smoothed-RTT sample to the per-algorithm log2 histogram `RTT_HIST`;
+//! - `tcp_retransmit_skb`: retransmitted segments and bytes (every event);
 //! - `tcp_cong_state_set`: time in each congestion state and the transitions (as bcc's tcpcong);
-//! - `tcp_destroy_sock`: a final record to `FINAL_RECORDS`, then the entry is removed.
+//! - `tcp_destroy_sock`: a last refresh and a final record to `FINAL_RECORDS`, then the entry
+//!   is removed.
 //!
-//! The node inserts an entry for each of its own sockets; other sockets are skipped after one
-//! map lookup, unless `PROBE_CONFIG.observe_all` is set. When the node drops a socket it leaves
-//! the entry for `tcp_destroy_sock` to finish (so the final record has the last retransmits and
-//! state time) and removes it itself only if no destroy came within a grace period: removal on
-//! either side is idempotent (deleting a missing key is a no-op).
+//! The node marks each of its own sockets in `SOCK_TRACK` (by fd) and inserts its `SOCK_STATS`
+//! entry; with `PROBE_CONFIG.observe_all` set, `tcp_probe` marks any other TCP socket itself.
+//! When the node drops a socket it leaves the entry for `tcp_destroy_sock` to finish (so the
+//! final record has the last retransmits and state time) and removes it itself only if no
+//! destroy came within a grace period: removal on either side is idempotent (deleting a missing
+//! key is a no-op). The mark goes with the socket (the kernel frees socket storage).
 //!
-//! Fields are read with direct BTF-checked loads at the generated offsets; the only helpers on the
-//! per-ACK path are the cookie, the typed `tcp_sock` cast and the map lookups.
+//! Between refreshes a socket's entry lags its latest segments by less than 1 ms of its TCP
+//! clock; an idle socket keeps that lag until its next segment or its destroy (which refreshes).
+//!
+//! Fields are read with direct BTF-checked loads at the generated offsets; the helpers on the
+//! per-segment path of a tracked socket are the storage lookup and the typed `tcp_sock` cast,
+//! plus the cookie and the map lookups on a refresh.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
+    btf_maps::SkStorage,
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_map, btf_tracepoint, map},
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use cc_ebpf::kernel::*;
 use cc_ebpf_common::{
     FINAL_RECORDS_BYTES, FinalRecord, ProbeConfig, ProbeCounters, RTT_HIST_MAX_ENTRIES, RttHist,
-    SOCK_STATS_MAX_ENTRIES, SockStats, rtt_bucket,
+    SOCK_STATS_MAX_ENTRIES, SockStats, SockTrack, rtt_bucket,
 };
 
 cc_ebpf::license!();
@@ -56,14 +66,54 @@ static FINAL_RECORDS: RingBuf = RingBuf::with_byte_size(FINAL_RECORDS_BYTES, 0);
 #[map]
 static PROBE_CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
+/// The tracked sockets' marks. Socket storage lives and dies with its socket, so it is bounded
+/// by the sockets that carry it (the node's, at most its connection limits; in observe-all
+/// mode every TCP socket on the host): `max_entries` must be 0 for this map type. A BTF map
+/// definition, because the kernel requires BTF for the key and value of socket storage.
+#[btf_map]
+static SOCK_TRACK: SkStorage<SockTrack> = SkStorage::new();
+
 /// One entry per CPU: the probes' own counters.
 #[map]
 static PROBE_COUNTERS: PerCpuArray<ProbeCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// `BPF_NOEXIST`: create the entry only if absent.
 const BPF_NOEXIST: u64 = 1;
+/// `BPF_SK_STORAGE_GET_F_CREATE`.
+const SK_STORAGE_CREATE: u64 = 1;
 
 type Sk = *mut core::ffi::c_void;
+
+/// The socket's mark, created (zeroed: not owned) when `create` is set; null when absent.
+#[inline(always)]
+fn track(sk: Sk, create: bool) -> *mut SockTrack {
+    let flags = if create { SK_STORAGE_CREATE } else { 0 };
+    // SAFETY: the map is a socket-storage map of SockTrack values; `sk` is a BTF-typed socket
+    // (the helper returns null for anything but a full socket).
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&SOCK_TRACK).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            flags,
+        )
+    }
+    .cast()
+}
+
+/// Whether the node asked to observe every TCP socket (an array lookup the verifier inlines).
+#[inline(always)]
+fn observe_all() -> bool {
+    PROBE_CONFIG.get(0).is_some_and(|c| c.observe_all != 0)
+}
+
+/// Whether a socket is tracked: the node's own, or any marked one in observe-all mode.
+#[inline(always)]
+fn tracked(sk: Sk) -> bool {
+    let t = track(sk, false);
+    // SAFETY: a non-null result points to this socket's storage value.
+    !t.is_null() && (unsafe { (*t).owned } != 0 || observe_all())
+}
 
 #[inline(always)]
 fn count(f: impl FnOnce(&mut ProbeCounters)) {
@@ -86,6 +136,9 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     // The tracepoint's arguments, as its BTF prototype declares them.
     let (sk, skb, err): (Sk, *mut u8, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if !tracked(sk) {
+        return 0;
+    }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
@@ -121,6 +174,9 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
     // The tracepoint's arguments, as its BTF prototype declares them.
     let (sk, state): (Sk, u64) = (ctx.arg(0), ctx.arg(1));
+    if !tracked(sk) {
+        return 0;
+    }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
@@ -137,6 +193,9 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     // Argument 0 is `struct sock *sk`.
     let sk: Sk = ctx.arg(0);
+    if !tracked(sk) {
+        return 0;
+    }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
@@ -147,13 +206,19 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let s = unsafe { &mut *entry };
     // SAFETY: no-arg helper.
     s.account_ca_state(unsafe { bpf_ktime_get_ns() });
+    // SAFETY: the helper returns a typed `tcp_sock *` or null.
+    let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
+    if !tp.is_null() {
+        // The last segments since the latest refresh: the final record is exact.
+        // SAFETY: `tp` is a verified tcp_sock.
+        unsafe { refresh(s, tp) };
+    }
     match FINAL_RECORDS.reserve::<FinalRecord>(0) {
         Some(mut slot) => {
             let mut algorithm = [0u8; 16];
-            // SAFETY: helper returns a typed `tcp_sock *` or null; the ops pointer is a member of
-            // it and `name` a 16-byte member of the ops (read with the fault-safe helper).
+            // SAFETY: the ops pointer is a member of the verified `tcp_sock` and `name` a
+            // 16-byte member of the ops (read with the fault-safe helper).
             unsafe {
-                let tp = KernelPtr::new(bpf_skc_to_tcp_sock(sk));
                 if !tp.is_null() {
                     let ops = tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS);
                     if ops != 0 {
@@ -179,29 +244,52 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_tcp_probe(sk: Sk) {
-    count(|c| c.events += 1);
-    // SAFETY: `sk` is the tracepoint's socket argument, a BTF-typed `struct sock *`.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let mut mark = track(sk, false);
+    if mark.is_null() {
+        // A socket the node does not own: the common case on a busy host ends here.
+        if !observe_all() {
+            return;
+        }
+        mark = track(sk, true);
+        if mark.is_null() {
+            return;
+        }
+    // SAFETY: a non-null result points to this socket's storage value.
+    } else if unsafe { (*mark).owned } == 0 && !observe_all() {
+        return;
+    }
     // SAFETY: the helper returns a BTF-typed `struct tcp_sock *` or null (not a TCP socket).
     let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
+    if tp.is_null() {
+        return;
+    }
+    count(|c| c.events += 1);
+    // SAFETY: `tp` is a verified tcp_sock; `tcp_mstamp` is a u64 member and `icsk_ca_state` a
+    // bitfield of inet_connection_sock, the head of tcp_sock.
+    let (now_us, ca_state) = unsafe {
+        (
+            tp.u64(TCP_SOCK__TCP_MSTAMP),
+            tp.bits8(
+                INET_CONNECTION_SOCK__ICSK_CA_STATE,
+                INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
+                INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
+            ),
+        )
+    };
+    // SAFETY: storage value of this socket, serialised by the socket lock.
+    if !unsafe { (*mark).due(now_us, u32::from(ca_state)) } {
+        return;
+    }
+    count(|c| c.refreshes += 1);
+    // SAFETY: `sk` is the tracepoint's socket argument, a BTF-typed `struct sock *`.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let entry = match SOCK_STATS.get_ptr_mut(cookie) {
         Some(entry) => entry,
         None => {
-            let observe_all = PROBE_CONFIG.get(0).is_some_and(|c| c.observe_all != 0);
-            if !observe_all || tp.is_null() {
-                count(|c| c.skipped += 1);
-                return;
-            }
-            // SAFETY: no-arg helper; `tp` verified non-null and `icsk_ca_state` is a bitfield
-            // of inet_connection_sock, the head of tcp_sock.
+            // Observe-all mode's first refresh (or an entry the LRU evicted).
+            // SAFETY: no-arg helper.
             let mut fresh = SockStats::opened_at(unsafe { bpf_ktime_get_ns() });
-            fresh.ca_state = u32::from(unsafe {
-                tp.bits8(
-                    INET_CONNECTION_SOCK__ICSK_CA_STATE,
-                    INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
-                    INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
-                )
-            });
+            fresh.ca_state = u32::from(ca_state);
             let inserted = SOCK_STATS.insert(cookie, fresh, BPF_NOEXIST);
             match (inserted, SOCK_STATS.get_ptr_mut(cookie)) {
                 (_, Some(entry)) => entry,
@@ -212,13 +300,25 @@ fn on_tcp_probe(sk: Sk) {
             }
         }
     };
-    if tp.is_null() {
-        return;
+    // SAFETY: `entry` points into the map value; `tp` is a verified tcp_sock.
+    let (srtt_us, ops) = unsafe { refresh(&mut *entry, tp) };
+    // Only sockets with an RTT sample count (srtt is 0 before the first one). One sample per
+    // refresh: the histogram is weighted by time (≤ one sample per ms of a socket's activity).
+    if srtt_us != 0 {
+        record_rtt(ops, srtt_us);
     }
-    // SAFETY: `entry` points into the map value; `tp` is a verified tcp_sock and every offset
-    // is a field of it (tcp_sock starts with inet_connection_sock, which starts with sock).
-    let (srtt_us, ops, events) = unsafe {
-        let s = &mut *entry;
+}
+
+/// Copies the socket's state into its entry; returns the smoothed RTT (µs) and the address of
+/// its congestion control's ops.
+///
+/// # Safety
+/// `tp` is a verified, non-null `tcp_sock`; every offset is a field of it (tcp_sock starts
+/// with inet_connection_sock, which starts with sock).
+#[inline(always)]
+unsafe fn refresh(s: &mut SockStats, tp: KernelPtr) -> (u32, u64) {
+    // SAFETY: as the caller promises.
+    unsafe {
         let srtt_us = tp.u32(TCP_SOCK__SRTT_US) >> 3;
         s.cwnd_segments = tp.u32(TCP_SOCK__SND_CWND);
         s.ssthresh_segments = tp.u32(TCP_SOCK__SND_SSTHRESH);
@@ -235,21 +335,12 @@ fn on_tcp_probe(sk: Sk) {
         s.bytes_acked = tp.u64(TCP_SOCK__BYTES_ACKED);
         s.bytes_received = tp.u64(TCP_SOCK__BYTES_RECEIVED);
         // The TCP clock (`tcp_clock_ns()`, the same monotonic clock as bpf_ktime_get_ns) as of
-        // the socket's previous segment: a field load instead of a helper call per event.
+        // the socket's previous segment: a field load instead of a helper call.
         s.updated_ns = tp.u64(TCP_SOCK__TCP_MSTAMP) * 1000;
         s.events += 1;
-        (srtt_us, tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS), s.events)
-    };
-    // Only sockets with an RTT sample count (srtt is 0 before the first one). One event in
-    // RTT_SAMPLE_EVERY feeds the histogram: it stays weighted per ACK (a uniform sample) and
-    // the per-CPU hash lookup leaves the common path.
-    if srtt_us != 0 && events % RTT_SAMPLE_EVERY == 0 {
-        record_rtt(ops, srtt_us);
+        (srtt_us, tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS))
     }
 }
-
-/// Events per srtt histogram sample (a power of two: the modulo is a mask).
-const RTT_SAMPLE_EVERY: u64 = 4;
 
 #[inline(always)]
 fn record_rtt(ops: u64, srtt_us: u32) {

@@ -19,20 +19,20 @@ pub mod objects {
 }
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage},
     programs::BtfTracePoint,
 };
 use cc_ebpf_common::{
     FINAL_RECORDS_MAP, FinalRecord, PROBE_CONFIG_MAP, PROBE_COUNTERS_MAP, ProbeConfig,
     ProbeCounters, RTT_HIST_MAP, RTT_HIST_MAX_ENTRIES, RttHist, SOCK_STATS_MAP,
-    SOCK_STATS_MAX_ENTRIES, SockStats, layout, unpadded,
+    SOCK_STATS_MAX_ENTRIES, SOCK_TRACK_MAP, SockStats, SockTrack, layout, unpadded,
 };
 
 use crate::sockets::SocketObserver;
@@ -124,6 +124,8 @@ pub struct Probes {
     /// Owns the programs and their links; dropping it detaches everything.
     ebpf: Ebpf,
     stats: Mutex<HashMap<MapData, u64, SockStats>>,
+    /// The node's marks on its own sockets (socket storage, keyed by fd).
+    track: Mutex<SkStorage<MapData, SockTrack>>,
     config: Mutex<Array<MapData, ProbeConfig>>,
     counters: PerCpuArray<MapData, ProbeCounters>,
     final_records: Mutex<RingBuf<MapData>>,
@@ -203,6 +205,8 @@ impl Probes {
         let stats = map(&mut ebpf, SOCK_STATS_MAP)?;
         let stats_fd = second_fd(&stats).map_err(err(SOCK_STATS_MAP))?;
         let stats = HashMap::try_from(stats).map_err(err(SOCK_STATS_MAP))?;
+        let track =
+            SkStorage::try_from(map(&mut ebpf, SOCK_TRACK_MAP)?).map_err(err(SOCK_TRACK_MAP))?;
         let config =
             Array::try_from(map(&mut ebpf, PROBE_CONFIG_MAP)?).map_err(err(PROBE_CONFIG_MAP))?;
         let counters = PerCpuArray::try_from(map(&mut ebpf, PROBE_COUNTERS_MAP)?)
@@ -216,6 +220,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             stats: Mutex::new(stats),
+            track: Mutex::new(track),
             config: Mutex::new(config),
             counters,
             final_records: Mutex::new(final_records),
@@ -421,7 +426,7 @@ impl Probes {
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
             for c in per_cpu.iter() {
                 sum.events += c.events;
-                sum.skipped += c.skipped;
+                sum.refreshes += c.refreshes;
                 sum.update_failed += c.update_failed;
                 sum.retransmit_events += c.retransmit_events;
                 sum.cong_state_events += c.cong_state_events;
@@ -449,10 +454,22 @@ impl std::fmt::Debug for Probes {
 }
 
 impl SocketObserver for Probes {
-    fn opened(&self, cookie: u64) {
+    /// Inserts the socket's entry, then marks the socket in socket storage: from then on the
+    /// probes update the entry (an unmarked socket costs them one storage lookup).
+    fn opened(&self, cookie: u64, fd: BorrowedFd<'_>) {
         let mut stats = self.stats.lock().expect("lock poisoned");
         if let Err(e) = stats.insert(cookie, SockStats::opened_at(monotonic_ns()), 0) {
             tracing::warn!(cookie, "cannot track socket: {e}");
+            return;
+        }
+        drop(stats);
+        let marked = self
+            .track
+            .lock()
+            .expect("lock poisoned")
+            .insert(&fd, SockTrack::owned(), 0);
+        if let Err(e) = marked {
+            tracing::warn!(cookie, "cannot mark socket for the probes: {e}");
         }
     }
 
