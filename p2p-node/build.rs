@@ -47,7 +47,7 @@ fn web_assets(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The eBPF objects, one per binary in `cc-ebpf/src/bin/`.
-const OBJECTS: &[&str] = &["probes", "bbr_p2p", "reno_rs"];
+const OBJECTS: &[&str] = &["probes", "bbr_p2p", "reno_rs", "probe_floor"];
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

@@ -173,6 +173,10 @@ pub struct RunArgs {
     /// Observe every TCP socket on the host, not only the node's own.
     #[arg(long)]
     pub observe_all: bool,
+    /// Benchmark only (`cargo xtask bench probes`): also attach an empty program to tcp_probe,
+    /// the floor the probes' cost is measured against.
+    #[arg(long, hide = true)]
+    pub bench_probe_floor: bool,
     /// The node's state: the HTTP token file, downloads. Default: $STATE_DIRECTORY (systemd),
     /// /var/lib/p2p-node for root, else $XDG_STATE_HOME/p2p-node or ~/.local/state/p2p-node.
     #[arg(long)]

@@ -127,6 +127,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
+    // Held while the node runs: detached on exit.
+    let _floor = match args.bench_probe_floor {
+        true => {
+            Some(ebpf::ProbeFloor::attach().context("attaching the benchmark's floor program")?)
+        }
+        false => None,
+    };
     let ebpf_status = match &probes {
         Some(p) => {
             p.set_observe_all(args.observe_all)

@@ -32,7 +32,9 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+        generated::{
+            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+        },
     },
     macros::{btf_map, btf_tracepoint, map},
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},

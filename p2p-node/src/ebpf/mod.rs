@@ -41,6 +41,43 @@ use crate::sockets::SocketObserver;
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probes.bpf.o"));
 
+/// The benchmark's empty `tcp_probe` program (see `cc-ebpf/src/bin/probe_floor.rs`).
+static PROBE_FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe_floor.bpf.o"));
+
+/// An empty program on `tcp_probe`, attached for `cargo xtask bench probes` only (hidden
+/// `--bench-probe-floor`): the floor the probes' cost per event is measured against. Dropping
+/// it detaches it.
+pub struct ProbeFloor {
+    _ebpf: Ebpf,
+}
+
+impl ProbeFloor {
+    pub fn attach() -> Result<Self, LoadError> {
+        const PROGRAM: &str = "tcp_probe_floor";
+        let btf = Btf::from_sys_fs().map_err(|e| LoadError::Load(e.into()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(PROBE_FLOOR_OBJECT)
+            .map_err(LoadError::Load)?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(LoadError::Missing("the floor program"))?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                program: PROGRAM,
+                source,
+            })?;
+        prog.load("tcp_probe", &btf)
+            .and_then(|()| prog.attach().map(drop))
+            .map_err(|source| LoadError::Program {
+                program: PROGRAM,
+                source,
+            })?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
 /// Why the eBPF part could not start. Each message is one sentence a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

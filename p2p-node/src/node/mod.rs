@@ -186,7 +186,9 @@ fn ser_peer<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error
 /// Builds the swarm, starts listening and dialing, and spawns the event loop.
 pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::Result<Client> {
     let local_peer_id = key.public().to_peer_id();
-    let metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
+    // libp2p-metrics prefixes its families with `libp2p_` itself: given the root registry,
+    // names are `libp2p_swarm_…`, not `libp2p_libp2p_swarm_…`.
+    let metrics = libp2p::metrics::Metrics::new(registry);
     let node_metrics = Arc::new(NodeMetrics::new(registry));
     let resource_limits = limits::Limits::derive(
         &config,
@@ -219,7 +221,7 @@ pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::R
                     .boxed())
             },
         )?
-        .with_bandwidth_metrics(registry.sub_registry_with_prefix("libp2p"))
+        .with_bandwidth_metrics(registry)
         .with_behaviour(
             |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
                 let peer_id = key.public().to_peer_id();
