@@ -37,6 +37,86 @@
 //! 5. The record's lifetime is a node setting (default 10 minutes), and a record measured while
 //!    BBR's policer detection (`lt_use_bw`) was active is never used.
 
+/// Name of the socket-storage map of [`ResumeSlot`]s: the node creates a socket's entry after the
+/// noise handshake (a hint, or why there is none); bbr-p2p applies it and records the outcome.
+pub const BBR_RESUME_MAP: &str = "BBR_RESUME";
+
+/// One socket's careful resume: written by the node (the hint: `start` = [`Start::Offered`], or
+/// [`Start::Cold`] with the reason no hint exists), then owned by bbr-p2p.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResumeSlot {
+    // --- from the node ---
+    /// Saved bottleneck bandwidth, bytes/s.
+    pub bw_bytes_per_sec: u64,
+    /// Ceiling of the resumed cwnd, bytes ([`Hint::ceiling_bytes`]).
+    pub ceiling_bytes: u64,
+    /// Saved min RTT, µs.
+    pub min_rtt_us: u32,
+    // --- bbr-p2p's ---
+    /// The RTT the jump was confirmed with, µs.
+    pub base_rtt_us: u32,
+    /// Pacing rate of the jump, bytes/s.
+    pub jump_pacing_bytes_per_sec: u64,
+    /// `tp->delivered` at the jump (the pipe is what was delivered since).
+    pub jump_delivered: u32,
+    /// `tp->delivered` and `tp->lost` at the start of the current round.
+    pub round_delivered: u32,
+    pub round_lost: u32,
+    /// Smallest RTT sample of the current round, µs (`u32::MAX`: none).
+    pub round_min_rtt_us: u32,
+    /// [`Start`].
+    pub start: u8,
+    /// [`Reason`].
+    pub reason: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<ResumeSlot>() == 56);
+
+impl ResumeSlot {
+    /// The node's entry for a connection it offers `hint` to.
+    pub const fn offered(hint: &Hint) -> Self {
+        Self {
+            bw_bytes_per_sec: hint.bw_bytes_per_sec,
+            ceiling_bytes: hint.ceiling_bytes,
+            min_rtt_us: hint.min_rtt_us,
+            base_rtt_us: 0,
+            jump_pacing_bytes_per_sec: 0,
+            jump_delivered: 0,
+            round_delivered: 0,
+            round_lost: 0,
+            round_min_rtt_us: u32::MAX,
+            start: Start::Offered as u8,
+            reason: Reason::None as u8,
+            _pad: [0; 6],
+        }
+    }
+
+    /// The node's entry for a connection that starts cold, and why.
+    pub const fn cold(reason: Reason) -> Self {
+        let mut slot = Self::offered(&Hint {
+            bw_bytes_per_sec: 0,
+            min_rtt_us: 0,
+            ceiling_bytes: 0,
+        });
+        slot.start = Start::Cold as u8;
+        slot.reason = reason as u8;
+        slot
+    }
+
+    pub const fn hint(&self) -> Hint {
+        Hint {
+            bw_bytes_per_sec: self.bw_bytes_per_sec,
+            min_rtt_us: self.min_rtt_us,
+            ceiling_bytes: self.ceiling_bytes,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` integers without padding (size asserted above).
+unsafe impl aya::Pod for ResumeSlot {}
+
 /// RFC 9959 §4.2.1: the path is confirmed only if the current RTT is at least half the saved RTT
 /// (a much shorter RTT is another, unknown path) ...
 pub const RTT_CONFIRM_MIN_DIVISOR: u64 = 2;

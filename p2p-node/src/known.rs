@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use cc_ebpf_common::{
     bbr::{BbrState, bw_to_bytes_per_sec},
-    resume::{Reason, SavedPath},
+    resume::{self, Reason, ResumeSlot, SavedPath},
 };
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -426,10 +426,44 @@ pub fn observe_socket(store: &Store, info: &SocketInfo, fd: BorrowedFd<'_>, read
     }
 }
 
+/// Writes a socket's careful-resume entry into bbr-p2p's storage; whether it was written.
+pub type ResumeWriter = Arc<dyn Fn(BorrowedFd<'_>, &ResumeSlot) -> bool + Send + Sync>;
+
+/// The node's part of careful resume, once `info`'s PeerId is authenticated: the peer's record
+/// as a hint for bbr-p2p, or why the connection starts cold (both written into the socket's
+/// storage, where bbr-p2p takes them on its next ACK).
+pub fn on_bound(store: &Store, info: &SocketInfo, fd: BorrowedFd<'_>, write: &ResumeWriter) {
+    let Some(peer) = info.peer else { return };
+    if info.algorithm != crate::ebpf::bbr::KERNEL_NAME {
+        return;
+    }
+    let max_age_ms = store.config().max_age.as_millis() as u64;
+    let slot = match store
+        .saved_path(&peer)
+        .and_then(|saved| resume::offer(&saved, now_unix_ms(), max_age_ms))
+    {
+        Ok(hint) => ResumeSlot::offered(&hint),
+        Err(reason) => ResumeSlot::cold(reason),
+    };
+    if !write(fd, &slot) {
+        tracing::debug!(%peer, "bbr-p2p takes no resume hints (an older object?)");
+    }
+}
+
 /// Feeds the store from the socket table: from every closing socket (through the table's close
 /// hook), and from every live one each [`OBSERVE_INTERVAL`] on a thread of its own, which also
-/// saves changed records. The thread runs for the life of the process.
-pub fn start(store: Arc<Store>, sockets: Arc<SocketTable>, read: BbrReader) {
+/// saves changed records. The thread runs for the life of the process. With `write`, every
+/// authenticated bbr-p2p connection gets its careful-resume entry (the table's bind hook).
+pub fn start(
+    store: Arc<Store>,
+    sockets: Arc<SocketTable>,
+    read: BbrReader,
+    write: Option<ResumeWriter>,
+) {
+    if let Some(write) = write {
+        let store = store.clone();
+        sockets.set_bind_hook(Box::new(move |info, fd| on_bound(&store, info, fd, &write)));
+    }
     {
         let (store, read) = (store.clone(), read.clone());
         sockets.set_close_hook(Box::new(move |info, fd| {

@@ -197,10 +197,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => eprintln!("warning: known peers start empty: {e:#}"),
     }
+    let write_resume: known::ResumeWriter = {
+        let slot = bbr.clone();
+        Arc::new(move |fd, entry| {
+            slot.read()
+                .ok()
+                .and_then(|b| b.as_ref().map(|b| b.offer_resume(fd, entry)))
+                .unwrap_or(false)
+        })
+    };
     known::start(
         known.clone(),
         SocketTable::global().clone(),
         read_bbr.clone(),
+        Some(write_resume),
     );
     let telemetry = telemetry::Telemetry::start(telemetry::collector::Collector::new(
         SocketTable::global().clone(),

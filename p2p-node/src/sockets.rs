@@ -88,6 +88,10 @@ pub type Reprovide = Box<dyn Fn(&str) -> bool + Send + Sync>;
 /// stream is being dropped): the last look at the socket's kernel state.
 pub type CloseHook = Box<dyn Fn(&SocketInfo, BorrowedFd<'_>) + Send + Sync>;
 
+/// Called with a socket's entry (its PeerId just bound) and its fd once the noise handshake
+/// authenticated the remote, before the connection carries application data.
+pub type BindHook = Box<dyn Fn(&SocketInfo, BorrowedFd<'_>) + Send + Sync>;
+
 /// The node's socket table and the algorithm new sockets get.
 pub struct SocketTable {
     sockets: Mutex<HashMap<u64, SocketInfo>>,
@@ -95,6 +99,7 @@ pub struct SocketTable {
     observer: RwLock<Option<Arc<dyn SocketObserver>>>,
     reprovide: RwLock<Option<Reprovide>>,
     close_hook: RwLock<Option<CloseHook>>,
+    bind_hook: RwLock<Option<BindHook>>,
 }
 
 impl SocketTable {
@@ -106,6 +111,7 @@ impl SocketTable {
             observer: RwLock::new(None),
             reprovide: RwLock::new(None),
             close_hook: RwLock::new(None),
+            bind_hook: RwLock::new(None),
         })
     }
 
@@ -143,6 +149,10 @@ impl SocketTable {
 
     pub fn set_close_hook(&self, hook: CloseHook) {
         *self.close_hook.write().expect("lock poisoned") = Some(hook);
+    }
+
+    pub fn set_bind_hook(&self, hook: BindHook) {
+        *self.bind_hook.write().expect("lock poisoned") = Some(hook);
     }
 
     /// Sets the node's algorithm on a socket, re-providing it once if the kernel lost it.
@@ -209,10 +219,20 @@ impl SocketTable {
         Ok(cookie)
     }
 
-    /// Binds the authenticated PeerId to the socket.
+    /// Binds the authenticated PeerId to the socket (called by the socket's stream while it
+    /// lives), then runs the bind hook.
     pub fn bind_peer(&self, cookie: u64, peer: PeerId) {
-        if let Some(s) = self.sockets.lock().expect("lock poisoned").get_mut(&cookie) {
+        let info = {
+            let mut sockets = self.sockets.lock().expect("lock poisoned");
+            let Some(s) = sockets.get_mut(&cookie) else {
+                return;
+            };
             s.peer = Some(peer);
+            s.clone()
+        };
+        if let Some(hook) = self.bind_hook.read().expect("lock poisoned").as_ref() {
+            // SAFETY: the caller is the socket's stream, which keeps the fd open meanwhile.
+            hook(&info, unsafe { BorrowedFd::borrow_raw(info.fd) });
         }
     }
 

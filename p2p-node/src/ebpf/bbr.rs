@@ -11,6 +11,7 @@ use aya::maps::{Array, MapData};
 use cc_ebpf_common::{
     bbr::{BBR_CONFIG_MAP, BBR_STATE_MAP, BbrConfig, BbrState},
     btf::Btf,
+    resume::{BBR_RESUME_MAP, ResumeSlot},
 };
 
 use super::{
@@ -41,6 +42,8 @@ pub struct BbrP2p {
     registration: Option<Registration>,
     state: OwnedFd,
     config: std::sync::Mutex<Array<MapData, BbrConfig>>,
+    /// Careful-resume entries per socket (`None`: an object without them).
+    resume: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for BbrP2p {
@@ -68,11 +71,13 @@ impl BbrP2p {
         let state = ops
             .take_map_fd(BBR_STATE_MAP)
             .ok_or_else(|| map_error(BBR_STATE_MAP, "missing".into()))?;
+        let resume = ops.take_map_fd(BBR_RESUME_MAP);
         let registration = ops.register()?;
         Ok(Self {
             registration: Some(registration),
             state,
             config: std::sync::Mutex::new(config),
+            resume,
         })
     }
 
@@ -95,10 +100,18 @@ impl BbrP2p {
         let Ok(config) = Array::try_from(aya::maps::Map::Array(config)) else {
             return Ok(None);
         };
+        let resume = match sys::newest_map_named(BBR_RESUME_MAP)? {
+            Some(fd) => {
+                sys::check_map_shape(fd.as_raw_fd(), BBR_RESUME_MAP, resume_map_shape())?;
+                Some(fd)
+            }
+            None => None,
+        };
         Ok(Some(Self {
             registration: None,
             state,
             config: std::sync::Mutex::new(config),
+            resume,
         }))
     }
 
@@ -110,6 +123,36 @@ impl BbrP2p {
     /// The BBR state of one of this process's sockets, if it runs bbr-p2p.
     pub fn state(&self, socket: BorrowedFd<'_>) -> Option<BbrState> {
         state_of(self.state.as_raw_fd(), socket)
+    }
+
+    /// Writes a socket's careful-resume entry (the node's hint, or why it starts cold) for
+    /// bbr-p2p to take on its next ACK; false if this bbr-p2p has no such storage or the write
+    /// failed (the socket does not run bbr-p2p, or closed).
+    pub fn offer_resume(&self, socket: BorrowedFd<'_>, slot: &ResumeSlot) -> bool {
+        let Some(map) = &self.resume else {
+            return false;
+        };
+        let key = socket.as_raw_fd().to_ne_bytes();
+        // SAFETY: ResumeSlot is plain `#[repr(C)]` integers without padding.
+        let value = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(slot).cast::<u8>(),
+                size_of::<ResumeSlot>(),
+            )
+        };
+        sys::map_update(map.as_raw_fd(), &key, value).is_ok()
+    }
+
+    /// A socket's careful-resume entry, if the node wrote one.
+    pub fn resume_of(&self, socket: BorrowedFd<'_>) -> Option<ResumeSlot> {
+        let map = self.resume.as_ref()?;
+        let key = socket.as_raw_fd().to_ne_bytes();
+        let mut value = [0u8; size_of::<ResumeSlot>()];
+        // SAFETY: the map's value size is size_of::<ResumeSlot>(): this node created it, or
+        // checked it before adopting it.
+        unsafe { sys::map_lookup(map.as_raw_fd(), &key, &mut value) }.ok()?;
+        // SAFETY: ResumeSlot is plain `#[repr(C)]` integers without padding, of this size.
+        Some(unsafe { value.as_ptr().cast::<ResumeSlot>().read_unaligned() })
     }
 
     pub fn config(&self) -> Result<BbrConfig, aya::maps::MapError> {
@@ -153,6 +196,15 @@ pub fn config_map_shape() -> sys::MapShape {
         map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
         key_size: size_of::<u32>() as u32,
         value_size: size_of::<BbrConfig>() as u32,
+    }
+}
+
+/// What this build reads and writes in `BBR_RESUME`: socket storage of `ResumeSlot`.
+pub fn resume_map_shape() -> sys::MapShape {
+    sys::MapShape {
+        map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as u32,
+        key_size: size_of::<i32>() as u32,
+        value_size: size_of::<ResumeSlot>() as u32,
     }
 }
 
