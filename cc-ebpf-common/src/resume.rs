@@ -21,6 +21,13 @@
 //!  RESUMED         normal BBR from here                          measured delivery rate
 //! ```
 //!
+//! The jump seeds BBR's bandwidth estimate with the jump's rate (so the model's cwnd and pacing
+//! follow the record), while [`Action::Hold`] caps cwnd (half the ceiling, then the ceiling) and
+//! pacing (the jump's rate) until validation ends. At its end — two rounds after the round the
+//! jump happened in — the seed gives way to the measured delivery rate if the path delivered
+//! less ([`bw_after_validation`]), so a wrong record never outlives those two rounds; a retreat
+//! replaces it at once.
+//!
 //! Deviations from RFC 9959 (each is a BBR-specific choice):
 //! 1. Saved state is BBR's model (bottleneck bandwidth, min RTT, `inflight_hi`), not a cwnd:
 //!    `saved_cwnd` is the BDP (bandwidth × min RTT), capped by the saved `inflight_hi`.
@@ -69,9 +76,13 @@ pub struct ResumeSlot {
     pub start: u8,
     /// [`Reason`].
     pub reason: u8,
-    pub _pad: [u8; 6],
+    /// Round boundaries since the jump (saturates).
+    pub rounds: u8,
+    pub _pad: [u8; 5],
+    /// Highest delivery rate the path showed since the jump, bytes/s.
+    pub measured_bytes_per_sec: u64,
 }
-const _: () = assert!(core::mem::size_of::<ResumeSlot>() == 56);
+const _: () = assert!(core::mem::size_of::<ResumeSlot>() == 64);
 
 impl ResumeSlot {
     /// The node's entry for a connection it offers `hint` to.
@@ -88,7 +99,9 @@ impl ResumeSlot {
             round_min_rtt_us: u32::MAX,
             start: Start::Offered as u8,
             reason: Reason::None as u8,
-            _pad: [0; 6],
+            rounds: 0,
+            _pad: [0; 5],
+            measured_bytes_per_sec: 0,
         }
     }
 
@@ -122,9 +135,6 @@ unsafe impl aya::Pod for ResumeSlot {}
 pub const RTT_CONFIRM_MIN_DIVISOR: u64 = 2;
 /// ... and at most ten times it (a much longer RTT makes the saved rate meaningless).
 pub const RTT_CONFIRM_MAX_FACTOR: u64 = 10;
-/// Rounds a seeded bandwidth sample stays in the max filter: the jump's round and the round that
-/// validates it. A record that the path does not confirm is forgotten by the filter after them.
-pub const SEED_LIFETIME_ROUNDS: u32 = 2;
 /// A round's min RTT above `base × 5/4` means a standing queue of a quarter of the path's delay
 /// (BBR's own "still growing" threshold of 1.25, applied to delay).
 pub const RTT_GROWTH_NUM: u64 = 5;
@@ -381,13 +391,150 @@ pub fn retreat(pipe_bytes: u64, delivery_rate_bytes_per_sec: u64, min_cwnd_bytes
     }
 }
 
-/// The round stamp to give a bandwidth sample seeded from a record, so the max filter (kernel
-/// `minmax_running_max`: a sample expires once `round - stamp > window`) forgets it after
-/// [`SEED_LIFETIME_ROUNDS`] rounds unless real samples confirm the rate.
-pub const fn seed_stamp(round: u32, window_rounds: u32) -> u32 {
-    round
-        .wrapping_add(SEED_LIFETIME_ROUNDS - 1)
-        .wrapping_sub(window_rounds)
+/// What one ACK shows bbr-p2p's resume logic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AckView {
+    /// The connection is still in STARTUP (the pipe was never found full).
+    pub in_startup: bool,
+    /// This ACK's RTT sample, µs (0: none).
+    pub rtt_us: u32,
+    /// This ACK ends a packet-timed round.
+    pub round_start: bool,
+    /// `tp->delivered`, `tp->lost` (packets).
+    pub delivered: u32,
+    pub lost: u32,
+    pub mss: u32,
+    pub cwnd_bytes: u64,
+    /// This ACK's delivery-rate sample, bytes/s (0: none or app-limited).
+    pub delivery_rate_bytes_per_sec: u64,
+}
+
+/// What bbr-p2p must do after [`on_ack`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    None,
+    /// Jump now: seed the bandwidth estimate with the jump's rate, set cwnd and pacing.
+    Jump(Jump),
+    /// Unvalidated or validating: keep cwnd at most `cwnd_cap_bytes` and pacing at most
+    /// `pacing_cap_bytes_per_sec` (the model alone would pace STARTUP's gain over the seed).
+    Hold {
+        cwnd_cap_bytes: u64,
+        pacing_cap_bytes_per_sec: u64,
+    },
+    /// Validated: the seeded estimate gives way to what the path delivered (if less), so a
+    /// record the path did not bear out is gone after the two validation rounds.
+    Validated {
+        measured_bytes_per_sec: u64,
+    },
+    /// Safe retreat: leave STARTUP with these controls, the estimate set to the measured rate.
+    Retreat(Retreat),
+}
+
+/// bbr-p2p's careful resume per ACK, for a socket whose node wrote `slot`. Phases as in the
+/// module's diagram; the validation rounds are the round that carries the jump and the one
+/// after it (the round the jump happened in ends first and is not judged: its packets left
+/// before the jump).
+pub fn on_ack(
+    slot: &mut ResumeSlot,
+    a: &AckView,
+    loss_thresh_per_mille: u32,
+    min_cwnd_bytes: u64,
+) -> Action {
+    match Start::from_u8(slot.start) {
+        Start::Offered => {
+            if !a.in_startup {
+                slot.start = Start::Cold as u8;
+                slot.reason = Reason::NotInStartup as u8;
+                return Action::None;
+            }
+            if a.rtt_us == 0 {
+                return Action::None;
+            }
+            match jump(&slot.hint(), a.rtt_us, a.cwnd_bytes) {
+                Err(reason) => {
+                    slot.start = Start::Cold as u8;
+                    slot.reason = reason as u8;
+                    Action::None
+                }
+                Ok(j) => {
+                    slot.start = Start::Unvalidated as u8;
+                    slot.base_rtt_us = a.rtt_us;
+                    slot.jump_pacing_bytes_per_sec = j.pacing_bytes_per_sec;
+                    slot.jump_delivered = a.delivered;
+                    slot.round_delivered = a.delivered;
+                    slot.round_lost = a.lost;
+                    slot.round_min_rtt_us = u32::MAX;
+                    slot.rounds = 0;
+                    slot.measured_bytes_per_sec = 0;
+                    Action::Jump(j)
+                }
+            }
+        }
+        phase @ (Start::Unvalidated | Start::Validating) => {
+            if a.rtt_us != 0 && a.rtt_us < slot.round_min_rtt_us {
+                slot.round_min_rtt_us = a.rtt_us;
+            }
+            if a.delivery_rate_bytes_per_sec > slot.measured_bytes_per_sec {
+                slot.measured_bytes_per_sec = a.delivery_rate_bytes_per_sec;
+            }
+            if a.round_start {
+                let round = Round {
+                    delivered: a.delivered.wrapping_sub(slot.round_delivered),
+                    lost: a.lost.wrapping_sub(slot.round_lost),
+                    min_rtt_us: slot.round_min_rtt_us,
+                };
+                slot.round_delivered = a.delivered;
+                slot.round_lost = a.lost;
+                slot.round_min_rtt_us = u32::MAX;
+                slot.rounds = slot.rounds.saturating_add(1);
+                // The first boundary ends the round the jump happened in: not judged.
+                if slot.rounds > 1 {
+                    let verdict = contradiction(&round, slot.base_rtt_us, loss_thresh_per_mille);
+                    let (next, reason) = after_round(phase, verdict);
+                    slot.start = next as u8;
+                    slot.reason = reason as u8;
+                    match next {
+                        Start::Retreated => {
+                            let pipe = u64::from(a.delivered.wrapping_sub(slot.jump_delivered))
+                                * u64::from(a.mss);
+                            return Action::Retreat(retreat(
+                                pipe,
+                                slot.measured_bytes_per_sec,
+                                min_cwnd_bytes,
+                            ));
+                        }
+                        Start::Resumed => {
+                            return Action::Validated {
+                                measured_bytes_per_sec: slot.measured_bytes_per_sec,
+                            };
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let cwnd_cap_bytes = if Start::from_u8(slot.start) == Start::Unvalidated {
+                slot.ceiling_bytes / 2
+            } else {
+                slot.ceiling_bytes
+            };
+            Action::Hold {
+                cwnd_cap_bytes,
+                pacing_cap_bytes_per_sec: slot.jump_pacing_bytes_per_sec,
+            }
+        }
+        Start::Cold | Start::Resumed | Start::Retreated => Action::None,
+    }
+}
+
+/// The bandwidth estimate once validation ends: the seeded `seed` gives way to the `measured`
+/// delivery rate when the path delivered less, unless real samples already raised the filter
+/// above the seed.
+pub const fn bw_after_validation(filter_bw: u64, seed: u64, measured: u64) -> u64 {
+    if filter_bw <= seed && measured < seed {
+        measured
+    } else {
+        filter_bw
+    }
 }
 
 #[cfg(test)]
@@ -615,37 +762,195 @@ mod tests {
         assert_eq!(retreat(1_000, 100_000, 4 * 1448).cwnd_bytes, 4 * 1448);
     }
 
-    /// The kernel's windowed max filter (`lib/win_minmax.c`), reduced to the expiry rule the seed
-    /// relies on: a sample older than the window is replaced by the newest one.
-    fn running_max(best: &mut (u32, u32), round: u32, value: u32, window: u32) {
-        if value >= best.1 || round.wrapping_sub(best.0) > window {
-            *best = (round, value);
+    #[test]
+    fn the_seed_gives_way_to_what_the_path_delivered() {
+        // Seeded at 6.25 MB/s; the path delivered 2.5 MB/s: the estimate drops to it.
+        assert_eq!(
+            bw_after_validation(6_250_000, 6_250_000, 2_500_000),
+            2_500_000
+        );
+        // The path delivered more than the seed: the filter already holds the real rate.
+        assert_eq!(
+            bw_after_validation(9_000_000, 6_250_000, 9_000_000),
+            9_000_000
+        );
+        // Measured exactly the seed: unchanged.
+        assert_eq!(
+            bw_after_validation(6_250_000, 6_250_000, 6_250_000),
+            6_250_000
+        );
+    }
+
+    const MSS: u32 = 1448;
+
+    fn ack(delivered: u32, lost: u32, rtt_us: u32, round_start: bool) -> AckView {
+        AckView {
+            in_startup: true,
+            rtt_us,
+            round_start,
+            delivered,
+            lost,
+            mss: MSS,
+            cwnd_bytes: 10 * u64::from(MSS),
+            delivery_rate_bytes_per_sec: 0,
+        }
+    }
+
+    fn offered() -> ResumeSlot {
+        ResumeSlot::offered(&offer(&saved(0), 1_000_000, MIN).unwrap())
+    }
+
+    /// Runs `rounds` (delivered, lost, min RTT) through a slot that jumped at delivered = 100,
+    /// returning the last action and the slot.
+    fn run(rounds: &[(u32, u32, u32)]) -> (Action, ResumeSlot) {
+        let mut slot = offered();
+        let jumped = on_ack(&mut slot, &ack(100, 0, 40_000, false), 20, 4 * 1448);
+        assert!(matches!(jumped, Action::Jump(_)), "{jumped:?}");
+        // The round the jump happened in ends: not judged, even with losses.
+        let first = on_ack(&mut slot, &ack(110, 5, 40_000, true), 20, 4 * 1448);
+        assert!(matches!(first, Action::Hold { .. }), "{first:?}");
+        let (mut delivered, mut lost, mut last) = (110, 5, Action::None);
+        for &(d, l, rtt) in rounds {
+            let mut a = ack(delivered + d / 2, lost, rtt, false);
+            a.delivery_rate_bytes_per_sec = 5_000_000;
+            on_ack(&mut slot, &a, 20, 4 * 1448);
+            delivered += d;
+            lost += l;
+            last = on_ack(&mut slot, &ack(delivered, lost, rtt, true), 20, 4 * 1448);
+        }
+        (last, slot)
+    }
+
+    #[test]
+    fn per_ack_phases_table() {
+        let cases: [(&str, &[(u32, u32, u32)], Start, Reason); 5] = [
+            (
+                "clean jump round",
+                &[(170, 0, 40_500)],
+                Start::Validating,
+                Reason::None,
+            ),
+            (
+                "two clean rounds validate",
+                &[(170, 0, 40_500), (170, 0, 40_200)],
+                Start::Resumed,
+                Reason::None,
+            ),
+            (
+                "loss in the unvalidated phase",
+                &[(150, 20, 40_500)],
+                Start::Retreated,
+                Reason::Loss,
+            ),
+            (
+                "RTT growth while validating",
+                &[(170, 0, 40_500), (170, 0, 70_000)],
+                Start::Retreated,
+                Reason::RttGrowth,
+            ),
+            (
+                "1% random loss is not a retreat",
+                &[(198, 2, 40_100), (198, 2, 40_100)],
+                Start::Resumed,
+                Reason::None,
+            ),
+        ];
+        for (what, rounds, start, reason) in cases {
+            let (_, slot) = run(rounds);
+            assert_eq!(
+                (Start::from_u8(slot.start), Reason::from_u8(slot.reason)),
+                (start, reason),
+                "{what}"
+            );
         }
     }
 
     #[test]
-    fn a_seeded_sample_expires_within_two_rounds() {
-        for window in [2, 10, 100] {
-            for start in [0u32, 7, u32::MAX - 1] {
-                let mut best = (seed_stamp(start, window), 1_000);
-                // Real samples at a fifth of the seeded rate.
-                running_max(&mut best, start, 200, window);
-                assert_eq!(
-                    best.1, 1_000,
-                    "still seeded in the jump's round (window {window})"
-                );
-                running_max(&mut best, start.wrapping_add(1), 200, window);
-                assert_eq!(
-                    best.1, 1_000,
-                    "still seeded in the validating round (window {window})"
-                );
-                running_max(&mut best, start.wrapping_add(2), 200, window);
-                assert_eq!(
-                    best.1, 200,
-                    "seed gone after two rounds (window {window}, start {start})"
-                );
+    fn retreat_is_to_the_measured_rate_and_half_the_pipe() {
+        let (action, _) = run(&[(150, 20, 40_500)]);
+        // Pipe: delivered since the jump (110 + 150 - 100 = 160 packets); measured 5 MB/s.
+        assert_eq!(
+            action,
+            Action::Retreat(Retreat {
+                cwnd_bytes: 80 * 1448,
+                pacing_bytes_per_sec: 5_000_000
+            })
+        );
+        let (action, _) = run(&[(170, 0, 40_500), (170, 0, 40_200)]);
+        assert_eq!(
+            action,
+            Action::Validated {
+                measured_bytes_per_sec: 5_000_000
             }
+        );
+    }
+
+    #[test]
+    fn holds_the_jump_while_unvalidated() {
+        let mut slot = offered();
+        let Action::Jump(j) = on_ack(&mut slot, &ack(100, 0, 40_000, false), 20, 5792) else {
+            panic!("no jump");
+        };
+        assert_eq!(j.cwnd_bytes, 250_000);
+        assert_eq!(
+            on_ack(&mut slot, &ack(101, 0, 40_000, false), 20, 5792),
+            Action::Hold {
+                cwnd_cap_bytes: 250_000,
+                pacing_cap_bytes_per_sec: 6_250_000
+            }
+        );
+    }
+
+    #[test]
+    fn offered_but_not_taken() {
+        let cases: [(&str, AckView, Start, Reason); 4] = [
+            (
+                "left STARTUP before the hint",
+                AckView {
+                    in_startup: false,
+                    ..ack(5, 0, 40_000, false)
+                },
+                Start::Cold,
+                Reason::NotInStartup,
+            ),
+            (
+                "no RTT sample yet: wait",
+                ack(5, 0, 0, false),
+                Start::Offered,
+                Reason::None,
+            ),
+            (
+                "RTT mismatch",
+                ack(5, 0, 5_000, false),
+                Start::Cold,
+                Reason::RttMismatch,
+            ),
+            (
+                "cwnd already larger",
+                AckView {
+                    cwnd_bytes: 400_000,
+                    ..ack(5, 0, 40_000, false)
+                },
+                Start::Cold,
+                Reason::JumpTooSmall,
+            ),
+        ];
+        for (what, a, start, reason) in cases {
+            let mut slot = offered();
+            assert_eq!(on_ack(&mut slot, &a, 20, 5792), Action::None, "{what}");
+            assert_eq!(
+                (Start::from_u8(slot.start), Reason::from_u8(slot.reason)),
+                (start, reason),
+                "{what}"
+            );
         }
+        // A cold entry from the node stays cold.
+        let mut slot = ResumeSlot::cold(Reason::Stale);
+        assert_eq!(
+            on_ack(&mut slot, &ack(5, 0, 40_000, true), 20, 5792),
+            Action::None
+        );
+        assert_eq!(Reason::from_u8(slot.reason), Reason::Stale);
     }
 
     #[test]
