@@ -1,0 +1,191 @@
+//! Careful resume on the real kernel (issue 13): nodes on a 100 Mbit/s, 40 ms path (tbf on a
+//! router namespace, an NFQUEUE delay line of 20 ms each way: `cargo xtask delay-line`).
+//!
+//! X (bbr-p2p) accepts connections from Y and sends to it; X keeps a record per PeerId. A second
+//! connection from the same PeerId starts resumed; a different PeerId at the same address does
+//! not; a node in another namespace never sees X's records; after `DELETE` the peer starts cold.
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Node, Routed, eventually, kernel_tests_possible, sh, test_data_dir};
+
+/// The xtask binary `cargo xtask test` built (it runs these tests): its `delay-line` subcommand.
+fn xtask_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let xtask = dir.join("xtask");
+    assert!(
+        xtask.exists(),
+        "{} is missing: run the kernel tests through `cargo xtask test` (it builds the delay line)",
+        xtask.display()
+    );
+    xtask
+}
+
+/// The delay line serving the router's NFQUEUE; stopped (all packets released) on drop.
+struct DelayLine(Child);
+
+impl DelayLine {
+    fn start(router: &str, delay_ms: u64) -> Self {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            router,
+            "iptables-legacy",
+            "-A",
+            "FORWARD",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "0",
+        ]);
+        let child = Command::new(xtask_binary())
+            .args([
+                "delay-line",
+                "--ns",
+                router,
+                "--delay-ms",
+                &delay_ms.to_string(),
+            ])
+            .args(["--duration", "600"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting the delay line");
+        Self(child)
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child: SIGINT makes it release what it holds and exit.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+/// X's connections to `peer` not in `seen`, with their bbr-p2p start once bbr-p2p decided it
+/// (a reason is given, or the start is not cold).
+fn new_start(x: &Node, peer: &str, seen: &mut HashSet<u64>) -> (String, String) {
+    let found = eventually(Duration::from_secs(20), || {
+        let v: Vec<serde_json::Value> = serde_json::from_str(&x.get("/api/peers")).unwrap();
+        v.iter().find_map(|c| {
+            let cookie = c["cookie"].as_u64()?;
+            if c["peer_id"] != peer || seen.contains(&cookie) {
+                return None;
+            }
+            let start = c["bbr"]["start"].as_str()?.to_owned();
+            let reason = c["bbr"]["start_reason"].as_str()?.to_owned();
+            (start != "cold" || !reason.is_empty()).then_some((cookie, start, reason))
+        })
+    })
+    .unwrap_or_else(|| panic!("no decided bbr-p2p start for a new connection to {peer}"));
+    seen.insert(found.0);
+    (found.1, found.2)
+}
+
+fn known(node: &Node, peer: &str) -> bool {
+    node.get("/api/peers/known").contains(peer)
+}
+
+fn upload(x: &Node, peer: &str, bytes: u64) {
+    let (status, report) = x.http(
+        "POST",
+        "/api/perf",
+        &format!(r#"{{"peer":"{peer}","upload_bytes":{bytes}}}"#),
+    );
+    assert_eq!(status, 200, "perf failed: {report}");
+    eprintln!("perf to {peer}: {}", report.trim());
+}
+
+#[test]
+fn resumes_per_peer_id_only() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = Routed::new("resume", 12, "100mbit", "2000000");
+    let _line = DelayLine::start(&net.router, 20);
+    let x = Node::start(&net.sender, &net.sender_addr, &["--cc", "bbr-p2p"]);
+    let dir = test_data_dir("resume-y");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let (k1, k2) = (key("y1.key"), key("y2.key"));
+    let y = |key: &str| {
+        Node::start(
+            &net.receiver,
+            &net.receiver_addr,
+            &[
+                "--key",
+                key,
+                "--peer",
+                &x.multiaddr,
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut seen = HashSet::new();
+
+    // First connection from Y1: no record, cold. 16 MB teach X the path.
+    let y1 = y(&k1);
+    let y1_id = y1.peer_id.clone();
+    assert_eq!(
+        new_start(&x, &y1_id, &mut seen),
+        ("cold".into(), "no_record".into())
+    );
+    upload(&x, &y1_id, 16 << 20);
+    eventually(Duration::from_secs(12), || known(&x, &y1_id).then_some(()))
+        .expect("X kept no record for Y1");
+    eprintln!("X's records: {}", x.get("/api/peers/known"));
+
+    // The same PeerId reconnects: resumed, and the transfer completes.
+    drop(y1);
+    let y1 = y(&k1);
+    assert_eq!(y1.peer_id, y1_id);
+    assert_eq!(
+        new_start(&x, &y1_id, &mut seen),
+        ("resumed".into(), String::new())
+    );
+    upload(&x, &y1_id, 8 << 20);
+    eprintln!("resumed connection after 8 MB: {}", x.get("/api/peers"));
+
+    // Another node, in another namespace on the same host, dialing the same PeerId: X's
+    // record is not its record (the old address-keyed map was host-wide).
+    let w = Node::start(
+        &net.router,
+        "10.12.1.1",
+        &["--cc", "bbr-p2p", "--peer", &y1.multiaddr],
+    );
+    let mut w_seen = HashSet::new();
+    assert_eq!(
+        new_start(&w, &y1_id, &mut w_seen),
+        ("cold".into(), "no_record".into())
+    );
+    drop(w);
+
+    // A different PeerId at the same address: cold.
+    drop(y1);
+    let y2 = y(&k2);
+    assert_ne!(y2.peer_id, y1_id);
+    assert_eq!(
+        new_start(&x, &y2.peer_id, &mut seen),
+        ("cold".into(), "no_record".into())
+    );
+
+    // After DELETE, Y1 starts cold.
+    let (status, body) = x.http("DELETE", &format!("/api/peers/known/{y1_id}"), "");
+    assert_eq!(status, 200, "{body}");
+    drop(y2);
+    let _y1 = y(&k1);
+    assert_eq!(
+        new_start(&x, &y1_id, &mut seen),
+        ("cold".into(), "no_record".into())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
