@@ -391,6 +391,21 @@ pub fn retreat(pipe_bytes: u64, delivery_rate_bytes_per_sec: u64, min_cwnd_bytes
     }
 }
 
+/// Bytes per second as BBR's bandwidth unit (packets/µs << 24) for segments of `mss` bytes,
+/// saturating at `u32::MAX` (the inverse of `bbr::bw_to_bytes_per_sec`).
+pub const fn bytes_per_sec_to_bw(bytes_per_sec: u64, mss: u32) -> u32 {
+    if mss == 0 {
+        return 0;
+    }
+    // No overflow for any rate below 2^40 B/s (1 TB/s).
+    let bw = (bytes_per_sec << 24) / (mss as u64 * 1_000_000);
+    if bw > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        bw as u32
+    }
+}
+
 /// What one ACK shows bbr-p2p's resume logic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AckView {
@@ -951,6 +966,16 @@ mod tests {
             Action::None
         );
         assert_eq!(Reason::from_u8(slot.reason), Reason::Stale);
+    }
+
+    #[test]
+    fn bandwidth_units_round_trip() {
+        // 12.5 MB/s at MSS 1448: 12.5e6 × 2^24 / 1448e6 = 144_831.8 units.
+        let bw = bytes_per_sec_to_bw(12_500_000, 1448);
+        assert_eq!(bw, 144_831);
+        assert_eq!(crate::bbr::bw_to_bytes_per_sec(bw, 1448), 12_499_975);
+        assert_eq!(bytes_per_sec_to_bw(1 << 50, 1), u32::MAX);
+        assert_eq!(bytes_per_sec_to_bw(1_000, 0), 0);
     }
 
     #[test]
