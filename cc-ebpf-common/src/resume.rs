@@ -970,10 +970,10 @@ mod tests {
 
     #[test]
     fn bandwidth_units_round_trip() {
-        // 12.5 MB/s at MSS 1448: 12.5e6 × 2^24 / 1448e6 = 144_831.8 units.
+        // 12.5 MB/s at MSS 1448: 12.5e6 × 2^24 / 1448e6 = 144_830.8 units.
         let bw = bytes_per_sec_to_bw(12_500_000, 1448);
-        assert_eq!(bw, 144_831);
-        assert_eq!(crate::bbr::bw_to_bytes_per_sec(bw, 1448), 12_499_975);
+        assert_eq!(bw, 144_830);
+        assert_eq!(crate::bbr::bw_to_bytes_per_sec(bw, 1448), 12_499_918);
         assert_eq!(bytes_per_sec_to_bw(1 << 50, 1), u32::MAX);
         assert_eq!(bytes_per_sec_to_bw(1_000, 0), 0);
     }
