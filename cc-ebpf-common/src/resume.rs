@@ -397,8 +397,10 @@ pub const fn bytes_per_sec_to_bw(bytes_per_sec: u64, mss: u32) -> u32 {
     if mss == 0 {
         return 0;
     }
-    // No overflow for any rate below 2^40 B/s (1 TB/s).
-    let bw = (bytes_per_sec << 24) / (mss as u64 * 1_000_000);
+    // Rates are capped below 2^40 B/s (1 TB/s) so the shift cannot overflow.
+    const CAP: u64 = (1 << 40) - 1;
+    let bytes = if bytes_per_sec > CAP { CAP } else { bytes_per_sec };
+    let bw = (bytes << 24) / (mss as u64 * 1_000_000);
     if bw > u32::MAX as u64 {
         u32::MAX
     } else {
