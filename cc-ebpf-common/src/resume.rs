@@ -11,7 +11,7 @@
 //!  node: record for this PeerId?  ──no / stale / policer──▶ COLD (reason)
 //!        │ yes: hint written into the socket's storage after the noise handshake
 //!        ▼
-//!  RECONNAISSANCE  first ACK with an RTT sample, connection still in STARTUP?
+//!  RECONNAISSANCE  first ACK with an RTT sample while cwnd-limited, still in STARTUP?
 //!        │ RTT outside [saved/2, 10×saved] or jump ≤ cwnd ──▶ COLD (rtt_mismatch / jump_too_small)
 //!        ▼ jump: cwnd = saved BDP / 2 (≤ 1× saved BDP), paced at jump / current RTT;
 //!  UNVALIDATED     the round that carries the jump         ─┐ loss above BBR's threshold, or
@@ -399,7 +399,11 @@ pub const fn bytes_per_sec_to_bw(bytes_per_sec: u64, mss: u32) -> u32 {
     }
     // Rates are capped below 2^40 B/s (1 TB/s) so the shift cannot overflow.
     const CAP: u64 = (1 << 40) - 1;
-    let bytes = if bytes_per_sec > CAP { CAP } else { bytes_per_sec };
+    let bytes = if bytes_per_sec > CAP {
+        CAP
+    } else {
+        bytes_per_sec
+    };
     let bw = (bytes << 24) / (mss as u64 * 1_000_000);
     if bw > u32::MAX as u64 {
         u32::MAX
@@ -415,6 +419,9 @@ pub struct AckView {
     pub in_startup: bool,
     /// This ACK's RTT sample, µs (0: none).
     pub rtt_us: u32,
+    /// The last flight was limited by cwnd, not by the application (`tp->is_cwnd_limited`):
+    /// there is more data than the window lets out, what a jump is for (RFC 9959 §3.2).
+    pub cwnd_limited: bool,
     /// This ACK ends a packet-timed round.
     pub round_start: bool,
     /// `tp->delivered`, `tp->lost` (packets).
@@ -422,7 +429,8 @@ pub struct AckView {
     pub lost: u32,
     pub mss: u32,
     pub cwnd_bytes: u64,
-    /// This ACK's delivery-rate sample, bytes/s (0: none or app-limited).
+    /// This ACK's delivery-rate sample, bytes/s (0: none, or app-limited: a lower bound that
+    /// must not replace the seed).
     pub delivery_rate_bytes_per_sec: u64,
 }
 
@@ -464,7 +472,7 @@ pub fn on_ack(
                 slot.reason = Reason::NotInStartup as u8;
                 return Action::None;
             }
-            if a.rtt_us == 0 {
+            if a.rtt_us == 0 || !a.cwnd_limited {
                 return Action::None;
             }
             match jump(&slot.hint(), a.rtt_us, a.cwnd_bytes) {
@@ -544,10 +552,10 @@ pub fn on_ack(
 }
 
 /// The bandwidth estimate once validation ends: the seeded `seed` gives way to the `measured`
-/// delivery rate when the path delivered less, unless real samples already raised the filter
-/// above the seed.
+/// delivery rate (non-app-limited samples only; 0: none) when the path delivered less, unless
+/// real samples already raised the filter above the seed.
 pub const fn bw_after_validation(filter_bw: u64, seed: u64, measured: u64) -> u64 {
-    if filter_bw <= seed && measured < seed {
+    if measured != 0 && filter_bw <= seed && measured < seed {
         measured
     } else {
         filter_bw
@@ -804,6 +812,7 @@ mod tests {
         AckView {
             in_startup: true,
             rtt_us,
+            cwnd_limited: true,
             round_start,
             delivered,
             lost,
@@ -920,7 +929,7 @@ mod tests {
 
     #[test]
     fn offered_but_not_taken() {
-        let cases: [(&str, AckView, Start, Reason); 4] = [
+        let cases: [(&str, AckView, Start, Reason); 5] = [
             (
                 "left STARTUP before the hint",
                 AckView {
