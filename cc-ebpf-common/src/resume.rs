@@ -946,6 +946,15 @@ mod tests {
                 Reason::None,
             ),
             (
+                "application-limited (handshake, idle): wait for data",
+                AckView {
+                    cwnd_limited: false,
+                    ..ack(5, 0, 40_000, false)
+                },
+                Start::Offered,
+                Reason::None,
+            ),
+            (
                 "RTT mismatch",
                 ack(5, 0, 5_000, false),
                 Start::Cold,
