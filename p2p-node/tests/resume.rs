@@ -70,24 +70,36 @@ impl Drop for DelayLine {
     }
 }
 
-/// X's connections to `peer` not in `seen`, with their bbr-p2p start once bbr-p2p decided it
-/// (a reason is given, or the start is not cold).
-fn new_start(x: &Node, peer: &str, seen: &mut HashSet<u64>) -> (String, String) {
-    let found = eventually(Duration::from_secs(20), || {
-        let v: Vec<serde_json::Value> = serde_json::from_str(&x.get("/api/peers")).unwrap();
-        v.iter().find_map(|c| {
-            let cookie = c["cookie"].as_u64()?;
-            if c["peer_id"] != peer || seen.contains(&cookie) {
-                return None;
-            }
-            let start = c["bbr"]["start"].as_str()?.to_owned();
-            let reason = c["bbr"]["start_reason"].as_str()?.to_owned();
-            (start != "cold" || !reason.is_empty()).then_some((cookie, start, reason))
-        })
+/// The cookie of `node`'s newest connection to `peer` (one not in `seen`), once it is listed.
+fn new_connection(node: &Node, peer: &str, seen: &mut HashSet<u64>) -> u64 {
+    let cookie = eventually(Duration::from_secs(20), || {
+        let v: Vec<serde_json::Value> = serde_json::from_str(&node.get("/api/peers")).unwrap();
+        v.iter()
+            .filter(|c| c["peer_id"] == peer)
+            .filter_map(|c| c["cookie"].as_u64())
+            .find(|cookie| !seen.contains(cookie))
     })
-    .unwrap_or_else(|| panic!("no decided bbr-p2p start for a new connection to {peer}"));
-    seen.insert(found.0);
-    (found.1, found.2)
+    .unwrap_or_else(|| panic!("no new connection to {peer}"));
+    seen.insert(cookie);
+    cookie
+}
+
+/// bbr-p2p's start of a connection, once decided (a reason is given, or it is not cold).
+fn start(node: &Node, cookie: u64) -> (String, String) {
+    eventually(Duration::from_secs(20), || {
+        let v: Vec<serde_json::Value> = serde_json::from_str(&node.get("/api/peers")).unwrap();
+        let c = v.iter().find(|c| c["cookie"] == cookie)?;
+        let start = c["bbr"]["start"].as_str()?.to_owned();
+        let reason = c["bbr"]["start_reason"].as_str()?.to_owned();
+        (start != "cold" || !reason.is_empty()).then_some((start, reason))
+    })
+    .unwrap_or_else(|| panic!("bbr-p2p never decided how connection {cookie} starts"))
+}
+
+/// `start` of `node`'s next new connection to `peer`.
+fn new_start(node: &Node, peer: &str, seen: &mut HashSet<u64>) -> (String, String) {
+    let cookie = new_connection(node, peer, seen);
+    start(node, cookie)
 }
 
 fn known(node: &Node, peer: &str) -> bool {
@@ -149,11 +161,9 @@ fn resumes_per_peer_id_only() {
     drop(y1);
     let y1 = y(&k1);
     assert_eq!(y1.peer_id, y1_id);
+    let cookie = new_connection(&x, &y1_id, &mut seen);
     upload(&x, &y1_id, 8 << 20);
-    assert_eq!(
-        new_start(&x, &y1_id, &mut seen),
-        ("resumed".into(), String::new())
-    );
+    assert_eq!(start(&x, cookie), ("resumed".into(), String::new()));
 
     // Another node, in another namespace on the same host, dialing the same PeerId: X's
     // record is not its record (the old address-keyed map was host-wide).
