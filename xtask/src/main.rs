@@ -7,6 +7,7 @@
 mod bench;
 mod bench_probes;
 mod bench_report;
+mod bench_warm;
 mod delay_line;
 mod exec;
 mod link;
@@ -58,6 +59,9 @@ enum BenchKind {
     /// Cost per event of the node's TCP probe programs and bulk loopback throughput with them
     /// attached vs none; writes "## Probes" in docs/bench.md.
     Probes(bench_probes::ProbesOptions),
+    /// Careful resume (issue 13): 8 MB libp2p transfers on fresh connections, resumed vs cold,
+    /// on the same path, a changed path and with 1% loss; writes its section in docs/bench.md.
+    Warm(bench_warm::WarmOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { which } => match which {
             BenchKind::Bbr(options) => bench::run_bbr(&options),
             BenchKind::Probes(options) => bench_probes::run(&options),
+            BenchKind::Warm(options) => bench_warm::run(&options),
         },
         Task::DelayLine(options) => delay_line::run(&options),
     }

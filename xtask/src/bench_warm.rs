@@ -1,0 +1,616 @@
+//! `cargo xtask bench warm`: careful resume (issue 13) measured. Two p2p-nodes across a router
+//! namespace (tbf bottleneck on the router's egress towards the receiver, an NFQUEUE delay line
+//! for the base RTT); X sends 8 MB libp2p perf transfers to Y; Y is restarted (same key, so the
+//! same PeerId) before every transfer, so each transfer runs on a fresh TCP connection.
+//!
+//! Scenarios (issue 13's "Done when"), variants alternating within each repetition:
+//! - `same`: 100 Mbit/s, 40 ms, 1 BDP of buffer: time to complete the transfer, resumed bbr-p2p
+//!   vs cold kernel bbr and vs cold bbr-p2p (the record deleted before the connection).
+//! - `changed`: the record is made at 100 Mbit/s, then the path becomes 20 Mbit/s with a
+//!   0.25-BDP buffer: retransmitted bytes in the first 2 s and completion time, resumed vs cold.
+//! - `loss`: the same path with 1% random loss of the data direction: the share of resumed
+//!   connections that were not retreated.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    delay_line,
+    exec::{exec, output, stop_child, workspace_root},
+};
+
+const SENDER_NS: &str = "p2pcc-bw-s";
+const ROUTER_NS: &str = "p2pcc-bw-r";
+const RECEIVER_NS: &str = "p2pcc-bw-d";
+const ROUTER_IN: &str = "p2pcc-bwr1";
+const ROUTER_OUT: &str = "p2pcc-bwr2";
+const SENDER_ADDR: &str = "10.78.1.2";
+const RECEIVER_ADDR: &str = "10.78.2.2";
+const TRANSFER_BYTES: u64 = 8 << 20;
+/// The issue's path: 100 Mbit/s, 40 ms base RTT (20 ms each way), 1 BDP of buffer.
+const RATE_MBIT: u64 = 100;
+const ONE_WAY_MS: u64 = 20;
+/// The changed path: 20 Mbit/s with a quarter of its BDP as buffer.
+const CHANGED_MBIT: u64 = 20;
+const LOSS: f64 = 0.01;
+const SECTION: &str = "## Careful resume (warm start per PeerId)";
+
+#[derive(clap::Args)]
+pub struct WarmOptions {
+    /// Scenarios: `same`, `changed`, `loss`, comma-separated, or `all`.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Repetitions per scenario (variants alternate within each).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
+    reps: u32,
+    /// The markdown file whose careful-resume section is (re)written.
+    #[arg(long, default_value = "docs/bench.md")]
+    output: PathBuf,
+}
+
+fn bdp_bytes(mbit: u64) -> u64 {
+    mbit * 1_000_000 / 8 * 2 * ONE_WAY_MS / 1000
+}
+
+/// Namespaces, veths, the bottleneck, the delay line and its rule; removed on drop.
+struct Bed {
+    line: Option<delay_line::DelayLine>,
+    loss_rule: bool,
+}
+
+impl Bed {
+    fn build() -> anyhow::Result<Self> {
+        crate::netns::delete_leftovers()?;
+        for ns in [SENDER_NS, ROUTER_NS, RECEIVER_NS] {
+            exec(Command::new("ip").args(["netns", "add", ns]))?;
+            exec(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+        }
+        let veth = |a: &str, a_ns: &str, b: &str, b_ns: &str| {
+            exec(Command::new("ip").args([
+                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+            ]))
+        };
+        veth("p2pcc-bws0", SENDER_NS, ROUTER_IN, ROUTER_NS)?;
+        veth(ROUTER_OUT, ROUTER_NS, "p2pcc-bwd0", RECEIVER_NS)?;
+        for (ns, dev, cidr) in [
+            (SENDER_NS, "p2pcc-bws0", "10.78.1.2/24"),
+            (ROUTER_NS, ROUTER_IN, "10.78.1.1/24"),
+            (ROUTER_NS, ROUTER_OUT, "10.78.2.1/24"),
+            (RECEIVER_NS, "p2pcc-bwd0", "10.78.2.2/24"),
+        ] {
+            exec(Command::new("ip").args(["-n", ns, "addr", "add", cidr, "dev", dev]))?;
+            exec(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]))?;
+        }
+        for (ns, via) in [(SENDER_NS, "10.78.1.1"), (RECEIVER_NS, "10.78.2.1")] {
+            exec(Command::new("ip").args(["-n", ns, "route", "add", "default", "via", via]))?;
+        }
+        exec(Command::new("ip").args([
+            "netns",
+            "exec",
+            ROUTER_NS,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]))?;
+        exec(Command::new("ip").args([
+            "netns",
+            "exec",
+            ROUTER_NS,
+            "iptables-legacy",
+            "-A",
+            "FORWARD",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "0",
+        ]))?;
+        let line = delay_line::spawn(ROUTER_NS, 0, Duration::from_millis(ONE_WAY_MS))?;
+        let bed = Self {
+            line: Some(line),
+            loss_rule: false,
+        };
+        bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
+        Ok(bed)
+    }
+
+    /// The bottleneck: `mbit` with `limit` bytes of buffer.
+    fn shape(&self, mbit: u64, limit: u64) -> anyhow::Result<()> {
+        let _ = Command::new("ip")
+            .args([
+                "netns", "exec", ROUTER_NS, "tc", "qdisc", "del", "dev", ROUTER_OUT, "root",
+            ])
+            .stderr(Stdio::null())
+            .status();
+        exec(Command::new("ip").args([
+            "netns",
+            "exec",
+            ROUTER_NS,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            ROUTER_OUT,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{mbit}mbit"),
+            "burst",
+            "32kbit",
+            "limit",
+            &limit.to_string(),
+        ]))
+    }
+
+    /// Random loss of the data direction (sender → receiver), before the delay line.
+    fn set_loss(&mut self, on: bool) -> anyhow::Result<()> {
+        if on == self.loss_rule {
+            return Ok(());
+        }
+        let op = if on { "-I" } else { "-D" };
+        let mut args = vec!["netns", "exec", ROUTER_NS, "iptables-legacy", op, "FORWARD"];
+        if on {
+            args.push("1");
+        }
+        let probability = LOSS.to_string();
+        args.extend([
+            "-i",
+            ROUTER_IN,
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
+            "-j",
+            "DROP",
+        ]);
+        exec(Command::new("ip").args(args))?;
+        self.loss_rule = on;
+        Ok(())
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            let _ = line.stop();
+        }
+        for ns in [SENDER_NS, ROUTER_NS, RECEIVER_NS] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A p2p-node in a namespace, with its data dir; stopped on drop.
+struct NodeProc {
+    child: Child,
+    ns: &'static str,
+    dir: PathBuf,
+    peer_id: String,
+    multiaddr: String,
+}
+
+impl NodeProc {
+    fn start(
+        binary: &Path,
+        ns: &'static str,
+        addr: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(binary)
+            .args([
+                "run",
+                "--listen",
+                &format!("/ip4/{addr}/tcp/4001"),
+                "--require-ebpf",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--key")
+            .arg(dir.join("node.key"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        crate::exec::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting p2p-node in {ns}"))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.to_owned());
+                }
+            }
+        });
+        let Ok(multiaddr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            stop_child(&mut child, Duration::from_secs(2));
+            bail!("p2p-node in {ns} did not start listening");
+        };
+        let peer_id = multiaddr.rsplit('/').next().unwrap_or_default().to_owned();
+        let node = Self {
+            child,
+            ns,
+            dir: dir.to_owned(),
+            peer_id,
+            multiaddr,
+        };
+        // The HTTP API is up shortly after the listener.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.cli(binary, &["cc", "list"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("p2p-node in {ns} has no HTTP API");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(node)
+    }
+
+    /// A CLI command against this node, from inside its namespace.
+    fn cli(&self, binary: &Path, args: &[&str]) -> anyhow::Result<String> {
+        let token = self.dir.join("http-token");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns]).arg(binary).args(args);
+        if !matches!(args.first(), Some(&"peers")) {
+            cmd.arg("--token-file").arg(&token);
+        }
+        output(&mut cmd)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// One transfer's outcome.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    seconds: f64,
+    retrans_2s_bytes: u64,
+    start: String,
+}
+
+struct Harness {
+    binary: PathBuf,
+    x: NodeProc,
+    y_dir: PathBuf,
+    y: Option<NodeProc>,
+}
+
+impl Harness {
+    /// A fresh connection: Y restarts (same key) and dials X.
+    fn reconnect(&mut self) -> anyhow::Result<String> {
+        self.y = None;
+        let y = NodeProc::start(
+            &self.binary,
+            RECEIVER_NS,
+            RECEIVER_ADDR,
+            &self.y_dir,
+            &["--peer", &self.x.multiaddr],
+        )?;
+        let id = y.peer_id.clone();
+        self.y = Some(y);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.x.cli(&self.binary, &["peers"])?.contains(&id) {
+            if Instant::now() > deadline {
+                bail!("Y never connected to X");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(id)
+    }
+
+    fn set_cc(&self, cc: &str) -> anyhow::Result<()> {
+        self.x.cli(&self.binary, &["cc", "set", cc]).map(drop)
+    }
+
+    fn forget(&self, peer: &str) {
+        // 404 when there is no record: fine.
+        let _ = self.x.cli(&self.binary, &["known", "--forget", peer]);
+    }
+
+    /// One 8 MB transfer X → Y on a fresh connection; retransmitted bytes sampled at 2 s.
+    fn transfer(&mut self) -> anyhow::Result<Run> {
+        let peer = self.reconnect()?;
+        let sampler = thread::spawn(|| {
+            thread::sleep(Duration::from_secs(2));
+            retrans_bytes()
+        });
+        let report = self.x.cli(
+            &self.binary,
+            &["perf", &peer, "--upload", &TRANSFER_BYTES.to_string()],
+        )?;
+        let json: serde_json::Value =
+            serde_json::from_str(report.trim()).with_context(|| format!("perf said {report}"))?;
+        let seconds = json["upload_seconds"].as_f64().context("upload_seconds")?;
+        let retrans_2s_bytes = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))??;
+        let peers = self.x.cli(&self.binary, &["peers"])?;
+        let start = peers
+            .lines()
+            .find(|l| l.starts_with(&peer))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .unwrap_or("-")
+            .to_owned();
+        Ok(Run {
+            seconds,
+            retrans_2s_bytes,
+            start,
+        })
+    }
+}
+
+/// Retransmitted bytes of the sender's connection to Y (`ss -ti`, `bytes_retrans`).
+fn retrans_bytes() -> anyhow::Result<u64> {
+    let text = output(Command::new("ip").args([
+        "netns",
+        "exec",
+        SENDER_NS,
+        "ss",
+        "-tinH",
+        "dst",
+        RECEIVER_ADDR,
+    ]))?;
+    Ok(text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_retrans:"))
+        .filter_map(|v| v.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
+    if !crate::exec::is_root() {
+        bail!("`cargo xtask bench warm` needs root (namespaces, eBPF)");
+    }
+    let scenarios: Vec<&str> = match options.scenario.as_str() {
+        "all" => vec!["same", "changed", "loss"],
+        s => s.split(',').collect(),
+    };
+    for s in &scenarios {
+        if !["same", "changed", "loss"].contains(s) {
+            bail!("unknown scenario {s:?}: same, changed, loss or all");
+        }
+    }
+    let root = workspace_root();
+    exec(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "-p", "p2p-node"]),
+    )?;
+    let binary = root.join("target/debug/p2p-node");
+    let work = std::env::temp_dir().join(format!("p2pcc-bench-warm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let mut bed = Bed::build()?;
+    let x = NodeProc::start(
+        &binary,
+        SENDER_NS,
+        SENDER_ADDR,
+        &work.join("x"),
+        &["--cc", "bbr-p2p"],
+    )?;
+    let mut h = Harness {
+        binary,
+        x,
+        y_dir: work.join("y"),
+        y: None,
+    };
+    let mut report = String::new();
+    writeln!(
+        report,
+        "{SECTION}\n\n`cargo xtask bench warm --reps {} --scenario {}` — p2p-node (debug build) X sends \
+         8 MB libp2p perf transfers to Y over a tbf bottleneck on a router namespace with an NFQUEUE \
+         delay line of {ONE_WAY_MS} ms each way; Y restarts (same key) before every transfer, so \
+         each runs on a fresh TCP connection; variants alternate within each repetition; medians.\n",
+        options.reps, options.scenario
+    )?;
+    for scenario in scenarios {
+        println!("[bench warm] scenario {scenario}");
+        let text = match scenario {
+            "same" => same(&mut h, &bed, options.reps)?,
+            "changed" => changed(&mut h, &bed, options.reps)?,
+            _ => {
+                bed.set_loss(true)?;
+                let text = loss(&mut h, options.reps);
+                bed.set_loss(false)?;
+                text?
+            }
+        };
+        println!("{text}");
+        report.push_str(&text);
+    }
+    drop(h);
+    drop(bed);
+    let _ = std::fs::remove_dir_all(&work);
+    let path = root.join(&options.output);
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, replace_section(&existing, &report))?;
+    println!("[bench warm] wrote {}", path.display());
+    Ok(())
+}
+
+/// Replaces this bench's section (up to the next `## `) or appends it.
+fn replace_section(existing: &str, section: &str) -> String {
+    let Some(start) = existing.find(SECTION) else {
+        return format!("{}\n\n{section}", existing.trim_end());
+    };
+    let rest = &existing[start + SECTION.len()..];
+    let end = rest
+        .find("\n## ")
+        .map_or(existing.len(), |i| start + SECTION.len() + i + 1);
+    format!("{}{}{}", &existing[..start], section, &existing[end..])
+}
+
+fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
+    bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
+    let (mut resumed, mut cold_p2p, mut cold_bbr) = (Vec::new(), Vec::new(), Vec::new());
+    let mut starts = Vec::new();
+    // A first transfer makes the record.
+    h.set_cc("bbr-p2p")?;
+    h.transfer()?;
+    for rep in 0..reps {
+        let order: [u8; 3] = if rep % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for v in order {
+            match v {
+                0 => {
+                    h.set_cc("bbr-p2p")?;
+                    // The previous bbr-p2p transfer left a record of this path.
+                    let r = h.transfer()?;
+                    starts.push(r.start.clone());
+                    resumed.push(r.seconds);
+                }
+                1 => {
+                    h.set_cc("bbr-p2p")?;
+                    let id = h.y.as_ref().map(|y| y.peer_id.clone()).unwrap_or_default();
+                    h.forget(&id);
+                    let r = h.transfer()?;
+                    cold_p2p.push(r.seconds);
+                    // Give the record back for the next resumed run.
+                }
+                _ => {
+                    h.set_cc("bbr")?;
+                    cold_bbr.push(h.transfer()?.seconds);
+                }
+            }
+        }
+        println!(
+            "[bench warm] same rep {rep}: resumed {resumed:?} cold bbr-p2p {cold_p2p:?} cold bbr {cold_bbr:?}"
+        );
+    }
+    h.set_cc("bbr-p2p")?;
+    let (r, p, b) = (median(resumed), median(cold_p2p), median(cold_bbr));
+    let resumed_starts = starts.iter().filter(|s| s.starts_with("resumed")).count();
+    Ok(format!(
+        "### Same path (100 Mbit/s, 40 ms, 1 BDP buffer), {reps} reps\n\n\
+         | | resumed bbr-p2p | cold bbr-p2p | cold kernel bbr |\n|---|---|---|---|\n\
+         | 8 MB completion, median | {r:.3} s | {p:.3} s | {b:.3} s |\n\n\
+         - resumed / cold kernel bbr = **{:.2}** (target ≤ 0.6: {})\n\
+         - resumed / cold bbr-p2p = **{:.2}** (target ≤ 0.6: {})\n\
+         - runs that started resumed: {resumed_starts} of {} (starts: {})\n\n",
+        r / b,
+        met(r / b <= 0.6),
+        r / p,
+        met(r / p <= 0.6),
+        starts.len(),
+        starts.join(", ")
+    ))
+}
+
+fn changed(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
+    h.set_cc("bbr-p2p")?;
+    let (mut resumed, mut cold) = (Vec::<Run>::new(), Vec::<Run>::new());
+    let changed_limit = bdp_bytes(CHANGED_MBIT) / 4;
+    for rep in 0..reps {
+        let order: [bool; 2] = if rep % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for resume in order {
+            // The record: a transfer on the 100 Mbit/s path.
+            bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
+            h.transfer()?;
+            bed.shape(CHANGED_MBIT, changed_limit)?;
+            if !resume {
+                let id = h.y.as_ref().map(|y| y.peer_id.clone()).unwrap_or_default();
+                h.forget(&id);
+            }
+            let r = h.transfer()?;
+            if resume {
+                resumed.push(r)
+            } else {
+                cold.push(r)
+            }
+        }
+        println!("[bench warm] changed rep {rep}: resumed {resumed:?} cold {cold:?}");
+    }
+    bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
+    let secs = |v: &[Run]| median(v.iter().map(|r| r.seconds).collect());
+    let retrans = |v: &[Run]| median(v.iter().map(|r| r.retrans_2s_bytes as f64).collect());
+    let (rs, cs, rr, cr) = (
+        secs(&resumed),
+        secs(&cold),
+        retrans(&resumed),
+        retrans(&cold),
+    );
+    let starts: Vec<&str> = resumed.iter().map(|r| r.start.as_str()).collect();
+    let retrans_ratio = if cr > 0.0 {
+        rr / cr
+    } else if rr == 0.0 {
+        1.0
+    } else {
+        f64::INFINITY
+    };
+    Ok(format!(
+        "### Changed path (record from 100 Mbit/s; now {CHANGED_MBIT} Mbit/s, 0.25-BDP buffer = {changed_limit} B), {reps} reps\n\n\
+         | | resumed bbr-p2p | cold bbr-p2p |\n|---|---|---|\n\
+         | retransmitted bytes in the first 2 s, median | {rr:.0} | {cr:.0} |\n\
+         | 8 MB completion, median | {rs:.3} s | {cs:.3} s |\n\n\
+         - retransmitted bytes resumed / cold = **{retrans_ratio:.2}** (target ≤ 1.5: {})\n\
+         - completion resumed / cold = **{:.2}** (target ≤ 1.1: {})\n\
+         - starts of the resumed runs: {}\n\n",
+        met(retrans_ratio <= 1.5),
+        rs / cs,
+        met(rs / cs <= 1.1),
+        starts.join(", ")
+    ))
+}
+
+fn loss(h: &mut Harness, reps: u32) -> anyhow::Result<String> {
+    h.set_cc("bbr-p2p")?;
+    h.transfer()?;
+    let mut starts = Vec::new();
+    for rep in 0..reps {
+        let r = h.transfer()?;
+        println!("[bench warm] loss rep {rep}: {r:?}");
+        starts.push(r.start);
+    }
+    let jumped = starts
+        .iter()
+        .filter(|s| s.starts_with("resumed") || s.starts_with("retreated"))
+        .count();
+    let kept = starts.iter().filter(|s| s.starts_with("resumed")).count();
+    let share = if jumped == 0 {
+        0.0
+    } else {
+        kept as f64 / jumped as f64
+    };
+    Ok(format!(
+        "### 1% random loss on the same path, {reps} reps\n\n\
+         - resumed and not retreated: {kept} of {jumped} resumed connections = **{:.0}%** (target ≥ 90%: {})\n\
+         - starts: {}\n\n",
+        share * 100.0,
+        met(share >= 0.9),
+        starts.join(", ")
+    ))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
