@@ -21,12 +21,13 @@
 //!  RESUMED         normal BBR from here                          measured delivery rate
 //! ```
 //!
-//! The jump seeds BBR's bandwidth estimate with the jump's rate (so the model's cwnd and pacing
-//! follow the record), while [`Action::Hold`] caps cwnd (half the ceiling, then the ceiling) and
-//! pacing (the jump's rate) until validation ends. At its end — two rounds after the round the
-//! jump happened in — the seed gives way to the measured delivery rate if the path delivered
-//! less ([`bw_after_validation`]), so a wrong record never outlives those two rounds; a retreat
-//! replaces it at once.
+//! The jump seeds BBR's bandwidth estimate with the saved rate (so the model's cwnd and pacing
+//! follow the record), while [`Action::Hold`] caps cwnd and pacing: half the ceiling at half the
+//! saved rate while unvalidated, the ceiling at the saved rate while validating. At the end of
+//! validation — two rounds after the round the jump happened in — the seed gives way to the
+//! measured delivery rate if the path delivered less ([`bw_after_validation`]), so a wrong record
+//! never outlives those two rounds, and STARTUP ends (the record located the path's capacity;
+//! PROBE_BW probes beyond it); a retreat replaces the seed at once.
 //!
 //! Deviations from RFC 9959 (each is a BBR-specific choice):
 //! 1. Saved state is BBR's model (bottleneck bandwidth, min RTT, `inflight_hi`), not a cwnd:
@@ -438,7 +439,8 @@ pub struct AckView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     None,
-    /// Jump now: seed the bandwidth estimate with the jump's rate, set cwnd and pacing.
+    /// Jump now: seed the bandwidth estimate with the saved rate (the slot's), set cwnd and
+    /// pacing to the jump's.
     Jump(Jump),
     /// Unvalidated or validating: keep cwnd at most `cwnd_cap_bytes` and pacing at most
     /// `pacing_cap_bytes_per_sec` (the model alone would pace STARTUP's gain over the seed).
@@ -447,7 +449,8 @@ pub enum Action {
         pacing_cap_bytes_per_sec: u64,
     },
     /// Validated: the seeded estimate gives way to what the path delivered (if less), so a
-    /// record the path did not bear out is gone after the two validation rounds.
+    /// record the path did not bear out is gone after the two validation rounds; the pipe counts
+    /// as full (STARTUP ends: the record located the path's capacity).
     Validated {
         measured_bytes_per_sec: u64,
     },
@@ -537,14 +540,18 @@ pub fn on_ack(
                     }
                 }
             }
-            let cwnd_cap_bytes = if Start::from_u8(slot.start) == Start::Unvalidated {
-                slot.ceiling_bytes / 2
+            // Unvalidated: the jump (half the ceiling, at the jump's rate). Validating: the jump
+            // was carried; up to the ceiling (1x the saved BDP) at the saved rate.
+            if Start::from_u8(slot.start) == Start::Unvalidated {
+                Action::Hold {
+                    cwnd_cap_bytes: slot.ceiling_bytes / 2,
+                    pacing_cap_bytes_per_sec: slot.jump_pacing_bytes_per_sec,
+                }
             } else {
-                slot.ceiling_bytes
-            };
-            Action::Hold {
-                cwnd_cap_bytes,
-                pacing_cap_bytes_per_sec: slot.jump_pacing_bytes_per_sec,
+                Action::Hold {
+                    cwnd_cap_bytes: slot.ceiling_bytes,
+                    pacing_cap_bytes_per_sec: slot.bw_bytes_per_sec,
+                }
             }
         }
         Start::Cold | Start::Resumed | Start::Retreated => Action::None,
@@ -925,6 +932,17 @@ mod tests {
                 pacing_cap_bytes_per_sec: 6_250_000
             }
         );
+        // The round the jump happened in ends, then the jump's round is carried cleanly:
+        // validating, up to the full saved BDP at the saved rate.
+        on_ack(&mut slot, &ack(110, 0, 40_000, true), 20, 5792);
+        assert_eq!(
+            on_ack(&mut slot, &ack(280, 0, 40_100, true), 20, 5792),
+            Action::Hold {
+                cwnd_cap_bytes: 500_000,
+                pacing_cap_bytes_per_sec: 12_500_000
+            }
+        );
+        assert_eq!(Start::from_u8(slot.start), Start::Validating);
     }
 
     #[test]
