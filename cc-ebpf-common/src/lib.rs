@@ -446,6 +446,8 @@ mod pod {
     unsafe impl aya::Pod for super::bbr::WarmKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::bbr::WarmEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::resume::ResumeSlot {}
 }
 
 #[cfg(test)]

@@ -343,12 +343,19 @@ impl Harness {
         let seconds = json["upload_seconds"].as_f64().context("upload_seconds")?;
         let retrans_2s_bytes = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))??;
         let peers = self.x.cli(&self.binary, &["peers"])?;
+        if std::env::var_os("P2PCC_BENCH_WARM_DEBUG").is_some() {
+            println!("{peers}");
+            println!("{}", self.x.cli(&self.binary, &["known"])?);
+        }
+        // The connection that carried the transfer (an older one may still be listed): the
+        // row whose ACKED(B) column covers the transfer.
         let start = peers
             .lines()
-            .find(|l| l.starts_with(&peer))
-            .and_then(|l| l.split_whitespace().nth(4))
-            .unwrap_or("-")
-            .to_owned();
+            .filter(|l| l.starts_with(&peer))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.get(9).and_then(|a| a.parse::<u64>().ok()) >= Some(TRANSFER_BYTES))
+            .and_then(|cols| cols.get(4).map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "-".to_owned());
         Ok(Run {
             seconds,
             retrans_2s_bytes,
