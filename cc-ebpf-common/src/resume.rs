@@ -880,7 +880,8 @@ mod tests {
 
     #[test]
     fn per_ack_phases_table() {
-        let cases: [(&str, &[(u32, u32, u32)], Start, Reason); 5] = [
+        type Case<'a> = (&'a str, &'a [(u32, u32, u32)], Start, Reason);
+        let cases: [Case<'_>; 5] = [
             (
                 "clean jump round",
                 &[(170, 0, 40_500)],

@@ -56,7 +56,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show or change the congestion control of a running node.
     Cc {
         #[command(subcommand)]

@@ -40,7 +40,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Cc { action, node, token_file } => {
                 let token = client_token(token_file.as_deref());
                 let token = token.as_deref();
