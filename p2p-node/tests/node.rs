@@ -345,7 +345,8 @@ async fn a_corrupt_or_stalled_chunk_is_detected_and_refetched_from_the_other_pro
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert!(report.failed_requests >= 1, "{report:?}");
 
-    // When every provider corrupts a chunk the fetch fails and leaves nothing behind.
+    // When every provider corrupts a chunk the fetch fails: nothing at the final name, and
+    // only verified chunks in what it leaves for a resume (`.part` and its chunk map).
     nodes[1].client.set_fault(id, 2, Some(Fault::Corrupt)).await;
     nodes[1].client.set_fault(id, 3, None).await;
     nodes[0].client.set_fault(id, 2, Some(Fault::Corrupt)).await;
@@ -356,7 +357,152 @@ async fn a_corrupt_or_stalled_chunk_is_detected_and_refetched_from_the_other_pro
         "{err}"
     );
     assert!(err.to_string().contains("wrong hash"), "{err}");
-    assert!(!out.exists() && !dir.join("failed.bin.part").exists());
+    assert!(!out.exists());
+    let listed = verified_chunks_left(&dir.join("failed.bin"), &data);
+    assert!(
+        !listed.contains(&2),
+        "the corrupt chunk is not listed: {listed:?}"
+    );
+    // The faults gone, the next fetch takes over what the failed one verified.
+    nodes[0].client.set_fault(id, 2, None).await;
+    nodes[1].client.set_fault(id, 2, None).await;
+    let report = nodes[2].client.fetch(id, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(report.resumed_chunks as usize, listed.len(), "{report:?}");
+    assert_eq!(fetched_chunks(&report), 8 - listed.len());
+    assert!(!dir.join("failed.bin.part").exists() && !dir.join("failed.bin.part.map").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Chunks fetched from providers (not taken over from a previous fetch).
+fn fetched_chunks(report: &node::files::FetchReport) -> usize {
+    report.providers.iter().map(|p| p.chunks as usize).sum()
+}
+
+/// The chunks the map beside `<out>.part` lists, after checking that each listed chunk's bytes
+/// in `.part` are `data`'s (256 KiB chunks): what an interrupted fetch leaves is consistent.
+fn verified_chunks_left(out: &Path, data: &[u8]) -> Vec<usize> {
+    let part = std::fs::read(format!("{}.part", out.display())).expect(".part kept");
+    let map = std::fs::read(format!("{}.part.map", out.display())).expect("chunk map kept");
+    assert_eq!(&map[..8], b"p2pccmap");
+    let chunk = 256 * 1024;
+    let count = data.len().div_ceil(chunk);
+    let listed: Vec<usize> = (0..count)
+        .filter(|i| map[44 + i / 8] & (1 << (i % 8)) != 0)
+        .collect();
+    for &i in &listed {
+        let range = i * chunk..((i + 1) * chunk).min(data.len());
+        assert!(
+            part[range.clone()] == data[range],
+            "chunk {i} is listed in the map but its bytes in .part are wrong"
+        );
+    }
+    listed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_fetch_leaves_a_consistent_part_and_the_next_resumes_it() {
+    let _serial = SERIAL.lock().await;
+    let nodes = network(2, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    let dir = temp_dir("cancel");
+    let data = test_bytes(32 * 256 * 1024, 5);
+    let id = share_on(&[&nodes[0]], &dir, &data).await;
+    // The last four chunks never arrive, so the fetch is surely mid-way when it is dropped.
+    for index in 28..32 {
+        nodes[0]
+            .client
+            .set_fault(id, index, Some(Fault::Stall))
+            .await;
+    }
+    let out = dir.join("cancelled.bin");
+    let map = dir.join("cancelled.bin.part.map");
+    let listed = || {
+        std::fs::read(&map).map_or(0, |m| {
+            m.get(44..)
+                .unwrap_or_default()
+                .iter()
+                .map(|b| b.count_ones())
+                .sum::<u32>()
+        })
+    };
+    tokio::select! {
+        result = nodes[1].client.fetch(id, &out) => panic!("the fetch ended: {result:?}"),
+        () = wait_for("28 chunks in the map", Duration::from_secs(20), || async {
+            (listed() >= 28).then_some(())
+        }) => {}
+    }
+    // Dropped. Writes already handed to the blocking pool finish on their own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!out.exists());
+    let left = verified_chunks_left(&out, &data);
+    assert_eq!(left, (0..28).collect::<Vec<_>>());
+
+    for index in 28..32 {
+        nodes[0].client.set_fault(id, index, None).await;
+    }
+    let report = nodes[1].client.fetch(id, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(report.resumed_chunks, 28, "{report:?}");
+    assert_eq!(fetched_chunks(&report), 4, "{report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_provider_is_backed_off_and_asked_again_not_dropped() {
+    let _serial = SERIAL.lock().await;
+    let nodes = network(2, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    let dir = temp_dir("busy");
+    let data = test_bytes(4 * 256 * 1024, 9);
+    let id = share_on(&[&nodes[0]], &dir, &data).await;
+    // Twice as many busies as the failures that used to drop a provider (3).
+    nodes[0].client.set_fault(id, 1, Some(Fault::Busy(6))).await;
+    let out = dir.join("busy.bin");
+    let report = nodes[1].client.fetch(id, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(report.busy_responses, 6, "{report:?}");
+    assert_eq!(report.failed_requests, 0, "{report:?}");
+    assert_eq!(report.providers[0].failures, 0, "{report:?}");
+    // Backed off, not hammered: once the other chunks are in (a success resets the streak),
+    // at least five busies in a row, 50 + 100 + 200 + 400 + 800 ms apart.
+    assert!(report.seconds >= 1.5, "{report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetcher_becomes_a_provider_and_serves_when_the_first_is_gone() {
+    let _serial = SERIAL.lock().await;
+    let mut nodes = network(3, |_| {}).await;
+    wait_full_routing_tables(&nodes, Duration::from_secs(30)).await;
+    let dir = temp_dir("reprovide");
+    let data = test_bytes(6 * 256 * 1024 + 99, 13);
+    let id = share_on(&[&nodes[0]], &dir, &data).await;
+    let report = nodes[1].client.fetch(id, &dir.join("b.bin")).await.unwrap();
+    assert!(report.providing, "{report:?}");
+    assert_eq!(report.provide_error, None, "{report:?}");
+    let b = nodes[1].client.local_peer_id();
+    let listed = nodes[1].client.shared_files().await.unwrap();
+    assert!(
+        listed.iter().any(|f| f.id == id && f.name == "b.bin"),
+        "{listed:?}"
+    );
+    // The DHT lists B as a provider of the file's CID key.
+    let providers = nodes[2].client.get_providers(id).await.unwrap();
+    assert!(providers.contains(&b), "{providers:?}");
+
+    // The original provider stops; the file is fetched from B alone.
+    let a = nodes.remove(0);
+    drop(a);
+    let report = nodes[1].client.fetch(id, &dir.join("c.bin")).await.unwrap();
+    assert_eq!(std::fs::read(dir.join("c.bin")).unwrap(), data);
+    let from_b: u32 = report
+        .providers
+        .iter()
+        .filter(|p| p.peer == b)
+        .map(|p| p.chunks)
+        .sum();
+    assert_eq!(from_b, 7, "{report:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

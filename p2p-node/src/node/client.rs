@@ -136,6 +136,17 @@ impl Client {
         let manifest = tokio::task::spawn_blocking(move || files::Manifest::build(&hashed, &label))
             .await
             .map_err(|_| FileError::NodeStopped)??;
+        self.provide(file, name, manifest).await
+    }
+
+    /// Serves an open file whose content `manifest` describes (hashed by [`Client::share`], or
+    /// verified chunk by chunk by a fetch) and announces it in the DHT and on gossip.
+    pub(super) async fn provide(
+        &self,
+        file: Arc<std::fs::File>,
+        name: String,
+        manifest: files::Manifest,
+    ) -> Result<ShareReport, FileError> {
         let id = manifest.id();
         let name = if name.is_empty() {
             id.to_string()

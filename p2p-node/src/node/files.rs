@@ -20,7 +20,13 @@
 //! per provider a window sized from that connection's bandwidth-delay product (see
 //! [`provider_window`]), between [`MIN_PER_PROVIDER`] and [`MAX_PER_PROVIDER`] chunks. A provider
 //! that does not answer within the request timeout (`Config::request_timeout`) fails that chunk,
-//! which goes to another provider.
+//! which goes to another provider. A "busy" answer is not a failure: the provider is asked
+//! again after a back-off ([`busy_backoff`]).
+//!
+//! A fetch is resumable and cancel-safe (see [`fetch`]): `<out>.part` and its chunk map
+//! `<out>.part.map` (at most [`MAX_MAP_BYTES`]) survive an interrupted fetch, and the next one
+//! keeps every chunk of `.part` that the map lists and that still hashes right. Once the file
+//! is complete the fetcher serves it and announces itself as a provider.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -71,6 +77,12 @@ pub const MAX_PER_PROVIDER: usize = 64;
 const WINDOW_BDP_GAIN: f64 = 2.0;
 /// A provider that fails this many chunks is dropped from the fetch.
 pub const MAX_PROVIDER_FAILURES: u32 = 3;
+/// First back-off after a "busy" answer; it doubles with each busy in a row, up to
+/// [`BUSY_BACKOFF_MAX`].
+pub const BUSY_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+pub const BUSY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// "Busy" answers in a row from one provider (≈ 15 s of back-off) that count as one failure.
+pub const MAX_BUSY_STREAK: u32 = 12;
 /// Test faults remembered at once.
 const MAX_FAULTS: usize = 64;
 /// Requests held back by the "stall" fault at once.
@@ -191,8 +203,12 @@ pub enum FileError {
     },
     #[error("{0} already exists; refusing to overwrite it")]
     OutputExists(PathBuf),
-    #[error("{0} (the partial download's name) already exists; refusing to open or follow it")]
+    #[error(
+        "{0} (a partial download's name) is a symlink or not a private regular file of this node; refusing to open or follow it"
+    )]
     PartExists(PathBuf),
+    #[error("a fetch into {0} is already running")]
+    FetchRunning(PathBuf),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -475,6 +491,8 @@ pub enum Fault {
     Corrupt,
     /// Never answer (the requester times out).
     Stall,
+    /// Answer "busy" this many more times, then serve the chunk.
+    Busy(u32),
 }
 
 /// A chunk read finished; the event loop sends the response.
@@ -595,6 +613,15 @@ impl Store {
             return Handled::Refused(Refusal::BadIndex, channel);
         };
         let fault = self.faults.get(&(id, index)).copied();
+        if let Some(Fault::Busy(n)) = fault {
+            match n.checked_sub(1) {
+                Some(left) => self.faults.insert((id, index), Fault::Busy(left)),
+                None => self.faults.remove(&(id, index)),
+            };
+            if n > 0 {
+                return Handled::Refused(Refusal::Busy, channel);
+            }
+        }
         if fault == Some(Fault::Stall) {
             if self.stalled.len() >= MAX_STALLED {
                 self.stalled.pop_front();
@@ -663,8 +690,18 @@ pub struct FetchReport {
     pub providers: Vec<ProviderReport>,
     /// Chunks that failed verification and were fetched again.
     pub corrupt_chunks: u32,
-    /// Chunk requests that failed otherwise (timeouts, errors, busy) and were retried.
+    /// Chunk requests that failed otherwise (timeouts, errors) and were retried.
     pub failed_requests: u32,
+    /// "Busy" answers (a provider's, or this node's own request limit): backed off and asked
+    /// again, not counted as failures.
+    pub busy_responses: u32,
+    /// Chunks a previous, interrupted fetch left in `.part` (listed in its chunk map and
+    /// verified again), not fetched this time.
+    pub resumed_chunks: u32,
+    /// Whether this node now serves the file and announced itself as its provider.
+    pub providing: bool,
+    /// Why the provider announcement did not happen or did not reach the DHT.
+    pub provide_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -684,13 +721,24 @@ fn ser_peer<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error
 }
 
 /// Fetches `id` into `out`: providers from the DHT, manifest checked against the id, chunks in
-/// parallel from all providers, each verified. Writes `<out>.part` and renames it only when every
-/// chunk is verified; on any error the partial file is removed.
+/// parallel from all providers, each verified. Writes `<out>.part`, records each verified chunk
+/// in the chunk map `<out>.part.map`, and renames `.part` into place only when every chunk is
+/// there; then this node serves the file and announces itself as a provider.
 ///
-/// Both files are opened relative to `out`'s directory, never through a symlink: the `.part`
-/// file with `O_CREAT | O_EXCL | O_NOFOLLOW` (something already at its name is refused, not
-/// followed or truncated), the final name by `renameat2(RENAME_NOREPLACE)` (atomic, never
-/// replaces what appeared there meanwhile).
+/// Resumable and cancel-safe: a fetch that fails, is cancelled (its future dropped) or whose
+/// process is killed leaves `.part` and its map behind, and the next fetch into the same name
+/// takes over every chunk the map lists *after hashing it again* (the map is a hint, never
+/// trusted: a chunk whose bytes do not match is fetched again). A chunk's bit is written after
+/// its bytes, so the map never claims a chunk that was not written, whatever point the fetch
+/// stopped at; a write already handed to the blocking pool when the future is dropped finishes
+/// on its own, and holds the `.part` lock until then.
+///
+/// Both files are opened relative to `out`'s directory, never through a symlink
+/// (`O_NOFOLLOW`), and only if they are regular files with one link, owned by this user — a
+/// symlink, a hard link to another file or a fifo planted at either name is refused, not
+/// followed or truncated. `.part` is locked (`flock`) while a fetch writes it: a second fetch
+/// into the same name is refused. The final name is taken by `renameat2(RENAME_NOREPLACE)`
+/// (atomic, never replaces what appeared there meanwhile).
 pub async fn fetch(client: &Client, id: FileId, out: &Path) -> Result<FetchReport, FileError> {
     let target = OutputTarget::new(out)?;
     if target.final_exists() {
@@ -705,19 +753,21 @@ pub async fn fetch(client: &Client, id: FileId, out: &Path) -> Result<FetchRepor
     }
     let manifest = fetch_manifest(client, id, &providers).await?;
 
-    let part = target.create_part()?;
-    let result = fetch_chunks(client, id, &manifest, &providers, part, &target.part_path()).await;
-    let mut report = match result {
-        Ok(report) => report,
-        Err(e) => {
-            target.remove_part();
-            return Err(e);
-        }
-    };
-    if let Err(e) = target.commit() {
-        target.remove_part();
-        return Err(e);
-    }
+    let (part, created) = target.open_part()?;
+    let map = target.open_map(id, manifest.chunks.len() as u32, created)?;
+    let part = std::sync::Arc::new(part);
+    let mut report = fetch_chunks(
+        client,
+        id,
+        &manifest,
+        &providers,
+        part.clone(),
+        map,
+        &target.part_path(),
+    )
+    .await?;
+    target.commit()?;
+    target.remove_map();
     report.path = out.to_owned();
     report.seconds = start.elapsed().as_secs_f64();
     report.bytes_per_second = if report.seconds > 0.0 {
@@ -725,15 +775,93 @@ pub async fn fetch(client: &Client, id: FileId, out: &Path) -> Result<FetchRepor
     } else {
         0.0
     };
+    // Every chunk verified: serve the file from the fd that wrote it (the name may be swapped
+    // by now; the fd is the verified content) and announce it in the DHT.
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match client.provide(part, name, manifest).await {
+        Ok(share) => {
+            report.providing = true;
+            report.provide_error = share.dht_error;
+        }
+        Err(e) => report.provide_error = Some(e.to_string()),
+    }
     Ok(report)
 }
 
-/// Where a fetch writes: `out`'s directory, held open, and the final and `.part` names in it.
+/// Where a fetch writes: `out`'s directory, held open, and the final, `.part` and map names in it.
 struct OutputTarget {
     dir: std::os::fd::OwnedFd,
     out: PathBuf,
     name: std::ffi::CString,
     part: std::ffi::CString,
+    map: std::ffi::CString,
+}
+
+/// The chunk map's file: magic, file id, chunk count, then one bit per chunk (bit `i % 8` of
+/// byte `i / 8`), set once the chunk is written and verified.
+const MAP_MAGIC: &[u8; 8] = b"p2pccmap";
+const MAP_HEADER_BYTES: usize = 8 + 32 + 4;
+/// Largest chunk map (the map of a [`MAX_CHUNKS`] file); a longer file is not read.
+const MAX_MAP_BYTES: usize = MAP_HEADER_BYTES + MAX_CHUNKS as usize / 8;
+
+/// The map's bits if `bytes` is the map of file `id` in `count` chunks: right magic, id,
+/// count and length, and no bit set past the last chunk. Anything else (another file's map,
+/// a truncated or hostile one) is `None`: the fetch starts that file over.
+pub fn parse_chunk_map(bytes: &[u8], id: FileId, count: u32) -> Option<Vec<u8>> {
+    let bits_len = (count as usize).div_ceil(8);
+    if count > MAX_CHUNKS || bytes.len() != MAP_HEADER_BYTES + bits_len {
+        return None;
+    }
+    let (header, bits) = bytes.split_at(MAP_HEADER_BYTES);
+    if &header[..8] != MAP_MAGIC || header[8..40] != id.0 || header[40..44] != count.to_be_bytes() {
+        return None;
+    }
+    let spare = bits_len * 8 - count as usize;
+    if spare > 0 && bits[bits_len - 1] >> (8 - spare) != 0 {
+        return None;
+    }
+    Some(bits.to_vec())
+}
+
+/// The chunk map of a fetch in progress: the bits in memory, and the file they are kept in.
+struct ChunkMap {
+    file: std::sync::Arc<std::fs::File>,
+    bits: Vec<u8>,
+}
+
+impl ChunkMap {
+    fn is_set(&self, index: u32) -> bool {
+        self.bits[index as usize / 8] & (1 << (index % 8)) != 0
+    }
+
+    /// Sets (or clears) chunk `index`'s bit in memory; returns the byte to write and where.
+    fn update(&mut self, index: u32, set: bool) -> (u64, u8) {
+        let byte = &mut self.bits[index as usize / 8];
+        if set {
+            *byte |= 1 << (index % 8);
+        } else {
+            *byte &= !(1 << (index % 8));
+        }
+        ((MAP_HEADER_BYTES + index as usize / 8) as u64, *byte)
+    }
+
+    /// Writes all the bits (after the verification at resume cleared some).
+    fn write_all(&self) -> io::Result<()> {
+        self.file.write_all_at(&self.bits, MAP_HEADER_BYTES as u64)
+    }
+}
+
+/// Refuses what a local attacker could plant at a name the fetch writes: anything but a
+/// regular file with one link, owned by this process's user.
+fn check_private_file(file: &std::fs::File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    Ok(meta.is_file() && meta.nlink() == 1 && meta.uid() == uid)
 }
 
 impl OutputTarget {
@@ -763,17 +891,26 @@ impl OutputTarget {
         }
         let mut part = name.as_bytes().to_vec();
         part.extend_from_slice(b".part");
+        let mut map = part.clone();
+        map.extend_from_slice(b".map");
         Ok(Self {
             // SAFETY: a fresh fd from open(2), owned by nobody else.
             dir: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
             out: out.to_owned(),
             name: c(name.as_bytes())?,
             part: c(&part)?,
+            map: c(&map)?,
         })
     }
 
     fn part_path(&self) -> PathBuf {
         part_path(&self.out)
+    }
+
+    fn map_path(&self) -> PathBuf {
+        let mut name = part_path(&self.out).into_os_string();
+        name.push(".map");
+        PathBuf::from(name)
     }
 
     /// Whether anything (a file, a symlink, a directory) is at the final name.
@@ -792,37 +929,111 @@ impl OutputTarget {
         }
     }
 
-    fn create_part(&self) -> Result<std::fs::File, FileError> {
+    /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+    fn open_at(&self, name: &std::ffi::CStr, flags: i32, mode: u32) -> io::Result<std::fs::File> {
         use std::os::fd::{AsRawFd as _, FromRawFd as _};
         // SAFETY: valid dir fd and NUL-terminated name; the fd returned is owned below.
         let fd = unsafe {
             libc::openat(
                 self.dir.as_raw_fd(),
-                self.part.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644 as libc::c_uint,
+                name.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
             )
         };
         if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
-                FileError::PartExists(self.part_path())
-            } else {
-                FileError::Write {
-                    path: self.part_path(),
-                    source: e,
-                }
-            });
+            return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh fd from openat(2), owned by nobody else.
         Ok(unsafe { std::fs::File::from_raw_fd(fd) })
     }
 
-    /// Removes the `.part` file this fetch created.
-    fn remove_part(&self) {
+    /// Opens the `.part` file a previous fetch left, or creates it (`O_EXCL`); locks it.
+    /// Returns whether it was created.
+    fn open_part(&self) -> Result<(std::fs::File, bool), FileError> {
+        use std::os::fd::AsRawFd as _;
+        let refused = || FileError::PartExists(self.part_path());
+        let write_err = |source| FileError::Write {
+            path: self.part_path(),
+            source,
+        };
+        let (file, created) = match self.open_at(&self.part, libc::O_RDWR, 0) {
+            Ok(file) => (file, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+                match self.open_at(&self.part, flags, 0o644) {
+                    Ok(file) => (file, true),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(refused()),
+                    Err(e) => return Err(write_err(e)),
+                }
+            }
+            // ELOOP: a symlink at the name. ENXIO, EWOULDBLOCK…: not something to write into.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused()),
+            Err(e) => return Err(write_err(e)),
+        };
+        if !check_private_file(&file).map_err(write_err)? {
+            return Err(refused());
+        }
+        // SAFETY: a valid fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                FileError::FetchRunning(self.out.clone())
+            } else {
+                write_err(e)
+            });
+        }
+        Ok((file, created))
+    }
+
+    /// Opens (or creates) the chunk map beside `.part`; its bits count only if it is the map
+    /// of this very file and `.part` was not just created, else it starts empty.
+    fn open_map(&self, id: FileId, count: u32, part_created: bool) -> Result<ChunkMap, FileError> {
+        use std::io::Read as _;
+        let map_err = |source| FileError::Write {
+            path: self.map_path(),
+            source,
+        };
+        let file = match self.open_at(&self.map, libc::O_RDWR | libc::O_CREAT, 0o600) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(FileError::PartExists(self.map_path()));
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        if !check_private_file(&file).map_err(map_err)? {
+            return Err(FileError::PartExists(self.map_path()));
+        }
+        let mut bytes = Vec::new();
+        (&file)
+            .take(MAX_MAP_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(map_err)?;
+        let bits = match parse_chunk_map(&bytes, id, count) {
+            Some(bits) if !part_created => bits,
+            _ => {
+                let bits = vec![0u8; (count as usize).div_ceil(8)];
+                let mut fresh = Vec::with_capacity(MAP_HEADER_BYTES + bits.len());
+                fresh.extend_from_slice(MAP_MAGIC);
+                fresh.extend_from_slice(&id.0);
+                fresh.extend_from_slice(&count.to_be_bytes());
+                fresh.extend_from_slice(&bits);
+                file.set_len(0).map_err(map_err)?;
+                file.write_all_at(&fresh, 0).map_err(map_err)?;
+                bits
+            }
+        };
+        Ok(ChunkMap {
+            file: std::sync::Arc::new(file),
+            bits,
+        })
+    }
+
+    /// Removes the chunk map once the file is in place.
+    fn remove_map(&self) {
         use std::os::fd::AsRawFd as _;
         // SAFETY: valid dir fd and NUL-terminated name.
-        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.part.as_ptr(), 0) };
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.map.as_ptr(), 0) };
     }
 
     /// Renames `.part` to the final name, unless something appeared there meanwhile.
@@ -911,6 +1122,17 @@ struct Provider {
     since: Instant,
     /// The chunk requests it may have in flight: [`provider_window`].
     window: usize,
+    /// "Busy" answers in a row, and when it may be asked again (see [`busy_backoff`]).
+    busy_streak: u32,
+    resume_at: Option<Instant>,
+}
+
+/// A provider that answered "busy" `streak` times in a row is asked again after this long:
+/// [`BUSY_BACKOFF_MIN`] doubling up to [`BUSY_BACKOFF_MAX`]. Busy is not a failure; only
+/// [`MAX_BUSY_STREAK`] busies in a row (about 15 s of back-off) count as one.
+pub fn busy_backoff(streak: u32) -> std::time::Duration {
+    let doublings = streak.saturating_sub(1).min(16);
+    (BUSY_BACKOFF_MIN * (1 << doublings)).min(BUSY_BACKOFF_MAX)
 }
 
 /// Chunk requests to keep in flight to a provider: the connection's bandwidth-delay product —
@@ -954,7 +1176,8 @@ async fn fetch_chunks(
     id: FileId,
     manifest: &Manifest,
     peers: &[PeerId],
-    file: std::fs::File,
+    file: std::sync::Arc<std::fs::File>,
+    mut map: ChunkMap,
     part: &Path,
 ) -> Result<FetchReport, FileError> {
     let write_err = |source| FileError::Write {
@@ -962,7 +1185,36 @@ async fn fetch_chunks(
         source,
     };
     file.set_len(manifest.size).map_err(write_err)?;
-    let file = std::sync::Arc::new(file);
+    let count = manifest.chunks.len();
+
+    // Resume: every chunk the map lists is hashed again; those that match are kept.
+    let listed: Vec<u32> = (0..count as u32).filter(|&i| map.is_set(i)).collect();
+    let kept = {
+        let (file, manifest, listed) = (file.clone(), manifest.clone(), listed.clone());
+        tokio::task::spawn_blocking(move || {
+            listed
+                .into_iter()
+                .map(|i| {
+                    let (offset, len) = (manifest.offset(i), manifest.chunk_len(i));
+                    read_chunk(&file, offset, len, &manifest.chunks[i as usize]).is_ok()
+                })
+                .collect::<Vec<bool>>()
+        })
+        .await
+        .map_err(|e| write_err(io::Error::other(e)))?
+    };
+    let mut resumed_chunks = 0u32;
+    for (&index, ok) in listed.iter().zip(kept) {
+        if ok {
+            resumed_chunks += 1;
+        } else {
+            map.update(index, false);
+        }
+    }
+    if resumed_chunks as usize != listed.len() {
+        tracing::info!(%id, listed = listed.len(), resumed_chunks, "chunk map listed chunks that do not verify; fetching them again");
+        map.write_all().map_err(write_err)?;
+    }
 
     let mut providers: Vec<Provider> = peers
         .iter()
@@ -974,19 +1226,21 @@ async fn fetch_chunks(
             bytes: 0,
             since: Instant::now(),
             window: MIN_PER_PROVIDER,
+            busy_streak: 0,
+            resume_at: None,
         })
         .collect();
-    let count = manifest.chunks.len();
     // Providers (bit per index in `providers`) that already failed each chunk.
     let mut tried = vec![0u32; count];
     let mut last_error: Vec<Option<String>> = vec![None; count];
-    let mut queue: VecDeque<u32> = (0..count as u32).collect();
+    let mut queue: VecDeque<u32> = (0..count as u32).filter(|&i| !map.is_set(i)).collect();
     let mut in_flight = futures::stream::FuturesUnordered::new();
-    let mut done = 0usize;
-    let (mut corrupt_chunks, mut failed_requests) = (0u32, 0u32);
+    let mut done = resumed_chunks as usize;
+    let (mut corrupt_chunks, mut failed_requests, mut busy_responses) = (0u32, 0u32, 0u32);
 
     while done < count {
         // Hand out chunks while there is room.
+        let now = Instant::now();
         while in_flight.len() < MAX_PARALLEL_CHUNKS {
             let Some(&index) = queue.front() else { break };
             let eligible = |p: &(usize, &Provider)| {
@@ -1004,9 +1258,10 @@ async fn fetch_chunks(
             // Spread chunks over providers, starting at a different one per chunk.
             let n = providers.len();
             let Some(slot) = (0..n).map(|k| (index as usize + k) % n).find(|&i| {
-                eligible(&(i, &providers[i])) && providers[i].in_flight < providers[i].window
+                let p = &providers[i];
+                eligible(&(i, p)) && p.in_flight < p.window && p.resume_at.is_none_or(|t| t <= now)
             }) else {
-                break; // every eligible provider is busy; wait for one.
+                break; // every eligible provider is busy or backing off; wait for one.
             };
             queue.pop_front();
             providers[slot].in_flight += 1;
@@ -1020,6 +1275,14 @@ async fn fetch_chunks(
             });
         }
 
+        if in_flight.is_empty() {
+            // Nothing in flight and nothing handed out: every provider is backing off.
+            let Some(wake) = providers.iter().filter_map(|p| p.resume_at).min() else {
+                break;
+            };
+            tokio::time::sleep_until(wake.into()).await;
+            continue;
+        }
         let Some((slot, index, result)) = in_flight.next().await else {
             break;
         };
@@ -1037,14 +1300,21 @@ async fn fetch_chunks(
                         providers[slot].peer
                     ))
                 } else {
-                    let file = file.clone();
+                    // The chunk's bytes, then its bit: the map never lists an unwritten
+                    // chunk, also when this future is dropped while the write runs.
+                    let (file, map_file) = (file.clone(), map.file.clone());
                     let offset = manifest.offset(index);
-                    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
-                        .await
-                        .map_err(|e| write_err(io::Error::other(e)))?
-                        .map_err(write_err)?;
+                    let (bit_offset, bit_byte) = map.update(index, true);
+                    tokio::task::spawn_blocking(move || {
+                        file.write_all_at(&bytes, offset)?;
+                        map_file.write_all_at(&[bit_byte], bit_offset)
+                    })
+                    .await
+                    .map_err(|e| write_err(io::Error::other(e)))?
+                    .map_err(write_err)?;
                     let provider = &mut providers[slot];
                     provider.chunks += 1;
+                    provider.busy_streak = 0;
                     provider.bytes += manifest.chunk_len(index) as u64;
                     provider.window = provider_window(
                         provider.bytes,
@@ -1053,6 +1323,23 @@ async fn fetch_chunks(
                         manifest.chunk_bytes,
                     );
                     done += 1;
+                    None
+                }
+            }
+            Ok(Response::Busy) => {
+                // Not a failure: the chunk waits, the provider is asked again later.
+                busy_responses += 1;
+                let provider = &mut providers[slot];
+                provider.busy_streak += 1;
+                provider.resume_at = Some(Instant::now() + busy_backoff(provider.busy_streak));
+                if provider.busy_streak >= MAX_BUSY_STREAK {
+                    provider.busy_streak = 0;
+                    Some(format!(
+                        "{} answered busy {MAX_BUSY_STREAK} times in a row",
+                        provider.peer
+                    ))
+                } else {
+                    queue.push_front(index);
                     None
                 }
             }
@@ -1065,6 +1352,13 @@ async fn fetch_chunks(
                 ))
             }
             Err(FileError::NodeStopped) => return Err(FileError::NodeStopped),
+            Err(FileError::Busy) => {
+                // Our own node has too many requests in flight: wait, charge no provider.
+                busy_responses += 1;
+                providers[slot].resume_at = Some(Instant::now() + BUSY_BACKOFF_MIN);
+                queue.push_front(index);
+                None
+            }
             Err(e) => {
                 failed_requests += 1;
                 Some(format!("{}: {e}", providers[slot].peer))
@@ -1103,6 +1397,10 @@ async fn fetch_chunks(
             .collect(),
         corrupt_chunks,
         failed_requests,
+        busy_responses,
+        resumed_chunks,
+        providing: false,
+        provide_error: None,
     })
 }
 
@@ -1123,6 +1421,55 @@ mod tests {
         let mh = libp2p::multihash::Multihash::<64>::from_bytes(key.as_ref()).unwrap();
         assert_eq!(mh.code(), 0x12);
         assert_eq!(mh.digest(), &empty.0[..]);
+    }
+
+    #[test]
+    fn chunk_maps_are_read_only_when_they_are_this_files_map() {
+        let id = FileId([7; 32]);
+        let count = 13u32;
+        let mut good = MAP_MAGIC.to_vec();
+        good.extend_from_slice(&id.0);
+        good.extend_from_slice(&count.to_be_bytes());
+        good.extend_from_slice(&[0b1010_0101, 0b0001_0000]);
+        assert_eq!(
+            parse_chunk_map(&good, id, count),
+            Some(vec![0b1010_0101, 0b0001_0000])
+        );
+        let broken = |at: usize, byte: u8| {
+            let mut b = good.clone();
+            b[at] ^= byte;
+            b
+        };
+        for (bytes, why) in [
+            (broken(0, 1), "magic"),
+            (broken(8, 1), "another file's id"),
+            (broken(43, 1), "another chunk count"),
+            (good[..good.len() - 1].to_vec(), "truncated"),
+            ([good.clone(), vec![0]].concat(), "too long"),
+            (broken(45, 0b1000_0000), "a bit past the last chunk"),
+        ] {
+            assert_eq!(parse_chunk_map(&bytes, id, count), None, "{why}");
+        }
+        assert_eq!(parse_chunk_map(&good, FileId([8; 32]), count), None);
+        assert_eq!(parse_chunk_map(&good, id, 16), None);
+        // A map for more chunks than any manifest allows is never read.
+        assert_eq!(parse_chunk_map(&good, id, MAX_CHUNKS + 1), None);
+    }
+
+    #[test]
+    fn busy_backs_off_exponentially_within_bounds() {
+        use std::time::Duration;
+        assert_eq!(busy_backoff(1), BUSY_BACKOFF_MIN);
+        assert_eq!(busy_backoff(2), Duration::from_millis(100));
+        assert_eq!(busy_backoff(4), Duration::from_millis(400));
+        assert_eq!(busy_backoff(7), BUSY_BACKOFF_MAX);
+        assert_eq!(busy_backoff(u32::MAX), BUSY_BACKOFF_MAX);
+        // A streak of MAX_BUSY_STREAK busies waits seconds, not forever, before it counts.
+        let total: Duration = (1..MAX_BUSY_STREAK).map(busy_backoff).sum();
+        assert!(
+            total > Duration::from_secs(5) && total < Duration::from_secs(30),
+            "{total:?}"
+        );
     }
 
     #[test]

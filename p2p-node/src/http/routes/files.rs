@@ -37,7 +37,7 @@ fn file_error(e: FileError) -> Response {
     let status = match &e {
         E::BadId(_) | E::Read { .. } | E::TooLarge { .. } => StatusCode::BAD_REQUEST,
         E::NoProviders(_) => StatusCode::NOT_FOUND,
-        E::OutputExists(_) | E::PartExists(_) => StatusCode::CONFLICT,
+        E::OutputExists(_) | E::PartExists(_) | E::FetchRunning(_) => StatusCode::CONFLICT,
         E::StoreFull | E::Busy | E::NodeStopped => StatusCode::SERVICE_UNAVAILABLE,
         E::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         E::Manifest(_) | E::NoManifest { .. } | E::ChunkFailed { .. } | E::Request { .. } => {
@@ -56,9 +56,10 @@ fn file_error(e: FileError) -> Response {
             name(path)
         ),
         E::PartExists(path) => format!(
-            "{} (the partial download's name) already exists in the download directory; refusing to open or follow it",
+            "{} (a partial download's name) in the download directory is a symlink or not a private regular file of this node; refusing to open or follow it",
             name(path)
         ),
+        E::FetchRunning(path) => format!("a fetch into {} is already running", name(path)),
         E::Write { path, source } => format!("writing {}: {source}", name(path)),
         _ => format!("{:#}", anyhow::Error::from(e)),
     };
