@@ -379,6 +379,13 @@ fn run_group(
             options.reps, options.seconds, options.delay_ms, options.rate, options.stagger
         ),
         date: date.trim().to_owned(),
+        source: output(
+            Command::new("git")
+                .current_dir(workspace_root())
+                .args(["describe", "--always", "--dirty"]),
+        )
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default(),
         elapsed_s: started.elapsed().as_secs_f64(),
         machine: format!("Linux {kernel}, {cores} cores ({cpu})"),
         base_rtt,

@@ -26,6 +26,10 @@ pub struct GroupRecord {
     pub group: char,
     pub command: String,
     pub date: String,
+    /// `git describe` of the workspace when the run started (the p2p-node built from it, unless
+    /// `--skip-build` used an older build).
+    #[serde(default)]
+    pub source: String,
     pub elapsed_s: f64,
     pub machine: String,
     pub base_rtt: String,
@@ -524,10 +528,11 @@ pub fn render(records: &[GroupRecord], plot_dir: &str) -> (String, Vec<(String, 
     for r in records {
         let _ = writeln!(
             s,
-            "- ({}) `{}` — {} UTC, took {:.0} s, bpf_stats {}; {}; base RTT {}",
+            "- ({}) `{}` — {} UTC, source {}, took {:.0} s, bpf_stats {}; {}; base RTT {}",
             r.group,
             r.command,
             r.date,
+            r.source,
             r.elapsed_s,
             if r.bpf_stats == "1" { "on" } else { "off" },
             r.machine,
@@ -1046,6 +1051,7 @@ mod tests {
             group: 'b',
             command: "cargo xtask bench bbr --scenario b".into(),
             date: "2026-12-01 18:00".into(),
+            source: "abc1234".into(),
             elapsed_s: 1.0,
             machine: "test".into(),
             base_rtt: "20 ms".into(),
