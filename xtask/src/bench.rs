@@ -379,13 +379,7 @@ fn run_group(
             options.reps, options.seconds, options.delay_ms, options.rate, options.stagger
         ),
         date: date.trim().to_owned(),
-        source: output(
-            Command::new("git")
-                .current_dir(workspace_root())
-                .args(["describe", "--always", "--dirty"]),
-        )
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default(),
+        source: source_version(),
         elapsed_s: started.elapsed().as_secs_f64(),
         machine: format!("Linux {kernel}, {cores} cores ({cpu})"),
         base_rtt,
@@ -404,6 +398,22 @@ fn run_group(
         bdp_bytes: bdp,
         variants: records,
     })
+}
+
+/// The commit the workspace is at, `-dirty` when files other than the bench's own output
+/// (docs/, which earlier scenarios of the same session rewrite) differ from it.
+fn source_version() -> String {
+    let git = |args: &[&str]| {
+        output(Command::new("git").current_dir(workspace_root()).args(args))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let commit = git(&["describe", "--always"]);
+    if git(&["status", "--porcelain", "--", ".", ":!docs"]).is_empty() {
+        commit
+    } else {
+        format!("{commit}-dirty")
+    }
 }
 
 /// One flow of a run: its server port, congestion control, start offset and length.
