@@ -373,6 +373,20 @@ impl Btf {
         Some(proto.vlen)
     }
 
+    /// How many arguments BTF tracepoint `name` passes its programs (`btf_trace_<name>`'s
+    /// prototype, less its leading `void *__data`), or `None` when the kernel has no such
+    /// tracepoint.
+    pub fn tracepoint_arity(&self, name: &str) -> Option<u32> {
+        let typedef = self.find(Kind::Typedef, &std::format!("btf_trace_{name}")).ok()?;
+        let ptr = self
+            .ty(self.skip_mods(typedef))
+            .filter(|t| t.kind == Kind::Ptr)?;
+        let proto = self
+            .ty(self.skip_mods(ptr.size_or_type))
+            .filter(|t| t.kind == Kind::FuncProto)?;
+        proto.vlen.checked_sub(1)
+    }
+
     /// Rewrites one direct member of struct `outer` in raw BTF bytes, to make the BTF of
     /// another kernel from this one in tests (a field moved, removed, or of another type).
     pub fn edit_member(

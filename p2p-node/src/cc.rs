@@ -6,7 +6,11 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    ebpf::{self, bbr, bbr::BbrP2p},
+    ebpf::{
+        self, bbr,
+        bbr::BbrP2p,
+        features::{self, Feature},
+    },
     sockets::SocketTable,
 };
 
@@ -39,6 +43,25 @@ pub fn unavailable() -> Vec<(&'static str, String)> {
         .map(|why| (bbr::NAME, why))
         .into_iter()
         .collect()
+}
+
+/// Every algorithm as a feature (`/api/node`, `p2pcc_kernel_feature_available`): the ones the
+/// node can set now, and those it provides that this kernel cannot run, with the reason.
+pub fn features() -> Vec<Feature> {
+    let mut out: Vec<Feature> = available()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| Feature::available(features::Kind::Algorithm, name, None))
+        .collect();
+    out.extend(unavailable().into_iter().map(|(name, why)| {
+        Feature::unavailable(
+            features::Kind::Algorithm,
+            name,
+            why,
+            "this congestion control; the kernel's own algorithms and switching among them still work",
+        )
+    }));
+    out
 }
 
 /// Why this kernel cannot run bbr-p2p, or `None` when it can. Probed, not assumed from a

@@ -116,15 +116,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     // eBPF: load the probes, or run without telemetry and say why in one sentence.
-    let probes = match ebpf::preflight().and_then(|_| ebpf::Probes::load()) {
-        Ok(probes) => Some(Arc::new(probes)),
+    let (probes, mut features) = match ebpf::preflight().and_then(|_| ebpf::Probes::load()) {
+        Ok(probes) => {
+            let features = ebpf::features::probes(probes.status());
+            (Some(Arc::new(probes)), features)
+        }
         Err(e) if args.require_ebpf => return Err(e.into()),
         Err(e) => {
-            eprintln!(
-                "warning: running without TCP telemetry: {}",
-                ebpf::error_chain(&e)
-            );
-            None
+            let why = ebpf::error_chain(&e);
+            eprintln!("warning: running without TCP telemetry: {why}");
+            let features = ebpf::features::probes(&ebpf::ProbeStatus::all_unavailable(&why));
+            (None, features)
         }
     };
     // Held while the node runs: detached on exit.
@@ -148,6 +150,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => "not loaded (see the node's log)".to_owned(),
     };
     let bbr = cc::configure(args.cc.as_deref())?;
+    features.extend(cc::features());
+    match ebpf::preflight() {
+        Ok(btf) => features.extend(ebpf::features::kernel(&btf)),
+        Err(e) => features.push(ebpf::features::Feature::unavailable(
+            ebpf::features::Kind::Kernel,
+            "ebpf",
+            ebpf::error_chain(&e),
+            "TCP telemetry and bbr-p2p",
+        )),
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
     let token_file = args
         .http_token_file
@@ -212,12 +224,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         read_bbr.clone(),
         Some(write_resume),
     );
-    let telemetry = telemetry::Telemetry::start(telemetry::collector::Collector::new(
-        SocketTable::global().clone(),
-        probes,
-        Some(read_bbr),
-        args.top_peers,
-    ));
+    let telemetry = telemetry::Telemetry::start(
+        telemetry::collector::Collector::new(
+            SocketTable::global().clone(),
+            probes,
+            Some(read_bbr),
+            args.top_peers,
+        )
+        .with_features(features),
+    );
     registry
         .sub_registry_with_prefix("p2pcc")
         .register_collector(Box::new(telemetry::prometheus::TcpCollector::new(

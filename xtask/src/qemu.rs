@@ -263,7 +263,7 @@ pub fn judge(console: &str) -> Result<String, String> {
         return Err(failed.to_string());
     }
     let kernel = find("KERNEL ").ok_or("the guest printed no KERNEL line (did it boot?)")?;
-    for check in ["PROBES ok", "SWITCH ok"] {
+    for check in ["PROBES ok", "FEATURES ok", "SWITCH ok"] {
         if find(check).is_none() {
             return Err(format!("no `{check}` marker"));
         }
@@ -289,6 +289,7 @@ mod tests {
         P2PCC-QEMU KERNEL 6.1.0-57-cloud-amd64\r\n\
         P2PCC-QEMU AVAILABLE reno cubic\n\
         P2PCC-QEMU PROBES ok cwnd,srtt(ms)=10,0.05\n\
+        P2PCC-QEMU FEATURES ok tcp_retransmit_skb=tcp_retransmit_skb_2args; unavailable: struct_ops_link (x);\n\
         P2PCC-QEMU SWITCH ok reno,cubic\n\
         P2PCC-QEMU CC-LIST {}\n\
         P2PCC-QEMU BBR unavailable: bbr-p2p is unavailable on this kernel (Linux 6.1.0-57-cloud-amd64): x\n\
@@ -303,6 +304,7 @@ mod tests {
         );
         for gone in [
             "PROBES ok",
+            "FEATURES ok",
             "SWITCH ok",
             "BBR unavailable",
             "DONE",

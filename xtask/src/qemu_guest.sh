@@ -48,7 +48,25 @@ else
     mark "PROBES FAIL $(tr '\n' ' ' </tmp/perf1.log) peers: $($N peers --node http://127.0.0.1:9502 2>&1 | tr '\n' ' ')"
 fi
 
-# 2. Switching among the kernel's algorithms moves the node's connections.
+# 2. What node A says this kernel lets it do (/api/node `ebpf.features`): every probe attached
+#    (tcp_retransmit_skb in the form 6.1's two-argument tracepoint takes), and each feature
+#    this kernel lacks (struct_ops links: from 6.4) reported with its reason.
+timeout 10 wget -qO /tmp/node.json http://127.0.0.1:9501/api/node
+tr '{' '\n' </tmp/node.json | grep '"kind":' >/tmp/features
+missing=""
+for tp in tcp_probe tcp_retransmit_skb tcp_cong_state_set tcp_destroy_sock; do
+    grep -q "\"name\":\"$tp\",\"available\":true" /tmp/features || missing="$missing $tp"
+done
+unexplained=$(grep '"available":false' /tmp/features | grep -v '"unavailable":"[^"]')
+form=$(sed -n 's/.*"name":"tcp_retransmit_skb","available":true,"detail":"program \([a-z_0-9]*\)".*/\1/p' /tmp/features)
+lacking=$(sed -n 's/.*"name":"\([^"]*\)","available":false,"unavailable":"\([^"]*\)".*/\1 (\2)/p' /tmp/features | tr '\n' ';')
+if [ -z "$missing" ] && [ -z "$unexplained" ] && [ -n "$form" ]; then
+    mark "FEATURES ok tcp_retransmit_skb=$form; unavailable: ${lacking:-none}"
+else
+    mark "FEATURES FAIL probes not attached:$missing; without a reason: $unexplained; $(head -c 800 /tmp/node.json)"
+fi
+
+# 3. Switching among the kernel's algorithms moves the node's connections.
 switch_ok=1
 for cc in reno cubic; do
     $N cc set "$cc" --node http://127.0.0.1:9502 >/tmp/switch.log 2>&1 || switch_ok=0
@@ -57,7 +75,7 @@ for cc in reno cubic; do
 done
 if [ $switch_ok = 1 ]; then mark "SWITCH ok reno,cubic"; else mark "SWITCH FAIL $(tr '\n' ' ' </tmp/switch.log)"; fi
 
-# 3. bbr-p2p: `cc list` says whether this kernel can run it; if it can, it carries a transfer;
+# 4. bbr-p2p: `cc list` says whether this kernel can run it; if it can, it carries a transfer;
 #    if not, `--cc bbr-p2p` fails with the reason `cc list` gave.
 $N cc list --node http://127.0.0.1:9502 >/tmp/list.log 2>&1
 mark "CC-LIST $(tr '\n' '|' </tmp/list.log)"

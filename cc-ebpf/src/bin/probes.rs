@@ -133,24 +133,42 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`.
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)` (Linux ≥
+/// 6.10, which fires it for failed attempts too).
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     // The tracepoint's arguments, as its BTF prototype declares them.
     let (sk, skb, err): (Sk, *mut u8, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    // A failed attempt (err != 0, e.g. -EBUSY when the qdisc is full) retransmitted nothing;
+    // the kernel counts only successes in tcpi_total_retrans / tcpi_bytes_retrans.
+    on_retransmit(sk, skb, err as u32 == 0);
+    0
+}
+
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb)`: the two-argument
+/// form of kernels before 6.10, where the tracepoint fires only for a retransmission that was
+/// sent. A program may not read an argument its BTF prototype lacks ("invalid bpf_context
+/// access"), so this form is a program of its own; the loader picks one by the prototype.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_2args(ctx: BtfTracePointContext) -> i32 {
+    let (sk, skb): (Sk, *mut u8) = (ctx.arg(0), ctx.arg(1));
+    on_retransmit(sk, skb, true);
+    0
+}
+
+#[inline(always)]
+fn on_retransmit(sk: Sk, skb: *mut u8, sent: bool) {
     if !tracked(sk) {
-        return 0;
+        return;
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
-        return 0;
+        return;
     };
     count(|c| c.retransmit_events += 1);
-    // A failed attempt (err != 0, e.g. -EBUSY when the qdisc is full) retransmitted nothing;
-    // the kernel counts only successes in tcpi_total_retrans / tcpi_bytes_retrans.
-    if err as u32 != 0 {
-        return 0;
+    if !sent {
+        return;
     }
     // SAFETY: `skb` is the tracepoint's BTF-typed `struct sk_buff *`; `len` is a u32 member and
     // `tcp_gso_segs` a u16 inside the TCP control block `cb` (a char array member).
@@ -167,7 +185,6 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         s.retrans_bytes += u64::from(len);
         s.retrans_segments += u32::from(segs).max(1);
     }
-    0
 }
 
 /// `tcp_cong_state_set(struct sock *sk, const u8 ca_state)`: runs before the kernel stores the

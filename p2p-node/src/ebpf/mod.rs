@@ -3,6 +3,7 @@
 
 pub mod bbr;
 pub mod caps;
+pub mod features;
 pub mod stack;
 pub mod struct_ops;
 #[doc(hidden)]
@@ -107,6 +108,11 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("TCP probe {tracepoint} cannot attach: {why}")]
+    Tracepoint {
+        tracepoint: &'static str,
+        why: String,
+    },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
     #[error("opening map {map}")]
@@ -126,14 +132,98 @@ pub fn preflight() -> Result<cc_ebpf_common::btf::Btf, LoadError> {
     cc_ebpf_common::btf::Btf::from_sys_fs().map_err(LoadError::NoBtf)
 }
 
-/// `(program in the object, kernel tracepoint it attaches to, required)`: the node runs
-/// without an optional program (counted as a load failure) but not without `tcp_probe`.
-const PROGRAMS: &[(&str, &str, bool)] = &[
-    ("tcp_probe", "tcp_probe", true),
-    ("tcp_retransmit_skb", "tcp_retransmit_skb", false),
-    ("tcp_cong_state_set", "tcp_cong_state_set", false),
-    ("tcp_destroy_sock", "tcp_destroy_sock", false),
+/// A kernel tracepoint the probes attach to. The node runs without an optional one (reported
+/// unavailable, with what is lost) but not without `tcp_probe`.
+pub struct Probe {
+    pub tracepoint: &'static str,
+    pub required: bool,
+    /// `(program in the object, tracepoint arguments it reads)`, most arguments first: the
+    /// loader takes the first form the running kernel's prototype can feed.
+    forms: &'static [(&'static str, u32)],
+    /// What the node does not measure without it.
+    pub without: &'static str,
+}
+
+pub const PROBES: &[Probe] = &[
+    Probe {
+        tracepoint: "tcp_probe",
+        required: true,
+        forms: &[("tcp_probe", 2)],
+        without: "per-peer TCP telemetry (cwnd, RTT, delivery rate, bytes)",
+    },
+    Probe {
+        tracepoint: "tcp_retransmit_skb",
+        required: false,
+        // Linux 6.10 added `err` (and fires for failed attempts); before, two arguments.
+        forms: &[("tcp_retransmit_skb", 3), ("tcp_retransmit_skb_2args", 2)],
+        without: "retransmitted segments and bytes per peer",
+    },
+    Probe {
+        tracepoint: "tcp_cong_state_set",
+        required: false,
+        forms: &[("tcp_cong_state_set", 2)],
+        without: "time in each congestion state and recovery/loss episodes per peer",
+    },
+    Probe {
+        tracepoint: "tcp_destroy_sock",
+        required: false,
+        forms: &[("tcp_destroy_sock", 1)],
+        without: "final records of closed sockets (the node ends their tracking itself after 90 s)",
+    },
 ];
+
+impl Probe {
+    /// The program form for a kernel whose tracepoint passes `arity` arguments (`None`: the
+    /// kernel has no such tracepoint), or why there is none.
+    pub fn form(&self, arity: Option<u32>) -> Result<&'static str, String> {
+        let Some(arity) = arity else {
+            return Err(format!(
+                "the kernel has no BTF tracepoint {} (no btf_trace_{} in its BTF)",
+                self.tracepoint, self.tracepoint
+            ));
+        };
+        self.forms
+            .iter()
+            .find(|(_, reads)| *reads <= arity)
+            .map(|&(program, _)| program)
+            .ok_or_else(|| {
+                format!(
+                    "the kernel's {} tracepoint passes {arity} arguments; this build reads at least {}",
+                    self.tracepoint,
+                    self.forms.iter().map(|f| f.1).min().unwrap_or(0)
+                )
+            })
+    }
+}
+
+/// Whether a probe is attached on this kernel, and if not, why and what is lost.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeStatus {
+    pub tracepoint: &'static str,
+    /// The program form attached (`tcp_retransmit_skb_2args` on kernels before 6.10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// What the node does not measure while it is unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub without: Option<&'static str>,
+}
+
+impl ProbeStatus {
+    /// Every probe unavailable for one reason (the probes object did not load).
+    pub fn all_unavailable(why: &str) -> Vec<Self> {
+        PROBES
+            .iter()
+            .map(|p| Self {
+                tracepoint: p.tracepoint,
+                program: None,
+                unavailable: Some(why.to_owned()),
+                without: Some(p.without),
+            })
+            .collect()
+    }
+}
 
 /// How long an entry the node dropped may wait for `tcp_destroy_sock` (which fires once the
 /// kernel frees the socket: after the FIN exchange, or `tcp_fin_timeout` = 60 s for a peer that
@@ -175,6 +265,8 @@ pub struct Probes {
     program_ids: Vec<(&'static str, u32)>,
     /// Programs that failed to load or attach, with the error.
     failed: Vec<(&'static str, String)>,
+    /// Every probe: attached (which form) or unavailable (why, and what is lost).
+    status: Vec<ProbeStatus>,
     /// Holds `BPF_ENABLE_STATS` on while open (the kernel restores the setting when the node
     /// exits, even when it is killed).
     run_stats_fd: Mutex<Option<OwnedFd>>,
@@ -206,8 +298,14 @@ impl Probes {
             .map_err(LoadError::Load)?;
         let mut program_ids = Vec::new();
         let mut failed = Vec::new();
-        for &(program, tracepoint, required) in PROGRAMS {
+        let mut status = Vec::new();
+        for probe in PROBES {
+            let tracepoint = probe.tracepoint;
+            let form = probe.form(kernel.tracepoint_arity(tracepoint));
             let attached = (|| -> Result<u32, LoadError> {
+                let program = form
+                    .clone()
+                    .map_err(|why| LoadError::Tracepoint { tracepoint, why })?;
                 let prog: &mut BtfTracePoint = ebpf
                     .program_mut(program)
                     .ok_or(LoadError::Missing("a probe program"))?
@@ -226,12 +324,29 @@ impl Probes {
                 Ok(prog.info().map(|i| i.id()).unwrap_or(0))
             })();
             match attached {
-                Ok(id) => program_ids.push((program, id)),
-                Err(e) if required => return Err(e),
+                Ok(id) => {
+                    program_ids.push((tracepoint, id));
+                    status.push(ProbeStatus {
+                        tracepoint,
+                        program: form.ok(),
+                        unavailable: None,
+                        without: None,
+                    });
+                }
+                Err(e) if probe.required => return Err(e),
                 Err(e) => {
                     let why = error_chain(&e);
-                    tracing::warn!("TCP probe {program} not attached: {why}");
-                    failed.push((program, why));
+                    tracing::warn!(
+                        "TCP probe {tracepoint} not attached: {why}; without it: no {}",
+                        probe.without
+                    );
+                    failed.push((tracepoint, why.clone()));
+                    status.push(ProbeStatus {
+                        tracepoint,
+                        program: None,
+                        unavailable: Some(why),
+                        without: Some(probe.without),
+                    });
                 }
             }
         }
@@ -266,6 +381,7 @@ impl Probes {
             closing: Mutex::new(std::collections::HashMap::new()),
             program_ids,
             failed,
+            status,
             run_stats_fd: Mutex::new(None),
         })
     }
@@ -280,10 +396,11 @@ impl Probes {
 
     /// Run time and count of each attached program.
     pub fn run_stats(&self) -> Vec<(&'static str, RunStats)> {
-        self.program_ids
+        self.status
             .iter()
-            .filter_map(|&(name, _)| {
-                let prog: &BtfTracePoint = self.ebpf.program(name)?.try_into().ok()?;
+            .filter_map(|s| {
+                let (name, program) = (s.tracepoint, s.program?);
+                let prog: &BtfTracePoint = self.ebpf.program(program)?.try_into().ok()?;
                 let info = prog.info().ok()?;
                 Some((
                     name,
@@ -304,6 +421,11 @@ impl Probes {
     /// Programs that failed to load or attach, with the error.
     pub fn failed(&self) -> &[(&'static str, String)] {
         &self.failed
+    }
+
+    /// Every probe: attached (which form) or unavailable (why, and what is lost).
+    pub fn status(&self) -> &[ProbeStatus] {
+        &self.status
     }
 
     /// Smoothed-RTT histograms per algorithm name, summed over CPUs (entries of re-registered

@@ -1187,6 +1187,59 @@ pub fn unregister_at_exit() {
     }
 }
 
+/// The kernel functions (kfuncs) the programs of a struct_ops object call, sorted, each with
+/// whether the running kernel's BTF has a function of that name (the loader resolves each call
+/// by name; a kernel without one gets [`StructOpsError::UnknownKfunc`] when loading). Probed
+/// one by one from BTF, before and apart from loading.
+pub fn kfuncs(elf: &[u8], btf: &Btf) -> Result<Vec<(String, bool)>, StructOpsError> {
+    let spec = parse(elf)?;
+    let mut names: Vec<String> = spec
+        .programs
+        .iter()
+        .flat_map(|p| p.relocations.iter())
+        .chain(spec.text.iter().flat_map(|t| t.relocations.iter()))
+        .filter(|r| r.kind == RelocKind::Kfunc)
+        .map(|r| r.symbol.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let present = btf.find(Kind::Func, &n).is_ok();
+            (n, present)
+        })
+        .collect())
+}
+
+/// Whether the kernel has struct_ops links (Linux ≥ 6.4), probed as registration does: a
+/// struct_ops map of `type_name` created with `BPF_F_LINK` (then closed) is refused with
+/// EINVAL before.
+pub fn links_supported(btf: &Btf, type_name: &str) -> Result<bool, StructOpsError> {
+    let ops = OpsType::resolve(btf, type_name)?;
+    let btf_fd = sys::btf_load(&btf_blob(None)).map_err(|e| syscall_error("loading BTF", e))?;
+    let created = sys::map_create(&sys::MapCreate {
+        map_type: bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32,
+        name: "p2pcc_probe",
+        key_size: 4,
+        value_size: ops.value_size,
+        max_entries: 1,
+        map_flags: BPF_F_LINK,
+        btf_fd: Some(btf_fd.as_raw_fd()),
+        btf_key_type_id: 0,
+        btf_value_type_id: 0,
+        btf_vmlinux_value_type_id: ops.value_type_id,
+    });
+    match created {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(syscall_error(
+            "creating a struct_ops map with BPF_F_LINK",
+            e,
+        )),
+    }
+}
+
 /// Clears map-only registrations named `name` of ops type `type_name` that a process which is
 /// gone left behind (a crash on a kernel before 6.4); returns how many.
 pub fn clear_orphans(btf: &Btf, type_name: &str, name: &str) -> usize {

@@ -28,6 +28,7 @@ use super::{
     topk,
 };
 use crate::{
+    ebpf::features::Feature,
     ebpf::{Probes, bbr::user_name, monotonic_ns},
     sockets::SocketTable,
 };
@@ -56,6 +57,8 @@ pub struct Collector {
     rates: BTreeMap<String, f64>,
     top: BTreeSet<String>,
     sequence: u64,
+    /// What the kernel lets the node do (probed once at start), passed through to exporters.
+    features: Arc<[Feature]>,
 }
 
 impl Collector {
@@ -76,7 +79,14 @@ impl Collector {
             rates: BTreeMap::new(),
             top: BTreeSet::new(),
             sequence: 0,
+            features: Arc::new([]),
         }
+    }
+
+    /// The node's feature probe results (`ebpf::features`), for `/api/node` and the metric.
+    pub fn with_features(mut self, features: Vec<Feature>) -> Self {
+        self.features = features.into();
+        self
     }
 
     /// One collection.
@@ -165,6 +175,7 @@ impl Collector {
             unbound_past_handshake_timeout,
             closed: self.closed.clone(),
             probes,
+            features: self.features.clone(),
             process: ProcessStats::read(),
             collect_seconds: started.elapsed().as_secs_f64(),
         }

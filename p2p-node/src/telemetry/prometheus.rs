@@ -548,6 +548,23 @@ pub const FAMILIES: &[Family] = &[
         series: |v| one(Value::Int(u64::from(probes(v).is_some()))),
     },
     Family {
+        name: "kernel_feature_available",
+        kind: Kind::Gauge,
+        unit: None,
+        help: "1 for each probe, algorithm and kernel facility this kernel lets the node use, 0 for each it does not (why, and what is lost: /api/node `features`).",
+        labels: &["kind", "name"],
+        series: |v| {
+            v.snapshot
+                .features
+                .iter()
+                .map(|f| Series {
+                    labels: vec![f.kind.as_str().to_owned(), f.name.clone()],
+                    value: Value::Int(u64::from(f.available)),
+                })
+                .collect()
+        },
+    },
+    Family {
         name: "ebpf_programs_attached",
         kind: Kind::Gauge,
         unit: None,

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub closed: BTreeMap<String, ClosedTotals>,
     /// `None` when the node runs without its probes.
     pub probes: Option<ProbeSnapshot>,
+    /// Each probe, algorithm and kernel facility: available or why not (probed at start).
+    pub features: std::sync::Arc<[crate::ebpf::features::Feature]>,
     pub process: ProcessStats,
     /// How long the collection took, seconds.
     pub collect_seconds: f64,

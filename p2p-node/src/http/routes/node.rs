@@ -24,6 +24,8 @@ struct NodeResponse {
 struct EbpfStatus {
     status: String,
     programs: Vec<ProgramStatus>,
+    /// Each probe, algorithm and kernel facility: available, or why not and what is lost.
+    features: Vec<crate::ebpf::features::Feature>,
 }
 
 #[derive(Serialize)]
@@ -43,15 +45,15 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn node(State(state): State<AppState>) -> Response {
+    let snapshot = state.telemetry.snapshot();
     match state.client.info().await {
         Ok(info) => Json(NodeResponse {
             info,
             algorithm: cc::current(),
             ebpf: EbpfStatus {
                 status: state.ebpf_status.to_string(),
-                programs: state
-                    .telemetry
-                    .snapshot()
+                features: snapshot.features.to_vec(),
+                programs: snapshot
                     .probes
                     .as_ref()
                     .map(|p| {
