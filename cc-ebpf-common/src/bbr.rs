@@ -4,8 +4,14 @@
 
 /// Name of the socket-storage map holding each socket's [`BbrState`].
 pub const BBR_STATE_MAP: &str = "BBR_STATE";
-/// Name of the single-entry array holding the [`BbrConfig`].
+/// Name of the two-slot array holding the [`BbrConfig`] (see [`BBR_CONFIG_SLOT_MAP`]).
 pub const BBR_CONFIG_MAP: &str = "BBR_CONFIG";
+/// Name of the single-entry array holding the index (0 or 1) of the [`BBR_CONFIG_MAP`] slot in
+/// use. A writer fills the other slot, then switches the index (one aligned 32-bit store, which
+/// a program reads whole): an ACK sees the old tunables or the new ones, never a mix.
+pub const BBR_CONFIG_SLOT_MAP: &str = "BBR_CFG_SLOT";
+/// Slots of the [`BBR_CONFIG_MAP`] array: the one in use and the one being written.
+pub const BBR_CONFIG_SLOTS: u32 = 2;
 /// Name of the LRU map of warm-start records ([`WarmKey`] → [`WarmEntry`]).
 pub const BBR_WARM_MAP: &str = "BBR_WARM";
 /// Remote addresses remembered for warm start: well above a node's peer count (1536
@@ -19,17 +25,17 @@ pub const BBR_UNIT: u32 = 1 << BBR_SCALE;
 pub const BW_SCALE: u32 = 24;
 pub const BW_UNIT: u64 = 1 << BW_SCALE;
 
-/// BBR's state machine (tcp_bbr.c `enum bbr_mode`).
+/// BBR's state machine (`enum bbr_mode`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Ramp up the sending rate rapidly to fill the pipe (gain 2/ln 2).
+    /// Ramp up the sending rate rapidly to fill the pipe (pacing gain 2.77).
     Startup = 0,
-    /// Drain the queue STARTUP created (gain ln 2/2).
+    /// Drain the queue STARTUP created (pacing gain 0.35).
     Drain = 1,
-    /// Cruise at the estimated bandwidth, probing for more in an 8-phase gain cycle.
+    /// Cruise at the estimated bandwidth; probe for more every 2–3 s ([`Phase`]).
     ProbeBw = 2,
-    /// Cut inflight to 4 packets for 200 ms to re-measure the propagation delay.
+    /// Cut inflight to half the BDP for 200 ms to re-measure the propagation delay.
     ProbeRtt = 3,
 }
 
@@ -53,6 +59,40 @@ impl Mode {
     }
 }
 
+/// The phases of PROBE_BW (BBRv3's `enum bbr_pacing_gain_phase`; the values are v3's).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Probe for bandwidth: pacing gain 1.25, `inflight_hi` grows exponentially per round.
+    Up = 0,
+    /// Drain the queue the probe made: pacing gain 0.91, until inflight is at the BDP.
+    Down = 1,
+    /// Cruise at the estimate with 15% headroom below `inflight_hi`, for 2–3 s.
+    Cruise = 2,
+    /// One round at gain 1 with the short-term bounds lifted, before probing up.
+    Refill = 3,
+}
+
+impl Phase {
+    pub const fn from_u8(v: u8) -> Self {
+        match v & 3 {
+            0 => Self::Up,
+            1 => Self::Down,
+            2 => Self::Cruise,
+            _ => Self::Refill,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Cruise => "cruise",
+            Self::Refill => "refill",
+        }
+    }
+}
+
 /// How the connection started (variant feature 2).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,123 +105,154 @@ pub enum WarmStart {
     FellBack = 2,
 }
 
-/// Per-socket BBR state: the model of tcp_bbr.c's `struct bbr` (unpacked: it lives in socket
-/// storage, not in the 104-byte `icsk_ca_priv`), the variant's additions, and counters the node
-/// exports. Times are microseconds of the TCP clock (`tcp_mstamp`).
+/// `inflight_hi`, `inflight_lo` and `bw_lo` when no signal has bounded them (v3's `~0U`).
+pub const UNBOUNDED: u32 = u32::MAX;
+
+/// Per-socket BBR state: BBRv3's `struct bbr` (unpacked: it lives in socket storage, not in
+/// the 104-byte `icsk_ca_priv`), the variant's additions, and counters the node exports.
+/// Times are microseconds of the TCP clock (`tcp_mstamp`); bandwidths packets/µs <<
+/// [`BW_SCALE`]; volumes packets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BbrState {
-    // --- bandwidth model ---
-    /// Windowed max filter of delivery rate samples, `(round, bw)` ×3 (kernel `struct minmax`);
-    /// bw in packets/µs << [`BW_SCALE`].
-    pub bw_filter: [MinmaxSample; 3],
-    /// Long-term (policer) bandwidth estimate, packets/µs << BW_SCALE.
-    pub lt_bw: u32,
-    /// Bandwidth at the last full-pipe check, packets/µs << BW_SCALE.
+    // --- clocks ---
+    pub min_rtt_stamp_us: u64,
+    /// When `probe_rtt_min_us` was sampled (the PROBE_RTT interval runs from here).
+    pub probe_rtt_min_stamp_us: u64,
+    /// End of the current PROBE_RTT (0: not yet scheduled).
+    pub probe_rtt_done_stamp_us: u64,
+    /// Start of the current PROBE_BW phase (`tp->delivered_mstamp`).
+    pub cycle_stamp_us: u64,
+    pub ack_epoch_stamp_us: u64,
+    // --- the model's upper and lower bounds ---
+    /// Max delivery rate of the previous and the current probe cycle (v3's 2-cycle filter).
+    pub bw_hi: [u32; 2],
+    /// Short-term bandwidth bound after loss outside probing ([`UNBOUNDED`]: none).
+    pub bw_lo: u32,
+    /// Max delivery rate over the latest round.
+    pub bw_latest: u32,
+    /// Maximum safe volume in flight: where the loss rate crossed the threshold ([`UNBOUNDED`]).
+    pub inflight_hi: u32,
+    /// Short-term volume bound after loss outside probing ([`UNBOUNDED`]: none).
+    pub inflight_lo: u32,
+    /// Max packets delivered in one sample interval over the latest round.
+    pub inflight_latest: u32,
+    /// Delivery rate at the last full-pipe check.
     pub full_bw: u32,
+    pub min_rtt_us: u32,
+    /// Min RTT over the PROBE_RTT interval (5 s).
+    pub probe_rtt_min_us: u32,
+    pub prior_cwnd: u32,
     // --- rounds ---
     /// Packet-timed rounds elapsed.
     pub round_count: u32,
     /// `tp->delivered` that ends the current round.
     pub next_round_delivered: u32,
-    // --- min RTT ---
-    pub min_rtt_us: u32,
-    pub prior_cwnd: u32,
-    pub min_rtt_stamp_us: u64,
-    /// End of the current PROBE_RTT (0: not yet scheduled).
-    pub probe_rtt_done_stamp_us: u64,
-    /// Start of the current gain-cycle phase (`tp->delivered_mstamp`).
-    pub cycle_stamp_us: u64,
+    /// `tp->delivered` that ends the current loss-accounting round.
+    pub loss_round_delivered: u32,
+    /// `tp->lost` when the loss-accounting round began.
+    pub loss_round_lost: u32,
+    /// Packets in flight when the loss-accounting round began: the round's loss rate is
+    /// measured against it (deviation 1).
+    pub loss_round_flight: u32,
     // --- ACK aggregation ---
-    pub ack_epoch_stamp_us: u64,
     pub ack_epoch_acked: u32,
     pub extra_acked: [u32; 2],
-    // --- long-term bandwidth sampling ---
-    pub lt_last_delivered: u32,
-    pub lt_last_lost: u32,
-    /// Milliseconds, as tcp_bbr.c.
-    pub lt_last_stamp_ms: u32,
     // --- gains (BBR_UNIT = 1.0) ---
     pub pacing_gain: u32,
     pub cwnd_gain: u32,
-    // --- loss-bounded probing (variant feature 1) ---
-    /// Upper bound on inflight after probing met loss; `u32::MAX` = unbounded.
-    pub inflight_hi: u32,
-    /// `tp->delivered` / `tp->lost` at the start of the current round.
-    pub round_start_delivered: u32,
-    pub round_start_lost: u32,
-    /// Segments to add to `inflight_hi` after the next loss-free probe (doubles each time).
-    pub inflight_hi_step: u32,
+    // --- undo of a spurious recovery ---
+    pub undo_bw_lo: u32,
+    pub undo_inflight_lo: u32,
+    pub undo_inflight_hi: u32,
+    // --- probing ---
+    /// Packets ACKed per one-packet raise of `inflight_hi` in PROBE_BW UP.
+    pub bw_probe_up_cnt: u32,
+    pub bw_probe_up_acks: u32,
+    /// Time in DOWN/CRUISE before the next probe (2–3 s, drawn when entering DOWN).
+    pub probe_wait_us: u32,
     // --- warm start (variant feature 2) ---
     /// The recorded bandwidth and min RTT the connection started from.
     pub warm_bw: u32,
     pub warm_min_rtt_us: u32,
+    // --- counters for the node ---
+    /// Times PROBE_RTT was entered.
+    pub probe_rtt_count: u32,
+    /// Times loss above the threshold set `inflight_hi` (a probe or STARTUP ended by loss).
+    pub loss_bound_count: u32,
+    /// Bandwidth probes started (REFILL entered).
+    pub bw_probe_count: u32,
+    /// Spurious recoveries undone.
+    pub undo_count: u32,
+    /// Inflight when the loss threshold was last crossed.
+    pub inflight_at_loss: u32,
+    /// Latest delivery-rate sample.
+    pub last_bw_sample: u32,
+    /// Smallest RTT sample of the current round, µs (`u32::MAX`: none yet).
+    pub round_min_rtt_us: u32,
     // --- flags and small counters (u8 each, no bitfields) ---
     pub mode: u8,
+    /// [`Phase`] while in PROBE_BW.
+    pub cycle_idx: u8,
     pub prev_ca_state: u8,
-    pub packet_conservation: u8,
     pub round_start: u8,
     pub idle_restart: u8,
     pub probe_rtt_round_done: u8,
-    pub lt_is_sampling: u8,
-    pub lt_rtt_cnt: u8,
-    pub lt_use_bw: u8,
     pub full_bw_reached: u8,
+    /// The delivery rate stopped growing (3 rounds under +25%) since the last reset.
+    pub full_bw_now: u8,
     pub full_bw_cnt: u8,
-    pub cycle_idx: u8,
     pub has_seen_rtt: u8,
+    /// cwnd at init (at most 127).
+    pub init_cwnd: u8,
     pub extra_acked_win_rtts: u8,
     pub extra_acked_win_idx: u8,
+    /// cwnd reached its target: app-limited ACKs may skip the model update.
+    pub try_fast_path: u8,
+    /// Rounds of exponential `inflight_hi` growth in this probe.
+    pub bw_probe_up_rounds: u8,
+    /// Rounds since the last probe (saturates at 255).
+    pub rounds_since_probe: u8,
+    /// Where the ACKs stand relative to the probe (v3's `enum bbr_ack_phase`).
+    pub ack_phase: u8,
+    /// ACKs now carry samples of the probe: loss above the threshold bounds `inflight_hi`.
+    pub bw_probe_samples: u8,
+    pub prev_probe_too_high: u8,
+    pub stopped_risky_probe: u8,
+    pub loss_round_start: u8,
+    pub loss_in_round: u8,
+    /// The losses of this round exceed the threshold fraction of its starting flight.
+    pub loss_high_in_round: u8,
+    /// ACKs that reported losses in this round (saturates at 15).
+    pub loss_events_in_round: u8,
     /// [`WarmStart`].
     pub warm_start: u8,
     /// Rounds since a warm start (saturates); the record is checked during the first ones.
     pub warm_rounds: u8,
-    /// Whether loss exceeded the threshold during the current round.
-    pub round_loss_high: u8,
     /// Bit `1 << mode` for every [`Mode`] the connection has been in.
     pub modes_seen: u8,
-    /// Whether the current probe phase was limited by `inflight_hi`.
-    pub probe_hit_bound: u8,
-    /// Probe phases still to cruise through (gain 1.0) after a probe that met loss.
-    pub probes_to_skip: u8,
-    pub _pad: [u8; 3],
-    // --- counters for the node ---
-    /// Times PROBE_RTT was entered.
-    pub probe_rtt_count: u32,
-    /// Times probing stopped because of loss (inflight_hi set or lowered).
-    pub loss_bound_count: u32,
-    /// Latest delivery-rate sample, packets/µs << BW_SCALE.
-    pub last_bw_sample: u32,
-    /// Smallest RTT sample of the current round, µs (`u32::MAX`: none yet).
-    pub round_min_rtt_us: u32,
+    pub packet_conservation: u8,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<BbrState>() == 176);
-
-/// One sample of the kernel's `struct minmax`: `t` is the round count, `v` the value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MinmaxSample {
-    pub t: u32,
-    pub v: u32,
-}
+const _: () = assert!(core::mem::size_of::<BbrState>() == 216);
 
 impl BbrState {
     pub fn mode(&self) -> Mode {
         Mode::from_u8(self.mode)
     }
 
-    /// The max-filtered bandwidth, packets/µs << BW_SCALE.
-    pub fn max_bw(&self) -> u32 {
-        self.bw_filter[0].v
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.cycle_idx)
     }
 
-    /// The bandwidth BBR uses: the long-term estimate when a policer was detected.
+    /// The max-filtered bandwidth (`bbr_max_bw`), packets/µs << BW_SCALE.
+    pub fn max_bw(&self) -> u32 {
+        self.bw_hi[0].max(self.bw_hi[1])
+    }
+
+    /// The bandwidth BBR paces at (`bbr_bw`): the max filter, capped by the short-term bound.
     pub fn bw(&self) -> u32 {
-        if self.lt_use_bw != 0 {
-            self.lt_bw
-        } else {
-            self.max_bw()
-        }
+        self.max_bw().min(self.bw_lo)
     }
 }
 
@@ -190,42 +261,60 @@ pub fn bw_to_bytes_per_sec(bw: u32, mss: u32) -> u64 {
     ((u64::from(bw) * u64::from(mss)) * 1_000_000) >> BW_SCALE
 }
 
-/// Tunables of `bbr-p2p`, one entry of the [`BBR_CONFIG_MAP`] array. Gains are in
-/// [`BBR_UNIT`]s. [`BbrConfig::DEFAULT`] lists each default and why; the node can replace the
-/// entry at run time (new values apply from the next ACK).
+/// Tunables of `bbr-p2p`, one slot of the [`BBR_CONFIG_MAP`] array. Gains are in
+/// [`BBR_UNIT`]s. [`BbrConfig::DEFAULT`] lists each default and why (BBRv3's values); the node
+/// can replace the tunables at run time (new values apply from the next ACK).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BbrConfig {
-    /// Pacing and cwnd gain in STARTUP.
+    /// Pacing gain in STARTUP.
     pub high_gain: u32,
+    /// cwnd gain in STARTUP and DRAIN.
+    pub startup_cwnd_gain: u32,
     /// Pacing gain in DRAIN.
     pub drain_gain: u32,
-    /// cwnd gain in PROBE_BW.
+    /// cwnd gain in PROBE_BW (plus 0.25 while probing up).
     pub cwnd_gain: u32,
-    /// Pacing gain of the probing-up phase of the PROBE_BW cycle.
+    /// Pacing gain of PROBE_BW UP.
     pub probe_up_gain: u32,
-    /// Pacing gain of the draining phase that follows it.
+    /// Pacing gain of PROBE_BW DOWN.
     pub probe_down_gain: u32,
-    /// Window of the max-bandwidth filter, in rounds.
-    pub bw_filter_rounds: u32,
     /// Window of the min-RTT filter, µs.
     pub min_rtt_window_us: u32,
-    /// Time spent in PROBE_RTT at the minimum cwnd, µs.
+    /// PROBE_RTT comes when no RTT sample was this low for this long, µs (at most the
+    /// min-RTT window).
+    pub probe_rtt_interval_us: u32,
+    /// Time spent in PROBE_RTT at the reduced cwnd, µs.
     pub probe_rtt_duration_us: u32,
-    /// cwnd in PROBE_RTT and the floor elsewhere, packets.
+    /// cwnd in PROBE_RTT as a fraction of the BDP.
+    pub probe_rtt_cwnd_gain: u32,
+    /// The floor of cwnd, packets.
     pub min_cwnd: u32,
     /// Growth that counts as "still growing" for full-pipe detection, BBR_UNIT-scaled.
     pub full_bw_thresh: u32,
     /// Rounds without that growth that mean the pipe is full.
     pub full_bw_rounds: u32,
+    /// ACKs reporting loss in one STARTUP round that, with the loss rate above the
+    /// threshold, end STARTUP.
+    pub full_loss_cnt: u32,
     /// Gain on the ACK-aggregation allowance added to cwnd.
     pub extra_acked_gain: u32,
-    /// 1: loss-bounded probing on (variant feature 1).
+    /// 1: loss bounds the model (inflight_hi, bw_lo, inflight_lo); 0: loss is ignored
+    /// outside recovery, as BBRv1.
     pub loss_bound_enabled: u32,
-    /// Loss rate within a round that ends probing, per mille of the packets sent in it.
+    /// Loss rate within a round that bounds `inflight_hi`, per mille of the round's flight.
     pub loss_thresh_per_mille: u32,
-    /// `inflight_hi` = this × the inflight at which loss exceeded the threshold (BBR_UNIT-scaled).
-    pub inflight_hi_beta: u32,
+    /// Multiplicative cut of `bw_lo` / `inflight_lo` per lossy round (BBR_UNIT-scaled).
+    pub loss_beta: u32,
+    /// Headroom left below `inflight_hi` when cruising, BBR_UNIT-scaled.
+    pub inflight_headroom: u32,
+    /// Least time between bandwidth probes, µs.
+    pub probe_wait_base_us: u32,
+    /// Random extra time between probes, up to this, µs.
+    pub probe_wait_rand_us: u32,
+    /// Probe at the latest after this many rounds (or after the BDP in packets, if smaller):
+    /// the time a Reno flow would take to grow by that much.
+    pub probe_max_rounds: u32,
     /// 1: warm start per remote address on (variant feature 2).
     pub warm_start_enabled: u32,
     /// A record older than this is ignored, µs.
@@ -235,41 +324,55 @@ pub struct BbrConfig {
     pub warm_start_rtt_tolerance: u32,
     /// Rounds during which a warm start is checked against the record.
     pub warm_start_check_rounds: u32,
-    pub _reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<BbrConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<BbrConfig>() == 104);
 
 impl BbrConfig {
     pub const DEFAULT: Self = Self {
-        // 2/ln(2) ≈ 2.885: the smallest gain that doubles the sending rate each round.
-        high_gain: BBR_UNIT * 2885 / 1000 + 1,
-        // ln(2)/2: drains in one round the queue STARTUP built at high_gain.
+        // 2.77: BBRv3's STARTUP pacing gain (the 2/ln 2 of v1 less the margin its cwnd gain
+        // of 2 no longer needs).
+        high_gain: BBR_UNIT * 277 / 100 + 1,
+        // 2×BDP: enough to double the delivery rate each round.
+        startup_cwnd_gain: BBR_UNIT * 2,
+        // ln(2)/2.885: drains in about one round the queue STARTUP built.
         drain_gain: BBR_UNIT * 1000 / 2885,
         // 2×BDP: tolerates delayed and stretched ACKs while keeping the queue bounded.
         cwnd_gain: BBR_UNIT * 2,
-        // 5/4: probes for 25% more bandwidth for one min RTT per cycle.
+        // 5/4: probes for 25% more bandwidth.
         probe_up_gain: BBR_UNIT * 5 / 4,
-        // 3/4: drains what the probe queued, in the next phase.
-        probe_down_gain: BBR_UNIT * 3 / 4,
-        // A full gain cycle (8 phases) plus 2 rounds, as tcp_bbr.c's bbr_bw_rtts.
-        bw_filter_rounds: 10,
-        // 10 s: propagation delay changes rarely; re-probe that often.
+        // 0.91: drains what the probe queued while still keeping the pipe nearly full.
+        probe_down_gain: BBR_UNIT * 91 / 100,
+        // 10 s: propagation delay changes rarely.
         min_rtt_window_us: 10_000_000,
+        // 5 s: BBRv3's PROBE_RTT interval (shorter than v1's 10 s, at a shallower cut).
+        probe_rtt_interval_us: 5_000_000,
         // 200 ms: long enough to drain the queue on paths of up to ~200 ms RTT.
         probe_rtt_duration_us: 200_000,
-        // 4 packets: lets delayed ACKs still flow while the queue drains.
+        // 0.5×BDP: drains any queue while keeping half the pipe busy.
+        probe_rtt_cwnd_gain: BBR_UNIT / 2,
+        // 4 packets: lets delayed ACKs still flow.
         min_cwnd: 4,
-        // 25%: a STARTUP round that grows bandwidth less than this did not find more.
+        // 25%: a round that grows bandwidth less than this did not find more.
         full_bw_thresh: BBR_UNIT * 5 / 4,
         // 3 rounds without growth: the pipe is full.
         full_bw_rounds: 3,
-        // 1.0: cwnd gets the full ACK-aggregation allowance, as tcp_bbr.c.
+        // 6 lossy ACKs in a round: more than random loss in a short round produces.
+        full_loss_cnt: 6,
+        // 1.0: cwnd gets the full ACK-aggregation allowance.
         extra_acked_gain: BBR_UNIT,
         loss_bound_enabled: 1,
-        // 2% loss in a round ends probing (BBRv3's bbr_loss_thresh).
+        // 2% of a round: above the random loss of most paths, below a full buffer's overflow.
         loss_thresh_per_mille: 20,
-        // 0.7: bound inflight 30% below the level that lost packets (BBRv3's beta).
-        inflight_hi_beta: BBR_UNIT * 7 / 10,
+        // 0.7: BBRv3's beta (a 30% cut per lossy round of the short-term bounds).
+        loss_beta: BBR_UNIT - BBR_UNIT * 30 / 100,
+        // 15%: leaves room in the buffer for other flows to probe into.
+        inflight_headroom: BBR_UNIT * 15 / 100,
+        // 2 s + up to 1 s: probes spaced in wall-clock time, desynchronised between flows.
+        probe_wait_base_us: 2_000_000,
+        probe_wait_rand_us: 1_000_000,
+        // 63 rounds: a Reno flow's time to grow cwnd by 63 packets; probing no later keeps
+        // bbr-p2p's share against Reno/CUBIC on short-BDP paths.
+        probe_max_rounds: 63,
         warm_start_enabled: 1,
         // 2 minutes: P2P nodes reconnect to the same peers within that; a path older than
         // that is treated as unknown.
@@ -278,16 +381,19 @@ impl BbrConfig {
         warm_start_rtt_tolerance: BBR_UNIT * 2,
         // 3 rounds: the window the full-pipe check also needs.
         warm_start_check_rounds: 3,
-        _reserved: 0,
     };
 
     /// Checks ranges; the message names the field.
     pub fn validate(&self) -> Result<(), &'static str> {
         let c = self;
-        let checks: [(bool, &'static str); 12] = [
+        let checks: [(bool, &'static str); 18] = [
             (
                 c.high_gain >= BBR_UNIT && c.high_gain <= 4 * BBR_UNIT,
                 "high_gain must be within 1.0..=4.0",
+            ),
+            (
+                c.startup_cwnd_gain >= BBR_UNIT && c.startup_cwnd_gain <= 4 * BBR_UNIT,
+                "startup_cwnd_gain must be within 1.0..=4.0",
             ),
             (
                 c.drain_gain > 0 && c.drain_gain <= BBR_UNIT,
@@ -306,16 +412,20 @@ impl BbrConfig {
                 "probe_down_gain must be within (0, 1.0]",
             ),
             (
-                c.bw_filter_rounds >= 2 && c.bw_filter_rounds <= 100,
-                "bw_filter_rounds must be within 2..=100",
-            ),
-            (
                 c.min_rtt_window_us >= 1_000_000 && c.min_rtt_window_us <= 60_000_000,
                 "min_rtt_window_us must be within 1 s..=60 s",
             ),
             (
+                c.probe_rtt_interval_us >= 1_000_000 && c.probe_rtt_interval_us <= 60_000_000,
+                "probe_rtt_interval_us must be within 1 s..=60 s",
+            ),
+            (
                 c.probe_rtt_duration_us >= 10_000 && c.probe_rtt_duration_us <= 1_000_000,
                 "probe_rtt_duration_us must be within 10 ms..=1 s",
+            ),
+            (
+                c.probe_rtt_cwnd_gain > 0 && c.probe_rtt_cwnd_gain <= BBR_UNIT,
+                "probe_rtt_cwnd_gain must be within (0, 1.0]",
             ),
             (
                 c.min_cwnd >= 2 && c.min_cwnd <= 64,
@@ -326,11 +436,29 @@ impl BbrConfig {
                 "full_bw_rounds must be 1..=10 and full_bw_thresh above 1.0",
             ),
             (
+                c.full_loss_cnt >= 1 && c.full_loss_cnt <= 15,
+                "full_loss_cnt must be within 1..=15",
+            ),
+            (
                 c.loss_thresh_per_mille >= 1
                     && c.loss_thresh_per_mille <= 500
-                    && c.inflight_hi_beta > 0
-                    && c.inflight_hi_beta <= BBR_UNIT,
-                "loss_thresh_per_mille must be 1..=500 and inflight_hi_beta within (0, 1.0]",
+                    && c.loss_beta > 0
+                    && c.loss_beta <= BBR_UNIT,
+                "loss_thresh_per_mille must be 1..=500 and loss_beta within (0, 1.0]",
+            ),
+            (
+                c.inflight_headroom <= BBR_UNIT / 2,
+                "inflight_headroom must be within 0..=0.5",
+            ),
+            (
+                c.probe_wait_base_us >= 100_000
+                    && c.probe_wait_base_us <= 60_000_000
+                    && c.probe_wait_rand_us <= 10_000_000,
+                "probe_wait_base_us must be within 100 ms..=60 s and probe_wait_rand_us at most 10 s",
+            ),
+            (
+                c.probe_max_rounds >= 1 && c.probe_max_rounds <= 255,
+                "probe_max_rounds must be within 1..=255",
             ),
             (
                 c.warm_start_rtt_tolerance > BBR_UNIT
@@ -382,13 +510,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_match_tcp_bbr() {
+    fn defaults_are_valid_and_match_bbr_v3() {
         let c = BbrConfig::DEFAULT;
         assert_eq!(c.validate(), Ok(()));
-        assert_eq!(c.high_gain, 739);
+        assert_eq!(c.high_gain, 710);
         assert_eq!(c.drain_gain, 88);
         assert_eq!(c.probe_up_gain, 320);
-        assert_eq!(c.probe_down_gain, 192);
+        assert_eq!(c.probe_down_gain, 232);
     }
 
     #[test]

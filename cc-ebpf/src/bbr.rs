@@ -1,62 +1,97 @@
-//! `bbr-p2p`: BBR (v1, as Linux `net/ipv4/tcp_bbr.c`) with two additions for P2P nodes.
+//! `bbr-p2p`: BBRv3 (google/bbr `v3` branch, `net/ipv4/tcp_bbr.c`; draft-ietf-ccwg-bbr) on the
+//! signals a stock kernel gives a BPF congestion control, plus warm start for P2P nodes.
 //!
 //! # The model
-//! BBR estimates two properties of the path and paces at their product:
-//! - `BtlBw`, the bottleneck bandwidth: a windowed max (10 rounds) of delivery-rate samples;
-//! - `RTprop`, the round-trip propagation time: a windowed min (10 s) of RTT samples.
+//! BBR estimates the path and paces at what it measured:
+//! - `max_bw`: the max delivery rate over the current and the previous probe cycle (`bw_hi`);
+//! - `min_rtt`: the min RTT over 10 s;
+//! - `inflight_hi`: the maximum *safe* volume in flight — where a round's loss rate last crossed
+//!   2% (unbounded until loss says otherwise). Probing (REFILL, UP) may reach it and grows it
+//!   exponentially while it holds; cruising stays 15% below it (headroom for other flows);
+//! - `bw_lo` / `inflight_lo`: short-term bounds that loss outside probing cuts, each lossy
+//!   round, to max(0.7 × the bound, what the latest round delivered), and that the next probe
+//!   lifts again.
 //!
-//! It sends at `pacing_gain × BtlBw` and keeps at most `cwnd_gain × BtlBw × RTprop` (the BDP,
-//! plus an allowance for ACK aggregation) in flight, varying the gains by state:
+//! It paces at `pacing_gain × min(max_bw, bw_lo)` and keeps at most `cwnd_gain × BDP` (plus an
+//! ACK-aggregation allowance) in flight, capped by the bounds of the current phase:
 //!
 //! ```text
-//!            |
-//!            V
-//!   +---> STARTUP  ----+     pacing 2.89, cwnd 2.89, until bw grew < 25% for 3 rounds
-//!   |        |         |
-//!   |        V         |
-//!   |      DRAIN   ----+     pacing 0.35 until inflight <= BDP
-//!   |        |         |
-//!   |        V         |
-//!   +---> PROBE_BW ----+     pacing cycle 1.25, 0.75, 1 ×6 (random start), cwnd 2
-//!   |      ^    |      |
-//!   |      |    |      |
-//!   |      +----+      |
-//!   |                  |
-//!   +---- PROBE_RTT <--+     min RTT not refreshed for 10 s: 4 packets for 200 ms and a round
+//!             |
+//!             V
+//!    +---> STARTUP  ----+     pacing 2.77, cwnd 2; ends when bw grew < 25% for 3 rounds,
+//!    |        |         |     or ≥ 6 lossy ACKs and > 2% of a round lost (inflight_hi set)
+//!    |        V         |
+//!    |      DRAIN   ----+     pacing 0.35 until inflight <= BDP
+//!    |        |         |
+//!    |        V         |
+//!    +---> PROBE_BW ----+     DOWN (0.91) -> CRUISE (1.0, inflight <= 0.85 inflight_hi)
+//!    |     ^      |     |       -> after 2-3 s (or min(BDP, 63) rounds): REFILL (1.0, one
+//!    |     |      |     |       round, short-term bounds lifted) -> UP (1.25, inflight_hi
+//!    |     +------+     |       grows 1, 2, 4.. packets per round) -> DOWN when bw stops
+//!    |                  |       growing or a round loses > 2% (inflight_hi = inflight then)
+//!    +---- PROBE_RTT <--+     no RTT sample as low for 5 s: cwnd 0.5 BDP for 200 ms and a
+//!                             round, then PROBE_BW (CRUISE) or STARTUP
 //! ```
 //!
 //! # Reference and deviations
-//! Each function below names the tcp_bbr.c function it follows. Deviations, all deliberate:
-//! 1. Timers (min-RTT window, PROBE_RTT duration) run on the TCP microsecond clock
-//!    (`tcp_mstamp`) instead of jiffies: BPF programs cannot read `tcp_jiffies32`.
-//! 2. State lives in socket storage rather than `icsk_ca_priv` (it no longer fits in 104 bytes);
-//!    fields are unpacked (no bitfields), so `lt_rtt_cnt` and `full_bw_cnt` saturate instead of
-//!    wrapping at 7 and 3 bits.
-//! 3. `MAX_TCP_HEADER` in the TSO budget is a constant (320 bytes, x86_64's value with the usual
-//!    configs): the kernel's depends on config options a program cannot see.
-//! 4. **Loss-bounded probing** (after BBRv3): while probing (STARTUP, or the 1.25 phase of
-//!    PROBE_BW), more than 2% of a round's packets lost (and at least 3) ends the probe and
-//!    sets `inflight_hi` = 0.7 × the inflight that met the loss (never below 0.7 × BDP, as
-//!    BBRv3's floor); cwnd never exceeds it, also during recovery. Each later probe that
-//!    reached the bound without such loss raises it, by 1/16 of it at first, doubling each
-//!    time; after a probe that met loss, the next two probe phases cruise at gain 1 (BBRv3
-//!    spaces probes by seconds once loss has bounded it). BBRv1 ignores loss outside recovery and keeps overflowing shallow buffers at every
-//!    probe. (BBRv3 also keeps a short-term bound, `inflight_lo`, for lossy cruising rounds;
-//!    this variant leaves cruising rounds to BBRv1's behaviour, so random loss is not
-//!    mistaken for a full buffer.)
-//! 5. **Warm start** (RFC 9040 temporal sharing): on release, a connection that measured its
-//!    path records `BtlBw` and `RTprop` per remote address; a new connection to that address
-//!    within 2 minutes starts in PROBE_BW from them (cwnd = the BDP at cwnd gain, paced at
-//!    BtlBw) instead of a blind STARTUP. During its first 3 rounds, a round whose min RTT
-//!    exceeds 2× the recorded one (and by more than 1 ms), or whose loss exceeds the
+//! Each function names the v3 function it follows. Deviations, all deliberate:
+//! 1. **Loss rate per round.** v3 compares each ACK's `rs->lost` against `rs->tx_in_flight`,
+//!    per-packet fields of Google's kernel that a stock kernel does not have. Here a round's
+//!    losses (`tp->lost` since the round began) are measured against the packets in flight when
+//!    the round began — the packets that round carries — and the round counts as "too high"
+//!    from the ACK on which they exceed 2% (the same verdict as at the round's end, known
+//!    earlier). `inflight_hi` is then set from the inflight of that ACK (`prior_in_flight`, v3's
+//!    own fallback for `tx_in_flight`). A probe restarts the loss round when it starts UP, so
+//!    that losses from before the probe do not end it.
+//! 2. STARTUP's loss exit needs ≥ 6 lossy ACKs and a round above 2% (v3: the same count and a
+//!    per-ACK rate), in recovery.
+//! 3. No ECN (v3's DCTCP-style `ecn_alpha`): the stock kernel hands a BPF congestion control no
+//!    per-ACK CE counts; no PLB.
+//! 4. Timers (min RTT, PROBE_RTT, probe wait) run on the TCP microsecond clock (`tcp_mstamp`)
+//!    instead of jiffies: BPF programs cannot read `tcp_jiffies32`. At init on a live socket
+//!    the glue reads the clock (`bpf_ktime_get_ns`, the clock `tcp_mstamp` is taken from) since
+//!    `tcp_mstamp` may be stale.
+//! 5. Packet conservation in the first round of recovery and the restore after it follow
+//!    mainline `tcp_bbr.c` (`bbr_set_cwnd_to_recover_or_restore`); v3's bounds apply after it,
+//!    as in v3's `bbr_main`.
+//! 6. State lives in socket storage rather than `icsk_ca_priv`, unpacked (no bitfields):
+//!    counters saturate instead of wrapping. TSO sizing is mainline's (no `tso_rtt_shift`), with
+//!    `MAX_TCP_HEADER` a constant (320 bytes, x86_64's value with the usual configs).
+//! 7. PROBE_RTT's interval is min(`probe_rtt_interval_us`, `min_rtt_window_us`), so that a
+//!    shortened min-RTT window also shortens it.
+//! 8. **Warm start** (RFC 9040 temporal sharing): on release, a connection that measured its
+//!    path records `max_bw` and `min_rtt` per remote address; a new connection to that address
+//!    within 2 minutes starts in PROBE_BW CRUISE from them (cwnd = the BDP at cwnd gain, paced
+//!    at the recorded bw) instead of a blind STARTUP. During its first 3 rounds, a round whose
+//!    min RTT exceeds 2× the recorded one (and by more than 1 ms), or whose loss exceeds the
 //!    threshold, reverts it to STARTUP with the initial window.
-//! 6. Tunables come from a config map ([`BbrConfig`]) read once per ACK, not compile-time
-//!    constants; the defaults are tcp_bbr.c's values.
-//! 7. An ACK-compressed rate sample cannot raise the max-bandwidth filter above its current
-//!    value. When ACKs come back faster than their packets were sent, `tcp_rate_gen` divides
-//!    by the send interval, so the sample is our own sending rate (2.89× or 1.25× the estimate
-//!    while probing), not the path's; on a sub-millisecond path through a token bucket the
-//!    kernel test saw estimates of 180–330 Mbit/s on a 100 Mbit/s link from such samples.
+//! 10. **The short-term bounds take the cut only after a round above the loss threshold.**
+//!    v3 cuts `bw_lo`/`inflight_lo` after *any* lossy round, to max(0.7 × bound, the latest
+//!    round's delivery). Paced at `bw_lo`, a round cannot deliver more than `bw_lo` less the
+//!    1% pacing margin, so under random loss (at 1%, most rounds of a 170-packet flight lose
+//!    something) the bound ratchets down ~1% per round until the next probe lifts it: in the
+//!    packet-level simulation of the host tests, 0.5% random loss on a 1-BDP buffer cost 20% of
+//!    the link and 1% on a 15 kB buffer half of it. Random loss below the threshold is what
+//!    the threshold exists to tolerate; a round above it still takes v3's cut, if the flight
+//!    then exceeded the pipe (deviation 11).
+//! 11. **The pipe is a floor for `inflight_hi` and for the cruising headroom.** A round above
+//!    the threshold sets `inflight_hi` to the inflight then, but not below the BDP estimate
+//!    (`max_bw × min_rtt`; v3's floor is 0.7 × the target inflight), cruising keeps its 15%
+//!    headroom only above the BDP, and a lossy round cuts the short-term bounds only if the
+//!    flight exceeded the BDP when the threshold was crossed. Inflight up to the BDP builds no queue at the bottleneck, so
+//!    loss there is not congestion from this flow, and the headroom is meant to leave room in
+//!    the *buffer* for others. Without this, random loss met by a probe that began from a low
+//!    flight (after recovery or PROBE_RTT) set `inflight_hi` below the BDP and cruising 15%
+//!    below that, and the max-bw filter then learned the lower rate (host simulation: 1% loss
+//!    on a 1-BDP buffer, 66% utilisation).
+//! 12. **Only a flow paced above its estimate raises it.** A delivery-rate sample taken at a
+//!    pacing gain of 1 or less counts towards `bw_hi` only up to the current `max_bw`: sending
+//!    no faster than the estimate, a higher sample is ACK or token-bucket batching, not
+//!    bandwidth. v3's filter spans two probe cycles (seconds), and on a sub-millisecond path
+//!    through a token bucket the kernel test measured 317 Mbit/s on a 100 Mbit/s link from
+//!    such samples.
+//! 9. Tunables come from a config map ([`BbrConfig`], v3's values by default) instead of
+//!    module parameters; `loss_bound_enabled = 0` turns every loss response off (v1-like).
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -66,7 +101,7 @@
 //! masked to the array length.
 
 use cc_ebpf_common::bbr::{
-    BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, MinmaxSample, Mode, WarmEntry, WarmStart,
+    BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, Mode, Phase, UNBOUNDED, WarmEntry, WarmStart,
 };
 
 /// `TCP_INIT_CWND`.
@@ -79,49 +114,44 @@ pub const TCP_CA_RECOVERY: u8 = 3;
 pub const TCP_CA_LOSS: u8 = 4;
 /// `CA_EVENT_TX_START`: first transmission when no packets are in flight.
 pub const CA_EVENT_TX_START: u32 = 0;
-/// Phases of the PROBE_BW gain cycle.
-pub const CYCLE_LEN: u8 = 8;
-/// The random start phase is drawn from the last `CYCLE_RAND` phases (never the 0.75 one).
-const CYCLE_RAND: u32 = 7;
 /// Minimum pacing rate (bits/s) for 2-segment TSO bursts (`bbr_min_tso_rate`).
 const MIN_TSO_RATE_BITS: u64 = 1_200_000;
 /// Pace 1% below the estimate to keep the bottleneck queue from growing (`bbr_pacing_margin_percent`).
 const PACING_MARGIN_PERCENT: u64 = 1;
-/// `GSO_LEGACY_MAX_SIZE - 1 - MAX_TCP_HEADER` (deviation 3).
+/// `GSO_LEGACY_MAX_SIZE - 1 - MAX_TCP_HEADER` (deviation 6).
 const TSO_MAX_BYTES: u64 = 65_536 - 1 - 320;
-/// Long-term bandwidth sampling (policer detection), as tcp_bbr.c.
-const LT_INTVL_MIN_RTTS: u8 = 4;
-/// Loss rate (of 256) that marks a long-term interval as policed: 50/256 = 19.5%.
-const LT_LOSS_THRESH: u32 = 50;
-/// Two intervals within 1/8 of each other are a consistent policer rate.
-const LT_BW_RATIO: u32 = BBR_UNIT / 8;
-/// ... or within 4 kbit/s (bytes/s).
-const LT_BW_DIFF_BYTES: u64 = 4000 / 8;
-/// Rounds to keep using the long-term rate before re-probing.
-const LT_BW_MAX_RTTS: u8 = 48;
 /// Rounds a max of extra ACKed data is kept (`bbr_extra_acked_win_rtts`).
 const EXTRA_ACKED_WIN_RTTS: u8 = 5;
 /// Reset the ACK epoch when this much data was ACKed in it (`bbr_ack_epoch_acked_reset_thresh`).
 const ACK_EPOCH_ACKED_RESET: u32 = 1 << 20;
 /// Cap on the aggregation allowance: 100 ms at BtlBw (`bbr_extra_acked_max_us`).
 const EXTRA_ACKED_MAX_US: u64 = 100_000;
-/// Losses in a round below this never count as "too high" (one or two losses in a small
-/// round are noise, not a full buffer).
-const LOSS_MIN_PACKETS: u32 = 3;
-/// The first raise of `inflight_hi` after a cut is this fraction of it (1/16), doubling with
-/// each loss-free probe: the pre-cut level (1/0.7 = +43%) is back within 3 probes.
-const INFLIGHT_HI_FIRST_STEP_DIV: u32 = 16;
-/// Probe phases to cruise through after a probe that met loss: BBRv3 waits seconds between
-/// probes once loss bounded it; BBRv1's cycle probes every 8 rounds, which on a shallow buffer
-/// overflows it every time. Two skipped probes space lossy probes by at least 24 rounds.
-const PROBES_TO_SKIP_AFTER_LOSS: u8 = 2;
-/// Largest step by which `inflight_hi` grows after a loss-free probe, packets.
-const INFLIGHT_HI_MAX_STEP: u32 = 1 << 10;
+/// Extra cwnd gain while probing up, so that cwnd does not cap the probe (`bbr_bw_probe_cwnd_gain`
+/// = 1, in quarters).
+const BW_PROBE_CWND_GAIN: u32 = BBR_UNIT / 4;
+/// The rounds-since-probe counter starts at 0 or 1 (`bbr_bw_probe_rand_rounds`), desynchronising
+/// flows that probe on the round bound.
+const BW_PROBE_RAND_ROUNDS: u32 = 2;
+/// `inflight_hi`'s per-round growth in UP doubles up to 2^30 packets (`bbr_raise_inflight_hi_slope`).
+const BW_PROBE_UP_ROUNDS_MAX: u8 = 30;
+/// Lossy ACKs counted per round (v3's 4-bit counter).
+const LOSS_EVENTS_MAX: u8 = 15;
 /// Queueing a warm start may add before it counts as contradicting the record: on
 /// sub-millisecond paths a few packets of queue double the RTT without meaning anything.
 const WARM_RTT_SLACK_US: u64 = 1_000;
-/// `inflight_hi` when no loss has bounded it.
-pub const INFLIGHT_UNBOUNDED: u32 = u32::MAX;
+
+/// Where the ACKs stand relative to a bandwidth probe (`enum bbr_ack_phase`).
+mod ack_phase {
+    pub const INIT: u8 = 0;
+    /// Sending at gain 1 before the probe (REFILL).
+    pub const REFILLING: u8 = 1;
+    /// Probing; ACKs still for data sent before the probe.
+    pub const PROBE_STARTING: u8 = 2;
+    /// ACKs for data sent while probing.
+    pub const PROBE_FEEDBACK: u8 = 3;
+    /// The probe ended; ACKs still for data sent while probing.
+    pub const PROBE_STOPPING: u8 = 4;
+}
 
 /// The socket as the algorithm sees it: values read before the ACK is processed, and the four
 /// it may change (`cwnd`, `pacing_rate`, `ssthresh`, `app_limited`).
@@ -137,6 +167,8 @@ pub struct Conn {
     pub packets_in_flight: u32,
     /// `inet_csk(sk)->icsk_ca_state`.
     pub ca_state: u8,
+    /// `tp->is_cwnd_limited`: the last flight was limited by cwnd, not by the application.
+    pub cwnd_limited: bool,
     /// `tp->srtt_us` (<< 3, 0 until the first sample).
     pub srtt_us_x8: u32,
     /// `tcp_min_rtt(tp)`.
@@ -168,9 +200,6 @@ pub struct RateSample {
     pub prior_in_flight: u32,
     pub is_app_limited: bool,
     pub is_ack_delayed: bool,
-    /// The ACKs came back faster than the packets were sent (`interval_us` is the send
-    /// interval, longer than `tcp_mstamp - prior_mstamp`): deviation 7.
-    pub ack_compressed: bool,
 }
 
 #[inline(always)]
@@ -184,8 +213,15 @@ fn after32(a: u32, b: u32) -> bool {
     (b.wrapping_sub(a) as i32) < 0
 }
 
+/// `x × gain` for a BBR_UNIT-scaled gain.
+#[inline(always)]
+fn scale(x: u32, gain: u32) -> u32 {
+    ((u64::from(x) * u64::from(gain)) >> BBR_SCALE_U64) as u32
+}
+
 impl Conn {
     /// Bytes per second for `rate` packets/µs << BW_SCALE at `gain` (`bbr_rate_bytes_per_sec`).
+    #[inline(always)]
     fn rate_bytes_per_sec(&self, rate: u64, gain: u32) -> u64 {
         let r = (rate * u64::from(self.mss) * u64::from(gain)) >> BBR_SCALE_U64;
         (r * (1_000_000 / 100 * (100 - PACING_MARGIN_PERCENT))) >> BW_SCALE
@@ -193,6 +229,58 @@ impl Conn {
 }
 
 const BBR_SCALE_U64: u64 = cc_ebpf_common::bbr::BBR_SCALE as u64;
+
+/// The stages of `bbr_main` ([`Bbr::on_ack`]), in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckStage {
+    /// `bbr_update_model` up to the mode checks (skipped by the fast path).
+    Model,
+    /// `bbr_check_drain`.
+    Drain,
+    /// `bbr_update_cycle_phase` (with `bbr_adapt_upper_bounds`).
+    Cycle,
+    /// `bbr_update_min_rtt`.
+    MinRtt,
+    /// Gains, pacing rate, cwnd and its bounds (skipped by the fast path if nothing moved).
+    Controls,
+    /// `bbr_advance_latest_delivery_signals`.
+    End,
+}
+
+impl AckStage {
+    pub const ALL: [Self; 6] = [
+        Self::Model,
+        Self::Drain,
+        Self::Cycle,
+        Self::MinRtt,
+        Self::Controls,
+        Self::End,
+    ];
+}
+
+/// What [`Bbr::ack_begin`] found about an ACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The delivery rate it sampled (0: none), packets/µs << BW_SCALE.
+    pub sample_bw: u32,
+    /// v3's app-limited fast path applies.
+    pub fast: bool,
+}
+
+impl Ack {
+    /// Whether `stage` runs: the fast path skips the model, and the controls too when the mode
+    /// checks moved nothing (`before`/`after` are [`Bbr::ack_snapshot`]s around them).
+    #[inline(always)]
+    pub fn runs(self, stage: AckStage, before: (u8, u32, u8), after: (u8, u32, u8)) -> bool {
+        match stage {
+            AckStage::Model => !self.fast,
+            AckStage::Controls => {
+                !(self.fast && after.0 == before.0 && after.1 == before.1 && after.2 != 0)
+            }
+            _ => true,
+        }
+    }
+}
 
 /// The algorithm over a socket's [`BbrState`] (a newtype: the state type is shared with
 /// userspace in `cc-ebpf-common`; the arithmetic lives here). Same layout as the state, so the
@@ -203,46 +291,76 @@ pub struct Bbr(pub BbrState);
 
 impl core::ops::Deref for Bbr {
     type Target = BbrState;
+    #[inline(always)]
     fn deref(&self) -> &BbrState {
         &self.0
     }
 }
 
 impl core::ops::DerefMut for Bbr {
+    #[inline(always)]
     fn deref_mut(&mut self) -> &mut BbrState {
         &mut self.0
     }
 }
 
 impl Bbr {
+    /// Zeroes the state word by word: a plain `BbrState::default()` becomes a `memset` call,
+    /// which the struct_ops loader cannot relocate (volatile stores keep LLVM from fusing them).
+    #[inline(always)]
+    fn reset(&mut self) {
+        const WORDS: usize = core::mem::size_of::<BbrState>() / 8;
+        const _: () = assert!(
+            core::mem::size_of::<BbrState>() % 8 == 0 && core::mem::align_of::<BbrState>() == 8
+        );
+        let words = core::ptr::from_mut(&mut self.0).cast::<u64>();
+        for i in 0..WORDS {
+            // SAFETY: `i` < WORDS keeps every store inside the state, which is plain integers
+            // (all-zero is a valid value) and 8-aligned.
+            unsafe { words.add(i).write_volatile(0) };
+        }
+    }
+
     /// `bbr_init`: a new connection (or a switch to this algorithm). `warm` is the record for
-    /// the remote address, if any; `random` picks the PROBE_BW phase a warm start begins in.
-    pub fn init(&mut self, c: &mut Conn, cfg: &BbrConfig, warm: Option<&WarmEntry>, random: u32) {
-        self.0 = BbrState::default();
+    /// the remote address, if any. `rand` is drawn only when a phase is entered.
+    #[inline(always)]
+    pub fn init<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        cfg: &BbrConfig,
+        warm: Option<&WarmEntry>,
+        rand: &mut R,
+    ) {
+        self.reset();
+        self.init_cwnd = c.cwnd.min(0x7f) as u8;
         c.ssthresh = TCP_INFINITE_SSTHRESH;
         self.next_round_delivered = c.delivered;
         self.prev_ca_state = TCP_CA_OPEN;
         self.min_rtt_us = c.kernel_min_rtt_us;
         self.min_rtt_stamp_us = c.now_us;
-        self.inflight_hi = INFLIGHT_UNBOUNDED;
-        self.inflight_hi_step = 1;
-        self.round_start_delivered = c.delivered;
-        self.round_start_lost = c.lost;
+        self.probe_rtt_min_us = c.kernel_min_rtt_us;
+        self.probe_rtt_min_stamp_us = c.now_us;
         self.round_min_rtt_us = u32::MAX;
         self.init_pacing_rate_from_rtt(c, cfg);
-        self.reset_lt_bw_sampling(c);
         self.set_mode(Mode::Startup);
-        self.pacing_gain = cfg.high_gain;
-        self.cwnd_gain = cfg.high_gain;
-        self.ack_epoch_stamp_us = c.now_us;
+        self.ack_epoch_stamp_us = c.delivered_mstamp_us;
+        // The first loss round ends with the first packet sent from now on.
+        self.loss_round_delivered = c.delivered.wrapping_add(1);
+        self.start_loss_round(c);
+        self.bw_lo = UNBOUNDED;
+        self.inflight_lo = UNBOUNDED;
+        self.inflight_hi = UNBOUNDED;
+        self.bw_probe_up_cnt = UNBOUNDED;
+        self.update_gains(cfg);
         if let Some(w) = warm.filter(|w| self.warm_usable(w, c, cfg)) {
-            self.start_warm(c, cfg, w, random);
+            self.start_warm(c, cfg, w, rand);
             // A warm start never was in STARTUP.
             self.modes_seen &= !(1 << Mode::Startup as u8);
         }
     }
 
     /// A record is used when enabled, fresh and complete.
+    #[inline(always)]
     fn warm_usable(&self, w: &WarmEntry, c: &Conn, cfg: &BbrConfig) -> bool {
         cfg.warm_start_enabled != 0
             && w.bw > 0
@@ -252,23 +370,29 @@ impl Bbr {
             && c.now_us - w.stamp_us <= u64::from(cfg.warm_start_max_age_us)
     }
 
-    /// Variant feature 2: start in PROBE_BW from the record.
-    fn start_warm(&mut self, c: &mut Conn, cfg: &BbrConfig, w: &WarmEntry, random: u32) {
+    /// Deviation 8: start in PROBE_BW (CRUISE) from the record.
+    #[inline(always)]
+    fn start_warm<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        cfg: &BbrConfig,
+        w: &WarmEntry,
+        rand: &mut R,
+    ) {
         self.warm_start = WarmStart::Warm as u8;
         self.warm_bw = w.bw;
         self.warm_min_rtt_us = w.min_rtt_us;
-        self.min_rtt_us = if self.min_rtt_us == 0 || self.min_rtt_us == u32::MAX {
-            w.min_rtt_us
-        } else {
-            self.min_rtt_us.min(w.min_rtt_us)
-        };
-        self.bw_filter = [MinmaxSample {
-            t: self.round_count,
-            v: w.bw,
-        }; 3];
+        if self.min_rtt_us == 0 || self.min_rtt_us == u32::MAX || w.min_rtt_us < self.min_rtt_us {
+            self.min_rtt_us = w.min_rtt_us;
+            self.probe_rtt_min_us = w.min_rtt_us;
+        }
+        // In both cycles of the filter: the record holds until a probe cycle measured the path.
+        self.bw_hi = [w.bw, w.bw];
         self.full_bw = w.bw;
         self.full_bw_reached = 1;
-        self.reset_probe_bw_mode(c, random);
+        self.set_mode(Mode::ProbeBw);
+        self.start_bw_probe_down(c, cfg, rand);
+        self.start_bw_probe_cruise();
         self.update_gains(cfg);
         let target = self.bdp(w.bw, cfg.cwnd_gain).max(cfg.min_cwnd);
         c.cwnd = c.cwnd.max(target.min(c.cwnd_clamp));
@@ -278,6 +402,7 @@ impl Bbr {
 
     /// What to record for the remote address when the connection ends (`None`: it learned
     /// nothing trustworthy: still in STARTUP, or no RTT sample).
+    #[inline(always)]
     pub fn warm_record(&self, now_us: u64) -> Option<WarmEntry> {
         (self.full_bw_reached != 0
             && self.max_bw() > 0
@@ -290,35 +415,283 @@ impl Bbr {
             })
     }
 
-    /// `bbr_main` (the `cong_control` op): update the model, then pacing rate, then cwnd.
-    pub fn on_ack(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, random: u32) {
-        self.update_model(c, rs, cfg, random);
+    /// `bbr_main` (the `cong_control` op): rounds and delivery signals, the model, then
+    /// pacing rate and cwnd within the model's bounds. v3's app-limited fast path
+    /// (`bbr_run_fast_path`) runs only the mode checks (the tail of `bbr_update_model`) and
+    /// keeps pacing and cwnd if nothing moved.
+    ///
+    /// The eBPF glue runs the same [`AckStage`]s one by one with a barrier between them (see
+    /// `bbr_p2p.rs`); this is the sequence both follow.
+    #[inline(always)]
+    pub fn on_ack<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        rand: &mut R,
+    ) {
+        let ack = self.ack_begin(c, rs, cfg);
+        let before = self.ack_snapshot();
+        for stage in AckStage::ALL {
+            if ack.runs(stage, before, self.ack_snapshot()) {
+                self.ack_stage(stage, c, rs, cfg, ack, rand);
+            }
+        }
+    }
+
+    /// The start of `bbr_main`: rounds, the delivery-rate sample and the latest delivery
+    /// signals; whether v3's app-limited fast path applies.
+    #[inline(always)]
+    pub fn ack_begin(&mut self, c: &Conn, rs: &RateSample, cfg: &BbrConfig) -> Ack {
+        self.update_round_start(c, rs);
+        if self.round_start != 0 {
+            self.rounds_since_probe = self.rounds_since_probe.saturating_add(1);
+        }
+        let sample_bw = Self::sample_bw(rs);
+        self.update_latest_delivery_signals(c, rs, cfg, sample_bw);
+        let fast = self.try_fast_path != 0
+            && rs.is_app_limited
+            && sample_bw < self.max_bw()
+            && self.loss_in_round == 0;
+        Ack { sample_bw, fast }
+    }
+
+    /// What the fast path compares after the mode checks: `(mode, min_rtt_us, try_fast_path)`.
+    #[inline(always)]
+    pub fn ack_snapshot(&self) -> (u8, u32, u8) {
+        (self.mode, self.min_rtt_us, self.try_fast_path)
+    }
+
+    /// One stage of `bbr_main` after [`Self::ack_begin`].
+    #[inline(always)]
+    pub fn ack_stage<R: FnMut() -> u32>(
+        &mut self,
+        stage: AckStage,
+        c: &mut Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        ack: Ack,
+        rand: &mut R,
+    ) {
+        match stage {
+            AckStage::Model => {
+                // bbr_update_model, up to the mode checks.
+                self.update_congestion_signals(c, rs, cfg, ack.sample_bw);
+                self.check_warm_start(c, rs, cfg);
+                self.update_ack_aggregation(c, rs, cfg);
+                self.check_loss_too_high_in_startup(c, cfg);
+                self.check_full_bw_reached(rs, cfg, ack.sample_bw);
+            }
+            AckStage::Drain => self.check_drain(c, cfg, rand),
+            AckStage::Cycle => self.update_cycle_phase(c, rs, cfg, ack.sample_bw, rand),
+            AckStage::MinRtt => self.update_min_rtt(c, rs, cfg, rand),
+            AckStage::Controls => self.set_controls(c, rs, cfg),
+            AckStage::End => self.advance_latest_delivery_signals(c, rs, ack.sample_bw),
+        }
+    }
+
+    /// The end of `bbr_main`: gains, pacing rate, cwnd, and v3's bounds on cwnd.
+    #[inline(always)]
+    fn set_controls(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig) {
+        self.update_gains(cfg);
         let bw = self.bw();
         self.set_pacing_rate(c, cfg, bw, self.pacing_gain);
         self.set_cwnd(c, rs, cfg, rs.acked_sacked, bw, self.cwnd_gain);
-    }
-
-    /// `bbr_update_model`.
-    fn update_model(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, random: u32) {
-        self.update_bw(c, rs, cfg, random);
-        self.check_loss_too_high(c, rs, cfg);
-        self.check_warm_start(c, rs, cfg);
-        self.update_ack_aggregation(c, rs, cfg);
-        self.update_cycle_phase(c, rs, cfg);
-        self.check_full_bw_reached(rs, cfg);
-        self.check_drain(c, cfg, random);
-        self.update_min_rtt(c, rs, cfg, random);
-        self.update_gains(cfg);
+        self.bound_cwnd_for_inflight_model(c, cfg);
     }
 
     /// Enters `mode`, remembering that the connection has been in it (DRAIN can last less
     /// than one ACK, so sampling the mode would miss it).
+    #[inline(always)]
     fn set_mode(&mut self, mode: Mode) {
         self.mode = mode as u8;
         self.modes_seen |= 1 << (mode as u8);
     }
 
+    /// `bbr_set_cycle_idx`.
+    #[inline(always)]
+    fn set_phase(&mut self, phase: Phase) {
+        self.cycle_idx = phase as u8;
+        self.try_fast_path = 0;
+    }
+
+    #[inline(always)]
+    fn in_phase(&self, phase: Phase) -> bool {
+        self.mode() == Mode::ProbeBw && self.cycle_idx == phase as u8
+    }
+
+    /// `bbr_update_round_start`: packet-timed rounds.
+    #[inline(always)]
+    fn update_round_start(&mut self, c: &Conn, rs: &RateSample) {
+        self.round_start = 0;
+        if rs.interval_us > 0 && !after32(self.next_round_delivered, rs.prior_delivered) {
+            self.next_round_delivered = c.delivered;
+            self.round_count = self.round_count.wrapping_add(1);
+            self.round_start = 1;
+            self.packet_conservation = 0;
+            if rs.rtt_us > 0 {
+                self.round_min_rtt_us = u32::MAX;
+            }
+        }
+        if rs.rtt_us > 0 {
+            self.round_min_rtt_us = self
+                .round_min_rtt_us
+                .min(rs.rtt_us.min(i64::from(u32::MAX)) as u32);
+        }
+    }
+
+    /// `bbr_calculate_bw_sample`: delivered / interval, rounded up (0: no valid sample).
+    #[inline(always)]
+    fn sample_bw(rs: &RateSample) -> u32 {
+        if rs.interval_us <= 0 || rs.delivered < 0 {
+            return 0;
+        }
+        let interval = rs.interval_us as u64;
+        div_u64(rs.delivered as u64 * BW_UNIT + interval - 1, interval).min(u64::from(u32::MAX))
+            as u32
+    }
+
+    /// `bbr_update_latest_delivery_signals`, plus this variant's per-round loss rate
+    /// (deviation 1): losses since the loss round began against the flight it began with.
+    #[inline(always)]
+    fn update_latest_delivery_signals(
+        &mut self,
+        c: &Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        sample_bw: u32,
+    ) {
+        self.loss_round_start = 0;
+        if rs.losses > 0 {
+            self.loss_in_round = 1;
+            self.loss_events_in_round = (self.loss_events_in_round + 1).min(LOSS_EVENTS_MAX);
+            let lost = c.lost.wrapping_sub(self.loss_round_lost);
+            let flight = self.loss_round_flight.max(1);
+            if self.loss_high_in_round == 0
+                && u64::from(lost) * 1000 > u64::from(cfg.loss_thresh_per_mille) * u64::from(flight)
+            {
+                self.loss_high_in_round = 1;
+                self.inflight_at_loss = rs.prior_in_flight;
+            }
+        }
+        if rs.interval_us <= 0 || rs.acked_sacked == 0 {
+            return;
+        }
+        if rs.delivered >= 0 {
+            self.last_bw_sample = sample_bw;
+        }
+        self.bw_latest = self.bw_latest.max(sample_bw);
+        self.inflight_latest = self.inflight_latest.max(rs.delivered.max(0) as u32);
+        if !after32(self.loss_round_delivered, rs.prior_delivered) {
+            self.loss_round_delivered = c.delivered;
+            self.loss_round_start = 1;
+        }
+    }
+
+    /// `bbr_advance_latest_delivery_signals`: a new loss round begins after the ACK that
+    /// ended the last one was fully used.
+    #[inline(always)]
+    fn advance_latest_delivery_signals(&mut self, c: &Conn, rs: &RateSample, sample_bw: u32) {
+        if self.loss_round_start != 0 {
+            self.bw_latest = sample_bw;
+            self.inflight_latest = rs.delivered.max(0) as u32;
+            self.start_loss_round(c);
+        }
+    }
+
+    /// Resets the per-round loss accounting of deviation 1.
+    #[inline(always)]
+    fn start_loss_round(&mut self, c: &Conn) {
+        self.loss_round_lost = c.lost;
+        self.loss_round_flight = c.packets_in_flight;
+        self.loss_in_round = 0;
+        self.loss_high_in_round = 0;
+        self.loss_events_in_round = 0;
+    }
+
+    /// `bbr_update_congestion_signals`: the max-bandwidth sample, then once per loss round the
+    /// short-term bounds.
+    #[inline(always)]
+    fn update_congestion_signals(
+        &mut self,
+        c: &Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        sample_bw: u32,
+    ) {
+        if rs.interval_us <= 0 || rs.acked_sacked == 0 {
+            return;
+        }
+        if !rs.is_app_limited || sample_bw >= self.max_bw() {
+            // Deviation 12: only a flow sending faster than its estimate can measure more.
+            let sample = if self.pacing_gain > BBR_UNIT || self.max_bw() == 0 {
+                sample_bw
+            } else {
+                sample_bw.min(self.max_bw())
+            };
+            self.bw_hi[1] = self.bw_hi[1].max(sample);
+        }
+        if self.loss_round_start != 0 {
+            self.adapt_lower_bounds(c, cfg);
+        }
+    }
+
+    /// `bbr_is_probing_bandwidth`: STARTUP, or PROBE_BW REFILL / UP.
+    #[inline(always)]
+    fn is_probing_bandwidth(&self) -> bool {
+        self.mode() == Mode::Startup || self.in_phase(Phase::Refill) || self.in_phase(Phase::Up)
+    }
+
+    /// `bbr_adapt_lower_bounds` + `bbr_loss_lower_bounds`: after a round outside probing that
+    /// lost more than the threshold with more than the pipe in flight (deviations 10, 11), cut the short-term bounds by beta, but
+    /// never below what the round delivered.
+    #[inline(always)]
+    fn adapt_lower_bounds(&mut self, c: &Conn, cfg: &BbrConfig) {
+        if cfg.loss_bound_enabled == 0
+            || self.is_probing_bandwidth()
+            || self.loss_high_in_round == 0
+            || self.inflight_at_loss <= self.pipe_floor()
+        {
+            return;
+        }
+        if self.bw_lo == UNBOUNDED {
+            self.bw_lo = self.max_bw();
+        }
+        if self.inflight_lo == UNBOUNDED {
+            self.inflight_lo = c.cwnd;
+        }
+        self.bw_lo = self.bw_latest.max(scale(self.bw_lo, cfg.loss_beta)).max(1);
+        self.inflight_lo = self
+            .inflight_latest
+            .max(scale(self.inflight_lo, cfg.loss_beta));
+    }
+
+    /// `bbr_reset_lower_bounds`.
+    #[inline(always)]
+    fn reset_lower_bounds(&mut self) {
+        self.bw_lo = UNBOUNDED;
+        self.inflight_lo = UNBOUNDED;
+    }
+
+    /// `bbr_reset_congestion_signals`.
+    #[inline(always)]
+    fn reset_congestion_signals(&mut self) {
+        self.loss_in_round = 0;
+        self.loss_high_in_round = 0;
+        self.bw_latest = 0;
+        self.inflight_latest = 0;
+    }
+
+    /// `bbr_reset_full_bw`.
+    #[inline(always)]
+    fn reset_full_bw(&mut self) {
+        self.full_bw = 0;
+        self.full_bw_cnt = 0;
+        self.full_bw_now = 0;
+    }
+
     /// `bbr_init_pacing_rate_from_rtt`: cwnd / srtt at high gain (1 ms before any RTT sample).
+    #[inline(always)]
     fn init_pacing_rate_from_rtt(&mut self, c: &mut Conn, cfg: &BbrConfig) {
         let rtt_us = if c.srtt_us_x8 != 0 {
             self.has_seen_rtt = 1;
@@ -332,12 +705,14 @@ impl Bbr {
     }
 
     /// `bbr_bw_to_pacing_rate`.
+    #[inline(always)]
     fn bw_to_pacing_rate(&self, c: &Conn, bw: u32, gain: u32) -> u64 {
         c.rate_bytes_per_sec(u64::from(bw), gain)
             .min(c.max_pacing_rate)
     }
 
     /// `bbr_set_pacing_rate`: never lower the rate in STARTUP (the estimate is still growing).
+    #[inline(always)]
     fn set_pacing_rate(&mut self, c: &mut Conn, cfg: &BbrConfig, bw: u32, gain: u32) {
         let rate = self.bw_to_pacing_rate(c, bw, gain);
         if self.has_seen_rtt == 0 && c.srtt_us_x8 != 0 {
@@ -349,6 +724,7 @@ impl Bbr {
     }
 
     /// `bbr_min_tso_segs`.
+    #[inline(always)]
     pub fn min_tso_segs(pacing_rate: u64) -> u32 {
         if pacing_rate < MIN_TSO_RATE_BITS >> 3 {
             1
@@ -358,6 +734,7 @@ impl Bbr {
     }
 
     /// `bbr_tso_segs_goal`: segments per TSO burst at the current pacing rate.
+    #[inline(always)]
     fn tso_segs_goal(c: &Conn) -> u32 {
         let bytes = (c.pacing_rate >> (c.pacing_shift & 63)).min(TSO_MAX_BYTES);
         let segs = (div_u64(bytes, u64::from(c.mss)) as u32).max(Self::min_tso_segs(c.pacing_rate));
@@ -365,6 +742,7 @@ impl Bbr {
     }
 
     /// `bbr_save_cwnd`: remember cwnd before recovery or PROBE_RTT, to restore it after.
+    #[inline(always)]
     pub fn save_cwnd(&mut self, cwnd: u32) {
         if self.prev_ca_state < TCP_CA_RECOVERY && self.mode() != Mode::ProbeRtt {
             self.prior_cwnd = cwnd;
@@ -373,45 +751,72 @@ impl Bbr {
         }
     }
 
-    /// `bbr_cwnd_event`: restarting from idle paces at BtlBw rather than a probing gain.
-    pub fn on_cwnd_event(&mut self, c: &mut Conn, cfg: &BbrConfig, event: u32, random: u32) {
+    /// `bbr_cwnd_event`: restarting from idle paces at the estimate rather than a probing gain.
+    #[inline(always)]
+    pub fn on_cwnd_event<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        cfg: &BbrConfig,
+        event: u32,
+        rand: &mut R,
+    ) {
         if event == CA_EVENT_TX_START && c.app_limited != 0 {
             self.idle_restart = 1;
-            self.ack_epoch_stamp_us = c.now_us;
+            self.ack_epoch_stamp_us = c.delivered_mstamp_us;
             self.ack_epoch_acked = 0;
             if self.mode() == Mode::ProbeBw {
                 self.set_pacing_rate(c, cfg, self.bw(), BBR_UNIT);
             } else if self.mode() == Mode::ProbeRtt {
-                self.check_probe_rtt_done(c, random);
+                self.check_probe_rtt_done(c, cfg, rand);
             }
         }
     }
 
-    /// `bbr_bdp`: gain × BtlBw × RTprop, in packets, rounded up.
+    /// The initial window as v3 keeps it (`bbr->init_cwnd`), for host-made states without one.
+    #[inline(always)]
+    fn init_cwnd(&self) -> u32 {
+        if self.init_cwnd == 0 {
+            TCP_INIT_CWND
+        } else {
+            u32::from(self.init_cwnd)
+        }
+    }
+
+    /// `bbr_bdp`: gain × max_bw × min_rtt, in packets, rounded up.
+    #[inline(always)]
     fn bdp(&self, bw: u32, gain: u32) -> u32 {
         if self.min_rtt_us == u32::MAX {
-            return TCP_INIT_CWND;
+            return self.init_cwnd();
         }
         let w = u64::from(bw) * u64::from(self.min_rtt_us);
         (((w * u64::from(gain)) >> BBR_SCALE_U64).div_ceil(BW_UNIT)).min(u64::from(u32::MAX)) as u32
     }
 
-    /// `bbr_quantization_budget`: room for TSO bursts and delayed ACKs.
-    fn quantization_budget(&self, c: &Conn, cwnd: u32) -> u32 {
-        let mut cwnd = cwnd.saturating_add(3 * Self::tso_segs_goal(c));
-        cwnd = cwnd.saturating_add(1) & !1;
-        if self.mode() == Mode::ProbeBw && self.cycle_idx == 0 {
-            cwnd = cwnd.saturating_add(2);
+    /// `bbr_quantization_budget` (v3): room for TSO bursts and delayed ACKs.
+    #[inline(always)]
+    fn quantization_budget(&self, c: &Conn, cfg: &BbrConfig, cwnd: u32) -> u32 {
+        let cwnd = cwnd.max(3 * Self::tso_segs_goal(c)).max(cfg.min_cwnd);
+        if self.in_phase(Phase::Up) {
+            cwnd.saturating_add(2)
+        } else {
+            cwnd
         }
-        cwnd
     }
 
     /// `bbr_inflight`.
-    fn inflight(&self, c: &Conn, bw: u32, gain: u32) -> u32 {
-        self.quantization_budget(c, self.bdp(bw, gain))
+    #[inline(always)]
+    fn inflight(&self, c: &Conn, cfg: &BbrConfig, bw: u32, gain: u32) -> u32 {
+        self.quantization_budget(c, cfg, self.bdp(bw, gain))
+    }
+
+    /// `bbr_target_inflight`: the BDP, or cwnd if smaller.
+    #[inline(always)]
+    fn target_inflight(&self, c: &Conn, cfg: &BbrConfig) -> u32 {
+        self.inflight(c, cfg, self.bw(), BBR_UNIT).min(c.cwnd)
     }
 
     /// `bbr_packets_in_net_at_edt`: inflight when the next packet departs, under pacing.
+    #[inline(always)]
     fn packets_in_net_at_edt(&self, c: &Conn, inflight_now: u32) -> u32 {
         let edt_ns = c.wstamp_ns.max(c.clock_ns);
         let interval_us = (edt_ns - c.clock_ns) / 1000;
@@ -424,25 +829,36 @@ impl Bbr {
     }
 
     /// `bbr_ack_aggregation_cwnd`.
+    #[inline(always)]
     fn ack_aggregation_cwnd(&self, cfg: &BbrConfig) -> u32 {
-        if cfg.extra_acked_gain == 0 || self.full_bw_reached == 0 {
+        if cfg.extra_acked_gain == 0 {
             return 0;
         }
-        let max_aggr = (u64::from(self.bw()) * EXTRA_ACKED_MAX_US / BW_UNIT) as u32;
-        let extra = self.extra_acked[0].max(self.extra_acked[1]);
-        let aggr = ((u64::from(cfg.extra_acked_gain) * u64::from(extra)) >> BBR_SCALE_U64) as u32;
-        aggr.min(max_aggr)
+        let max_aggr = ((u64::from(self.bw()) * EXTRA_ACKED_MAX_US) >> BW_SCALE) as u32;
+        scale(
+            self.extra_acked[0].max(self.extra_acked[1]),
+            cfg.extra_acked_gain,
+        )
+        .min(max_aggr)
     }
 
-    /// `bbr_set_cwnd_to_recover_or_restore`: packet conservation in the first round of
-    /// recovery; restore the saved cwnd when recovery ends. Returns the cwnd and whether
-    /// conservation decides it.
+    /// `bbr_probe_rtt_cwnd`: half the BDP (v3), at least the minimum.
+    #[inline(always)]
+    fn probe_rtt_cwnd(&self, cfg: &BbrConfig) -> u32 {
+        self.bdp(self.bw(), cfg.probe_rtt_cwnd_gain)
+            .max(cfg.min_cwnd)
+    }
+
+    /// `bbr_set_cwnd_to_recover_or_restore` (mainline, deviation 5): packet conservation in
+    /// the first round of recovery; restore the saved cwnd when recovery ends. Returns the
+    /// cwnd and whether conservation decides it.
+    #[inline(always)]
     fn recover_or_restore(&mut self, c: &Conn, rs: &RateSample, acked: u32) -> (u32, bool) {
         let prev = self.prev_ca_state;
         let state = c.ca_state;
         let mut cwnd = c.cwnd;
         if rs.losses > 0 {
-            cwnd = (cwnd as i64 - i64::from(rs.losses)).max(1) as u32;
+            cwnd = (i64::from(cwnd) - i64::from(rs.losses)).max(1) as u32;
         }
         if state == TCP_CA_RECOVERY && prev != TCP_CA_RECOVERY {
             self.packet_conservation = 1;
@@ -459,7 +875,8 @@ impl Bbr {
         (cwnd, false)
     }
 
-    /// `bbr_set_cwnd`, plus the `inflight_hi` cap (deviation 4).
+    /// `bbr_set_cwnd`: grow towards the target (BDP × gain + aggregation allowance).
+    #[inline(always)]
     fn set_cwnd(
         &mut self,
         c: &mut Conn,
@@ -473,336 +890,382 @@ impl Bbr {
         if acked != 0 {
             let (recovered, conserving) = self.recover_or_restore(c, rs, acked);
             cwnd = recovered;
-            if conserving {
-                cwnd = cwnd.min(self.inflight_hi).max(cfg.min_cwnd);
-            } else {
-                let mut target = self.bdp(bw, gain);
-                target = target.saturating_add(self.ack_aggregation_cwnd(cfg));
-                target = self.quantization_budget(c, target);
+            if !conserving {
+                let target = self
+                    .bdp(bw, gain)
+                    .saturating_add(self.ack_aggregation_cwnd(cfg));
+                let target = self.quantization_budget(c, cfg, target);
+                self.try_fast_path = 0;
                 if self.full_bw_reached != 0 {
-                    cwnd = cwnd.saturating_add(acked).min(target);
-                } else if cwnd < target || c.delivered < TCP_INIT_CWND {
                     cwnd = cwnd.saturating_add(acked);
+                    if cwnd >= target {
+                        cwnd = target;
+                        self.try_fast_path = 1;
+                    }
+                } else if cwnd < target || cwnd < 2 * self.init_cwnd() {
+                    cwnd = cwnd.saturating_add(acked);
+                } else {
+                    self.try_fast_path = 1;
                 }
-                if cwnd >= self.inflight_hi && self.mode() == Mode::ProbeBw && self.cycle_idx == 0 {
-                    self.probe_hit_bound = 1;
-                }
-                cwnd = cwnd.min(self.inflight_hi).max(cfg.min_cwnd);
+                cwnd = cwnd.max(cfg.min_cwnd);
             }
         }
         c.cwnd = cwnd.min(c.cwnd_clamp);
         if self.mode() == Mode::ProbeRtt {
-            c.cwnd = c.cwnd.min(cfg.min_cwnd);
+            c.cwnd = c.cwnd.min(self.probe_rtt_cwnd(cfg));
         }
     }
 
-    /// `bbr_is_next_cycle_phase`.
-    fn is_next_cycle_phase(&self, c: &Conn, rs: &RateSample) -> bool {
-        let is_full_length =
-            c.delivered_mstamp_us.saturating_sub(self.cycle_stamp_us) > u64::from(self.min_rtt_us);
-        if self.pacing_gain == BBR_UNIT {
-            return is_full_length;
+    /// `bbr_inflight_with_headroom`: `inflight_hi` less 15%, for cruising, but not below the
+    /// pipe (deviation 11).
+    #[inline(always)]
+    fn inflight_with_headroom(&self, cfg: &BbrConfig) -> u32 {
+        if self.inflight_hi == UNBOUNDED {
+            return UNBOUNDED;
+        }
+        let headroom = scale(self.inflight_hi, cfg.inflight_headroom).max(1);
+        self.inflight_hi
+            .saturating_sub(headroom)
+            .max(cfg.min_cwnd)
+            .max(self.pipe_floor().min(self.inflight_hi))
+    }
+
+    /// Deviation 11: the BDP at the max-filtered bandwidth (0 before a min RTT sample). A
+    /// flight of this size fills the pipe without queueing at the bottleneck, so loss at or
+    /// below it is not loss our own queue caused.
+    #[inline(always)]
+    fn pipe_floor(&self) -> u32 {
+        if self.min_rtt_us == u32::MAX {
+            0
+        } else {
+            self.bdp(self.max_bw(), BBR_UNIT)
+        }
+    }
+
+    /// `bbr_bound_cwnd_for_inflight_model`: the one step that applies v3's bounds: probing
+    /// phases up to `inflight_hi`, cruising (and PROBE_RTT) with headroom below it, all within
+    /// `inflight_lo`.
+    #[inline(always)]
+    fn bound_cwnd_for_inflight_model(&mut self, c: &mut Conn, cfg: &BbrConfig) {
+        let mut cap = UNBOUNDED;
+        if self.mode() == Mode::ProbeBw && !self.in_phase(Phase::Cruise) {
+            cap = self.inflight_hi;
+        } else if self.mode() == Mode::ProbeRtt || self.in_phase(Phase::Cruise) {
+            cap = self.inflight_with_headroom(cfg);
+        }
+        cap = cap.min(self.inflight_lo).max(cfg.min_cwnd);
+        c.cwnd = c.cwnd.min(cap);
+    }
+
+    /// `bbr_raise_inflight_hi_slope`: the next round grows `inflight_hi` by 2^rounds packets.
+    #[inline(always)]
+    fn raise_inflight_hi_slope(&mut self, c: &Conn) {
+        let growth_shift = u32::from(self.bw_probe_up_rounds);
+        self.bw_probe_up_rounds = (self.bw_probe_up_rounds + 1).min(BW_PROBE_UP_ROUNDS_MAX);
+        self.bw_probe_up_cnt = (c.cwnd >> growth_shift).max(1);
+    }
+
+    /// `bbr_probe_inflight_hi_upward`: while cwnd-limited at `inflight_hi` in UP, raise it by
+    /// one packet per `bw_probe_up_cnt` ACKed.
+    #[inline(always)]
+    fn probe_inflight_hi_upward(&mut self, c: &Conn, rs: &RateSample) {
+        if !c.cwnd_limited || c.cwnd < self.inflight_hi {
+            return;
+        }
+        self.bw_probe_up_acks = self.bw_probe_up_acks.saturating_add(rs.acked_sacked);
+        if self.bw_probe_up_acks >= self.bw_probe_up_cnt {
+            let delta = self
+                .bw_probe_up_acks
+                .checked_div(self.bw_probe_up_cnt)
+                .unwrap_or(0);
+            self.bw_probe_up_acks -= delta * self.bw_probe_up_cnt;
+            self.inflight_hi = self.inflight_hi.saturating_add(delta);
+            self.try_fast_path = 0;
+        }
+        if self.round_start != 0 {
+            self.raise_inflight_hi_slope(c);
+        }
+    }
+
+    /// `bbr_handle_inflight_too_high`: a probe's round lost more than the threshold: the
+    /// inflight where that happened is the most the path holds safely.
+    #[inline(always)]
+    fn handle_inflight_too_high<R: FnMut() -> u32>(
+        &mut self,
+        c: &Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        rand: &mut R,
+    ) {
+        self.prev_probe_too_high = 1;
+        self.bw_probe_samples = 0;
+        if !rs.is_app_limited {
+            let floor = scale(self.target_inflight(c, cfg), cfg.loss_beta).max(self.pipe_floor());
+            self.inflight_hi = self.inflight_at_loss.max(floor);
+            self.loss_bound_count = self.loss_bound_count.saturating_add(1);
+        }
+        if self.in_phase(Phase::Up) {
+            self.start_bw_probe_down(c, cfg, rand);
+        }
+    }
+
+    /// `bbr_adapt_upper_bounds`: once per probe cycle advance the max-bw filter; bound
+    /// `inflight_hi` on a lossy probe, or raise it where the path carried more without loss.
+    /// Returns whether it started a new probe (REFILL) after a risky one.
+    #[inline(always)]
+    fn adapt_upper_bounds<R: FnMut() -> u32>(
+        &mut self,
+        c: &Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        rand: &mut R,
+    ) -> bool {
+        if self.ack_phase == ack_phase::PROBE_STARTING && self.round_start != 0 {
+            self.ack_phase = ack_phase::PROBE_FEEDBACK;
+        }
+        if self.ack_phase == ack_phase::PROBE_STOPPING && self.round_start != 0 {
+            self.bw_probe_samples = 0;
+            self.ack_phase = ack_phase::INIT;
+            if self.mode() == Mode::ProbeBw && !rs.is_app_limited {
+                self.advance_max_bw_filter();
+            }
+            if self.mode() == Mode::ProbeBw
+                && self.stopped_risky_probe != 0
+                && self.prev_probe_too_high == 0
+            {
+                self.start_bw_probe_refill(c, 0);
+                return true;
+            }
+        }
+        if cfg.loss_bound_enabled == 0 {
+            return false;
+        }
+        if self.loss_high_in_round != 0 {
+            if self.bw_probe_samples != 0 {
+                self.handle_inflight_too_high(c, rs, cfg, rand);
+            }
+        } else {
+            if self.inflight_hi == UNBOUNDED {
+                return false;
+            }
+            self.inflight_hi = self.inflight_hi.max(rs.prior_in_flight);
+            if self.in_phase(Phase::Up) {
+                self.probe_inflight_hi_upward(c, rs);
+            }
+        }
+        false
+    }
+
+    /// `bbr_advance_max_bw_filter`: the current cycle's max becomes the previous one's.
+    #[inline(always)]
+    fn advance_max_bw_filter(&mut self) {
+        if self.bw_hi[1] != 0 {
+            self.bw_hi = [self.bw_hi[1], 0];
+        }
+    }
+
+    /// `bbr_pick_probe_wait`: 2–3 s of wall-clock time, or 0–1 rounds head start on the
+    /// round bound.
+    #[inline(always)]
+    fn pick_probe_wait<R: FnMut() -> u32>(&mut self, cfg: &BbrConfig, rand: &mut R) {
+        self.rounds_since_probe = (rand() % BW_PROBE_RAND_ROUNDS) as u8;
+        let extra = rand().checked_rem(cfg.probe_wait_rand_us).unwrap_or(0);
+        self.probe_wait_us = cfg.probe_wait_base_us.saturating_add(extra);
+    }
+
+    /// `bbr_start_bw_probe_down`.
+    #[inline(always)]
+    fn start_bw_probe_down<R: FnMut() -> u32>(&mut self, c: &Conn, cfg: &BbrConfig, rand: &mut R) {
+        self.reset_congestion_signals();
+        self.bw_probe_up_cnt = UNBOUNDED;
+        self.pick_probe_wait(cfg, rand);
+        self.cycle_stamp_us = c.delivered_mstamp_us;
+        self.ack_phase = ack_phase::PROBE_STOPPING;
+        self.next_round_delivered = c.delivered;
+        self.set_phase(Phase::Down);
+    }
+
+    /// `bbr_start_bw_probe_cruise`.
+    #[inline(always)]
+    fn start_bw_probe_cruise(&mut self) {
+        if self.inflight_lo != UNBOUNDED {
+            self.inflight_lo = self.inflight_lo.min(self.inflight_hi);
+        }
+        self.set_phase(Phase::Cruise);
+    }
+
+    /// `bbr_start_bw_probe_refill`: lift the short-term bounds and refill the pipe for a round.
+    #[inline(always)]
+    fn start_bw_probe_refill(&mut self, c: &Conn, bw_probe_up_rounds: u8) {
+        self.reset_lower_bounds();
+        self.bw_probe_up_rounds = bw_probe_up_rounds;
+        self.bw_probe_up_acks = 0;
+        self.stopped_risky_probe = 0;
+        self.ack_phase = ack_phase::REFILLING;
+        self.next_round_delivered = c.delivered;
+        self.bw_probe_count = self.bw_probe_count.saturating_add(1);
+        self.set_phase(Phase::Refill);
+    }
+
+    /// `bbr_start_bw_probe_up`; also starts a loss round, so the probe is judged by its own
+    /// losses (deviation 1).
+    #[inline(always)]
+    fn start_bw_probe_up(&mut self, c: &Conn, sample_bw: u32) {
+        self.ack_phase = ack_phase::PROBE_STARTING;
+        self.next_round_delivered = c.delivered;
+        self.cycle_stamp_us = c.delivered_mstamp_us;
+        self.reset_full_bw();
+        self.full_bw = sample_bw;
+        self.loss_round_delivered = c.delivered;
+        self.start_loss_round(c);
+        self.set_phase(Phase::Up);
+        self.raise_inflight_hi_slope(c);
+    }
+
+    /// `bbr_has_elapsed_in_phase`.
+    #[inline(always)]
+    fn has_elapsed_in_phase(&self, c: &Conn, interval_us: u32) -> bool {
+        c.delivered_mstamp_us.saturating_sub(self.cycle_stamp_us) > u64::from(interval_us)
+    }
+
+    /// `bbr_is_reno_coexistence_probe_time`: probe no later than a Reno flow would have grown
+    /// its window by our BDP (capped at `probe_max_rounds`).
+    #[inline(always)]
+    fn is_reno_coexistence_probe_time(&self, c: &Conn, cfg: &BbrConfig) -> bool {
+        let rounds = cfg.probe_max_rounds.min(self.target_inflight(c, cfg));
+        u32::from(self.rounds_since_probe) >= rounds
+    }
+
+    /// `bbr_check_time_to_probe_bw`.
+    #[inline(always)]
+    fn check_time_to_probe_bw(&mut self, c: &Conn, cfg: &BbrConfig) -> bool {
+        if self.has_elapsed_in_phase(c, self.probe_wait_us)
+            || self.is_reno_coexistence_probe_time(c, cfg)
+        {
+            self.start_bw_probe_refill(c, 0);
+            return true;
+        }
+        false
+    }
+
+    /// `bbr_check_time_to_cruise`: the probe's queue is drained.
+    #[inline(always)]
+    fn check_time_to_cruise(&self, c: &Conn, cfg: &BbrConfig, inflight: u32, bw: u32) -> bool {
+        inflight <= self.inflight_with_headroom(cfg)
+            && inflight <= self.inflight(c, cfg, bw, BBR_UNIT)
+    }
+
+    /// `bbr_update_cycle_phase`: the PROBE_BW state machine.
+    #[inline(always)]
+    fn update_cycle_phase<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        sample_bw: u32,
+        rand: &mut R,
+    ) {
+        if self.full_bw_reached == 0 {
+            return;
+        }
+        if self.adapt_upper_bounds(c, rs, cfg, rand) || self.mode() != Mode::ProbeBw {
+            return;
         }
         let inflight = self.packets_in_net_at_edt(c, rs.prior_in_flight);
         let bw = self.max_bw();
-        if self.pacing_gain > BBR_UNIT {
-            // The probe also ends once the loss bound caps inflight (deviation 4).
-            return is_full_length
-                && (rs.losses > 0
-                    || inflight >= self.inflight(c, bw, self.pacing_gain)
-                    || inflight >= self.inflight_hi);
-        }
-        is_full_length || inflight <= self.inflight(c, bw, BBR_UNIT)
-    }
-
-    /// `bbr_advance_cycle_phase`; leaving a probe that reached `inflight_hi` without loss
-    /// raises the bound (deviation 4).
-    fn advance_cycle_phase(&mut self, c: &Conn) {
-        if self.cycle_idx == 0 && self.inflight_hi != INFLIGHT_UNBOUNDED {
-            if self.probes_to_skip > 0 {
-                self.probes_to_skip -= 1;
-            } else if self.round_loss_high == 0 && self.probe_hit_bound != 0 {
-                self.inflight_hi = self.inflight_hi.saturating_add(self.inflight_hi_step);
-                self.inflight_hi_step = (self.inflight_hi_step * 2).min(INFLIGHT_HI_MAX_STEP);
+        match self.phase() {
+            Phase::Cruise => {
+                self.check_time_to_probe_bw(c, cfg);
             }
-            self.probe_hit_bound = 0;
-        }
-        self.cycle_idx = (self.cycle_idx + 1) & (CYCLE_LEN - 1);
-        self.cycle_stamp_us = c.delivered_mstamp_us;
-    }
-
-    /// `bbr_update_cycle_phase`.
-    fn update_cycle_phase(&mut self, c: &Conn, rs: &RateSample, _cfg: &BbrConfig) {
-        if self.mode() == Mode::ProbeBw && self.is_next_cycle_phase(c, rs) {
-            self.advance_cycle_phase(c);
-        }
-    }
-
-    /// `bbr_reset_probe_bw_mode`: enter PROBE_BW at a random phase other than the 0.75 one.
-    fn reset_probe_bw_mode(&mut self, c: &Conn, random: u32) {
-        self.set_mode(Mode::ProbeBw);
-        self.cycle_idx = CYCLE_LEN - 1 - (random % CYCLE_RAND) as u8;
-        self.advance_cycle_phase(c);
-    }
-
-    /// `bbr_reset_mode`.
-    fn reset_mode(&mut self, c: &Conn, random: u32) {
-        if self.full_bw_reached == 0 {
-            self.set_mode(Mode::Startup);
-        } else {
-            self.reset_probe_bw_mode(c, random);
-        }
-    }
-
-    /// `bbr_reset_lt_bw_sampling_interval`.
-    fn reset_lt_bw_sampling_interval(&mut self, c: &Conn) {
-        self.lt_last_stamp_ms = (c.delivered_mstamp_us / 1000) as u32;
-        self.lt_last_delivered = c.delivered;
-        self.lt_last_lost = c.lost;
-        self.lt_rtt_cnt = 0;
-    }
-
-    /// `bbr_reset_lt_bw_sampling`.
-    fn reset_lt_bw_sampling(&mut self, c: &Conn) {
-        self.lt_bw = 0;
-        self.lt_use_bw = 0;
-        self.lt_is_sampling = 0;
-        self.reset_lt_bw_sampling_interval(c);
-    }
-
-    /// `bbr_lt_bw_interval_done`: two consistent lossy intervals reveal a policer's rate.
-    fn lt_bw_interval_done(&mut self, c: &Conn, bw: u32) {
-        if self.lt_bw != 0 {
-            let diff = bw.abs_diff(self.lt_bw);
-            if u64::from(diff) * u64::from(BBR_UNIT)
-                <= u64::from(LT_BW_RATIO) * u64::from(self.lt_bw)
-                || c.rate_bytes_per_sec(u64::from(diff), BBR_UNIT) <= LT_BW_DIFF_BYTES
-            {
-                self.lt_bw = ((u64::from(bw) + u64::from(self.lt_bw)) >> 1) as u32;
-                self.lt_use_bw = 1;
-                self.pacing_gain = BBR_UNIT;
-                self.lt_rtt_cnt = 0;
-                return;
-            }
-        }
-        self.lt_bw = bw;
-        self.reset_lt_bw_sampling_interval(c);
-    }
-
-    /// `bbr_lt_bw_sampling`: detect token-bucket policers from lossy intervals.
-    fn lt_bw_sampling(&mut self, c: &Conn, rs: &RateSample, random: u32) {
-        if self.lt_use_bw != 0 {
-            if self.mode() == Mode::ProbeBw && self.round_start != 0 {
-                self.lt_rtt_cnt = self.lt_rtt_cnt.saturating_add(1);
-                if self.lt_rtt_cnt >= LT_BW_MAX_RTTS {
-                    self.reset_lt_bw_sampling(c);
-                    self.reset_probe_bw_mode(c, random);
+            Phase::Refill => {
+                if self.round_start != 0 {
+                    self.bw_probe_samples = 1;
+                    self.start_bw_probe_up(c, sample_bw);
                 }
             }
-            return;
-        }
-        if self.lt_is_sampling == 0 {
-            if rs.losses == 0 {
-                return;
+            Phase::Up => {
+                let mut done = false;
+                if self.prev_probe_too_high != 0 && inflight >= self.inflight_hi {
+                    // The last probe met loss at this volume: do not push past it again.
+                    self.stopped_risky_probe = 1;
+                    done = true;
+                } else if c.cwnd_limited && c.cwnd >= self.inflight_hi {
+                    // inflight_hi limits the probe: keep probing while it grows.
+                    self.reset_full_bw();
+                    self.full_bw = sample_bw;
+                } else if self.full_bw_now != 0 {
+                    // The delivery rate stopped growing: the pipe is full.
+                    done = true;
+                }
+                if done {
+                    self.prev_probe_too_high = 0;
+                    self.start_bw_probe_down(c, cfg, rand);
+                }
             }
-            self.reset_lt_bw_sampling_interval(c);
-            self.lt_is_sampling = 1;
+            Phase::Down => {
+                if !self.check_time_to_probe_bw(c, cfg)
+                    && self.check_time_to_cruise(c, cfg, inflight, bw)
+                {
+                    self.start_bw_probe_cruise();
+                }
+            }
         }
-        if rs.is_app_limited {
-            self.reset_lt_bw_sampling(c);
+    }
+
+    /// `bbr_check_loss_too_high_in_startup` (deviation 2): STARTUP ends when a round in
+    /// recovery had at least `full_loss_cnt` lossy ACKs and lost more than the threshold.
+    #[inline(always)]
+    fn check_loss_too_high_in_startup(&mut self, c: &Conn, cfg: &BbrConfig) {
+        if self.full_bw_reached != 0 || cfg.loss_bound_enabled == 0 || self.loss_round_start == 0 {
             return;
         }
-        if self.round_start != 0 {
-            self.lt_rtt_cnt = self.lt_rtt_cnt.saturating_add(1);
-        }
-        if self.lt_rtt_cnt < LT_INTVL_MIN_RTTS {
-            return;
-        }
-        if self.lt_rtt_cnt > 4 * LT_INTVL_MIN_RTTS {
-            self.reset_lt_bw_sampling(c);
-            return;
-        }
-        if rs.losses == 0 {
-            return;
-        }
-        let lost = c.lost.wrapping_sub(self.lt_last_lost);
-        let delivered = c.delivered.wrapping_sub(self.lt_last_delivered);
-        if delivered == 0
-            || u64::from(lost) << BBR_SCALE_U64 < u64::from(LT_LOSS_THRESH) * u64::from(delivered)
+        if c.ca_state >= TCP_CA_RECOVERY
+            && u32::from(self.loss_events_in_round) >= cfg.full_loss_cnt
+            && self.loss_high_in_round != 0
         {
-            return;
-        }
-        let t = ((c.delivered_mstamp_us / 1000) as u32).wrapping_sub(self.lt_last_stamp_ms) as i32;
-        if t < 1 {
-            return;
-        }
-        if t as u32 >= u32::MAX / 1000 {
-            self.reset_lt_bw_sampling(c);
-            return;
-        }
-        let bw = div_u64(u64::from(delivered) * BW_UNIT, u64::from(t as u32) * 1000);
-        self.lt_bw_interval_done(c, bw.min(u64::from(u32::MAX)) as u32);
-    }
-
-    /// `bbr_update_bw`: packet-timed rounds and the max-bandwidth filter.
-    fn update_bw(&mut self, c: &Conn, rs: &RateSample, cfg: &BbrConfig, random: u32) {
-        self.round_start = 0;
-        if rs.delivered < 0 || rs.interval_us <= 0 {
-            return;
-        }
-        if !after32(self.next_round_delivered, rs.prior_delivered) {
-            self.next_round_delivered = c.delivered;
-            self.round_count = self.round_count.wrapping_add(1);
-            self.round_start = 1;
-            self.packet_conservation = 0;
-            self.start_loss_round(c);
-        }
-        self.lt_bw_sampling(c, rs, random);
-        let bw = div_u64(rs.delivered as u64 * BW_UNIT, rs.interval_us as u64)
-            .min(u64::from(u32::MAX)) as u32;
-        self.last_bw_sample = bw;
-        // Deviation 7: an ACK-compressed sample measures our sending rate, not the path's.
-        let bw = if rs.ack_compressed && self.max_bw() != 0 {
-            bw.min(self.max_bw())
-        } else {
-            bw
-        };
-        if !rs.is_app_limited || bw >= self.max_bw() {
-            self.bw_filter_update(cfg.bw_filter_rounds, self.round_count, bw);
-        }
-        if rs.rtt_us > 0 {
-            self.round_min_rtt_us = self
-                .round_min_rtt_us
-                .min(rs.rtt_us.min(i64::from(u32::MAX)) as u32);
-        }
-    }
-
-    /// Starts the per-round loss accounting of deviation 4.
-    fn start_loss_round(&mut self, c: &Conn) {
-        self.round_start_delivered = c.delivered;
-        self.round_start_lost = c.lost;
-        self.round_loss_high = 0;
-    }
-
-    /// Deviation 4: while probing (STARTUP, or the up phase of PROBE_BW), more than
-    /// `loss_thresh_per_mille` of this round's packets lost (at least 3) ends the probe and
-    /// bounds inflight: `inflight_hi` = `inflight_hi_beta` × the inflight that met the loss, but
-    /// never below `inflight_hi_beta` × BDP (as BBRv3's floor of 0.7 × its target inflight), so
-    /// random loss cannot ratchet the bound below the path's capacity.
-    fn check_loss_too_high(&mut self, c: &Conn, rs: &RateSample, cfg: &BbrConfig) {
-        if cfg.loss_bound_enabled == 0 || rs.losses <= 0 || self.round_loss_high != 0 {
-            return;
-        }
-        let lost = c.lost.wrapping_sub(self.round_start_lost);
-        let delivered = c.delivered.wrapping_sub(self.round_start_delivered);
-        let sent = u64::from(lost) + u64::from(delivered);
-        if lost < LOSS_MIN_PACKETS
-            || u64::from(lost) * 1000 <= u64::from(cfg.loss_thresh_per_mille) * sent
-        {
-            return;
-        }
-        self.round_loss_high = 1;
-        let probing = self.mode() == Mode::Startup
-            || (self.mode() == Mode::ProbeBw && self.pacing_gain > BBR_UNIT);
-        if !probing || rs.is_app_limited {
-            return;
-        }
-        let beta =
-            |x: u32| ((u64::from(x) * u64::from(cfg.inflight_hi_beta)) >> BBR_SCALE_U64) as u32;
-        let at_loss = beta(rs.prior_in_flight.min(self.inflight_hi));
-        let floor = if self.max_bw() > 0 {
-            beta(self.bdp(self.max_bw(), BBR_UNIT))
-        } else {
-            0
-        };
-        self.inflight_hi = at_loss.max(floor).max(cfg.min_cwnd);
-        self.inflight_hi_step = (self.inflight_hi / INFLIGHT_HI_FIRST_STEP_DIV).max(1);
-        self.loss_bound_count = self.loss_bound_count.saturating_add(1);
-        if self.mode() == Mode::Startup {
-            // The pipe is as full as the buffer allows: leave STARTUP (to DRAIN).
+            // bbr_handle_queue_too_high_in_startup
             self.full_bw_reached = 1;
-            self.full_bw = self.max_bw();
-        } else {
-            // End the probe phase now: on to the 0.75 phase that drains it; cruise through the
-            // next probe phases.
-            self.cycle_idx = 0;
-            self.cycle_stamp_us = 0;
-            self.advance_cycle_phase(c);
-            self.probes_to_skip = PROBES_TO_SKIP_AFTER_LOSS;
+            self.inflight_hi = self
+                .inflight(c, cfg, self.max_bw(), BBR_UNIT)
+                .max(self.inflight_latest);
+            self.loss_bound_count = self.loss_bound_count.saturating_add(1);
         }
     }
 
-    /// Deviation 5: during the first rounds of a warm start, check the record against what the
+    /// Deviation 8: during the first rounds of a warm start, check the record against what the
     /// path shows; revert to STARTUP if it contradicts it.
+    #[inline(always)]
     fn check_warm_start(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig) {
         if self.warm_start != WarmStart::Warm as u8
             || u32::from(self.warm_rounds) >= cfg.warm_start_check_rounds
         {
             return;
         }
-        let rtt_limit = ((u64::from(self.warm_min_rtt_us)
-            * u64::from(cfg.warm_start_rtt_tolerance))
-            >> BBR_SCALE_U64)
+        let rtt_limit = (u64::from(scale(self.warm_min_rtt_us, cfg.warm_start_rtt_tolerance)))
             .max(u64::from(self.warm_min_rtt_us) + WARM_RTT_SLACK_US);
         let too_slow = self.round_start != 0
             && self.round_min_rtt_us != u32::MAX
             && u64::from(self.round_min_rtt_us) > rtt_limit;
-        if too_slow || (self.round_loss_high != 0 && rs.losses > 0) {
+        if too_slow || (self.loss_high_in_round != 0 && rs.losses > 0) {
             self.warm_start = WarmStart::FellBack as u8;
-            self.bw_filter = [MinmaxSample {
-                t: self.round_count,
-                v: 0,
-            }; 3];
-            self.full_bw = 0;
-            self.full_bw_cnt = 0;
+            self.bw_hi = [0, 0];
+            self.reset_full_bw();
             self.full_bw_reached = 0;
             self.set_mode(Mode::Startup);
             self.min_rtt_us = self.round_min_rtt_us.min(c.kernel_min_rtt_us);
+            self.probe_rtt_min_us = self.min_rtt_us;
             self.min_rtt_stamp_us = c.now_us;
+            self.probe_rtt_min_stamp_us = c.now_us;
             c.cwnd = c.cwnd.min(TCP_INIT_CWND);
             return;
         }
         if self.round_start != 0 {
             self.warm_rounds = self.warm_rounds.saturating_add(1);
-            self.round_min_rtt_us = u32::MAX;
         }
     }
 
-    /// `minmax_running_max` over `win` rounds (the kernel's lib/win_minmax.c).
-    fn bw_filter_update(&mut self, win: u32, t: u32, v: u32) {
-        let f = &mut self.bw_filter;
-        let sample = MinmaxSample { t, v };
-        let dt = t.wrapping_sub(f[2].t);
-        if v >= f[0].v || dt > win {
-            *f = [sample; 3];
-            return;
-        }
-        if v >= f[1].v {
-            f[1] = sample;
-            f[2] = sample;
-        } else if v >= f[2].v {
-            f[2] = sample;
-        }
-        // minmax_subwin_update
-        let dt = t.wrapping_sub(f[0].t);
-        if dt > win {
-            f[0] = f[1];
-            f[1] = f[2];
-            f[2] = sample;
-            if t.wrapping_sub(f[0].t) > win {
-                f[0] = f[1];
-                f[1] = f[2];
-                f[2] = sample;
-            }
-        } else if f[1].t == f[0].t && dt > win / 4 {
-            f[1] = sample;
-            f[2] = sample;
-        } else if f[2].t == f[1].t && dt > win / 2 {
-            f[2] = sample;
-        }
-    }
-
-    /// `bbr_update_ack_aggregation`: how much more than BtlBw the ACKs deliver in bursts.
+    /// `bbr_update_ack_aggregation`: how much more than the estimate the ACKs deliver in bursts.
+    #[inline(always)]
     fn update_ack_aggregation(&mut self, c: &Conn, rs: &RateSample, cfg: &BbrConfig) {
         if cfg.extra_acked_gain == 0
             || rs.acked_sacked == 0
@@ -813,7 +1276,13 @@ impl Bbr {
         }
         if self.round_start != 0 {
             self.extra_acked_win_rtts = self.extra_acked_win_rtts.saturating_add(1).min(0x1f);
-            if self.extra_acked_win_rtts >= EXTRA_ACKED_WIN_RTTS {
+            // v3: a one-round window until the pipe is full.
+            let win = if self.full_bw_reached != 0 {
+                EXTRA_ACKED_WIN_RTTS
+            } else {
+                1
+            };
+            if self.extra_acked_win_rtts >= win {
                 self.extra_acked_win_rtts = 0;
                 self.extra_acked_win_idx ^= 1;
                 let idx = usize::from(self.extra_acked_win_idx & 1);
@@ -823,7 +1292,8 @@ impl Bbr {
         let epoch_us = c
             .delivered_mstamp_us
             .saturating_sub(self.ack_epoch_stamp_us);
-        let mut expected = (u64::from(self.bw()) * epoch_us / BW_UNIT) as u32;
+        let mut expected =
+            ((u64::from(self.bw()) * epoch_us) >> BW_SCALE).min(u64::from(u32::MAX)) as u32;
         if self.ack_epoch_acked <= expected
             || self.ack_epoch_acked.saturating_add(rs.acked_sacked) >= ACK_EPOCH_ACKED_RESET
         {
@@ -843,72 +1313,113 @@ impl Bbr {
         }
     }
 
-    /// `bbr_check_full_bw_reached`: bandwidth stopped growing by 25% for 3 rounds.
-    fn check_full_bw_reached(&mut self, rs: &RateSample, cfg: &BbrConfig) {
-        if self.full_bw_reached != 0 || self.round_start == 0 || rs.is_app_limited {
+    /// `bbr_check_full_bw_reached` (v3): the delivery rate grew less than 25% for 3 rounds.
+    #[inline(always)]
+    fn check_full_bw_reached(&mut self, rs: &RateSample, cfg: &BbrConfig, sample_bw: u32) {
+        if self.full_bw_now != 0 || rs.is_app_limited {
             return;
         }
-        let thresh = (u64::from(self.full_bw) * u64::from(cfg.full_bw_thresh)) >> BBR_SCALE_U64;
-        if u64::from(self.max_bw()) >= thresh {
-            self.full_bw = self.max_bw();
-            self.full_bw_cnt = 0;
+        if sample_bw >= scale(self.full_bw, cfg.full_bw_thresh) {
+            self.reset_full_bw();
+            self.full_bw = sample_bw;
+            return;
+        }
+        if self.round_start == 0 {
             return;
         }
         self.full_bw_cnt = self.full_bw_cnt.saturating_add(1);
-        self.full_bw_reached = u8::from(u32::from(self.full_bw_cnt) >= cfg.full_bw_rounds);
+        self.full_bw_now = u8::from(u32::from(self.full_bw_cnt) >= cfg.full_bw_rounds);
+        self.full_bw_reached |= self.full_bw_now;
     }
 
-    /// `bbr_check_drain`: STARTUP → DRAIN when the pipe is full; DRAIN → PROBE_BW when the
-    /// queue is gone.
-    fn check_drain(&mut self, c: &mut Conn, cfg: &BbrConfig, random: u32) {
+    /// `bbr_check_drain`: STARTUP → DRAIN when the pipe is full; DRAIN → PROBE_BW (DOWN) when
+    /// the queue is gone.
+    #[inline(always)]
+    fn check_drain<R: FnMut() -> u32>(&mut self, c: &mut Conn, cfg: &BbrConfig, rand: &mut R) {
         if self.mode() == Mode::Startup && self.full_bw_reached != 0 {
             self.set_mode(Mode::Drain);
-            c.ssthresh = self.inflight(c, self.max_bw(), BBR_UNIT);
-            self.update_gains(cfg);
+            c.ssthresh = self.inflight(c, cfg, self.max_bw(), BBR_UNIT);
+            self.reset_congestion_signals();
         }
         if self.mode() == Mode::Drain
             && self.packets_in_net_at_edt(c, c.packets_in_flight)
-                <= self.inflight(c, self.max_bw(), BBR_UNIT)
+                <= self.inflight(c, cfg, self.max_bw(), BBR_UNIT)
         {
-            self.reset_probe_bw_mode(c, random);
+            self.set_mode(Mode::ProbeBw);
+            self.start_bw_probe_down(c, cfg, rand);
+        }
+    }
+
+    /// `bbr_exit_probe_rtt`: back to PROBE_BW, cruising, with the short-term bounds lifted.
+    #[inline(always)]
+    fn exit_probe_rtt<R: FnMut() -> u32>(&mut self, c: &Conn, cfg: &BbrConfig, rand: &mut R) {
+        self.reset_lower_bounds();
+        if self.full_bw_reached != 0 {
+            self.set_mode(Mode::ProbeBw);
+            self.start_bw_probe_down(c, cfg, rand);
+            self.start_bw_probe_cruise();
+        } else {
+            self.set_mode(Mode::Startup);
         }
     }
 
     /// `bbr_check_probe_rtt_done`.
-    fn check_probe_rtt_done(&mut self, c: &mut Conn, random: u32) {
+    #[inline(always)]
+    fn check_probe_rtt_done<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        cfg: &BbrConfig,
+        rand: &mut R,
+    ) {
         if !(self.probe_rtt_done_stamp_us != 0 && c.now_us > self.probe_rtt_done_stamp_us) {
             return;
         }
-        self.min_rtt_stamp_us = c.now_us;
+        self.probe_rtt_min_stamp_us = c.now_us;
         c.cwnd = c.cwnd.max(self.prior_cwnd);
-        self.reset_mode(c, random);
+        self.exit_probe_rtt(c, cfg, rand);
     }
 
-    /// `bbr_update_min_rtt`: the 10 s min filter and PROBE_RTT.
-    fn update_min_rtt(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, random: u32) {
-        let filter_expired = c.now_us > self.min_rtt_stamp_us + u64::from(cfg.min_rtt_window_us);
+    /// `bbr_update_min_rtt` (v3): a 5 s filter decides PROBE_RTT, the 10 s one `min_rtt`.
+    #[inline(always)]
+    fn update_min_rtt<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        rand: &mut R,
+    ) {
+        let interval_us = cfg.probe_rtt_interval_us.min(cfg.min_rtt_window_us);
+        let probe_rtt_expired = c.now_us > self.probe_rtt_min_stamp_us + u64::from(interval_us);
         if rs.rtt_us >= 0
-            && ((rs.rtt_us as u64) < u64::from(self.min_rtt_us)
-                || (filter_expired && !rs.is_ack_delayed))
+            && ((rs.rtt_us as u64) < u64::from(self.probe_rtt_min_us)
+                || (probe_rtt_expired && !rs.is_ack_delayed))
         {
-            self.min_rtt_us = rs.rtt_us.min(i64::from(u32::MAX)) as u32;
-            self.min_rtt_stamp_us = c.now_us;
+            self.probe_rtt_min_us = rs.rtt_us.min(i64::from(u32::MAX)) as u32;
+            self.probe_rtt_min_stamp_us = c.now_us;
+        }
+        let min_rtt_expired = c.now_us > self.min_rtt_stamp_us + u64::from(cfg.min_rtt_window_us);
+        if self.probe_rtt_min_us <= self.min_rtt_us || min_rtt_expired {
+            self.min_rtt_us = self.probe_rtt_min_us;
+            self.min_rtt_stamp_us = self.probe_rtt_min_stamp_us;
         }
         if cfg.probe_rtt_duration_us > 0
-            && filter_expired
+            && probe_rtt_expired
             && self.idle_restart == 0
             && self.mode() != Mode::ProbeRtt
         {
             self.set_mode(Mode::ProbeRtt);
             self.save_cwnd(c.cwnd);
             self.probe_rtt_done_stamp_us = 0;
+            self.ack_phase = ack_phase::PROBE_STOPPING;
+            self.next_round_delivered = c.delivered;
             self.probe_rtt_count = self.probe_rtt_count.saturating_add(1);
         }
         if self.mode() == Mode::ProbeRtt {
-            // Mark the sample app-limited so that the low rate of PROBE_RTT does not lower BtlBw.
+            // Mark the sample app-limited so that the low rate of PROBE_RTT does not lower bw.
             let v = c.delivered.wrapping_add(c.packets_in_flight);
             c.app_limited = if v != 0 { v } else { 1 };
-            if self.probe_rtt_done_stamp_us == 0 && c.packets_in_flight <= cfg.min_cwnd {
+            if self.probe_rtt_done_stamp_us == 0 && c.packets_in_flight <= self.probe_rtt_cwnd(cfg)
+            {
                 self.probe_rtt_done_stamp_us = c.now_us + u64::from(cfg.probe_rtt_duration_us);
                 self.probe_rtt_round_done = 0;
                 self.next_round_delivered = c.delivered;
@@ -917,7 +1428,7 @@ impl Bbr {
                     self.probe_rtt_round_done = 1;
                 }
                 if self.probe_rtt_round_done != 0 {
-                    self.check_probe_rtt_done(c, random);
+                    self.check_probe_rtt_done(c, cfg, rand);
                 }
             }
         }
@@ -926,545 +1437,69 @@ impl Bbr {
         }
     }
 
-    /// `bbr_update_gains`.
+    /// `bbr_update_gains` (v3).
+    #[inline(always)]
     fn update_gains(&mut self, cfg: &BbrConfig) {
         let (pacing, cwnd) = match self.mode() {
-            Mode::Startup => (cfg.high_gain, cfg.high_gain),
-            Mode::Drain => (cfg.drain_gain, cfg.high_gain),
-            Mode::ProbeBw => {
-                let pacing = if self.lt_use_bw != 0 {
-                    BBR_UNIT
-                } else {
-                    match self.cycle_idx & (CYCLE_LEN - 1) {
-                        0 if self.probes_to_skip > 0 => BBR_UNIT,
-                        0 => cfg.probe_up_gain,
-                        1 => cfg.probe_down_gain,
-                        _ => BBR_UNIT,
-                    }
-                };
-                (pacing, cfg.cwnd_gain)
-            }
+            Mode::Startup => (cfg.high_gain, cfg.startup_cwnd_gain),
+            Mode::Drain => (cfg.drain_gain, cfg.startup_cwnd_gain),
+            Mode::ProbeBw => match self.phase() {
+                Phase::Up => (cfg.probe_up_gain, cfg.cwnd_gain + BW_PROBE_CWND_GAIN),
+                Phase::Down => (cfg.probe_down_gain, cfg.cwnd_gain),
+                Phase::Cruise | Phase::Refill => (BBR_UNIT, cfg.cwnd_gain),
+            },
             Mode::ProbeRtt => (BBR_UNIT, BBR_UNIT),
         };
         self.pacing_gain = pacing;
         self.cwnd_gain = cwnd;
     }
 
-    /// `bbr_undo_cwnd`: a spurious loss signal; restart full-pipe and policer detection.
-    pub fn on_undo(&mut self, c: &Conn) -> u32 {
-        self.full_bw = 0;
-        self.full_bw_cnt = 0;
-        self.reset_lt_bw_sampling(c);
-        c.cwnd
+    /// `bbr_undo_cwnd` (v3): the loss was spurious: restore the bounds it cut and the cwnd
+    /// from before it, and restart full-pipe detection.
+    #[inline(always)]
+    pub fn on_undo(&mut self) -> u32 {
+        self.reset_full_bw();
+        self.loss_in_round = 0;
+        self.loss_high_in_round = 0;
+        self.bw_lo = self.bw_lo.max(self.undo_bw_lo);
+        self.inflight_lo = self.inflight_lo.max(self.undo_inflight_lo);
+        self.inflight_hi = self.inflight_hi.max(self.undo_inflight_hi);
+        self.try_fast_path = 0;
+        self.undo_count = self.undo_count.saturating_add(1);
+        self.prior_cwnd
     }
 
-    /// `bbr_ssthresh`: BBR does not use ssthresh; save cwnd for recovery.
+    /// `bbr_ssthresh` (v3): BBR does not use ssthresh; save cwnd and the bounds, for the
+    /// restore after recovery and an undo.
+    #[inline(always)]
     pub fn on_ssthresh(&mut self, c: &Conn) -> u32 {
         self.save_cwnd(c.cwnd);
+        self.undo_bw_lo = self.bw_lo;
+        self.undo_inflight_lo = self.inflight_lo;
+        self.undo_inflight_hi = self.inflight_hi;
         c.ssthresh
     }
 
-    /// `bbr_set_state`: an RTO ends the round and counts as loss for policer detection.
-    pub fn on_set_state(&mut self, c: &Conn, new_state: u8, random: u32) {
+    /// `bbr_set_state` (v3): an RTO restarts full-pipe detection and, outside probing, bounds
+    /// the short-term volume at what was in flight; leaving it restores cwnd.
+    #[inline(always)]
+    pub fn on_set_state(&mut self, c: &mut Conn, cfg: &BbrConfig, new_state: u8) {
         if new_state == TCP_CA_LOSS {
-            let rs = RateSample {
-                losses: 1,
-                ..RateSample::default()
-            };
             self.prev_ca_state = TCP_CA_LOSS;
-            self.full_bw = 0;
-            self.round_start = 1;
-            self.lt_bw_sampling(c, &rs, random);
+            self.reset_full_bw();
+            if cfg.loss_bound_enabled != 0
+                && !self.is_probing_bandwidth()
+                && self.inflight_lo == UNBOUNDED
+            {
+                self.inflight_lo = c.cwnd.max(self.prior_cwnd);
+            }
+        } else if self.prev_ca_state == TCP_CA_LOSS {
+            // bbr_exit_loss_recovery
+            c.cwnd = c.cwnd.max(self.prior_cwnd);
+            self.try_fast_path = 0;
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MSS: u32 = 1448;
-
-    fn conn() -> Conn {
-        Conn {
-            now_us: 1_000_000,
-            mss: MSS,
-            cwnd: TCP_INIT_CWND,
-            cwnd_clamp: u32::MAX,
-            max_pacing_rate: u64::MAX,
-            pacing_shift: 10,
-            kernel_min_rtt_us: u32::MAX,
-            ssthresh: TCP_INFINITE_SSTHRESH,
-            ..Conn::default()
-        }
-    }
-
-    /// Bandwidth in the model's unit for `mbit` Mbit/s at MSS-sized packets.
-    fn bw_of_mbit(mbit: u64) -> u32 {
-        (mbit * 1_000_000 / 8 * BW_UNIT / u64::from(MSS) / 1_000_000) as u32
-    }
-
-    /// A fluid model of one flow over a bottleneck of `bw` (packets/µs << 24) with propagation
-    /// delay `rtt_us` and an unbounded buffer: the sender is paced at the pacing rate and
-    /// limited by cwnd; inflight beyond the BDP queues at the bottleneck and adds delay.
-    /// Every `loss_every`-th ACK reports one lost packet.
-    struct Path {
-        bw: u32,
-        rtt_us: u64,
-        loss_every: u32,
-    }
-
-    impl Path {
-        /// Runs `acks` ACKs of 2 packets through `s`, returning the modes entered.
-        fn run(&self, s: &mut Bbr, c: &mut Conn, cfg: &BbrConfig, acks: u32) -> Vec<Mode> {
-            let mut modes = vec![s.mode()];
-            let bw = f64::from(self.bw) / BW_UNIT as f64; // packets per µs
-            let bdp = bw * self.rtt_us as f64;
-            // The first flight: the initial window (a warm start paces the rest out).
-            let mut inflight = f64::from(c.cwnd.min(TCP_INIT_CWND));
-            for i in 0..acks {
-                let acked = 2.0;
-                let delivery_rate = bw.min(inflight.max(acked) / self.rtt_us as f64);
-                let dt = acked / delivery_rate;
-                let queue_us = (inflight - bdp).max(0.0) / bw;
-                let rtt_us = self.rtt_us as f64 + queue_us;
-                let prior_in_flight = inflight as u32;
-                let prior_delivered = c.delivered.saturating_sub(prior_in_flight);
-                // The sender refills at the pacing rate, up to cwnd.
-                let pacing = c.pacing_rate as f64 / f64::from(MSS) / 1e6;
-                let room = (f64::from(c.cwnd) - (inflight - acked)).max(0.0);
-                inflight = inflight - acked + (pacing * dt).min(room);
-                c.now_us += dt.max(1.0) as u64;
-                c.delivered += acked as u32;
-                c.delivered_mstamp_us = c.now_us;
-                c.clock_ns = c.now_us * 1000;
-                c.wstamp_ns = c.clock_ns;
-                c.packets_in_flight = inflight as u32;
-                // The kernel's rate sampler: samples of data sent while app-limited are marked,
-                // and the mark ends once everything sent before it is delivered.
-                let is_app_limited = c.app_limited != 0;
-                if c.app_limited != 0 && after32(c.delivered, c.app_limited) {
-                    c.app_limited = 0;
-                }
-                let losses =
-                    i32::from(self.loss_every > 0 && i % self.loss_every == self.loss_every - 1);
-                c.lost += losses as u32;
-                let rs = RateSample {
-                    prior_delivered,
-                    delivered: (delivery_rate * rtt_us) as i32,
-                    interval_us: rtt_us as i64,
-                    rtt_us: rtt_us as i64,
-                    losses,
-                    acked_sacked: acked as u32,
-                    prior_in_flight,
-                    is_app_limited,
-                    is_ack_delayed: false,
-                    ack_compressed: false,
-                };
-                s.on_ack(c, &rs, cfg, i);
-                if *modes.last().unwrap() != s.mode() {
-                    modes.push(s.mode());
-                }
-            }
-            modes
-        }
-    }
-
-    #[test]
-    fn max_filter_keeps_the_max_of_the_window() {
-        let mut s = Bbr::default();
-        // (round, value, expected max)
-        // The window is inclusive: a sample from round 1 still counts in round 11 (dt > win expires).
-        let table = [
-            (1, 100, 100),
-            (2, 50, 100),
-            (5, 80, 100),
-            (11, 60, 100),
-            (12, 10, 80),
-            (16, 20, 60),
-            (30, 5, 5),
-        ];
-        for (t, v, want) in table {
-            s.bw_filter_update(10, t, v);
-            assert_eq!(s.max_bw(), want, "round {t} sample {v}");
-        }
-    }
-
-    /// Deviation 7: a sample the kernel took over the send interval because the ACKs came back
-    /// batched is our sending rate and does not raise the estimate; the same rate with ACKs as
-    /// spread out as the sends does.
-    #[test]
-    fn an_ack_compressed_sample_does_not_raise_the_estimate() {
-        let cfg = BbrConfig::DEFAULT;
-        let c = conn();
-        let est = bw_of_mbit(100);
-        // 125 Mbit/s over 10 ms in MSS packets, the delivered count the kernel reports.
-        let delivered = (u64::from(bw_of_mbit(125)) * 10_000 / BW_UNIT) as i32;
-        for (compressed, raised) in [(true, false), (false, true)] {
-            let mut s = Bbr::default();
-            s.bw_filter_update(cfg.bw_filter_rounds, 0, est);
-            let rs = RateSample {
-                delivered,
-                interval_us: 10_000,
-                acked_sacked: 2,
-                ack_compressed: compressed,
-                ..Default::default()
-            };
-            s.update_bw(&c, &rs, &cfg, 0);
-            assert_eq!(
-                s.max_bw() > est,
-                raised,
-                "ack_compressed {compressed}: {}",
-                s.max_bw()
-            );
-        }
-    }
-
-    #[test]
-    fn gains_follow_the_mode_and_cycle() {
-        let cfg = BbrConfig::DEFAULT;
-        let mut s = Bbr::default();
-        let table = [
-            (Mode::Startup, 0, 739, 739),
-            (Mode::Drain, 0, 88, 739),
-            (Mode::ProbeBw, 0, 320, 512),
-            (Mode::ProbeBw, 1, 192, 512),
-            (Mode::ProbeBw, 5, 256, 512),
-            (Mode::ProbeRtt, 0, 256, 256),
-        ];
-        for (mode, idx, pacing, cwnd) in table {
-            s.mode = mode as u8;
-            s.cycle_idx = idx;
-            s.update_gains(&cfg);
-            assert_eq!(
-                (s.pacing_gain, s.cwnd_gain),
-                (pacing, cwnd),
-                "{mode:?} phase {idx}"
-            );
-        }
-    }
-
-    #[test]
-    fn probe_bw_starts_at_a_random_phase_but_never_the_draining_one() {
-        let c = conn();
-        for random in 0..64 {
-            let mut s = Bbr::default();
-            s.reset_probe_bw_mode(&c, random);
-            assert_eq!(s.mode(), Mode::ProbeBw);
-            assert_ne!(s.cycle_idx, 1, "random {random}");
-        }
-    }
-
-    #[test]
-    fn full_pipe_after_three_rounds_without_25_percent_growth() {
-        let cfg = BbrConfig::DEFAULT;
-        let mut s = Bbr::default();
-        let rs = RateSample::default();
-        // (max bw this round, full pipe reached after it)
-        let table = [
-            (100, false),
-            (200, false),
-            (240, false),
-            (245, false),
-            (249, true),
-        ];
-        for (round, (bw, reached)) in table.into_iter().enumerate() {
-            s.bw_filter = [MinmaxSample {
-                t: round as u32,
-                v: bw,
-            }; 3];
-            s.round_start = 1;
-            s.check_full_bw_reached(&rs, &cfg);
-            assert_eq!(s.full_bw_reached != 0, reached, "round {round} bw {bw}");
-        }
-    }
-
-    #[test]
-    fn bdp_and_pacing_arithmetic() {
-        let mut s = Bbr::default();
-        let c = conn();
-        // 100 Mbit/s × 20 ms = 250 kB ≈ 172.7 packets of 1448 B; gain 2 → 346 (rounded up).
-        s.min_rtt_us = 20_000;
-        let bw = bw_of_mbit(100);
-        assert_eq!(s.bdp(bw, BBR_UNIT), 173);
-        assert_eq!(s.bdp(bw, 2 * BBR_UNIT), 346);
-        // Pacing at gain 1: 100 Mbit/s = 12.5 MB/s, minus the 1% margin.
-        let rate = s.bw_to_pacing_rate(&c, bw, BBR_UNIT);
-        assert!((12_300_000..12_400_000).contains(&rate), "{rate}");
-        s.min_rtt_us = u32::MAX;
-        assert_eq!(s.bdp(bw, BBR_UNIT), TCP_INIT_CWND);
-    }
-
-    #[test]
-    fn a_flow_goes_startup_drain_probe_bw_and_probe_rtt_after_ten_seconds() {
-        let cfg = BbrConfig::DEFAULT;
-        let mut s = Bbr::default();
-        let mut c = conn();
-        s.init(&mut c, &cfg, None, 0);
-        let path = Path {
-            bw: bw_of_mbit(100),
-            rtt_us: 20_000,
-            loss_every: 0,
-        };
-        let modes = path.run(&mut s, &mut c, &cfg, 20_000);
-        assert_eq!(
-            &modes[..3],
-            &[Mode::Startup, Mode::Drain, Mode::ProbeBw],
-            "{modes:?}"
-        );
-        let bw_err = (f64::from(s.max_bw()) / f64::from(path.bw) - 1.0).abs();
-        assert!(bw_err < 0.1, "bw estimate off by {bw_err}");
-        assert!((20_000..21_000).contains(&s.min_rtt_us), "{}", s.min_rtt_us);
-        // 20 000 ACKs of 2 packets at ~8.6 packets/ms is ~4.6 s: no PROBE_RTT yet.
-        assert_eq!(s.probe_rtt_count, 0);
-        let modes = path.run(&mut s, &mut c, &cfg, 30_000);
-        assert!(modes.contains(&Mode::ProbeRtt), "{modes:?}");
-        assert_eq!(s.probe_rtt_count, 1);
-        assert_eq!(s.mode(), Mode::ProbeBw, "back to PROBE_BW after PROBE_RTT");
-    }
-
-    #[test]
-    fn loss_in_startup_ends_it_and_bounds_inflight() {
-        let cfg = BbrConfig::DEFAULT;
-        let mut s = Bbr::default();
-        let mut c = conn();
-        s.init(&mut c, &cfg, None, 0);
-        // 10% loss: far above the 2% threshold.
-        let path = Path {
-            bw: bw_of_mbit(100),
-            rtt_us: 20_000,
-            loss_every: 10,
-        };
-        path.run(&mut s, &mut c, &cfg, 400);
-        assert_eq!(s.full_bw_reached, 1);
-        assert!(s.loss_bound_count >= 1);
-        assert_ne!(s.inflight_hi, INFLIGHT_UNBOUNDED);
-        assert!(c.cwnd <= s.inflight_hi.max(cfg.min_cwnd));
-    }
-
-    #[test]
-    fn loss_bound_off_behaves_like_bbr_v1() {
-        let cfg = BbrConfig {
-            loss_bound_enabled: 0,
-            ..BbrConfig::DEFAULT
-        };
-        let mut s = Bbr::default();
-        let mut c = conn();
-        s.init(&mut c, &cfg, None, 0);
-        let path = Path {
-            bw: bw_of_mbit(100),
-            rtt_us: 20_000,
-            loss_every: 10,
-        };
-        path.run(&mut s, &mut c, &cfg, 400);
-        assert_eq!(s.loss_bound_count, 0);
-        assert_eq!(s.inflight_hi, INFLIGHT_UNBOUNDED);
-    }
-
-    #[test]
-    fn loss_free_probes_raise_the_bound_by_doubling_steps() {
-        let mut s = Bbr(BbrState {
-            inflight_hi: 100,
-            inflight_hi_step: 1,
-            mode: Mode::ProbeBw as u8,
-            ..Default::default()
-        });
-        let c = conn();
-        let mut seen = vec![];
-        for _ in 0..4 {
-            s.cycle_idx = 0;
-            s.probe_hit_bound = 1;
-            s.advance_cycle_phase(&c);
-            seen.push(s.inflight_hi);
-        }
-        assert_eq!(seen, [101, 103, 107, 115]);
-        // A probe that never reached the bound says nothing about it.
-        s.cycle_idx = 0;
-        s.advance_cycle_phase(&c);
-        assert_eq!(s.inflight_hi, 115);
-        // A probe that met loss does not raise it.
-        s.cycle_idx = 0;
-        s.probe_hit_bound = 1;
-        s.round_loss_high = 1;
-        s.advance_cycle_phase(&c);
-        assert_eq!(s.inflight_hi, 115);
-    }
-
-    #[test]
-    fn a_lossy_probe_skips_the_next_two_probes() {
-        let cfg = BbrConfig::DEFAULT;
-        let c = conn();
-        let mut s = Bbr(BbrState {
-            mode: Mode::ProbeBw as u8,
-            min_rtt_us: 20_000,
-            inflight_hi: INFLIGHT_UNBOUNDED,
-            ..Default::default()
-        });
-        s.bw_filter = [MinmaxSample {
-            t: 0,
-            v: bw_of_mbit(100),
-        }; 3];
-        s.cycle_idx = 0;
-        s.update_gains(&cfg);
-        assert_eq!(s.pacing_gain, cfg.probe_up_gain);
-        // 10 of 100 packets lost in the probe round.
-        let c_lossy = Conn {
-            lost: 10,
-            delivered: 90,
-            ..c
-        };
-        let rs = RateSample {
-            losses: 1,
-            prior_in_flight: 200,
-            delivered: 1,
-            interval_us: 1,
-            ..Default::default()
-        };
-        s.check_loss_too_high(&c_lossy, &rs, &cfg);
-        assert_eq!(s.loss_bound_count, 1);
-        assert_eq!(s.cycle_idx, 1, "the probe ended");
-        // The next two phase-0s cruise at 1.0; the third probes again.
-        let mut gains = vec![];
-        for _ in 0..3 {
-            s.cycle_idx = 0;
-            s.update_gains(&cfg);
-            gains.push(s.pacing_gain);
-            s.advance_cycle_phase(&c);
-        }
-        assert_eq!(gains, [BBR_UNIT, BBR_UNIT, cfg.probe_up_gain]);
-    }
-
-    #[test]
-    fn warm_start_decision() {
-        let cfg = BbrConfig::DEFAULT;
-        let bw = bw_of_mbit(100);
-        let fresh = WarmEntry {
-            bw,
-            min_rtt_us: 20_000,
-            stamp_us: 1_000_000 - 1_000,
-        };
-        let stale = WarmEntry {
-            stamp_us: 0,
-            ..fresh
-        };
-        let c0 = conn();
-        // (record, enabled, expected start)
-        let table = [
-            (None, 1, WarmStart::Cold),
-            (Some(fresh), 1, WarmStart::Warm),
-            (Some(fresh), 0, WarmStart::Cold),
-            (Some(WarmEntry { bw: 0, ..fresh }), 1, WarmStart::Cold),
-            (
-                Some(stale),
-                1,
-                if c0.now_us - stale.stamp_us <= u64::from(cfg.warm_start_max_age_us) {
-                    WarmStart::Warm
-                } else {
-                    WarmStart::Cold
-                },
-            ),
-        ];
-        for (record, enabled, want) in table {
-            let cfg = BbrConfig {
-                warm_start_enabled: enabled,
-                ..cfg
-            };
-            let mut s = Bbr::default();
-            let mut c = conn();
-            s.init(&mut c, &cfg, record.as_ref(), 3);
-            assert_eq!(s.warm_start, want as u8, "{record:?} enabled {enabled}");
-            if want == WarmStart::Warm {
-                assert_eq!(s.mode(), Mode::ProbeBw);
-                assert_eq!(s.max_bw(), bw);
-                assert_eq!(
-                    c.cwnd,
-                    s.bdp(bw, cfg.cwnd_gain),
-                    "cwnd starts at the BDP at cwnd gain"
-                );
-            } else {
-                assert_eq!(s.mode(), Mode::Startup);
-                assert_eq!(c.cwnd, TCP_INIT_CWND);
-            }
-        }
-    }
-
-    #[test]
-    fn a_warm_start_that_the_path_contradicts_falls_back_to_startup() {
-        let cfg = BbrConfig::DEFAULT;
-        let record = WarmEntry {
-            bw: bw_of_mbit(100),
-            min_rtt_us: 20_000,
-            stamp_us: 999_000,
-        };
-        // The path is now 10× slower: cwnd at the old BDP builds a queue, RTT far above 2×.
-        let path = Path {
-            bw: bw_of_mbit(10),
-            rtt_us: 20_000,
-            loss_every: 0,
-        };
-        let mut s = Bbr::default();
-        let mut c = conn();
-        s.init(&mut c, &cfg, Some(&record), 0);
-        assert_eq!(s.warm_start, WarmStart::Warm as u8);
-        path.run(&mut s, &mut c, &cfg, 200);
-        assert_eq!(s.warm_start, WarmStart::FellBack as u8);
-        // The same path as recorded keeps the warm start.
-        let same = Path {
-            bw: bw_of_mbit(100),
-            rtt_us: 20_000,
-            loss_every: 0,
-        };
-        let mut s = Bbr::default();
-        let mut c = conn();
-        s.init(&mut c, &cfg, Some(&record), 0);
-        same.run(&mut s, &mut c, &cfg, 2_000);
-        assert_eq!(s.warm_start, WarmStart::Warm as u8);
-        assert_eq!(s.mode(), Mode::ProbeBw);
-        let record = s
-            .warm_record(c.now_us)
-            .expect("a measured path is recorded");
-        assert!((f64::from(record.bw) / f64::from(bw_of_mbit(100)) - 1.0).abs() < 0.1);
-    }
-
-    #[test]
-    fn recovery_conserves_packets_then_restores_cwnd() {
-        let cfg = BbrConfig::DEFAULT;
-        let mut s = Bbr(BbrState {
-            mode: Mode::ProbeBw as u8,
-            full_bw_reached: 1,
-            min_rtt_us: 20_000,
-            inflight_hi: INFLIGHT_UNBOUNDED,
-            ..Default::default()
-        });
-        s.bw_filter = [MinmaxSample {
-            t: 0,
-            v: bw_of_mbit(100),
-        }; 3];
-        let mut c = Conn {
-            cwnd: 300,
-            packets_in_flight: 250,
-            ..conn()
-        };
-        s.on_ssthresh(&c);
-        assert_eq!(s.prior_cwnd, 300);
-        c.ca_state = TCP_CA_RECOVERY;
-        let rs = RateSample {
-            acked_sacked: 2,
-            losses: 1,
-            delivered: 2,
-            interval_us: 100,
-            ..Default::default()
-        };
-        s.set_cwnd(&mut c, &rs, &cfg, 2, s.bw(), s.cwnd_gain.max(BBR_UNIT));
-        assert_eq!(c.cwnd, 252, "packet conservation: inflight + acked");
-        c.ca_state = TCP_CA_OPEN;
-        let rs = RateSample {
-            acked_sacked: 2,
-            delivered: 2,
-            interval_us: 100,
-            ..Default::default()
-        };
-        s.set_cwnd(&mut c, &rs, &cfg, 2, s.bw(), 2 * BBR_UNIT);
-        assert!(c.cwnd >= 300, "cwnd restored after recovery: {}", c.cwnd);
-    }
-}
+mod tests;

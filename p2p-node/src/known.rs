@@ -157,7 +157,8 @@ impl Observation {
             min_rtt_us: s.min_rtt_us,
             inflight_hi_bytes: (s.inflight_hi != u32::MAX)
                 .then(|| u64::from(s.inflight_hi) * u64::from(mss)),
-            policer: s.lt_use_bw != 0,
+            // bbr-p2p follows BBRv3, which has no long-term (policer) bandwidth model.
+            policer: false,
             pipe_filled: s.full_bw_reached != 0,
         })
     }

@@ -20,6 +20,12 @@ const TUNABLES: &[Tunable] = &[
         |c, v| c.high_gain = v,
     ),
     (
+        "startup_cwnd_gain",
+        "1/256",
+        |c| c.startup_cwnd_gain,
+        |c, v| c.startup_cwnd_gain = v,
+    ),
+    (
         "drain_gain",
         "1/256",
         |c| c.drain_gain,
@@ -44,22 +50,28 @@ const TUNABLES: &[Tunable] = &[
         |c, v| c.probe_down_gain = v,
     ),
     (
-        "bw_filter_rounds",
-        "rounds",
-        |c| c.bw_filter_rounds,
-        |c, v| c.bw_filter_rounds = v,
-    ),
-    (
         "min_rtt_window_us",
         "µs",
         |c| c.min_rtt_window_us,
         |c, v| c.min_rtt_window_us = v,
     ),
     (
+        "probe_rtt_interval_us",
+        "µs",
+        |c| c.probe_rtt_interval_us,
+        |c, v| c.probe_rtt_interval_us = v,
+    ),
+    (
         "probe_rtt_duration_us",
         "µs",
         |c| c.probe_rtt_duration_us,
         |c, v| c.probe_rtt_duration_us = v,
+    ),
+    (
+        "probe_rtt_cwnd_gain",
+        "1/256",
+        |c| c.probe_rtt_cwnd_gain,
+        |c, v| c.probe_rtt_cwnd_gain = v,
     ),
     (
         "min_cwnd",
@@ -80,6 +92,12 @@ const TUNABLES: &[Tunable] = &[
         |c, v| c.full_bw_rounds = v,
     ),
     (
+        "full_loss_cnt",
+        "ACKs",
+        |c| c.full_loss_cnt,
+        |c, v| c.full_loss_cnt = v,
+    ),
+    (
         "extra_acked_gain",
         "1/256",
         |c| c.extra_acked_gain,
@@ -98,10 +116,34 @@ const TUNABLES: &[Tunable] = &[
         |c, v| c.loss_thresh_per_mille = v,
     ),
     (
-        "inflight_hi_beta",
+        "loss_beta",
         "1/256",
-        |c| c.inflight_hi_beta,
-        |c, v| c.inflight_hi_beta = v,
+        |c| c.loss_beta,
+        |c, v| c.loss_beta = v,
+    ),
+    (
+        "inflight_headroom",
+        "1/256",
+        |c| c.inflight_headroom,
+        |c, v| c.inflight_headroom = v,
+    ),
+    (
+        "probe_wait_base_us",
+        "µs",
+        |c| c.probe_wait_base_us,
+        |c, v| c.probe_wait_base_us = v,
+    ),
+    (
+        "probe_wait_rand_us",
+        "µs",
+        |c| c.probe_wait_rand_us,
+        |c, v| c.probe_wait_rand_us = v,
+    ),
+    (
+        "probe_max_rounds",
+        "rounds",
+        |c| c.probe_max_rounds,
+        |c, v| c.probe_max_rounds = v,
     ),
     (
         "warm_start_enabled",
@@ -187,7 +229,7 @@ mod tests {
     fn every_field_round_trips() {
         let c = BbrConfig::DEFAULT;
         let j = to_json(&c);
-        assert_eq!(j["tunables"]["high_gain"], 739);
+        assert_eq!(j["tunables"]["high_gain"], 710);
         assert_eq!(j["units"]["min_rtt_window_us"], "µs");
         let (same, _) = apply(&c, &j["tunables"]).unwrap();
         assert_eq!(same, c);

@@ -8,19 +8,23 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    helpers::generated::{bpf_get_prandom_u32, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_sk_storage_get,
+    },
     macros::map,
     maps::{Array, LruHashMap},
 };
 use cc_ebpf::{
     OpsArgs,
-    bbr::{Bbr, Conn, RateSample},
+    bbr::{AckStage, Bbr, Conn, RateSample},
     kernel::*,
 };
 use cc_ebpf_common::{
     TCP_CONG_NON_RESTRICTED,
-    bbr::{BBR_WARM_MAX_ENTRIES, BbrConfig, BbrState, WarmEntry, WarmKey},
+    bbr::{BBR_CONFIG_SLOTS, BBR_WARM_MAX_ENTRIES, BbrConfig, BbrState, WarmEntry, WarmKey},
 };
 
 cc_ebpf::license!();
@@ -64,16 +68,57 @@ pub static BBR_STATE: MapDef = MapDef {
     pinning: 0,
 };
 
-/// One entry: the tunables. The node writes the defaults before registering.
+/// The socket as read for the current op and the op's rate sample: kept in socket storage
+/// rather than on the stack, for the verifier (see [`stage_barrier`]).
+#[repr(C)]
+pub struct Scratch {
+    conn: Conn,
+    rs: RateSample,
+}
+
+/// Per-socket [`Scratch`] (socket storage is sized by the sockets that use it).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static BBR_SCRATCH: MapDef = MapDef {
+    map_type: MAP_TYPE_SK_STORAGE,
+    key_size: 4,
+    value_size: core::mem::size_of::<Scratch>() as u32,
+    max_entries: 0,
+    map_flags: F_NO_PREALLOC,
+    id: 0,
+    pinning: 0,
+};
+
+/// The socket's scratch space, created on first use.
+#[inline(always)]
+fn scratch(sk: KernelPtr) -> *mut Scratch {
+    // SAFETY: the map is a socket-storage map of Scratch values; `sk` is the op's socket.
+    unsafe {
+        bpf_sk_storage_get(
+            (&raw const BBR_SCRATCH).cast_mut().cast(),
+            sk.as_ptr().cast(),
+            core::ptr::null_mut(),
+            SK_STORAGE_CREATE,
+        )
+    }
+    .cast()
+}
+
+/// The tunables, in two slots: the node fills the slot not in use, then switches
+/// [`BBR_CFG_SLOT`] to it, so an ACK never reads half old, half new values.
 #[map]
-static BBR_CONFIG: Array<BbrConfig> = Array::with_max_entries(1, 0);
+static BBR_CONFIG: Array<BbrConfig> = Array::with_max_entries(BBR_CONFIG_SLOTS, 0);
+
+/// Index of the [`BBR_CONFIG`] slot in use (0 or 1).
+#[map]
+static BBR_CFG_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Warm-start records per remote address (bounded, least recently used forgotten first).
 #[map]
 static BBR_WARM: LruHashMap<WarmKey, WarmEntry> =
     LruHashMap::with_max_entries(BBR_WARM_MAX_ENTRIES, 0);
 
-/// The socket's state, created on first use.
+/// The socket's state; `create` makes it (zeroed) if the socket has none yet.
 #[inline(always)]
 fn state(sk: KernelPtr, create: bool) -> Option<&'static mut Bbr> {
     let flags = if create { SK_STORAGE_CREATE } else { 0 };
@@ -91,10 +136,64 @@ fn state(sk: KernelPtr, create: bool) -> Option<&'static mut Bbr> {
     (!ptr.is_null()).then(|| unsafe { &mut *ptr.cast::<Bbr>() })
 }
 
+/// The tunables in use; `None` when the slot holds none (all zero: the node has not written
+/// them), in which case the caller uses [`BbrConfig::DEFAULT`].
 #[inline(always)]
 fn config() -> Option<&'static BbrConfig> {
-    // Defaults are written by the node before registration; an all-zero entry means it was not.
-    BBR_CONFIG.get(0).filter(|c| c.high_gain != 0)
+    // SAFETY: a single aligned u32 load of the map value (the writer stores it whole).
+    let slot = BBR_CFG_SLOT
+        .get_ptr(0)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+        .unwrap_or(0);
+    BBR_CONFIG.get(slot & 1).filter(|c| c.high_gain != 0)
+}
+
+/// Stores each field of [`BbrConfig::DEFAULT`] as an immediate: a whole-struct copy would be
+/// a `memcpy` from `.rodata`, global data the struct_ops loader cannot relocate.
+macro_rules! write_default_config {
+    ($p:expr; $($field:ident),* $(,)?) => {
+        $(
+            // SAFETY: `$p` points to a BbrConfig-sized, aligned stack slot.
+            unsafe { core::ptr::addr_of_mut!((*$p).$field).write_volatile(BbrConfig::DEFAULT.$field) };
+        )*
+    };
+}
+
+/// The tunables in use, or [`BbrConfig::DEFAULT`] written into `fallback` (only on that path,
+/// so the common path does not pay for the stores).
+#[inline(always)]
+fn config_or_default(fallback: &mut MaybeUninit<BbrConfig>) -> &BbrConfig {
+    if let Some(cfg) = config() {
+        return cfg;
+    }
+    let p = fallback.as_mut_ptr();
+    write_default_config!(p;
+        high_gain, startup_cwnd_gain, drain_gain, cwnd_gain, probe_up_gain, probe_down_gain,
+        min_rtt_window_us, probe_rtt_interval_us, probe_rtt_duration_us, probe_rtt_cwnd_gain,
+        min_cwnd, full_bw_thresh, full_bw_rounds, full_loss_cnt, extra_acked_gain,
+        loss_bound_enabled, loss_thresh_per_mille, loss_beta, inflight_headroom,
+        probe_wait_base_us, probe_wait_rand_us, probe_max_rounds, warm_start_enabled,
+        warm_start_max_age_us, warm_start_rtt_tolerance, warm_start_check_rounds,
+    );
+    const _: () = assert!(
+        core::mem::size_of::<BbrConfig>() == 26 * 4,
+        "list every field above"
+    );
+    // SAFETY: every field was written above (the struct has no padding: 26 u32s, 104 bytes).
+    unsafe { fallback.assume_init_ref() }
+}
+
+/// Code that exists for the verifier: an opaque helper call between the stages of an ACK.
+/// LLVM must assume it may change the socket's state (the storage pointer came from a helper),
+/// so each stage reloads the state from the map value instead of carrying the previous
+/// stage's branch outcomes in registers. The verifier sees unknown values there, so the paths
+/// of one stage merge before the next instead of multiplying (without it, the inlined model
+/// exceeded the verifier's 1M-instruction budget). The helper is inlined by the kernel into a
+/// per-CPU load.
+#[inline(always)]
+fn stage_barrier() {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_smp_processor_id() };
 }
 
 #[inline(always)]
@@ -129,6 +228,11 @@ unsafe fn read_conn(tp: KernelPtr) -> Conn {
                 INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
                 INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
             ),
+            cwnd_limited: tp.bits8(
+                TCP_SOCK__IS_CWND_LIMITED,
+                TCP_SOCK__IS_CWND_LIMITED_SHIFT,
+                TCP_SOCK__IS_CWND_LIMITED_BITS,
+            ) != 0,
             srtt_us_x8: tp.u32(TCP_SOCK__SRTT_US),
             kernel_min_rtt_us: tp.u32(TCP_SOCK__RTT_MIN + MINMAX_S0_V),
             mss: tp.u32(TCP_SOCK__MSS_CACHE),
@@ -145,12 +249,34 @@ unsafe fn read_conn(tp: KernelPtr) -> Conn {
     }
 }
 
+/// The four values a congestion control may change, as they were before the op ran: only
+/// those that changed are stored back (and only these are kept, not a whole second [`Conn`],
+/// to spare the 512-byte stack).
+#[derive(Clone, Copy)]
+struct Controls {
+    cwnd: u32,
+    ssthresh: u32,
+    app_limited: u32,
+    pacing_rate: u64,
+}
+
+impl Controls {
+    fn of(c: &Conn) -> Self {
+        Self {
+            cwnd: c.cwnd,
+            ssthresh: c.ssthresh,
+            app_limited: c.app_limited,
+            pacing_rate: c.pacing_rate,
+        }
+    }
+}
+
 /// Writes back what the algorithm may have changed; untouched fields are not stored.
 ///
 /// # Safety
 /// As [`read_conn`]; every field written is one a congestion control may write.
 #[inline(always)]
-unsafe fn write_conn(tp: KernelPtr, before: &Conn, after: &Conn) {
+unsafe fn write_conn(tp: KernelPtr, before: Controls, after: &Conn) {
     // SAFETY: per the contract (writable: snd_cwnd, snd_ssthresh, app_limited, sk_pacing_rate).
     unsafe {
         if after.cwnd != before.cwnd {
@@ -168,6 +294,14 @@ unsafe fn write_conn(tp: KernelPtr, before: &Conn, after: &Conn) {
     }
 }
 
+/// The TCP clock now: `tcp_mstamp` of a live socket switching to bbr-p2p may be seconds old
+/// (deviation 4 of `cc_ebpf::bbr`); it is `ktime_get_ns() / 1000` (`tcp_clock_us()`).
+#[inline(always)]
+fn fresh_now_us(c: &Conn) -> u64 {
+    // SAFETY: helper without arguments.
+    c.now_us.max(unsafe { bpf_ktime_get_ns() } / 1000)
+}
+
 /// The remote address of the socket, the warm-start key (`family` 0: neither IPv4 nor IPv6).
 ///
 /// Always a fully initialised value: returning an `Option` here let LLVM store the key's
@@ -177,10 +311,16 @@ unsafe fn write_conn(tp: KernelPtr, before: &Conn, after: &Conn) {
 /// `sk` must be the op's socket.
 #[inline(always)]
 unsafe fn warm_key(sk: KernelPtr) -> WarmKey {
-    let mut key = WarmKey {
-        family: 0,
-        addr: [0; 16],
-    };
+    // Zeroed word by word: a struct literal here became a `memset` call, which the struct_ops
+    // loader cannot relocate (volatile stores are not fused into one).
+    let mut zeroed = MaybeUninit::<WarmKey>::uninit();
+    let words = zeroed.as_mut_ptr().cast::<u32>();
+    for i in 0..core::mem::size_of::<WarmKey>() / 4 {
+        // SAFETY: `i` stays within the 20-byte, 4-aligned key.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: all bytes were written; any bytes are a valid WarmKey.
+    let mut key = unsafe { zeroed.assume_init() };
     // SAFETY: generated offsets of sock_common fields.
     unsafe {
         let family = sk.u16(SOCK__SKC_FAMILY);
@@ -202,12 +342,15 @@ unsafe fn warm_key(sk: KernelPtr) -> WarmKey {
 pub extern "C" fn bbr_init(ctx: *const u64) {
     // SAFETY: argument 0 of every tcp_congestion_ops op is the socket.
     let sk = unsafe { OpsArgs::new(ctx).ptr(0) };
-    let (Some(bbr), Some(cfg)) = (state(sk, true), config()) else {
+    let Some(bbr) = state(sk, true) else {
         return;
     };
+    let mut fallback = MaybeUninit::uninit();
+    let cfg = config_or_default(&mut fallback);
     // SAFETY: `sk` is the op's tcp_sock.
-    let before = unsafe { read_conn(sk) };
-    let mut c = before;
+    let mut c = unsafe { read_conn(sk) };
+    let before = Controls::of(&c);
+    c.now_us = fresh_now_us(&c);
     // SAFETY: as above.
     let key = unsafe { warm_key(sk) };
     // SAFETY: the value is copied out before the map can change it.
@@ -216,10 +359,10 @@ pub extern "C" fn bbr_init(ctx: *const u64) {
     } else {
         None
     };
-    bbr.init(&mut c, cfg, warm.as_ref(), random());
+    bbr.init(&mut c, cfg, warm.as_ref(), &mut || random());
     // SAFETY: as above.
     unsafe {
-        write_conn(sk, &before, &c);
+        write_conn(sk, before, &c);
         if sk.u32(SOCK__SK_PACING_STATUS) == SK_PACING_NONE {
             sk.set_u32(SOCK__SK_PACING_STATUS, SK_PACING_NEEDED);
         }
@@ -253,36 +396,72 @@ pub extern "C" fn bbr_cong_control_2(ctx: *const u64) {
 
 #[inline(always)]
 fn on_ack(sk: KernelPtr, rs: KernelPtr) {
-    let (Some(bbr), Some(cfg)) = (state(sk, false), config()) else {
+    // Created here if `init` could not (storage allocation failed then): a socket without
+    // state would otherwise stay at its initial window.
+    let Some(bbr) = state(sk, true) else {
         return;
     };
-    // SAFETY: generated offsets of struct rate_sample fields (and tcp_sock's clock).
-    let sample = unsafe {
-        let interval_us = rs.u64(RATE_SAMPLE__INTERVAL_US) as i64;
-        // tcp_rate_gen: interval_us = max(send interval, tcp_mstamp - prior_mstamp); when the
-        // send interval is the longer one the ACKs came back compressed (deviation 7 in bbr.rs).
-        let ack_us = sk
-            .u64(TCP_SOCK__TCP_MSTAMP)
-            .wrapping_sub(rs.u64(RATE_SAMPLE__PRIOR_MSTAMP)) as i64;
-        RateSample {
+    let mut fallback = MaybeUninit::uninit();
+    let cfg = config_or_default(&mut fallback);
+    let sc = scratch(sk);
+    if sc.is_null() {
+        return;
+    }
+    // SAFETY: `sc` points to this socket's scratch value, alive for the program's run; generated
+    // offsets of struct rate_sample and tcp_sock fields.
+    unsafe {
+        (*sc).rs = RateSample {
             prior_delivered: rs.u32(RATE_SAMPLE__PRIOR_DELIVERED),
             delivered: rs.u32(RATE_SAMPLE__DELIVERED) as i32,
-            interval_us,
+            interval_us: rs.u64(RATE_SAMPLE__INTERVAL_US) as i64,
             rtt_us: rs.u64(RATE_SAMPLE__RTT_US) as i64,
             losses: rs.u32(RATE_SAMPLE__LOSSES) as i32,
             acked_sacked: rs.u32(RATE_SAMPLE__ACKED_SACKED),
             prior_in_flight: rs.u32(RATE_SAMPLE__PRIOR_IN_FLIGHT),
             is_app_limited: rs.u8(RATE_SAMPLE__IS_APP_LIMITED) != 0,
             is_ack_delayed: rs.u8(RATE_SAMPLE__IS_ACK_DELAYED) != 0,
-            ack_compressed: interval_us > ack_us.max(0),
-        }
-    };
-    // SAFETY: `sk` is the op's tcp_sock.
-    let before = unsafe { read_conn(sk) };
-    let mut c = before;
-    bbr.on_ack(&mut c, &sample, cfg, random());
+        };
+        (*sc).conn = read_conn(sk);
+    }
     // SAFETY: as above.
-    unsafe { write_conn(sk, &before, &c) };
+    let before = Controls::of(unsafe { &(*sc).conn });
+    if bbr.init_cwnd == 0 {
+        // Fresh storage, never initialised (a cold start: the warm record is `init`'s). This
+        // ACK initialises; the next runs the model (returning here keeps the verifier from
+        // walking the model once per init outcome).
+        // SAFETY: as above.
+        let c = unsafe { &mut (*sc).conn };
+        c.now_us = fresh_now_us(c);
+        bbr.init(c, cfg, None, &mut || random());
+    } else {
+        let bbr: *mut Bbr = bbr;
+        // SAFETY (each deref below): the storage values live for the program's run and nothing
+        // else references them meanwhile; each stage borrows them afresh after the barrier.
+        let ack = unsafe { (*bbr).ack_begin(&(*sc).conn, &(*sc).rs, cfg) };
+        let before = unsafe { &*bbr }.ack_snapshot();
+        // Written out rather than a loop over `AckStage::ALL` (that array would be global
+        // data, which the loader cannot relocate).
+        macro_rules! stages {
+            ($($stage:expr),*) => {$(
+                stage_barrier();
+                let state = unsafe { &mut *bbr };
+                if ack.runs($stage, before, state.ack_snapshot()) {
+                    unsafe { state.ack_stage($stage, &mut (*sc).conn, &(*sc).rs, cfg, ack, &mut || random()) };
+                }
+            )*};
+        }
+        stages!(
+            AckStage::Model,
+            AckStage::Drain,
+            AckStage::Cycle,
+            AckStage::MinRtt,
+            AckStage::Controls,
+            AckStage::End
+        );
+    }
+    stage_barrier();
+    // SAFETY: `sk` is the op's tcp_sock; `sc` as above.
+    unsafe { write_conn(sk, before, &(*sc).conn) };
 }
 
 /// `ssthresh(sk)`: entering loss recovery.
@@ -308,8 +487,8 @@ pub extern "C" fn bbr_undo_cwnd(ctx: *const u64) -> u32 {
     // SAFETY: `sk` is the op's tcp_sock.
     let c = unsafe { read_conn(sk) };
     match state(sk, false) {
-        Some(bbr) => bbr.on_undo(&c),
-        None => c.cwnd,
+        Some(bbr) if bbr.init_cwnd != 0 => bbr.on_undo().max(c.cwnd),
+        _ => c.cwnd,
     }
 }
 
@@ -322,15 +501,17 @@ pub extern "C" fn bbr_cwnd_event(ctx: *const u64) {
         let args = OpsArgs::new(ctx);
         (args.ptr(0), args.get(1) as u32)
     };
-    let (Some(bbr), Some(cfg)) = (state(sk, false), config()) else {
+    let Some(bbr) = state(sk, false).filter(|b| b.init_cwnd != 0) else {
         return;
     };
+    let mut fallback = MaybeUninit::uninit();
+    let cfg = config_or_default(&mut fallback);
     // SAFETY: `sk` is the op's tcp_sock.
-    let before = unsafe { read_conn(sk) };
-    let mut c = before;
-    bbr.on_cwnd_event(&mut c, cfg, event, random());
+    let mut c = unsafe { read_conn(sk) };
+    let before = Controls::of(&c);
+    bbr.on_cwnd_event(&mut c, cfg, event, &mut || random());
     // SAFETY: as above.
-    unsafe { write_conn(sk, &before, &c) };
+    unsafe { write_conn(sk, before, &c) };
 }
 
 /// `set_state(sk, new_state)`.
@@ -342,29 +523,17 @@ pub extern "C" fn bbr_set_state(ctx: *const u64) {
         let args = OpsArgs::new(ctx);
         (args.ptr(0), args.get(1) as u8)
     };
-    let Some(bbr) = state(sk, false) else {
+    let Some(bbr) = state(sk, false).filter(|b| b.init_cwnd != 0) else {
         return;
     };
+    let mut fallback = MaybeUninit::uninit();
+    let cfg = config_or_default(&mut fallback);
     // SAFETY: `sk` is the op's tcp_sock.
-    let c = unsafe { read_conn(sk) };
-    bbr.on_set_state(&c, new_state, random());
-}
-
-/// `min_tso_segs(sk)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "struct_ops/min_tso_segs")]
-pub extern "C" fn bbr_min_tso_segs(ctx: *const u64) -> u32 {
-    // SAFETY: argument 0 is the socket.
-    let sk = unsafe { OpsArgs::new(ctx).ptr(0) };
-    // SAFETY: generated offset of sock.sk_pacing_rate.
-    Bbr::min_tso_segs(unsafe { sk.u64(SOCK__SK_PACING_RATE) })
-}
-
-/// `sndbuf_expand(sk)`: 3 × cwnd of send buffer, as tcp_bbr.c (pacing keeps more queued).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "struct_ops/sndbuf_expand")]
-pub extern "C" fn bbr_sndbuf_expand(_ctx: *const u64) -> u32 {
-    3
+    let mut c = unsafe { read_conn(sk) };
+    let before = Controls::of(&c);
+    bbr.on_set_state(&mut c, cfg, new_state);
+    // SAFETY: as above.
+    unsafe { write_conn(sk, before, &c) };
 }
 
 /// `release(sk)`: the connection leaves bbr-p2p (closes or switches); record what it learned

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use aya::maps::{Array, MapData};
 use cc_ebpf_common::{
-    bbr::{BBR_CONFIG_MAP, BBR_STATE_MAP, BbrConfig, BbrState},
+    bbr::{BBR_CONFIG_MAP, BBR_CONFIG_SLOT_MAP, BBR_STATE_MAP, BbrConfig, BbrState},
     btf::Btf,
     resume::{BBR_RESUME_MAP, ResumeSlot},
 };
@@ -41,9 +41,31 @@ pub fn kernel_name(user: &str) -> &str {
 pub struct BbrP2p {
     registration: Option<Registration>,
     state: OwnedFd,
-    config: std::sync::Mutex<Array<MapData, BbrConfig>>,
+    config: std::sync::Mutex<Config>,
     /// Careful-resume entries per socket (`None`: an object without them).
     resume: Option<OwnedFd>,
+}
+
+/// The two-slot tunables and the index of the slot in use (see [`BBR_CONFIG_SLOT_MAP`]).
+struct Config {
+    slots: Array<MapData, BbrConfig>,
+    in_use: Array<MapData, u32>,
+}
+
+impl Config {
+    fn get(&self) -> Result<BbrConfig, aya::maps::MapError> {
+        let slot = self.in_use.get(&0, 0)?;
+        self.slots.get(&(slot & 1), 0)
+    }
+
+    /// Fills the slot not in use, then switches to it (one 32-bit store the programs read
+    /// whole): an ACK sees the old tunables or the new ones. The old slot is only rewritten
+    /// by the next update; an op runs for microseconds, so no reader is still on it then.
+    fn set(&mut self, config: BbrConfig) -> Result<(), aya::maps::MapError> {
+        let next = (self.in_use.get(&0, 0)? + 1) & 1;
+        self.slots.set(next, config, 0)?;
+        self.in_use.set(0, next, 0)
+    }
 }
 
 impl std::fmt::Debug for BbrP2p {
@@ -59,14 +81,19 @@ impl BbrP2p {
     pub fn register(btf: &Btf) -> Result<Self, StructOpsError> {
         let mut ops = StructOps::load(objects::BBR_P2P, btf)?;
         let map_error = |what: &str, e: String| StructOpsError::Malformed(format!("{what}: {e}"));
-        let config = ops
+        let slots = ops
             .take_map(BBR_CONFIG_MAP)
             .ok_or_else(|| map_error(BBR_CONFIG_MAP, "missing".into()))?
             .and_then(Array::<MapData, BbrConfig>::try_from)
             .map_err(|e| map_error(BBR_CONFIG_MAP, e.to_string()))?;
-        let mut config = config;
+        let in_use = ops
+            .take_map(BBR_CONFIG_SLOT_MAP)
+            .ok_or_else(|| map_error(BBR_CONFIG_SLOT_MAP, "missing".into()))?
+            .and_then(Array::<MapData, u32>::try_from)
+            .map_err(|e| map_error(BBR_CONFIG_SLOT_MAP, e.to_string()))?;
+        let mut config = Config { slots, in_use };
         config
-            .set(0, BbrConfig::DEFAULT, 0)
+            .set(BbrConfig::DEFAULT)
             .map_err(|e| map_error(BBR_CONFIG_MAP, e.to_string()))?;
         let state = ops
             .take_map_fd(BBR_STATE_MAP)
@@ -89,15 +116,26 @@ impl BbrP2p {
         let Some(state) = sys::newest_map_named(BBR_STATE_MAP)? else {
             return Ok(None);
         };
-        let Some(config) = sys::newest_map_named(BBR_CONFIG_MAP)? else {
+        let Some(slots) = sys::newest_map_named(BBR_CONFIG_MAP)? else {
             return Ok(None);
         };
-        sys::check_map_shape(config.as_raw_fd(), BBR_CONFIG_MAP, config_map_shape())?;
+        let Some(in_use) = sys::newest_map_named(BBR_CONFIG_SLOT_MAP)? else {
+            return Ok(None);
+        };
+        sys::check_map_shape(slots.as_raw_fd(), BBR_CONFIG_MAP, config_map_shape())?;
+        sys::check_map_shape(in_use.as_raw_fd(), BBR_CONFIG_SLOT_MAP, config_slot_map_shape())?;
         sys::check_map_shape(state.as_raw_fd(), BBR_STATE_MAP, state_map_shape())?;
-        let Ok(config) = MapData::from_fd(config) else {
-            return Ok(None);
+        let array = |fd| {
+            let data = MapData::from_fd(fd).ok()?;
+            Some(aya::maps::Map::Array(data))
         };
-        let Ok(config) = Array::try_from(aya::maps::Map::Array(config)) else {
+        let config = (|| {
+            Some(Config {
+                slots: Array::try_from(array(slots)?).ok()?,
+                in_use: Array::try_from(array(in_use)?).ok()?,
+            })
+        })();
+        let Some(config) = config else {
             return Ok(None);
         };
         let resume = match sys::newest_map_named(BBR_RESUME_MAP)? {
@@ -156,7 +194,7 @@ impl BbrP2p {
     }
 
     pub fn config(&self) -> Result<BbrConfig, aya::maps::MapError> {
-        self.config.lock().expect("lock poisoned").get(&0, 0)
+        self.config.lock().expect("lock poisoned").get()
     }
 
     /// Validates and applies new tunables (they take effect from the next ACK).
@@ -165,7 +203,7 @@ impl BbrP2p {
         self.config
             .lock()
             .expect("lock poisoned")
-            .set(0, config, 0)
+            .set(config)
             .map_err(|e| e.to_string())
     }
 }
@@ -190,7 +228,7 @@ pub fn state_map_shape() -> sys::MapShape {
     }
 }
 
-/// What this build reads and writes in `BBR_CONFIG`: an array of one `BbrConfig`.
+/// What this build reads and writes in `BBR_CONFIG`: an array of `BbrConfig` slots.
 pub fn config_map_shape() -> sys::MapShape {
     sys::MapShape {
         map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
@@ -205,6 +243,15 @@ pub fn resume_map_shape() -> sys::MapShape {
         map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as u32,
         key_size: size_of::<i32>() as u32,
         value_size: size_of::<ResumeSlot>() as u32,
+    }
+}
+
+/// What this build reads and writes in `BBR_CFG_SLOT`: an array of one `u32` slot index.
+pub fn config_slot_map_shape() -> sys::MapShape {
+    sys::MapShape {
+        map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<u32>() as u32,
     }
 }
 

@@ -47,7 +47,7 @@ pub struct PeerConnection {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct BbrView {
     pub mode: &'static str,
-    /// Phase of the PROBE_BW gain cycle (0: probing up at 1.25, 1: draining at 0.75).
+    /// Phase of PROBE_BW (`cc_ebpf_common::bbr::Phase`: 0 up, 1 down, 2 cruise, 3 refill).
     pub cycle_phase: u8,
     pub bandwidth_bytes_per_second: u64,
     pub min_rtt_seconds: f64,

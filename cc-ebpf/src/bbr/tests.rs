@@ -1,0 +1,1024 @@
+//! Host tests of the BBRv3 model: table-driven phase transitions and bounds, cases stated in
+//! draft-ietf-ccwg-bbr, and a packet-level simulation of a bottleneck with a finite buffer and
+//! random loss in which the assertions are about the path (utilisation, loss), not about the
+//! model's own numbers.
+
+use std::collections::VecDeque;
+
+use super::*;
+
+const MSS: u32 = 1448;
+
+fn conn() -> Conn {
+    Conn {
+        now_us: 1_000_000,
+        delivered_mstamp_us: 1_000_000,
+        mss: MSS,
+        cwnd: TCP_INIT_CWND,
+        cwnd_clamp: u32::MAX,
+        max_pacing_rate: u64::MAX,
+        pacing_shift: 10,
+        kernel_min_rtt_us: u32::MAX,
+        ssthresh: TCP_INFINITE_SSTHRESH,
+        ..Conn::default()
+    }
+}
+
+/// Bandwidth in the model's unit for `mbit` Mbit/s at MSS-sized packets.
+fn bw_of_mbit(mbit: u64) -> u32 {
+    (mbit * 1_000_000 / 8 * BW_UNIT / u64::from(MSS) / 1_000_000) as u32
+}
+
+/// A deterministic random source (xorshift64*), for the model and the simulated loss.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        f64::from(self.next()) < p * f64::from(u32::MAX)
+    }
+}
+
+fn no_rand() -> impl FnMut() -> u32 {
+    || 0
+}
+
+/// A flow in PROBE_BW on a 100 Mbit/s, 20 ms path (BDP ≈ 173 packets), cwnd at 2 BDP.
+fn probe_bw(phase: Phase) -> (Bbr, Conn) {
+    let mut s = Bbr::default();
+    s.0 = BbrState {
+        mode: Mode::ProbeBw as u8,
+        cycle_idx: phase as u8,
+        full_bw_reached: 1,
+        min_rtt_us: 20_000,
+        probe_rtt_min_us: 20_000,
+        bw_hi: [bw_of_mbit(100), 0],
+        bw_lo: UNBOUNDED,
+        inflight_lo: UNBOUNDED,
+        inflight_hi: UNBOUNDED,
+        bw_probe_up_cnt: UNBOUNDED,
+        probe_wait_us: 2_500_000,
+        init_cwnd: 10,
+        ..BbrState::default()
+    };
+    let c = Conn {
+        cwnd: 346,
+        packets_in_flight: 200,
+        delivered: 100_000,
+        ..conn()
+    };
+    s.cycle_stamp_us = c.delivered_mstamp_us;
+    s.min_rtt_stamp_us = c.now_us;
+    s.probe_rtt_min_stamp_us = c.now_us;
+    (s, c)
+}
+
+#[test]
+fn probe_bw_phase_transitions() {
+    let cfg = BbrConfig::DEFAULT;
+    // (name, start phase, set-up, expected phase)
+    type Setup = fn(&mut Bbr, &mut Conn, &mut RateSample);
+    let table: [(&str, Phase, Setup, Phase); 11] = [
+        (
+            "DOWN stays while inflight is above the BDP",
+            Phase::Down,
+            |_, _, rs| rs.prior_in_flight = 250,
+            Phase::Down,
+        ),
+        (
+            "DOWN cruises once inflight is at the BDP",
+            Phase::Down,
+            |_, _, rs| rs.prior_in_flight = 170,
+            Phase::Cruise,
+        ),
+        (
+            "DOWN cruises at the BDP even if inflight_hi less headroom is below it (deviation 11)",
+            Phase::Down,
+            |s, _, rs| {
+                s.inflight_hi = 180;
+                rs.prior_in_flight = 170;
+            },
+            Phase::Cruise,
+        ),
+        (
+            "DOWN probes when the wait is over even if not drained",
+            Phase::Down,
+            |_, c, rs| {
+                c.delivered_mstamp_us += 2_600_000;
+                rs.prior_in_flight = 250;
+            },
+            Phase::Refill,
+        ),
+        (
+            "CRUISE holds before the probe wait",
+            Phase::Cruise,
+            |_, c, _| c.delivered_mstamp_us += 2_400_000,
+            Phase::Cruise,
+        ),
+        (
+            "CRUISE probes after the probe wait",
+            Phase::Cruise,
+            |_, c, _| c.delivered_mstamp_us += 2_600_000,
+            Phase::Refill,
+        ),
+        (
+            "CRUISE probes after 63 rounds (Reno coexistence)",
+            Phase::Cruise,
+            |s, _, _| s.rounds_since_probe = 63,
+            Phase::Refill,
+        ),
+        (
+            "REFILL waits for the round to end",
+            Phase::Refill,
+            |_, _, _| (),
+            Phase::Refill,
+        ),
+        (
+            "REFILL goes UP at the round's end",
+            Phase::Refill,
+            |s, _, _| s.round_start = 1,
+            Phase::Up,
+        ),
+        (
+            "UP ends when the delivery rate stopped growing",
+            Phase::Up,
+            |s, _, _| s.full_bw_now = 1,
+            Phase::Down,
+        ),
+        (
+            "UP continues while inflight_hi limits it",
+            Phase::Up,
+            |s, c, _| {
+                s.full_bw_now = 1;
+                s.inflight_hi = 300;
+                c.cwnd = 300;
+                c.cwnd_limited = true;
+            },
+            Phase::Up,
+        ),
+    ];
+    for (name, phase, setup, want) in table {
+        let (mut s, mut c) = probe_bw(phase);
+        let mut rs = RateSample {
+            prior_in_flight: 200,
+            acked_sacked: 2,
+            delivered: 170,
+            interval_us: 20_000,
+            ..Default::default()
+        };
+        setup(&mut s, &mut c, &mut rs);
+        s.update_cycle_phase(&mut c, &rs, &cfg, bw_of_mbit(100), &mut no_rand());
+        assert_eq!(s.phase(), want, "{name}");
+    }
+}
+
+#[test]
+fn a_probe_round_losing_more_than_2_percent_sets_inflight_hi_to_the_inflight_then() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Up);
+    s.bw_probe_samples = 1;
+    // The loss round began with 200 packets in flight: 4 losses are 2%, 5 are more.
+    s.loss_round_flight = 200;
+    s.loss_round_lost = 0;
+    s.loss_round_delivered = c.delivered + 1_000;
+    let mut rand = no_rand();
+    for lost in 1..=4 {
+        c.lost = lost;
+        let rs = RateSample {
+            losses: 1,
+            prior_in_flight: 230,
+            acked_sacked: 1,
+            delivered: 170,
+            interval_us: 20_000,
+            ..Default::default()
+        };
+        s.on_ack(&mut c, &rs, &cfg, &mut rand);
+        assert_eq!(
+            s.phase(),
+            Phase::Up,
+            "{lost} losses of 200 are not above 2%"
+        );
+        assert_eq!(s.inflight_hi, UNBOUNDED);
+    }
+    c.lost = 5;
+    let rs = RateSample {
+        losses: 1,
+        prior_in_flight: 240,
+        acked_sacked: 1,
+        delivered: 170,
+        interval_us: 20_000,
+        ..Default::default()
+    };
+    s.on_ack(&mut c, &rs, &cfg, &mut rand);
+    assert_eq!(s.phase(), Phase::Down, "the probe ends");
+    assert_eq!(
+        s.inflight_hi, 240,
+        "inflight_hi is the inflight where the threshold was crossed, not 0.7× it"
+    );
+    assert_eq!(s.loss_bound_count, 1);
+    assert_eq!(s.prev_probe_too_high, 1);
+}
+
+#[test]
+fn loss_outside_probing_cuts_only_the_short_term_bounds() {
+    let cfg = BbrConfig::DEFAULT;
+    let bw = bw_of_mbit(100);
+    // (phase or startup, bw_latest, inflight_latest, expected bw_lo, expected inflight_lo)
+    let cases: [(Option<Phase>, u32, u32, u32, u32); 5] = [
+        // Cruising after a lossy round: 0.7 × the bound, unless the round delivered more.
+        (Some(Phase::Cruise), 0, 0, scale(bw, 180), scale(346, 180)),
+        (Some(Phase::Cruise), bw - 10, 300, bw - 10, 300),
+        (
+            Some(Phase::Down),
+            bw / 2,
+            100,
+            scale(bw, 180),
+            scale(346, 180),
+        ),
+        // Probing phases and STARTUP take no short-term cut.
+        (Some(Phase::Up), 0, 0, UNBOUNDED, UNBOUNDED),
+        (None, 0, 0, UNBOUNDED, UNBOUNDED),
+    ];
+    for (phase, bw_latest, inflight_latest, want_bw_lo, want_inflight_lo) in cases {
+        let (mut s, c) = probe_bw(phase.unwrap_or(Phase::Cruise));
+        if phase.is_none() {
+            s.mode = Mode::Startup as u8;
+        }
+        s.loss_in_round = 1;
+        s.loss_high_in_round = 1;
+        s.inflight_at_loss = 250;
+        s.bw_latest = bw_latest;
+        s.inflight_latest = inflight_latest;
+        s.adapt_lower_bounds(&c, &cfg);
+        assert_eq!(
+            (s.bw_lo, s.inflight_lo),
+            (want_bw_lo, want_inflight_lo),
+            "{phase:?}"
+        );
+        assert_eq!(
+            s.inflight_hi, UNBOUNDED,
+            "{phase:?}: the long-term bound is not cut"
+        );
+    }
+}
+
+#[test]
+fn headroom_applies_only_when_cruising() {
+    let cfg = BbrConfig::DEFAULT;
+    // (mode, phase, expected cap with inflight_hi = 300; the BDP is 173)
+    let table = [
+        // 15% of 300 is 45; v3's fixed point (38/256 = 14.8%) leaves 256.
+        (Mode::ProbeBw, Phase::Cruise, 256),
+        (Mode::ProbeBw, Phase::Down, 300),
+        (Mode::ProbeBw, Phase::Refill, 300),
+        (Mode::ProbeBw, Phase::Up, 300),
+        (Mode::ProbeRtt, Phase::Cruise, 256),
+        (Mode::Startup, Phase::Up, 1000),
+        (Mode::Drain, Phase::Up, 1000),
+    ];
+    for (mode, phase, want) in table {
+        let (mut s, mut c) = probe_bw(phase);
+        s.mode = mode as u8;
+        s.inflight_hi = 300;
+        c.cwnd = 1000;
+        s.bound_cwnd_for_inflight_model(&mut c, &cfg);
+        assert_eq!(c.cwnd, want, "{mode:?} {phase:?}");
+    }
+    // Deviation 11: the headroom comes out of the buffer, not the pipe: with inflight_hi at
+    // 180, cruising keeps the BDP (173), not 154.
+    let (mut s, mut c) = probe_bw(Phase::Cruise);
+    s.inflight_hi = 180;
+    c.cwnd = 1000;
+    s.bound_cwnd_for_inflight_model(&mut c, &cfg);
+    assert_eq!(c.cwnd, 173);
+    // inflight_lo bounds every phase.
+    let (mut s, mut c) = probe_bw(Phase::Up);
+    s.inflight_lo = 120;
+    c.cwnd = 1000;
+    s.bound_cwnd_for_inflight_model(&mut c, &cfg);
+    assert_eq!(c.cwnd, 120);
+}
+
+#[test]
+fn inflight_hi_grows_exponentially_per_round_while_probing_up() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Refill);
+    s.inflight_hi = 256;
+    c.cwnd = 256;
+    c.cwnd_limited = true;
+    s.round_start = 1;
+    s.update_cycle_phase(&mut c, &RateSample::default(), &cfg, 0, &mut no_rand());
+    assert_eq!(s.phase(), Phase::Up);
+    let mut growth = vec![];
+    for _round in 0..5u32 {
+        let before = s.inflight_hi;
+        // One round: cwnd packets ACKed, one at a time; cwnd follows inflight_hi.
+        for i in 0..c.cwnd {
+            // The ACK that started UP began the first round.
+            s.round_start = u8::from(i == 0 && _round > 0);
+            let rs = RateSample {
+                acked_sacked: 1,
+                prior_in_flight: c.cwnd,
+                ..Default::default()
+            };
+            s.adapt_upper_bounds(&c, &rs, &cfg, &mut no_rand());
+            // cwnd grows per ACK up to the bound (set_cwnd, then the inflight model's cap).
+            c.cwnd = s.inflight_hi;
+        }
+        growth.push(s.inflight_hi - before);
+    }
+    // 1, 2, 4, 8, 16 packets per round (draft: "doubles each round"), within the rounding of
+    // cwnd / 2^k ACKs per packet.
+    for (round, g) in growth.iter().enumerate() {
+        let want = 1u32 << round;
+        assert!(
+            (want..=want + 1).contains(g),
+            "round {round}: grew {g}, want ~{want} ({growth:?})"
+        );
+    }
+}
+
+#[test]
+fn undo_restores_the_bounds_a_spurious_recovery_cut() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, c) = probe_bw(Phase::Cruise);
+    s.inflight_hi = 300;
+    s.inflight_lo = 280;
+    s.bw_lo = bw_of_mbit(90);
+    s.on_ssthresh(&c);
+    // Recovery cuts the short-term bounds.
+    s.loss_in_round = 1;
+    s.loss_high_in_round = 1;
+    s.inflight_at_loss = 250;
+    s.bw_latest = 0;
+    s.inflight_latest = 0;
+    s.adapt_lower_bounds(&c, &cfg);
+    s.inflight_hi = 250;
+    assert!(s.inflight_lo < 280 && s.bw_lo < bw_of_mbit(90));
+    let cwnd = s.on_undo();
+    assert_eq!(
+        (s.inflight_hi, s.inflight_lo, s.bw_lo),
+        (300, 280, bw_of_mbit(90))
+    );
+    assert_eq!(cwnd, 346, "cwnd from before the recovery");
+    assert_eq!(s.undo_count, 1);
+}
+
+#[test]
+fn recovery_conserves_packets_with_no_floor_or_cap_then_restores_cwnd() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Cruise);
+    c.cwnd = 300;
+    c.packets_in_flight = 2;
+    s.on_ssthresh(&c);
+    c.ca_state = TCP_CA_RECOVERY;
+    let rs = RateSample {
+        acked_sacked: 1,
+        losses: 1,
+        delivered: 2,
+        interval_us: 100,
+        ..Default::default()
+    };
+    s.set_cwnd(&mut c, &rs, &cfg, 1, s.bw(), cfg.cwnd_gain);
+    assert_eq!(
+        c.cwnd, 3,
+        "packet conservation: inflight + acked, below min_cwnd as the kernel does"
+    );
+    c.ca_state = TCP_CA_OPEN;
+    let rs = RateSample {
+        acked_sacked: 2,
+        delivered: 2,
+        interval_us: 100,
+        ..Default::default()
+    };
+    s.set_cwnd(&mut c, &rs, &cfg, 2, s.bw(), cfg.cwnd_gain);
+    assert!(c.cwnd >= 300, "cwnd restored after recovery: {}", c.cwnd);
+}
+
+#[test]
+fn loss_rate_is_measured_against_the_round_starting_flight() {
+    let cfg = BbrConfig::DEFAULT;
+    // (flight at round start, losses so far in the round, too high)
+    let table = [
+        (200, 4, false),
+        (200, 5, true),
+        (1000, 15, false),
+        (1000, 21, true),
+        (10, 1, true),
+        (0, 1, true),
+    ];
+    for (flight, lost, high) in table {
+        let (mut s, mut c) = probe_bw(Phase::Cruise);
+        s.loss_round_flight = flight;
+        s.loss_round_lost = 50;
+        s.loss_round_delivered = c.delivered + 1_000;
+        c.lost = 50 + lost;
+        let rs = RateSample {
+            losses: 1,
+            prior_in_flight: 150,
+            ..Default::default()
+        };
+        s.update_latest_delivery_signals(&c, &rs, &cfg, 0);
+        assert_eq!(
+            s.loss_high_in_round == 1,
+            high,
+            "{lost} lost of a {flight}-packet round"
+        );
+    }
+}
+
+// --- Cases stated in draft-ietf-ccwg-bbr (the section each follows is named) ---
+
+#[test]
+fn draft_startup_exits_on_six_loss_events_above_the_loss_threshold() {
+    // §4.3.1.3 (Exiting Startup Based on Packet Loss): "The connection has been in fast
+    // recovery for at least one full packet-timed round trip; the loss rate over the time
+    // scale of a single full round trip exceeds BBRLossThresh (2%); there are at least
+    // BBRStartupFullLossCnt=6 discontiguous sequence ranges lost in that round trip."
+    let cfg = BbrConfig::DEFAULT;
+    // (lossy ACKs in the round, packets lost of a 100-packet round, in recovery, exits)
+    let table = [
+        (6, 3, true, true),
+        (5, 5, true, false),
+        (6, 2, true, false),
+        (6, 3, false, false),
+        (15, 15, true, true),
+    ];
+    for (events, lost, recovery, exits) in table {
+        let mut s = Bbr::default();
+        let mut c = conn();
+        s.init(&mut c, &cfg, None, &mut no_rand());
+        s.min_rtt_us = 20_000;
+        s.bw_hi = [bw_of_mbit(100), bw_of_mbit(100)];
+        s.loss_round_flight = 100;
+        s.loss_round_lost = c.lost;
+        s.loss_round_delivered = c.delivered + 1_000_000;
+        c.ca_state = if recovery {
+            TCP_CA_RECOVERY
+        } else {
+            TCP_CA_OPEN
+        };
+        for i in 0..events {
+            c.lost += if i < lost { 1 } else { 0 };
+            let rs = RateSample {
+                losses: 1,
+                prior_in_flight: 100,
+                ..Default::default()
+            };
+            s.update_latest_delivery_signals(&c, &rs, &cfg, 0);
+        }
+        // The round ends.
+        s.loss_round_start = 1;
+        s.check_loss_too_high_in_startup(&c, &cfg);
+        assert_eq!(
+            s.full_bw_reached == 1,
+            exits,
+            "{events} lossy ACKs, {lost}% lost, recovery {recovery}"
+        );
+        if exits {
+            // "set BBR.inflight_longterm to its estimate of a safe level of in-flight data":
+            // no lower than the BDP.
+            assert!(
+                s.inflight_hi >= s.bdp(bw_of_mbit(100), BBR_UNIT),
+                "{}",
+                s.inflight_hi
+            );
+        }
+    }
+}
+
+#[test]
+fn draft_constants() {
+    // §2.7 / §5: BBRStartupPacingGain 2.77, BBRStartupCwndGain 2, BBRDrainPacingGain 0.35,
+    // BBRLossThresh 2%, BBRBeta 0.7, BBRHeadroom 0.15, ProbeRTTInterval 5 s,
+    // ProbeRTTDuration 200 ms, BBRProbeRTTCwndGain 0.5, MinRTTFilterLen 10 s.
+    let c = BbrConfig::DEFAULT;
+    let ratio = |x: u32| f64::from(x) / f64::from(BBR_UNIT);
+    assert!((ratio(c.high_gain) - 2.77).abs() < 0.01);
+    assert!((ratio(c.startup_cwnd_gain) - 2.0).abs() < 0.01);
+    assert!((ratio(c.drain_gain) - 0.35).abs() < 0.01);
+    assert_eq!(c.loss_thresh_per_mille, 20);
+    assert!((ratio(c.loss_beta) - 0.7).abs() < 0.01);
+    assert!((ratio(c.inflight_headroom) - 0.15).abs() < 0.01);
+    assert_eq!(c.probe_rtt_interval_us, 5_000_000);
+    assert_eq!(c.probe_rtt_duration_us, 200_000);
+    assert!((ratio(c.probe_rtt_cwnd_gain) - 0.5).abs() < 0.01);
+    assert_eq!(c.min_rtt_window_us, 10_000_000);
+}
+
+#[test]
+fn draft_probe_rtt_holds_half_the_bdp() {
+    // §4.3.4.4: "BBR.ProbeRTTCwndGain = 0.5 ... BBRProbeRTTCwnd() = max(0.5 × BDP, MinPipeCwnd)".
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Cruise);
+    c.cwnd = 346;
+    // No RTT sample as low as the minimum for 5 s.
+    c.now_us += 5_000_001;
+    let rs = RateSample {
+        rtt_us: 25_000,
+        acked_sacked: 1,
+        delivered: 1,
+        interval_us: 20_000,
+        ..Default::default()
+    };
+    s.update_min_rtt(&mut c, &rs, &cfg, &mut no_rand());
+    assert_eq!(s.mode(), Mode::ProbeRtt);
+    s.update_gains(&cfg);
+    s.set_cwnd(&mut c, &rs, &cfg, 1, s.bw(), s.cwnd_gain);
+    // 100 Mbit/s × 20 ms = 172.7 packets; half is 86.3, rounded up.
+    assert_eq!(c.cwnd, 87);
+}
+
+#[test]
+fn draft_probe_time_is_the_sooner_of_wall_clock_and_reno_rounds() {
+    // §4.3.3.5: "BBRIsRenoCoexistenceProbeTime(): reno_rounds = BBRTargetInflight();
+    // rounds = min(reno_rounds, 63); return BBR.rounds_since_bw_probe >= rounds".
+    let cfg = BbrConfig::DEFAULT;
+    // (min RTT µs — so BDP at 100 Mbit/s, rounds since probe, probe now)
+    let table = [
+        (2_000, 17, false),
+        (2_000, 18, true),
+        (20_000, 62, false),
+        (20_000, 63, true),
+    ];
+    for (min_rtt_us, rounds, probe) in table {
+        let (mut s, mut c) = probe_bw(Phase::Cruise);
+        s.min_rtt_us = min_rtt_us;
+        c.cwnd = 1000;
+        s.rounds_since_probe = rounds;
+        let bdp = s.target_inflight(&c, &cfg);
+        assert_eq!(
+            s.check_time_to_probe_bw(&c, &cfg),
+            probe,
+            "min RTT {min_rtt_us} (BDP {bdp}), {rounds} rounds"
+        );
+    }
+}
+
+#[test]
+fn draft_inflight_with_headroom() {
+    // §4.6.4.5: "headroom = max(1, BBRHeadroom × inflight_longterm); max(inflight_longterm -
+    // headroom, BBRMinPipeCwnd)".
+    let cfg = BbrConfig::DEFAULT;
+    let mut s = Bbr::default();
+    for (hi, want) in [(100, 86), (1000, 852), (5, 4), (UNBOUNDED, UNBOUNDED)] {
+        s.inflight_hi = hi;
+        assert_eq!(s.inflight_with_headroom(&cfg), want, "inflight_hi {hi}");
+    }
+}
+
+#[test]
+fn probe_wait_is_drawn_when_entering_down_and_spans_two_to_three_seconds() {
+    let cfg = BbrConfig::DEFAULT;
+    let mut rng = Rng(7);
+    let mut draws = 0;
+    let mut waits = vec![];
+    for _ in 0..200 {
+        let (mut s, c) = probe_bw(Phase::Up);
+        let mut rand = || {
+            draws += 1;
+            rng.next()
+        };
+        s.start_bw_probe_down(&c, &cfg, &mut rand);
+        waits.push(s.probe_wait_us);
+        assert!(s.rounds_since_probe < 2);
+    }
+    assert_eq!(draws, 400, "two draws per entry into DOWN, none elsewhere");
+    assert!(waits.iter().all(|w| (2_000_000..3_000_000).contains(w)));
+    let spread = waits.iter().max().unwrap() - waits.iter().min().unwrap();
+    assert!(
+        spread > 800_000,
+        "randomised over the second: spread {spread} µs"
+    );
+}
+
+#[test]
+fn fast_path_skips_app_limited_acks_that_change_nothing() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Cruise);
+    s.try_fast_path = 1;
+    s.update_gains(&cfg);
+    c.pacing_rate = 12_345;
+    c.cwnd = 200;
+    let rs = RateSample {
+        is_app_limited: true,
+        acked_sacked: 2,
+        delivered: 50,
+        interval_us: 20_000,
+        rtt_us: 20_100,
+        prior_in_flight: 100,
+        ..Default::default()
+    };
+    s.on_ack(&mut c, &rs, &cfg, &mut no_rand());
+    assert_eq!(
+        (c.pacing_rate, c.cwnd),
+        (12_345, 200),
+        "fast path: controls untouched"
+    );
+    // Not app-limited: the full path sets them.
+    let rs = RateSample {
+        is_app_limited: false,
+        ..rs
+    };
+    s.on_ack(&mut c, &rs, &cfg, &mut no_rand());
+    assert_ne!(c.pacing_rate, 12_345);
+}
+
+#[test]
+fn init_on_a_live_socket_keeps_its_clock() {
+    let cfg = BbrConfig::DEFAULT;
+    let mut s = Bbr::default();
+    let mut c = Conn {
+        now_us: 50_000_000,
+        kernel_min_rtt_us: 20_000,
+        srtt_us_x8: 8 * 21_000,
+        cwnd: 200,
+        ..conn()
+    };
+    s.init(&mut c, &cfg, None, &mut no_rand());
+    let rs = RateSample {
+        rtt_us: 21_000,
+        acked_sacked: 2,
+        delivered: 2,
+        interval_us: 20_000,
+        prior_in_flight: 200,
+        ..Default::default()
+    };
+    c.now_us += 1_000;
+    s.on_ack(&mut c, &rs, &cfg, &mut no_rand());
+    assert_ne!(
+        s.mode(),
+        Mode::ProbeRtt,
+        "the first ACK after a switch is no reason for PROBE_RTT"
+    );
+}
+
+// --- Packet-level simulation ---
+
+/// One packet as the kernel's rate sampler tags it when sent.
+#[derive(Clone, Copy)]
+struct Packet {
+    sent_us: u64,
+    delivered: u32,
+    delivered_mstamp_us: u64,
+    first_tx_us: u64,
+    app_limited: bool,
+    /// Dropped on the way (tail drop or random loss): never ACKed.
+    dropped: bool,
+    /// ACKed or marked lost: out of flight.
+    done: bool,
+}
+
+/// A bottleneck link: `rate` packets/µs with a tail-drop buffer of `buffer_pkts`, a
+/// propagation delay of `rtt_us` for the round trip, and random loss `loss` on the way in.
+struct Path {
+    rate_pkts_per_us: f64,
+    rtt_us: u64,
+    buffer_pkts: usize,
+    loss: f64,
+}
+
+/// What a simulated transfer achieved.
+#[derive(Debug)]
+struct Outcome {
+    /// Delivered ÷ what the link could carry, after the first `warmup` seconds.
+    utilisation: f64,
+    /// Packets lost ÷ packets sent.
+    loss_fraction: f64,
+    /// Median and 95th percentile RTT samples, µs.
+    rtt_p50_us: u64,
+    rtt_p95_us: u64,
+    /// Smallest `inflight_hi` after STARTUP ended (u32::MAX: never bounded).
+    min_inflight_hi: u32,
+    bdp_pkts: f64,
+}
+
+impl Path {
+    fn mbit(mbit: f64, rtt_ms: u64, buffer_bytes: usize, loss: f64) -> Self {
+        Self {
+            rate_pkts_per_us: mbit * 1e6 / 8.0 / f64::from(MSS) / 1e6,
+            rtt_us: rtt_ms * 1000,
+            buffer_pkts: (buffer_bytes / MSS as usize).max(1),
+            loss,
+        }
+    }
+
+    /// Runs a bulk transfer on bbr-p2p for `secs` seconds, in steps of 10 µs; the sender is
+    /// paced and cwnd-limited like TCP, losses are detected by later ACKs (3 packets of
+    /// reordering window) and recovery follows the kernel's state machine in outline.
+    fn run(&self, cfg: &BbrConfig, secs: u64, seed: u64) -> Outcome {
+        const DT_US: u64 = 10;
+        let warmup_us = 3_000_000;
+        let mut rng = Rng(seed);
+        let mut model_rng = Rng(seed ^ 0x5555);
+        let mut rand = || model_rng.next();
+        let mut s = Bbr::default();
+        let mut c = conn();
+        c.now_us = 1;
+        c.delivered_mstamp_us = 1;
+        s.init(&mut c, cfg, None, &mut rand);
+        let svc_us = 1.0 / self.rate_pkts_per_us;
+        let mut packets: Vec<Packet> = Vec::new();
+        // Bottleneck queue: (packet, departure time); then ACKs in flight back: (packet, arrival).
+        let mut queue: VecDeque<(usize, f64)> = VecDeque::new();
+        let mut link_free = 0.0f64;
+        let mut acks: VecDeque<(usize, u64)> = VecDeque::new();
+        let mut next_send = 0.0f64;
+        let mut first_tx_us = 0u64;
+        let mut first_undone = 0usize;
+        let mut highest_acked: Option<usize> = None;
+        let mut recovery_end = 0usize;
+        let mut last_ack_us = 0u64;
+        let mut srtt = 0u64;
+        let mut kernel_min_rtt = u32::MAX;
+        let mut inflight = 0u32;
+        let mut cwnd_limited = false;
+        let (mut sent, mut lost_total, mut delivered_after_warmup) = (0u64, 0u64, 0u64);
+        let mut rtts = Vec::new();
+        let mut min_inflight_hi = u32::MAX;
+        let end_us = secs * 1_000_000;
+        let mut t = 0u64;
+        while t < end_us {
+            t += DT_US;
+            let tf = t as f64;
+            c.now_us = t;
+            c.clock_ns = t * 1000;
+            // The link serves its queue.
+            while let Some(&(p, depart)) = queue.front() {
+                if depart > tf {
+                    break;
+                }
+                queue.pop_front();
+                acks.push_back((p, depart as u64 + self.rtt_us));
+            }
+            // ACKs arrive.
+            let mut newest: Option<usize> = None;
+            let mut acked = 0u32;
+            let prior_in_flight = inflight;
+            while let Some(&(p, at)) = acks.front() {
+                if at > t {
+                    break;
+                }
+                acks.pop_front();
+                let pkt = &mut packets[p];
+                if !pkt.done {
+                    pkt.done = true;
+                    inflight -= 1;
+                }
+                acked += 1;
+                c.delivered += 1;
+                c.delivered_mstamp_us = t;
+                if t > warmup_us {
+                    delivered_after_warmup += 1;
+                }
+                if newest.is_none_or(|n| packets[n].delivered <= packets[p].delivered) {
+                    newest = Some(p);
+                }
+                highest_acked = Some(highest_acked.map_or(p, |h| h.max(p)));
+            }
+            if let Some(n) = newest {
+                last_ack_us = t;
+                // Losses: packets sent 3 or more before the highest ACKed one and still out.
+                let mut losses = 0;
+                let horizon = highest_acked.unwrap_or(0).saturating_sub(3);
+                while first_undone < horizon {
+                    let pkt = &mut packets[first_undone];
+                    if !pkt.done {
+                        pkt.done = true;
+                        inflight -= 1;
+                        losses += 1;
+                    }
+                    first_undone += 1;
+                }
+                c.lost += losses;
+                lost_total += u64::from(losses);
+                if losses > 0 && c.ca_state == TCP_CA_OPEN {
+                    c.ssthresh = s.on_ssthresh(&c);
+                    c.ca_state = TCP_CA_RECOVERY;
+                    s.on_set_state(&mut c, cfg, TCP_CA_RECOVERY);
+                    recovery_end = packets.len();
+                } else if c.ca_state != TCP_CA_OPEN && highest_acked.unwrap_or(0) >= recovery_end {
+                    c.ca_state = TCP_CA_OPEN;
+                    s.on_set_state(&mut c, cfg, TCP_CA_OPEN);
+                }
+                let pkt = packets[n];
+                let rtt = t - pkt.sent_us;
+                rtts.push(rtt);
+                srtt = if srtt == 0 { rtt } else { (7 * srtt + rtt) / 8 };
+                kernel_min_rtt = kernel_min_rtt.min(rtt as u32);
+                first_tx_us = pkt.sent_us;
+                let snd_us = pkt.sent_us - pkt.first_tx_us;
+                let ack_us = t - pkt.delivered_mstamp_us;
+                let mut interval = snd_us.max(ack_us) as i64;
+                if interval < i64::from(kernel_min_rtt) {
+                    interval = -1;
+                }
+                if c.app_limited != 0 && after32(c.delivered, c.app_limited) {
+                    c.app_limited = 0;
+                }
+                c.packets_in_flight = inflight;
+                c.srtt_us_x8 = (srtt * 8) as u32;
+                c.kernel_min_rtt_us = kernel_min_rtt;
+                c.cwnd_limited = cwnd_limited;
+                c.wstamp_ns = (next_send.max(tf) * 1000.0) as u64;
+                let rs = RateSample {
+                    prior_delivered: pkt.delivered,
+                    delivered: (c.delivered - pkt.delivered) as i32,
+                    interval_us: interval,
+                    rtt_us: rtt as i64,
+                    losses: losses as i32,
+                    acked_sacked: acked,
+                    prior_in_flight,
+                    is_app_limited: pkt.app_limited,
+                    is_ack_delayed: false,
+                };
+                let (hi_before, phase_before) = (s.inflight_hi, (s.mode(), s.phase()));
+                s.on_ack(&mut c, &rs, cfg, &mut rand);
+                if std::env::var_os("BBR_SIM_TRACE").is_some()
+                    && (s.inflight_hi < hi_before || phase_before != (s.mode(), s.phase()))
+                {
+                    eprintln!(
+                        "t {:>6} ms {:?} -> {:?}/{:?} cwnd {} infl {} prior {} hi {} -> {} lo {} bw_lo {} max_bw {} lost {} fl {} ev {}",
+                        t / 1000,
+                        phase_before,
+                        s.mode(),
+                        s.phase(),
+                        c.cwnd,
+                        inflight,
+                        prior_in_flight,
+                        hi_before as i32,
+                        s.inflight_hi as i32,
+                        s.inflight_lo as i32,
+                        s.bw_lo as i32,
+                        s.max_bw(),
+                        c.lost - s.loss_round_lost,
+                        s.loss_round_flight,
+                        s.loss_events_in_round
+                    );
+                }
+                cwnd_limited = false;
+                if std::env::var_os("BBR_SIM_TRACE_ALL").is_some() && t % 50_000 < DT_US {
+                    eprintln!(
+                        "T {:>6} ms {:?}/{:?} cwnd {} infl {} hi {} lo {} bw_lo {} max_bw {} pacing {} loss {} probes {} ca {} prior {}",
+                        t / 1000,
+                        s.mode(),
+                        s.phase(),
+                        c.cwnd,
+                        inflight,
+                        s.inflight_hi as i32,
+                        s.inflight_lo as i32,
+                        s.bw_lo as i32,
+                        s.max_bw(),
+                        c.pacing_rate,
+                        lost_total,
+                        s.bw_probe_count,
+                        c.ca_state,
+                        s.prior_cwnd
+                    );
+                }
+                if s.full_bw_reached != 0 && s.mode() != Mode::Startup {
+                    min_inflight_hi = min_inflight_hi.min(s.inflight_hi);
+                }
+            }
+            // Retransmission timeout: everything out is lost.
+            if inflight > 0 && t - last_ack_us > 200_000.max(2 * srtt) {
+                for pkt in packets[first_undone..].iter_mut().filter(|p| !p.done) {
+                    pkt.done = true;
+                    c.lost += 1;
+                    lost_total += 1;
+                }
+                inflight = 0;
+                c.ssthresh = s.on_ssthresh(&c);
+                s.on_set_state(&mut c, cfg, TCP_CA_LOSS);
+                c.ca_state = TCP_CA_LOSS;
+                recovery_end = packets.len();
+                c.cwnd = 1;
+                last_ack_us = t;
+            }
+            // The sender: paced, within cwnd.
+            next_send = next_send.max(tf - DT_US as f64);
+            while next_send <= tf {
+                if inflight >= c.cwnd {
+                    cwnd_limited = true;
+                    break;
+                }
+                if inflight == 0 {
+                    first_tx_us = t;
+                    c.delivered_mstamp_us = t;
+                }
+                let p = packets.len();
+                let mut pkt = Packet {
+                    sent_us: t,
+                    delivered: c.delivered,
+                    delivered_mstamp_us: c.delivered_mstamp_us,
+                    first_tx_us,
+                    app_limited: c.app_limited != 0,
+                    dropped: false,
+                    done: false,
+                };
+                sent += 1;
+                inflight += 1;
+                if rng.chance(self.loss) || queue.len() >= self.buffer_pkts {
+                    pkt.dropped = true;
+                } else {
+                    let depart = link_free.max(tf) + svc_us;
+                    link_free = depart;
+                    queue.push_back((p, depart));
+                }
+                packets.push(pkt);
+                let rate = (c.pacing_rate as f64).max(1.0);
+                next_send += f64::from(MSS) / rate * 1e6;
+            }
+        }
+        rtts.sort_unstable();
+        let q = |f: f64| rtts[((rtts.len() - 1) as f64 * f) as usize];
+        let capacity = self.rate_pkts_per_us * (end_us - warmup_us) as f64;
+        Outcome {
+            utilisation: delivered_after_warmup as f64 / capacity,
+            loss_fraction: lost_total as f64 / sent as f64,
+            rtt_p50_us: q(0.5),
+            rtt_p95_us: q(0.95),
+            min_inflight_hi,
+            bdp_pkts: self.rate_pkts_per_us * self.rtt_us as f64,
+        }
+    }
+}
+
+#[test]
+fn sim_deep_buffer_fills_the_link_with_a_short_queue() {
+    let path = Path::mbit(100.0, 20, 2_000_000, 0.0);
+    let out = path.run(&BbrConfig::DEFAULT, 20, 1);
+    eprintln!("{out:?}");
+    assert!(out.utilisation > 0.95, "{out:?}");
+    assert!(
+        out.rtt_p50_us < 25_000,
+        "median RTT {} µs on a 20 ms path",
+        out.rtt_p50_us
+    );
+    // Probing queues for a few rounds every 2–3 s: the 95th percentile stays below twice the
+    // propagation delay (a loss-based flow would fill the 2 MB buffer: 180 ms).
+    assert!(
+        out.rtt_p95_us < 40_000,
+        "95th percentile RTT {} µs",
+        out.rtt_p95_us
+    );
+    assert!(out.loss_fraction < 0.001, "{out:?}");
+}
+
+#[test]
+fn sim_one_bdp_buffer_with_random_loss_keeps_utilisation_and_inflight_hi_above_the_bdp() {
+    let bdp_bytes = (100e6 / 8.0 * 0.020) as usize;
+    for loss in [0.005, 0.01] {
+        for seed in [1, 2, 3] {
+            let path = Path::mbit(100.0, 20, bdp_bytes, loss);
+            let out = path.run(&BbrConfig::DEFAULT, 20, seed);
+            eprintln!("loss {loss} seed {seed}: {out:?}");
+            assert!(out.utilisation > 0.90, "loss {loss} seed {seed}: {out:?}");
+            assert!(
+                f64::from(out.min_inflight_hi) >= out.bdp_pkts,
+                "inflight_hi fell to {} below the BDP {:.0}",
+                out.min_inflight_hi,
+                out.bdp_pkts
+            );
+        }
+    }
+}
+
+#[test]
+fn sim_shallow_buffer_with_random_loss_loses_little_beyond_the_random_loss() {
+    // 15 kB of buffer at 100 Mbit/s (10 packets), 1% random loss.
+    let path = Path::mbit(100.0, 20, 15_000, 0.01);
+    let out = path.run(&BbrConfig::DEFAULT, 20, 4);
+    eprintln!("{out:?}");
+    assert!(out.utilisation > 0.85, "{out:?}");
+    assert!(
+        out.loss_fraction < 0.02,
+        "overflow on top of the 1% random loss: {out:?}"
+    );
+}
+
+#[test]
+fn sim_loss_response_off_overflows_the_shallow_buffer_more() {
+    // The loss response is what keeps the shallow buffer from overflowing at every probe.
+    let path = Path::mbit(100.0, 20, 15_000, 0.01);
+    let on = path.run(&BbrConfig::DEFAULT, 20, 5);
+    let off = path.run(
+        &BbrConfig {
+            loss_bound_enabled: 0,
+            ..BbrConfig::DEFAULT
+        },
+        20,
+        5,
+    );
+    eprintln!("on {on:?}\noff {off:?}");
+    assert!(
+        on.loss_fraction < off.loss_fraction,
+        "on {on:?} off {off:?}"
+    );
+}
