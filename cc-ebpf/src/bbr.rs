@@ -65,33 +65,33 @@
 //!    at the recorded bw) instead of a blind STARTUP. During its first 3 rounds, a round whose
 //!    min RTT exceeds 2× the recorded one (and by more than 1 ms), or whose loss exceeds the
 //!    threshold, reverts it to STARTUP with the initial window.
-//! 10. **The short-term bounds take the cut only after a round above the loss threshold.**
-//!    v3 cuts `bw_lo`/`inflight_lo` after *any* lossy round, to max(0.7 × bound, the latest
-//!    round's delivery). Paced at `bw_lo`, a round cannot deliver more than `bw_lo` less the
-//!    1% pacing margin, so under random loss (at 1%, most rounds of a 170-packet flight lose
-//!    something) the bound ratchets down ~1% per round until the next probe lifts it: in the
-//!    packet-level simulation of the host tests, 0.5% random loss on a 1-BDP buffer cost 20% of
-//!    the link and 1% on a 15 kB buffer half of it. Random loss below the threshold is what
-//!    the threshold exists to tolerate; a round above it still takes v3's cut, if the flight
-//!    then exceeded the pipe (deviation 11).
-//! 11. **The pipe is a floor for `inflight_hi` and for the cruising headroom.** A round above
-//!    the threshold sets `inflight_hi` to the inflight then, but not below the BDP estimate
-//!    (`max_bw × min_rtt`; v3's floor is 0.7 × the target inflight), cruising keeps its 15%
-//!    headroom only above the BDP, and a lossy round cuts the short-term bounds only if the
-//!    flight exceeded the BDP when the threshold was crossed. Inflight up to the BDP builds no queue at the bottleneck, so
-//!    loss there is not congestion from this flow, and the headroom is meant to leave room in
-//!    the *buffer* for others. Without this, random loss met by a probe that began from a low
-//!    flight (after recovery or PROBE_RTT) set `inflight_hi` below the BDP and cruising 15%
-//!    below that, and the max-bw filter then learned the lower rate (host simulation: 1% loss
-//!    on a 1-BDP buffer, 66% utilisation).
-//! 12. **Only a flow paced above its estimate raises it.** A delivery-rate sample taken at a
-//!    pacing gain of 1 or less counts towards `bw_hi` only up to the current `max_bw`: sending
-//!    no faster than the estimate, a higher sample is ACK or token-bucket batching, not
-//!    bandwidth. v3's filter spans two probe cycles (seconds), and on a sub-millisecond path
-//!    through a token bucket the kernel test measured 317 Mbit/s on a 100 Mbit/s link from
-//!    such samples.
 //! 9. Tunables come from a config map ([`BbrConfig`], v3's values by default) instead of
 //!    module parameters; `loss_bound_enabled = 0` turns every loss response off (v1-like).
+//! 10. **The short-term bounds take the cut only after a round above the loss threshold.**
+//!     v3 cuts `bw_lo`/`inflight_lo` after *any* lossy round, to max(0.7 × bound, the latest
+//!     round's delivery). Paced at `bw_lo`, a round cannot deliver more than `bw_lo` less the
+//!     1% pacing margin, so under random loss (at 1%, most rounds of a 170-packet flight lose
+//!     something) the bound ratchets down ~1% per round until the next probe lifts it: in the
+//!     packet-level simulation of the host tests, 0.5% random loss on a 1-BDP buffer cost 20% of
+//!     the link and 1% on a 15 kB buffer half of it. Random loss below the threshold is what
+//!     the threshold exists to tolerate; a round above it still takes v3's cut, if the flight
+//!     then exceeded the pipe (deviation 11).
+//! 11. **The pipe is a floor for `inflight_hi` and for the cruising headroom.** A round above
+//!     the threshold sets `inflight_hi` to the inflight then, but not below the BDP estimate
+//!     (`max_bw × min_rtt`; v3's floor is 0.7 × the target inflight), cruising keeps its 15%
+//!     headroom only above the BDP, and a lossy round cuts the short-term bounds only if the
+//!     flight exceeded the BDP when the threshold was crossed. Inflight up to the BDP builds no queue at the bottleneck, so
+//!     loss there is not congestion from this flow, and the headroom is meant to leave room in
+//!     the *buffer* for others. Without this, random loss met by a probe that began from a low
+//!     flight (after recovery or PROBE_RTT) set `inflight_hi` below the BDP and cruising 15%
+//!     below that, and the max-bw filter then learned the lower rate (host simulation: 1% loss
+//!     on a 1-BDP buffer, 66% utilisation).
+//! 12. **Only a flow paced above its estimate raises it.** A delivery-rate sample taken at a
+//!     pacing gain of 1 or less counts towards `bw_hi` only up to the current `max_bw`: sending
+//!     no faster than the estimate, a higher sample is ACK or token-bucket batching, not
+//!     bandwidth. v3's filter spans two probe cycles (seconds), and on a sub-millisecond path
+//!     through a token bucket the kernel test measured 317 Mbit/s on a 100 Mbit/s link from
+//!     such samples.
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -311,7 +311,8 @@ impl Bbr {
     fn reset(&mut self) {
         const WORDS: usize = core::mem::size_of::<BbrState>() / 8;
         const _: () = assert!(
-            core::mem::size_of::<BbrState>() % 8 == 0 && core::mem::align_of::<BbrState>() == 8
+            core::mem::size_of::<BbrState>().is_multiple_of(8)
+                && core::mem::align_of::<BbrState>() == 8
         );
         let words = core::ptr::from_mut(&mut self.0).cast::<u64>();
         for i in 0..WORDS {

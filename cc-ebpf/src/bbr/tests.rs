@@ -51,8 +51,7 @@ fn no_rand() -> impl FnMut() -> u32 {
 
 /// A flow in PROBE_BW on a 100 Mbit/s, 20 ms path (BDP ≈ 173 packets), cwnd at 2 BDP.
 fn probe_bw(phase: Phase) -> (Bbr, Conn) {
-    let mut s = Bbr::default();
-    s.0 = BbrState {
+    let mut s = Bbr(BbrState {
         mode: Mode::ProbeBw as u8,
         cycle_idx: phase as u8,
         full_bw_reached: 1,
@@ -66,7 +65,7 @@ fn probe_bw(phase: Phase) -> (Bbr, Conn) {
         probe_wait_us: 2_500_000,
         init_cwnd: 10,
         ..BbrState::default()
-    };
+    });
     let c = Conn {
         cwnd: 346,
         packets_in_flight: 200,
