@@ -89,9 +89,12 @@
 //! 12. **Only a flow paced above its estimate raises it.** A delivery-rate sample taken at a
 //!     pacing gain of 1 or less counts towards `bw_hi` only up to the current `max_bw`: sending
 //!     no faster than the estimate, a higher sample is ACK or token-bucket batching, not
-//!     bandwidth. v3's filter spans two probe cycles (seconds), and on a sub-millisecond path
-//!     through a token bucket the kernel test measured 317 Mbit/s on a 100 Mbit/s link from
-//!     such samples.
+//!     bandwidth. Nor does a sample whose ACKs came back faster than its packets were sent
+//!     (the kernel then divides by the send interval, so the sample is the sending rate:
+//!     at STARTUP's 2.77 or UP's 1.25 that is above the path whenever ACKs arrive batched).
+//!     v3's filter spans two probe cycles (seconds), and on a sub-millisecond path through a
+//!     token bucket the kernel test measured 260–317 Mbit/s on a 100 Mbit/s link from such
+//!     samples.
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -200,6 +203,10 @@ pub struct RateSample {
     pub prior_in_flight: u32,
     pub is_app_limited: bool,
     pub is_ack_delayed: bool,
+    /// The ACKs came back faster than the packets were sent (`interval_us` is the send
+    /// interval, longer than `tp->tcp_mstamp - rs->prior_mstamp`): the sample is the sending
+    /// rate, not the path's (deviation 12).
+    pub ack_compressed: bool,
 }
 
 #[inline(always)]
@@ -624,12 +631,14 @@ impl Bbr {
             return;
         }
         if !rs.is_app_limited || sample_bw >= self.max_bw() {
-            // Deviation 12: only a flow sending faster than its estimate can measure more.
-            let sample = if self.pacing_gain > BBR_UNIT || self.max_bw() == 0 {
-                sample_bw
-            } else {
-                sample_bw.min(self.max_bw())
-            };
+            // Deviation 12: only a flow sending faster than its estimate, with ACKs as spread
+            // out as its sends, can measure more.
+            let sample =
+                if (self.pacing_gain > BBR_UNIT && !rs.ack_compressed) || self.max_bw() == 0 {
+                    sample_bw
+                } else {
+                    sample_bw.min(self.max_bw())
+                };
             self.bw_hi[1] = self.bw_hi[1].max(sample);
         }
         if self.loss_round_start != 0 {

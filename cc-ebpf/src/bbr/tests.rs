@@ -836,6 +836,7 @@ impl Path {
                     prior_in_flight,
                     is_app_limited: pkt.app_limited,
                     is_ack_delayed: false,
+                    ack_compressed: interval > 0 && snd_us > ack_us,
                 };
                 let (hi_before, phase_before) = (s.inflight_hi, (s.mode(), s.phase()));
                 s.on_ack(&mut c, &rs, cfg, &mut rand);
@@ -1020,4 +1021,26 @@ fn sim_loss_response_off_overflows_the_shallow_buffer_more() {
         on.loss_fraction < off.loss_fraction,
         "on {on:?} off {off:?}"
     );
+}
+
+/// Deviation 12: probing up (gain 1.25), a sample the kernel took over the send interval
+/// because the ACKs came back batched is the sending rate and does not raise `max_bw`; the
+/// same rate with ACKs as spread out as the sends does.
+#[test]
+fn an_ack_compressed_sample_does_not_raise_the_estimate() {
+    let cfg = BbrConfig::DEFAULT;
+    for (compressed, want) in [(true, bw_of_mbit(100)), (false, bw_of_mbit(125))] {
+        let (mut s, c) = probe_bw(Phase::Up);
+        s.update_gains(&cfg);
+        assert!(s.pacing_gain > BBR_UNIT);
+        let rs = RateSample {
+            acked_sacked: 2,
+            delivered: 170,
+            interval_us: 20_000,
+            ack_compressed: compressed,
+            ..Default::default()
+        };
+        s.update_congestion_signals(&c, &rs, &cfg, bw_of_mbit(125));
+        assert_eq!(s.max_bw(), want, "ack_compressed {compressed}");
+    }
 }

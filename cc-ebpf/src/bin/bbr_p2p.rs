@@ -420,8 +420,15 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
             prior_in_flight: rs.u32(RATE_SAMPLE__PRIOR_IN_FLIGHT),
             is_app_limited: rs.u8(RATE_SAMPLE__IS_APP_LIMITED) != 0,
             is_ack_delayed: rs.u8(RATE_SAMPLE__IS_ACK_DELAYED) != 0,
+            ack_compressed: false,
         };
         (*sc).conn = read_conn(sk);
+        // tcp_rate_gen: interval_us = max(send interval, tcp_mstamp - prior_mstamp).
+        let ack_us = (*sc)
+            .conn
+            .now_us
+            .wrapping_sub(rs.u64(RATE_SAMPLE__PRIOR_MSTAMP)) as i64;
+        (*sc).rs.ack_compressed = (*sc).rs.interval_us > ack_us.max(0);
     }
     // SAFETY: as above.
     let before = Controls::of(unsafe { &(*sc).conn });
