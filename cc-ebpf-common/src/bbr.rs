@@ -281,8 +281,8 @@ pub struct BbrConfig {
     pub probe_down_gain: u32,
     /// Window of the min-RTT filter, µs.
     pub min_rtt_window_us: u32,
-    /// PROBE_RTT comes when no RTT sample was this low for this long, µs (at most the
-    /// min-RTT window).
+    /// PROBE_RTT comes when no RTT sample was this low for this long, µs (at most half the
+    /// min-RTT window, so that the filter still holds a drained sample when it comes).
     pub probe_rtt_interval_us: u32,
     /// Time spent in PROBE_RTT at the reduced cwnd, µs.
     pub probe_rtt_duration_us: u32,

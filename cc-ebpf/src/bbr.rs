@@ -57,8 +57,13 @@
 //! 6. State lives in socket storage rather than `icsk_ca_priv`, unpacked (no bitfields):
 //!    counters saturate instead of wrapping. TSO sizing is mainline's (no `tso_rtt_shift`), with
 //!    `MAX_TCP_HEADER` a constant (320 bytes, x86_64's value with the usual configs).
-//! 7. PROBE_RTT's interval is min(`probe_rtt_interval_us`, `min_rtt_window_us`), so that a
-//!    shortened min-RTT window also shortens it.
+//! 7. PROBE_RTT's interval is min(`probe_rtt_interval_us`, `min_rtt_window_us` / 2), so that a
+//!    shortened min-RTT window also shortens it while keeping v3's 5 s-in-10 s ratio. The ratio
+//!    matters: the PROBE_RTT timer and the min-RTT filter restart together on every new
+//!    minimum, so with equal windows both expire on the same ACK, the filter takes that ACK's
+//!    queue-laden sample, and PROBE_RTT's cwnd (half the BDP at that RTT) no longer drains the
+//!    queue (kernel test, 2 s for both: a min RTT of 2.9–12 ms kept after PROBE_RTT on a path
+//!    of 20–40 µs).
 //! 8. **Warm start** (RFC 9040 temporal sharing): on release, a connection that measured its
 //!    path records `max_bw` and `min_rtt` per remote address; a new connection to that address
 //!    within 2 minutes starts in PROBE_BW CRUISE from them (cwnd = the BDP at cwnd gain, paced
@@ -86,15 +91,18 @@
 //!     flight (after recovery or PROBE_RTT) set `inflight_hi` below the BDP and cruising 15%
 //!     below that, and the max-bw filter then learned the lower rate (host simulation: 1% loss
 //!     on a 1-BDP buffer, 66% utilisation).
-//! 12. **Only a flow paced above its estimate raises it.** A delivery-rate sample taken at a
-//!     pacing gain of 1 or less counts towards `bw_hi` only up to the current `max_bw`: sending
-//!     no faster than the estimate, a higher sample is ACK or token-bucket batching, not
-//!     bandwidth. Nor does a sample whose ACKs came back faster than its packets were sent
-//!     (the kernel then divides by the send interval, so the sample is the sending rate:
-//!     at STARTUP's 2.77 or UP's 1.25 that is above the path whenever ACKs arrive batched).
-//!     v3's filter spans two probe cycles (seconds), and on a sub-millisecond path through a
-//!     token bucket the kernel test measured 260–317 Mbit/s on a 100 Mbit/s link from such
-//!     samples.
+//! 12. **Only data sent faster than the estimate raises it, and a burst is no rate.** A
+//!     delivery-rate sample counts towards `bw_hi` above the current `max_bw` only if the data
+//!     it ACKs was sent while probing (STARTUP, or UP once its ACKs are v3's
+//!     `BBR_ACKS_PROBE_FEEDBACK`: the first round of UP ACKs what REFILL sent at the estimate)
+//!     and its ACKs came back no faster than it was sent (else the kernel divided by the send
+//!     interval and the sample is the sending rate); other samples count up to `max_bw`. A
+//!     sample that delivered no more than one TSO burst (`tso_segs_goal`) does not count at
+//!     all: the packets left together and a token bucket on the path passes such a burst at
+//!     line rate. v3's filter keeps a sample for two probe cycles (seconds); on the kernel
+//!     tests' sub-millisecond path through a tbf (4 kB burst) 2–4-packet samples read 200–630
+//!     Mbit/s on a 100 Mbit/s link, and capped at `max_bw` they renewed it cycle after cycle
+//!     (estimates of 200–550 Mbit/s at the 5 s mark; with the rule, 96–120 after STARTUP).
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -559,6 +567,23 @@ impl Bbr {
             as u32
     }
 
+    /// Deviation 12: whether the ACKed data was sent faster than the estimate: in STARTUP, or
+    /// in UP once the ACKs are for data sent in UP (v3's `BBR_ACKS_PROBE_FEEDBACK`; the first
+    /// round of UP ACKs what REFILL sent at the estimate).
+    #[inline(always)]
+    fn sent_probing(&self) -> bool {
+        self.pacing_gain > BBR_UNIT
+            && (self.mode() == Mode::Startup
+                || (self.in_phase(Phase::Up) && self.ack_phase == ack_phase::PROBE_FEEDBACK))
+    }
+
+    /// Deviation 12: the sample delivered no more than one TSO burst (`tso_segs_goal`): the
+    /// packets left together, and a token bucket on the path may pass them at line rate.
+    #[inline(always)]
+    fn one_burst(c: &Conn, rs: &RateSample) -> bool {
+        rs.delivered <= Self::tso_segs_goal(c) as i32
+    }
+
     /// `bbr_update_latest_delivery_signals`, plus this variant's per-round loss rate
     /// (deviation 1): losses since the loss round began against the flight it began with.
     #[inline(always)]
@@ -630,15 +655,16 @@ impl Bbr {
         if rs.interval_us <= 0 || rs.acked_sacked == 0 {
             return;
         }
-        if !rs.is_app_limited || sample_bw >= self.max_bw() {
-            // Deviation 12: only a flow sending faster than its estimate, with ACKs as spread
-            // out as its sends, can measure more.
-            let sample =
-                if (self.pacing_gain > BBR_UNIT && !rs.ack_compressed) || self.max_bw() == 0 {
-                    sample_bw
-                } else {
-                    sample_bw.min(self.max_bw())
-                };
+        if self.max_bw() == 0 {
+            self.bw_hi[1] = sample_bw;
+        } else if (!rs.is_app_limited || sample_bw >= self.max_bw()) && !Self::one_burst(c, rs) {
+            // Deviation 12: a sample of one burst is no rate; only data sent faster than the
+            // estimate, ACKed as spread out as it was sent, can measure more.
+            let sample = if self.sent_probing() && !rs.ack_compressed {
+                sample_bw
+            } else {
+                sample_bw.min(self.max_bw())
+            };
             self.bw_hi[1] = self.bw_hi[1].max(sample);
         }
         if self.loss_round_start != 0 {
@@ -1398,7 +1424,7 @@ impl Bbr {
         cfg: &BbrConfig,
         rand: &mut R,
     ) {
-        let interval_us = cfg.probe_rtt_interval_us.min(cfg.min_rtt_window_us);
+        let interval_us = cfg.probe_rtt_interval_us.min(cfg.min_rtt_window_us / 2);
         let probe_rtt_expired = c.now_us > self.probe_rtt_min_stamp_us + u64::from(interval_us);
         if rs.rtt_us >= 0
             && ((rs.rtt_us as u64) < u64::from(self.probe_rtt_min_us)

@@ -104,84 +104,100 @@ fn fills_the_link_goes_startup_drain_probe_bw_and_starts_warm_next_time() {
     assert!(!seen(&state2, Mode::Startup));
 }
 
-/// PROBE_RTT comes when the min-RTT filter has not seen a new minimum for its window. The
-/// namespaces here have no propagation delay to speak of (no netem), so RTT samples vary with
-/// the queue; with the window shortened to 2 s through the config map, a 7 s flow must enter
-/// PROBE_RTT at least twice and at most once per window.
+/// The kernel's monotonic clock in µs: the clock of `tcp_mstamp`, which stamps the state.
+fn kernel_now_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// PROBE_RTT comes when no RTT sample has been as low as the window's minimum for the
+/// PROBE_RTT interval, and drains the queue to measure the path's RTT. With the min-RTT window
+/// shortened to 4 s through the config map, the interval is 2 s (deviation 7: half the
+/// window, v3's 5 s of 10 s). The namespaces have no propagation delay (no netem): RTT samples
+/// vary with the queue and the scheduler, and a new lowest sample legitimately restarts the
+/// timer (v3's `probe_rtt_min_us` filter), so the test does not count on a fixed number of
+/// entries; it checks each against the timer read back from the socket: none before the timer
+/// expired, none missed once it had, and each drained the queue.
 #[test]
 fn probe_rtt_follows_the_min_rtt_window() {
     if !kernel_tests_possible() {
         return;
     }
+    const INTERVAL_US: u64 = 2_000_000;
+    // PROBE_RTT starts on the first ACK after expiry; ACKs come every few µs here, so this
+    // only covers the scheduling of this process between its samples.
+    const LATE_US: u64 = 300_000;
     let bbr = register();
     let config = cc_ebpf_common::bbr::BbrConfig {
-        min_rtt_window_us: 2_000_000,
+        min_rtt_window_us: 2 * INTERVAL_US as u32,
         ..bbr.config().unwrap()
     };
     bbr.set_config(config).unwrap();
     let net = Routed::new("bbrrtt", 63, "100mbit", "2000000");
     let mut flow = net.flow(5104, "bbr_p2p");
-    let (_, state, samples) = run(&mut flow, &bbr, 7);
+    let start = Instant::now();
+    let mut samples: Vec<(u64, BbrState)> = Vec::new();
+    while start.elapsed() < Duration::from_secs(7) {
+        flow.send(64 << 10);
+        let state = bbr.state(flow.client.as_fd()).expect("bbr-p2p state");
+        samples.push((kernel_now_us(), state));
+    }
+    flow.finish();
+    let count = samples.last().unwrap().1.probe_rtt_count;
+    let mut resets = 0;
+    for pair in samples.windows(2) {
+        let ((_, before), (now, after)) = (pair[0], pair[1]);
+        resets += u32::from(after.probe_rtt_min_stamp_us != before.probe_rtt_min_stamp_us);
+        if after.probe_rtt_count > before.probe_rtt_count {
+            // Entered: not before the timer (as last read) expired.
+            assert!(
+                now >= before.probe_rtt_min_stamp_us + INTERVAL_US,
+                "PROBE_RTT {} entered {} ms after the timer's last restart",
+                after.probe_rtt_count,
+                (now - before.probe_rtt_min_stamp_us) / 1000
+            );
+        }
+        if before.mode() == Mode::ProbeRtt && after.mode() != Mode::ProbeRtt {
+            // Left: the lowest RTT while in it is the path's (tens of µs), not a queue's.
+            eprintln!(
+                "PROBE_RTT {}: lowest RTT {} us, min RTT {} us",
+                after.probe_rtt_count, after.probe_rtt_min_us, after.min_rtt_us
+            );
+            assert!(
+                after.probe_rtt_min_us < 1_000,
+                "PROBE_RTT {} did not drain the queue: lowest RTT {} us",
+                after.probe_rtt_count,
+                after.probe_rtt_min_us
+            );
+        }
+        if after.mode() != Mode::ProbeRtt {
+            // Not in PROBE_RTT: the timer has not been expired for long.
+            assert!(
+                now <= after.probe_rtt_min_stamp_us + INTERVAL_US + LATE_US,
+                "no PROBE_RTT {} ms after the timer's last restart",
+                (now - after.probe_rtt_min_stamp_us) / 1000
+            );
+        }
+    }
     eprintln!(
-        "PROBE_RTT entered {} times in 7 s with a 2 s window",
-        state.probe_rtt_count
+        "PROBE_RTT entered {count} times in 7 s with a 2 s interval; timer restarted {resets} \
+         times in {} samples",
+        samples.len()
     );
     assert!(
-        (2..=4).contains(&state.probe_rtt_count),
-        "PROBE_RTT entered {} times",
-        state.probe_rtt_count
+        (1..=3).contains(&count),
+        "PROBE_RTT entered {count} times (at most once per interval)"
     );
     assert!(
-        samples.iter().any(|s| s.mode() == Mode::ProbeRtt),
+        samples.iter().any(|(_, s)| s.mode() == Mode::ProbeRtt),
         "no sample caught PROBE_RTT"
     );
-    flow.finish();
-}
-
-#[test]
-fn shallow_buffer_losses_engage_the_loss_bound() {
-    if !kernel_tests_possible() {
-        return;
-    }
-    let bbr = register();
-    // 12 kB of buffer at 100 Mbit/s: STARTUP's 2.89x overshoot overflows it.
-    let net = Routed::new("bbrloss", 62, "100mbit", "12000");
-    let mut flow = net.flow(5103, "bbr_p2p");
-    let (mbit, state, _) = run(&mut flow, &bbr, 4);
-    let info = sockets::tcp_info(flow.client.as_fd()).unwrap();
-    eprintln!(
-        "goodput {mbit:.1} Mbit/s; loss bound engaged {} times; inflight_hi {}; retrans {} of {} segs",
-        state.loss_bound_count, state.inflight_hi, info.total_retrans, info.data_segs_out
-    );
-    assert!(info.total_retrans > 0, "the shallow buffer caused no loss");
-    assert!(state.loss_bound_count >= 1, "loss bound never engaged");
-    assert_ne!(state.inflight_hi, u32::MAX);
-    flow.finish();
-}
-
-#[test]
-#[ignore = "ad-hoc comparison"]
-fn adhoc_compare_shallow() {
-    let _bbr = register();
-    for cc in ["bbr", "bbr_p2p", "cubic"] {
-        let net = Routed::new("cmp", 64, "100mbit", "12000");
-        let mut flow = net.flow(5105, cc);
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed() < Duration::from_secs(4) {
-            flow.send(256 << 10);
-            sent += 256 << 10;
-        }
-        let info = sockets::tcp_info(flow.client.as_fd()).unwrap();
-        eprintln!(
-            "{cc}: {:.1} Mbit/s retrans {} of {} segs ({:.1}%) rtt {}us cwnd {}",
-            sent as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e6,
-            info.total_retrans,
-            info.data_segs_out,
-            info.total_retrans as f64 * 100.0 / info.data_segs_out as f64,
-            info.rtt_us,
-            info.snd_cwnd
-        );
-        flow.finish();
-    }
 }

@@ -535,6 +535,37 @@ fn draft_probe_rtt_holds_half_the_bdp() {
 }
 
 #[test]
+fn a_shortened_min_rtt_window_keeps_probe_rtt_inside_it() {
+    // Deviation 7: with the min-RTT window shortened to 2 s, PROBE_RTT comes after 1 s without
+    // a new minimum, while the filter still holds the old one: PROBE_RTT's cwnd is half the BDP
+    // at the path's RTT, not at the queue-laden sample of the ACK that started it.
+    let cfg = BbrConfig {
+        min_rtt_window_us: 2_000_000,
+        ..BbrConfig::DEFAULT
+    };
+    let queued = RateSample {
+        rtt_us: 80_000,
+        acked_sacked: 1,
+        delivered: 1,
+        interval_us: 20_000,
+        ..Default::default()
+    };
+    // (µs since the last new minimum, PROBE_RTT entered)
+    for (after_us, probe_rtt) in [(999_000, false), (1_000_001, true), (1_999_000, true)] {
+        let (mut s, mut c) = probe_bw(Phase::Cruise);
+        c.now_us += after_us;
+        s.update_min_rtt(&mut c, &queued, &cfg, &mut no_rand());
+        assert_eq!(s.mode() == Mode::ProbeRtt, probe_rtt, "after {after_us} µs");
+        assert_eq!(s.min_rtt_us, 20_000, "after {after_us} µs");
+        if probe_rtt {
+            s.update_gains(&cfg);
+            s.set_cwnd(&mut c, &queued, &cfg, 1, s.bw(), s.cwnd_gain);
+            assert_eq!(c.cwnd, 87, "half the BDP at 20 ms");
+        }
+    }
+}
+
+#[test]
 fn draft_probe_time_is_the_sooner_of_wall_clock_and_reno_rounds() {
     // §4.3.3.5: "BBRIsRenoCoexistenceProbeTime(): reno_rounds = BBRTargetInflight();
     // rounds = min(reno_rounds, 63); return BBR.rounds_since_bw_probe >= rounds".
@@ -1040,7 +1071,59 @@ fn an_ack_compressed_sample_does_not_raise_the_estimate() {
             ack_compressed: compressed,
             ..Default::default()
         };
+        s.ack_phase = ack_phase::PROBE_FEEDBACK;
         s.update_congestion_signals(&c, &rs, &cfg, bw_of_mbit(125));
         assert_eq!(s.max_bw(), want, "ack_compressed {compressed}");
+    }
+}
+
+#[test]
+fn sim_sub_millisecond_path_fills_the_link() {
+    // A LAN-like path: 1 Gbit/s, 200 µs (BDP 17 packets, below a 1 ms TSO burst of 44): the
+    // burst rule of deviation 12 must not freeze the estimate.
+    let path = Path {
+        rtt_us: 200,
+        ..Path::mbit(1000.0, 1, 1_000_000, 0.0)
+    };
+    let out = path.run(&BbrConfig::DEFAULT, 6, 1);
+    eprintln!("{out:?}");
+    assert!(out.utilisation > 0.9, "{out:?}");
+}
+
+/// Deviation 12, table: which probing-time samples may raise `max_bw` (100 Mbit/s) to 125.
+#[test]
+fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
+    let cfg = BbrConfig::DEFAULT;
+    // (phase, ACK phase, packets delivered, raises)
+    let table = [
+        (Phase::Up, ack_phase::PROBE_FEEDBACK, 170, true),
+        // ACKs of what REFILL sent, at the estimate.
+        (Phase::Up, ack_phase::PROBE_STARTING, 170, false),
+        // One TSO burst (at 125 Mbit/s, 1 ms of pacing is 10 packets).
+        (Phase::Up, ack_phase::PROBE_FEEDBACK, 4, false),
+        (Phase::Cruise, ack_phase::INIT, 170, false),
+    ];
+    for (phase, ack, delivered, raises) in table {
+        let (mut s, mut c) = probe_bw(phase);
+        s.update_gains(&cfg);
+        s.ack_phase = ack;
+        c.pacing_rate = 125_000_000 / 8;
+        let rs = RateSample {
+            acked_sacked: 2,
+            delivered,
+            interval_us: 20_000,
+            ..Default::default()
+        };
+        s.update_congestion_signals(&c, &rs, &cfg, bw_of_mbit(125));
+        let want = if raises {
+            bw_of_mbit(125)
+        } else {
+            bw_of_mbit(100)
+        };
+        assert_eq!(
+            s.max_bw(),
+            want,
+            "{phase:?} ack phase {ack} delivered {delivered}"
+        );
     }
 }

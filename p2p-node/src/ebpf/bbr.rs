@@ -123,7 +123,11 @@ impl BbrP2p {
             return Ok(None);
         };
         sys::check_map_shape(slots.as_raw_fd(), BBR_CONFIG_MAP, config_map_shape())?;
-        sys::check_map_shape(in_use.as_raw_fd(), BBR_CONFIG_SLOT_MAP, config_slot_map_shape())?;
+        sys::check_map_shape(
+            in_use.as_raw_fd(),
+            BBR_CONFIG_SLOT_MAP,
+            config_slot_map_shape(),
+        )?;
         sys::check_map_shape(state.as_raw_fd(), BBR_STATE_MAP, state_map_shape())?;
         let array = |fd| {
             let data = MapData::from_fd(fd).ok()?;
