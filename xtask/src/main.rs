@@ -8,6 +8,7 @@ mod bench;
 mod bench_probes;
 mod bench_report;
 mod bench_warm;
+mod bench_scale;
 mod delay_line;
 mod exec;
 mod link;
@@ -62,6 +63,9 @@ enum BenchKind {
     /// Careful resume (issue 13): 8 MB libp2p transfers on fresh connections, resumed vs cold,
     /// on the same path, a changed path and with 1% loss; writes its section in docs/bench.md.
     Warm(bench_warm::WarmOptions),
+    /// Telemetry at 100/500/1,000 peers (issue 12): `/metrics` and `/api/peers` latency,
+    /// syscalls per scrape, RSS, map memory; writes "## Telemetry at scale (issue 12)".
+    Scale(bench_scale::ScaleOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             BenchKind::Bbr(options) => bench::run_bbr(&options),
             BenchKind::Probes(options) => bench_probes::run(&options),
             BenchKind::Warm(options) => bench_warm::run(&options),
+            BenchKind::Scale(options) => bench_scale::run(&options),
         },
         Task::DelayLine(options) => delay_line::run(&options),
     }
