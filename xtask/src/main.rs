@@ -7,8 +7,8 @@
 mod bench;
 mod bench_probes;
 mod bench_report;
-mod bench_warm;
 mod bench_scale;
+mod bench_warm;
 mod delay_line;
 mod exec;
 mod link;
