@@ -83,6 +83,8 @@ pub const BUSY_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_mill
 pub const BUSY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 /// "Busy" answers in a row from one provider (≈ 15 s of back-off) that count as one failure.
 pub const MAX_BUSY_STREAK: u32 = 12;
+/// Pause before a provider whose manifest request failed is asked once more.
+const MANIFEST_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Test faults remembered at once.
 const MAX_FAULTS: usize = 64;
 /// Requests held back by the "stall" fault at once.
@@ -1077,25 +1079,45 @@ async fn fetch_manifest(
     providers: &[PeerId],
 ) -> Result<Manifest, FileError> {
     let mut last_error = String::from("no provider answered");
-    for &peer in providers {
-        match client.request(peer, Request::Manifest(id)).await {
-            Ok(Response::Manifest(bytes)) => {
-                if bytes.len() > MAX_MANIFEST_BYTES {
-                    last_error = format!("{peer} sent an oversized manifest");
-                    continue;
+    // A provider whose connection failed or that was busy gets a second ask after a pause (a
+    // connection closing as the request went out, e.g. right after a restart, is not a refusal).
+    let mut retry = Vec::new();
+    for (round, peers) in [providers.to_vec(), Vec::new()].into_iter().enumerate() {
+        let peers = if round == 0 {
+            peers
+        } else if retry.is_empty() {
+            break;
+        } else {
+            tokio::time::sleep(MANIFEST_RETRY_PAUSE).await;
+            std::mem::take(&mut retry)
+        };
+        for peer in peers {
+            match client.request(peer, Request::Manifest(id)).await {
+                Ok(Response::Manifest(bytes)) => {
+                    if bytes.len() > MAX_MANIFEST_BYTES {
+                        last_error = format!("{peer} sent an oversized manifest");
+                        continue;
+                    }
+                    if FileId(Sha256::digest(&bytes).into()) != id {
+                        last_error = format!("{peer} sent a manifest that does not hash to the id");
+                        continue;
+                    }
+                    match Manifest::decode(&bytes) {
+                        Ok(m) => return Ok(m),
+                        Err(e) => last_error = format!("{peer}: {e}"),
+                    }
                 }
-                if FileId(Sha256::digest(&bytes).into()) != id {
-                    last_error = format!("{peer} sent a manifest that does not hash to the id");
-                    continue;
+                Ok(Response::Busy) => {
+                    last_error = format!("{peer} answered busy");
+                    retry.push(peer);
                 }
-                match Manifest::decode(&bytes) {
-                    Ok(m) => return Ok(m),
-                    Err(e) => last_error = format!("{peer}: {e}"),
+                Ok(other) => last_error = format!("{peer} answered {}", describe(&other)),
+                Err(FileError::NodeStopped) => return Err(FileError::NodeStopped),
+                Err(e) => {
+                    last_error = format!("{peer}: {e}");
+                    retry.push(peer);
                 }
             }
-            Ok(other) => last_error = format!("{peer} answered {}", describe(&other)),
-            Err(FileError::NodeStopped) => return Err(FileError::NodeStopped),
-            Err(e) => last_error = format!("{peer}: {e}"),
         }
     }
     Err(FileError::NoManifest { id, last_error })
