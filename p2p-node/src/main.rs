@@ -110,6 +110,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.cc {
         cc::validate(name)?;
     }
+    // `/dns4`, `/dns6`, `/dns` names: a listen address is resolved now (a listener binds an
+    // address); a peer's name is checked now and resolved again by the DNS transport at each
+    // dial. A name that does not resolve stops the node with one line saying which.
+    let listen = args
+        .listen
+        .iter()
+        .map(|a| node::transport::resolve(a).map_err(|e| anyhow::anyhow!("--listen {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for peer in &args.peer {
+        node::transport::resolve(peer).map_err(|e| anyhow::anyhow!("--peer {e}"))?;
+    }
     let key = match &args.key {
         Some(path) => load_or_create_key(path)?,
         None => Keypair::generate_ed25519(),
@@ -183,7 +194,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let config = node::Config {
-        listen: args.listen.clone(),
+        listen,
         peers: args.peer.clone(),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         max_inbound: args.max_inbound,

@@ -772,3 +772,99 @@ async fn a_peer_sending_invalid_messages_is_graylisted_and_then_ignored() {
         );
     }
 }
+
+/// Whether some connection of `node` goes to `peer`.
+async fn connected_to(node: &TestNode, peer: PeerId) -> Option<()> {
+    let connections = node.client.connections().await.unwrap();
+    connections.iter().any(|c| c.peer == peer).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_dialled_by_ip6_and_by_dns4_name() {
+    let _serial = SERIAL.lock().await;
+    // IPv6 loopback: listen on ::1 and dial it.
+    let mut c = config();
+    c.listen = vec!["/ip6/::1/tcp/0".parse().unwrap()];
+    let a = start(c).await;
+    assert!(
+        a.addr.to_string().starts_with("/ip6/::1/tcp/"),
+        "{}",
+        a.addr
+    );
+    let mut c = config();
+    c.listen = vec!["/ip6/::1/tcp/0".parse().unwrap()];
+    c.peers = vec![a.addr.clone()];
+    let b = start(c).await;
+    let a_id = a.client.local_peer_id();
+    wait_for("b connected to a over ::1", Duration::from_secs(10), || {
+        connected_to(&b, a_id)
+    })
+    .await;
+
+    // `/dns4/localhost/…`: resolved by the DNS transport (from /etc/hosts, offline).
+    let v4 = start(config()).await;
+    let v4_port = socket_addr(&v4.addr).unwrap().port();
+    let v4_id = v4.client.local_peer_id();
+    let mut c = config();
+    c.peers = vec![
+        format!("/dns4/localhost/tcp/{v4_port}/p2p/{v4_id}")
+            .parse()
+            .unwrap(),
+    ];
+    let d = start(c).await;
+    wait_for("d connected to v4 by name", Duration::from_secs(10), || {
+        connected_to(&d, v4_id)
+    })
+    .await;
+    let remote = d
+        .client
+        .connections()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.peer == v4_id)
+        .unwrap()
+        .remote;
+    assert!(
+        remote.to_string().contains(&format!("/tcp/{v4_port}")),
+        "{remote}"
+    );
+}
+
+#[test]
+fn a_name_that_does_not_resolve_stops_the_node_with_one_line() {
+    for (flag, addr) in [
+        ("--listen", "/dns4/nonexistent.invalid/tcp/4001"),
+        (
+            "--peer",
+            "/dns6/nonexistent.invalid/tcp/4001/p2p/12D3KooWPTwjw7J95d2iw5DRQq5Cz8XmjhGfGKkeB5rpf86Bckzs",
+        ),
+    ] {
+        let dir = temp_dir("unresolvable");
+        let mut args = vec![
+            "run",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ];
+        if flag == "--peer" {
+            args.extend(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        }
+        args.extend([flag, addr]);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2p-node"))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {addr} started: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(
+            errors[0].starts_with(&format!("error: {flag} {addr}: nonexistent.invalid ")),
+            "{stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

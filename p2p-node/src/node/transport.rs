@@ -110,6 +110,18 @@ pub fn tcp(
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let noise = noise::Config::new(key)?;
     let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true));
+    // `/dns4`, `/dns6` and `/dns` addresses are resolved when dialled (libp2p-dns, hickory:
+    // /etc/hosts first, then the system's name servers; without /etc/resolv.conf the hosts file
+    // alone, so `localhost` works offline).
+    let tcp = if std::path::Path::new("/etc/resolv.conf").exists() {
+        libp2p::dns::tokio::Transport::system(tcp).map_err(noise::Error::Io)?
+    } else {
+        libp2p::dns::tokio::Transport::custom(
+            tcp,
+            libp2p::dns::ResolverConfig::from_name_servers(Vec::new()),
+            libp2p::dns::ResolverOpts::default(),
+        )
+    };
     let upgraded = tcp.and_then(move |stream, endpoint| {
         let noise = noise.clone();
         let sockets = sockets.clone();
@@ -183,4 +195,38 @@ pub fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
         }
     }
     None
+}
+
+/// `addr` with a leading `/dns4`, `/dns6` or `/dns` name replaced by the first address the
+/// system resolver (getaddrinfo: /etc/hosts, then DNS) gives for it, of the family it asks for;
+/// other addresses unchanged. Blocking. The error is one line naming the address and the name.
+pub fn resolve(addr: &Multiaddr) -> Result<Multiaddr, String> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let (name, want): (String, fn(&IpAddr) -> bool) = match parts.next() {
+        Some(Protocol::Dns4(name)) => (name.into_owned(), IpAddr::is_ipv4),
+        Some(Protocol::Dns6(name)) => (name.into_owned(), IpAddr::is_ipv6),
+        Some(Protocol::Dns(name)) => (name.into_owned(), |_| true),
+        _ => return Ok(addr.clone()),
+    };
+    let family = if want(&IpAddr::from([0u8; 4])) && want(&IpAddr::from([0u16; 8])) {
+        "an"
+    } else if want(&IpAddr::from([0u8; 4])) {
+        "an IPv4"
+    } else {
+        "an IPv6"
+    };
+    let found = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
+        .map_err(|e| format!("{addr}: {name} does not resolve ({e})"))?
+        .map(|a| a.ip())
+        .find(want)
+        .ok_or_else(|| format!("{addr}: {name} has no {family} address"))?;
+    let mut out = Multiaddr::empty().with(match found {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    });
+    for p in parts {
+        out.push(p);
+    }
+    Ok(out)
 }
