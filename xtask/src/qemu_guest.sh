@@ -19,8 +19,9 @@ mark() { echo "P2PCC-QEMU $*"; }
 wait_for() { tries=$1; shift; while [ "$tries" -gt 0 ]; do "$@" && return 0; tries=$((tries - 1)); sleep 0.5; done; return 1; }
 addr_of() { sed -n 's|.*listening on \(/ip4/127.0.0.1/tcp/[0-9]*/p2p/[A-Za-z0-9]*\).*|\1|p' "$1" | head -n 1; }
 has_addr() { [ -n "$(addr_of "$1")" ]; }
-# The CWND and SRTT columns of `p2p-node peers` for the first peer row on algorithm $2.
-peer_row() { $N peers --node "$1" 2>/dev/null | awk -v cc="$2" 'NR > 1 && $2 == cc { print $5, $6; exit }'; }
+# The CWND and SRTT columns of `p2p-node peers` (found by their headers: the table grows) for
+# the first peer row on algorithm $2.
+peer_row() { $N peers --node "$1" 2>/dev/null | awk -v cc="$2" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next } $2 == cc { print $(col["CWND"]), $(col["SRTT(ms)"]); exit }'; }
 probed() { row=$(peer_row "$1" "$2"); case "$row" in ""|-*|*" -") return 1;; esac; [ "${row%% *}" -gt 0 ]; }
 
 mark "KERNEL $(uname -r)"
