@@ -1,6 +1,6 @@
 //! Shared types of the `bbr-p2p` congestion control: its per-socket state (socket storage,
-//! read by the node with the socket as key), its run-time configuration, and the warm-start
-//! records kept per remote address.
+//! read by the node with the socket as key) and its run-time configuration. Careful resume's
+//! types (the node's per-socket hint) are in [`crate::resume`].
 
 /// Name of the socket-storage map holding each socket's [`BbrState`].
 pub const BBR_STATE_MAP: &str = "BBR_STATE";
@@ -12,11 +12,6 @@ pub const BBR_CONFIG_MAP: &str = "BBR_CONFIG";
 pub const BBR_CONFIG_SLOT_MAP: &str = "BBR_CFG_SLOT";
 /// Slots of the [`BBR_CONFIG_MAP`] array: the one in use and the one being written.
 pub const BBR_CONFIG_SLOTS: u32 = 2;
-/// Name of the LRU map of warm-start records ([`WarmKey`] → [`WarmEntry`]).
-pub const BBR_WARM_MAP: &str = "BBR_WARM";
-/// Remote addresses remembered for warm start: well above a node's peer count (1536
-/// connections at the default limits); the least recently used address is forgotten first.
-pub const BBR_WARM_MAX_ENTRIES: u32 = 4096;
 
 /// Fixed-point unit of gains: 256 = 1.0 (as `BBR_UNIT` in tcp_bbr.c).
 pub const BBR_SCALE: u32 = 8;
@@ -93,18 +88,6 @@ impl Phase {
     }
 }
 
-/// How the connection started (variant feature 2).
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WarmStart {
-    /// No fresh record for this remote address: a normal STARTUP.
-    Cold = 0,
-    /// Started from the recorded bandwidth and min RTT, skipping STARTUP.
-    Warm = 1,
-    /// Started warm, but the first rounds contradicted the record: fell back to STARTUP.
-    FellBack = 2,
-}
-
 /// `inflight_hi`, `inflight_lo` and `bw_lo` when no signal has bounded them (v3's `~0U`).
 pub const UNBOUNDED: u32 = u32::MAX;
 
@@ -171,10 +154,6 @@ pub struct BbrState {
     pub bw_probe_up_acks: u32,
     /// Time in DOWN/CRUISE before the next probe (2–3 s, drawn when entering DOWN).
     pub probe_wait_us: u32,
-    // --- warm start (variant feature 2) ---
-    /// The recorded bandwidth and min RTT the connection started from.
-    pub warm_bw: u32,
-    pub warm_min_rtt_us: u32,
     // --- counters for the node ---
     /// Times PROBE_RTT was entered.
     pub probe_rtt_count: u32,
@@ -225,16 +204,20 @@ pub struct BbrState {
     pub loss_high_in_round: u8,
     /// ACKs that reported losses in this round (saturates at 15).
     pub loss_events_in_round: u8,
-    /// [`WarmStart`].
-    pub warm_start: u8,
-    /// Rounds since a warm start (saturates); the record is checked during the first ones.
-    pub warm_rounds: u8,
+    /// How the connection started: a [`crate::resume::Start`] (careful resume, variant
+    /// feature 2), mirrored from the socket's resume entry.
+    pub start: u8,
+    /// Why it started cold or retreated: a [`crate::resume::Reason`].
+    pub start_reason: u8,
     /// Bit `1 << mode` for every [`Mode`] the connection has been in.
     pub modes_seen: u8,
     pub packet_conservation: u8,
-    pub _pad: [u8; 4],
+    /// 1 while careful resume may still act on the connection (the socket's resume entry is
+    /// looked up on each ACK only then).
+    pub resume_pending: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<BbrState>() == 216);
+const _: () = assert!(core::mem::size_of::<BbrState>() == 208);
 
 impl BbrState {
     pub fn mode(&self) -> Mode {
@@ -315,17 +298,11 @@ pub struct BbrConfig {
     /// Probe at the latest after this many rounds (or after the BDP in packets, if smaller):
     /// the time a Reno flow would take to grow by that much.
     pub probe_max_rounds: u32,
-    /// 1: warm start per remote address on (variant feature 2).
-    pub warm_start_enabled: u32,
-    /// A record older than this is ignored, µs.
-    pub warm_start_max_age_us: u32,
-    /// A warm start falls back to STARTUP when a round's min RTT exceeds this multiple of
-    /// the recorded one (BBR_UNIT-scaled).
-    pub warm_start_rtt_tolerance: u32,
-    /// Rounds during which a warm start is checked against the record.
-    pub warm_start_check_rounds: u32,
+    /// 1: careful resume from the node's per-PeerId records on (variant feature 2); the
+    /// records, their freshness and the decision live in the node and `crate::resume`.
+    pub resume_enabled: u32,
 }
-const _: () = assert!(core::mem::size_of::<BbrConfig>() == 104);
+const _: () = assert!(core::mem::size_of::<BbrConfig>() == 92);
 
 impl BbrConfig {
     pub const DEFAULT: Self = Self {
@@ -373,14 +350,7 @@ impl BbrConfig {
         // 63 rounds: a Reno flow's time to grow cwnd by 63 packets; probing no later keeps
         // bbr-p2p's share against Reno/CUBIC on short-BDP paths.
         probe_max_rounds: 63,
-        warm_start_enabled: 1,
-        // 2 minutes: P2P nodes reconnect to the same peers within that; a path older than
-        // that is treated as unknown.
-        warm_start_max_age_us: 120_000_000,
-        // 2×: a queue as large as the path's own delay means the record overestimates bw.
-        warm_start_rtt_tolerance: BBR_UNIT * 2,
-        // 3 rounds: the window the full-pipe check also needs.
-        warm_start_check_rounds: 3,
+        resume_enabled: 1,
     };
 
     /// Checks ranges; the message names the field.
@@ -461,12 +431,8 @@ impl BbrConfig {
                 "probe_max_rounds must be within 1..=255",
             ),
             (
-                c.warm_start_rtt_tolerance > BBR_UNIT
-                    && c.warm_start_check_rounds >= 1
-                    && c.warm_start_check_rounds <= 20
-                    && c.loss_bound_enabled <= 1
-                    && c.warm_start_enabled <= 1,
-                "warm_start_rtt_tolerance must exceed 1.0, warm_start_check_rounds be 1..=20, and the enable flags 0 or 1",
+                c.loss_bound_enabled <= 1 && c.resume_enabled <= 1,
+                "loss_bound_enabled and resume_enabled must be 0 or 1",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -481,29 +447,6 @@ impl Default for BbrConfig {
         Self::DEFAULT
     }
 }
-
-/// Warm-start key: the remote address of a connection.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct WarmKey {
-    /// `AF_INET` (2) or `AF_INET6` (10).
-    pub family: u32,
-    /// IPv4 in the first 4 bytes (network order), or the IPv6 address.
-    pub addr: [u8; 16],
-}
-const _: () = assert!(core::mem::size_of::<WarmKey>() == 20);
-
-/// What a finished connection to an address learned.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WarmEntry {
-    /// Max-filtered bandwidth, packets/µs << BW_SCALE.
-    pub bw: u32,
-    pub min_rtt_us: u32,
-    /// TCP clock (µs) when it was recorded.
-    pub stamp_us: u64,
-}
-const _: () = assert!(core::mem::size_of::<WarmEntry>() == 16);
 
 #[cfg(test)]
 mod tests {

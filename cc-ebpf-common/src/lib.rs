@@ -443,10 +443,6 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::bbr::BbrConfig {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::bbr::WarmKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::bbr::WarmEntry {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::resume::ResumeSlot {}
 }
 

@@ -1,5 +1,5 @@
 //! `bbr-p2p`: BBRv3 (google/bbr `v3` branch, `net/ipv4/tcp_bbr.c`; draft-ietf-ccwg-bbr) on the
-//! signals a stock kernel gives a BPF congestion control, plus warm start for P2P nodes.
+//! signals a stock kernel gives a BPF congestion control, plus careful resume for P2P nodes.
 //!
 //! # The model
 //! BBR estimates the path and paces at what it measured:
@@ -64,12 +64,17 @@
 //!    queue-laden sample, and PROBE_RTT's cwnd (half the BDP at that RTT) no longer drains the
 //!    queue (kernel test, 2 s for both: a min RTT of 2.9–12 ms kept after PROBE_RTT on a path
 //!    of 20–40 µs).
-//! 8. **Warm start** (RFC 9040 temporal sharing): on release, a connection that measured its
-//!    path records `max_bw` and `min_rtt` per remote address; a new connection to that address
-//!    within 2 minutes starts in PROBE_BW CRUISE from them (cwnd = the BDP at cwnd gain, paced
-//!    at the recorded bw) instead of a blind STARTUP. During its first 3 rounds, a round whose
-//!    min RTT exceeds 2× the recorded one (and by more than 1 ms), or whose loss exceeds the
-//!    threshold, reverts it to STARTUP with the initial window.
+//! 8. **Careful resume** (RFC 9959 as the model, `cc_ebpf_common::resume`, whose header lists
+//!    its own deviations): the node, not the host, keeps what each connection to an
+//!    authenticated PeerId measured and writes a hint into a new connection's resume entry after
+//!    the noise handshake; on the first cwnd-limited ACK in STARTUP with an RTT within
+//!    [saved/2, 10×saved] the connection jumps to half the saved BDP, paced at half the saved
+//!    rate, with the saved rate seeded into `bw_hi`; it is held there while unvalidated and
+//!    below 1× the saved BDP at the saved rate while validating; at the end of validation the
+//!    seed gives way to the measured rate if the path could not carry the jump, and STARTUP ends; loss above the threshold
+//!    or RTT growth in those rounds retreats (cwnd = half the delivered pipe, pacing and
+//!    `bw_hi` = the measured delivery rate, STARTUP over). This replaces an earlier warm start
+//!    keyed by remote address in a host-wide map.
 //! 9. Tunables come from a config map ([`BbrConfig`], v3's values by default) instead of
 //!    module parameters; `loss_bound_enabled = 0` turns every loss response off (v1-like).
 //! 10. **The short-term bounds take the cut only after a round above the loss threshold.**
@@ -111,8 +116,9 @@
 //! would panic, and the panic handler is an infinite loop the verifier rejects); array indexes
 //! masked to the array length.
 
-use cc_ebpf_common::bbr::{
-    BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, Mode, Phase, UNBOUNDED, WarmEntry, WarmStart,
+use cc_ebpf_common::{
+    bbr::{BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, Mode, Phase, UNBOUNDED, bw_to_bytes_per_sec},
+    resume::{AckView, Action, bytes_per_sec_to_bw},
 };
 
 /// `TCP_INIT_CWND`.
@@ -147,9 +153,6 @@ const BW_PROBE_RAND_ROUNDS: u32 = 2;
 const BW_PROBE_UP_ROUNDS_MAX: u8 = 30;
 /// Lossy ACKs counted per round (v3's 4-bit counter).
 const LOSS_EVENTS_MAX: u8 = 15;
-/// Queueing a warm start may add before it counts as contradicting the record: on
-/// sub-millisecond paths a few packets of queue double the RTT without meaning anything.
-const WARM_RTT_SLACK_US: u64 = 1_000;
 
 /// Where the ACKs stand relative to a bandwidth probe (`enum bbr_ack_phase`).
 mod ack_phase {
@@ -337,16 +340,9 @@ impl Bbr {
         }
     }
 
-    /// `bbr_init`: a new connection (or a switch to this algorithm). `warm` is the record for
-    /// the remote address, if any. `rand` is drawn only when a phase is entered.
+    /// `bbr_init`: a new connection (or a switch to this algorithm).
     #[inline(always)]
-    pub fn init<R: FnMut() -> u32>(
-        &mut self,
-        c: &mut Conn,
-        cfg: &BbrConfig,
-        warm: Option<&WarmEntry>,
-        rand: &mut R,
-    ) {
+    pub fn init(&mut self, c: &mut Conn, cfg: &BbrConfig) {
         self.reset();
         self.init_cwnd = c.cwnd.min(0x7f) as u8;
         c.ssthresh = TCP_INFINITE_SSTHRESH;
@@ -368,67 +364,85 @@ impl Bbr {
         self.inflight_hi = UNBOUNDED;
         self.bw_probe_up_cnt = UNBOUNDED;
         self.update_gains(cfg);
-        if let Some(w) = warm.filter(|w| self.warm_usable(w, c, cfg)) {
-            self.start_warm(c, cfg, w, rand);
-            // A warm start never was in STARTUP.
-            self.modes_seen &= !(1 << Mode::Startup as u8);
+        // Careful resume may act until the connection leaves STARTUP (deviation 8).
+        self.resume_pending = u8::from(cfg.resume_enabled != 0);
+    }
+
+    /// Deviation 8, careful resume: what this ACK shows it. `sample_bw` is the ACK's delivery
+    /// rate sample (samples of flights not limited by cwnd are lower bounds and count as none).
+    #[inline(always)]
+    pub fn resume_view(&self, c: &Conn, rs: &RateSample, sample_bw: u32) -> AckView {
+        AckView {
+            in_startup: self.mode() == Mode::Startup && self.full_bw_reached == 0,
+            rtt_us: if rs.rtt_us > 0 {
+                rs.rtt_us.min(i64::from(u32::MAX)) as u32
+            } else {
+                0
+            },
+            cwnd_limited: c.cwnd_limited,
+            round_start: self.round_start != 0,
+            delivered: c.delivered,
+            lost: c.lost,
+            mss: c.mss,
+            cwnd_bytes: u64::from(c.cwnd) * u64::from(c.mss),
+            // Only samples from cwnd-limited flights measure the path: an application-,
+            // receive-window- or pacing-limited flight delivers less than the path could carry.
+            delivery_rate_bytes_per_sec: if rs.is_app_limited || !c.cwnd_limited {
+                0
+            } else {
+                bw_to_bytes_per_sec(sample_bw, c.mss)
+            },
         }
     }
 
-    /// A record is used when enabled, fresh and complete.
+    /// Deviation 8, careful resume: applies what `resume::on_ack` decided. `saved_bytes_per_sec`
+    /// is the record's rate (the seed).
     #[inline(always)]
-    fn warm_usable(&self, w: &WarmEntry, c: &Conn, cfg: &BbrConfig) -> bool {
-        cfg.warm_start_enabled != 0
-            && w.bw > 0
-            && w.min_rtt_us > 0
-            && w.min_rtt_us != u32::MAX
-            && c.now_us >= w.stamp_us
-            && c.now_us - w.stamp_us <= u64::from(cfg.warm_start_max_age_us)
-    }
-
-    /// Deviation 8: start in PROBE_BW (CRUISE) from the record.
-    #[inline(always)]
-    fn start_warm<R: FnMut() -> u32>(
+    pub fn resume_apply(
         &mut self,
         c: &mut Conn,
         cfg: &BbrConfig,
-        w: &WarmEntry,
-        rand: &mut R,
+        action: Action,
+        saved_bytes_per_sec: u64,
     ) {
-        self.warm_start = WarmStart::Warm as u8;
-        self.warm_bw = w.bw;
-        self.warm_min_rtt_us = w.min_rtt_us;
-        if self.min_rtt_us == 0 || self.min_rtt_us == u32::MAX || w.min_rtt_us < self.min_rtt_us {
-            self.min_rtt_us = w.min_rtt_us;
-            self.probe_rtt_min_us = w.min_rtt_us;
+        let mss = u64::from(c.mss);
+        let packets = |bytes: u64| div_u64(bytes, mss).min(u64::from(u32::MAX)) as u32;
+        match action {
+            Action::None => {}
+            Action::Jump(j) => {
+                let seed = bytes_per_sec_to_bw(saved_bytes_per_sec, c.mss);
+                self.bw_hi = [seed, seed];
+                c.cwnd = c.cwnd.max(packets(j.cwnd_bytes).min(c.cwnd_clamp));
+                c.pacing_rate = j.pacing_bytes_per_sec.min(c.max_pacing_rate);
+                self.has_seen_rtt = 1;
+            }
+            Action::Hold {
+                cwnd_cap_bytes,
+                pacing_cap_bytes_per_sec,
+            } => {
+                c.cwnd = c.cwnd.min(packets(cwnd_cap_bytes).max(cfg.min_cwnd));
+                c.pacing_rate = c.pacing_rate.min(pacing_cap_bytes_per_sec);
+            }
+            Action::Validated { bw_bytes_per_sec } => {
+                if bw_bytes_per_sec != 0 {
+                    // The path could not carry the jump: the record's rate goes.
+                    let bw = bytes_per_sec_to_bw(bw_bytes_per_sec, c.mss).min(self.max_bw());
+                    self.bw_hi = [bw, bw];
+                }
+                self.full_bw = self.max_bw();
+                self.full_bw_reached = 1;
+            }
+            Action::Retreat(r) => {
+                // The contradicted rate is not kept: estimate and pacing are what the path
+                // delivered, and STARTUP is over.
+                let bw = bytes_per_sec_to_bw(r.pacing_bytes_per_sec, c.mss);
+                self.bw_hi = [bw, bw];
+                self.full_bw = bw;
+                self.full_bw_reached = 1;
+                c.cwnd = packets(r.cwnd_bytes).max(cfg.min_cwnd).min(c.cwnd_clamp);
+                c.pacing_rate = r.pacing_bytes_per_sec.min(c.max_pacing_rate);
+            }
         }
-        // In both cycles of the filter: the record holds until a probe cycle measured the path.
-        self.bw_hi = [w.bw, w.bw];
-        self.full_bw = w.bw;
-        self.full_bw_reached = 1;
-        self.set_mode(Mode::ProbeBw);
-        self.start_bw_probe_down(c, cfg, rand);
-        self.start_bw_probe_cruise();
-        self.update_gains(cfg);
-        let target = self.bdp(w.bw, cfg.cwnd_gain).max(cfg.min_cwnd);
-        c.cwnd = c.cwnd.max(target.min(c.cwnd_clamp));
-        c.pacing_rate = self.bw_to_pacing_rate(c, w.bw, BBR_UNIT);
-        self.has_seen_rtt = 1;
-    }
-
-    /// What to record for the remote address when the connection ends (`None`: it learned
-    /// nothing trustworthy: still in STARTUP, or no RTT sample).
-    #[inline(always)]
-    pub fn warm_record(&self, now_us: u64) -> Option<WarmEntry> {
-        (self.full_bw_reached != 0
-            && self.max_bw() > 0
-            && self.min_rtt_us != 0
-            && self.min_rtt_us != u32::MAX)
-            .then_some(WarmEntry {
-                bw: self.max_bw(),
-                min_rtt_us: self.min_rtt_us,
-                stamp_us: now_us,
-            })
     }
 
     /// `bbr_main` (the `cong_control` op): rounds and delivery signals, the model, then
@@ -493,7 +507,6 @@ impl Bbr {
             AckStage::Model => {
                 // bbr_update_model, up to the mode checks.
                 self.update_congestion_signals(c, rs, cfg, ack.sample_bw);
-                self.check_warm_start(c, rs, cfg);
                 self.update_ack_aggregation(c, rs, cfg);
                 self.check_loss_too_high_in_startup(c, cfg);
                 self.check_full_bw_reached(rs, cfg, ack.sample_bw);
@@ -1265,38 +1278,6 @@ impl Bbr {
                 .inflight(c, cfg, self.max_bw(), BBR_UNIT)
                 .max(self.inflight_latest);
             self.loss_bound_count = self.loss_bound_count.saturating_add(1);
-        }
-    }
-
-    /// Deviation 8: during the first rounds of a warm start, check the record against what the
-    /// path shows; revert to STARTUP if it contradicts it.
-    #[inline(always)]
-    fn check_warm_start(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig) {
-        if self.warm_start != WarmStart::Warm as u8
-            || u32::from(self.warm_rounds) >= cfg.warm_start_check_rounds
-        {
-            return;
-        }
-        let rtt_limit = (u64::from(scale(self.warm_min_rtt_us, cfg.warm_start_rtt_tolerance)))
-            .max(u64::from(self.warm_min_rtt_us) + WARM_RTT_SLACK_US);
-        let too_slow = self.round_start != 0
-            && self.round_min_rtt_us != u32::MAX
-            && u64::from(self.round_min_rtt_us) > rtt_limit;
-        if too_slow || (self.loss_high_in_round != 0 && rs.losses > 0) {
-            self.warm_start = WarmStart::FellBack as u8;
-            self.bw_hi = [0, 0];
-            self.reset_full_bw();
-            self.full_bw_reached = 0;
-            self.set_mode(Mode::Startup);
-            self.min_rtt_us = self.round_min_rtt_us.min(c.kernel_min_rtt_us);
-            self.probe_rtt_min_us = self.min_rtt_us;
-            self.min_rtt_stamp_us = c.now_us;
-            self.probe_rtt_min_stamp_us = c.now_us;
-            c.cwnd = c.cwnd.min(TCP_INIT_CWND);
-            return;
-        }
-        if self.round_start != 0 {
-            self.warm_rounds = self.warm_rounds.saturating_add(1);
         }
     }
 

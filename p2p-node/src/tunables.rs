@@ -146,28 +146,10 @@ const TUNABLES: &[Tunable] = &[
         |c, v| c.probe_max_rounds = v,
     ),
     (
-        "warm_start_enabled",
+        "resume_enabled",
         "0 or 1",
-        |c| c.warm_start_enabled,
-        |c, v| c.warm_start_enabled = v,
-    ),
-    (
-        "warm_start_max_age_us",
-        "µs",
-        |c| c.warm_start_max_age_us,
-        |c, v| c.warm_start_max_age_us = v,
-    ),
-    (
-        "warm_start_rtt_tolerance",
-        "1/256",
-        |c| c.warm_start_rtt_tolerance,
-        |c, v| c.warm_start_rtt_tolerance = v,
-    ),
-    (
-        "warm_start_check_rounds",
-        "rounds",
-        |c| c.warm_start_check_rounds,
-        |c, v| c.warm_start_check_rounds = v,
+        |c| c.resume_enabled,
+        |c, v| c.resume_enabled = v,
     ),
 ];
 

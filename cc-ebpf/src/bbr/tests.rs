@@ -452,7 +452,7 @@ fn draft_startup_exits_on_six_loss_events_above_the_loss_threshold() {
     for (events, lost, recovery, exits) in table {
         let mut s = Bbr::default();
         let mut c = conn();
-        s.init(&mut c, &cfg, None, &mut no_rand());
+        s.init(&mut c, &cfg);
         s.min_rtt_us = 20_000;
         s.bw_hi = [bw_of_mbit(100), bw_of_mbit(100)];
         s.loss_round_flight = 100;
@@ -671,7 +671,7 @@ fn init_on_a_live_socket_keeps_its_clock() {
         cwnd: 200,
         ..conn()
     };
-    s.init(&mut c, &cfg, None, &mut no_rand());
+    s.init(&mut c, &cfg);
     let rs = RateSample {
         rtt_us: 21_000,
         acked_sacked: 2,
@@ -752,7 +752,7 @@ impl Path {
         let mut c = conn();
         c.now_us = 1;
         c.delivered_mstamp_us = 1;
-        s.init(&mut c, cfg, None, &mut rand);
+        s.init(&mut c, cfg);
         let svc_us = 1.0 / self.rate_pkts_per_us;
         let mut packets: Vec<Packet> = Vec::new();
         // Bottleneck queue: (packet, departure time); then ACKs in flight back: (packet, arrival).

@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_sk_storage_get,
     },
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::Array,
 };
 use cc_ebpf::{
     OpsArgs,
@@ -24,7 +24,8 @@ use cc_ebpf::{
 };
 use cc_ebpf_common::{
     TCP_CONG_NON_RESTRICTED,
-    bbr::{BBR_CONFIG_SLOTS, BBR_WARM_MAX_ENTRIES, BbrConfig, BbrState, WarmEntry, WarmKey},
+    bbr::{BBR_CONFIG_SLOTS, BbrConfig, BbrState, Mode},
+    resume::{self, ResumeSlot, Start},
 };
 
 cc_ebpf::license!();
@@ -52,8 +53,6 @@ const SK_STORAGE_CREATE: u64 = 1;
 /// `SK_PACING_NONE` / `SK_PACING_NEEDED`: ask TCP to pace internally (no fq qdisc here).
 const SK_PACING_NONE: u32 = 0;
 const SK_PACING_NEEDED: u32 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 /// Per-socket state. Socket storage is sized by the sockets that use it (max_entries must be 0).
 #[unsafe(no_mangle)]
@@ -113,10 +112,36 @@ static BBR_CONFIG: Array<BbrConfig> = Array::with_max_entries(BBR_CONFIG_SLOTS, 
 #[map]
 static BBR_CFG_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Warm-start records per remote address (bounded, least recently used forgotten first).
-#[map]
-static BBR_WARM: LruHashMap<WarmKey, WarmEntry> =
-    LruHashMap::with_max_entries(BBR_WARM_MAX_ENTRIES, 0);
+/// Careful-resume entries ([`ResumeSlot`]): made by the node after a connection's noise
+/// handshake (a hint, or why the connection starts cold), then advanced here per ACK. Socket
+/// storage, sized by the sockets that use it.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static BBR_RESUME: MapDef = MapDef {
+    map_type: MAP_TYPE_SK_STORAGE,
+    key_size: 4,
+    value_size: core::mem::size_of::<ResumeSlot>() as u32,
+    max_entries: 0,
+    map_flags: F_NO_PREALLOC,
+    id: 0,
+    pinning: 0,
+};
+
+/// The socket's careful-resume entry, if the node made one (never created here).
+#[inline(always)]
+fn resume_slot(sk: KernelPtr) -> Option<&'static mut ResumeSlot> {
+    // SAFETY: the map is a socket-storage map of ResumeSlot values; `sk` is the op's socket.
+    let ptr = unsafe {
+        bpf_sk_storage_get(
+            (&raw const BBR_RESUME).cast_mut().cast(),
+            sk.as_ptr().cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // SAFETY: a non-null result points to this socket's value, alive for the program's run.
+    (!ptr.is_null()).then(|| unsafe { &mut *ptr.cast::<ResumeSlot>() })
+}
 
 /// The socket's state; `create` makes it (zeroed) if the socket has none yet.
 #[inline(always)]
@@ -172,14 +197,13 @@ fn config_or_default(fallback: &mut MaybeUninit<BbrConfig>) -> &BbrConfig {
         min_rtt_window_us, probe_rtt_interval_us, probe_rtt_duration_us, probe_rtt_cwnd_gain,
         min_cwnd, full_bw_thresh, full_bw_rounds, full_loss_cnt, extra_acked_gain,
         loss_bound_enabled, loss_thresh_per_mille, loss_beta, inflight_headroom,
-        probe_wait_base_us, probe_wait_rand_us, probe_max_rounds, warm_start_enabled,
-        warm_start_max_age_us, warm_start_rtt_tolerance, warm_start_check_rounds,
+        probe_wait_base_us, probe_wait_rand_us, probe_max_rounds, resume_enabled,
     );
     const _: () = assert!(
-        core::mem::size_of::<BbrConfig>() == 26 * 4,
+        core::mem::size_of::<BbrConfig>() == 23 * 4,
         "list every field above"
     );
-    // SAFETY: every field was written above (the struct has no padding: 26 u32s, 104 bytes).
+    // SAFETY: every field was written above (the struct has no padding: 23 u32s, 92 bytes).
     unsafe { fallback.assume_init_ref() }
 }
 
@@ -302,40 +326,6 @@ fn fresh_now_us(c: &Conn) -> u64 {
     c.now_us.max(unsafe { bpf_ktime_get_ns() } / 1000)
 }
 
-/// The remote address of the socket, the warm-start key (`family` 0: neither IPv4 nor IPv6).
-///
-/// Always a fully initialised value: returning an `Option` here let LLVM store the key's
-/// uninitialised registers on the `None` path, which the verifier rejects (`!read_ok`).
-///
-/// # Safety
-/// `sk` must be the op's socket.
-#[inline(always)]
-unsafe fn warm_key(sk: KernelPtr) -> WarmKey {
-    // Zeroed word by word: a struct literal here became a `memset` call, which the struct_ops
-    // loader cannot relocate (volatile stores are not fused into one).
-    let mut zeroed = MaybeUninit::<WarmKey>::uninit();
-    let words = zeroed.as_mut_ptr().cast::<u32>();
-    for i in 0..core::mem::size_of::<WarmKey>() / 4 {
-        // SAFETY: `i` stays within the 20-byte, 4-aligned key.
-        unsafe { words.add(i).write_volatile(0) };
-    }
-    // SAFETY: all bytes were written; any bytes are a valid WarmKey.
-    let mut key = unsafe { zeroed.assume_init() };
-    // SAFETY: generated offsets of sock_common fields.
-    unsafe {
-        let family = sk.u16(SOCK__SKC_FAMILY);
-        if family == AF_INET {
-            key.family = u32::from(family);
-            key.addr[..4].copy_from_slice(&sk.u32(SOCK__SKC_DADDR).to_ne_bytes());
-        } else if family == AF_INET6 {
-            key.family = u32::from(family);
-            key.addr[..8].copy_from_slice(&sk.u64(SOCK__SKC_V6_DADDR).to_ne_bytes());
-            key.addr[8..].copy_from_slice(&sk.u64(SOCK__SKC_V6_DADDR + 8).to_ne_bytes());
-        }
-    }
-    key
-}
-
 /// `init(sk)`: a connection starts on (or switches to) bbr-p2p.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/init")]
@@ -351,15 +341,7 @@ pub extern "C" fn bbr_init(ctx: *const u64) {
     let mut c = unsafe { read_conn(sk) };
     let before = Controls::of(&c);
     c.now_us = fresh_now_us(&c);
-    // SAFETY: as above.
-    let key = unsafe { warm_key(sk) };
-    // SAFETY: the value is copied out before the map can change it.
-    let warm = if key.family != 0 {
-        unsafe { BBR_WARM.get(&key) }.copied()
-    } else {
-        None
-    };
-    bbr.init(&mut c, cfg, warm.as_ref(), &mut || random());
+    bbr.init(&mut c, cfg);
     // SAFETY: as above.
     unsafe {
         write_conn(sk, before, &c);
@@ -433,13 +415,12 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
     // SAFETY: as above.
     let before = Controls::of(unsafe { &(*sc).conn });
     if bbr.init_cwnd == 0 {
-        // Fresh storage, never initialised (a cold start: the warm record is `init`'s). This
-        // ACK initialises; the next runs the model (returning here keeps the verifier from
-        // walking the model once per init outcome).
+        // Fresh storage, never initialised. This ACK initialises; the next runs the model
+        // (returning here keeps the verifier from walking the model once per init outcome).
         // SAFETY: as above.
         let c = unsafe { &mut (*sc).conn };
         c.now_us = fresh_now_us(c);
-        bbr.init(c, cfg, None, &mut || random());
+        bbr.init(c, cfg);
     } else {
         let bbr: *mut Bbr = bbr;
         // SAFETY (each deref below): the storage values live for the program's run and nothing
@@ -465,10 +446,51 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
             AckStage::Controls,
             AckStage::End
         );
+        stage_barrier();
+        // SAFETY: as above.
+        let state = unsafe { &mut *bbr };
+        if state.resume_pending != 0 {
+            // SAFETY: as above.
+            unsafe { resume_stage(sk, state, &mut (*sc).conn, &(*sc).rs, cfg, ack.sample_bw) };
+        }
     }
     stage_barrier();
     // SAFETY: `sk` is the op's tcp_sock; `sc` as above.
     unsafe { write_conn(sk, before, &(*sc).conn) };
+}
+
+/// Careful resume's step of the ACK (deviation 8 of `cc_ebpf::bbr`), after the model set
+/// pacing and cwnd: the socket's resume entry, if the node made one, is advanced by
+/// `resume::on_ack` and its decision applied; the outcome is mirrored into the state the node
+/// reads. Runs only while `resume_pending`: until the entry is decided, or the connection
+/// leaves STARTUP without one.
+#[inline(always)]
+fn resume_stage(
+    sk: KernelPtr,
+    bbr: &mut Bbr,
+    c: &mut Conn,
+    rs: &RateSample,
+    cfg: &BbrConfig,
+    sample_bw: u32,
+) {
+    let Some(slot) = resume_slot(sk) else {
+        if bbr.mode() != Mode::Startup || bbr.full_bw_reached != 0 {
+            bbr.resume_pending = 0;
+        }
+        return;
+    };
+    let view = bbr.resume_view(c, rs, sample_bw);
+    let min_cwnd_bytes = u64::from(cfg.min_cwnd) * u64::from(c.mss);
+    let action = resume::on_ack(slot, &view, cfg.loss_thresh_per_mille, min_cwnd_bytes);
+    bbr.resume_apply(c, cfg, action, slot.bw_bytes_per_sec);
+    bbr.start = slot.start;
+    bbr.start_reason = slot.reason;
+    if matches!(
+        Start::from_u8(slot.start),
+        Start::Cold | Start::Resumed | Start::Retreated
+    ) {
+        bbr.resume_pending = 0;
+    }
 }
 
 /// `ssthresh(sk)`: entering loss recovery.
@@ -543,19 +565,3 @@ pub extern "C" fn bbr_set_state(ctx: *const u64) {
     unsafe { write_conn(sk, before, &c) };
 }
 
-/// `release(sk)`: the connection leaves bbr-p2p (closes or switches); record what it learned
-/// about the path for the next connection to the same address (variant feature 2).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "struct_ops/release")]
-pub extern "C" fn bbr_release(ctx: *const u64) {
-    // SAFETY: argument 0 is the socket.
-    let sk = unsafe { OpsArgs::new(ctx).ptr(0) };
-    let Some(bbr) = state(sk, false) else {
-        return;
-    };
-    // SAFETY: generated offsets of the op's tcp_sock.
-    let (now_us, key) = unsafe { (sk.u64(TCP_SOCK__TCP_MSTAMP), warm_key(sk)) };
-    if let Some(record) = bbr.warm_record(now_us).filter(|_| key.family != 0) {
-        let _ = BBR_WARM.insert(&key, &record, 0);
-    }
-}

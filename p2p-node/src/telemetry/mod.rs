@@ -17,7 +17,7 @@ use std::{
 
 use cc_ebpf_common::{
     CA_STATES, SockStats,
-    bbr::{BBR_UNIT, BbrState, WarmStart, bw_to_bytes_per_sec},
+    bbr::{BBR_UNIT, BbrState, bw_to_bytes_per_sec},
     resume::{Reason, Start},
     unpadded,
 };
@@ -92,11 +92,7 @@ impl BbrView {
 
 /// How a bbr-p2p connection started, from its socket state.
 pub fn start_of(s: &BbrState) -> (Start, Reason) {
-    match s.warm_start {
-        x if x == WarmStart::Warm as u8 => (Start::Resumed, Reason::None),
-        x if x == WarmStart::FellBack as u8 => (Start::Retreated, Reason::RttGrowth),
-        _ => (Start::Cold, Reason::None),
-    }
+    (Start::from_u8(s.start), Reason::from_u8(s.start_reason))
 }
 
 /// Decoded TCP state, in the units the API and metrics use.
