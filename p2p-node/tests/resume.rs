@@ -117,7 +117,6 @@ fn upload(x: &Node, peer: &str, bytes: u64) {
 }
 
 #[test]
-#[ignore = "needs bbr-p2p's side of careful resume, which lands with the BBRv3 model"]
 fn resumes_per_peer_id_only() {
     if !kernel_tests_possible() {
         return;
