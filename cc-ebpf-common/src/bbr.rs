@@ -350,7 +350,9 @@ impl BbrConfig {
         // 63 rounds: a Reno flow's time to grow cwnd by 63 packets; probing no later keeps
         // bbr-p2p's share against Reno/CUBIC on short-BDP paths.
         probe_max_rounds: 63,
-        resume_enabled: 1,
+        // Off: careful resume works (tests/resume.rs) but measured slower than a cold start
+        // in `cargo xtask bench warm` (docs/bench.md); on with `resume_enabled = 1`.
+        resume_enabled: 0,
     };
 
     /// Checks ranges; the message names the field.

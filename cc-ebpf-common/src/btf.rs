@@ -377,7 +377,9 @@ impl Btf {
     /// prototype, less its leading `void *__data`), or `None` when the kernel has no such
     /// tracepoint.
     pub fn tracepoint_arity(&self, name: &str) -> Option<u32> {
-        let typedef = self.find(Kind::Typedef, &std::format!("btf_trace_{name}")).ok()?;
+        let typedef = self
+            .find(Kind::Typedef, &std::format!("btf_trace_{name}"))
+            .ok()?;
         let ptr = self
             .ty(self.skip_mods(typedef))
             .filter(|t| t.kind == Kind::Ptr)?;

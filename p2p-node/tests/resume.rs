@@ -124,6 +124,9 @@ fn resumes_per_peer_id_only() {
     let net = Routed::new("resume", 12, "100mbit", "2000000");
     let _line = DelayLine::start(&net.router, 20);
     let x = Node::start(&net.sender, &net.sender_addr, &["--cc", "bbr-p2p"]);
+    // Careful resume is off by default (docs/bench.md): on for this node's bbr-p2p.
+    let (status, body) = x.http("PUT", "/api/cc/tunables", r#"{"resume_enabled":1}"#);
+    assert_eq!(status, 200, "{body}");
     let dir = test_data_dir("resume-y");
     std::fs::create_dir_all(&dir).unwrap();
     let key = |name: &str| dir.join(name).to_str().unwrap().to_owned();
@@ -172,6 +175,8 @@ fn resumes_per_peer_id_only() {
         "10.12.1.1",
         &["--cc", "bbr-p2p", "--peer", &y1.multiaddr],
     );
+    let (status, body) = w.http("PUT", "/api/cc/tunables", r#"{"resume_enabled":1}"#);
+    assert_eq!(status, 200, "{body}");
     let mut w_seen = HashSet::new();
     assert_eq!(
         new_start(&w, &y1_id, &mut w_seen),

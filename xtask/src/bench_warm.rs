@@ -422,6 +422,8 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         &work.join("x"),
         &["--cc", "bbr-p2p"],
     )?;
+    // Careful resume is off by default; the bench measures it on.
+    x.cli(&binary, &["cc", "tunables", "--set", "resume_enabled=1"])?;
     let mut h = Harness {
         binary,
         x,
