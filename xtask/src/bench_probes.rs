@@ -35,7 +35,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::exec::{die_with_parent, echo_problems, release_node, stop_child};
+use crate::exec::{die_with_parent, echo_problems, release_node, stop_child, utc_minute};
 use crate::{
     bench::{
         install_stop_handler, median, sleep_unless_stopped, stop_requested, wait_with_deadline,
@@ -654,17 +654,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let o = r.options;
     let mut s = String::new();
-    let epoch = r
-        .started_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let date = output(Command::new("date").args([
-        "-u",
-        "-d",
-        &format!("@{epoch}"),
-        "+%Y-%m-%d %H:%M UTC",
-    ]))?;
+    let date = utc_minute(r.started_at)?;
     writeln!(s, "{HEADING}\n")?;
     writeln!(
         s,

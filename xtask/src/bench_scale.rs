@@ -32,7 +32,7 @@ use crate::{
     bench::{install_stop_handler, sleep_unless_stopped, stop_requested, write_section},
     exec::{
         describe, die_with_parent, echo_problems, exec, is_root, output, release_node, stop_child,
-        workspace_root,
+        utc_minute, workspace_root,
     },
     setup,
 };
@@ -434,16 +434,7 @@ fn render(
     elapsed: Duration,
 ) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let epoch = started_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let date = output(Command::new("date").args([
-        "-u",
-        "-d",
-        &format!("@{epoch}"),
-        "+%Y-%m-%d %H:%M UTC",
-    ]))?;
+    let date = utc_minute(started_at)?;
     let peers: Vec<String> = o.peers.iter().map(u32::to_string).collect();
     let mut s = String::new();
     writeln!(s, "{HEADING}\n")?;

@@ -155,6 +155,15 @@ pub fn echo_problems(output: impl std::io::Read + Send + 'static, prefix: &'stat
     });
 }
 
+/// `t` as "YYYY-MM-DD HH:MM UTC" (for benchmark records), formatted by date(1).
+pub fn utc_minute(t: std::time::SystemTime) -> anyhow::Result<String> {
+    let epoch = t
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    output(Command::new("date").args(["-u", "-d", &format!("@{epoch}"), "+%Y-%m-%d %H:%M UTC"]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
