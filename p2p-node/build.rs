@@ -61,7 +61,6 @@ fn main() -> anyhow::Result<()> {
         "cc-ebpf/src",
         "cc-ebpf/Cargo.toml",
         "cc-ebpf/Cargo.lock",
-        "cc-ebpf/build.rs",
         "cc-ebpf-common/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
