@@ -197,6 +197,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listen,
         peers: args.peer.clone(),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        ping_interval: Duration::from_secs(args.ping_interval_secs),
+        ping_timeout: Duration::from_secs(args.ping_timeout_secs),
         max_inbound: args.max_inbound,
         max_outbound: args.max_outbound,
         max_pending: args.max_pending,

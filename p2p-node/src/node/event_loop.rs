@@ -13,7 +13,7 @@ use libp2p::{
     core::ConnectedPoint,
     gossipsub, identify, kad, memory_connection_limits,
     metrics::Recorder as _,
-    request_response,
+    ping, request_response,
     swarm::{
         ConnectionDenied, ConnectionId, DialError, ListenError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Behaviour, BehaviourEvent, Config, ConnectionInfo, KAD_PROTOCOL, MAX_DIALS_PER_TICK,
     MAX_IDENTIFY_ADDRS, MAX_PENDING_QUERIES, MAX_PENDING_REQUESTS, NodeInfo,
+    bootstrap::Bootstrap,
     client::{Command, RequestReply, ShareReply},
     files,
     files::{FileError, FileId},
@@ -58,11 +59,21 @@ pub(super) struct EventLoop {
     streams: Arc<limits::StreamLimiter>,
     maintenance: tokio::time::Interval,
     status: tokio::time::Interval,
+    /// Lost bootstrap peers and when to dial each again.
+    bootstrap: Bootstrap,
+    redial: tokio::time::Interval,
+    /// When each connection last answered a ping (only connections that have answered one;
+    /// bounded by the connection limits), and how long one may go without ([`Self::on_ping`]).
+    ping_ok: HashMap<ConnectionId, tokio::time::Instant>,
+    ping_deadline: Duration,
     /// The last status published and when: an identical one is not published again within
     /// [`STATUS_REPEAT`] (gossipsub would refuse it as a duplicate, with a warning, while its
     /// content-addressed id is still in the duplicate cache).
     last_status: Option<(gossip::Announcement, tokio::time::Instant)>,
 }
+
+/// How often lost bootstrap peers are checked for a due redial (the backoff's resolution).
+const REDIAL_CHECK: Duration = Duration::from_millis(500);
 
 /// How long an unchanged status goes unrepeated; well past gossipsub's duplicate cache (60 s).
 const STATUS_REPEAT: Duration = Duration::from_secs(300);
@@ -102,6 +113,10 @@ impl EventLoop {
             streams,
             maintenance: interval(config.maintenance_interval),
             status: interval(config.status_interval),
+            bootstrap: Bootstrap::new(&config.peers),
+            redial: interval(REDIAL_CHECK),
+            ping_ok: HashMap::new(),
+            ping_deadline: config.ping_interval + config.ping_timeout,
             last_status: None,
         }
     }
@@ -121,6 +136,10 @@ impl EventLoop {
                     self.respond(served.channel, served.response);
                 }
                 _ = self.maintenance.tick() => self.maintain_peers(),
+                _ = self.redial.tick() => {
+                    self.close_unresponsive();
+                    self.redial_bootstrap();
+                }
                 _ = self.status.tick() => self.announce_status(),
                 event = self.swarm.select_next_some() => self.on_event(event),
             }
@@ -304,6 +323,75 @@ impl EventLoop {
         }
     }
 
+    /// Dials the bootstrap peers whose backoff has passed.
+    fn redial_bootstrap(&mut self) {
+        for (peer, addrs) in self.bootstrap.due(tokio::time::Instant::now()) {
+            self.node_metrics.bootstrap_redials.inc();
+            tracing::info!(%peer, "redialling bootstrap peer");
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => {
+                    tracing::warn!(%peer, %e, "bootstrap dial failed");
+                    self.bootstrap
+                        .dial_failed(&peer, tokio::time::Instant::now());
+                }
+            }
+        }
+    }
+
+    /// The health-check policy libp2p-ping leaves to the application: a connection that has
+    /// answered pings and then goes a ping interval plus a ping timeout without answering one
+    /// (its first failed ping; the handler itself reports only the second) is closed, by
+    /// [`Self::close_unresponsive`] or on a reported failure. A connection that never answered a
+    /// ping (the peer lacks the protocol or resets its streams) is not judged by pings: the idle
+    /// timeout and TCP handle it.
+    fn on_ping(&mut self, event: ping::Event) {
+        match &event.result {
+            Ok(_) => {
+                self.ping_ok
+                    .insert(event.connection, tokio::time::Instant::now());
+            }
+            Err(ping::Failure::Unsupported) => {}
+            Err(failure) => {
+                if self.ping_ok.remove(&event.connection).is_some() {
+                    tracing::info!(peer = %event.peer, %failure, "closing unresponsive connection");
+                    self.close_dead(event.connection);
+                }
+            }
+        }
+    }
+
+    /// Closes the connections that stopped answering pings (see [`Self::on_ping`]).
+    fn close_unresponsive(&mut self) {
+        let now = tokio::time::Instant::now();
+        let deadline = self.ping_deadline;
+        let dead: Vec<ConnectionId> = self
+            .ping_ok
+            .iter()
+            .filter(|(_, last)| now.duration_since(**last) > deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.ping_ok.remove(&id);
+            let peer = self.connections.get(&id).map(|c| c.peer);
+            tracing::info!(
+                ?peer,
+                "closing connection: no ping answered for {deadline:?}"
+            );
+            self.close_dead(id);
+        }
+    }
+
+    fn close_dead(&mut self, connection: ConnectionId) {
+        if self.swarm.close_connection(connection) {
+            self.node_metrics.connections_unresponsive.inc();
+        }
+    }
+
     fn announce_status(&mut self) {
         let routing_table_peers = self.routing_table().len() as u32;
         let algorithm = SocketTable::global()
@@ -380,6 +468,11 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
+                if self.bootstrap.connected(&peer_id) {
+                    // Back from a loss: refresh the routing table now, not at the next period.
+                    tracing::info!(%peer_id, "bootstrap peer reconnected");
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
                 let info = match endpoint {
                     ConnectedPoint::Dialer { address, .. } => ConnectionInfo {
                         peer: peer_id,
@@ -404,14 +497,26 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 cause,
+                num_established,
                 ..
             } => {
                 self.connections.remove(&connection_id);
+                self.ping_ok.remove(&connection_id);
+                if num_established == 0 {
+                    self.bootstrap
+                        .disconnected(&peer_id, tokio::time::Instant::now());
+                }
                 tracing::info!(%peer_id, ?cause, "connection closed");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let DialError::Denied { cause } = &error {
                     self.count_denied("outbound", cause);
+                }
+                if let Some(peer) = peer_id
+                    && !self.swarm.is_connected(&peer)
+                {
+                    self.bootstrap
+                        .dial_failed(&peer, tokio::time::Instant::now());
                 }
                 tracing::warn!(?peer_id, %error, "dial failed");
             }
@@ -431,7 +536,10 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.metrics.record(&e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                self.metrics.record(&e);
+                self.on_ping(e);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => {
                 self.metrics.record(&e);
                 self.on_kad(e);

@@ -38,6 +38,10 @@ pub struct NodeMetrics {
     pub(super) chunks_served: Counter,
     pub(super) chunks_corrupt: Counter,
     pub(super) routing_table_peers: Gauge,
+    /// Connections closed because their pings failed (see `bootstrap`).
+    pub(super) connections_unresponsive: Counter,
+    /// Dials of lost bootstrap peers.
+    pub(super) bootstrap_redials: Counter,
 }
 
 impl NodeMetrics {
@@ -51,6 +55,8 @@ impl NodeMetrics {
             chunks_served: Counter::default(),
             chunks_corrupt: Counter::default(),
             routing_table_peers: Gauge::default(),
+            connections_unresponsive: Counter::default(),
+            bootstrap_redials: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("p2pcc");
         r.register(
@@ -92,6 +98,16 @@ impl NodeMetrics {
             "kad_routing_table_peers",
             "Peers in the Kademlia routing table",
             m.routing_table_peers.clone(),
+        );
+        r.register(
+            "connections_unresponsive",
+            "Connections closed because the peer stopped answering pings",
+            m.connections_unresponsive.clone(),
+        );
+        r.register(
+            "bootstrap_redials",
+            "Dials of a --peer bootstrap peer after its connection was lost or a dial failed",
+            m.bootstrap_redials.clone(),
         );
         m
     }

@@ -8,9 +8,13 @@
 //! counted in `p2pcc_resource_denied_total{scope,limit}` (connections also in
 //! `p2pcc_connections_denied_total{direction,limit}`).
 //!
+//! Connections whose pings fail are closed, and the `--peer` bootstrap peers are redialled with
+//! backoff when lost ([`bootstrap`]).
+//!
 //! Files: `client.rs` (the API handle), `event_loop.rs` (owns the swarm), `metrics.rs`,
-//! `limits.rs`, one file per protocol.
+//! `limits.rs`, `bootstrap.rs` (reconnection policy), one file per protocol.
 
+pub mod bootstrap;
 mod client;
 mod event_loop;
 pub mod files;
@@ -93,6 +97,11 @@ pub struct Config {
     pub min_peers: usize,
     /// How often the connection count is checked against `min_peers`. Default 10 s.
     pub maintenance_interval: Duration,
+    /// A ping is sent on every connection this often. Default 15 s (libp2p-ping's).
+    pub ping_interval: Duration,
+    /// A ping not answered within this fails; a connection whose pings fail twice in a row is
+    /// closed ([`bootstrap`]). Default 20 s (libp2p-ping's).
+    pub ping_timeout: Duration,
     /// How often the node announces its status on the gossip topic. Default 60 s.
     pub status_interval: Duration,
     /// A file request (manifest or chunk) not answered within this fails, and the chunk goes
@@ -120,6 +129,8 @@ impl Default for Config {
             bootstrap_interval: Duration::from_secs(300),
             min_peers: 8,
             maintenance_interval: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(20),
             status_interval: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             sockets: SocketTable::global().clone(),
@@ -250,7 +261,11 @@ pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::R
                         PROTOCOL_VERSION.into(),
                         key.public(),
                     )),
-                    ping: ping::Behaviour::default(),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(config.ping_interval)
+                            .with_timeout(config.ping_timeout),
+                    ),
                     kad,
                     gossipsub: gossip::behaviour(key)?,
                     files: request_response::Behaviour::with_codec(
