@@ -255,10 +255,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         telemetry.clone(),
     )));
 
+    let registry = Arc::new(registry);
+    let exports = telemetry::exports::Exports::start(&telemetry, registry.clone());
     let state = http::AppState {
         client,
-        registry: Arc::new(registry),
         telemetry,
+        exports,
         bbr,
         ebpf_status: Arc::new(ebpf_status),
         token: Arc::new(token),

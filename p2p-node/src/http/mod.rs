@@ -19,7 +19,6 @@ use axum::{
     middleware,
     routing::{get, post},
 };
-use prometheus_client::registry::Registry;
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
 use crate::{node::Client, telemetry};
@@ -29,8 +28,9 @@ pub use wire::{parse_response, request_text};
 #[derive(Clone)]
 pub struct AppState {
     pub client: Client,
-    pub registry: Arc<Registry>,
     pub telemetry: telemetry::Telemetry,
+    /// `/metrics` and `/api/peers`, encoded once per snapshot.
+    pub exports: telemetry::exports::Exports,
     /// The bbr-p2p handle (control: switching and tunables).
     pub bbr: crate::cc::BbrSlot,
     /// One sentence: "loaded", or why the eBPF part is not running.

@@ -1,9 +1,11 @@
 //! Per-peer TCP telemetry. The flow is one way: kernel → [`collector`] (the only reader, once per
 //! second) → [`snapshot::Snapshot`] (immutable, shared through a `watch` channel) → exporters
 //! ([`prometheus`] for `/metrics`, the HTTP API's `/api/peers`, [`history`], the live page's
-//! stream). Exporters never touch the kernel; telemetry holds no control state.
+//! stream). `/metrics` and `/api/peers` are encoded once per snapshot ([`exports`]) and served
+//! as cached bytes. Exporters never touch the kernel; telemetry holds no control state.
 
 pub mod collector;
+pub mod exports;
 pub mod history;
 pub mod prometheus;
 pub mod snapshot;

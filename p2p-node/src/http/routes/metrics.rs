@@ -1,6 +1,8 @@
-//! `/metrics`: Prometheus text or OpenMetrics, by content negotiation.
+//! `/metrics`: Prometheus text or OpenMetrics, by content negotiation. Both are encoded once
+//! per snapshot (`telemetry::exports`); a scrape sends the cached bytes.
 
 use axum::{
+    body::Body,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -9,19 +11,12 @@ use axum::{
 use crate::{http::AppState, telemetry};
 
 pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    use telemetry::prometheus::{PROMETHEUS_TEXT, to_prometheus_text, wants_openmetrics};
-    // Encoding walks every series (and the collectors read kernel maps): off the async workers.
-    let registry = state.registry.clone();
-    let encoded = tokio::task::spawn_blocking(move || {
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
-    })
-    .await
-    .unwrap_or(Err(std::fmt::Error));
-    match encoded {
+    use telemetry::prometheus::{PROMETHEUS_TEXT, wants_openmetrics};
+    let encoded = state.exports.latest();
+    match &encoded.metrics {
         // Content negotiation: OpenMetrics for scrapers that ask for it (Prometheus), the
         // classic text format (what promtool checks) for everyone else.
-        Ok(body)
+        Ok((openmetrics, _))
             if wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())) =>
         {
             (
@@ -29,19 +24,15 @@ pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderM
                     header::CONTENT_TYPE,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
-                body,
+                Body::from(openmetrics.clone()),
             )
                 .into_response()
         }
-        Ok(body) => (
+        Ok((_, text)) => (
             [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
-            to_prometheus_text(&body),
+            Body::from(text.clone()),
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {e}"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.clone()).into_response(),
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::{
     Json,
     extract::{ConnectInfo, Path, State},
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -70,9 +70,13 @@ pub async fn node(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Every authenticated connection, as of the latest snapshot.
+/// Every authenticated connection, as of the latest snapshot (encoded once per snapshot).
 pub async fn peers(State(state): State<AppState>) -> Response {
-    Json(&state.telemetry.snapshot().connections).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from(state.exports.latest().peers_json.clone()),
+    )
+        .into_response()
 }
 
 /// The path measurements the node keeps per peer (bounded: [`crate::known::MAX_LISTED`]).
