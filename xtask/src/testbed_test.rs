@@ -123,6 +123,8 @@ fn start_run(seconds: u64, extra: &[&str]) -> anyhow::Result<Run> {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    // A killed test must not leave its run behind (SIGTERM: the run tears the testbed down).
+    crate::exec::die_with_parent(&mut cmd);
     println!("[testbed] $ xtask run --duration {seconds} --overview {OVERVIEW}");
     let mut child = cmd.spawn().context("starting xtask run")?;
     let (tx, lines) = mpsc::channel();
@@ -239,6 +241,13 @@ fn check_page(artifacts: &Path, run: &mut Run, driver: &Driver) -> anyhow::Resul
         let history: Value = driver.script(&format!(
             "return window.p2pccNodes.get('{SWITCHED}').history;"
         ))?;
+        // The per-second values the verdict is drawn from, kept beside the screenshot.
+        let values = artifacts.join(format!("{SWITCHED}-history.json"));
+        fs::write(
+            &values,
+            serde_json::to_string_pretty(&json!({"switched_at": switched_at, "history": history}))?,
+        )?;
+        println!("[testbed] per-second values: {}", values.display());
         compare(&history, switched_at)
     })()
 }
@@ -351,15 +360,13 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// A plain `GET`; the body (Prometheus answers with a length, `Connection: close` ends it).
+/// A plain `GET`; the body. HTTP/1.0, so that the answer is not chunked (Prometheus chunks
+/// larger answers to HTTP/1.1 requests) and the end of the connection ends the body.
 fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
     let mut stream =
         TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (_, body) = response
@@ -402,13 +409,17 @@ struct Driver {
 
 impl Driver {
     fn start() -> anyhow::Result<Self> {
-        // Its own process group, so the browser it starts goes with it (see Drop).
-        let process = Command::new("chromedriver")
-            .arg(format!("--port={DRIVER_PORT}"))
+        // Its own process group, so the browser it starts goes with it (see Drop); SIGTERM
+        // when this process dies without a Drop (killed): a chromedriver left behind would keep
+        // the kernel lock's descriptor that `flock` handed down.
+        let mut cmd = Command::new("chromedriver");
+        cmd.arg(format!("--port={DRIVER_PORT}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
+            .process_group(0);
+        crate::exec::die_with_parent(&mut cmd);
+        let process = cmd
             .spawn()
             .context("starting chromedriver (Debian: chromium-driver)")?;
         let mut driver = Self {
