@@ -80,6 +80,9 @@ pub fn tcp_round_trips(
     let probe = thread::spawn(move || -> anyhow::Result<Vec<f64>> {
         // setns changes only this thread's namespace.
         crate::delay_line::enter_namespace(&path)?;
+        // Woken on time when the answer arrives, as the delay line is: on a busy machine a
+        // normal thread's wake-up latency would count as path delay.
+        crate::delay_line::realtime_priority();
         let mut rtts = Vec::with_capacity(tries);
         for _ in 0..tries {
             let start = Instant::now();
