@@ -23,12 +23,22 @@
 //!
 //! The jump seeds BBR's bandwidth estimate with the saved rate (so the model's cwnd and pacing
 //! follow the record), while [`Action::Hold`] caps cwnd and pacing: half the ceiling at half the
-//! saved rate while unvalidated, the ceiling at the saved rate while validating. At the end of
-//! validation — two rounds after the round the jump happened in — the seed gives way to the
-//! measured delivery rate if the path could not carry the jump ([`validated_rate`]: it delivered
-//! under 80% of the rate the jump was paced at), so a record above the path's capacity never
-//! outlives those two rounds, and STARTUP ends (the record located the path's capacity;
-//! PROBE_BW probes beyond it); a retreat replaces the seed at once.
+//! saved rate while unvalidated, the ceiling at the saved rate while validating (and STARTUP's
+//! plateau detector is held off: rounds paced under a cap show no growth by construction). At
+//! the end of validation — two rounds after the round the jump happened in — [`validation_end`]
+//! decides on the highest delivery rate the path showed since the jump:
+//! - at least 80% of the saved rate: the record located the path's capacity; the pipe counts as
+//!   full and STARTUP ends (PROBE_BW probes beyond it);
+//! - less: the jump was not tested at the record's rate — the application, a flow-control window
+//!   (a new yamux stream starts with 256 KiB of credit) or the receive window held the flight
+//!   back, without contradiction — so the seed gives way to the rate the path did carry and
+//!   STARTUP goes on growing from there (RFC 9959's rule of continuing from the validated pipe,
+//!   not from the unused credit). A record above the path's capacity therefore never outlives
+//!   those two rounds, and a connection the application held back is not declared full at a
+//!   rate it never tested (which would leave it in PROBE_BW at that rate and teach the node a
+//!   lower record each time).
+//!
+//! A retreat replaces the seed at once.
 //!
 //! Deviations from RFC 9959 (each is a BBR-specific choice):
 //! 1. Saved state is BBR's model (bottleneck bandwidth, min RTT, `inflight_hi`), not a cwnd:
@@ -452,9 +462,9 @@ pub struct AckView {
     pub lost: u32,
     pub mss: u32,
     pub cwnd_bytes: u64,
-    /// This ACK's delivery-rate sample, bytes/s (0: none, or from a flight that the
-    /// application, the receive window or pacing limited: a lower bound of the path's rate that
-    /// must not replace the seed).
+    /// This ACK's delivery-rate sample, bytes/s (0: none). Samples of flights the application
+    /// or a window held back count too: each is a rate the path carried (a lower bound of its
+    /// capacity), which is what validation and retreat need.
     pub delivery_rate_bytes_per_sec: u64,
 }
 
@@ -471,11 +481,13 @@ pub enum Action {
         cwnd_cap_bytes: u64,
         pacing_cap_bytes_per_sec: u64,
     },
-    /// Validated: the pipe counts as full (STARTUP ends: the record located the path's
-    /// capacity). `bw_bytes_per_sec` replaces the seeded estimate when the path could not carry
-    /// the jump ([`validated_rate`]); 0 keeps it.
+    /// Validated ([`validation_end`]). `pipe_full`: the path carried the record's rate; the
+    /// pipe counts as full (STARTUP ends) and the seeded estimate stays (`bw_bytes_per_sec` is
+    /// 0). Otherwise `bw_bytes_per_sec`, the rate the path carried, replaces the seed and
+    /// STARTUP goes on from it.
     Validated {
         bw_bytes_per_sec: u64,
+        pipe_full: bool,
     },
     /// Safe retreat: leave STARTUP with these controls, the estimate set to the measured rate.
     Retreat(Retreat),
@@ -556,12 +568,11 @@ pub fn on_ack(
                             ));
                         }
                         Start::Resumed => {
-                            return Action::Validated {
-                                bw_bytes_per_sec: validated_rate(
-                                    slot.measured_bytes_per_sec,
-                                    slot.jump_pacing_bytes_per_sec,
-                                ),
-                            };
+                            return validation_end(
+                                slot.measured_bytes_per_sec,
+                                slot.bw_bytes_per_sec,
+                                slot.jump_pacing_bytes_per_sec,
+                            );
                         }
                         _ => {}
                     }
@@ -585,18 +596,24 @@ pub fn on_ack(
     }
 }
 
-/// The estimate once validation ends: the `measured` delivery rate (non-app-limited samples
-/// only; 0: none) when it is under 80% of the rate the jump was `paced` at — the path could not
-/// carry the jump, the record overestimates it — else 0: keep the seeded record. (Delivery
-/// rates during validation are bounded by the jump's own pacing, so a rate below the *record*
-/// says nothing; one below what was sent does.)
+/// How a validation without contradiction ends. `measured`: the highest delivery rate since the
+/// jump (bytes/s; 0: no sample); `saved`: the record's rate; `jump_paced`: the rate the jump was
+/// paced at. The pipe is full when the path delivered at least 80% of the record's rate (the
+/// record located its capacity); otherwise STARTUP goes on from what the path carried (or, with
+/// no sample at all, from the jump's rate, which the path did not contradict).
 #[inline(always)]
-pub const fn validated_rate(measured: u64, paced: u64) -> u64 {
-    // `paced - paced / 5`: 80% without a multiplication (no 128-bit overflow check in BPF).
-    if measured != 0 && measured < paced - paced / 5 {
-        measured
+pub const fn validation_end(measured: u64, saved: u64, jump_paced: u64) -> Action {
+    // `saved - saved / 5`: 80% without a multiplication (no 128-bit overflow check in BPF).
+    if measured != 0 && measured >= saved - saved / 5 {
+        Action::Validated {
+            bw_bytes_per_sec: 0,
+            pipe_full: true,
+        }
     } else {
-        0
+        Action::Validated {
+            bw_bytes_per_sec: if measured != 0 { measured } else { jump_paced },
+            pipe_full: false,
+        }
     }
 }
 
@@ -826,15 +843,35 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_gives_way_only_when_the_path_could_not_carry_the_jump() {
-        // Paced at 6.25 MB/s: the path delivered 2.5 MB/s, so the record overestimates it.
-        assert_eq!(validated_rate(2_500_000, 6_250_000), 2_500_000);
-        // It delivered 6 MB/s of the 6.25 sent: no evidence against the 12.5 MB/s record.
-        assert_eq!(validated_rate(6_000_000, 6_250_000), 0);
-        // At exactly 80%: kept.
-        assert_eq!(validated_rate(5_000_000, 6_250_000), 0);
-        // Only app-limited samples: no evidence either way.
-        assert_eq!(validated_rate(0, 6_250_000), 0);
+    fn validation_ends_full_only_at_the_records_rate() {
+        // Record 12.5 MB/s; the jump was paced at 6.25 MB/s.
+        let (saved, paced) = (12_500_000, 6_250_000);
+        let full = Action::Validated {
+            bw_bytes_per_sec: 0,
+            pipe_full: true,
+        };
+        let go_on = |bw| Action::Validated {
+            bw_bytes_per_sec: bw,
+            pipe_full: false,
+        };
+        let cases = [
+            ("the path carried the record's rate", 12_000_000, full),
+            ("exactly 80% of the record", 10_000_000, full),
+            (
+                "held back (a 256 KiB yamux window at 40 ms): STARTUP goes on from 6.5 MB/s",
+                6_500_000,
+                go_on(6_500_000),
+            ),
+            (
+                "a slower path that built no queue: STARTUP from its rate",
+                2_500_000,
+                go_on(2_500_000),
+            ),
+            ("no sample at all: from the jump's rate", 0, go_on(paced)),
+        ];
+        for (what, measured, want) in cases {
+            assert_eq!(validation_end(measured, saved, paced), want, "{what}");
+        }
     }
 
     const MSS: u32 = 1448;
@@ -934,12 +971,14 @@ mod tests {
                 pacing_bytes_per_sec: 5_000_000
             })
         );
-        // The run's delivery samples are 5 MB/s, exactly 80% of the jump's 6.25: kept.
+        // The run's delivery samples are 5 MB/s, 40% of the 12.5 MB/s record: validated, and
+        // STARTUP goes on from 5 MB/s instead of declaring the pipe full.
         let (action, _) = run(&[(170, 0, 40_500), (170, 0, 40_200)]);
         assert_eq!(
             action,
             Action::Validated {
-                bw_bytes_per_sec: 0
+                bw_bytes_per_sec: 5_000_000,
+                pipe_full: false,
             }
         );
     }

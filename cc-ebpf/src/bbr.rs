@@ -70,11 +70,12 @@
 //!    the noise handshake; on the first cwnd-limited ACK in STARTUP with an RTT within
 //!    [saved/2, 10×saved] the connection jumps to half the saved BDP, paced at half the saved
 //!    rate, with the saved rate seeded into `bw_hi`; it is held there while unvalidated and
-//!    below 1× the saved BDP at the saved rate while validating; at the end of validation the
-//!    seed gives way to the measured rate if the path could not carry the jump, and STARTUP ends; loss above the threshold
-//!    or RTT growth in those rounds retreats (cwnd = half the delivered pipe, pacing and
-//!    `bw_hi` = the measured delivery rate, STARTUP over). This replaces an earlier warm start
-//!    keyed by remote address in a host-wide map.
+//!    below 1× the saved BDP at the saved rate while validating (STARTUP's plateau count is
+//!    held off meanwhile); at the end of validation STARTUP ends if the path delivered ≥ 80% of
+//!    the saved rate, otherwise the seed gives way to the rate it did deliver and STARTUP goes
+//!    on from there; loss above the threshold or RTT growth in those rounds retreats (cwnd =
+//!    half the delivered pipe, pacing and `bw_hi` = the measured delivery rate, STARTUP over).
+//!    This replaces an earlier warm start keyed by remote address in a host-wide map.
 //! 9. Tunables come from a config map ([`BbrConfig`], v3's values by default) instead of
 //!    module parameters; `loss_bound_enabled = 0` turns every loss response off (v1-like).
 //! 10. **The short-term bounds take the cut only after a round above the loss threshold.**
@@ -385,13 +386,9 @@ impl Bbr {
             lost: c.lost,
             mss: c.mss,
             cwnd_bytes: u64::from(c.cwnd) * u64::from(c.mss),
-            // Only samples from cwnd-limited flights measure the path: an application-,
-            // receive-window- or pacing-limited flight delivers less than the path could carry.
-            delivery_rate_bytes_per_sec: if rs.is_app_limited || !c.cwnd_limited {
-                0
-            } else {
-                bw_to_bytes_per_sec(sample_bw, c.mss)
-            },
+            // Every sample is a rate the path carried (`resume::validation_end` decides what
+            // a low one means).
+            delivery_rate_bytes_per_sec: bw_to_bytes_per_sec(sample_bw, c.mss),
         }
     }
 
@@ -422,15 +419,22 @@ impl Bbr {
             } => {
                 c.cwnd = c.cwnd.min(packets(cwnd_cap_bytes).max(cfg.min_cwnd));
                 c.pacing_rate = c.pacing_rate.min(pacing_cap_bytes_per_sec);
+                // Rounds paced under the cap cannot grow: not a plateau of the path.
+                self.reset_full_bw();
             }
-            Action::Validated { bw_bytes_per_sec } => {
-                if bw_bytes_per_sec != 0 {
-                    // The path could not carry the jump: the record's rate goes.
-                    let bw = bytes_per_sec_to_bw(bw_bytes_per_sec, c.mss).min(self.max_bw());
-                    self.bw_hi = [bw, bw];
-                }
+            Action::Validated {
+                pipe_full: true, ..
+            } => {
                 self.full_bw = self.max_bw();
                 self.full_bw_reached = 1;
+            }
+            Action::Validated {
+                bw_bytes_per_sec, ..
+            } => {
+                // Not tested at the record's rate: STARTUP goes on from what the path carried.
+                let bw = bytes_per_sec_to_bw(bw_bytes_per_sec, c.mss).min(self.max_bw());
+                self.bw_hi = [bw, bw];
+                self.reset_full_bw();
             }
             Action::Retreat(r) => {
                 // The contradicted rate is not kept: estimate and pacing are what the path

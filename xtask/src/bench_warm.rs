@@ -330,6 +330,15 @@ impl Harness {
     /// One 8 MB transfer X → Y on a fresh connection; retransmitted bytes sampled at 2 s.
     fn transfer(&mut self) -> anyhow::Result<Run> {
         let peer = self.reconnect()?;
+        let debug = std::env::var_os("P2PCC_BENCH_WARM_DEBUG").is_some();
+        let unix = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        if debug {
+            println!("[trace] perf begins {:.3}", unix());
+        }
         let sampler = thread::spawn(|| {
             thread::sleep(Duration::from_secs(2));
             retrans_bytes()
@@ -340,27 +349,73 @@ impl Harness {
         )?;
         let json: serde_json::Value =
             serde_json::from_str(report.trim()).with_context(|| format!("perf said {report}"))?;
-        let seconds = json["upload_seconds"].as_f64().context("upload_seconds")?;
+        // Completion: the upload ends when the last byte is handed to the connection; the
+        // server closes its side only after it has read every byte, so the (empty) download
+        // ends when the receiver has the whole transfer.
+        let seconds = json["upload_seconds"].as_f64().context("upload_seconds")?
+            + json["download_seconds"]
+                .as_f64()
+                .context("download_seconds")?;
         let retrans_2s_bytes = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))??;
-        let peers = self.x.cli(&self.binary, &["peers"])?;
-        if std::env::var_os("P2PCC_BENCH_WARM_DEBUG").is_some() {
-            println!("{peers}");
+        if debug {
+            println!("[trace] perf ends {:.3}: {}", unix(), report.trim());
+        }
+        let start = self.start_state(&peer)?;
+        if debug {
             println!("{}", self.x.cli(&self.binary, &["known"])?);
         }
-        // The connection that carried the transfer (an older one may still be listed): the
-        // row whose ACKED(B) column covers the transfer.
-        let start = peers
-            .lines()
-            .filter(|l| l.starts_with(&peer))
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|cols| cols.get(9).and_then(|a| a.parse::<u64>().ok()) >= Some(TRANSFER_BYTES))
-            .and_then(|cols| cols.get(4).map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "-".to_owned());
         Ok(Run {
             seconds,
             retrans_2s_bytes,
             start,
         })
+    }
+
+    /// How the connection that carried the transfer started: `start(reason)` from the node's
+    /// `/api/peers` (`-` for a connection without bbr-p2p). The API serves the node's latest
+    /// 1 Hz snapshot, so it is polled until the peer's newest connection (highest socket
+    /// cookie; an older one, or a second connection dialled the other way, may be listed too)
+    /// shows most of the transfer acknowledged.
+    fn start_state(&self, peer: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        loop {
+            let body = output(Command::new("ip").args([
+                "netns",
+                "exec",
+                SENDER_NS,
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9464/api/peers",
+            ]))?;
+            let peers: Vec<serde_json::Value> =
+                serde_json::from_str(&body).context("decoding /api/peers")?;
+            let carried = peers
+                .iter()
+                .filter(|p| p["peer_id"].as_str() == Some(peer))
+                .filter(|p| {
+                    p["tcp"]["bytes_acked"].as_u64().unwrap_or(0) >= TRANSFER_BYTES / 10 * 9
+                })
+                .max_by_key(|p| p["cookie"].as_u64().unwrap_or(0));
+            if let Some(p) = carried {
+                if std::env::var_os("P2PCC_BENCH_WARM_DEBUG").is_some() {
+                    println!("[trace] api {body}");
+                }
+                let bbr = &p["bbr"];
+                return Ok(
+                    match (bbr["start"].as_str(), bbr["start_reason"].as_str()) {
+                        (Some(start), Some(why)) if !why.is_empty() => format!("{start}({why})"),
+                        (Some(start), _) => start.to_owned(),
+                        _ => "-".to_owned(),
+                    },
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("no connection to {peer} in /api/peers carried the transfer: {body}");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -406,12 +461,19 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         }
     }
     let root = workspace_root();
-    exec(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "-p", "p2p-node"]),
-    )?;
-    let binary = root.join("target/debug/p2p-node");
+    // P2PCC_BENCH_WARM_NODE: another p2p-node binary (e.g. an older build, for a before/after
+    // comparison); otherwise this checkout's, built now.
+    let binary = match std::env::var_os("P2PCC_BENCH_WARM_NODE") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            exec(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["build", "-p", "p2p-node"]),
+            )?;
+            root.join("target/debug/p2p-node")
+        }
+    };
     let work = std::env::temp_dir().join(format!("p2pcc-bench-warm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let mut bed = Bed::build()?;
