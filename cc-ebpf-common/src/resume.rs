@@ -452,8 +452,9 @@ pub struct AckView {
     pub in_startup: bool,
     /// This ACK's RTT sample, µs (0: none).
     pub rtt_us: u32,
-    /// The last flight was limited by cwnd, not by the application (`tp->is_cwnd_limited`):
-    /// there is more data than the window lets out, what a jump is for (RFC 9959 §3.2).
+    /// The last flight was limited by cwnd, not by the application (`tp->is_cwnd_limited` and a
+    /// full cwnd in flight when the ACK came): there is more data than the window lets out,
+    /// what a jump is for (RFC 9959 §3.2).
     pub cwnd_limited: bool,
     /// This ACK ends a packet-timed round.
     pub round_start: bool,

@@ -370,7 +370,7 @@ impl Bbr {
     }
 
     /// Deviation 8, careful resume: what this ACK shows it. `sample_bw` is the ACK's delivery
-    /// rate sample (samples of flights not limited by cwnd are lower bounds and count as none).
+    /// rate sample.
     #[inline(always)]
     pub fn resume_view(&self, c: &Conn, rs: &RateSample, sample_bw: u32) -> AckView {
         AckView {
@@ -380,7 +380,10 @@ impl Bbr {
             } else {
                 0
             },
-            cwnd_limited: c.cwnd_limited,
+            // A full flight was out when this ACK came (not only the kernel's sticky
+            // `is_cwnd_limited`, which a tail loss probe sets on a connection's few handshake
+            // packets): the application has data for a jump.
+            cwnd_limited: c.cwnd_limited && rs.prior_in_flight >= c.cwnd,
             round_start: self.round_start != 0,
             delivered: c.delivered,
             lost: c.lost,

@@ -339,6 +339,7 @@ impl Harness {
         if debug {
             println!("[trace] perf begins {:.3}", unix());
         }
+        let before = self.carried_before(&peer)?;
         let sampler = thread::spawn(|| {
             thread::sleep(Duration::from_secs(2));
             retrans_bytes()
@@ -360,7 +361,7 @@ impl Harness {
         if debug {
             println!("[trace] perf ends {:.3}: {}", unix(), report.trim());
         }
-        let start = self.start_state(&peer)?;
+        let start = self.start_state(&peer, &before)?;
         if debug {
             println!("{}", self.x.cli(&self.binary, &["known"])?);
         }
@@ -371,33 +372,48 @@ impl Harness {
         })
     }
 
+    /// The node's `/api/peers` (its latest 1 Hz snapshot).
+    fn api_peers(&self) -> anyhow::Result<(String, Vec<serde_json::Value>)> {
+        let body = output(Command::new("ip").args([
+            "netns",
+            "exec",
+            SENDER_NS,
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9464/api/peers",
+        ]))?;
+        let peers = serde_json::from_str(&body).context("decoding /api/peers")?;
+        Ok((body, peers))
+    }
+
+    /// Socket cookies of connections to `peer` that had carried a transfer before this one
+    /// began (closed connections a stale snapshot still lists).
+    fn carried_before(&self, peer: &str) -> anyhow::Result<Vec<u64>> {
+        Ok(self
+            .api_peers()?
+            .1
+            .iter()
+            .filter(|p| p["peer_id"].as_str() == Some(peer) && carried(p))
+            .filter_map(|p| p["cookie"].as_u64())
+            .collect())
+    }
+
     /// How the connection that carried the transfer started: `start(reason)` from the node's
     /// `/api/peers` (`-` for a connection without bbr-p2p). The API serves the node's latest
-    /// 1 Hz snapshot, so it is polled until the peer's newest connection (highest socket
-    /// cookie; an older one, or a second connection dialled the other way, may be listed too)
-    /// shows most of the transfer acknowledged.
-    fn start_state(&self, peer: &str) -> anyhow::Result<String> {
+    /// 1 Hz snapshot, so it is polled until a connection to the peer that was not in `before`
+    /// shows most of the transfer acknowledged (socket cookies are not ordered in time: the
+    /// kernel draws them per CPU).
+    fn start_state(&self, peer: &str, before: &[u64]) -> anyhow::Result<String> {
         let deadline = Instant::now() + Duration::from_secs(4);
         loop {
-            let body = output(Command::new("ip").args([
-                "netns",
-                "exec",
-                SENDER_NS,
-                "curl",
-                "-sf",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9464/api/peers",
-            ]))?;
-            let peers: Vec<serde_json::Value> =
-                serde_json::from_str(&body).context("decoding /api/peers")?;
-            let carried = peers
-                .iter()
-                .filter(|p| p["peer_id"].as_str() == Some(peer))
-                .filter(|p| {
-                    p["tcp"]["bytes_acked"].as_u64().unwrap_or(0) >= TRANSFER_BYTES / 10 * 9
-                })
-                .max_by_key(|p| p["cookie"].as_u64().unwrap_or(0));
+            let (body, peers) = self.api_peers()?;
+            let carried = peers.iter().find(|p| {
+                p["peer_id"].as_str() == Some(peer)
+                    && carried(p)
+                    && !before.contains(&p["cookie"].as_u64().unwrap_or(0))
+            });
             if let Some(p) = carried {
                 if std::env::var_os("P2PCC_BENCH_WARM_DEBUG").is_some() {
                     println!("[trace] api {body}");
@@ -417,6 +433,11 @@ impl Harness {
             thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Whether an `/api/peers` connection has most of a transfer acknowledged.
+fn carried(p: &serde_json::Value) -> bool {
+    p["tcp"]["bytes_acked"].as_u64().unwrap_or(0) >= TRANSFER_BYTES / 10 * 9
 }
 
 /// Retransmitted bytes of the sender's connection to Y (`ss -ti`, `bytes_retrans`).
