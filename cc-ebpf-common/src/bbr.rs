@@ -215,7 +215,10 @@ pub struct BbrState {
     /// 1 while careful resume may still act on the connection (the socket's resume entry is
     /// looked up on each ACK only then).
     pub resume_pending: u8,
-    pub _pad: [u8; 3],
+    /// Segments per TSO burst at the pacing rate last set (`bbr_tso_segs_goal`), kept so that
+    /// an ACK that does not change the pacing rate divides nothing for it.
+    pub tso_segs_goal: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<BbrState>() == 208);
 

@@ -42,7 +42,11 @@
 //!    from the ACK on which they exceed 2% (the same verdict as at the round's end, known
 //!    earlier). `inflight_hi` is then set from the inflight of that ACK (`prior_in_flight`, v3's
 //!    own fallback for `tx_in_flight`). A probe restarts the loss round when it starts UP, so
-//!    that losses from before the probe do not end it.
+//!    that losses from before the probe do not end it; DRAIN and DOWN restart it too (where v3
+//!    resets its per-ACK signals), so that the losses of STARTUP or of the probe, answered by
+//!    `inflight_hi`, are not counted again against the rounds after it (they made those rounds
+//!    "too high" and cut `bw_lo` to 0.7× with hardly any sample since the reset: kernel test
+//!    at 1% random loss, `bw_lo` at 56–88 Mbit/s on a 96 Mbit/s estimate).
 //! 2. STARTUP's loss exit needs ≥ 6 lossy ACKs and a round above 2% (v3: the same count and a
 //!    per-ACK rate), in recovery.
 //! 3. No ECN (v3's DCTCP-style `ecn_alpha`): the stock kernel hands a BPF congestion control no
@@ -109,6 +113,11 @@
 //!     tests' sub-millisecond path through a tbf (4 kB burst) 2–4-packet samples read 200–630
 //!     Mbit/s on a 100 Mbit/s link, and capped at `max_bw` they renewed it cycle after cycle
 //!     (estimates of 200–550 Mbit/s at the 5 s mark; with the rule, 96–120 after STARTUP).
+//! 13. **`tso_segs_goal` is computed when the pacing rate is set**, not at each use (v3
+//!     recomputes `sk_pacing_rate >> sk_pacing_shift` / MSS wherever it needs it, three to
+//!     five times per ACK): an ACK that leaves the pacing rate as it was divides nothing for it.
+//!     A change of `sk_pacing_shift` alone (some Wi-Fi drivers set it) applies from the next
+//!     change of the pacing rate. Part of the per-ACK cost work (issue 10 item 3).
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -118,7 +127,10 @@
 //! masked to the array length.
 
 use cc_ebpf_common::{
-    bbr::{BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, Mode, Phase, UNBOUNDED, bw_to_bytes_per_sec},
+    bbr::{
+        BBR_UNIT, BW_SCALE, BW_UNIT, BbrConfig, BbrState, Mode, Phase, UNBOUNDED,
+        bw_to_bytes_per_sec,
+    },
     resume::{AckView, Action, bytes_per_sec_to_bw},
 };
 
@@ -224,6 +236,16 @@ pub struct RateSample {
 #[inline(always)]
 fn div_u64(a: u64, b: u64) -> u64 {
     a.checked_div(b).unwrap_or(0)
+}
+
+/// `ns / 1000` without a division (BPF has no multiply-high, so LLVM keeps a real 64-bit
+/// divide for a constant divisor): exact below 2^32 ns (4.3 s), saturating beyond (the pacing
+/// horizon it converts is milliseconds).
+#[inline(always)]
+fn ns_to_us(ns: u64) -> u64 {
+    // 2^42 / 1000, rounded up: ns × this >> 42 = ns / 1000 for ns < 2^32.
+    const RECIPROCAL: u64 = 4_398_046_512;
+    (ns.min(u64::from(u32::MAX)) * RECIPROCAL) >> 42
 }
 
 /// `after(a, b)` for 32-bit sequence-like counters.
@@ -450,6 +472,9 @@ impl Bbr {
                 c.pacing_rate = r.pacing_bytes_per_sec.min(c.max_pacing_rate);
             }
         }
+        if !matches!(action, Action::None) {
+            self.refresh_tso_segs_goal(c);
+        }
     }
 
     /// `bbr_main` (the `cong_control` op): rounds and delivery signals, the model, then
@@ -600,8 +625,8 @@ impl Bbr {
     /// Deviation 12: the sample delivered no more than one TSO burst (`tso_segs_goal`): the
     /// packets left together, and a token bucket on the path may pass them at line rate.
     #[inline(always)]
-    fn one_burst(c: &Conn, rs: &RateSample) -> bool {
-        rs.delivered <= Self::tso_segs_goal(c) as i32
+    fn one_burst(&self, rs: &RateSample) -> bool {
+        rs.delivered <= self.tso_segs_goal() as i32
     }
 
     /// `bbr_update_latest_delivery_signals`, plus this variant's per-round loss rate
@@ -677,7 +702,7 @@ impl Bbr {
         }
         if self.max_bw() == 0 {
             self.bw_hi[1] = sample_bw;
-        } else if (!rs.is_app_limited || sample_bw >= self.max_bw()) && !Self::one_burst(c, rs) {
+        } else if (!rs.is_app_limited || sample_bw >= self.max_bw()) && !self.one_burst(rs) {
             // Deviation 12: a sample of one burst is no rate; only data sent faster than the
             // estimate, ACKed as spread out as it was sent, can measure more.
             let sample = if self.sent_probing() && !rs.ack_compressed {
@@ -729,11 +754,13 @@ impl Bbr {
         self.inflight_lo = UNBOUNDED;
     }
 
-    /// `bbr_reset_congestion_signals`.
+    /// `bbr_reset_congestion_signals`, with this variant's per-round loss accounting restarted
+    /// too (deviation 1): the losses of the probe (or STARTUP) that ends here were answered by
+    /// `inflight_hi`; only losses detected from now on count against the rounds that follow,
+    /// as v3's per-ACK `loss_in_round` restarts here.
     #[inline(always)]
-    fn reset_congestion_signals(&mut self) {
-        self.loss_in_round = 0;
-        self.loss_high_in_round = 0;
+    fn reset_congestion_signals(&mut self, c: &Conn) {
+        self.start_loss_round(c);
         self.bw_latest = 0;
         self.inflight_latest = 0;
     }
@@ -758,6 +785,7 @@ impl Bbr {
         let bw = div_u64(u64::from(c.cwnd) * BW_UNIT, u64::from(rtt_us));
         c.pacing_rate =
             self.bw_to_pacing_rate(c, bw.min(u64::from(u32::MAX)) as u32, cfg.high_gain);
+        self.refresh_tso_segs_goal(c);
     }
 
     /// `bbr_bw_to_pacing_rate`.
@@ -774,8 +802,9 @@ impl Bbr {
         if self.has_seen_rtt == 0 && c.srtt_us_x8 != 0 {
             self.init_pacing_rate_from_rtt(c, cfg);
         }
-        if self.full_bw_reached != 0 || rate > c.pacing_rate {
+        if (self.full_bw_reached != 0 || rate > c.pacing_rate) && rate != c.pacing_rate {
             c.pacing_rate = rate;
+            self.refresh_tso_segs_goal(c);
         }
     }
 
@@ -789,12 +818,24 @@ impl Bbr {
         }
     }
 
-    /// `bbr_tso_segs_goal`: segments per TSO burst at the current pacing rate.
+    /// `bbr_tso_segs_goal`: segments per TSO burst at the current pacing rate, as last
+    /// computed by [`Self::refresh_tso_segs_goal`] (at least 1).
     #[inline(always)]
-    fn tso_segs_goal(c: &Conn) -> u32 {
-        let bytes = (c.pacing_rate >> (c.pacing_shift & 63)).min(TSO_MAX_BYTES);
-        let segs = (div_u64(bytes, u64::from(c.mss)) as u32).max(Self::min_tso_segs(c.pacing_rate));
-        segs.min(0x7f)
+    fn tso_segs_goal(&self) -> u32 {
+        u32::from(self.tso_segs_goal).max(1)
+    }
+
+    /// Recomputes [`Self::tso_segs_goal`] from the pacing rate: called wherever the pacing
+    /// rate is set, so the division runs only when the rate changed (deviation 13).
+    #[inline(always)]
+    pub fn refresh_tso_segs_goal(&mut self, c: &Conn) {
+        // At most TSO_MAX_BYTES: a 32-bit division suffices.
+        let bytes = (c.pacing_rate >> (c.pacing_shift & 63)).min(TSO_MAX_BYTES) as u32;
+        let segs = bytes
+            .checked_div(c.mss)
+            .unwrap_or(0)
+            .max(Self::min_tso_segs(c.pacing_rate));
+        self.tso_segs_goal = segs.min(0x7f) as u8;
     }
 
     /// `bbr_save_cwnd`: remember cwnd before recovery or PROBE_RTT, to restore it after.
@@ -850,8 +891,8 @@ impl Bbr {
 
     /// `bbr_quantization_budget` (v3): room for TSO bursts and delayed ACKs.
     #[inline(always)]
-    fn quantization_budget(&self, c: &Conn, cfg: &BbrConfig, cwnd: u32) -> u32 {
-        let cwnd = cwnd.max(3 * Self::tso_segs_goal(c)).max(cfg.min_cwnd);
+    fn quantization_budget(&self, cfg: &BbrConfig, cwnd: u32) -> u32 {
+        let cwnd = cwnd.max(3 * self.tso_segs_goal()).max(cfg.min_cwnd);
         if self.in_phase(Phase::Up) {
             cwnd.saturating_add(2)
         } else {
@@ -861,25 +902,25 @@ impl Bbr {
 
     /// `bbr_inflight`.
     #[inline(always)]
-    fn inflight(&self, c: &Conn, cfg: &BbrConfig, bw: u32, gain: u32) -> u32 {
-        self.quantization_budget(c, cfg, self.bdp(bw, gain))
+    fn inflight(&self, cfg: &BbrConfig, bw: u32, gain: u32) -> u32 {
+        self.quantization_budget(cfg, self.bdp(bw, gain))
     }
 
     /// `bbr_target_inflight`: the BDP, or cwnd if smaller.
     #[inline(always)]
     fn target_inflight(&self, c: &Conn, cfg: &BbrConfig) -> u32 {
-        self.inflight(c, cfg, self.bw(), BBR_UNIT).min(c.cwnd)
+        self.inflight(cfg, self.bw(), BBR_UNIT).min(c.cwnd)
     }
 
     /// `bbr_packets_in_net_at_edt`: inflight when the next packet departs, under pacing.
     #[inline(always)]
     fn packets_in_net_at_edt(&self, c: &Conn, inflight_now: u32) -> u32 {
         let edt_ns = c.wstamp_ns.max(c.clock_ns);
-        let interval_us = (edt_ns - c.clock_ns) / 1000;
+        let interval_us = ns_to_us(edt_ns - c.clock_ns);
         let interval_delivered = ((u64::from(self.bw()) * interval_us) >> BW_SCALE) as u32;
         let mut inflight_at_edt = inflight_now;
         if self.pacing_gain > BBR_UNIT {
-            inflight_at_edt = inflight_at_edt.saturating_add(Self::tso_segs_goal(c));
+            inflight_at_edt = inflight_at_edt.saturating_add(self.tso_segs_goal());
         }
         inflight_at_edt.saturating_sub(interval_delivered)
     }
@@ -950,7 +991,7 @@ impl Bbr {
                 let target = self
                     .bdp(bw, gain)
                     .saturating_add(self.ack_aggregation_cwnd(cfg));
-                let target = self.quantization_budget(c, cfg, target);
+                let target = self.quantization_budget(cfg, target);
                 self.try_fast_path = 0;
                 if self.full_bw_reached != 0 {
                     cwnd = cwnd.saturating_add(acked);
@@ -1132,7 +1173,7 @@ impl Bbr {
     /// `bbr_start_bw_probe_down`.
     #[inline(always)]
     fn start_bw_probe_down<R: FnMut() -> u32>(&mut self, c: &Conn, cfg: &BbrConfig, rand: &mut R) {
-        self.reset_congestion_signals();
+        self.reset_congestion_signals(c);
         self.bw_probe_up_cnt = UNBOUNDED;
         self.pick_probe_wait(cfg, rand);
         self.cycle_stamp_us = c.delivered_mstamp_us;
@@ -1206,9 +1247,8 @@ impl Bbr {
 
     /// `bbr_check_time_to_cruise`: the probe's queue is drained.
     #[inline(always)]
-    fn check_time_to_cruise(&self, c: &Conn, cfg: &BbrConfig, inflight: u32, bw: u32) -> bool {
-        inflight <= self.inflight_with_headroom(cfg)
-            && inflight <= self.inflight(c, cfg, bw, BBR_UNIT)
+    fn check_time_to_cruise(&self, cfg: &BbrConfig, inflight: u32, bw: u32) -> bool {
+        inflight <= self.inflight_with_headroom(cfg) && inflight <= self.inflight(cfg, bw, BBR_UNIT)
     }
 
     /// `bbr_update_cycle_phase`: the PROBE_BW state machine.
@@ -1260,7 +1300,7 @@ impl Bbr {
             }
             Phase::Down => {
                 if !self.check_time_to_probe_bw(c, cfg)
-                    && self.check_time_to_cruise(c, cfg, inflight, bw)
+                    && self.check_time_to_cruise(cfg, inflight, bw)
                 {
                     self.start_bw_probe_cruise();
                 }
@@ -1282,7 +1322,7 @@ impl Bbr {
             // bbr_handle_queue_too_high_in_startup
             self.full_bw_reached = 1;
             self.inflight_hi = self
-                .inflight(c, cfg, self.max_bw(), BBR_UNIT)
+                .inflight(cfg, self.max_bw(), BBR_UNIT)
                 .max(self.inflight_latest);
             self.loss_bound_count = self.loss_bound_count.saturating_add(1);
         }
@@ -1362,12 +1402,12 @@ impl Bbr {
     fn check_drain<R: FnMut() -> u32>(&mut self, c: &mut Conn, cfg: &BbrConfig, rand: &mut R) {
         if self.mode() == Mode::Startup && self.full_bw_reached != 0 {
             self.set_mode(Mode::Drain);
-            c.ssthresh = self.inflight(c, cfg, self.max_bw(), BBR_UNIT);
-            self.reset_congestion_signals();
+            c.ssthresh = self.inflight(cfg, self.max_bw(), BBR_UNIT);
+            self.reset_congestion_signals(c);
         }
         if self.mode() == Mode::Drain
             && self.packets_in_net_at_edt(c, c.packets_in_flight)
-                <= self.inflight(c, cfg, self.max_bw(), BBR_UNIT)
+                <= self.inflight(cfg, self.max_bw(), BBR_UNIT)
         {
             self.set_mode(Mode::ProbeBw);
             self.start_bw_probe_down(c, cfg, rand);

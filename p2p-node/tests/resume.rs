@@ -7,68 +7,9 @@
 
 mod common;
 
-use std::{
-    collections::HashSet,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
-use common::{Node, Routed, eventually, kernel_tests_possible, sh, test_data_dir};
-
-/// The xtask binary `cargo xtask test` built (it runs these tests): its `delay-line` subcommand.
-fn xtask_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let xtask = dir.join("xtask");
-    assert!(
-        xtask.exists(),
-        "{} is missing: run the kernel tests through `cargo xtask test` (it builds the delay line)",
-        xtask.display()
-    );
-    xtask
-}
-
-/// The delay line serving the router's NFQUEUE; stopped (all packets released) on drop.
-struct DelayLine(Child);
-
-impl DelayLine {
-    fn start(router: &str, delay_ms: u64) -> Self {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            router,
-            "iptables-legacy",
-            "-A",
-            "FORWARD",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            "0",
-        ]);
-        let child = Command::new(xtask_binary())
-            .args([
-                "delay-line",
-                "--ns",
-                router,
-                "--delay-ms",
-                &delay_ms.to_string(),
-            ])
-            .args(["--duration", "600"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting the delay line");
-        Self(child)
-    }
-}
-
-impl Drop for DelayLine {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child: SIGINT makes it release what it holds and exit.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
-}
+use common::{DelayLine, Node, Routed, eventually, kernel_tests_possible, test_data_dir};
 
 /// The cookie of `node`'s newest connection to `peer` (one not in `seen`), once it is listed.
 fn new_connection(node: &Node, peer: &str, seen: &mut HashSet<u64>) -> u64 {

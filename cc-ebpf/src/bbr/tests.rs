@@ -73,6 +73,7 @@ fn probe_bw(phase: Phase) -> (Bbr, Conn) {
         ..conn()
     };
     s.cycle_stamp_us = c.delivered_mstamp_us;
+    s.refresh_tso_segs_goal(&c);
     s.min_rtt_stamp_us = c.now_us;
     s.probe_rtt_min_stamp_us = c.now_us;
     (s, c)
@@ -1108,6 +1109,7 @@ fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
         s.update_gains(&cfg);
         s.ack_phase = ack;
         c.pacing_rate = 125_000_000 / 8;
+        s.refresh_tso_segs_goal(&c);
         let rs = RateSample {
             acked_sacked: 2,
             delivered,

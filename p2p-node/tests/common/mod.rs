@@ -598,6 +598,31 @@ impl Routed {
         }
     }
 
+    /// Drops each of the sender's packets (the data direction) with `probability` at the
+    /// router, ahead of anything else in its FORWARD chain (a delay line's NFQUEUE rule).
+    pub fn random_loss(&self, probability: f64) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.router,
+            "iptables-legacy",
+            "-I",
+            "FORWARD",
+            "1",
+            "-i",
+            "p2pcc-r1",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability.to_string(),
+            "-j",
+            "DROP",
+        ]);
+    }
+
     /// A flow from the sender to a sink on the receiver.
     pub fn flow(&self, port: u16, cc: &str) -> TcpFlow {
         TcpFlow::between(&self.sender, &self.receiver, &self.receiver_addr, port, cc)
@@ -607,6 +632,61 @@ impl Routed {
 impl Drop for Routed {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// The xtask binary `cargo xtask test` built (it runs these tests): its `delay-line` subcommand.
+fn xtask_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let xtask = dir.join("xtask");
+    assert!(
+        xtask.exists(),
+        "{} is missing: run the kernel tests through `cargo xtask test` (it builds the delay line)",
+        xtask.display()
+    );
+    xtask
+}
+
+/// The delay line serving the router's NFQUEUE; stopped (all packets released) on drop.
+pub struct DelayLine(Child);
+
+impl DelayLine {
+    pub fn start(router: &str, delay_ms: u64) -> Self {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            router,
+            "iptables-legacy",
+            "-A",
+            "FORWARD",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "0",
+        ]);
+        let child = Command::new(xtask_binary())
+            .args([
+                "delay-line",
+                "--ns",
+                router,
+                "--delay-ms",
+                &delay_ms.to_string(),
+            ])
+            .args(["--duration", "600"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting the delay line");
+        Self(child)
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child: SIGINT makes it release what it holds and exit.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
     }
 }
 
