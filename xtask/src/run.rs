@@ -204,6 +204,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     };
     let workload = workload::start(options.traffic, &apis, testbed_token(), stop_requested)?;
     let result = testbed.wait_until_stopped(options.duration.map(Duration::from_secs));
+    // Nodes first: a workload thread inside a 20 s bulk upload returns once its node is gone,
+    // while joining it first could outlast the grace a caller gives the run after SIGTERM.
+    workload.request_stop();
+    testbed.teardown();
     drop(workload);
     result
     // `testbed` drops here, on success and on every `?` above: nodes stopped, namespaces deleted.

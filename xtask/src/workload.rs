@@ -88,6 +88,14 @@ pub struct Workload {
     threads: Vec<thread::JoinHandle<()>>,
 }
 
+impl Workload {
+    /// Asks the threads to stop without waiting: one may be inside a bulk upload that only ends
+    /// when the nodes stop (see `run::run`).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Workload {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
