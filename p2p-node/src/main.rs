@@ -111,15 +111,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cc::validate(name)?;
     }
     // `/dns4`, `/dns6`, `/dns` names: a listen address is resolved now (a listener binds an
-    // address); a peer's name is checked now and resolved again by the DNS transport at each
-    // dial. A name that does not resolve stops the node with one line saying which.
+    // address): a name that does not resolve stops the node with one line saying which. A
+    // peer's name is resolved by the DNS transport at each dial; it is checked now only to say
+    // so at once (one line) when it does not resolve: peers come and go (a container's name
+    // appears when it starts), so the node starts anyway and redials a `/p2p/<PeerId>` address
+    // with backoff (node::bootstrap); an address without a PeerId is dialled once.
     let listen = args
         .listen
         .iter()
         .map(|a| node::transport::resolve(a).map_err(|e| anyhow::anyhow!("--listen {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for peer in &args.peer {
-        node::transport::resolve(peer).map_err(|e| anyhow::anyhow!("--peer {e}"))?;
+        if let Err(e) = node::transport::resolve(peer) {
+            let then = match peer.iter().last() {
+                Some(libp2p::multiaddr::Protocol::P2p(_)) => format!(
+                    "starting without it; dialled again with backoff ({} s doubling to {} s)",
+                    node::bootstrap::FIRST_BACKOFF.as_secs(),
+                    node::bootstrap::MAX_BACKOFF.as_secs()
+                ),
+                _ => "starting without it; not dialled again (no /p2p/<PeerId> to track it by)"
+                    .to_owned(),
+            };
+            eprintln!("warning: --peer {e}; {then}");
+        }
     }
     let key = match &args.key {
         Some(path) => load_or_create_key(path)?,

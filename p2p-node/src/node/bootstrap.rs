@@ -120,12 +120,14 @@ impl Bootstrap {
         p.due = Some(now + wait);
     }
 
-    /// A dial of `peer` failed: the wait doubles (up to [`MAX_BACKOFF`]).
+    /// A dial of `peer` failed: the next is scheduled, the wait doubling (up to
+    /// [`MAX_BACKOFF`]). A failure while a redial is already scheduled (another part of the node
+    /// dialled, e.g. the DHT) changes nothing: it must not postpone the redial.
     pub fn dial_failed(&mut self, peer: &PeerId, now: Instant) {
         let Some(backoff) = self
             .peers
             .get(peer)
-            .filter(|p| !p.connected)
+            .filter(|p| !p.connected && p.due.is_none())
             .map(|p| p.backoff)
         else {
             return;
@@ -232,6 +234,20 @@ mod tests {
         // A late dial failure (another address) does not schedule a connected peer.
         b.dial_failed(&a, now);
         assert!(b.peers[&a].due.is_none());
+    }
+
+    #[test]
+    fn other_dials_failing_do_not_postpone_a_scheduled_redial() {
+        let a = PeerId::random();
+        let mut b = Bootstrap::new(&[addr(a, 1)]);
+        let t0 = Instant::now();
+        b.dial_failed(&a, t0);
+        let due = b.peers[&a].due.unwrap();
+        for i in 1..10 {
+            b.dial_failed(&a, t0 + Duration::from_millis(100 * i));
+        }
+        assert_eq!(b.peers[&a].due, Some(due));
+        assert_eq!(b.due(due).len(), 1);
     }
 
     #[test]

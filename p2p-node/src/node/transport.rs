@@ -199,7 +199,10 @@ pub fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
 
 /// `addr` with a leading `/dns4`, `/dns6` or `/dns` name replaced by the first address the
 /// system resolver (getaddrinfo: /etc/hosts, then DNS) gives for it, of the family it asks for;
-/// other addresses unchanged. Blocking. The error is one line naming the address and the name.
+/// other addresses unchanged. `localhost` and `*.localhost` are the loopback addresses
+/// (127.0.0.1, ::1) without asking anyone, as RFC 6761 says and as the DNS transport's resolver
+/// (hickory) does, so a name means the same here and at a dial. Blocking. The error is one line
+/// naming the address and the name.
 pub fn resolve(addr: &Multiaddr) -> Result<Multiaddr, String> {
     use libp2p::multiaddr::Protocol;
     let mut parts = addr.iter();
@@ -216,11 +219,22 @@ pub fn resolve(addr: &Multiaddr) -> Result<Multiaddr, String> {
     } else {
         "an IPv6"
     };
-    let found = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
-        .map_err(|e| format!("{addr}: {name} does not resolve ({e})"))?
-        .map(|a| a.ip())
+    let lower = name.trim_end_matches('.').to_ascii_lowercase();
+    let found = if lower == "localhost" || lower.ends_with(".localhost") {
+        [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1]),
+        ]
+        .into_iter()
         .find(want)
-        .ok_or_else(|| format!("{addr}: {name} has no {family} address"))?;
+        .expect("each family has a loopback address")
+    } else {
+        std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
+            .map_err(|e| format!("{addr}: {name} does not resolve ({e})"))?
+            .map(|a| a.ip())
+            .find(want)
+            .ok_or_else(|| format!("{addr}: {name} has no {family} address"))?
+    };
     let mut out = Multiaddr::empty().with(match found {
         IpAddr::V4(ip) => Protocol::Ip4(ip),
         IpAddr::V6(ip) => Protocol::Ip6(ip),
@@ -229,4 +243,34 @@ pub fn resolve(addr: &Multiaddr) -> Result<Multiaddr, String> {
         out.push(p);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(addr: &str) -> Result<String, String> {
+        resolve(&addr.parse().unwrap()).map(|a| a.to_string())
+    }
+
+    #[test]
+    fn localhost_is_the_loopback_address_of_the_family_asked_for() {
+        assert_eq!(resolved("/dns6/localhost/tcp/1").unwrap(), "/ip6/::1/tcp/1");
+        assert_eq!(
+            resolved("/dns4/localhost/tcp/1").unwrap(),
+            "/ip4/127.0.0.1/tcp/1"
+        );
+        assert_eq!(
+            resolved("/dns6/node.LOCALHOST./tcp/1/p2p/12D3KooWPTwjw7J95d2iw5DRQq5Cz8XmjhGfGKkeB5rpf86Bckzs")
+                .unwrap(),
+            "/ip6/::1/tcp/1/p2p/12D3KooWPTwjw7J95d2iw5DRQq5Cz8XmjhGfGKkeB5rpf86Bckzs"
+        );
+        assert_eq!(resolved("/ip6/::1/tcp/1").unwrap(), "/ip6/::1/tcp/1");
+        // Not a localhost name: asked of the system (`.invalid` never resolves, RFC 6761).
+        let e = resolved("/dns6/localhost.invalid/tcp/1").unwrap_err();
+        assert!(
+            e.starts_with("/dns6/localhost.invalid/tcp/1: localhost.invalid "),
+            "{e}"
+        );
+    }
 }
