@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Node, kernel_tests_possible, metric_value, sh};
+use common::{Node, address_and_up, kernel_tests_possible, metric_value, sh};
 use serde_json::Value;
 
 /// Namespaces `p2pcc-<name>-0..n`, each with one veth (`p2pcc-<name>-<i>` in the namespace, its
@@ -48,18 +48,7 @@ impl Lan {
             ]);
             sh(&["ip", "-n", &lan.hub, "link", "set", &port, "master", "br0"]);
             sh(&["ip", "-n", &lan.hub, "link", "set", &port, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            address_and_up(ns, dev, addr);
         }
         lan
     }

@@ -82,18 +82,7 @@ impl NetnsPair {
             (&pair.a, "p2pcc-va", &pair.addr_a),
             (&pair.b, "p2pcc-vb", &pair.addr_b),
         ] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            address_and_up(ns, dev, addr);
         }
         pair
     }
@@ -509,6 +498,23 @@ pub struct Routed {
     pub receiver: String,
     pub sender_addr: String,
     pub receiver_addr: String,
+}
+
+/// Gives `dev` in namespace `ns` the address `addr`/24 and brings it and the namespace's
+/// loopback up.
+pub fn address_and_up(ns: &str, dev: &str, addr: &str) {
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        dev,
+    ]);
+    sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
 }
 
 impl Routed {
