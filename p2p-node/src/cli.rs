@@ -206,8 +206,9 @@ pub struct RunArgs {
     /// Ping every connection this often, seconds.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_interval_secs: u64,
-    /// A ping unanswered this long fails; a connection whose pings fail twice in a row is
-    /// closed (and a lost --peer redialled with backoff), seconds.
+    /// A ping unanswered this long fails; a connection that has answered pings and then goes a
+    /// ping interval plus this long without an answer is closed (and a lost --peer redialled
+    /// with backoff), seconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_timeout_secs: u64,
     /// Established inbound connections (the memory budget may lower it; see /api/node).

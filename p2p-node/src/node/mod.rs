@@ -99,8 +99,9 @@ pub struct Config {
     pub maintenance_interval: Duration,
     /// A ping is sent on every connection this often. Default 15 s (libp2p-ping's).
     pub ping_interval: Duration,
-    /// A ping not answered within this fails; a connection whose pings fail twice in a row is
-    /// closed ([`bootstrap`]). Default 20 s (libp2p-ping's).
+    /// A ping not answered within this fails; a connection that has answered pings and then goes
+    /// a ping interval plus this long without an answer is closed ([`bootstrap`]). Default 20 s
+    /// (libp2p-ping's).
     pub ping_timeout: Duration,
     /// How often the node announces its status on the gossip topic. Default 60 s.
     pub status_interval: Duration,
