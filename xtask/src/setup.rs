@@ -53,6 +53,7 @@ pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     bpf_linker()?;
     web_assets()?;
+    js_interop_peer()?;
     crate::qemu::fetch_kernel()?;
     mount_if_missing("bpffs", "bpf", "/sys/fs/bpf")?;
     mount_if_missing("tracefs", "tracefs", "/sys/kernel/tracing")?;
@@ -236,6 +237,62 @@ fn web_assets() -> anyhow::Result<()> {
     )
 }
 
+/// The js-libp2p peer of the interoperability test (`p2p-node/tests/interop.rs`): `npm ci` in
+/// `interop/js/` unless every package its lockfile pins is installed at the pinned version.
+fn js_interop_peer() -> anyhow::Result<()> {
+    let dir = crate::exec::workspace_root().join("interop/js");
+    let lock = fs::read_to_string(dir.join("package-lock.json"))
+        .context("reading interop/js/package-lock.json")?;
+    let lock: serde_json::Value =
+        serde_json::from_str(&lock).context("parsing interop/js/package-lock.json")?;
+    let pinned = pinned_packages(&lock);
+    let stale = pinned
+        .iter()
+        .filter(|(path, version)| installed_version(&dir.join(path)).as_deref() != Some(version))
+        .count();
+    if stale == 0 {
+        println!(
+            "[setup] js-libp2p interop peer (interop/js/node_modules, {} packages): present",
+            pinned.len()
+        );
+        return Ok(());
+    }
+    println!(
+        "[setup] js-libp2p interop peer (interop/js/node_modules): {stale} of {} packages \
+         missing or at another version: installing with npm ci",
+        pinned.len()
+    );
+    if Command::new("npm").arg("--version").output().is_err() {
+        bail!(
+            "npm is missing: install Node.js and npm (Debian: apt-get install -y npm), then re-run"
+        );
+    }
+    exec(
+        Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"]),
+    )
+}
+
+/// `(node_modules/… path, version)` of every package a lockfile (v2 or v3) pins.
+fn pinned_packages(lock: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(packages) = lock["packages"].as_object() else {
+        return Vec::new();
+    };
+    packages
+        .iter()
+        .filter(|(path, _)| path.starts_with("node_modules/"))
+        .filter_map(|(path, entry)| Some((path.clone(), entry["version"].as_str()?.to_owned())))
+        .collect()
+}
+
+/// The version in `package_dir/package.json`, if it is there.
+fn installed_version(package_dir: &std::path::Path) -> Option<String> {
+    let text = fs::read_to_string(package_dir.join("package.json")).ok()?;
+    let package: serde_json::Value = serde_json::from_str(&text).ok()?;
+    package["version"].as_str().map(str::to_owned)
+}
+
 /// Mounts `fstype` at `mount_point` unless it is already mounted there: aya pins maps in bpffs,
 /// and tracepoint programs look up their ids in tracefs.
 fn mount_if_missing(name: &str, fstype: &str, mount_point: &str) -> anyhow::Result<()> {
@@ -271,6 +328,33 @@ mod tests {
         assert_eq!(parse_version("bpf-linker"), None);
         assert_eq!(parse_version("bpf-linker x.y"), None);
         assert!((0, 9) < BPF_LINKER_MIN && (1, 0) >= BPF_LINKER_MIN);
+    }
+
+    #[test]
+    fn lists_the_packages_a_lockfile_pins() {
+        let lock = serde_json::json!({
+            "lockfileVersion": 3,
+            "packages": {
+                "": { "name": "root", "dependencies": { "a": "1.0.0" } },
+                "node_modules/a": { "version": "1.0.0" },
+                "node_modules/@s/b": { "version": "2.1.0" },
+                "node_modules/a/node_modules/c": { "version": "0.3.0" },
+                "node_modules/no-version": {}
+            }
+        });
+        let mut pinned = pinned_packages(&lock);
+        pinned.sort();
+        let want = [
+            ("node_modules/@s/b", "2.1.0"),
+            ("node_modules/a", "1.0.0"),
+            ("node_modules/a/node_modules/c", "0.3.0"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(p, v)| ((*p).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(pinned, want);
+        assert!(pinned_packages(&serde_json::json!({})).is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! 1. unit tests of the workspace (`--lib --bins`: no kernel needed);
 //! 2. host tests of the eBPF crate's pure code (`cc-ebpf`, on its own nightly toolchain);
 //! 3. real-kernel integration tests of p2p-node (root; single-threaded because they share kernel
-//!    state: registered congestion controls, pinned maps, namespaces);
+//!    state: registered congestion controls, pinned maps, namespaces); every `p2p-node/tests/*.rs`
+//!    runs, among them `interop.rs` against js-libp2p (Node.js and `interop/js`, installed by
+//!    setup; loopback only, no BPF);
 //! 4. the QEMU tier: the release binary on Debian 12's Linux 6.1, the oldest supported kernel
 //!    (see `qemu.rs`).
 //! 5. the testbed end to end (`cargo xtask run` driven from headless Chromium, see

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Behaviour, BehaviourEvent, Config, ConnectionInfo, KAD_PROTOCOL, MAX_DIALS_PER_TICK,
-    MAX_IDENTIFY_ADDRS, MAX_PENDING_QUERIES, MAX_PENDING_REQUESTS, NodeInfo,
+    MAX_IDENTIFY_ADDRS, MAX_PENDING_QUERIES, MAX_PENDING_REQUESTS, NodeInfo, RemoteIdentity,
     bootstrap::Bootstrap,
     client::{Command, RequestReply, ShareReply},
     files,
@@ -351,9 +351,12 @@ impl EventLoop {
     /// timeout and TCP handle it.
     fn on_ping(&mut self, event: ping::Event) {
         match &event.result {
-            Ok(_) => {
+            Ok(rtt) => {
                 self.ping_ok
                     .insert(event.connection, tokio::time::Instant::now());
+                if let Some(connection) = self.connections.get_mut(&event.connection) {
+                    connection.ping_rtt = Some(*rtt);
+                }
             }
             Err(ping::Failure::Unsupported) => {}
             Err(failure) => {
@@ -479,6 +482,8 @@ impl EventLoop {
                         direction: Direction::Outbound,
                         remote: address,
                         local: None,
+                        identify: None,
+                        ping_rtt: None,
                     },
                     ConnectedPoint::Listener {
                         local_addr,
@@ -488,6 +493,8 @@ impl EventLoop {
                         direction: Direction::Inbound,
                         remote: send_back_addr,
                         local: Some(local_addr),
+                        identify: None,
+                        ping_rtt: None,
                     },
                 };
                 self.connections.insert(connection_id, info);
@@ -528,11 +535,23 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
                 self.metrics.record(&e);
-                if let identify::Event::Received { peer_id, info, .. } = e
-                    && info.protocols.contains(&KAD_PROTOCOL)
+                if let identify::Event::Received {
+                    peer_id,
+                    info,
+                    connection_id,
+                } = e
                 {
-                    for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if let Some(connection) = self.connections.get_mut(&connection_id) {
+                        connection.identify = Some(RemoteIdentity {
+                            agent_version: info.agent_version.clone(),
+                            protocol_version: info.protocol_version.clone(),
+                            protocols: info.protocols.iter().map(|p| p.to_string()).collect(),
+                        });
+                    }
+                    if info.protocols.contains(&KAD_PROTOCOL) {
+                        for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
                     }
                 }
             }

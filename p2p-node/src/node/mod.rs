@@ -44,6 +44,8 @@ use metrics::NodeMetrics;
 
 /// Identify protocol version string.
 const PROTOCOL_VERSION: &str = "/p2p-cc/0.1.0";
+/// Identify agent version: the program and its version (as go- and js-libp2p name theirs).
+const AGENT_VERSION: &str = concat!("p2p-node/", env!("CARGO_PKG_VERSION"));
 /// Our DHT (not the public IPFS one: a node of this project should not join that by accident).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2p-cc/kad/1.0.0");
 /// Commands queued to the event loop before senders wait.
@@ -189,6 +191,19 @@ pub struct ConnectionInfo {
     pub remote: Multiaddr,
     /// The local listen address an inbound connection arrived on.
     pub local: Option<Multiaddr>,
+    /// What the remote said about itself in identify, once its message arrived (identify caps
+    /// a message at 4 KiB, which bounds these).
+    pub identify: Option<RemoteIdentity>,
+    /// The round trip of the last answered ping on this connection.
+    pub ping_rtt: Option<Duration>,
+}
+
+/// The parts of a remote's identify message the node keeps per connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteIdentity {
+    pub agent_version: String,
+    pub protocol_version: String,
+    pub protocols: Vec<String>,
 }
 
 fn ser_peer<S: serde::Serializer>(peer: &PeerId, s: S) -> Result<S::Ok, S::Error> {
@@ -258,10 +273,10 @@ pub fn spawn(key: Keypair, config: Config, registry: &mut Registry) -> anyhow::R
                     memory: memory_connection_limits::Behaviour::with_max_bytes(
                         usize::try_from(resource_limits.memory.limit_bytes).unwrap_or(usize::MAX),
                     ),
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        PROTOCOL_VERSION.into(),
-                        key.public(),
-                    )),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                            .with_agent_version(AGENT_VERSION.into()),
+                    ),
                     ping: ping::Behaviour::new(
                         ping::Config::new()
                             .with_interval(config.ping_interval)
