@@ -7,6 +7,12 @@
 //! API, so every exchange is checked from both sides:
 //! - identify: each side saw the other's agent version, protocol version and protocols;
 //! - ping: each side measured a round trip to the other;
+//! - Kademlia (`/p2p-cc/kad/1.0.0`): the js peer finds our node as the provider of a shared
+//!   file by its CID, and a second node of ours by FIND_NODE through the first; our first node
+//!   has the js peer in its routing table, and our second node finds the js peer as the provider
+//!   of a CID the js peer announced;
+//! - gossipsub (v1.1, signed messages, the status topic): an announcement each way, each
+//!   accepted by the receiver's validation.
 //!
 //! Without Node.js or the installed packages the tests print why and pass, except under
 //! `CI=true`, where that is a failure (`cargo xtask setup` installs them).
@@ -19,11 +25,16 @@ use std::{
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use p2p_node::{
-    node::{self, Client, Config, KAD_PROTOCOL},
+    node::{
+        self, Client, Config, KAD_PROTOCOL,
+        files::FileId,
+        gossip::{self, Announcement},
+    },
     sockets::SocketTable,
 };
 use prometheus_client::registry::Registry;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader, Lines},
     process::{Child, ChildStdout, Command},
@@ -190,6 +201,11 @@ where
     }
 }
 
+/// `addr` without its trailing `/p2p/<id>`, as text.
+fn without_peer_id(addr: &str) -> &str {
+    addr.split("/p2p/").next().unwrap_or(addr)
+}
+
 fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -250,4 +266,171 @@ async fn identify_and_ping_both_ways_with_js_libp2p() {
         "js saw {agent} (ping {rtt_ms} ms); we saw {} (ping {rtt:?})",
         identity.agent_version
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kademlia_providers_and_peers_both_ways_with_js_libp2p() {
+    let Some(dir) = js_peer_or_skip() else { return };
+    let _serial = SERIAL.lock().await;
+    let a = OurNode::start(Vec::new()).await;
+    let b = OurNode::start(vec![a.addr.clone()]).await;
+    let (a_id, b_id) = (a.client.local_peer_id(), b.client.local_peer_id());
+    wait_for(
+        "our first node to have the second in its routing table",
+        || async {
+            a.client
+                .routing_table()
+                .await
+                .unwrap()
+                .contains(&b_id)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A file our first node shares, looked up by js-libp2p through its CID.
+    let file_dir = std::env::temp_dir().join(format!("p2pcc-interop-{}", std::process::id()));
+    std::fs::create_dir_all(&file_dir).unwrap();
+    let path = file_dir.join("shared.bin");
+    std::fs::write(&path, b"shared with js-libp2p\n".repeat(1000)).unwrap();
+    let shared = a
+        .client
+        .share(std::fs::File::open(&path).unwrap(), "shared.bin".into())
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&file_dir).unwrap();
+    // Content only the js peer provides (the digest of a name unique to this run).
+    let js_content =
+        FileId(Sha256::digest(format!("provided by js-libp2p, run {}", std::process::id())).into());
+
+    let mut js = JsPeer::spawn(
+        &dir,
+        &[
+            "--dial".into(),
+            a.addr.to_string(),
+            "--find-providers".into(),
+            shared.cid.clone(),
+            "--find-peer".into(),
+            b_id.to_string(),
+            "--provide".into(),
+            js_content.cid(),
+        ],
+    )
+    .await;
+
+    // js-libp2p parsed our CID text and found our node under its multihash.
+    let found = js.expect("providers", |_| true).await;
+    assert_eq!(
+        found["cid"],
+        shared.cid.as_str(),
+        "the CID re-encoded by js: {found}"
+    );
+    let a_listen = without_peer_id(&a.addr.to_string()).to_owned();
+    let providers = found["providers"].as_array().unwrap();
+    assert!(
+        providers.iter().any(|p| p["peer_id"] == a_id.to_string()
+            && strings(&p["addrs"])
+                .iter()
+                .any(|x| without_peer_id(x) == a_listen)),
+        "js found providers {found}, not our node at {a_listen}"
+    );
+
+    // FIND_NODE through our first node gave js-libp2p our second node and its address.
+    let b_listen = without_peer_id(&b.addr.to_string()).to_owned();
+    let peer = js
+        .expect("find_peer", |v| v["peer_id"] == b_id.to_string())
+        .await;
+    assert!(
+        strings(&peer["addrs"])
+            .iter()
+            .any(|x| without_peer_id(x) == b_listen),
+        "js found our second node at {peer}, not at {b_listen}"
+    );
+
+    // Our nodes: the js peer (a DHT server on our protocol) is in the first one's routing table,
+    // and the second one finds its provider record through the DHT.
+    let js_id = js.peer_id;
+    wait_for("the js peer in our routing table", || async {
+        a.client
+            .routing_table()
+            .await
+            .unwrap()
+            .contains(&js_id)
+            .then_some(())
+    })
+    .await;
+    js.expect("provided", |v| v["cid"] == js_content.cid())
+        .await;
+    let providers = wait_for(
+        "our second node to find the js peer's provider record",
+        || async {
+            let providers = b.client.get_providers(js_content).await.ok()?;
+            providers.contains(&js_id).then_some(providers)
+        },
+    )
+    .await;
+    eprintln!(
+        "js found our provider {a_id} by CID {} and our node {b_id} by FIND_NODE; \
+         we found the js provider {js_id} (of {providers:?})",
+        shared.cid
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossipsub_status_announcements_both_ways_with_js_libp2p() {
+    let Some(dir) = js_peer_or_skip() else { return };
+    let _serial = SERIAL.lock().await;
+    let ours = OurNode::start(Vec::new()).await;
+    let our_id = ours.client.local_peer_id();
+    // Written out by hand, not by our encoder: what another implementation would send.
+    let js_status = r#"{"kind":"status","algorithm":"js-libp2p","connected_peers":1,"routing_table_peers":1,"shared_files":0}"#;
+    let mut js = JsPeer::spawn(
+        &dir,
+        &[
+            "--dial".into(),
+            ours.addr.to_string(),
+            "--topic".into(),
+            gossip::TOPIC.into(),
+            "--publish".into(),
+            js_status.into(),
+        ],
+    )
+    .await;
+    let js_id = js.peer_id;
+
+    // js → us: signed by the js peer, accepted by our validation.
+    let received = wait_for("the js peer's status announcement", || async {
+        let recent = ours.client.announcements().await.unwrap();
+        recent.into_iter().find(|r| r.author == js_id)
+    })
+    .await;
+    assert_eq!(
+        received.announcement,
+        Announcement::Status {
+            algorithm: "js-libp2p".into(),
+            connected_peers: 1,
+            routing_table_peers: 1,
+            shared_files: 0,
+        }
+    );
+
+    // us → js: once the js peer is in our mesh for the topic.
+    wait_for("the js peer in our gossipsub mesh", || async {
+        (ours.client.info().await.unwrap().gossip_mesh_peers >= 1).then_some(())
+    })
+    .await;
+    let status = Announcement::Status {
+        algorithm: "bbr-p2p".into(),
+        connected_peers: 1,
+        routing_table_peers: 1,
+        shared_files: 0,
+    };
+    ours.client.publish(status).await.unwrap();
+    let seen = js
+        .expect("gossip", |v| v["from"] == our_id.to_string())
+        .await;
+    assert_eq!(seen["topic"], gossip::TOPIC, "{seen}");
+    let data: Value = serde_json::from_str(seen["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["kind"], "status", "{seen}");
+    assert_eq!(data["algorithm"], "bbr-p2p", "{seen}");
 }
