@@ -17,12 +17,11 @@
 //! Without Node.js or the installed packages the tests print why and pass, except under
 //! `CI=true`, where that is a failure (`cargo xtask setup` installs them).
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+mod common;
 
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use common::wait_for;
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use p2p_node::{
     node::{
@@ -169,7 +168,7 @@ impl OurNode {
         let mut registry = Registry::default();
         let client = node::spawn(Keypair::generate_ed25519(), config, &mut registry).unwrap();
         // `/api/node`'s listen addresses end in `/p2p/<our id>`.
-        let addr = wait_for("a listen address", || async {
+        let addr = wait_for("a listen address", EXCHANGE, || async {
             client.info().await.unwrap().listen_addrs.first().cloned()
         })
         .await;
@@ -179,25 +178,6 @@ impl OurNode {
             addr,
             _registry: registry,
         }
-    }
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, panicking after [`EXCHANGE`].
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + EXCHANGE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {EXCHANGE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -244,11 +224,15 @@ async fn identify_and_ping_both_ways_with_js_libp2p() {
     assert!((0.0..5000.0).contains(&rtt_ms), "js ping round trip {ping}");
 
     // Our node identified the js peer and pinged it (every second, see OurNode::start).
-    let (identity, rtt) = wait_for("our node to identify and ping the js peer", || async {
-        let connections = ours.client.connections().await.unwrap();
-        let c = connections.into_iter().find(|c| c.peer == js.peer_id)?;
-        Some((c.identify?, c.ping_rtt?))
-    })
+    let (identity, rtt) = wait_for(
+        "our node to identify and ping the js peer",
+        EXCHANGE,
+        || async {
+            let connections = ours.client.connections().await.unwrap();
+            let c = connections.into_iter().find(|c| c.peer == js.peer_id)?;
+            Some((c.identify?, c.ping_rtt?))
+        },
+    )
     .await;
     assert!(
         identity.agent_version.starts_with("js-libp2p/"),
@@ -277,6 +261,7 @@ async fn kademlia_providers_and_peers_both_ways_with_js_libp2p() {
     let (a_id, b_id) = (a.client.local_peer_id(), b.client.local_peer_id());
     wait_for(
         "our first node to have the second in its routing table",
+        EXCHANGE,
         || async {
             a.client
                 .routing_table()
@@ -350,7 +335,7 @@ async fn kademlia_providers_and_peers_both_ways_with_js_libp2p() {
     // Our nodes: the js peer (a DHT server on our protocol) is in the first one's routing table,
     // and the second one finds its provider record through the DHT.
     let js_id = js.peer_id;
-    wait_for("the js peer in our routing table", || async {
+    wait_for("the js peer in our routing table", EXCHANGE, || async {
         a.client
             .routing_table()
             .await
@@ -363,6 +348,7 @@ async fn kademlia_providers_and_peers_both_ways_with_js_libp2p() {
         .await;
     let providers = wait_for(
         "our second node to find the js peer's provider record",
+        EXCHANGE,
         || async {
             let providers = b.client.get_providers(js_content).await.ok()?;
             providers.contains(&js_id).then_some(providers)
@@ -399,7 +385,7 @@ async fn gossipsub_status_announcements_both_ways_with_js_libp2p() {
     let js_id = js.peer_id;
 
     // js → us: signed by the js peer, accepted by our validation.
-    let received = wait_for("the js peer's status announcement", || async {
+    let received = wait_for("the js peer's status announcement", EXCHANGE, || async {
         let recent = ours.client.announcements().await.unwrap();
         recent.into_iter().find(|r| r.author == js_id)
     })
@@ -415,7 +401,7 @@ async fn gossipsub_status_announcements_both_ways_with_js_libp2p() {
     );
 
     // us → js: once the js peer is in our mesh for the topic.
-    wait_for("the js peer in our gossipsub mesh", || async {
+    wait_for("the js peer in our gossipsub mesh", EXCHANGE, || async {
         (ours.client.info().await.unwrap().gossip_mesh_peers >= 1).then_some(())
     })
     .await;

@@ -5,6 +5,8 @@
 //! not the kernel default) and the tests run one at a time ([`SERIAL`]) so timings are the
 //! node's, not the neighbour test's.
 
+mod common;
+
 use std::{
     collections::HashSet,
     mem::ManuallyDrop,
@@ -13,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::wait_for;
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use p2p_node::{
     node::{
@@ -74,25 +77,6 @@ async fn network(n: usize, tweak: impl Fn(&mut Config)) -> Vec<TestNode> {
         nodes.push(start(c).await);
     }
     nodes
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, panicking after `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn wait_full_routing_tables(nodes: &[TestNode], limit: Duration) -> Duration {

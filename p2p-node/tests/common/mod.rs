@@ -396,6 +396,26 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// The async form of [`eventually`] for in-process nodes: polls `f` every 100 ms until it
+/// returns `Some`, panicking after `limit` with `what` it waited for.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A TCP connection from namespace `a` to a sink in namespace `b`, both in this process.
 pub struct TcpFlow {
     pub client: TcpStream,
