@@ -283,12 +283,13 @@ fn run_group(
     let mut bed = Testbed::build(&options.rate, DEEP_LIMIT)?;
     let mut line = None;
     if options.delay_ms > 0 {
-        line = Some(delay_line::spawn(
+        // Every forwarded packet, both directions, goes through the delay line.
+        line = Some(delay_line::spawn_forwarding(
             ROUTER_NS,
             NFQUEUE_NUM,
+            None,
             Duration::from_millis(options.delay_ms),
         )?);
-        bed.add_delay_rule()?;
     }
     let base_rtt = bed.ping()?;
     println!("[bench] base RTT through the router: {base_rtt}");
@@ -755,23 +756,6 @@ impl Testbed {
         )
     }
 
-    /// Every forwarded packet, both directions, goes through the delay line.
-    fn add_delay_rule(&self) -> anyhow::Result<()> {
-        let queue = NFQUEUE_NUM.to_string();
-        exec(Command::new("ip").args([
-            "netns",
-            "exec",
-            ROUTER_NS,
-            "iptables-legacy",
-            "-A",
-            "FORWARD",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            &queue,
-        ]))
-    }
-
     /// Random loss of the sender's packets (data direction only), ahead of the delay line.
     fn set_loss(&mut self, probability: f64) -> anyhow::Result<()> {
         if let Some(rule) = self.loss_rule.take() {
@@ -1219,6 +1203,62 @@ pub(crate) fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
     fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The head of a benchmark's record in docs/bench.md: its heading, what it measures, the
+/// command that wrote it, when, how long it took, and the machine it ran on.
+pub(crate) fn record_header(
+    heading: &str,
+    purpose: &str,
+    command: &str,
+    started_at: SystemTime,
+    elapsed: Duration,
+) -> anyhow::Result<String> {
+    let date = crate::exec::utc_minute(started_at)?;
+    Ok(format!(
+        "{heading}\n\n{purpose} Written by:\n\n```\n{command}\n```\n\n\
+         - Run: {} (took {elapsed:.0?})\n- Machine: {}\n",
+        date.trim(),
+        machine()?
+    ))
+}
+
+/// Kernel, CPU model and count, memory: what the numbers depend on.
+fn machine() -> anyhow::Result<String> {
+    let kernel = output(Command::new("uname").arg("-r"))?;
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or("?".to_owned(), |kb| {
+            format!("{:.0} GiB", kb / 1024.0 / 1024.0)
+        });
+    let iperf = output(Command::new("iperf3").arg("--version"))
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    Ok(format!(
+        "Linux {}, {cpus} × {model}, {mem_gib}; {iperf}",
+        kernel.trim()
+    ))
+}
+
 fn replace_section(existing: &str, section: &str) -> String {
     let section = format!("{}\n", section.trim_end());
     let heading = section.lines().next().unwrap_or(report::HEADING).trim_end();
@@ -1280,6 +1320,38 @@ pub(crate) fn stop_requested() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_header_heads_a_section_that_replaces_the_old_one() {
+        let header = record_header(
+            "## Probes",
+            "What it measures.",
+            "cargo xtask bench probes --reps 5",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(86_400),
+            Duration::from_secs(201),
+        )
+        .unwrap();
+        let lines: Vec<&str> = header.lines().collect();
+        assert_eq!(
+            lines[..7],
+            [
+                "## Probes",
+                "",
+                "What it measures. Written by:",
+                "",
+                "```",
+                "cargo xtask bench probes --reps 5",
+                "```",
+            ]
+        );
+        assert_eq!(lines[8], "- Run: 1970-01-02 00:00 UTC (took 201s)");
+        assert!(lines[9].starts_with("- Machine: Linux "), "{}", lines[9]);
+        let replaced = replace_section("# B\n\n## Probes\n\nold\n\n## Next\n", &header);
+        assert!(
+            !replaced.contains("old") && replaced.contains("## Next"),
+            "{replaced}"
+        );
+    }
 
     #[test]
     fn replaces_only_its_own_section() {

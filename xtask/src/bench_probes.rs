@@ -35,11 +35,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::exec::{die_with_parent, echo_problems, release_node, stop_child, utc_minute};
+use crate::exec::{die_with_parent, echo_problems, release_node, stop_child};
 use crate::{
     bench::{
-        install_stop_handler, median, sleep_unless_stopped, stop_requested, wait_with_deadline,
-        write_section,
+        install_stop_handler, median, record_header, sleep_unless_stopped, stop_requested,
+        wait_with_deadline, write_section,
     },
     exec::{describe, exec, is_root, output, workspace_root},
     setup,
@@ -654,17 +654,17 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let o = r.options;
     let mut s = String::new();
-    let date = utc_minute(r.started_at)?;
-    writeln!(s, "{HEADING}\n")?;
-    writeln!(
-        s,
+    s.push_str(&record_header(
+        HEADING,
         "Cost of the node's four TCP probe programs against an empty program on the same \
-         tracepoint, and bulk throughput with them attached (issue 12, step 3). Written by:\n\n\
-         ```\ncargo xtask bench probes --reps {} --seconds {} --loss {}\n```\n",
-        o.reps, o.seconds, o.loss
-    )?;
-    writeln!(s, "- Run: {} (took {:.0?})", date.trim(), r.elapsed)?;
-    writeln!(s, "- Machine: {}", machine()?)?;
+         tracepoint, and bulk throughput with them attached (issue 12, step 3).",
+        &format!(
+            "cargo xtask bench probes --reps {} --seconds {} --loss {}",
+            o.reps, o.seconds, o.loss
+        ),
+        r.started_at,
+        r.elapsed,
+    )?);
     writeln!(
         s,
         "- Traffic: iperf3 over loopback in namespace `{NS}`, one stream, {} s per run, the \
@@ -805,44 +805,6 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
         )?;
     }
     Ok(s)
-}
-
-/// Kernel, CPU model and count, memory: what the numbers depend on.
-fn machine() -> anyhow::Result<String> {
-    let kernel = output(Command::new("uname").arg("-r"))?;
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
-    let cpus = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    let mem_gib = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or("?".to_owned(), |kb| {
-            format!("{:.0} GiB", kb / 1024.0 / 1024.0)
-        });
-    let iperf = output(Command::new("iperf3").arg("--version"))
-        .ok()
-        .and_then(|v| v.lines().next().map(str::to_owned))
-        .unwrap_or_default();
-    Ok(format!(
-        "Linux {}, {cpus} × {model}, {mem_gib}; {iperf}",
-        kernel.trim()
-    ))
 }
 
 #[cfg(test)]

@@ -29,10 +29,12 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bench::{install_stop_handler, sleep_unless_stopped, stop_requested, write_section},
+    bench::{
+        install_stop_handler, record_header, sleep_unless_stopped, stop_requested, write_section,
+    },
     exec::{
         describe, die_with_parent, echo_problems, exec, is_root, output, release_node, stop_child,
-        utc_minute, workspace_root,
+        workspace_root,
     },
     setup,
 };
@@ -434,26 +436,22 @@ fn render(
     elapsed: Duration,
 ) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let date = utc_minute(started_at)?;
     let peers: Vec<String> = o.peers.iter().map(u32::to_string).collect();
-    let mut s = String::new();
-    writeln!(s, "{HEADING}\n")?;
-    writeln!(
-        s,
-        "What the node's telemetry costs with many peers connected. Written by:\n\n```\n\
-         cargo xtask bench scale --peers {} --requests {}\n```\n",
-        peers.join(","),
-        o.requests
+    let mut s = record_header(
+        HEADING,
+        "What the node's telemetry costs with many peers connected.",
+        &format!(
+            "cargo xtask bench scale --peers {} --requests {}",
+            peers.join(","),
+            o.requests
+        ),
+        started_at,
+        elapsed,
     )?;
     writeln!(
         s,
-        "- Run: {} (took {:.0?}); release build; 2 shared cores.",
-        date.trim(),
-        elapsed
-    )?;
-    writeln!(
-        s,
-        "- Setup: one namespace, loopback; `p2p-node run --cc cubic` and the example `scale_peers` \
+        "- Setup: release build; one namespace, loopback; `p2p-node run --cc cubic` and the \
+         example `scale_peers` \
          (N libp2p identities, one connection each through the node's TCP transport). Latency: \
          {} sequential requests per endpoint by one curl (connection reused), `time_total`, \
          nearest-rank percentiles. Syscalls per scrape: `strace -f -c` on the node over {} \

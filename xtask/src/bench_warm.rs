@@ -99,19 +99,8 @@ impl Bed {
             "-qw",
             "net.ipv4.ip_forward=1",
         ]))?;
-        exec(Command::new("ip").args([
-            "netns",
-            "exec",
-            ROUTER_NS,
-            "iptables-legacy",
-            "-A",
-            "FORWARD",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            "0",
-        ]))?;
-        let line = delay_line::spawn(ROUTER_NS, 0, Duration::from_millis(ONE_WAY_MS))?;
+        let line =
+            delay_line::spawn_forwarding(ROUTER_NS, 0, None, Duration::from_millis(ONE_WAY_MS))?;
         let bed = Self {
             line: Some(line),
             loss_rule: false,

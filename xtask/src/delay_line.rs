@@ -131,6 +131,11 @@ pub struct Options {
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long, value_name = "SECS")]
     duration: Option<u64>,
+    /// Also hand every packet the namespace forwards to the queue (`iptables-legacy -A FORWARD
+    /// -j NFQUEUE --queue-num N`) once it is bound, and delete that rule on exit; the
+    /// "holding" line is printed when packets are being held.
+    #[arg(long)]
+    forward_rule: bool,
 }
 
 /// `cargo xtask delay-line`: serve the queue until Ctrl-C or `--duration`, then print what it did.
@@ -139,11 +144,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         bail!("`cargo xtask delay-line` needs root (setns, netlink): run it as root");
     }
     crate::bench::install_stop_handler()?;
-    let line = spawn(
-        &options.ns,
-        options.queue_num,
-        Duration::from_millis(options.delay_ms),
-    )?;
+    let delay = Duration::from_millis(options.delay_ms);
+    let line = if options.forward_rule {
+        spawn_forwarding(&options.ns, options.queue_num, None, delay)?
+    } else {
+        spawn(&options.ns, options.queue_num, delay)?
+    };
     println!(
         "[delay-line] holding NFQUEUE {} in {} for {} ms; Ctrl-C stops",
         options.queue_num, options.ns, options.delay_ms
@@ -157,13 +163,64 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     {
         thread::sleep(Duration::from_millis(100));
     }
+    // The rule goes first: a packet queued after the line stopped would be dropped.
+    let unruled = if options.forward_rule {
+        forward_rule(&options.ns, "-D", options.queue_num, None)
+    } else {
+        Ok(())
+    };
     let stats = line.stop()?;
     println!("[delay-line] {stats:?}");
+    unruled?;
     Ok(())
 }
 
+/// Starts a delay line (see [`spawn`]) and then sends it the packets `namespace` forwards: all
+/// of them, or with `out_dev` those leaving through that device. The rule goes in second
+/// because a queue that nobody serves drops what reaches it.
+pub fn spawn_forwarding(
+    namespace: &str,
+    queue_num: u16,
+    out_dev: Option<&str>,
+    delay: Duration,
+) -> anyhow::Result<DelayLine> {
+    let line = spawn(namespace, queue_num, delay)?;
+    if let Err(err) = forward_rule(namespace, "-A", queue_num, out_dev) {
+        let _ = line.stop();
+        return Err(err);
+    }
+    Ok(line)
+}
+
+/// Appends (`action` "-A") or deletes ("-D") the FORWARD rule of `namespace` that hands
+/// forwarded packets (with `out_dev`: those leaving through it) to NFQUEUE `queue_num`; the one
+/// place the rule is spelled (p2p-node's kernel tests reach it through `delay-line
+/// --forward-rule`).
+pub fn forward_rule(
+    namespace: &str,
+    action: &str,
+    queue_num: u16,
+    out_dev: Option<&str>,
+) -> anyhow::Result<()> {
+    let queue = queue_num.to_string();
+    let mut args = vec![
+        "netns",
+        "exec",
+        namespace,
+        "iptables-legacy",
+        action,
+        "FORWARD",
+    ];
+    if let Some(dev) = out_dev {
+        args.extend(["-o", dev]);
+    }
+    args.extend(["-j", "NFQUEUE", "--queue-num", &queue]);
+    crate::exec::exec(std::process::Command::new("ip").args(args))
+}
+
 /// Starts a delay line for NFQUEUE `queue_num` inside network namespace `namespace` (a name
-/// under /run/netns). Returns once the queue is bound, so the caller may add the iptables rule.
+/// under /run/netns). Returns once the queue is bound, so the caller may add the iptables rule
+/// ([`spawn_forwarding`] does both).
 pub fn spawn(namespace: &str, queue_num: u16, delay: Duration) -> anyhow::Result<DelayLine> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -46,8 +46,8 @@ enum Task {
         #[command(subcommand)]
         which: BenchKind,
     },
-    /// Hold every packet of an NFQUEUE in a network namespace for a fixed delay (root); add
-    /// `iptables-legacy -A FORWARD -j NFQUEUE --queue-num N` there yourself.
+    /// Hold every packet of an NFQUEUE in a network namespace for a fixed delay (root); with
+    /// `--forward-rule` it also sends the namespace's forwarded packets to that queue.
     DelayLine(delay_line::Options),
 }
 

@@ -371,21 +371,12 @@ impl Testbed {
         } else {
             self.add_bottleneck(&router_veth, link, &["root"])?;
             let queue_num = u16::from(i);
-            self.delay_lines.push(delay_line::spawn(
+            self.delay_lines.push(delay_line::spawn_forwarding(
                 ROUTER_NS,
                 queue_num,
+                Some(&router_veth),
                 link.one_way_delay(),
             )?);
-            iptables(&[
-                "-A",
-                "FORWARD",
-                "-o",
-                &router_veth,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &queue_num.to_string(),
-            ])?;
         }
         if link.loss > 0.0 {
             // Both directions, ahead of the delay rules (inserted at the top).

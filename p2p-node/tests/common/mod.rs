@@ -674,45 +674,56 @@ fn xtask_binary() -> std::path::PathBuf {
     xtask
 }
 
-/// The delay line serving the router's NFQUEUE; stopped (all packets released) on drop.
-pub struct DelayLine(Child);
+/// The delay line serving the router's NFQUEUE; stopped (all packets released, its rule
+/// deleted) on drop. `xtask delay-line --forward-rule` adds the FORWARD rule itself: the rule is
+/// spelled once, in xtask/src/delay_line.rs (this crate cannot depend on xtask, a binary).
+pub struct DelayLine {
+    child: Child,
+    /// Kept open so that the line's last words do not hit a closed pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
 
 impl DelayLine {
     pub fn start(router: &str, delay_ms: u64) -> Self {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            router,
-            "iptables-legacy",
-            "-A",
-            "FORWARD",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            "0",
-        ]);
-        let child = Command::new(xtask_binary())
+        let mut child = Command::new(xtask_binary())
             .args([
                 "delay-line",
                 "--ns",
                 router,
                 "--delay-ms",
                 &delay_ms.to_string(),
+                "--forward-rule",
             ])
             .args(["--duration", "600"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("starting the delay line");
-        Self(child)
+        // It prints "holding" once the queue is bound and the rule is in (after the echo of
+        // the iptables command); end of output first means it exited.
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        while !line.starts_with("[delay-line] holding") {
+            line.clear();
+            if stdout.read_line(&mut line).expect("reading the delay line") == 0 {
+                let _ = child.kill();
+                panic!(
+                    "the delay line exited before holding packets: {:?}",
+                    child.wait()
+                );
+            }
+        }
+        Self {
+            child,
+            _stdout: stdout,
+        }
     }
 }
 
 impl Drop for DelayLine {
     fn drop(&mut self) {
         // SAFETY: signalling our own child: SIGINT makes it release what it holds and exit.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
     }
 }
 
