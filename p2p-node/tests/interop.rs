@@ -52,9 +52,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn js_peer_dir() -> Result<PathBuf, String> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../interop/js");
     let node = std::process::Command::new("node").arg("--version").output();
-    match node {
-        Ok(out) if out.status.success() => {}
+    let version = match node {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         _ => return Err("`node` (Node.js) is not on PATH".into()),
+    };
+    // js-libp2p 3 needs Node.js 20 or later (with interop/js/polyfill.mjs).
+    let major: Option<u32> = version
+        .strip_prefix('v')
+        .and_then(|v| v.split('.').next()?.parse().ok());
+    if major.is_none_or(|major| major < 20) {
+        return Err(format!("Node.js {version} is older than 20"));
     }
     if !dir.join("node_modules/libp2p/package.json").is_file() {
         return Err(format!(

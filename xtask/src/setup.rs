@@ -237,9 +237,29 @@ fn web_assets() -> anyhow::Result<()> {
     )
 }
 
+/// The oldest Node.js js-libp2p 3 runs on here (with `interop/js/polyfill.mjs`; Debian 12's
+/// nodejs is 18, which also lacks `AbortSignal.any`).
+const NODE_MIN_MAJOR: u32 = 20;
+
 /// The js-libp2p peer of the interoperability test (`p2p-node/tests/interop.rs`): `npm ci` in
 /// `interop/js/` unless every package its lockfile pins is installed at the pinned version.
+/// Without Node.js ≥ 20 it says so and goes on (only that test needs it, and it fails under CI
+/// without it), except under CI, where setup fails.
 fn js_interop_peer() -> anyhow::Result<()> {
+    let node = output(Command::new("node").arg("--version")).ok();
+    let major = node.as_deref().and_then(node_major);
+    if major.is_none_or(|major| major < NODE_MIN_MAJOR) {
+        let found = node.as_deref().map_or("none", str::trim);
+        let problem = format!(
+            "the js-libp2p interop test needs Node.js >= {NODE_MIN_MAJOR} (found: {found}; \
+             Debian 12's nodejs is 18, NodeSource has 20+)"
+        );
+        if env::var_os("CI").is_some() {
+            bail!("{problem}");
+        }
+        println!("[setup] js-libp2p interop peer: skipped: {problem}");
+        return Ok(());
+    }
     let dir = crate::exec::workspace_root().join("interop/js");
     let lock = fs::read_to_string(dir.join("package-lock.json"))
         .context("reading interop/js/package-lock.json")?;
@@ -286,6 +306,17 @@ fn pinned_packages(lock: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Parses `v20.20.2` (`node --version`) into 20.
+fn node_major(version: &str) -> Option<u32> {
+    version
+        .trim()
+        .strip_prefix('v')?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The version in `package_dir/package.json`, if it is there.
 fn installed_version(package_dir: &std::path::Path) -> Option<String> {
     let text = fs::read_to_string(package_dir.join("package.json")).ok()?;
@@ -328,6 +359,14 @@ mod tests {
         assert_eq!(parse_version("bpf-linker"), None);
         assert_eq!(parse_version("bpf-linker x.y"), None);
         assert!((0, 9) < BPF_LINKER_MIN && (1, 0) >= BPF_LINKER_MIN);
+    }
+
+    #[test]
+    fn parses_node_versions() {
+        assert_eq!(node_major("v20.20.2\n"), Some(20));
+        assert_eq!(node_major("v18.20.4"), Some(18));
+        assert_eq!(node_major("20.1.0"), None);
+        assert_eq!(node_major(""), None);
     }
 
     #[test]
