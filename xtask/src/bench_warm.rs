@@ -50,6 +50,15 @@ pub struct WarmOptions {
     /// Repetitions per scenario (variants alternate within each).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: u32,
+    /// The receiver's initial TCP receive buffer (`net.ipv4.tcp_rmem`'s default, set in its
+    /// namespace only), bytes; unset keeps the kernel's 128 KiB, which advertises a 64 KiB
+    /// window to a new connection. A diagnosis knob: it shows what the receive window of a
+    /// fresh connection costs a resumed flow.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=(64 << 20)))]
+    receiver_rmem: Option<u64>,
+    /// Use the release p2p-node already built (`cargo build --release -p p2p-node`).
+    #[arg(long)]
+    skip_build: bool,
     /// The markdown file whose careful-resume section is (re)written.
     #[arg(long, default_value = "docs/bench.md")]
     output: PathBuf,
@@ -282,12 +291,82 @@ struct Harness {
     x: NodeProc,
     y_dir: PathBuf,
     y: Option<NodeProc>,
+    /// See [`Harness::cold_next`].
+    cold_next: bool,
+    /// `P2PCC_BENCH_WARM_TRACE`: a directory for per-transfer `ss -tin` timelines.
+    trace: Option<Tracer>,
+}
+
+/// Per-transfer socket timelines: both ends' `ss -tin` about every 10 ms while a transfer runs
+/// (cwnd, pacing rate, delivery rate, app-limited, the peer's receive window `snd_wnd`, the
+/// receiver's `rcv_space`/`rcv_ssthresh`), one file per transfer, named by variant.
+struct Tracer {
+    dir: PathBuf,
+    count: u32,
+    label: &'static str,
+}
+
+impl Tracer {
+    /// Starts one sampling shell per namespace (one `ss` per sample, no `ip netns exec` each
+    /// time); [`TraceStop`] ends them.
+    fn start(&mut self) -> anyhow::Result<TraceStop> {
+        self.count += 1;
+        let mut shells = Vec::new();
+        for (ns, peer, side) in [
+            (SENDER_NS, RECEIVER_ADDR, "send"),
+            (RECEIVER_NS, SENDER_ADDR, "recv"),
+        ] {
+            let path = self
+                .dir
+                .join(format!("{:03}-{}-{side}.txt", self.count, self.label));
+            // Bounded: 3,000 samples of >= 10 ms each.
+            let script = format!(
+                "for i in $(seq 3000); do echo \"T $EPOCHREALTIME\"; ss -tinH dst {peer}; \
+                 sleep 0.01; done"
+            );
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "bash", "-c", &script])
+                .stdout(std::fs::File::create(&path)?)
+                .stderr(Stdio::null());
+            crate::exec::die_with_parent(&mut cmd);
+            shells.push(cmd.spawn()?);
+        }
+        Ok(TraceStop(shells))
+    }
+}
+
+/// The sampling shells of one transfer; stopped on drop.
+struct TraceStop(Vec<Child>);
+
+impl Drop for TraceStop {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Harness {
     /// A fresh connection: Y restarts (same key) and dials X.
     fn reconnect(&mut self) -> anyhow::Result<String> {
-        self.y = None;
+        let old = self.y.take().map(|y| y.peer_id.clone());
+        if std::mem::take(&mut self.cold_next)
+            && let Some(id) = old
+        {
+            // X updates a peer's record while the connection lives and once more when it
+            // closes: forgetting it before the old connection is gone would let that last
+            // update bring the record back (and the "cold" run would start resumed).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.x.cli(&self.binary, &["peers"])?.contains(&id) {
+                if Instant::now() > deadline {
+                    bail!("X still lists the stopped Y");
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            // 404 when there is no record: fine.
+            let _ = self.x.cli(&self.binary, &["known", "--forget", &id]);
+        }
         let y = NodeProc::start(
             &self.binary,
             RECEIVER_NS,
@@ -307,13 +386,21 @@ impl Harness {
         Ok(id)
     }
 
+    /// Names the next transfers' trace files.
+    fn label(&mut self, label: &'static str) {
+        if let Some(t) = &mut self.trace {
+            t.label = label;
+        }
+    }
+
     fn set_cc(&self, cc: &str) -> anyhow::Result<()> {
         self.x.cli(&self.binary, &["cc", "set", cc]).map(drop)
     }
 
-    fn forget(&self, peer: &str) {
-        // 404 when there is no record: fine.
-        let _ = self.x.cli(&self.binary, &["known", "--forget", peer]);
+    /// The next transfer starts cold: X forgets Y's record once the current connection is
+    /// closed.
+    fn cold_next(&mut self) {
+        self.cold_next = true;
     }
 
     /// One 8 MB transfer X → Y on a fresh connection; retransmitted bytes sampled at 2 s.
@@ -325,10 +412,12 @@ impl Harness {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())
         };
-        if debug {
-            println!("[trace] perf begins {:.3}", unix());
-        }
         let before = self.carried_before(&peer)?;
+        let tracing = self.trace.as_mut().map(Tracer::start).transpose()?;
+        let traced = tracing.is_some();
+        if debug || traced {
+            println!("[trace] perf begins {:.6}", unix());
+        }
         let sampler = thread::spawn(|| {
             thread::sleep(Duration::from_secs(2));
             retrans_bytes()
@@ -346,9 +435,10 @@ impl Harness {
             + json["download_seconds"]
                 .as_f64()
                 .context("download_seconds")?;
+        drop(tracing);
         let retrans_2s_bytes = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))??;
-        if debug {
-            println!("[trace] perf ends {:.3}: {}", unix(), report.trim());
+        if debug || traced {
+            println!("[trace] perf ends {:.6}: {}", unix(), report.trim());
         }
         let start = self.start_state(&peer, &before)?;
         if debug {
@@ -472,21 +562,18 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
     }
     let root = workspace_root();
     // P2PCC_BENCH_WARM_NODE: another p2p-node binary (e.g. an older build, for a before/after
-    // comparison); otherwise this checkout's, built now.
+    // comparison); otherwise this checkout's release build, as every other bench uses: a debug
+    // node on a loaded 2-core machine is CPU-bound below 100 Mbit/s, which hides the start.
     let binary = match std::env::var_os("P2PCC_BENCH_WARM_NODE") {
         Some(path) => PathBuf::from(path),
-        None => {
-            exec(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .args(["build", "-p", "p2p-node"]),
-            )?;
-            root.join("target/debug/p2p-node")
-        }
+        None => crate::exec::release_node(!options.skip_build)?,
     };
     let work = std::env::temp_dir().join(format!("p2pcc-bench-warm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let mut bed = Bed::build()?;
+    if let Some(bytes) = options.receiver_rmem {
+        set_initial_rmem(RECEIVER_NS, bytes)?;
+    }
     let x = NodeProc::start(
         &binary,
         SENDER_NS,
@@ -501,15 +588,28 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         x,
         y_dir: work.join("y"),
         y: None,
+        cold_next: false,
+        trace: std::env::var_os("P2PCC_BENCH_WARM_TRACE").map(|dir| Tracer {
+            dir: PathBuf::from(dir),
+            count: 0,
+            label: "",
+        }),
     };
+    if let Some(t) = &h.trace {
+        std::fs::create_dir_all(&t.dir)?;
+    }
     let mut report = String::new();
     writeln!(
         report,
-        "{SECTION}\n\n`cargo xtask bench warm --reps {} --scenario {}` — p2p-node (debug build) X sends \
+        "{SECTION}\n\n`cargo xtask bench warm --reps {} --scenario {}{}` — p2p-node (release build) X sends \
          8 MB libp2p perf transfers to Y over a tbf bottleneck on a router namespace with an NFQUEUE \
          delay line of {ONE_WAY_MS} ms each way; Y restarts (same key) before every transfer, so \
          each runs on a fresh TCP connection; variants alternate within each repetition; medians.\n",
-        options.reps, options.scenario
+        options.reps,
+        options.scenario,
+        options
+            .receiver_rmem
+            .map_or(String::new(), |b| format!(" --receiver-rmem {b}")),
     )?;
     for scenario in scenarios {
         println!("[bench warm] scenario {scenario}");
@@ -536,6 +636,35 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets the default (middle) value of `net.ipv4.tcp_rmem` in `ns`, keeping its minimum and
+/// maximum (never below the default).
+fn set_initial_rmem(ns: &str, bytes: u64) -> anyhow::Result<()> {
+    let now = output(Command::new("ip").args([
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-n",
+        "net.ipv4.tcp_rmem",
+    ]))?;
+    let v: Vec<u64> = now
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tcp_rmem is {now:?}"))?;
+    let [min, _, max] = v[..] else {
+        bail!("tcp_rmem is {now:?}");
+    };
+    exec(Command::new("ip").args([
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.tcp_rmem={min} {bytes} {}", max.max(bytes)),
+    ]))
+}
+
 /// Replaces this bench's section (up to the next `## `) or appends it.
 fn replace_section(existing: &str, section: &str) -> String {
     let Some(start) = existing.find(SECTION) else {
@@ -551,9 +680,10 @@ fn replace_section(existing: &str, section: &str) -> String {
 fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
     bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
     let (mut resumed, mut cold_p2p, mut cold_bbr) = (Vec::new(), Vec::new(), Vec::new());
-    let mut starts = Vec::new();
+    let (mut starts, mut cold_starts) = (Vec::new(), Vec::new());
     // A first transfer makes the record.
     h.set_cc("bbr-p2p")?;
+    h.label("same-record");
     h.transfer()?;
     for rep in 0..reps {
         let order: [u8; 3] = if rep % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
@@ -562,20 +692,23 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
                 0 => {
                     h.set_cc("bbr-p2p")?;
                     // The previous bbr-p2p transfer left a record of this path.
+                    h.label("same-resumed");
                     let r = h.transfer()?;
                     starts.push(r.start.clone());
                     resumed.push(r.seconds);
                 }
                 1 => {
                     h.set_cc("bbr-p2p")?;
-                    let id = h.y.as_ref().map(|y| y.peer_id.clone()).unwrap_or_default();
-                    h.forget(&id);
+                    h.cold_next();
+                    h.label("same-cold-p2p");
                     let r = h.transfer()?;
+                    cold_starts.push(r.start.clone());
                     cold_p2p.push(r.seconds);
                     // Give the record back for the next resumed run.
                 }
                 _ => {
                     h.set_cc("bbr")?;
+                    h.label("same-cold-bbr");
                     cold_bbr.push(h.transfer()?.seconds);
                 }
             }
@@ -593,13 +726,14 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
          | 8 MB completion, median | {r:.3} s | {p:.3} s | {b:.3} s |\n\n\
          - resumed / cold kernel bbr = **{:.2}** (target ≤ 0.6: {})\n\
          - resumed / cold bbr-p2p = **{:.2}** (target ≤ 0.6: {})\n\
-         - runs that started resumed: {resumed_starts} of {} (starts: {})\n\n",
+         - runs that started resumed: {resumed_starts} of {} (starts: {}); cold bbr-p2p starts: {}\n\n",
         r / b,
         met(r / b <= 0.6),
         r / p,
         met(r / p <= 0.6),
         starts.len(),
-        starts.join(", ")
+        starts.join(", "),
+        cold_starts.join(", ")
     ))
 }
 
@@ -616,12 +750,17 @@ fn changed(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
         for resume in order {
             // The record: a transfer on the 100 Mbit/s path.
             bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
+            h.label("changed-record");
             h.transfer()?;
             bed.shape(CHANGED_MBIT, changed_limit)?;
             if !resume {
-                let id = h.y.as_ref().map(|y| y.peer_id.clone()).unwrap_or_default();
-                h.forget(&id);
+                h.cold_next();
             }
+            h.label(if resume {
+                "changed-resumed"
+            } else {
+                "changed-cold"
+            });
             let r = h.transfer()?;
             if resume {
                 resumed.push(r)
@@ -641,6 +780,7 @@ fn changed(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
         retrans(&cold),
     );
     let starts: Vec<&str> = resumed.iter().map(|r| r.start.as_str()).collect();
+    let cold_starts: Vec<&str> = cold.iter().map(|r| r.start.as_str()).collect();
     let retrans_ratio = if cr > 0.0 {
         rr / cr
     } else if rr == 0.0 {
@@ -655,16 +795,18 @@ fn changed(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
          | 8 MB completion, median | {rs:.3} s | {cs:.3} s |\n\n\
          - retransmitted bytes resumed / cold = **{retrans_ratio:.2}** (target ≤ 1.5: {})\n\
          - completion resumed / cold = **{:.2}** (target ≤ 1.1: {})\n\
-         - starts of the resumed runs: {}\n\n",
+         - starts of the resumed runs: {}; of the cold runs: {}\n\n",
         met(retrans_ratio <= 1.5),
         rs / cs,
         met(rs / cs <= 1.1),
-        starts.join(", ")
+        starts.join(", "),
+        cold_starts.join(", ")
     ))
 }
 
 fn loss(h: &mut Harness, reps: u32) -> anyhow::Result<String> {
     h.set_cc("bbr-p2p")?;
+    h.label("loss");
     h.transfer()?;
     let mut starts = Vec::new();
     for rep in 0..reps {
