@@ -205,7 +205,11 @@ async fn identify_and_ping_both_ways_with_js_libp2p() {
     let _serial = SERIAL.lock().await;
     let ours = OurNode::start(Vec::new()).await;
     let our_id = ours.client.local_peer_id().to_string();
-    let mut js = JsPeer::spawn(&dir, &["--dial".into(), ours.addr.to_string()]).await;
+    let mut js = JsPeer::spawn(
+        &dir,
+        &["--dial".into(), ours.addr.to_string(), "--ping".into()],
+    )
+    .await;
 
     // The js side identified us.
     let seen = js.expect("identify", |v| v["peer_id"] == our_id).await;
