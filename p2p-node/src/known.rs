@@ -13,9 +13,9 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
-    io::{Read as _, Write as _},
+    io::Read as _,
     os::fd::BorrowedFd,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -30,6 +30,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    fsutil::{Existing, write_private},
     sockets::{SocketInfo, SocketTable},
     telemetry::collector::BbrReader,
 };
@@ -407,7 +408,9 @@ impl Store {
                 records,
             })?
         };
-        write_atomic(path, text.as_bytes()).inspect_err(|_| self.lock().dirty = true)
+        write_private(path, text.as_bytes(), Existing::Replace)
+            .map(drop)
+            .inspect_err(|_| self.lock().dirty = true)
     }
 }
 
@@ -517,38 +520,6 @@ fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
         bail!("{} is larger than {max} bytes", path.display());
     }
     Ok(text)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().context("the records file has no name")?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

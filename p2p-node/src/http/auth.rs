@@ -6,11 +6,9 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::{IpAddr, SocketAddr},
-    os::unix::fs::{
-        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
-    },
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::Path,
 };
 
@@ -23,6 +21,7 @@ use axum::{
 };
 
 use super::AppState;
+use crate::fsutil::{Existing, write_private};
 
 /// The environment variable a token may come from instead of the file (node and CLI).
 pub const TOKEN_ENV: &str = "P2PCC_HTTP_TOKEN";
@@ -198,42 +197,26 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
 /// Writes a fresh random token next to `path` and links it into place, so that two nodes
 /// starting at once agree on one token and nobody ever reads a half-written file.
 fn create_token_file(path: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
     let mut bytes = [0u8; 32];
     // SAFETY: the buffer is valid for writes of its length.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if usize::try_from(n).ok() != Some(bytes.len()) {
         return Err(std::io::Error::last_os_error()).context("getrandom for the HTTP token");
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    writeln!(file, "{}", hex::encode(bytes))?;
-    file.sync_all()?;
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        // Another node created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating the token file {}", path.display())),
-    }
+    // Another node that created it first wins: its token is the one read back.
+    write_private(
+        path,
+        format!("{}\n", hex::encode(bytes)).as_bytes(),
+        Existing::Keep,
+    )
+    .map(drop)
+    .with_context(|| format!("creating the token file {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
