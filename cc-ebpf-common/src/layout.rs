@@ -58,6 +58,8 @@ macro_rules! kernel_fields {
             SOCK__SKC_DPORT = ("sock", "__sk_common.skc_dport", 16),
             SOCK__SKC_FAMILY = ("sock", "__sk_common.skc_family", 16),
             SOCK__SKC_V6_DADDR = ("sock", "__sk_common.skc_v6_daddr", 128),
+            // The socket's local-storage pointer (NULL: no socket storage of any map)
+            SOCK__SK_BPF_STORAGE = ("sock", "sk_bpf_storage", 64),
             // struct inet_connection_sock
             INET_CONNECTION_SOCK__ICSK_CA_STATE = ("inet_connection_sock", "icsk_ca_state", 5),
             INET_CONNECTION_SOCK__ICSK_CA_PRIV = ("inet_connection_sock", "icsk_ca_priv", 832),

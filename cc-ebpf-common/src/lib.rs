@@ -300,18 +300,23 @@ const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8);
 pub struct SockTrack {
     /// The socket's TCP clock (`tcp_mstamp`, µs) at the last refresh; 0 before the first.
     pub refreshed_us: u64,
+    /// The socket's cookie (its key in `SOCK_STATS`), so the probes need no cookie helper
+    /// call per event: written by the node with the mark, or by `tcp_probe` when observe-all
+    /// mode creates the mark (0 until then).
+    pub cookie: u64,
     /// 1: a socket of the node; 0: created by observe-all mode.
     pub owned: u32,
     /// `icsk_ca_state` at the last refresh.
     pub ca_state: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockTrack>() == 16);
+const _: () = assert!(core::mem::size_of::<SockTrack>() == 24);
 
 impl SockTrack {
-    /// The node's mark for one of its sockets.
-    pub const fn owned() -> Self {
+    /// The node's mark for one of its sockets, whose cookie is `cookie`.
+    pub const fn owned(cookie: u64) -> Self {
         Self {
             refreshed_us: 0,
+            cookie,
             owned: 1,
             ca_state: 0,
         }
@@ -467,7 +472,7 @@ mod probe_tests {
 
     #[test]
     fn refresh_once_per_millisecond_or_state_change() {
-        let mut t = SockTrack::owned();
+        let mut t = SockTrack::owned(7);
         assert!(t.due(5_000, 0), "first event");
         assert!(!t.due(5_000, 0));
         assert!(!t.due(5_999, 0), "999 µs later");

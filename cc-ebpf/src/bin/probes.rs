@@ -1,8 +1,12 @@
 //! TCP probes: per-socket TCP state for the node's telemetry.
 //!
-//! Four BTF tracepoints. Each first asks socket storage (`SOCK_TRACK`, one `bpf_sk_storage_get`
-//! without create) whether the socket is tracked; every other socket on the host exits there.
-//! Tracked sockets are keyed by socket cookie (the value `SO_COOKIE` returns) in `SOCK_STATS`:
+//! Four BTF tracepoints. Each first loads the socket's `sk_bpf_storage` pointer: a socket with
+//! no socket storage at all (of any map: every socket of a host where nothing else uses socket
+//! storage) is not tracked and exits there, after one field load and no helper call (outside
+//! observe-all mode). Only a socket that has some storage asks `SOCK_TRACK` (one
+//! `bpf_sk_storage_get` without create) whether it is tracked. Tracked sockets are keyed by
+//! socket cookie (the value `SO_COOKIE` returns) in `SOCK_STATS`; the cookie is kept in the
+//! socket's mark, so no event calls the cookie helper:
 //! - `tcp_probe` (every segment an established socket receives): counts the event, and when
 //!   the socket's TCP clock advanced ≥ 1 ms since the last refresh (or its congestion state
 //!   changed, see `SockTrack::due`) refreshes the socket's entry in `SOCK_STATS` and adds a
@@ -24,7 +28,9 @@
 //!
 //! Fields are read with direct BTF-checked loads at the generated offsets; the helpers on the
 //! per-segment path of a tracked socket are the storage lookup and the typed `tcp_sock` cast,
-//! plus the cookie and the map lookups on a refresh.
+//! plus the two map lookups (`SOCK_STATS`, `RTT_HIST`) on a refresh. Per-CPU counters count
+//! only tracked sockets' events (an inlined per-CPU array access); every run of every program
+//! is the kernel's `run_cnt` (bpf_stats).
 #![no_std]
 #![no_main]
 
@@ -109,12 +115,29 @@ fn observe_all() -> bool {
     PROBE_CONFIG.get(0).is_some_and(|c| c.observe_all != 0)
 }
 
-/// Whether a socket is tracked: the node's own, or any marked one in observe-all mode.
+/// Whether the socket has any socket storage (of any map): one load of `sk->sk_bpf_storage`,
+/// no helper call. Without storage a socket carries no mark.
 #[inline(always)]
-fn tracked(sk: Sk) -> bool {
+fn has_storage(sk: Sk) -> bool {
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`; `sk_bpf_storage` is a pointer
+    // member of it, only compared with null here (never dereferenced).
+    unsafe { KernelPtr::new(sk).u64(SOCK__SK_BPF_STORAGE) != 0 }
+}
+
+/// The cookie of a tracked socket (the node's own, or any marked one in observe-all mode), or
+/// `None` for every other socket.
+#[inline(always)]
+fn tracked(sk: Sk) -> Option<u64> {
+    if !has_storage(sk) {
+        return None;
+    }
     let t = track(sk, false);
+    if t.is_null() {
+        return None;
+    }
     // SAFETY: a non-null result points to this socket's storage value.
-    !t.is_null() && (unsafe { (*t).owned } != 0 || observe_all())
+    let (cookie, owned) = unsafe { ((*t).cookie, (*t).owned) };
+    (cookie != 0 && (owned != 0 || observe_all())).then_some(cookie)
 }
 
 #[inline(always)]
@@ -158,11 +181,9 @@ pub fn tcp_retransmit_skb_2args(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_retransmit(sk: Sk, skb: *mut u8, sent: bool) {
-    if !tracked(sk) {
+    let Some(cookie) = tracked(sk) else {
         return;
-    }
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
         return;
     };
@@ -193,11 +214,9 @@ fn on_retransmit(sk: Sk, skb: *mut u8, sent: bool) {
 pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
     // The tracepoint's arguments, as its BTF prototype declares them.
     let (sk, state): (Sk, u64) = (ctx.arg(0), ctx.arg(1));
-    if !tracked(sk) {
+    let Some(cookie) = tracked(sk) else {
         return 0;
-    }
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
         return 0;
     };
@@ -212,11 +231,9 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     // Argument 0 is `struct sock *sk`.
     let sk: Sk = ctx.arg(0);
-    if !tracked(sk) {
+    let Some(cookie) = tracked(sk) else {
         return 0;
-    }
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
         return 0;
     };
@@ -263,9 +280,14 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_tcp_probe(sk: Sk) {
+    // A socket without any socket storage is not the node's: the common case on a busy host
+    // ends here, after one field load and the inlined array read of the mode.
+    if !has_storage(sk) && !observe_all() {
+        return;
+    }
     let mut mark = track(sk, false);
     if mark.is_null() {
-        // A socket the node does not own: the common case on a busy host ends here.
+        // Storage of another map only: not the node's socket.
         if !observe_all() {
             return;
         }
@@ -276,6 +298,12 @@ fn on_tcp_probe(sk: Sk) {
     // SAFETY: a non-null result points to this socket's storage value.
     } else if unsafe { (*mark).owned } == 0 && !observe_all() {
         return;
+    }
+    // SAFETY: as above; the socket lock serialises this socket's events.
+    if unsafe { (*mark).cookie } == 0 {
+        // A mark observe-all mode just created: its cookie, once per socket.
+        // SAFETY: `sk` is the tracepoint's BTF-typed socket; `mark` as above.
+        unsafe { (*mark).cookie = bpf_get_socket_cookie(sk) };
     }
     // SAFETY: the helper returns a BTF-typed `struct tcp_sock *` or null (not a TCP socket).
     let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
@@ -300,8 +328,8 @@ fn on_tcp_probe(sk: Sk) {
         return;
     }
     count(|c| c.refreshes += 1);
-    // SAFETY: `sk` is the tracepoint's socket argument, a BTF-typed `struct sock *`.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: as above.
+    let cookie = unsafe { (*mark).cookie };
     let entry = match SOCK_STATS.get_ptr_mut(cookie) {
         Some(entry) => entry,
         None => {

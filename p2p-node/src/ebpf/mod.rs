@@ -622,11 +622,11 @@ impl SocketObserver for Probes {
             return;
         }
         drop(stats);
-        let marked = self
-            .track
-            .lock()
-            .expect("lock poisoned")
-            .insert(&fd, SockTrack::owned(), 0);
+        let marked =
+            self.track
+                .lock()
+                .expect("lock poisoned")
+                .insert(&fd, SockTrack::owned(cookie), 0);
         if let Err(e) = marked {
             tracing::warn!(cookie, "cannot mark socket for the probes: {e}");
         }
