@@ -327,9 +327,12 @@ fn fresh_now_us(c: &Conn) -> u64 {
 }
 
 /// `init(sk)`: a connection starts on (or switches to) bbr-p2p.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/init")]
-pub extern "C" fn bbr_init(ctx: *const u64) {
+pub unsafe extern "C" fn bbr_init(ctx: *const u64) {
     // SAFETY: argument 0 of every tcp_congestion_ops op is the socket.
     let sk = unsafe { OpsArgs::new(ctx).ptr(0) };
     let Some(bbr) = state(sk, true) else {
@@ -352,9 +355,12 @@ pub extern "C" fn bbr_init(ctx: *const u64) {
 }
 
 /// `cong_control(sk, ack, flag, rs)`: the per-ACK entry point (Linux ≥ 6.10).
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/cong_control")]
-pub extern "C" fn bbr_cong_control(ctx: *const u64) {
+pub unsafe extern "C" fn bbr_cong_control(ctx: *const u64) {
     // SAFETY: cong_control's arguments are (struct sock *, u32, int, const struct rate_sample *).
     let (sk, rs) = unsafe {
         let args = OpsArgs::new(ctx);
@@ -365,9 +371,12 @@ pub extern "C" fn bbr_cong_control(ctx: *const u64) {
 
 /// `cong_control(sk, rs)`: the same entry point on kernels before 6.10; the loader picks the
 /// form whose argument count matches the running kernel's BTF (section suffix `@<arguments>`).
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/cong_control@2")]
-pub extern "C" fn bbr_cong_control_2(ctx: *const u64) {
+pub unsafe extern "C" fn bbr_cong_control_2(ctx: *const u64) {
     // SAFETY: cong_control's arguments are (struct sock *, const struct rate_sample *).
     let (sk, rs) = unsafe {
         let args = OpsArgs::new(ctx);
@@ -494,9 +503,12 @@ fn resume_stage(
 }
 
 /// `ssthresh(sk)`: entering loss recovery.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/ssthresh")]
-pub extern "C" fn bbr_ssthresh(ctx: *const u64) -> u32 {
+pub unsafe extern "C" fn bbr_ssthresh(ctx: *const u64) -> u32 {
     // SAFETY: argument 0 is the socket.
     let sk = unsafe { OpsArgs::new(ctx).ptr(0) };
     // SAFETY: `sk` is the op's tcp_sock.
@@ -508,9 +520,12 @@ pub extern "C" fn bbr_ssthresh(ctx: *const u64) -> u32 {
 }
 
 /// `undo_cwnd(sk)`: the loss was spurious.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/undo_cwnd")]
-pub extern "C" fn bbr_undo_cwnd(ctx: *const u64) -> u32 {
+pub unsafe extern "C" fn bbr_undo_cwnd(ctx: *const u64) -> u32 {
     // SAFETY: argument 0 is the socket.
     let sk = unsafe { OpsArgs::new(ctx).ptr(0) };
     // SAFETY: `sk` is the op's tcp_sock.
@@ -522,9 +537,12 @@ pub extern "C" fn bbr_undo_cwnd(ctx: *const u64) -> u32 {
 }
 
 /// `cwnd_event(sk, event)`.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/cwnd_event")]
-pub extern "C" fn bbr_cwnd_event(ctx: *const u64) {
+pub unsafe extern "C" fn bbr_cwnd_event(ctx: *const u64) {
     // SAFETY: cwnd_event's arguments are (struct sock *, enum tcp_ca_event).
     let (sk, event) = unsafe {
         let args = OpsArgs::new(ctx);
@@ -544,9 +562,12 @@ pub extern "C" fn bbr_cwnd_event(ctx: *const u64) {
 }
 
 /// `set_state(sk, new_state)`.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/set_state")]
-pub extern "C" fn bbr_set_state(ctx: *const u64) {
+pub unsafe extern "C" fn bbr_set_state(ctx: *const u64) {
     // SAFETY: set_state's arguments are (struct sock *, u8).
     let (sk, new_state) = unsafe {
         let args = OpsArgs::new(ctx);
@@ -564,4 +585,3 @@ pub extern "C" fn bbr_set_state(ctx: *const u64) {
     // SAFETY: as above.
     unsafe { write_conn(sk, before, &c) };
 }
-

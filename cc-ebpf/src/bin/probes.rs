@@ -419,6 +419,10 @@ fn record_rtt(ops: u64, srtt_us: u32) {
 /// on the stack put tcp_probe over Linux 6.1's 512-byte combined stack limit (verifier budget).
 #[inline(always)]
 fn new_hist(ops: u64) -> Option<*mut RttHist> {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the static would be copied onto the BPF stack first"
+    )]
     let _ = RTT_HIST.insert(ops, &EMPTY_HIST, BPF_NOEXIST);
     let hist = RTT_HIST.get_ptr_mut(ops)?;
     // SAFETY: this CPU's copy of the map value; `ops` is a `tcp_congestion_ops *` loaded from

@@ -24,9 +24,12 @@ unsafe extern "C" {
 }
 
 /// `ssthresh(sk)`: half the window on loss, at least 2 segments.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/ssthresh")]
-pub extern "C" fn reno_ssthresh(ctx: *const u64) -> u32 {
+pub unsafe extern "C" fn reno_ssthresh(ctx: *const u64) -> u32 {
     // SAFETY: struct_ops context; argument 0 is `struct sock *`, a tcp_sock.
     let tp = unsafe { OpsArgs::new(ctx).ptr(0) };
     // SAFETY: generated tcp_sock field offset.
@@ -35,9 +38,12 @@ pub extern "C" fn reno_ssthresh(ctx: *const u64) -> u32 {
 }
 
 /// `cong_avoid(sk, ack, acked)`.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/cong_avoid")]
-pub extern "C" fn reno_cong_avoid(ctx: *const u64) {
+pub unsafe extern "C" fn reno_cong_avoid(ctx: *const u64) {
     // SAFETY: struct_ops context of cong_avoid: (struct sock *, u32 ack, u32 acked).
     let args = unsafe { OpsArgs::new(ctx) };
     // SAFETY: as above.
@@ -66,9 +72,12 @@ pub extern "C" fn reno_cong_avoid(ctx: *const u64) {
 }
 
 /// `undo_cwnd(sk)`: the window before the (spurious) reduction.
+///
+/// # Safety
+/// Only the kernel calls it, with the context pointer of this op.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "struct_ops/undo_cwnd")]
-pub extern "C" fn reno_undo_cwnd(ctx: *const u64) -> u32 {
+pub unsafe extern "C" fn reno_undo_cwnd(ctx: *const u64) -> u32 {
     // SAFETY: struct_ops context; argument 0 is the socket.
     let tp = unsafe { OpsArgs::new(ctx).ptr(0) };
     // SAFETY: generated tcp_sock field offsets.
