@@ -40,8 +40,12 @@
 //!    losses (`tp->lost` since the round began) are measured against the packets in flight when
 //!    the round began — the packets that round carries — and the round counts as "too high"
 //!    from the ACK on which they exceed 2% (the same verdict as at the round's end, known
-//!    earlier). `inflight_hi` is then set from the inflight of that ACK (`prior_in_flight`, v3's
-//!    own fallback for `tx_in_flight`). A probe restarts the loss round when it starts UP, so
+//!    earlier). `inflight_hi` is then set from the flight the lost packets were sent into, v3's
+//!    `tx_in_flight`: the larger of the round's starting flight and the inflight of that ACK
+//!    (`prior_in_flight`). The ACK's inflight alone comes after the round's losses left the
+//!    flight and recovery cut cwnd (kernel test at 1% random loss: 117–166 packets on a
+//!    165-packet BDP, so `inflight_hi` rested on deviation 11's floor, lowest 166). A probe
+//!    restarts the loss round when it starts UP, so
 //!    that losses from before the probe do not end it; DRAIN and DOWN restart it too (where v3
 //!    resets its per-ACK signals), so that the losses of STARTUP or of the probe, answered by
 //!    `inflight_hi`, are not counted again against the rounds after it (they made those rounds
@@ -649,7 +653,10 @@ impl Bbr {
                 && u64::from(lost) * 1000 > u64::from(cfg.loss_thresh_per_mille) * u64::from(flight)
             {
                 self.loss_high_in_round = 1;
-                self.inflight_at_loss = rs.prior_in_flight;
+                // v3's `tx_in_flight`: the flight the lost packets were sent into. The
+                // ACK's own inflight comes after the losses left the flight (and after
+                // recovery cut cwnd), so the round's starting flight is the floor of it.
+                self.inflight_at_loss = rs.prior_in_flight.max(self.loss_round_flight);
             }
         }
         if rs.interval_us <= 0 || rs.acked_sacked == 0 {

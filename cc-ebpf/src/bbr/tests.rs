@@ -226,6 +226,34 @@ fn a_probe_round_losing_more_than_2_percent_sets_inflight_hi_to_the_inflight_the
 }
 
 #[test]
+fn a_probe_crossing_the_threshold_in_recovery_bounds_inflight_hi_at_the_flight_it_sent_into() {
+    // The round began with 200 in flight; by the ACK that crosses 2% the losses have left the
+    // flight and recovery has cut it to 130. The lost packets were sent into 200 (v3's
+    // `tx_in_flight`), which is where the path met loss, not 130 (nor the pipe floor, 173).
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Up);
+    s.bw_probe_samples = 1;
+    s.loss_round_flight = 200;
+    s.loss_round_lost = 0;
+    s.loss_round_delivered = c.delivered + 1_000;
+    c.lost = 5;
+    c.ca_state = TCP_CA_RECOVERY;
+    let rs = RateSample {
+        losses: 5,
+        prior_in_flight: 130,
+        acked_sacked: 1,
+        delivered: 170,
+        interval_us: 20_000,
+        ..Default::default()
+    };
+    s.on_ack(&mut c, &rs, &cfg, &mut no_rand());
+    // The probe ends (DOWN, and CRUISE at once: 130 in flight is below the target).
+    assert_ne!(s.phase(), Phase::Up);
+    assert_eq!(s.loss_bound_count, 1);
+    assert_eq!(s.inflight_hi, 200);
+}
+
+#[test]
 fn loss_outside_probing_cuts_only_the_short_term_bounds() {
     let cfg = BbrConfig::DEFAULT;
     let bw = bw_of_mbit(100);
