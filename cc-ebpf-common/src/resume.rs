@@ -8,7 +8,7 @@
 //! Retained State"). Its phases, as bbr-p2p runs them:
 //!
 //! ```text
-//!  node: record for this PeerId?  ──no / stale / policer──▶ COLD (reason)
+//!  node: record for this PeerId?  ──no / stale / invalid──▶ COLD (reason)
 //!        │ yes: hint written into the socket's storage after the noise handshake
 //!        ▼
 //!  RECONNAISSANCE  first ACK with an RTT sample while cwnd-limited, still in STARTUP?
@@ -53,8 +53,15 @@
 //!    rate to the delivery rate measured during the jump (the contradicted rate is never kept);
 //!    the connection then leaves STARTUP as BBR does when STARTUP meets loss.
 //! 4. The phases advance per BBR packet-timed round instead of per acknowledged packet number.
-//! 5. The record's lifetime is a node setting (default 10 minutes), and a record measured while
-//!    BBR's policer detection (`lt_use_bw`) was active is never used.
+//! 5. The record's lifetime is a node setting (default 10 minutes).
+//! 6. Records carry no policer flag (the issue asked for one: "a record measured while a policer
+//!    was active is not used"). bbr-p2p follows BBRv3, which removed BBRv1's long-term
+//!    (policer) bandwidth model (`lt_bw`: ≥ 20% loss over 4–16 rounds at a steady delivery
+//!    rate): v3's loss response (`inflight_hi` and `bw_lo` cut when a round loses more than 2%)
+//!    holds a flow behind a token-bucket policer near the policed rate, so v1's detector would
+//!    not fire on bbr-p2p's flows and the flag would always be false. What protects a resumed
+//!    connection from a record inflated by a policer's bursts is validation: more than 2% loss,
+//!    or RTT growth, in the two rounds after the jump retreats to the measured delivery rate.
 
 /// Name of the socket-storage map of [`ResumeSlot`]s: the node creates a socket's entry after the
 /// noise handshake (a hint, or why there is none); bbr-p2p applies it and records the outcome.
@@ -206,8 +213,7 @@ pub enum Reason {
     NoRecord = 1,
     /// The record is older than the node's freshness limit.
     Stale = 2,
-    /// The record was measured while a policer was detected.
-    Policer = 3,
+    // 3 was `Policer` (deviation 6): not reused, so an older node's entries still read right.
     /// The handshake RTT is outside RFC 9959's bounds of the saved one.
     RttMismatch = 4,
     /// The hint arrived after the connection had left STARTUP.
@@ -230,7 +236,6 @@ impl Reason {
         match v {
             1 => Self::NoRecord,
             2 => Self::Stale,
-            3 => Self::Policer,
             4 => Self::RttMismatch,
             5 => Self::NotInStartup,
             6 => Self::JumpTooSmall,
@@ -248,7 +253,6 @@ impl Reason {
             Self::None => "",
             Self::NoRecord => "no_record",
             Self::Stale => "stale",
-            Self::Policer => "policer",
             Self::RttMismatch => "rtt_mismatch",
             Self::NotInStartup => "not_in_startup",
             Self::JumpTooSmall => "jump_too_small",
@@ -268,8 +272,6 @@ pub struct SavedPath {
     pub min_rtt_us: u32,
     /// BBR's loss bound on inflight, bytes (`None`: unbounded).
     pub inflight_hi_bytes: Option<u64>,
-    /// A policer was detected when the bandwidth was measured.
-    pub policer: bool,
     /// When the bandwidth sample was taken, ms (the node's wall clock).
     pub sampled_at_ms: u64,
 }
@@ -305,9 +307,6 @@ pub const fn bdp_bytes(bw_bytes_per_sec: u64, rtt_us: u32) -> u64 {
 /// offer, or why the connection starts cold. `max_age_ms` is the freshness limit.
 #[inline(always)]
 pub fn offer(saved: &SavedPath, now_ms: u64, max_age_ms: u64) -> Result<Hint, Reason> {
-    if saved.policer {
-        return Err(Reason::Policer);
-    }
     if saved.bw_bytes_per_sec == 0 || saved.min_rtt_us == 0 {
         return Err(Reason::Invalid);
     }
@@ -629,7 +628,6 @@ mod tests {
             bw_bytes_per_sec: 12_500_000,
             min_rtt_us: 40_000,
             inflight_hi_bytes: None,
-            policer: false,
             sampled_at_ms: 1_000_000 - age_ms,
         }
     }
@@ -638,7 +636,7 @@ mod tests {
     fn offer_table() {
         let max_age = 10 * MIN;
         let now = 1_000_000;
-        let cases: [(&str, SavedPath, Result<u64, Reason>); 7] = [
+        let cases: [(&str, SavedPath, Result<u64, Reason>); 6] = [
             (
                 "fresh record: ceiling is the BDP (500 kB)",
                 saved(1_000),
@@ -653,14 +651,6 @@ mod tests {
                     ..saved(0)
                 },
                 Err(Reason::Stale),
-            ),
-            (
-                "policer record",
-                SavedPath {
-                    policer: true,
-                    ..saved(0)
-                },
-                Err(Reason::Policer),
             ),
             (
                 "zero bandwidth",

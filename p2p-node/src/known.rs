@@ -4,8 +4,7 @@
 //!
 //! A record is fed from bbr-p2p's per-socket state while a connection lives (every
 //! [`OBSERVE_INTERVAL`]) and once more when it closes: bottleneck bandwidth (bytes/s), min RTT,
-//! `inflight_hi`, whether a policer was detected, and when the bandwidth sample was taken (the
-//! first time the node saw the current estimate, so an idle connection's record ages). Records are
+//! `inflight_hi`, and when the bandwidth sample was taken (the first time the node saw the current estimate, so an idle connection's record ages). Records are
 //! an LRU of [`Config::capacity`] entries, optionally persisted in the data directory
 //! ([`FILE_NAME`]): written atomically (temporary file, fsync, rename), read back bounded in size,
 //! and treated as hostile (every record checked; a bad file starts the node with no records).
@@ -88,7 +87,6 @@ pub struct Record {
     pub bw_bytes_per_sec: u64,
     pub min_rtt_us: u32,
     pub inflight_hi_bytes: Option<u64>,
-    pub policer: bool,
     /// When the bandwidth sample was taken, Unix ms.
     pub sampled_at_unix_ms: u64,
 }
@@ -99,7 +97,6 @@ impl Record {
             bw_bytes_per_sec: self.bw_bytes_per_sec,
             min_rtt_us: self.min_rtt_us,
             inflight_hi_bytes: self.inflight_hi_bytes,
-            policer: self.policer,
             sampled_at_ms: self.sampled_at_unix_ms,
         }
     }
@@ -122,7 +119,7 @@ pub struct KnownPeer {
     pub record: Record,
     pub age_seconds: f64,
     /// Whether a new connection would be offered this record now ("" if so, or why not:
-    /// `stale`, `policer`, `invalid`).
+    /// `stale`, `invalid`).
     pub unusable: String,
 }
 
@@ -141,7 +138,6 @@ pub struct Observation {
     pub bw_bytes_per_sec: u64,
     pub min_rtt_us: u32,
     pub inflight_hi_bytes: Option<u64>,
-    pub policer: bool,
     /// BBR found the pipe full at some point: the estimate is the path's, not the application's.
     pub pipe_filled: bool,
 }
@@ -158,8 +154,6 @@ impl Observation {
             min_rtt_us: s.min_rtt_us,
             inflight_hi_bytes: (s.inflight_hi != u32::MAX)
                 .then(|| u64::from(s.inflight_hi) * u64::from(mss)),
-            // bbr-p2p follows BBRv3, which has no long-term (policer) bandwidth model.
-            policer: false,
             pipe_filled: s.full_bw_reached != 0,
         })
     }
@@ -247,7 +241,7 @@ impl Store {
     /// One look at a live (or closing) socket to `peer`: updates the peer's record when the
     /// observation is worth keeping. An estimate from a connection whose pipe never filled is a
     /// lower bound of the path's rate (the application limited it): it replaces only a lower or
-    /// stale record. A policer seen now replaces any record (it must not be used).
+    /// stale record. (No policer flag: `cc_ebpf_common::resume`'s deviation 6.)
     pub fn observe(&self, cookie: u64, peer: PeerId, obs: &Observation, now_ms: u64) {
         let mut inner = self.lock();
         let since = match inner.live.get(&cookie) {
@@ -260,7 +254,6 @@ impl Store {
             None => true,
             Some((old, _)) => {
                 obs.pipe_filled
-                    || obs.policer
                     || obs.bw_bytes_per_sec >= old.bw_bytes_per_sec
                     || now_ms.saturating_sub(old.sampled_at_unix_ms) > max_age_ms
             }
@@ -273,7 +266,6 @@ impl Store {
             bw_bytes_per_sec: obs.bw_bytes_per_sec,
             min_rtt_us: obs.min_rtt_us,
             inflight_hi_bytes: obs.inflight_hi_bytes,
-            policer: obs.policer,
             sampled_at_unix_ms: since,
         };
         let unchanged = inner.records.get(&peer).is_some_and(|(r, _)| *r == record);
@@ -493,7 +485,9 @@ pub fn start(
     }
 }
 
-const FILE_VERSION: u32 = 1;
+/// 2: records lost their `policer` flag (`cc_ebpf_common::resume`'s deviation 6); a version-1
+/// file is set aside like any other version (records live 10 minutes by default).
+const FILE_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -531,7 +525,6 @@ mod tests {
             bw_bytes_per_sec: bw,
             min_rtt_us: 40_000,
             inflight_hi_bytes: None,
-            policer: false,
             pipe_filled: filled,
         }
     }
@@ -576,13 +569,6 @@ mod tests {
         // ... a filled pipe's lower estimate does (the path got slower) ...
         s.observe(2, p, &obs(5_000, true), 3_000);
         assert_eq!(s.saved_path(&p).unwrap().bw_bytes_per_sec, 5_000);
-        // ... and a policer replaces any record.
-        let policed = Observation {
-            policer: true,
-            ..obs(100, false)
-        };
-        s.observe(3, p, &policed, 4_000);
-        assert!(s.saved_path(&p).unwrap().policer);
         // A stale record is replaced by anything.
         s.observe(4, p, &obs(50, false), 4_000 + 601_000);
         assert_eq!(s.saved_path(&p).unwrap().bw_bytes_per_sec, 50);
@@ -666,14 +652,22 @@ mod tests {
         // Records out of bounds are dropped, good ones kept.
         let good = PeerId::random().to_base58();
         let text = format!(
-            r#"{{"version":1,"records":[
-            {{"peer_id":"{good}","bw_bytes_per_sec":1000,"min_rtt_us":100,"inflight_hi_bytes":null,"policer":false,"sampled_at_unix_ms":5}},
-            {{"peer_id":"not-a-peer","bw_bytes_per_sec":1000,"min_rtt_us":100,"inflight_hi_bytes":null,"policer":false,"sampled_at_unix_ms":5}},
-            {{"peer_id":"{good}","bw_bytes_per_sec":0,"min_rtt_us":100,"inflight_hi_bytes":null,"policer":false,"sampled_at_unix_ms":5}},
-            {{"peer_id":"{good}","bw_bytes_per_sec":1000,"min_rtt_us":4000000000,"inflight_hi_bytes":null,"policer":false,"sampled_at_unix_ms":5}}]}}"#
+            r#"{{"version":{FILE_VERSION},"records":[
+            {{"peer_id":"{good}","bw_bytes_per_sec":1000,"min_rtt_us":100,"inflight_hi_bytes":null,"sampled_at_unix_ms":5}},
+            {{"peer_id":"not-a-peer","bw_bytes_per_sec":1000,"min_rtt_us":100,"inflight_hi_bytes":null,"sampled_at_unix_ms":5}},
+            {{"peer_id":"{good}","bw_bytes_per_sec":0,"min_rtt_us":100,"inflight_hi_bytes":null,"sampled_at_unix_ms":5}},
+            {{"peer_id":"{good}","bw_bytes_per_sec":1000,"min_rtt_us":4000000000,"inflight_hi_bytes":null,"sampled_at_unix_ms":5}}]}}"#
         );
         fs::write(&path, text).unwrap();
         assert_eq!(s.load().unwrap(), (1, 3));
+        // A version-1 file (records with a policer flag) is set aside, not half-read.
+        let v1 = format!(
+            r#"{{"version":1,"records":[{{"peer_id":"{good}","bw_bytes_per_sec":1000,"min_rtt_us":100,"inflight_hi_bytes":null,"policer":false,"sampled_at_unix_ms":5}}]}}"#
+        );
+        fs::write(&path, v1).unwrap();
+        let fresh = store(4, Some(path.clone()));
+        assert!(fresh.load().is_err());
+        assert!(fresh.is_empty());
         // Garbage: an error, nothing loaded.
         let s2 = store(4, Some(path.clone()));
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -717,13 +711,12 @@ mod fuzz {
             any::<u32>()
         ];
         let inflight = proptest::option::of(prop_oneof![0u64..3, any::<u64>()]);
-        let record = (peer, bw, rtt, inflight, any::<bool>(), any::<u64>()).prop_map(
-            |(peer_id, bw_bytes_per_sec, min_rtt_us, inflight_hi_bytes, policer, at)| Record {
+        let record = (peer, bw, rtt, inflight, any::<u64>()).prop_map(
+            |(peer_id, bw_bytes_per_sec, min_rtt_us, inflight_hi_bytes, at)| Record {
                 peer_id,
                 bw_bytes_per_sec,
                 min_rtt_us,
                 inflight_hi_bytes,
-                policer,
                 sampled_at_unix_ms: at,
             },
         );
@@ -755,7 +748,6 @@ mod fuzz {
             bw_bytes_per_sec: 1,
             min_rtt_us: 1,
             inflight_hi_bytes: None,
-            policer: false,
             sampled_at_unix_ms: 0,
         };
         let records = vec![record.clone(), record];

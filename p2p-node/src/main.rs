@@ -408,11 +408,7 @@ async fn known_table(node: &str) -> anyhow::Result<()> {
             f64::from(r.min_rtt_us) / 1e3,
             r.inflight_hi_bytes.map_or("-".into(), |b| b.to_string()),
             k.age_seconds,
-            if r.policer {
-                "policer"
-            } else {
-                k.unusable.as_str()
-            },
+            k.unusable,
         );
     }
     Ok(())
