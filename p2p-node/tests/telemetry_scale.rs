@@ -1,7 +1,8 @@
 //! Telemetry at scale. 1,000 concurrent peer connections to one node: every socket's PeerId in
 //! the node's `/api/peers` is the identity of the peer on the other end of that very socket, and
-//! no socket stays unbound. 10,000 connect/disconnect cycles: no map entry, per-peer series or
-//! unbound socket is left, every connection ended with a final record, RSS grows ≤ 10%.
+//! no socket stays unbound. 1,000 connect/disconnect cycles (10,000 with `--ignored`): no map
+//! entry, per-peer series or unbound socket is left, every connection ended with a final record,
+//! RSS grows ≤ 10%.
 //!
 //! Node A runs in namespace `a`. The test process runs 1,000 small swarms (one identity each,
 //! only a connection, no protocols) on a runtime whose threads live in namespace `b`, so all
@@ -17,7 +18,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use common::{NetnsPair, Node, enter_netns, eventually, kernel_tests_possible};
 use futures::StreamExt as _;
 use libp2p::{Multiaddr, PeerId, swarm::SwarmEvent};
-use p2p_node::{node::transport, sockets::SocketTable};
+use p2p_node::{heap::TRIM_INTERVAL, node::transport, sockets::SocketTable};
 
 const PEERS: usize = 1000;
 /// Dials in flight at once: below the node's pending-connection limit (128).
@@ -107,9 +108,14 @@ fn runtime_in(ns: &str) -> tokio::runtime::Runtime {
 
 /// Connects `n` clients to `target`, [`WAVE`] at a time.
 async fn connect(target: &Multiaddr, n: usize) -> Vec<Client> {
+    connect_in_waves(target, n, WAVE).await
+}
+
+/// Connects `n` clients to `target`, `wave` at a time.
+async fn connect_in_waves(target: &Multiaddr, n: usize, wave_size: usize) -> Vec<Client> {
     let mut clients = Vec::with_capacity(n);
-    for wave in 0..n.div_ceil(WAVE) {
-        let dials: Vec<_> = (0..WAVE.min(n - wave * WAVE))
+    for wave in 0..n.div_ceil(wave_size) {
+        let dials: Vec<_> = (0..wave_size.min(n - wave * wave_size))
             .map(|_| tokio::spawn(client(target.clone())))
             .collect();
         for dial in dials {
@@ -228,17 +234,41 @@ fn a_thousand_peers_behind_one_address_are_each_bound_to_their_own_socket() {
     drop(runtime);
 }
 
-/// Connect/disconnect cycles in total, [`WAVE`] connections at a time.
+/// Connect/disconnect cycles of the full churn test, [`CHURN_WAVE`] connections at a time.
 const CYCLES: usize = 10_000;
+/// Connections per churn batch. Each noise handshake of a debug build takes CPU time: with 100 at
+/// once on a loaded 2-core machine (load 10) one went past the 20 s handshake timeout.
+const CHURN_WAVE: usize = 50;
+/// Cycles of the CI-sized churn test.
+const CI_CYCLES: usize = 1_000;
 
 #[test]
-#[ignore = "target missed: RSS +19% over 10,000 cycles (goal <= 10%), and 350 s in a debug build \
-            is over the CI budget; run with --ignored (docs/bench.md)"]
+#[ignore = "350 s in a debug build is over the CI budget; run with --ignored (docs/bench.md); \
+            `churn_leaves_nothing_behind` runs the same checks over 1,000 cycles in CI"]
 fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
+    churn(CYCLES, "churn", 8);
+}
+
+/// The churn test at CI size: the same checks over 1,000 cycles.
+#[test]
+fn churn_leaves_nothing_behind() {
+    churn(CI_CYCLES, "churnci", 9);
+}
+
+/// `cycles` connect/disconnect cycles, [`CHURN_WAVE`] at a time, after a warm-up of [`WAVE`]
+/// connections: no map entry, per-peer series or unbound socket is left, every connection ended
+/// with a final record, RSS grows ≤ 10%.
+///
+/// RSS is compared after the node's heap trim ran (`p2p_node::heap`: at most once per
+/// `TRIM_INTERVAL` after connections closed): the baseline one interval after the warm-up, the
+/// final value within two intervals after the churn. Without the trim glibc keeps the churn's
+/// freed heap resident (measured: +6.4% after 1,000 cycles, +19% after 10,000, and 33% below the
+/// warm-up once trimmed), which is the allocator's retention, not state the node holds.
+fn churn(cycles: usize, name: &str, subnet: u8) {
     if !kernel_tests_possible() {
         return;
     }
-    let net = NetnsPair::new("churn", 8);
+    let net = NetnsPair::new(name, subnet);
     let a = Node::start(&net.a, &net.addr_a, &["--cc", "cubic"]);
     let target: Multiaddr = a.multiaddr.parse().unwrap();
     let runtime = runtime_in(&net.b);
@@ -274,20 +304,25 @@ fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
     };
 
     // One wave first, so the baseline includes what the first connections allocate.
-    drop(runtime.block_on(connect(&target, WAVE)));
+    drop(runtime.block_on(connect_in_waves(&target, WAVE, CHURN_WAVE)));
     settled("after the warm-up");
+    std::thread::sleep(TRIM_INTERVAL + Duration::from_secs(2));
     let baseline = metric("process_resident_memory_bytes").expect("RSS");
     let started = std::time::Instant::now();
-    for _ in 0..CYCLES / WAVE {
-        drop(runtime.block_on(connect(&target, WAVE)));
+    for _ in 0..cycles / CHURN_WAVE {
+        drop(runtime.block_on(connect_in_waves(&target, CHURN_WAVE, CHURN_WAVE)));
     }
     eprintln!(
-        "{CYCLES} cycles in {:.1} s",
+        "{cycles} cycles in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     settled("after the churn");
+    let trimmed = eventually(2 * TRIM_INTERVAL + Duration::from_secs(5), || {
+        metric("process_resident_memory_bytes").filter(|rss| *rss <= baseline * 1.10)
+    });
     let text = a.get("/metrics");
-    let rss = value(&text, "process_resident_memory_bytes").expect("RSS");
+    let rss =
+        trimmed.unwrap_or_else(|| value(&text, "process_resident_memory_bytes").expect("RSS"));
     let closed: f64 = text
         .lines()
         .filter(|l| l.starts_with("p2pcc_closed_connections_total{"))
@@ -299,9 +334,16 @@ fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
         rss / 1e6,
         (rss / baseline - 1.0) * 100.0
     );
+    if let Some(trimmed) = rss_after_malloc_trim(a.child.id()) {
+        eprintln!(
+            "A's RSS after malloc_trim(0) (gdb): {:.1} MB ({:+.1}% over the warm-up)",
+            trimmed / 1e6,
+            (trimmed / baseline - 1.0) * 100.0
+        );
+    }
     assert_eq!(
         closed,
-        (CYCLES + WAVE) as f64,
+        (cycles + WAVE) as f64,
         "every connection's tracking ended with a final record"
     );
     assert!(
@@ -309,4 +351,27 @@ fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
         "RSS grew from {baseline} to {rss} bytes (more than 10%)"
     );
     drop(runtime);
+}
+
+/// Diagnostic only: RSS of `pid` after it ran glibc's `malloc_trim(0)` (called through gdb, when
+/// installed), to tell memory the allocator keeps from memory still in use.
+fn rss_after_malloc_trim(pid: u32) -> Option<f64> {
+    let status = std::process::Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "call (int) malloc_trim(0)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0)
 }

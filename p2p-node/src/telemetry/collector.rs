@@ -224,18 +224,24 @@ impl Collector {
     }
 
     /// Collects once now (so the first snapshot is real), then every [`INTERVAL`] on a thread
-    /// of its own until every receiver is gone.
+    /// of its own until every receiver is gone; after collections that saw connections closed it
+    /// lets `heap::Trim` give freed heap back to the kernel.
     pub fn spawn(mut self) -> watch::Receiver<Arc<Snapshot>> {
         let (tx, rx) = watch::channel(Arc::new(self.collect()));
         let spawned = std::thread::Builder::new()
             .name("p2pcc-collector".into())
             .spawn(move || {
                 let mut next = Instant::now() + INTERVAL;
+                let mut trim = crate::heap::Trim::new();
                 while !tx.is_closed() {
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                     // A late collection does not cause a burst of catch-up ones.
                     next = next.max(Instant::now()) + INTERVAL;
-                    tx.send_replace(Arc::new(self.collect()));
+                    let snapshot = self.collect();
+                    let sockets = snapshot.connections.len() + snapshot.unbound_sockets;
+                    tx.send_replace(Arc::new(snapshot));
+                    // After connections closed, their freed heap goes back to the kernel.
+                    trim.after(sockets);
                 }
             });
         if let Err(e) = spawned {
