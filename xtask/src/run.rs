@@ -149,16 +149,23 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
     let algorithms = algorithms(options);
     workload::prepare_dirs()?;
-    // Each node's peer id is known only once it prints its address; node 1 is the others'
-    // bootstrap peer.
+    // Each node's peer id is known only once it prints its address. Node 1 is the others'
+    // bootstrap peer, and each node also dials the one before it by its address: the bulk
+    // uploads go round the ring n1→n2→…→n1 (workload.rs), so every upload finds its connection
+    // up (with node 1 alone, an upload could start before Kademlia had told the sender the
+    // receiver's address and fail with "no addresses for peer").
     let mut peer_ids = Vec::new();
-    let mut bootstrap = None;
+    let mut addresses: Vec<String> = Vec::new();
     for i in 1..=options.nodes {
+        let mut peers: Vec<&str> = addresses.first().into_iter().map(String::as_str).collect();
+        if addresses.len() > 1 {
+            peers.extend(addresses.last().map(String::as_str));
+        }
         let ready = testbed.start_node(&NodeCommand {
             binary: &binary,
             i,
             algorithm: algorithms[usize::from(i - 1)],
-            peer: bootstrap.as_deref(),
+            peers,
         })?;
         let Some(address) = testbed.wait_for_address(&ready)? else {
             println!("[run] interrupted while n{i} was starting");
@@ -166,7 +173,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         };
         println!("[run] n{i} listens on {address}");
         peer_ids.push(address.rsplit('/').next().unwrap_or_default().to_owned());
-        bootstrap.get_or_insert(address);
+        addresses.push(address);
     }
 
     print_table(&algorithms);
@@ -299,8 +306,8 @@ struct NodeCommand<'a> {
     binary: &'a Path,
     i: u8,
     algorithm: &'a str,
-    /// The bootstrap peer's multiaddr; `None` for node 1.
-    peer: Option<&'a str>,
+    /// Multiaddrs to dial (`--peer`): node 1's and the previous node's; none for node 1.
+    peers: Vec<&'a str>,
 }
 
 /// A started node process.
@@ -428,7 +435,11 @@ impl Testbed {
         exec(
             tc("class")
                 .args(["parent", "10:", "classid", "10:1", "htb", "rate", &rate])
-                .args(["ceil", &rate, "burst", &burst, "cburst", &burst]),
+                .args(["ceil", &rate, "burst", &burst, "cburst", &burst])
+                // Explicit, as on the leaves: htb's default (rate / r2q, 1.25 MB at 100 Mbit/s)
+                // is over its 200000-byte limit, and the kernel warns "quantum of class 100001
+                // is big". An inner class does not use its quantum.
+                .args(["quantum", "1514"]),
         )?;
         for (class, class_rate, prio) in [("10:10", &ack_rate, "0"), ("10:20", &data_rate, "1")] {
             exec(
@@ -595,7 +606,7 @@ impl Testbed {
             .arg(std::path::Path::new(workload::WORK_DIR).join(format!("n{}", node.i)))
             .args(["--share-dir", workload::SHARE_DIR])
             .args(["--download-dir", workload::DOWNLOAD_DIR]);
-        if let Some(peer) = node.peer {
+        for peer in &node.peers {
             cmd.args(["--peer", peer]);
         }
         cmd.stdin(Stdio::null())

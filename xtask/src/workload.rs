@@ -79,6 +79,8 @@ pub fn prepare_dirs() -> anyhow::Result<()> {
 
 /// How long to wait before retrying a failed request.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// Longest wait for a bulk upload's connection before the first upload.
+const CONNECT_WAIT: Duration = Duration::from_secs(15);
 /// Poll step of the waiting loops.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -166,6 +168,7 @@ fn bulk_uploads(sender: &NodeApi, receiver: &NodeApi, token: &str, running: &imp
         receiver.name,
         bytes / 1_000_000
     );
+    wait_for_connection(sender, receiver, token, running);
     while running() {
         if let Err(err) = post(&sender.http, "/api/perf", &body, token, timeout) {
             println!("[traffic] bulk {}→{}: {err:#}", sender.name, receiver.name);
@@ -279,27 +282,77 @@ pub fn post(
     token: &str,
     timeout: Duration,
 ) -> anyhow::Result<String> {
+    request("POST", address, path, body, token, timeout)
+}
+
+/// One request with the run's token on its own connection; the response body on 200 (the
+/// routes used reply with a length, not chunked).
+fn request(
+    method: &str,
+    address: &str,
+    path: &str,
+    body: &str,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(2))
         .with_context(|| format!("connecting to {address}"))?;
     stream.set_read_timeout(Some(timeout))?;
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
-        .with_context(|| format!("POST {path} to {address}"))?;
+        .with_context(|| format!("{method} {path} to {address}"))?;
     let status = response.split_whitespace().nth(1).unwrap_or("?");
     let body = response
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .trim();
     if status != "200" {
-        bail!("POST {path}: HTTP {status}: {body}");
+        bail!("{method} {path}: HTTP {status}: {body}");
     }
     Ok(body.to_owned())
+}
+
+/// Waits (at most [`CONNECT_WAIT`]) until `sender` lists a connection to `receiver` in its
+/// `/api/peers` (refreshed once a second): the run has each node dial its predecessor, so the
+/// connection is normally up, and an upload started before would dial by PeerId alone.
+fn wait_for_connection(
+    sender: &NodeApi,
+    receiver: &NodeApi,
+    token: &str,
+    running: &impl Fn() -> bool,
+) {
+    let deadline = Instant::now() + CONNECT_WAIT;
+    while running() && Instant::now() < deadline {
+        let listed = request(
+            "GET",
+            &sender.http,
+            "/api/peers",
+            "",
+            token,
+            Duration::from_secs(5),
+        )
+        .ok()
+        .and_then(|body| serde_json::from_str::<Vec<serde_json::Value>>(&body).ok())
+        .is_some_and(|peers| {
+            peers
+                .iter()
+                .any(|p| p["peer_id"] == receiver.peer_id.as_str())
+        });
+        if listed {
+            return;
+        }
+        pause(Duration::from_millis(500), running);
+    }
+    println!(
+        "[traffic] bulk {}→{}: not connected after {CONNECT_WAIT:?}; uploading anyway",
+        sender.name, receiver.name
+    );
 }
 
 #[cfg(test)]
