@@ -2,6 +2,7 @@
 //! fails, so every error from xtask says which command to re-run by hand.
 
 use std::{
+    env,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -75,6 +76,48 @@ fn shell_quote(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
+}
+
+/// Removes from xtask's own environment what `cargo run` (the `cargo xtask` alias) set for it:
+/// `CARGO_MANIFEST_DIR`, `CARGO_MANIFEST_PATH` and `CARGO_PKG_*` of the xtask package.
+///
+/// Every cargo xtask starts would inherit them, and ring's build script (through libp2p-noise)
+/// declares `rerun-if-env-changed` on `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`; cargo compares those
+/// with its own environment, not with what it sets for the script. So a `cargo test` typed in a
+/// shell and the same command run by `cargo xtask test` invalidated each other: ring, snow,
+/// libp2p-noise, libp2p and every p2p-node target were rebuilt (4 min 12 s at load 10), and the
+/// printed command did not reproduce what xtask ran.
+///
+/// # Safety
+///
+/// Must be called before any other thread exists (first thing in `main`): the environment is not
+/// synchronised with concurrent readers.
+pub unsafe fn forget_cargo_run_env() {
+    let inherited: Vec<_> = env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| name.to_str().is_some_and(set_by_cargo_run))
+        .collect();
+    for name in inherited {
+        // SAFETY: single-threaded, per this function's contract.
+        unsafe { env::remove_var(name) };
+    }
+}
+
+/// Whether cargo sets `name` for the package it builds or runs (the crate-specific variables of
+/// cargo's "Environment variables Cargo sets for crates"), as opposed to cargo's own settings.
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 /// Whether xtask runs as root: installing packages, mounting and network namespaces need it.
@@ -167,6 +210,28 @@ pub fn utc_minute(t: std::time::SystemTime) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgets_only_the_package_variables_of_cargo_run() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_PRE",
+            "OUT_DIR",
+        ] {
+            assert!(set_by_cargo_run(name), "{name}");
+        }
+        // cargo's own settings and the toolchain choice stay.
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "RUSTUP_TOOLCHAIN",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_run(name), "{name}");
+        }
+    }
 
     #[test]
     fn describes_commands_as_shell_lines() {

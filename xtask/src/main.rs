@@ -69,6 +69,8 @@ enum BenchKind {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: first statement of main, before any thread is started.
+    unsafe { exec::forget_cargo_run_env() };
     match Cli::parse().command {
         Task::Setup => setup::run(),
         Task::Test(options) => test::run(&options),

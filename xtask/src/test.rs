@@ -1,6 +1,9 @@
 //! `cargo xtask test`: the three test tiers in order, cheapest first, so a broken unit test fails
 //! in seconds instead of after the kernel tests.
 //!
+//! 0. every test binary (and the release node the QEMU tier and the testbed run) is built first,
+//!    so that no compile happens once a stage touches the kernel: the later `cargo` commands find
+//!    their targets fresh (`--build-only` stops here, for a build outside a kernel lock);
 //! 1. unit tests of the workspace (`--lib --bins`: no kernel needed);
 //! 2. host tests of the eBPF crate's pure code (`cc-ebpf`, on its own nightly toolchain);
 //! 3. real-kernel integration tests of p2p-node (root; single-threaded because they share kernel
@@ -48,6 +51,9 @@ pub struct Options {
     /// Run only the QEMU tier.
     #[arg(long, conflicts_with_all = ["unit_only", "no_qemu", "testbed_only"])]
     qemu_only: bool,
+    /// Only build what the selected stages run (test binaries, the release node), run nothing.
+    #[arg(long)]
+    build_only: bool,
     /// Passed to every test harness, e.g. a test name filter or `--ignored`.
     #[arg(last = true)]
     harness_args: Vec<String>,
@@ -78,6 +84,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 fn run_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
+    stage(stages, "build (every stage's binaries)", || {
+        build_stages(root, options)
+    })?;
+    if options.build_only {
+        return Ok(());
+    }
     if options.qemu_only {
         return qemu_stage(options, stages);
     }
@@ -90,25 +102,12 @@ fn run_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow
 
 fn run_test_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
     stage(stages, "unit tests (workspace)", || {
-        exec(
-            Command::new("cargo")
-                .current_dir(root)
-                .args(["test", "--workspace", "--lib", "--bins", "--"])
-                .args(&options.harness_args),
-        )?;
+        exec(unit_tests(root).arg("--").args(&options.harness_args))?;
         Ok("passed".to_owned())
     })?;
 
     stage(stages, "host tests (cc-ebpf)", || {
-        // Without RUSTUP_TOOLCHAIN (set by the rustup proxy that started xtask on stable),
-        // rustup reads cc-ebpf/rust-toolchain.toml and uses its nightly.
-        exec(
-            Command::new("cargo")
-                .current_dir(root.join("cc-ebpf"))
-                .env_remove("RUSTUP_TOOLCHAIN")
-                .args(["test", "--lib", "--"])
-                .args(&options.harness_args),
-        )?;
+        exec(host_tests(root).arg("--").args(&options.harness_args))?;
         Ok("passed".to_owned())
     })?;
 
@@ -117,15 +116,7 @@ fn run_test_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> a
             return Ok("skipped: --unit-only".to_owned());
         }
         // A developer may skip them with a reason; CI must not pass without having run them.
-        let skip_reason = if !is_root() {
-            Some("not root (they need BPF and network namespaces)")
-        } else if !has_integration_tests(&root.join("p2p-node/tests")) {
-            // `cargo test --test '*'` would fail with "no test target matches pattern".
-            Some("p2p-node has no integration tests (p2p-node/tests/*.rs)")
-        } else {
-            None
-        };
-        if let Some(reason) = skip_reason {
+        if let Some(reason) = kernel_tests_skip_reason(root) {
             if env::var_os("CI").is_some() {
                 bail!("cannot run the kernel tests: {reason}; CI is set, so this is a failure");
             }
@@ -134,10 +125,8 @@ fn run_test_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> a
         }
         clean_kernel_leftovers()?;
         let result = exec(
-            Command::new("cargo")
-                .current_dir(root)
-                .args(["test", "-p", "p2p-node", "--test", "*", "--"])
-                .args(["--test-threads=1", "--nocapture"])
+            kernel_tests(root)
+                .args(["--", "--test-threads=1", "--nocapture"])
                 .args(&options.harness_args),
         );
         // Cleaned after a failure too: a failed test is the likeliest one to leave things behind.
@@ -147,6 +136,67 @@ fn run_test_stages(root: &Path, options: &Options, stages: &mut Vec<Stage>) -> a
         Ok("passed".to_owned())
     })?;
     qemu_stage(options, stages)
+}
+
+/// Builds, without running them, the binaries of every stage `options` selects, with the very
+/// commands the stages run (so those find them fresh): the unit and host test binaries, the
+/// kernel test binaries, and the release node of the QEMU tier and the testbed.
+fn build_stages(root: &Path, options: &Options) -> anyhow::Result<String> {
+    let mut built = Vec::new();
+    if !options.qemu_only && !options.testbed_only {
+        exec(unit_tests(root).arg("--no-run"))?;
+        exec(host_tests(root).arg("--no-run"))?;
+        built.push("unit and host tests");
+        if !options.unit_only && kernel_tests_skip_reason(root).is_none() {
+            exec(kernel_tests(root).arg("--no-run"))?;
+            built.push("kernel tests");
+        }
+    }
+    let qemu = !options.no_qemu && !options.testbed_only;
+    let testbed = !options.no_testbed && !options.qemu_only;
+    if !options.unit_only && (qemu || testbed) {
+        crate::exec::release_node(true)?;
+        built.push("release node");
+    }
+    Ok(format!("built: {}", built.join(", ")))
+}
+
+/// The workspace's unit tests (`--lib --bins`: no kernel needed).
+fn unit_tests(root: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["test", "--workspace", "--lib", "--bins"]);
+    cmd
+}
+
+/// The eBPF crate's host tests. Without RUSTUP_TOOLCHAIN (set by the rustup proxy that started
+/// xtask on stable), rustup reads cc-ebpf/rust-toolchain.toml and uses its nightly.
+fn host_tests(root: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("cc-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["test", "--lib"]);
+    cmd
+}
+
+/// p2p-node's integration tests (`p2p-node/tests/*.rs`), which need the kernel.
+fn kernel_tests(root: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["test", "-p", "p2p-node", "--test", "*"]);
+    cmd
+}
+
+/// Why the kernel tests cannot run here, if they cannot.
+fn kernel_tests_skip_reason(root: &Path) -> Option<&'static str> {
+    if !is_root() {
+        Some("not root (they need BPF and network namespaces)")
+    } else if !has_integration_tests(&root.join("p2p-node/tests")) {
+        // `cargo test --test '*'` would fail with "no test target matches pattern".
+        Some("p2p-node has no integration tests (p2p-node/tests/*.rs)")
+    } else {
+        None
+    }
 }
 
 fn qemu_stage(options: &Options, stages: &mut Vec<Stage>) -> anyhow::Result<()> {
