@@ -148,6 +148,7 @@ pub enum CcAction {
     },
     /// Show bbr-p2p's tunables, or change some (`--set name=value`, repeatable).
     Tunables {
+        /// A tunable to change (repeatable); all are validated together, and it needs the token.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
@@ -161,7 +162,8 @@ pub struct RunArgs {
     /// Peer to connect to (repeatable), a full multiaddr ending in /p2p/<PeerId>.
     #[arg(long)]
     pub peer: Vec<Multiaddr>,
-    /// Congestion control for every TCP connection of the node (default: the kernel's default).
+    /// Congestion control for every TCP connection of the node (default: bbr-p2p when the
+    /// kernel can run it, else the kernel's default, with a warning).
     #[arg(long)]
     pub cc: Option<String>,
     /// HTTP API, /metrics and live page.
