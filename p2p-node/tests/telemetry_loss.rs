@@ -250,8 +250,29 @@ fn congestion_state_time_adds_up_to_the_connection_lifetime() {
     // Scrapes encode the collector's latest snapshot: wait one collection so the node reads
     // its clock after `before_read`.
     std::thread::sleep(p2p_node::telemetry::collector::INTERVAL + Duration::from_millis(100));
-    let text = pair.sender.get("/metrics");
-    let conn = pair.connection();
+    // `/metrics` and `/api/peers` are two requests: a collection between them gives answers one
+    // snapshot (1 s of the idle connection's open time) apart (failed once so). Read the pair
+    // again (bounded) until both show the same state time.
+    let states_sum = |t: &str| -> f64 {
+        t.lines()
+            .filter(|l| {
+                l.starts_with("p2pcc_peer_ca_state_seconds_total{")
+                    && l.contains(&format!("{}=\"{}\"", label.0, label.1))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (mut text, mut conn) = (String::new(), serde_json::Value::Null);
+    for _ in 0..5 {
+        text = pair.sender.get("/metrics");
+        conn = pair.connection();
+        let api: f64 = conn["tcp"]["ca_state_seconds"]
+            .as_object()
+            .map_or(0.0, |m| m.values().filter_map(|v| v.as_f64()).sum());
+        if (states_sum(&text) - api).abs() < 1e-3 {
+            break;
+        }
+    }
     let after = Instant::now();
     let tcp = &conn["tcp"];
     let tracked = tcp["tracked_seconds"].as_f64().unwrap();
