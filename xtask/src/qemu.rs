@@ -5,7 +5,8 @@
 //! `cargo xtask setup` fetches the kernel ([`fetch_kernel`]: `apt-get download` of the newest
 //! `linux-image-6.1.0-<N>-cloud-amd64-unsigned`, unpacked into `target/qemu/`), `qemu-system-x86`
 //! and `busybox-static`. The guest prints one `P2PCC-QEMU <check> ...` line per check on the
-//! serial console; QEMU's exit status is always 0, so [`judge`] decides from those lines, under
+//! serial console (among them CGROUP2: a node in a cgroup v2 child with `memory.max` = 256 MiB
+//! reports that limit in /api/node); QEMU's exit status is always 0, so [`judge`] decides from those lines, under
 //! a hard host-side timeout.
 
 use std::{
@@ -263,7 +264,7 @@ pub fn judge(console: &str) -> Result<String, String> {
         return Err(failed.to_string());
     }
     let kernel = find("KERNEL ").ok_or("the guest printed no KERNEL line (did it boot?)")?;
-    for check in ["PROBES ok", "FEATURES ok", "SWITCH ok"] {
+    for check in ["PROBES ok", "FEATURES ok", "SWITCH ok", "CGROUP2 ok"] {
         if find(check).is_none() {
             return Err(format!("no `{check}` marker"));
         }
@@ -293,6 +294,7 @@ mod tests {
         P2PCC-QEMU SWITCH ok reno,cubic\n\
         P2PCC-QEMU CC-LIST {}\n\
         P2PCC-QEMU BBR unavailable: bbr-p2p is unavailable on this kernel (Linux 6.1.0-57-cloud-amd64): x\n\
+        P2PCC-QEMU CGROUP2 ok memory.max=268435456; cgroup: 0::/p2pcc-mem\n\
         P2PCC-QEMU DONE\n";
 
     #[test]
@@ -307,6 +309,7 @@ mod tests {
             "FEATURES ok",
             "SWITCH ok",
             "BBR unavailable",
+            "CGROUP2 ok",
             "DONE",
             "KERNEL",
         ] {

@@ -102,6 +102,54 @@ else
     fi
 fi
 
+# 5. A cgroup v2 memory.max is the node's memory limit (as the v1 kernel test `limits::a_memory_
+#    limit_on_the_nodes_cgroup_is_reflected_in_its_limits` checks on the host): node D runs in a
+#    child cgroup with memory.max = 256 MiB (its pid written to cgroup.procs before the exec);
+#    its /api/node must report that limit, name the file, and derive fewer connections and
+#    streams than node A (no cgroup limit, /tmp/node.json from check 2) and the defaults.
+LIMIT=268435456
+CG=/sys/fs/cgroup/p2pcc-mem
+# The `limits` object's memory budget and system scope, in the order /api/node serialises them.
+limits_of() { grep -o '"limits":{"memory":{"source":[^,]*,"available_bytes":[0-9]*,"limit_bytes":[0-9]*},"system":{[^}]*}' "$1" | head -n 1; }
+field() { echo "$2" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+source_of() { echo "$1" | sed -n 's/.*"memory":{"source":\([^,]*\),.*/\1/p'; }
+if mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup &&
+    echo +memory >/sys/fs/cgroup/cgroup.subtree_control && mkdir "$CG" &&
+    echo "$LIMIT" >"$CG/memory.max"; then
+    sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" \
+        $N run --listen /ip4/127.0.0.1/tcp/4004 --http 127.0.0.1:9504 --cc cubic >/tmp/d.log 2>&1 &
+    D_PID=$!
+    wait_for 40 has_addr /tmp/d.log
+    timeout 10 wget -qO /tmp/limited.json http://127.0.0.1:9504/api/node
+    in_cg=$(cat "/proc/$D_PID/cgroup" 2>/dev/null)
+    limited=$(limits_of /tmp/limited.json)
+    free=$(limits_of /tmp/node.json)
+    source=$(source_of "$limited")
+    avail=$(field available_bytes "$limited")
+    budget=$(field limit_bytes "$limited")
+    conns_in=$(field conns_inbound "$limited")
+    conns_out=$(field conns_outbound "$limited")
+    streams_in=$(field streams_inbound "$limited")
+    free_source=$(source_of "$free")
+    free_avail=$(field available_bytes "$free")
+    free_streams_in=$(field streams_inbound "$free")
+    got="cgroup: $in_cg; source $source, available $avail, budget $budget, conns in/out $conns_in/$conns_out, streams in $streams_in (node A: source $free_source, available $free_avail, streams in $free_streams_in)"
+    expected=$LIMIT
+    if [ "$in_cg" = "0::/p2pcc-mem" ] && [ "$avail" = "$expected" ] &&
+        [ "$source" = "{\"cgroup_v2\":\"$CG/memory.max\"}" ] &&
+        [ "${budget:-0}" -gt 0 ] && [ "$budget" -lt "$LIMIT" ] &&
+        [ "$free_source" = '"host"' ] && [ "${free_avail:-0}" -gt "$LIMIT" ] &&
+        [ "${conns_in:-1024}" -lt 1024 ] && [ "${conns_out:-512}" -lt 512 ] &&
+        [ -n "$free_streams_in" ] && [ "${streams_in:-$free_streams_in}" -lt "$free_streams_in" ]; then
+        mark "CGROUP2 ok memory.max=$LIMIT; $got"
+    else
+        mark "CGROUP2 FAIL expected memory.max $expected in cgroup 0::/p2pcc-mem; $got; /api/node: $(head -c 600 /tmp/limited.json); log: $(tail -n 3 /tmp/d.log | tr '\n' ' ')"
+    fi
+    kill "$D_PID" 2>/dev/null
+else
+    mark "CGROUP2 FAIL no memory controller: controllers '$(cat /sys/fs/cgroup/cgroup.controllers 2>&1)'"
+fi
+
 kill "$A_PID" "$B_PID" 2>/dev/null
 mark DONE
 poweroff -f
