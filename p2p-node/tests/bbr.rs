@@ -12,7 +12,7 @@ use cc_ebpf_common::{
     bbr::{BbrState, Mode},
     resume::{Reason, Start},
 };
-use common::{Routed, kernel_tests_possible};
+use common::{DelayLine, Routed, kernel_tests_possible};
 use p2p_node::{ebpf::bbr::BbrP2p, sockets};
 
 fn register() -> BbrP2p {
@@ -109,11 +109,16 @@ fn kernel_now_us() -> u64 {
 /// PROBE_RTT comes when no RTT sample has been as low as the window's minimum for the
 /// PROBE_RTT interval, and drains the queue to measure the path's RTT. With the min-RTT window
 /// shortened to 4 s through the config map, the interval is 2 s (deviation 7: half the
-/// window, v3's 5 s of 10 s). The namespaces have no propagation delay (no netem): RTT samples
-/// vary with the queue and the scheduler, and a new lowest sample legitimately restarts the
-/// timer (v3's `probe_rtt_min_us` filter), so the test does not count on a fixed number of
-/// entries; it checks each against the timer read back from the socket: none before the timer
-/// expired, none missed once it had, and each drained the queue.
+/// window, v3's 5 s of 10 s). The namespaces start with no propagation delay: RTT samples vary
+/// with the queue and the scheduler, and a new lowest sample legitimately restarts the timer
+/// (v3's `probe_rtt_min_us` filter) — on a quiet machine a flow that drains its queue in every
+/// cruise can keep restarting it, and then no PROBE_RTT is due (seen in CI: 0 entries, 4
+/// restarts in 7 s). So after 1.5 s the path's RTT rises by 2 ms (a delay line of 1 ms each way
+/// at the router; this kernel has no netem): no
+/// later sample can reach the old minimum, the timer must expire and PROBE_RTT must come, and
+/// by the end the min-RTT window (4 s) has followed the path (≥ 1 ms). Each entry is checked
+/// against the timer read back from the socket: none before the timer expired, none missed once
+/// it had, and each drained the queue (its lowest RTT within 1 ms of the path's).
 #[test]
 fn probe_rtt_follows_the_min_rtt_window() {
     if !kernel_tests_possible() {
@@ -123,6 +128,9 @@ fn probe_rtt_follows_the_min_rtt_window() {
     // PROBE_RTT starts on the first ACK after expiry; ACKs come every few µs here, so this
     // only covers the scheduling of this process between its samples.
     const LATE_US: u64 = 300_000;
+    // The path's RTT rise after 1.5 s: the delay line holds every forwarded packet, data and
+    // ACKs, for half of it.
+    const RISE_US: u32 = 2_000;
     let bbr = register();
     let config = cc_ebpf_common::bbr::BbrConfig {
         min_rtt_window_us: 2 * INTERVAL_US as u32,
@@ -133,7 +141,11 @@ fn probe_rtt_follows_the_min_rtt_window() {
     let mut flow = net.flow(5104, "bbr_p2p");
     let start = Instant::now();
     let mut samples: Vec<(u64, BbrState)> = Vec::new();
+    let mut delay = None;
     while start.elapsed() < Duration::from_secs(7) {
+        if delay.is_none() && start.elapsed() >= Duration::from_millis(1500) {
+            delay = Some(DelayLine::start(&net.router, RISE_US as u64 / 2_000));
+        }
         flow.send(64 << 10);
         let state = bbr.state(flow.client.as_fd()).expect("bbr-p2p state");
         samples.push((kernel_now_us(), state));
@@ -160,7 +172,7 @@ fn probe_rtt_follows_the_min_rtt_window() {
                 after.probe_rtt_count, after.probe_rtt_min_us, after.min_rtt_us
             );
             assert!(
-                after.probe_rtt_min_us < 1_000,
+                after.probe_rtt_min_us < RISE_US + 1_000,
                 "PROBE_RTT {} did not drain the queue: lowest RTT {} us",
                 after.probe_rtt_count,
                 after.probe_rtt_min_us
@@ -187,6 +199,13 @@ fn probe_rtt_follows_the_min_rtt_window() {
     assert!(
         samples.iter().any(|(_, s)| s.mode() == Mode::ProbeRtt),
         "no sample caught PROBE_RTT"
+    );
+    let last = samples.last().unwrap().1;
+    assert!(
+        last.min_rtt_us >= RISE_US / 2,
+        "min RTT {} us 5.5 s after the path's RTT rose by {RISE_US} us: the 4 s window did not \
+         follow the path",
+        last.min_rtt_us
     );
 }
 
