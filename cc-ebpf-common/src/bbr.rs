@@ -2,7 +2,7 @@
 //! read by the node with the socket as key) and its run-time configuration. Careful resume's
 //! types (the node's per-socket hint) are in [`crate::resume`].
 
-/// Name of the socket-storage map holding each socket's [`BbrState`].
+/// Name of the socket-storage map holding each socket's [`BbrStorage`] (its [`BbrState`] first).
 pub const BBR_STATE_MAP: &str = "BBR_STATE";
 /// Name of the two-slot array holding the [`BbrConfig`] (see [`BBR_CONFIG_SLOT_MAP`]).
 pub const BBR_CONFIG_MAP: &str = "BBR_CONFIG";
@@ -221,6 +221,21 @@ pub struct BbrState {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<BbrState>() == 208);
+
+/// 8-byte words after the state in each socket's storage value, for the eBPF side's per-op
+/// scratch (the socket as read for the current ACK and its rate sample, kept off the 512-byte
+/// stack). In the same value as the state so that an ACK makes one storage lookup, not two.
+pub const BBR_SCRATCH_WORDS: usize = 18;
+
+/// The value of [`BBR_STATE_MAP`]: the state the node reads, then the eBPF side's scratch
+/// (meaningless to the node; it reads the whole value and keeps [`BbrStorage::state`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BbrStorage {
+    pub state: BbrState,
+    pub scratch: [u64; BBR_SCRATCH_WORDS],
+}
+const _: () = assert!(core::mem::size_of::<BbrStorage>() == 208 + 8 * BBR_SCRATCH_WORDS);
 
 impl BbrState {
     pub fn mode(&self) -> Mode {

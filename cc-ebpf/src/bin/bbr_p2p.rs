@@ -24,7 +24,7 @@ use cc_ebpf::{
 };
 use cc_ebpf_common::{
     TCP_CONG_NON_RESTRICTED,
-    bbr::{BBR_CONFIG_SLOTS, BbrConfig, BbrState, Mode},
+    bbr::{BBR_CONFIG_SLOTS, BBR_SCRATCH_WORDS, BbrConfig, BbrStorage, Mode},
     resume::{self, ResumeSlot, Start},
 };
 
@@ -54,13 +54,14 @@ const SK_STORAGE_CREATE: u64 = 1;
 const SK_PACING_NONE: u32 = 0;
 const SK_PACING_NEEDED: u32 = 1;
 
-/// Per-socket state. Socket storage is sized by the sockets that use it (max_entries must be 0).
+/// Per-socket state and scratch ([`BbrStorage`]): one socket-storage value, so an ACK makes
+/// one storage lookup. Socket storage is sized by the sockets that use it (max_entries must be 0).
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "maps")]
 pub static BBR_STATE: MapDef = MapDef {
     map_type: MAP_TYPE_SK_STORAGE,
     key_size: 4,
-    value_size: core::mem::size_of::<BbrState>() as u32,
+    value_size: core::mem::size_of::<BbrStorage>() as u32,
     max_entries: 0,
     map_flags: F_NO_PREALLOC,
     id: 0,
@@ -68,39 +69,42 @@ pub static BBR_STATE: MapDef = MapDef {
 };
 
 /// The socket as read for the current op and the op's rate sample: kept in socket storage
-/// rather than on the stack, for the verifier (see [`stage_barrier`]).
+/// (the scratch words of [`BbrStorage`]) rather than on the stack, for the verifier (see
+/// [`stage_barrier`]).
 #[repr(C)]
 pub struct Scratch {
     conn: Conn,
     rs: RateSample,
 }
+const _: () = assert!(
+    core::mem::size_of::<Scratch>() <= 8 * BBR_SCRATCH_WORDS
+        && core::mem::align_of::<Scratch>() <= 8,
+    "Scratch must fit BbrStorage::scratch"
+);
 
-/// Per-socket [`Scratch`] (socket storage is sized by the sockets that use it).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "maps")]
-pub static BBR_SCRATCH: MapDef = MapDef {
-    map_type: MAP_TYPE_SK_STORAGE,
-    key_size: 4,
-    value_size: core::mem::size_of::<Scratch>() as u32,
-    max_entries: 0,
-    map_flags: F_NO_PREALLOC,
-    id: 0,
-    pinning: 0,
-};
-
-/// The socket's scratch space, created on first use.
+/// The socket's storage value; `create` makes it (zeroed) if the socket has none yet.
 #[inline(always)]
-fn scratch(sk: KernelPtr) -> *mut Scratch {
-    // SAFETY: the map is a socket-storage map of Scratch values; `sk` is the op's socket.
-    unsafe {
+fn storage(sk: KernelPtr, create: bool) -> Option<&'static mut BbrStorage> {
+    let flags = if create { SK_STORAGE_CREATE } else { 0 };
+    // SAFETY: the map is a socket-storage map of BbrStorage values; `sk` is the op's socket.
+    let ptr = unsafe {
         bpf_sk_storage_get(
-            (&raw const BBR_SCRATCH).cast_mut().cast(),
+            (&raw const BBR_STATE).cast_mut().cast(),
             sk.as_ptr().cast(),
             core::ptr::null_mut(),
-            SK_STORAGE_CREATE,
+            flags,
         )
-    }
-    .cast()
+    };
+    // SAFETY: a non-null result points to this socket's value, which the kernel keeps alive
+    // for the program's run.
+    (!ptr.is_null()).then(|| unsafe { &mut *ptr.cast::<BbrStorage>() })
+}
+
+/// The socket's state; `create` makes it (zeroed) if the socket has none yet.
+#[inline(always)]
+fn state(sk: KernelPtr, create: bool) -> Option<&'static mut Bbr> {
+    // SAFETY: Bbr is a transparent wrapper of BbrState.
+    storage(sk, create).map(|s| unsafe { &mut *(&raw mut s.state).cast::<Bbr>() })
 }
 
 /// The tunables, in two slots: the node fills the slot not in use, then switches
@@ -141,24 +145,6 @@ fn resume_slot(sk: KernelPtr) -> Option<&'static mut ResumeSlot> {
     };
     // SAFETY: a non-null result points to this socket's value, alive for the program's run.
     (!ptr.is_null()).then(|| unsafe { &mut *ptr.cast::<ResumeSlot>() })
-}
-
-/// The socket's state; `create` makes it (zeroed) if the socket has none yet.
-#[inline(always)]
-fn state(sk: KernelPtr, create: bool) -> Option<&'static mut Bbr> {
-    let flags = if create { SK_STORAGE_CREATE } else { 0 };
-    // SAFETY: the map is a socket-storage map of BbrState values; `sk` is the op's socket.
-    let ptr = unsafe {
-        bpf_sk_storage_get(
-            (&raw const BBR_STATE).cast_mut().cast(),
-            sk.as_ptr().cast(),
-            core::ptr::null_mut(),
-            flags,
-        )
-    };
-    // SAFETY: a non-null result points to this socket's value, which the kernel keeps alive
-    // for the program's run; Bbr is a transparent wrapper of BbrState.
-    (!ptr.is_null()).then(|| unsafe { &mut *ptr.cast::<Bbr>() })
 }
 
 /// The tunables in use; `None` when the slot holds none (all zero: the node has not written
@@ -389,15 +375,19 @@ pub unsafe extern "C" fn bbr_cong_control_2(ctx: *const u64) {
 fn on_ack(sk: KernelPtr, rs: KernelPtr) {
     // Created here if `init` could not (storage allocation failed then): a socket without
     // state would otherwise stay at its initial window.
-    let Some(bbr) = state(sk, true) else {
+    let Some(storage) = storage(sk, true) else {
         return;
+    };
+    // SAFETY: Bbr is a transparent wrapper of BbrState; Scratch fits the scratch words and
+    // their alignment (asserted above), and all-zero is a valid Scratch (plain integers).
+    let (bbr, sc) = unsafe {
+        (
+            &mut *(&raw mut storage.state).cast::<Bbr>(),
+            (&raw mut storage.scratch).cast::<Scratch>(),
+        )
     };
     let mut fallback = MaybeUninit::uninit();
     let cfg = config_or_default(&mut fallback);
-    let sc = scratch(sk);
-    if sc.is_null() {
-        return;
-    }
     // SAFETY: `sc` points to this socket's scratch value, alive for the program's run; generated
     // offsets of struct rate_sample and tcp_sock fields.
     unsafe {

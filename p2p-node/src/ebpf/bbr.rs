@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use aya::maps::{Array, MapData};
 use cc_ebpf_common::{
-    bbr::{BBR_CONFIG_MAP, BBR_CONFIG_SLOT_MAP, BBR_STATE_MAP, BbrConfig, BbrState},
+    bbr::{BBR_CONFIG_MAP, BBR_CONFIG_SLOT_MAP, BBR_STATE_MAP, BbrConfig, BbrState, BbrStorage},
     btf::Btf,
     resume::{BBR_RESUME_MAP, ResumeSlot},
 };
@@ -223,12 +223,13 @@ pub enum AdoptError {
     Denied(#[from] sys::MapIdsDenied),
 }
 
-/// What this build reads from `BBR_STATE`: socket storage keyed by a socket fd, of `BbrState`.
+/// What this build reads from `BBR_STATE`: socket storage keyed by a socket fd, of
+/// `BbrStorage` (the `BbrState`, then the programs' scratch).
 pub fn state_map_shape() -> sys::MapShape {
     sys::MapShape {
         map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as u32,
         key_size: size_of::<i32>() as u32,
-        value_size: size_of::<BbrState>() as u32,
+        value_size: size_of::<BbrStorage>() as u32,
     }
 }
 
@@ -263,10 +264,11 @@ pub fn config_slot_map_shape() -> sys::MapShape {
 /// caller checked: [`state_map_shape`]).
 pub fn state_of(map: RawFd, socket: BorrowedFd<'_>) -> Option<BbrState> {
     let key = socket.as_raw_fd().to_ne_bytes();
-    let mut value = [0u8; size_of::<BbrState>()];
-    // SAFETY: the state map's value size is size_of::<BbrState>(): this node created it, or
+    let mut value = [0u8; size_of::<BbrStorage>()];
+    // SAFETY: the state map's value size is size_of::<BbrStorage>(): this node created it, or
     // checked it before adopting it (`attach_existing`).
     unsafe { sys::map_lookup(map, &key, &mut value) }.ok()?;
-    // SAFETY: BbrState is plain `#[repr(C)]` integers with no padding, of exactly this size.
+    // SAFETY: the value begins with the BbrState (BbrStorage is `#[repr(C)]`), which is plain
+    // `#[repr(C)]` integers with no padding.
     Some(unsafe { value.as_ptr().cast::<BbrState>().read_unaligned() })
 }
