@@ -178,6 +178,19 @@ fn probe_bw_phase_transitions() {
     }
 }
 
+/// An ACK in a probe round at 100 Mbit/s-ish (170 delivered over 20 ms) reporting `losses` and
+/// sent with `prior_in_flight` packets in flight.
+fn lossy_ack(losses: i32, prior_in_flight: u32) -> RateSample {
+    RateSample {
+        losses,
+        prior_in_flight,
+        acked_sacked: 1,
+        delivered: 170,
+        interval_us: 20_000,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn a_probe_round_losing_more_than_2_percent_sets_inflight_hi_to_the_inflight_then() {
     let cfg = BbrConfig::DEFAULT;
@@ -190,14 +203,7 @@ fn a_probe_round_losing_more_than_2_percent_sets_inflight_hi_to_the_inflight_the
     let mut rand = no_rand();
     for lost in 1..=4 {
         c.lost = lost;
-        let rs = RateSample {
-            losses: 1,
-            prior_in_flight: 230,
-            acked_sacked: 1,
-            delivered: 170,
-            interval_us: 20_000,
-            ..Default::default()
-        };
+        let rs = lossy_ack(1, 230);
         s.on_ack(&mut c, &rs, &cfg, &mut rand);
         assert_eq!(
             s.phase(),
@@ -207,14 +213,7 @@ fn a_probe_round_losing_more_than_2_percent_sets_inflight_hi_to_the_inflight_the
         assert_eq!(s.inflight_hi, UNBOUNDED);
     }
     c.lost = 5;
-    let rs = RateSample {
-        losses: 1,
-        prior_in_flight: 240,
-        acked_sacked: 1,
-        delivered: 170,
-        interval_us: 20_000,
-        ..Default::default()
-    };
+    let rs = lossy_ack(1, 240);
     s.on_ack(&mut c, &rs, &cfg, &mut rand);
     assert_eq!(s.phase(), Phase::Down, "the probe ends");
     assert_eq!(
@@ -238,14 +237,7 @@ fn a_probe_crossing_the_threshold_in_recovery_bounds_inflight_hi_at_the_flight_i
     s.loss_round_delivered = c.delivered + 1_000;
     c.lost = 5;
     c.ca_state = TCP_CA_RECOVERY;
-    let rs = RateSample {
-        losses: 5,
-        prior_in_flight: 130,
-        acked_sacked: 1,
-        delivered: 170,
-        interval_us: 20_000,
-        ..Default::default()
-    };
+    let rs = lossy_ack(5, 130);
     s.on_ack(&mut c, &rs, &cfg, &mut no_rand());
     // The probe ends (DOWN, and CRUISE at once: 130 in flight is below the target).
     assert_ne!(s.phase(), Phase::Up);
