@@ -53,6 +53,7 @@ use crate::exec::{die_with_parent, echo_problems, release_node, stop_child};
 use crate::{
     delay_line::{self, DelayLine},
     exec::{describe, exec, is_root, output, workspace_root},
+    netns::RandomLoss,
     setup,
 };
 
@@ -655,7 +656,7 @@ impl Drop for BpfStatsGuard {
 struct Testbed {
     namespaces: Vec<&'static str>,
     servers: Vec<Child>,
-    loss_rule: Option<String>,
+    loss: Option<RandomLoss>,
 }
 
 impl Testbed {
@@ -663,7 +664,7 @@ impl Testbed {
         let mut bed = Self {
             namespaces: Vec::new(),
             servers: Vec::new(),
-            loss_rule: None,
+            loss: None,
         };
         for ns in [SENDER_NS, ROUTER_NS, RECEIVER_NS] {
             exec(Command::new("ip").args(["netns", "add", ns]))?;
@@ -758,34 +759,17 @@ impl Testbed {
 
     /// Random loss of the sender's packets (data direction only), ahead of the delay line.
     fn set_loss(&mut self, probability: f64) -> anyhow::Result<()> {
-        if let Some(rule) = self.loss_rule.take() {
-            let mut args = vec![
-                "netns",
-                "exec",
-                ROUTER_NS,
-                "iptables-legacy",
-                "-D",
-                "FORWARD",
-            ];
-            args.extend(rule.split(' '));
-            exec(Command::new("ip").args(args))?;
+        if let Some(loss) = self.loss.take() {
+            loss.remove()?;
         }
         if probability > 0.0 {
-            let rule = format!(
-                "-i {ROUTER_IN} -m statistic --mode random --probability {probability} -j DROP"
-            );
-            let mut args = vec![
-                "netns",
-                "exec",
+            let matches = ["-i", ROUTER_IN];
+            self.loss = Some(RandomLoss::insert(
                 ROUTER_NS,
-                "iptables-legacy",
-                "-I",
                 "FORWARD",
-                "1",
-            ];
-            args.extend(rule.split(' '));
-            exec(Command::new("ip").args(args))?;
-            self.loss_rule = Some(rule);
+                &matches,
+                probability,
+            )?);
         }
         Ok(())
     }

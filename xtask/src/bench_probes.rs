@@ -42,6 +42,7 @@ use crate::{
         wait_with_deadline, write_section,
     },
     exec::{describe, exec, is_root, output, workspace_root},
+    netns::RandomLoss,
     setup,
 };
 
@@ -132,7 +133,7 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
             others.join(", ")
         );
     }
-    let bed = Namespace::create()?;
+    let mut bed = Namespace::create()?;
     let congestion_control = output(Command::new("ip").args([
         "netns",
         "exec",
@@ -233,6 +234,7 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
 /// The benchmark's namespace with an iperf3 server in it; removed on drop.
 struct Namespace {
     server: Option<Child>,
+    loss: Option<RandomLoss>,
 }
 
 impl Namespace {
@@ -241,7 +243,10 @@ impl Namespace {
             exec(Command::new("ip").args(["netns", "del", NS]))?;
         }
         exec(Command::new("ip").args(["netns", "add", NS]))?;
-        let mut bed = Self { server: None };
+        let mut bed = Self {
+            server: None,
+            loss: None,
+        };
         exec(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", NS, "iperf3", "-s", "-p", IPERF_PORT])
@@ -256,22 +261,15 @@ impl Namespace {
     }
 
     /// Drops the data direction (towards the server's port) with `probability`; 0 removes it.
-    fn set_loss(&self, probability: f64) -> anyhow::Result<()> {
-        let rule = |op: &str| {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", NS, "iptables-legacy", op, "OUTPUT"])
-                .args(["-p", "tcp", "--dport", IPERF_PORT])
-                .args(["-m", "statistic", "--mode", "random", "--probability"])
-                .arg(format!("{probability}"))
-                .args(["-j", "DROP"]);
-            cmd
-        };
-        if probability > 0.0 {
-            exec(&mut rule("-A"))
-        } else {
-            // Deleting needs the same probability as added: flush the chain instead.
-            exec(Command::new("ip").args(["netns", "exec", NS, "iptables-legacy", "-F", "OUTPUT"]))
+    fn set_loss(&mut self, probability: f64) -> anyhow::Result<()> {
+        if let Some(loss) = self.loss.take() {
+            loss.remove()?;
         }
+        if probability > 0.0 {
+            let matches = ["-p", "tcp", "--dport", IPERF_PORT];
+            self.loss = Some(RandomLoss::insert(NS, "OUTPUT", &matches, probability)?);
+        }
+        Ok(())
     }
 
     /// One bulk iperf3 run over loopback; the receiver's goodput in bit/s.

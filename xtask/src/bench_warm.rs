@@ -24,6 +24,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     delay_line,
     exec::{exec, output, stop_child, workspace_root},
+    netns::RandomLoss,
 };
 
 const SENDER_NS: &str = "p2pcc-bw-s";
@@ -71,7 +72,7 @@ fn bdp_bytes(mbit: u64) -> u64 {
 /// Namespaces, veths, the bottleneck, the delay line and its rule; removed on drop.
 struct Bed {
     line: Option<delay_line::DelayLine>,
-    loss_rule: bool,
+    loss: Option<RandomLoss>,
 }
 
 impl Bed {
@@ -112,7 +113,7 @@ impl Bed {
             delay_line::spawn_forwarding(ROUTER_NS, 0, None, Duration::from_millis(ONE_WAY_MS))?;
         let bed = Self {
             line: Some(line),
-            loss_rule: false,
+            loss: None,
         };
         bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
         Ok(bed)
@@ -148,29 +149,14 @@ impl Bed {
 
     /// Random loss of the data direction (sender → receiver), before the delay line.
     fn set_loss(&mut self, on: bool) -> anyhow::Result<()> {
-        if on == self.loss_rule {
-            return Ok(());
+        match (on, self.loss.take()) {
+            (true, None) => {
+                let matches = ["-i", ROUTER_IN];
+                self.loss = Some(RandomLoss::insert(ROUTER_NS, "FORWARD", &matches, LOSS)?);
+            }
+            (false, Some(loss)) => loss.remove()?,
+            (_, kept) => self.loss = kept,
         }
-        let op = if on { "-I" } else { "-D" };
-        let mut args = vec!["netns", "exec", ROUTER_NS, "iptables-legacy", op, "FORWARD"];
-        if on {
-            args.push("1");
-        }
-        let probability = LOSS.to_string();
-        args.extend([
-            "-i",
-            ROUTER_IN,
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &probability,
-            "-j",
-            "DROP",
-        ]);
-        exec(Command::new("ip").args(args))?;
-        self.loss_rule = on;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 use std::{
     io,
     net::SocketAddr,
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -105,6 +106,89 @@ pub fn tcp_round_trips(
 /// Whether the init namespace has a link named `name`.
 pub fn link_exists(name: &str) -> bool {
     output(Command::new("ip").args(["link", "show", name])).is_ok()
+}
+
+/// A rule that drops packets at random, first in `chain` of a namespace's filter table:
+/// `iptables-legacy -I <chain> 1 <matches> -m statistic --mode random --probability <p> -j DROP`
+/// (the xtables `statistic` match is built in; netem's loss is not, see PLATFORM.md). First, so
+/// that it sees packets before a delay line's NFQUEUE rule takes them. The one place xtask spells
+/// the rule; p2p-node's kernel tests spell the same text in `tests/common` (`Routed::random_loss`).
+///
+/// Deleted when dropped, or by [`RandomLoss::remove`], which reports a failure; nothing to delete
+/// once its namespace is gone (the rule went with it).
+pub struct RandomLoss {
+    namespace: String,
+    /// The chain, then the rule's match and target arguments, as `-I` and `-D` both take them.
+    rule: Vec<String>,
+}
+
+impl RandomLoss {
+    /// Inserts the rule dropping the packets that `matches` selects (e.g. `["-i", "veth0"]`)
+    /// with `probability` (0 to 1).
+    pub fn insert(
+        namespace: &str,
+        chain: &str,
+        matches: &[&str],
+        probability: f64,
+    ) -> anyhow::Result<Self> {
+        if !(0.0..=1.0).contains(&probability) {
+            bail!("a loss probability is between 0 and 1, not {probability}");
+        }
+        let mut rule = vec![chain.to_owned()];
+        rule.extend(matches.iter().map(|word| (*word).to_owned()));
+        rule.extend(["-m", "statistic", "--mode", "random", "--probability"].map(str::to_owned));
+        rule.push(probability.to_string());
+        rule.extend(["-j", "DROP"].map(str::to_owned));
+        let loss = Self {
+            namespace: namespace.to_owned(),
+            rule,
+        };
+        loss.iptables("-I", Some("1"))?;
+        Ok(loss)
+    }
+
+    /// Deletes the rule now.
+    pub fn remove(mut self) -> anyhow::Result<()> {
+        self.delete()
+    }
+
+    fn delete(&mut self) -> anyhow::Result<()> {
+        if self.rule.is_empty() {
+            return Ok(());
+        }
+        let deleted = if Path::new("/run/netns").join(&self.namespace).exists() {
+            self.iptables("-D", None)
+        } else {
+            Ok(())
+        };
+        self.rule.clear();
+        deleted
+    }
+
+    fn iptables(&self, action: &str, position: Option<&str>) -> anyhow::Result<()> {
+        let (chain, spec) = self.rule.split_first().expect("a rule has a chain");
+        exec(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.namespace,
+                    "iptables-legacy",
+                    action,
+                    chain,
+                ])
+                .args(position)
+                .args(spec),
+        )
+    }
+}
+
+impl Drop for RandomLoss {
+    fn drop(&mut self) {
+        if let Err(err) = self.delete() {
+            eprintln!("[netns] cleanup: {err:#}");
+        }
+    }
 }
 
 /// Namespace names from `ip netns list`, whose lines read `name` or `name (id: 3)`.

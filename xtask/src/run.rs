@@ -51,7 +51,8 @@ use crate::{
     delay_line::{self, DelayLine},
     exec::{describe, exec, is_root, output},
     link::{self, Link},
-    netns, overview, prometheus, setup,
+    netns::{self, RandomLoss},
+    overview, prometheus, setup,
     workload::{self, NodeApi, Traffic},
 };
 
@@ -327,6 +328,8 @@ struct Testbed {
     nodes: Vec<Node>,
     /// One per node link, when the kernel has no netem.
     delay_lines: Vec<DelayLine>,
+    /// Two per lossy link (one a direction), in the router namespace.
+    loss_rules: Vec<RandomLoss>,
 }
 
 impl Testbed {
@@ -387,23 +390,11 @@ impl Testbed {
         }
         if link.loss > 0.0 {
             // Both directions, ahead of the delay rules (inserted at the top).
-            let probability = link.loss.to_string();
             for direction in ["-i", "-o"] {
-                iptables(&[
-                    "-I",
-                    "FORWARD",
-                    "1",
-                    direction,
-                    &router_veth,
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    &probability,
-                    "-j",
-                    "DROP",
-                ])?;
+                let matches = [direction, router_veth.as_str()];
+                self.loss_rules.push(RandomLoss::insert(
+                    ROUTER_NS, "FORWARD", &matches, link.loss,
+                )?);
             }
         }
         Ok(())
@@ -739,6 +730,11 @@ impl Testbed {
         if !self.nodes.is_empty() {
             println!("[run] stopping {} nodes", self.nodes.len());
             self.stop_nodes();
+        }
+        for rule in self.loss_rules.drain(..) {
+            if let Err(err) = rule.remove() {
+                eprintln!("[run] cleanup: {err:#}");
+            }
         }
         // Before the namespace goes: a delay line's socket lives in it and releases what it holds.
         for (i, line) in (1..).zip(self.delay_lines.drain(..)) {

@@ -625,7 +625,9 @@ impl Routed {
     }
 
     /// Drops each of the sender's packets (the data direction) with `probability` at the
-    /// router, ahead of anything else in its FORWARD chain (a delay line's NFQUEUE rule).
+    /// router, ahead of anything else in its FORWARD chain (a delay line's NFQUEUE rule). The
+    /// tests' one spelling of the rule, the same text as xtask's `netns::RandomLoss`; it goes
+    /// with the router namespace when `self` is dropped.
     pub fn random_loss(&self, probability: f64) {
         sh(&[
             "ip",
