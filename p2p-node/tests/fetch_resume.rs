@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{NetnsPair, Node, eventually, kernel_tests_possible, post_in_ns, sh};
+use common::{NetnsPair, Node, eventually, http_in_ns, kernel_tests_possible, sh};
 
 /// Chunks of the shared file (256 KiB each: 32 MiB).
 const CHUNKS: usize = 128;
@@ -67,9 +67,10 @@ fn a_fetch_killed_at_90_percent_resumes_and_refetches_at_most_12_percent() {
     };
 
     // The fetch runs on its own thread (its HTTP answer never comes: the node is killed).
-    let (ns, token, req) = (net.b.clone(), b.token.clone(), request.clone());
-    std::thread::spawn(move || {
-        let _ = std::panic::catch_unwind(|| post_in_ns(&ns, "/api/files/fetch", &req, &token));
+    let (ns, port, token, req) = (net.b.clone(), b.http_port, b.token.clone(), request.clone());
+    let killed_fetch = std::thread::spawn(move || {
+        let (method, path, timeout) = ("POST", "/api/files/fetch", Duration::from_secs(120));
+        http_in_ns(&ns, port, method, path, &req, Some(&token), timeout)
     });
     let start = Instant::now();
     let mut b = b;
@@ -87,6 +88,9 @@ fn a_fetch_killed_at_90_percent_resumes_and_refetches_at_most_12_percent() {
     };
     b.child.wait().unwrap();
     assert!(at_kill < CHUNKS, "killed too late: {at_kill} chunks");
+    // The killed node closed the connection without an answer.
+    let answer = killed_fetch.join().expect("the fetch's HTTP thread");
+    assert!(answer.is_err(), "the killed fetcher answered: {answer:?}");
     assert!(!b_dir.join("downloads/big.bin").exists());
     let left = listed();
     eprintln!(

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::bail;
 
-use crate::exec::{exec, output};
+use crate::exec::{describe, exec, output};
 
 /// The prefix of every namespace and init-namespace link this project creates.
 pub const PREFIX: &str = "p2pcc-";
@@ -35,12 +35,28 @@ pub fn delete_leftovers() -> anyhow::Result<()> {
         }
     }
     for link in link_names(&output(Command::new("ip").args(["-o", "link", "show"]))?) {
-        // Re-checked because deleting one end of a veth pair also deletes the other.
-        if link.starts_with(PREFIX) && link_exists(link) {
-            exec(Command::new("ip").args(["link", "del", link]))?;
+        if link.starts_with(PREFIX) {
+            delete_link(link)?;
         }
     }
     Ok(())
+}
+
+/// Deletes `link` from the init namespace unless it is gone already: deleting one end of a veth
+/// pair deletes the other, and a deleted namespace takes its veths' peers with it a moment
+/// later (the kernel dismantles it asynchronously), so a link listed or seen just before may
+/// vanish before `ip link del` reaches it. An error only when the link is still there after.
+pub fn delete_link(link: &str) -> anyhow::Result<()> {
+    if !link_exists(link) {
+        return Ok(());
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["link", "del", link]);
+    println!("$ {}", describe(&cmd));
+    match output(&mut cmd) {
+        Err(_) if !link_exists(link) => Ok(()),
+        result => result.map(drop),
+    }
 }
 
 /// SIGKILL to every process in `namespace` (`ip netns pids`), then waits up to a second for them

@@ -210,11 +210,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     } else {
         None
     };
-    let workload = workload::start(options.traffic, &apis, testbed_token(), stop_requested)?;
+    let mut workload = workload::start(options.traffic, &apis, testbed_token(), stop_requested)?;
     let result = testbed.wait_until_stopped(options.duration.map(Duration::from_secs));
-    // Nodes first: a workload thread inside a 20 s bulk upload returns once its node is gone,
-    // while joining it first could outlast the grace a caller gives the run after SIGTERM.
-    workload.request_stop();
+    // The workload first (its requests in flight are abandoned within 0.1 s): the nodes then
+    // have no transfer to finish and stop on SIGTERM, and no request fails because they did.
+    workload.stop();
     testbed.teardown();
     drop(workload);
     result
@@ -757,8 +757,7 @@ impl Testbed {
             }
         }
         if self.host_link
-            && netns::link_exists(HOST_LINK)
-            && let Err(err) = exec(Command::new("ip").args(["link", "del", HOST_LINK]))
+            && let Err(err) = netns::delete_link(HOST_LINK)
         {
             eprintln!("[run] cleanup: {err:#}");
         }

@@ -11,12 +11,13 @@
 //!   queue a node's uploads meet is the one its own algorithm builds; the ACKs of those uploads
 //!   come back through node i's own egress queue, which node i-1's algorithm fills.
 //!
-//! Every request is bounded by a read timeout; the threads stop when asked (the [`Workload`]
-//! guard's drop) within one request.
+//! Every request is bounded by a read timeout; the threads stop when asked ([`Workload::stop`],
+//! or the guard's drop) within [`POLL`]: a request in flight is abandoned, its connection closed
+//! (the node drops the request), and what fails after the stop is not reported.
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
+    io::{self, Read as _, Write as _},
     net::TcpStream,
     path::PathBuf,
     sync::{
@@ -91,19 +92,19 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Asks the threads to stop without waiting: one may be inside a bulk upload that only ends
-    /// when the nodes stop (see `run::run`).
-    pub fn request_stop(&self) {
+    /// Stops the threads and waits for them: before the nodes stop, so that no request of the
+    /// workload is cut off by a node's exit (the nodes' directories stay until the drop).
+    pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.stop();
         let _ = fs::remove_dir_all(WORK_DIR);
     }
 }
@@ -170,9 +171,21 @@ fn bulk_uploads(sender: &NodeApi, receiver: &NodeApi, token: &str, running: &imp
     );
     wait_for_connection(sender, receiver, token, running);
     while running() {
-        if let Err(err) = post(&sender.http, "/api/perf", &body, token, timeout) {
-            println!("[traffic] bulk {}→{}: {err:#}", sender.name, receiver.name);
-            pause(RETRY_PAUSE, running);
+        match request(
+            "POST",
+            &sender.http,
+            "/api/perf",
+            &body,
+            token,
+            timeout,
+            running,
+        ) {
+            Err(err) if running() => {
+                println!("[traffic] bulk {}→{}: {err:#}", sender.name, receiver.name);
+                pause(RETRY_PAUSE, running);
+            }
+            // Stopped meanwhile: the request was abandoned, nothing to report.
+            Err(_) | Ok(_) => {}
         }
     }
 }
@@ -187,12 +200,13 @@ fn share_and_fetch(nodes: &[NodeApi], token: &str, running: &impl Fn() -> bool) 
         // Sharing is retried each round until it worked (a node may still be joining the DHT).
         for (node, id) in nodes.iter().zip(ids.iter_mut()) {
             if id.is_none() {
-                match share(node, token) {
+                match share(node, token, running) {
                     Ok(file_id) => {
                         println!("[traffic] {} shares file {}", node.name, &file_id[..16]);
                         *id = Some(file_id);
                     }
-                    Err(err) => println!("[traffic] {} share: {err:#}", node.name),
+                    Err(err) if running() => println!("[traffic] {} share: {err:#}", node.name),
+                    Err(_) => {}
                 }
             }
         }
@@ -206,25 +220,27 @@ fn share_and_fetch(nodes: &[NodeApi], token: &str, running: &impl Fn() -> bool) 
         let name = format!("fetched-{}-{round}", nodes[fetcher].name);
         let out = PathBuf::from(DOWNLOAD_DIR).join(&name);
         let body = serde_json::json!({ "id": id, "out": name }).to_string();
-        match post(
+        match request(
+            "POST",
             &nodes[fetcher].http,
             "/api/files/fetch",
             &body,
             token,
             FETCH_PERIOD * 6,
+            running,
         ) {
-            Ok(_) => {}
-            Err(err) => println!(
+            Err(err) if running() => println!(
                 "[traffic] {} fetch of {}'s file: {err:#}",
                 nodes[fetcher].name, nodes[owner].name
             ),
+            Err(_) | Ok(_) => {}
         }
         let _ = fs::remove_file(&out);
     }
 }
 
 /// Writes the node's file (pseudo-random bytes, distinct per node) and shares it; returns its id.
-fn share(node: &NodeApi, token: &str) -> anyhow::Result<String> {
+fn share(node: &NodeApi, token: &str, running: &impl Fn() -> bool) -> anyhow::Result<String> {
     let path = PathBuf::from(SHARE_DIR).join(format!("shared-{}.bin", node.name));
     if !path.exists() {
         let seed = node
@@ -237,12 +253,14 @@ fn share(node: &NodeApi, token: &str) -> anyhow::Result<String> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let body = serde_json::json!({ "path": path }).to_string();
-    let response = post(
+    let response = request(
+        "POST",
         &node.http,
         "/api/files",
         &body,
         token,
         Duration::from_secs(30),
+        running,
     )?;
     let report: serde_json::Value =
         serde_json::from_str(&response).context("reading the share report")?;
@@ -274,19 +292,9 @@ fn pause(duration: Duration, running: &impl Fn() -> bool) {
     }
 }
 
-/// One `POST` with a JSON body and the run's token; the response body on 200.
-pub fn post(
-    address: &str,
-    path: &str,
-    body: &str,
-    token: &str,
-    timeout: Duration,
-) -> anyhow::Result<String> {
-    request("POST", address, path, body, token, timeout)
-}
-
 /// One request with the run's token on its own connection; the response body on 200 (the
-/// routes used reply with a length, not chunked).
+/// routes used reply with a length, not chunked). Abandoned (the connection closed, an error
+/// returned) when the answer takes longer than `timeout` or the run stops.
 fn request(
     method: &str,
     address: &str,
@@ -294,19 +302,48 @@ fn request(
     body: &str,
     token: &str,
     timeout: Duration,
+    running: &impl Fn() -> bool,
 ) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(2))
         .with_context(|| format!("connecting to {address}"))?;
-    stream.set_read_timeout(Some(timeout))?;
+    // Short reads, so that a stop is seen while a long transfer is in flight.
+    stream.set_read_timeout(Some(POLL))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .with_context(|| format!("{method} {path} to {address}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if !running() {
+                    bail!("{method} {path} to {address}: abandoned, the run stops");
+                }
+                if Instant::now() >= deadline {
+                    bail!("{method} {path} to {address}: no answer within {timeout:?}");
+                }
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("{method} {path} to {address}"));
+            }
+        }
+    }
+    let response = String::from_utf8_lossy(&response);
+    if response.is_empty() {
+        bail!("{method} {path} to {address}: the connection closed without an answer");
+    }
     let status = response.split_whitespace().nth(1).unwrap_or("?");
     let body = response
         .split_once("\r\n\r\n")
@@ -336,6 +373,7 @@ fn wait_for_connection(
             "",
             token,
             Duration::from_secs(5),
+            running,
         )
         .ok()
         .and_then(|body| serde_json::from_str::<Vec<serde_json::Value>>(&body).ok())
