@@ -15,7 +15,7 @@ mod common;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use common::{NetnsPair, Node, enter_netns, eventually, kernel_tests_possible};
+use common::{NetnsPair, Node, enter_netns, eventually, kernel_tests_possible, metric_value};
 use futures::StreamExt as _;
 use libp2p::{Multiaddr, PeerId, swarm::SwarmEvent};
 use p2p_node::{heap::TRIM_INTERVAL, node::transport, sockets::SocketTable};
@@ -128,12 +128,6 @@ async fn connect_in_waves(target: &Multiaddr, n: usize, wave_size: usize) -> Vec
     clients
 }
 
-/// The value of an exact series in Prometheus text.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn a_thousand_peers_behind_one_address_are_each_bound_to_their_own_socket() {
     if !kernel_tests_possible() {
@@ -197,7 +191,7 @@ fn a_thousand_peers_behind_one_address_are_each_bound_to_their_own_socket() {
     // No socket is left without its PeerId, now or past the handshake timeout.
     let text = a.get("/metrics");
     let value = |series: &str| -> f64 {
-        value(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics"))
+        metric_value(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics"))
     };
     assert_eq!(value("p2pcc_sockets_unbound"), 0.0);
     assert_eq!(value("p2pcc_sockets_unbound_past_handshake_timeout"), 0.0);
@@ -272,14 +266,14 @@ fn churn(cycles: usize, name: &str, subnet: u8) {
     let a = Node::start(&net.a, &net.addr_a, &["--cc", "cubic"]);
     let target: Multiaddr = a.multiaddr.parse().unwrap();
     let runtime = runtime_in(&net.b);
-    let metric = |series: &str| value(&a.get("/metrics"), series);
+    let metric = |series: &str| metric_value(&a.get("/metrics"), series);
     let settled = |what: &str| {
         let mut last = String::new();
         eventually(Duration::from_secs(60), || {
             let text = a.get("/metrics");
-            let entries = value(&text, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}");
-            let closing = value(&text, "p2pcc_ebpf_sockets_closing");
-            let unbound = value(&text, "p2pcc_sockets_unbound");
+            let entries = metric_value(&text, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}");
+            let closing = metric_value(&text, "p2pcc_ebpf_sockets_closing");
+            let unbound = metric_value(&text, "p2pcc_sockets_unbound");
             let peer_series = text
                 .lines()
                 .filter(|l| l.starts_with("p2pcc_peer_"))
@@ -321,8 +315,8 @@ fn churn(cycles: usize, name: &str, subnet: u8) {
         metric("process_resident_memory_bytes").filter(|rss| *rss <= baseline * 1.10)
     });
     let text = a.get("/metrics");
-    let rss =
-        trimmed.unwrap_or_else(|| value(&text, "process_resident_memory_bytes").expect("RSS"));
+    let rss = trimmed
+        .unwrap_or_else(|| metric_value(&text, "process_resident_memory_bytes").expect("RSS"));
     let closed: f64 = text
         .lines()
         .filter(|l| l.starts_with("p2pcc_closed_connections_total{"))

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use common::{eventually, kernel_tests_possible};
+use common::{eventually, kernel_tests_possible, metric_value};
 use p2p_node::{
     ebpf::{self, Probes},
     sockets::{Direction, SocketTable},
@@ -48,11 +48,6 @@ fn peer_ids(text: &str) -> BTreeSet<String> {
             Some(l[start..end].to_owned())
         })
         .collect()
-}
-
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]
@@ -122,13 +117,15 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
     assert_eq!(exported, expected, "the K busiest peers are exported");
     let algorithm = p2p_node::sockets::congestion(conns[0].1.as_fd()).unwrap();
     assert_eq!(
-        value(
+        metric_value(
             &text,
             &format!("p2pcc_connections{{algorithm=\"{algorithm}\"}}")
         ),
         Some(PEERS as f64)
     );
-    assert!(value(&text, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}").unwrap() >= PEERS as f64);
+    assert!(
+        metric_value(&text, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}").unwrap() >= PEERS as f64
+    );
     let samples: f64 = text
         .lines()
         .filter(|l| l.starts_with("p2pcc_tcp_srtt_seconds_count"))
@@ -149,22 +146,22 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
     }
     let text = eventually(Duration::from_secs(20), || {
         let t = scrape(&registry);
-        (value(&t, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}") == Some(0.0)
-            && value(&t, "p2pcc_ebpf_sockets_closing") == Some(0.0))
+        (metric_value(&t, "p2pcc_ebpf_map_entries{map=\"SOCK_STATS\"}") == Some(0.0)
+            && metric_value(&t, "p2pcc_ebpf_sockets_closing") == Some(0.0))
         .then_some(t)
     })
     .unwrap_or_else(|| panic!("map entries remain:\n{}", scrape(&registry)));
     assert!(peer_ids(&text).is_empty(), "per-peer series remain");
     assert!(probes.all_stats().is_empty());
     assert_eq!(
-        value(&text, "p2pcc_ebpf_final_records_total{source=\"destroy\"}"),
+        metric_value(&text, "p2pcc_ebpf_final_records_total{source=\"destroy\"}"),
         Some(PEERS as f64),
         "every socket's final record came from tcp_destroy_sock"
     );
     let lost: Vec<f64> = ["sock_stats_full", "final_records_full", "rtt_hist_full"]
         .iter()
         .map(|reason| {
-            value(
+            metric_value(
                 &text,
                 &format!("p2pcc_ebpf_events_lost_total{{reason=\"{reason}\"}}"),
             )

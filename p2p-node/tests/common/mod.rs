@@ -376,7 +376,8 @@ pub fn metric(text: &str, name: &str, label: (&str, &str)) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// Value of the unlabelled series `name` in Prometheus text, if present.
+/// Value of the series `name` in Prometheus text, if present: an unlabelled name, or a name with
+/// its labels spelled exactly as exported (`p2pcc_connections{algorithm="cubic"}`).
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
