@@ -9,7 +9,7 @@ use std::{
 };
 
 use cc_ebpf_common::{
-    bbr::{BbrState, Mode},
+    bbr::{BbrState, Mode, Phase, UNBOUNDED},
     resume::{Reason, Start},
 };
 use common::{DelayLine, Routed, kernel_tests_possible};
@@ -332,5 +332,211 @@ fn random_loss_does_not_bound_inflight_hi_below_the_bdp() {
             s.phase(),
             s.inflight_hi
         );
+    }
+}
+
+/// One sample of a traced flow: the socket's `tcp_info`, and bbr-p2p's state when it is ours.
+struct TraceSample {
+    at: Duration,
+    info: sockets::TcpInfo,
+    state: Option<BbrState>,
+}
+
+/// A diagnostic, not a check (ignored; `--ignored --nocapture`): one flow of `cc` for 12 s on
+/// issue 10's loss path (100 Mbit/s, 20 ms, `P2PCC_TRACE_LIMIT` bytes of buffer, default one
+/// BDP; `P2PCC_TRACE_LOSS` random loss, default 1%), its `tcp_info` and (bbr-p2p) state read
+/// every 10 ms by a thread of its own; prints where the time goes: recovery, cwnd- vs
+/// pacing-limited, the phases and the short-term bounds.
+fn trace_flow(cc: &str, n: u8) -> Vec<TraceSample> {
+    let limit = std::env::var("P2PCC_TRACE_LIMIT").unwrap_or_else(|_| "250000".into());
+    let loss: f64 = std::env::var("P2PCC_TRACE_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.01);
+    let bbr = register();
+    let net = Routed::new("bbrtrace", n, "100mbit", &limit);
+    let _line = common::DelayLine::start(&net.router, 10);
+    net.random_loss(loss);
+    let mut flow = net.flow(5106, cc);
+    let sampled = flow.client.try_clone().expect("a second handle");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let start = Instant::now();
+    let samples = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(TraceSample {
+                    at: start.elapsed(),
+                    info: sockets::tcp_info(sampled.as_fd()).unwrap(),
+                    state: bbr.state(sampled.as_fd()),
+                });
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        });
+        while start.elapsed() < Duration::from_secs(12) {
+            flow.send(64 << 10);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().expect("sampler")
+    });
+    flow.finish();
+    samples
+}
+
+fn summarize(cc: &str, samples: &[TraceSample]) {
+    // From 2 s on (after STARTUP), as the bench's RTT statistics.
+    let s: Vec<&TraceSample> = samples
+        .iter()
+        .filter(|s| s.at >= Duration::from_secs(2))
+        .collect();
+    let n = s.len() as f64;
+    let mss = s[0].info.snd_mss;
+    let acked = s.last().unwrap().info.bytes_acked - s[0].info.bytes_acked;
+    let secs = (s.last().unwrap().at - s[0].at).as_secs_f64();
+    let inflight = |i: &sockets::TcpInfo| (i.unacked + i.retrans).saturating_sub(i.sacked + i.lost);
+    let recovery = s.iter().filter(|x| x.info.ca_state >= 3).count() as f64 / n;
+    let cwnd_limited = s
+        .iter()
+        .filter(|x| inflight(&x.info) + 2 >= x.info.snd_cwnd)
+        .count() as f64
+        / n;
+    let mean = |f: &dyn Fn(&TraceSample) -> f64| s.iter().map(|x| f(x)).sum::<f64>() / n;
+    let retrans = s.last().unwrap().info.total_retrans - s[0].info.total_retrans;
+    let out = s.last().unwrap().info.data_segs_out - s[0].info.data_segs_out;
+    eprintln!(
+        "{cc}: goodput {:.1} Mbit/s (2-12 s), retrans {retrans}/{out}; {} samples; recovery {:.0}%, \
+         inflight >= cwnd-2 {:.0}%; mean cwnd {:.0}, inflight {:.0}, pacing {:.1} Mbit/s, srtt {:.1} ms, \
+         delivery_rate {:.1} Mbit/s; sndbuf-limited {:.0}% of busy",
+        acked as f64 * 8.0 / secs / 1e6,
+        s.len(),
+        recovery * 100.0,
+        cwnd_limited * 100.0,
+        mean(&|x| f64::from(x.info.snd_cwnd)),
+        mean(&|x| f64::from(inflight(&x.info))),
+        mean(&|x| x.info.pacing_rate as f64 * 8e-6),
+        mean(&|x| f64::from(x.info.rtt_us) / 1000.0),
+        mean(&|x| x.info.delivery_rate as f64 * 8e-6),
+        (s.last().unwrap().info.sndbuf_limited - s[0].info.sndbuf_limited) as f64 * 100.0
+            / (s.last().unwrap().info.busy_time - s[0].info.busy_time).max(1) as f64,
+    );
+    if s[0].state.is_none() {
+        return;
+    }
+    let to_mbit = |bw: u32| cc_ebpf_common::bbr::bw_to_bytes_per_sec(bw, mss) as f64 * 8e-6;
+    // Per phase: share of samples, goodput while in it, cwnd-limited share, bounds.
+    for phase in [Phase::Down, Phase::Cruise, Phase::Refill, Phase::Up] {
+        let idx: Vec<usize> = (1..s.len())
+            .filter(|&i| {
+                let st = s[i].state.unwrap();
+                st.mode() == Mode::ProbeBw && st.phase() == phase
+            })
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let k = idx.len() as f64;
+        let bytes: u64 = idx
+            .iter()
+            .map(|&i| s[i].info.bytes_acked - s[i - 1].info.bytes_acked)
+            .sum();
+        let time: f64 = idx
+            .iter()
+            .map(|&i| (s[i].at - s[i - 1].at).as_secs_f64())
+            .sum();
+        let st = |i: usize| s[i].state.unwrap();
+        let lo_bounded = idx.iter().filter(|&&i| st(i).bw_lo != UNBOUNDED).count() as f64;
+        let ilo_bounded = idx
+            .iter()
+            .filter(|&&i| st(i).inflight_lo != UNBOUNDED)
+            .count() as f64;
+        let avg = |f: &dyn Fn(usize) -> f64| idx.iter().map(|&i| f(i)).sum::<f64>() / k;
+        eprintln!(
+            "  {phase:?}: {:.0}% of samples, {:.1} Mbit/s delivered, recovery {:.0}%, inflight >= \
+             cwnd-2 {:.0}%; mean cwnd {:.0} inflight {:.0} pacing {:.1}; max_bw {:.1}, bw_lo set \
+             {:.0}% (mean when set {:.1}), inflight_lo set {:.0}% (mean {:.0}), inflight_hi {:.0}, \
+             BDP est {:.0}",
+            k * 100.0 / n,
+            bytes as f64 * 8.0 / time / 1e6,
+            idx.iter().filter(|&&i| s[i].info.ca_state >= 3).count() as f64 * 100.0 / k,
+            idx.iter()
+                .filter(|&&i| inflight(&s[i].info) + 2 >= s[i].info.snd_cwnd)
+                .count() as f64
+                * 100.0
+                / k,
+            avg(&|i| f64::from(s[i].info.snd_cwnd)),
+            avg(&|i| f64::from(inflight(&s[i].info))),
+            avg(&|i| s[i].info.pacing_rate as f64 * 8e-6),
+            avg(&|i| to_mbit(st(i).max_bw())),
+            lo_bounded * 100.0 / k,
+            idx.iter()
+                .filter(|&&i| st(i).bw_lo != UNBOUNDED)
+                .map(|&i| to_mbit(st(i).bw_lo))
+                .sum::<f64>()
+                / lo_bounded.max(1.0),
+            ilo_bounded * 100.0 / k,
+            idx.iter()
+                .filter(|&&i| st(i).inflight_lo != UNBOUNDED)
+                .map(|&i| f64::from(st(i).inflight_lo))
+                .sum::<f64>()
+                / ilo_bounded.max(1.0),
+            avg(&|i| f64::from(st(i).inflight_hi.min(100_000))),
+            avg(&|i| f64::from(st(i).max_bw()) * f64::from(st(i).min_rtt_us) / (1u64 << 24) as f64),
+        );
+    }
+    let last = s.last().unwrap().state.unwrap();
+    eprintln!(
+        "  probes {}, loss bounds {}, probe_rtt {}, undo {}",
+        last.bw_probe_count, last.loss_bound_count, last.probe_rtt_count, last.undo_count
+    );
+    if let Ok(path) = std::env::var("P2PCC_TRACE_DUMP") {
+        use std::fmt::Write as _;
+        let mut csv = String::from(
+            "t,ca,cwnd,inflight,pacing,mode,phase,max_bw,bw_lo,inflight_hi,inflight_lo,retrans,at_loss,pipe,min_rtt,round_min_rtt,srtt,bw_latest,extra_acked,tso\n",
+        );
+        for x in &s {
+            let st = x.state.unwrap();
+            let _ = writeln!(
+                csv,
+                "{:.3},{},{},{},{:.1},{:?},{:?},{:.1},{:.1},{},{},{},{},{:.0},{},{},{},{:.1},{},{}",
+                x.at.as_secs_f64(),
+                x.info.ca_state,
+                x.info.snd_cwnd,
+                inflight(&x.info),
+                x.info.pacing_rate as f64 * 8e-6,
+                st.mode(),
+                st.phase(),
+                to_mbit(st.max_bw()),
+                if st.bw_lo == UNBOUNDED {
+                    0.0
+                } else {
+                    to_mbit(st.bw_lo)
+                },
+                st.inflight_hi,
+                st.inflight_lo,
+                x.info.total_retrans,
+                st.inflight_at_loss,
+                f64::from(st.max_bw()) * f64::from(st.min_rtt_us) / (1u64 << 24) as f64,
+                st.min_rtt_us,
+                st.round_min_rtt_us,
+                x.info.rtt_us,
+                to_mbit(st.bw_latest),
+                st.extra_acked[0].max(st.extra_acked[1]),
+                st.tso_segs_goal
+            );
+        }
+        std::fs::write(path, csv).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "diagnostic: prints where the time goes under random loss (--nocapture)"]
+fn trace_random_loss_side_by_side() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    for (cc, n) in [("bbr_p2p", 65), ("bbr", 66)] {
+        let samples = trace_flow(cc, n);
+        summarize(cc, &samples);
     }
 }

@@ -325,6 +325,46 @@ fn headroom_applies_only_when_cruising() {
     assert_eq!(c.cwnd, 120);
 }
 
+/// Deviation 11: the pipe is the BDP (173 packets here) plus the ACK-aggregation allowance
+/// (`extra_acked`, 30 packets in the second column): a flight within it is not in a queue.
+#[test]
+fn the_pipe_includes_the_ack_aggregation_allowance() {
+    let cfg = BbrConfig::DEFAULT;
+    // (extra_acked, cruising cap with inflight_hi = 190, short-term cut after a lossy cruising
+    // round at a flight of 190 / of 210, inflight_hi after a probe met loss at a flight of 150)
+    let table = [(0, 173, true, true, 173), (30, 190, false, true, 203)];
+    for (extra, cap, cut_190, cut_210, hi) in table {
+        let (mut s, mut c) = probe_bw(Phase::Cruise);
+        s.extra_acked = [extra, 0];
+        s.inflight_hi = 190;
+        c.cwnd = 1000;
+        s.bound_cwnd_for_inflight_model(&mut c, &cfg);
+        assert_eq!(c.cwnd, cap, "extra_acked {extra}: cruising cap");
+
+        for (flight, want_cut) in [(190, cut_190), (210, cut_210)] {
+            let (mut s, c) = probe_bw(Phase::Cruise);
+            s.extra_acked = [0, extra];
+            s.loss_in_round = 1;
+            s.loss_high_in_round = 1;
+            s.inflight_at_loss = flight;
+            s.adapt_lower_bounds(&c, &cfg);
+            assert_eq!(
+                s.bw_lo != UNBOUNDED,
+                want_cut,
+                "extra_acked {extra}, flight {flight}: short-term cut"
+            );
+        }
+
+        let (mut s, c) = probe_bw(Phase::Up);
+        s.extra_acked = [extra, extra / 2];
+        s.bw_probe_samples = 1;
+        s.inflight_at_loss = 150;
+        s.handle_inflight_too_high(&c, &lossy_ack(5, 150), &cfg, &mut no_rand());
+        assert_eq!(s.inflight_hi, hi, "extra_acked {extra}: inflight_hi floor");
+        assert_eq!(s.phase(), Phase::Down);
+    }
+}
+
 #[test]
 fn inflight_hi_grows_exponentially_per_round_while_probing_up() {
     let cfg = BbrConfig::DEFAULT;
