@@ -16,8 +16,6 @@ pub mod resume;
 
 /// Name of the LRU hash map holding the latest TCP state per socket, keyed by socket cookie.
 pub const SOCK_STATS_MAP: &str = "SOCK_STATS";
-/// Name of the single-entry array map holding probe configuration ([`ProbeConfig`]).
-pub const PROBE_CONFIG_MAP: &str = "PROBE_CONFIG";
 /// Name of the per-CPU array map of probe self-counters ([`ProbeCounters`]).
 pub const PROBE_COUNTERS_MAP: &str = "PROBE_COUNTERS";
 /// Name of the LRU per-CPU hash map of smoothed-RTT histograms per congestion control
@@ -28,9 +26,10 @@ pub const FINAL_RECORDS_MAP: &str = "FINAL_RECORDS";
 /// Name of the socket-storage map marking the sockets the probes track ([`SockTrack`]).
 pub const SOCK_TRACK_MAP: &str = "SOCK_TRACK";
 
-/// TCP-clock advance (µs) after which `tcp_probe` refreshes a tracked socket's [`SockStats`];
-/// events in between only count (a congestion-state change refreshes at once).
-pub const REFRESH_US: u64 = 1000;
+/// Name of `tcp_probe`'s program for the node's own sockets, and of its observe-all form (every
+/// TCP socket of the host is tracked): the loader attaches one of them, chosen at load.
+pub const TCP_PROBE_PROGRAM: &str = "tcp_probe";
+pub const TCP_PROBE_ALL_PROGRAM: &str = "tcp_probe_all";
 
 /// Sockets tracked at once. Sized for a node's connection limits (1024 inbound + 512 outbound,
 /// see the node's connection management) with 4x headroom for the observe-every-socket mode,
@@ -126,8 +125,8 @@ pub struct SockStats {
     pub bytes_received: u64,
     /// `bpf_ktime_get_ns()` of the latest update.
     pub updated_ns: u64,
-    /// Refreshes of this entry by `tcp_probe` (at most one per [`REFRESH_US`] of the socket's
-    /// TCP clock, plus congestion-state changes: see [`SockTrack::due`]).
+    /// Refreshes of this entry by `tcp_probe` (at most one per kernel tick, plus one after each
+    /// congestion-state change: see [`SockTrack::due`]).
     pub events: u64,
     /// `tcp_sock.rcv_wnd`, bytes (the receive window this side advertises).
     pub rcv_wnd_bytes: u32,
@@ -281,33 +280,25 @@ pub struct FinalRecord {
 }
 const _: () = assert!(core::mem::size_of::<FinalRecord>() == 208);
 
-/// Probe configuration, one entry at index 0 of [`PROBE_CONFIG_MAP`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbeConfig {
-    /// 0: only sockets the node registered in [`SOCK_STATS_MAP`] are updated (the default);
-    /// 1: every TCP socket on the host gets an entry.
-    pub observe_all: u32,
-    pub _reserved: u32,
-}
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8);
-
 /// A tracked socket's mark, in socket storage ([`SOCK_TRACK_MAP`]): the node inserts one per
-/// socket it owns (by fd, `owned = 1`); in observe-all mode `tcp_probe` creates one (zeroed,
+/// socket it owns (by fd, `owned = 1`); `tcp_probe`'s observe-all form creates one (zeroed,
 /// `owned = 0`) for any other socket. The kernel frees it with the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockTrack {
-    /// The socket's TCP clock (`tcp_mstamp`, µs) at the last refresh; 0 before the first.
-    pub refreshed_us: u64,
+    /// The kernel's tick counter (`jiffies64`) at the last refresh; 0: refresh at the next
+    /// event (none yet, or a congestion-state change since). The counter starts at
+    /// `INITIAL_JIFFIES`, 2^32 − 300 s of ticks, and only grows: never 0 itself.
+    pub refreshed_jiffies: u64,
     /// The socket's cookie (its key in `SOCK_STATS`), so the probes need no cookie helper
     /// call per event: written by the node with the mark, or by `tcp_probe` when observe-all
     /// mode creates the mark (0 until then).
     pub cookie: u64,
     /// 1: a socket of the node; 0: created by observe-all mode.
     pub owned: u32,
-    /// `icsk_ca_state` at the last refresh.
-    pub ca_state: u32,
+    /// `tcp_probe` events since the last refresh, added to [`ProbeCounters::events`] at the
+    /// next refresh or at destroy (so the common event touches no per-CPU counter).
+    pub pending_events: u32,
 }
 const _: () = assert!(core::mem::size_of::<SockTrack>() == 24);
 
@@ -315,26 +306,38 @@ impl SockTrack {
     /// The node's mark for one of its sockets, whose cookie is `cookie`.
     pub const fn owned(cookie: u64) -> Self {
         Self {
-            refreshed_us: 0,
+            refreshed_jiffies: 0,
             cookie,
             owned: 1,
-            ca_state: 0,
+            pending_events: 0,
         }
     }
 
-    /// Whether the event at TCP clock `now_us` with congestion state `ca_state` refreshes the
-    /// snapshot (first event, clock advanced by ≥ [`REFRESH_US`], or the state changed); if so
-    /// it is recorded as the last refresh (the logic `tcp_probe` runs; host-tested).
+    /// Whether the event at tick `now_jiffies` refreshes the snapshot: the first event of the
+    /// socket, the first after a congestion-state change ([`SockTrack::refresh_next`]) or the
+    /// first of a new kernel tick (≥ 1 ms: HZ ≤ 1000; 4 ms at this host's HZ = 250). If so it
+    /// is recorded as the last refresh and returns the events to count (this one and the
+    /// pending ones); else the event is left pending. The logic `tcp_probe` runs; host-tested.
     #[inline(always)]
-    pub fn due(&mut self, now_us: u64, ca_state: u32) -> bool {
-        let due = self.refreshed_us == 0
-            || now_us.wrapping_sub(self.refreshed_us) >= REFRESH_US
-            || ca_state != self.ca_state;
-        if due {
-            self.refreshed_us = now_us;
-            self.ca_state = ca_state;
+    pub fn due(&mut self, now_jiffies: u64) -> Option<u64> {
+        if now_jiffies == self.refreshed_jiffies {
+            self.pending_events = self.pending_events.wrapping_add(1);
+            return None;
         }
-        due
+        self.refreshed_jiffies = now_jiffies;
+        Some(u64::from(core::mem::take(&mut self.pending_events)) + 1)
+    }
+
+    /// The next event refreshes (a congestion-state change: its cwnd and ssthresh matter now).
+    #[inline(always)]
+    pub fn refresh_next(&mut self) {
+        self.refreshed_jiffies = 0;
+    }
+
+    /// The events still pending, now counted (at destroy).
+    #[inline(always)]
+    pub fn take_pending(&mut self) -> u64 {
+        u64::from(core::mem::take(&mut self.pending_events))
     }
 }
 
@@ -434,8 +437,6 @@ mod pod {
     // (checked by the size asserts above), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::SockStats {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::ProbeConfig {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::SockTrack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeCounters {}
@@ -471,20 +472,25 @@ mod probe_tests {
     }
 
     #[test]
-    fn refresh_once_per_millisecond_or_state_change() {
+    fn refresh_once_per_tick_or_after_a_state_change() {
         let mut t = SockTrack::owned(7);
-        assert!(t.due(5_000, 0), "first event");
-        assert!(!t.due(5_000, 0));
-        assert!(!t.due(5_999, 0), "999 µs later");
-        assert!(t.due(6_000, 0), "1 ms later");
-        assert_eq!(t.refreshed_us, 6_000);
-        assert!(t.due(6_010, 1), "state change");
-        assert!(!t.due(6_020, 1));
-        assert!(!t.due(7_009, 1));
-        assert!(t.due(7_010, 1));
-        // The clock going backwards (a different clock base) refreshes rather than stalls.
-        assert!(t.due(100, 1));
-        assert_eq!(t.owned, 1);
+        assert_eq!(t.due(5_000), Some(1), "first event");
+        assert_eq!(t.due(5_000), None);
+        assert_eq!(t.due(5_000), None);
+        assert_eq!(t.pending_events, 2);
+        assert_eq!(
+            t.due(5_001),
+            Some(3),
+            "next tick: this event and the 2 pending"
+        );
+        assert_eq!(t.refreshed_jiffies, 5_001);
+        assert_eq!(t.due(5_001), None);
+        t.refresh_next();
+        assert_eq!(t.due(5_001), Some(2), "after a state change, same tick");
+        assert_eq!(t.due(5_001), None);
+        assert_eq!(t.take_pending(), 1, "destroy counts what is pending");
+        assert_eq!(t.take_pending(), 0);
+        assert_eq!((t.owned, t.cookie), (1, 7));
     }
 
     #[test]

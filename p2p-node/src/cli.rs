@@ -175,7 +175,8 @@ pub struct RunArgs {
     /// Observe every TCP socket on the host, not only the node's own.
     #[arg(long)]
     pub observe_all: bool,
-    /// Benchmark only (`cargo xtask bench probes`): also attach an empty program to tcp_probe,
+    /// Benchmark only (`cargo xtask bench probes`): also attach an empty program to tcp_probe
+    /// and the diagnostic pieces of the probes' path (one load, one helper call, one lookup),
     /// the floor the probes' cost is measured against.
     #[arg(long, hide = true)]
     pub bench_probe_floor: bool,

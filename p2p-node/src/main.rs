@@ -141,19 +141,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     // eBPF: load the probes, or run without telemetry and say why in one sentence.
-    let (probes, mut features) = match ebpf::preflight().and_then(|_| ebpf::Probes::load()) {
-        Ok(probes) => {
-            let features = ebpf::features::probes(probes.status());
-            (Some(Arc::new(probes)), features)
-        }
-        Err(e) if args.require_ebpf => return Err(e.into()),
-        Err(e) => {
-            let why = ebpf::error_chain(&e);
-            eprintln!("warning: running without TCP telemetry: {why}");
-            let features = ebpf::features::probes(&ebpf::ProbeStatus::all_unavailable(&why));
-            (None, features)
-        }
-    };
+    let (probes, mut features) =
+        match ebpf::preflight().and_then(|_| ebpf::Probes::load(args.observe_all)) {
+            Ok(probes) => {
+                let features = ebpf::features::probes(probes.status());
+                (Some(Arc::new(probes)), features)
+            }
+            Err(e) if args.require_ebpf => return Err(e.into()),
+            Err(e) => {
+                let why = ebpf::error_chain(&e);
+                eprintln!("warning: running without TCP telemetry: {why}");
+                let features = ebpf::features::probes(&ebpf::ProbeStatus::all_unavailable(&why));
+                (None, features)
+            }
+        };
     // Held while the node runs: detached on exit.
     let _floor = match args.bench_probe_floor {
         true => {
@@ -163,8 +164,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let ebpf_status = match &probes {
         Some(p) => {
-            p.set_observe_all(args.observe_all)
-                .context("configuring the probes")?;
             SocketTable::global().set_observer(p.clone());
             if args.bpf_stats {
                 p.enable_run_stats()

@@ -56,7 +56,7 @@ fn two_hundred_peers_export_the_top_32_and_leave_nothing_behind() {
         return;
     }
     ebpf::preflight().expect("preflight");
-    let probes = Arc::new(Probes::load().expect("loading the probes"));
+    let probes = Arc::new(Probes::load(false).expect("loading the probes"));
     let table = SocketTable::global();
     table.set_observer(probes.clone());
     let telemetry = Telemetry::start(Collector::new(table.clone(), Some(probes.clone()), None, K));

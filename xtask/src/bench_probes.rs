@@ -35,6 +35,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::bench_report::quantile;
 use crate::exec::{die_with_parent, echo_problems, release_node, stop_child};
 use crate::{
     bench::{
@@ -56,8 +57,20 @@ const PROGRAMS: [&str; 4] = [
     "tcp_cong_state_set",
     "tcp_destroy_sock",
 ];
+/// `tcp_probe`'s observe-all form (the tracked arm's), reported as `tcp_probe`.
+const TCP_PROBE_ALL: &str = "tcp_probe_all";
 /// The empty program on `tcp_probe` (`--bench-probe-floor`), as bpftool names it.
 const FLOOR: &str = "tcp_probe_floor";
+/// The pieces of the probes' path, each alone on `tcp_probe` beside the floor
+/// (`--bench-probe-floor`; nodes built before them have none): name, what it does.
+const DIAGS: [(&str, &str); 3] = [
+    ("diag_load", "one load of `sk->sk_bpf_storage`"),
+    ("diag_helper", "one helper call, `bpf_skc_to_tcp_sock`"),
+    (
+        "diag_storage",
+        "one `bpf_sk_storage_get` without create (a map no socket has an entry in)",
+    ),
+];
 /// Issue 12's targets: `tcp_probe` above the floor for tracked and for foreign sockets, and
 /// throughput with the probes attached over none.
 const TARGET_TRACKED_OVER_FLOOR_NS: f64 = 30.0;
@@ -74,12 +87,19 @@ const POLL: Duration = Duration::from_millis(100);
 
 #[derive(clap::Args)]
 pub struct ProbesOptions {
-    /// Repetitions of (a) and alternations of (b).
+    /// Repetitions of (a).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     reps: u32,
-    /// Length of each iperf3 run.
+    /// Length of each iperf3 run of (a).
     #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=120))]
     seconds: u64,
+    /// Rotations of (b)'s three arms: many short runs, so that the other load of a shared
+    /// machine drifts across all arms alike.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=60))]
+    rotations: u32,
+    /// Length of each iperf3 run of (b).
+    #[arg(long, default_value_t = 2, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=120))]
+    rotation_seconds: u64,
     /// Random drop probability of the data direction in (a)'s lossy runs.
     #[arg(long, default_value_t = 0.0005)]
     loss: f64,
@@ -185,14 +205,14 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
     drop(baseline);
 
     // (b) throughput: no node, the node as deployed, observe-all; rotating the first arm.
-    let mut goodput: [Vec<f64>; 3] = Default::default();
-    for rep in 0..options.reps {
+    let mut runs: [Vec<Run>; 3] = Default::default();
+    for rep in 0..options.rotations {
         for k in 0..ARMS_B.len() {
             let arm = (rep as usize + k) % ARMS_B.len();
             println!(
                 "[bench] (b) rotation {}/{}: {}",
                 rep + 1,
-                options.reps,
+                options.rotations,
                 ARMS_B[arm]
             );
             let node = match arm {
@@ -206,10 +226,14 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
                     Mode::Plain { observe_all: true },
                 )?),
             };
-            let bps = bed.iperf(options.seconds)?;
+            let run = bed.iperf(options.rotation_seconds)?;
             drop(node);
-            println!("[bench]   {:.2} Gbit/s", bps / 1e9);
-            goodput[arm].push(bps);
+            println!(
+                "[bench]   {:.2} Gbit/s, {:.3} CPU s/GB",
+                run.bps / 1e9,
+                run.cpu_s_per_gb
+            );
+            runs[arm].push(run);
             sleep_unless_stopped(PAUSE)?;
         }
     }
@@ -218,7 +242,7 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
     let report = render(&Report {
         options,
         costs: &costs,
-        goodput: &goodput,
+        runs: &runs,
         others: &others,
         congestion_control: &congestion_control,
         started_at,
@@ -272,8 +296,8 @@ impl Namespace {
         Ok(())
     }
 
-    /// One bulk iperf3 run over loopback; the receiver's goodput in bit/s.
-    fn iperf(&self, seconds: u64) -> anyhow::Result<f64> {
+    /// One bulk iperf3 run over loopback.
+    fn iperf(&self, seconds: u64) -> anyhow::Result<Run> {
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -294,7 +318,7 @@ impl Namespace {
         let child = cmd.spawn().context("starting iperf3")?;
         let out = wait_with_deadline(child, Duration::from_secs(seconds + 30))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let goodput = goodput_bps(&text);
+        let goodput = Run::parse(&text);
         if !out.status.success() {
             bail!(
                 "iperf3 failed ({}): {}{}",
@@ -319,15 +343,43 @@ impl Drop for Namespace {
     }
 }
 
-/// Receiver-side goodput (bit/s) from iperf3's `-J` output.
-fn goodput_bps(json: &str) -> anyhow::Result<f64> {
-    let v: Value = serde_json::from_str(json).context("parsing iperf3's JSON")?;
-    if let Some(error) = v["error"].as_str() {
-        bail!("iperf3: {error}");
+/// One iperf3 run: the receiver's goodput, and the CPU time both iperf3 processes used per GB
+/// received. The CPU time is each process's own (getrusage: user + system, as iperf3 reports
+/// it), which on this kernel (tick-based accounting, no IRQ time accounting) includes the
+/// softirq work, the probes included, done while it was the running task: unlike goodput it does
+/// not fall when other processes take the CPUs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Run {
+    bps: f64,
+    cpu_s_per_gb: f64,
+}
+
+impl Run {
+    /// From iperf3's `-J` output.
+    fn parse(json: &str) -> anyhow::Result<Self> {
+        let v: Value = serde_json::from_str(json).context("parsing iperf3's JSON")?;
+        if let Some(error) = v["error"].as_str() {
+            bail!("iperf3: {error}");
+        }
+        let received = &v["end"]["sum_received"];
+        let field = |v: &Value, name: &str| {
+            v[name]
+                .as_f64()
+                .with_context(|| format!("no {name} in iperf3's end section"))
+        };
+        let bps = field(received, "bits_per_second")?;
+        let bytes = field(received, "bytes")?;
+        let seconds = field(received, "seconds")?;
+        let cpu = &v["end"]["cpu_utilization_percent"];
+        let cpu_percent = field(cpu, "host_total")? + field(cpu, "remote_total")?;
+        if bytes <= 0.0 {
+            bail!("iperf3 received nothing");
+        }
+        Ok(Self {
+            bps,
+            cpu_s_per_gb: cpu_percent / 100.0 * seconds / (bytes / 1e9),
+        })
     }
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no end.sum_received.bits_per_second in iperf3's output")
 }
 
 /// (a)'s arms, by index.
@@ -353,6 +405,8 @@ struct ProbeNode {
     child: Child,
     /// Programs it must attach before it is ready.
     programs: Vec<&'static str>,
+    /// Programs read when present (the diagnostic pieces).
+    optional: Vec<&'static str>,
 }
 
 impl ProbeNode {
@@ -365,10 +419,13 @@ impl ProbeNode {
             // The kernel's cubic for the node's own sockets: no bbr-p2p registration.
             .args(["--cc", "cubic"]);
         let mut programs = PROGRAMS.to_vec();
+        let mut optional = Vec::new();
         let observe_all = match mode {
             Mode::Measured { tracked } => {
                 cmd.args(["--bpf-stats", "--bench-probe-floor"]);
+                // The node attaches the floor after the pieces: once it is there, all are.
                 programs.push(FLOOR);
+                optional.extend(DIAGS.map(|(name, _)| name));
                 tracked
             }
             Mode::Plain { observe_all } => observe_all,
@@ -385,10 +442,19 @@ impl ProbeNode {
         let mut child = cmd.spawn().context("starting p2p-node")?;
         let stderr = child.stderr.take().expect("piped");
         echo_problems(stderr, "[p2p-node]");
-        let mut node = Self { child, programs };
+        let mut node = Self {
+            child,
+            programs,
+            optional,
+        };
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         loop {
-            let attached = node.counters()?.len();
+            let found = node.counters()?;
+            let attached = node
+                .programs
+                .iter()
+                .filter(|p| found.iter().any(|c| c.name == **p))
+                .count();
             if attached == node.programs.len() {
                 return Ok(node);
             }
@@ -405,10 +471,19 @@ impl ProbeNode {
         }
     }
 
-    /// The node's probe programs and their counters.
+    /// The node's probe programs and their counters (`tcp_probe_all` as `tcp_probe`).
     fn counters(&self) -> anyhow::Result<Vec<ProgCounters>> {
         let listing = output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
-        held_programs(&listing, &held_prog_ids(self.child.id()), &self.programs)
+        let mut names = self.programs.clone();
+        names.extend(&self.optional);
+        names.push(TCP_PROBE_ALL);
+        let mut found = held_programs(&listing, &held_prog_ids(self.child.id()), &names)?;
+        for c in &mut found {
+            if c.name == TCP_PROBE_ALL {
+                c.name = "tcp_probe".to_owned();
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -618,8 +693,8 @@ struct Report<'a> {
     options: &'a ProbesOptions,
     /// Per (a) arm, per repetition, per program.
     costs: &'a [Vec<Vec<(String, Cost)>>; 2],
-    /// Per (b) arm, the runs' goodput.
-    goodput: &'a [Vec<f64>; 3],
+    /// Per (b) arm, its run of each rotation, in rotation order.
+    runs: &'a [Vec<Run>; 3],
     others: &'a [String],
     /// The namespace's default, which iperf3's sockets use.
     congestion_control: &'a str,
@@ -634,14 +709,21 @@ fn per_rep(reps: &[Vec<(String, Cost)>], name: &str) -> Vec<f64> {
         .collect()
 }
 
-/// `tcp_probe` minus the floor, per repetition (both measured on the same events).
-fn over_floor(reps: &[Vec<(String, Cost)>]) -> Vec<f64> {
+/// `program` minus the floor, per repetition (both measured on the same events).
+fn over_floor(reps: &[Vec<(String, Cost)>], program: &str) -> Vec<f64> {
     reps.iter()
         .filter_map(|rep| {
             let ns = |name: &str| rep.iter().find(|(n, _)| n == name)?.1.ns_per_event();
-            Some(ns("tcp_probe")? - ns(FLOOR)?)
+            Some(ns(program)? - ns(FLOOR)?)
         })
         .collect()
+}
+
+/// Median, min and max.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(v.iter().copied()), min, max)
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -657,8 +739,8 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
         "Cost of the node's four TCP probe programs against an empty program on the same \
          tracepoint, and bulk throughput with them attached (issue 12, step 3).",
         &format!(
-            "cargo xtask bench probes --reps {} --seconds {} --loss {}",
-            o.reps, o.seconds, o.loss
+            "cargo xtask bench probes --reps {} --seconds {} --loss {} --rotations {} --rotation-seconds {}",
+            o.reps, o.seconds, o.loss, o.rotations, o.rotation_seconds
         ),
         r.started_at,
         r.elapsed,
@@ -700,6 +782,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
     writeln!(s, "|---|---|---:|---:|---:|")?;
     let mut names: Vec<&str> = PROGRAMS.to_vec();
     names.push(FLOOR);
+    names.extend(DIAGS.map(|(name, _)| name));
     names.push(BASELINE_NAME);
     for (arm, reps) in r.costs.iter().enumerate() {
         for name in &names {
@@ -710,7 +793,8 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
             }));
             let v = per_rep(reps, name);
             if v.is_empty() {
-                if *name != BASELINE_NAME && (arm == 0 || *name == "tcp_probe" || *name == FLOOR) {
+                let optional = *name == BASELINE_NAME || name.starts_with("diag_");
+                if !optional && (arm == 0 || *name == "tcp_probe" || *name == FLOOR) {
                     writeln!(s, "| {} | `{name}` | {events:.0} | – | – |", ARMS_A[arm])?;
                 }
                 continue;
@@ -734,7 +818,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
         .into_iter()
         .enumerate()
     {
-        let v = over_floor(&r.costs[arm]);
+        let v = over_floor(&r.costs[arm], "tcp_probe");
         if v.is_empty() {
             writeln!(
                 s,
@@ -753,6 +837,32 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
             verdict(med <= target)
         )?;
     }
+    if r.costs
+        .iter()
+        .flatten()
+        .flatten()
+        .any(|(n, _)| n.starts_with("diag_"))
+    {
+        writeln!(
+            s,
+            "\nThe pieces of that path, each alone in a program on `tcp_probe` beside the floor \
+             (same events; they run after the probes and the floor, so the lines `tcp_probe` \
+             touched are in cache for them: what a piece costs warm), minus the floor, per \
+             repetition, median (min – max):\n\n| piece | tracked arm | foreign arm |\n\
+             |---|---:|---:|"
+        )?;
+        for (name, what) in DIAGS {
+            let cell = |arm: usize| {
+                let v = over_floor(&r.costs[arm], name);
+                if v.is_empty() {
+                    return "–".to_owned();
+                }
+                let (med, min, max) = spread(&v);
+                format!("{med:.1} ({min:.1} – {max:.1})")
+            };
+            writeln!(s, "| `{name}`: {what} | {} | {} |", cell(0), cell(1))?;
+        }
+    }
     if r.costs[0]
         .iter()
         .any(|rep| rep.iter().any(|(n, _)| n == BASELINE_NAME))
@@ -767,39 +877,74 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
     writeln!(
         s,
         "\n### (b) Bulk loopback throughput, all probes attached vs none\n\n\
-         Three arms, {} rotations (the first arm rotates), receiver goodput, no run-time \
-         statistics: no node; `p2p-node run` (all four programs attached; iperf3's sockets are \
-         foreign to the node, as every socket but its own is on a deployed host); `p2p-node run \
-         --observe-all` (every TCP socket tracked). Target ratio ≥ {TARGET_THROUGHPUT_RATIO}.\n",
-        o.reps
+         Three arms, {} rotations of {} s runs (the first arm rotates), no run-time statistics: \
+         no node; `p2p-node run` (all four programs attached; iperf3's sockets are foreign to \
+         the node, as every socket but its own is on a deployed host); `p2p-node run \
+         --observe-all` (every TCP socket tracked). Goodput is the receiver's; *paired* is each \
+         rotation's run over the same rotation's no-node run (adjacent in time, so the machine's \
+         other load drifts less between them). CPU s/GB is the CPU time of both iperf3 processes \
+         (getrusage, as iperf3 reports it; on this kernel it includes the softirq work and the \
+         probes run in their context) per GB received: it does not fall when other processes \
+         take the CPUs, so its ratio (no node / arm) is the throughput ratio a CPU-bound \
+         transfer would see on an idle machine. Quantiles p25 – p75. Target ratio ≥ \
+         {TARGET_THROUGHPUT_RATIO}.\n",
+        o.rotations, o.rotation_seconds
     )?;
-    writeln!(s, "| | median Gbit/s | runs (Gbit/s) | ratio to no node |")?;
-    writeln!(s, "|---|---:|---|---|")?;
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|b| format!("{:.2}", b / 1e9))
-            .collect::<Vec<_>>()
-            .join(", ")
+    writeln!(
+        s,
+        "| | goodput Gbit/s median (p25 – p75) | ratio of medians | paired ratio median (p25 – p75) | CPU s/GB median (p25 – p75) | CPU ratio no node / arm |"
+    )?;
+    writeln!(s, "|---|---|---|---|---|---|")?;
+    let quartiles = |v: &[f64]| {
+        let mut v = v.to_vec();
+        (
+            quantile(&mut v, 0.25),
+            median(v.iter().copied()),
+            quantile(&mut v, 0.75),
+        )
     };
-    let none = median(r.goodput[0].iter().copied());
-    for (arm, runs) in r.goodput.iter().enumerate() {
-        let med = median(runs.iter().copied());
-        let ratio = match arm {
-            0 => "–".to_owned(),
-            _ => {
-                let ratio = med / none;
+    let bps = |arm: usize| r.runs[arm].iter().map(|run| run.bps).collect::<Vec<_>>();
+    let cpu = |arm: usize| {
+        r.runs[arm]
+            .iter()
+            .map(|run| run.cpu_s_per_gb)
+            .collect::<Vec<_>>()
+    };
+    let none_bps = median(bps(0));
+    let none_cpu = median(cpu(0));
+    for arm in 0..ARMS_B.len() {
+        let (g25, g50, g75) = quartiles(&bps(arm));
+        let (c25, c50, c75) = quartiles(&cpu(arm));
+        let (ratio, paired, cpu_ratio) = if arm == 0 {
+            ("–".to_owned(), "–".to_owned(), "–".to_owned())
+        } else {
+            let paired: Vec<f64> = r.runs[arm]
+                .iter()
+                .zip(&r.runs[0])
+                .map(|(run, none)| run.bps / none.bps)
+                .collect();
+            let (p25, p50, p75) = quartiles(&paired);
+            let ratio = g50 / none_bps;
+            let cpu_ratio = none_cpu / c50;
+            (
+                format!("{ratio:.3}"),
                 format!(
-                    "**{ratio:.3}** ({})",
-                    verdict(ratio >= TARGET_THROUGHPUT_RATIO)
-                )
-            }
+                    "**{p50:.3}** ({p25:.3} – {p75:.3}) {}",
+                    verdict(p50 >= TARGET_THROUGHPUT_RATIO)
+                ),
+                format!(
+                    "**{cpu_ratio:.3}** {}",
+                    verdict(cpu_ratio >= TARGET_THROUGHPUT_RATIO)
+                ),
+            )
         };
         writeln!(
             s,
-            "| {} | {:.2} | {} | {ratio} |",
+            "| {} | {:.2} ({:.2} – {:.2}) | {ratio} | {paired} | {c50:.3} ({c25:.3} – {c75:.3}) | {cpu_ratio} |",
             ARMS_B[arm],
-            med / 1e9,
-            list(runs)
+            g50 / 1e9,
+            g25 / 1e9,
+            g75 / 1e9,
         )?;
     }
     Ok(s)
@@ -871,7 +1016,7 @@ mod tests {
             // No floor events in this repetition: no difference.
             vec![("tcp_probe".to_owned(), cost(500, 10))],
         ];
-        assert_eq!(over_floor(&reps), vec![20.0]);
+        assert_eq!(over_floor(&reps, "tcp_probe"), vec![20.0]);
         assert_eq!(per_rep(&reps, "tcp_probe"), vec![50.0, 50.0]);
     }
 
@@ -894,9 +1039,18 @@ mod tests {
     }
 
     #[test]
-    fn reads_goodput() {
-        let json = r#"{"end":{"sum_received":{"bits_per_second":4.2e10}}}"#;
-        assert_eq!(goodput_bps(json).unwrap(), 4.2e10);
-        assert!(goodput_bps(r#"{"error":"unable to connect"}"#).is_err());
+    fn reads_goodput_and_cpu_per_gb() {
+        let json = r#"{"end":{"sum_received":{"bits_per_second":4.0e10,"bytes":2.0e10,"seconds":4.0},
+            "cpu_utilization_percent":{"host_total":60.0,"remote_total":40.0}}}"#;
+        // (60% + 40%) of 4 s = 4 CPU s for 20 GB.
+        assert_eq!(
+            Run::parse(json).unwrap(),
+            Run {
+                bps: 4.0e10,
+                cpu_s_per_gb: 0.2
+            }
+        );
+        assert!(Run::parse(r#"{"error":"unable to connect"}"#).is_err());
+        assert!(Run::parse(r#"{"end":{"sum_received":{"bits_per_second":1.0}}}"#).is_err());
     }
 }

@@ -2,35 +2,39 @@
 //!
 //! Four BTF tracepoints. Each first loads the socket's `sk_bpf_storage` pointer: a socket with
 //! no socket storage at all (of any map: every socket of a host where nothing else uses socket
-//! storage) is not tracked and exits there, after one field load and no helper call (outside
-//! observe-all mode). Only a socket that has some storage asks `SOCK_TRACK` (one
-//! `bpf_sk_storage_get` without create) whether it is tracked. Tracked sockets are keyed by
-//! socket cookie (the value `SO_COOKIE` returns) in `SOCK_STATS`; the cookie is kept in the
-//! socket's mark, so no event calls the cookie helper:
-//! - `tcp_probe` (every segment an established socket receives): counts the event, and when
-//!   the socket's TCP clock advanced ≥ 1 ms since the last refresh (or its congestion state
-//!   changed, see `SockTrack::due`) refreshes the socket's entry in `SOCK_STATS` and adds a
-//!   smoothed-RTT sample to the per-algorithm log2 histogram `RTT_HIST`;
+//! storage) is not tracked and exits there, after one field load and no helper call. Only a
+//! socket that has some storage asks `SOCK_TRACK` (one `bpf_sk_storage_get` without create)
+//! whether it is tracked. Tracked sockets are keyed by socket cookie (the value `SO_COOKIE`
+//! returns) in `SOCK_STATS`; the cookie is kept in the socket's mark, so no event calls the
+//! cookie helper:
+//! - `tcp_probe` (every segment an established socket receives): on the first event of a new
+//!   kernel tick (`jiffies64`, inlined by the verifier: ≥ 1 ms, 4 ms at HZ = 250), or the first
+//!   after a congestion-state change, refreshes the socket's entry in `SOCK_STATS` and adds a
+//!   smoothed-RTT sample to the per-algorithm log2 histogram `RTT_HIST`; any other event only
+//!   counts itself in the mark (see `SockTrack::due`): one helper call, two loads, a compare
+//!   and a store;
 //! - `tcp_retransmit_skb`: retransmitted segments and bytes (every event);
-//! - `tcp_cong_state_set`: time in each congestion state and the transitions (as bcc's tcpcong);
+//! - `tcp_cong_state_set`: time in each congestion state and the transitions (as bcc's tcpcong),
+//!   and the next `tcp_probe` event refreshes;
 //! - `tcp_destroy_sock`: a last refresh and a final record to `FINAL_RECORDS`, then the entry
 //!   is removed.
 //!
 //! The node marks each of its own sockets in `SOCK_TRACK` (by fd) and inserts its `SOCK_STATS`
-//! entry; with `PROBE_CONFIG.observe_all` set, `tcp_probe` marks any other TCP socket itself.
-//! When the node drops a socket it leaves the entry for `tcp_destroy_sock` to finish (so the
-//! final record has the last retransmits and state time) and removes it itself only if no
-//! destroy came within a grace period: removal on either side is idempotent (deleting a missing
-//! key is a no-op). The mark goes with the socket (the kernel frees socket storage).
+//! entry. `tcp_probe` comes in two forms and the loader attaches one: `tcp_probe` tracks the
+//! node's sockets only; `tcp_probe_all` (observe-all mode) marks any other TCP socket itself.
+//! The mode is fixed at load, so no event reads a configuration, and any mark with a cookie is
+//! tracked. When the node drops a socket it leaves the entry for `tcp_destroy_sock` to finish
+//! (so the final record has the last retransmits and state time) and removes it itself only if
+//! no destroy came within a grace period: removal on either side is idempotent (deleting a
+//! missing key is a no-op). The mark goes with the socket (the kernel frees socket storage).
 //!
-//! Between refreshes a socket's entry lags its latest segments by less than 1 ms of its TCP
-//! clock; an idle socket keeps that lag until its next segment or its destroy (which refreshes).
+//! Between refreshes a socket's entry lags its latest segments by less than one kernel tick;
+//! an idle socket keeps that lag until its next segment or its destroy (which refreshes).
 //!
-//! Fields are read with direct BTF-checked loads at the generated offsets; the helpers on the
-//! per-segment path of a tracked socket are the storage lookup and the typed `tcp_sock` cast,
-//! plus the two map lookups (`SOCK_STATS`, `RTT_HIST`) on a refresh. Per-CPU counters count
-//! only tracked sockets' events (an inlined per-CPU array access); every run of every program
-//! is the kernel's `run_cnt` (bpf_stats).
+//! Fields are read with direct BTF-checked loads at the generated offsets; the typed
+//! `tcp_sock` cast and the two map lookups (`SOCK_STATS`, `RTT_HIST`) are on the refresh only.
+//! Per-CPU counters count only tracked sockets' events, added at refreshes and destroys; every
+//! run of every program is the kernel's `run_cnt` (bpf_stats).
 #![no_std]
 #![no_main]
 
@@ -39,16 +43,17 @@ use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
         generated::{
-            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+            bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_storage_get,
+            bpf_skc_to_tcp_sock,
         },
     },
     macros::{btf_map, btf_tracepoint, map},
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use cc_ebpf::kernel::*;
 use cc_ebpf_common::{
-    FINAL_RECORDS_BYTES, FinalRecord, ProbeConfig, ProbeCounters, RTT_HIST_MAX_ENTRIES, RttHist,
+    FINAL_RECORDS_BYTES, FinalRecord, ProbeCounters, RTT_HIST_MAX_ENTRIES, RttHist,
     SOCK_STATS_MAX_ENTRIES, SockStats, SockTrack, rtt_bucket,
 };
 
@@ -70,13 +75,9 @@ static RTT_HIST: LruPerCpuHashMap<u64, RttHist> =
 #[map]
 static FINAL_RECORDS: RingBuf = RingBuf::with_byte_size(FINAL_RECORDS_BYTES, 0);
 
-/// One entry: the probe configuration written by the node.
-#[map]
-static PROBE_CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
-
 /// The tracked sockets' marks. Socket storage lives and dies with its socket, so it is bounded
-/// by the sockets that carry it (the node's, at most its connection limits; in observe-all
-/// mode every TCP socket on the host): `max_entries` must be 0 for this map type. A BTF map
+/// by the sockets that carry it (the node's, at most its connection limits; with
+/// `tcp_probe_all` every TCP socket on the host): `max_entries` must be 0 for this map type. A BTF map
 /// definition, because the kernel requires BTF for the key and value of socket storage.
 #[btf_map]
 static SOCK_TRACK: SkStorage<SockTrack> = SkStorage::new();
@@ -109,12 +110,6 @@ fn track(sk: Sk, create: bool) -> *mut SockTrack {
     .cast()
 }
 
-/// Whether the node asked to observe every TCP socket (an array lookup the verifier inlines).
-#[inline(always)]
-fn observe_all() -> bool {
-    PROBE_CONFIG.get(0).is_some_and(|c| c.observe_all != 0)
-}
-
 /// Whether the socket has any socket storage (of any map): one load of `sk->sk_bpf_storage`,
 /// no helper call. Without storage a socket carries no mark.
 #[inline(always)]
@@ -124,10 +119,10 @@ fn has_storage(sk: Sk) -> bool {
     unsafe { KernelPtr::new(sk).u64(SOCK__SK_BPF_STORAGE) != 0 }
 }
 
-/// The cookie of a tracked socket (the node's own, or any marked one in observe-all mode), or
-/// `None` for every other socket.
+/// The mark and cookie of a tracked socket (the node's own, or any marked one when
+/// `tcp_probe_all` is attached), or `None` for every other socket.
 #[inline(always)]
-fn tracked(sk: Sk) -> Option<u64> {
+fn tracked(sk: Sk) -> Option<(*mut SockTrack, u64)> {
     if !has_storage(sk) {
         return None;
     }
@@ -136,8 +131,8 @@ fn tracked(sk: Sk) -> Option<u64> {
         return None;
     }
     // SAFETY: a non-null result points to this socket's storage value.
-    let (cookie, owned) = unsafe { ((*t).cookie, (*t).owned) };
-    (cookie != 0 && (owned != 0 || observe_all())).then_some(cookie)
+    let cookie = unsafe { (*t).cookie };
+    (cookie != 0).then_some((t, cookie))
 }
 
 #[inline(always)]
@@ -148,11 +143,20 @@ fn count(f: impl FnOnce(&mut ProbeCounters)) {
     }
 }
 
+/// The node's sockets only (the default).
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     // Argument 0 of tcp_probe is `struct sock *sk`.
     let sk: Sk = ctx.arg(0);
-    on_tcp_probe(sk);
+    on_tcp_probe(sk, false);
+    0
+}
+
+/// Observe-all mode: every TCP socket of the host is tracked.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcp_probe_all(ctx: BtfTracePointContext) -> i32 {
+    let sk: Sk = ctx.arg(0);
+    on_tcp_probe(sk, true);
     0
 }
 
@@ -181,7 +185,7 @@ pub fn tcp_retransmit_skb_2args(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_retransmit(sk: Sk, skb: *mut u8, sent: bool) {
-    let Some(cookie) = tracked(sk) else {
+    let Some((_, cookie)) = tracked(sk) else {
         return;
     };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
@@ -209,14 +213,17 @@ fn on_retransmit(sk: Sk, skb: *mut u8, sent: bool) {
 }
 
 /// `tcp_cong_state_set(struct sock *sk, const u8 ca_state)`: runs before the kernel stores the
-/// new state, so the entry's `ca_state` is the one being left.
+/// new state, so the entry's `ca_state` is the one being left; the socket's next `tcp_probe`
+/// event refreshes its entry.
 #[btf_tracepoint(function = "tcp_cong_state_set")]
 pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
     // The tracepoint's arguments, as its BTF prototype declares them.
     let (sk, state): (Sk, u64) = (ctx.arg(0), ctx.arg(1));
-    let Some(cookie) = tracked(sk) else {
+    let Some((mark, cookie)) = tracked(sk) else {
         return 0;
     };
+    // SAFETY: this socket's storage value, serialised by the socket lock.
+    unsafe { (*mark).refresh_next() };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
         return 0;
     };
@@ -231,13 +238,18 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     // Argument 0 is `struct sock *sk`.
     let sk: Sk = ctx.arg(0);
-    let Some(cookie) = tracked(sk) else {
+    let Some((mark, cookie)) = tracked(sk) else {
         return 0;
     };
+    // SAFETY: this socket's storage value, serialised by the socket lock.
+    let pending = unsafe { (*mark).take_pending() };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
         return 0;
     };
-    count(|c| c.destroy_events += 1);
+    count(|c| {
+        c.destroy_events += 1;
+        c.events += pending;
+    });
     // SAFETY: map value, serialised by the socket lock.
     let s = unsafe { &mut *entry };
     // SAFETY: no-arg helper.
@@ -279,55 +291,50 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_tcp_probe(sk: Sk) {
+fn on_tcp_probe(sk: Sk, observe_all: bool) {
     // A socket without any socket storage is not the node's: the common case on a busy host
-    // ends here, after one field load and the inlined array read of the mode.
-    if !has_storage(sk) && !observe_all() {
-        return;
-    }
-    let mut mark = track(sk, false);
-    if mark.is_null() {
-        // Storage of another map only: not the node's socket.
-        if !observe_all() {
+    // ends here, after one field load.
+    let mark = if has_storage(sk) {
+        track(sk, false)
+    } else {
+        core::ptr::null_mut()
+    };
+    let mark = match (mark.is_null(), observe_all) {
+        (false, _) => mark,
+        // No mark (no storage, or storage of another map only): not the node's socket.
+        (true, false) => return,
+        (true, true) => {
+            let mark = track(sk, true);
+            if mark.is_null() {
+                return;
+            }
+            // A mark just created: its cookie, once per socket.
+            // SAFETY: `sk` is the tracepoint's BTF-typed socket; `mark` points to its storage
+            // value, serialised by the socket lock.
+            unsafe { (*mark).cookie = bpf_get_socket_cookie(sk) };
+            mark
+        }
+    };
+    // SAFETY: `mark` points to this socket's storage value; the socket lock serialises this
+    // socket's events. jiffies64 is a no-arg helper the verifier turns into one load.
+    let due = unsafe {
+        if (*mark).cookie == 0 {
             return;
         }
-        mark = track(sk, true);
-        if mark.is_null() {
-            return;
-        }
-    // SAFETY: a non-null result points to this socket's storage value.
-    } else if unsafe { (*mark).owned } == 0 && !observe_all() {
+        (*mark).due(bpf_jiffies64())
+    };
+    let Some(events) = due else {
         return;
-    }
-    // SAFETY: as above; the socket lock serialises this socket's events.
-    if unsafe { (*mark).cookie } == 0 {
-        // A mark observe-all mode just created: its cookie, once per socket.
-        // SAFETY: `sk` is the tracepoint's BTF-typed socket; `mark` as above.
-        unsafe { (*mark).cookie = bpf_get_socket_cookie(sk) };
-    }
+    };
+    count(|c| {
+        c.events += events;
+        c.refreshes += 1;
+    });
     // SAFETY: the helper returns a BTF-typed `struct tcp_sock *` or null (not a TCP socket).
     let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
     if tp.is_null() {
         return;
     }
-    count(|c| c.events += 1);
-    // SAFETY: `tp` is a verified tcp_sock; `tcp_mstamp` is a u64 member and `icsk_ca_state` a
-    // bitfield of inet_connection_sock, the head of tcp_sock.
-    let (now_us, ca_state) = unsafe {
-        (
-            tp.u64(TCP_SOCK__TCP_MSTAMP),
-            tp.bits8(
-                INET_CONNECTION_SOCK__ICSK_CA_STATE,
-                INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
-                INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
-            ),
-        )
-    };
-    // SAFETY: storage value of this socket, serialised by the socket lock.
-    if !unsafe { (*mark).due(now_us, u32::from(ca_state)) } {
-        return;
-    }
-    count(|c| c.refreshes += 1);
     // SAFETY: as above.
     let cookie = unsafe { (*mark).cookie };
     let entry = match SOCK_STATS.get_ptr_mut(cookie) {
@@ -336,7 +343,15 @@ fn on_tcp_probe(sk: Sk) {
             // Observe-all mode's first refresh (or an entry the LRU evicted).
             // SAFETY: no-arg helper.
             let mut fresh = SockStats::opened_at(unsafe { bpf_ktime_get_ns() });
-            fresh.ca_state = u32::from(ca_state);
+            // SAFETY: `tp` is a verified tcp_sock; `icsk_ca_state` is a bitfield of
+            // inet_connection_sock, the head of tcp_sock.
+            fresh.ca_state = u32::from(unsafe {
+                tp.bits8(
+                    INET_CONNECTION_SOCK__ICSK_CA_STATE,
+                    INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
+                    INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
+                )
+            });
             let inserted = SOCK_STATS.insert(cookie, fresh, BPF_NOEXIST);
             match (inserted, SOCK_STATS.get_ptr_mut(cookie)) {
                 (_, Some(entry)) => entry,
@@ -350,7 +365,7 @@ fn on_tcp_probe(sk: Sk) {
     // SAFETY: `entry` points into the map value; `tp` is a verified tcp_sock.
     let (srtt_us, ops) = unsafe { refresh(&mut *entry, tp) };
     // Only sockets with an RTT sample count (srtt is 0 before the first one). One sample per
-    // refresh: the histogram is weighted by time (≤ one sample per ms of a socket's activity).
+    // refresh: the histogram is weighted by time (≤ one sample per tick of a socket's activity).
     if srtt_us != 0 {
         record_rtt(ops, srtt_us);
     }

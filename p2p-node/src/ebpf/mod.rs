@@ -27,13 +27,13 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage},
     programs::BtfTracePoint,
 };
 use cc_ebpf_common::{
-    FINAL_RECORDS_MAP, FinalRecord, PROBE_CONFIG_MAP, PROBE_COUNTERS_MAP, ProbeConfig,
-    ProbeCounters, RTT_HIST_MAP, RTT_HIST_MAX_ENTRIES, RttHist, SOCK_STATS_MAP,
-    SOCK_STATS_MAX_ENTRIES, SOCK_TRACK_MAP, SockStats, SockTrack, layout, unpadded,
+    FINAL_RECORDS_MAP, FinalRecord, PROBE_COUNTERS_MAP, ProbeCounters, RTT_HIST_MAP,
+    RTT_HIST_MAX_ENTRIES, RttHist, SOCK_STATS_MAP, SOCK_STATS_MAX_ENTRIES, SOCK_TRACK_MAP,
+    SockStats, SockTrack, TCP_PROBE_ALL_PROGRAM, TCP_PROBE_PROGRAM, layout, unpadded,
 };
 
 use crate::sockets::SocketObserver;
@@ -42,39 +42,48 @@ use crate::sockets::SocketObserver;
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probes.bpf.o"));
 
-/// The benchmark's empty `tcp_probe` program (see `cc-ebpf/src/bin/probe_floor.rs`).
+/// The benchmark's `tcp_probe` programs: the empty floor and the diagnostic pieces (see
+/// `cc-ebpf/src/bin/probe_floor.rs`).
 static PROBE_FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe_floor.bpf.o"));
 
-/// An empty program on `tcp_probe`, attached for `cargo xtask bench probes` only (hidden
-/// `--bench-probe-floor`): the floor the probes' cost per event is measured against. Dropping
-/// it detaches it.
+/// The programs of [`PROBE_FLOOR_OBJECT`], attached in this order (after the probes; the
+/// floor last, so the benchmark sees all once it sees the floor).
+pub const PROBE_FLOOR_PROGRAMS: [&str; 4] = [
+    "diag_load",
+    "diag_helper",
+    "diag_storage",
+    "tcp_probe_floor",
+];
+
+/// An empty program on `tcp_probe` and the diagnostic pieces of the probes' path, attached for
+/// `cargo xtask bench probes` only (hidden `--bench-probe-floor`): the floor the probes' cost
+/// per event is measured against, and what one load, one helper call and one storage lookup
+/// cost on the same events. Dropping it detaches them.
 pub struct ProbeFloor {
     _ebpf: Ebpf,
 }
 
 impl ProbeFloor {
     pub fn attach() -> Result<Self, LoadError> {
-        const PROGRAM: &str = "tcp_probe_floor";
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Load(e.into()))?;
+        let kernel = cc_ebpf_common::btf::Btf::from_sys_fs().map_err(LoadError::NoBtf)?;
+        let layout = layout::resolve(&kernel);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            .override_global(layout::LAYOUT_SYMBOL, &layout.table, true)
             .load(PROBE_FLOOR_OBJECT)
             .map_err(LoadError::Load)?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(LoadError::Missing("the floor program"))?
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                program: PROGRAM,
-                source,
-            })?;
-        prog.load("tcp_probe", &btf)
-            .and_then(|()| prog.attach().map(drop))
-            .map_err(|source| LoadError::Program {
-                program: PROGRAM,
-                source,
-            })?;
+        for program in PROBE_FLOOR_PROGRAMS {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or(LoadError::Missing("a floor program"))?
+                .try_into()
+                .map_err(|source| LoadError::Program { program, source })?;
+            prog.load("tcp_probe", &btf)
+                .and_then(|()| prog.attach().map(drop))
+                .map_err(|source| LoadError::Program { program, source })?;
+        }
         Ok(Self { _ebpf: ebpf })
     }
 }
@@ -148,7 +157,8 @@ pub const PROBES: &[Probe] = &[
     Probe {
         tracepoint: "tcp_probe",
         required: true,
-        forms: &[("tcp_probe", 2)],
+        // `tcp_probe_all` replaces it in observe-all mode (see `Probes::load`).
+        forms: &[(TCP_PROBE_PROGRAM, 2)],
         without: "per-peer TCP telemetry (cwnd, RTT, delivery rate, bytes)",
     },
     Probe {
@@ -253,7 +263,6 @@ pub struct Probes {
     stats: Mutex<HashMap<MapData, u64, SockStats>>,
     /// The node's marks on its own sockets (socket storage, keyed by fd).
     track: Mutex<SkStorage<MapData, SockTrack>>,
-    config: Mutex<Array<MapData, ProbeConfig>>,
     counters: PerCpuArray<MapData, ProbeCounters>,
     final_records: Mutex<RingBuf<MapData>>,
     /// Second fds of `SOCK_STATS` and `RTT_HIST` for batched reads (aya's typed maps do not
@@ -284,8 +293,10 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Probes {
-    /// Loads and attaches the probes (call [`preflight`] first).
-    pub fn load() -> Result<Self, LoadError> {
+    /// Loads and attaches the probes (call [`preflight`] first). `observe_all`: every TCP
+    /// socket on the host is tracked, not only the node's own (`tcp_probe`'s other form; fixed
+    /// for the probes' life, so no event reads a setting).
+    pub fn load(observe_all: bool) -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Load(e.into()))?;
         let kernel = cc_ebpf_common::btf::Btf::from_sys_fs().map_err(LoadError::NoBtf)?;
         let layout = layout::resolve(&kernel);
@@ -301,7 +312,13 @@ impl Probes {
         let mut status = Vec::new();
         for probe in PROBES {
             let tracepoint = probe.tracepoint;
-            let form = probe.form(kernel.tracepoint_arity(tracepoint));
+            let form =
+                probe
+                    .form(kernel.tracepoint_arity(tracepoint))
+                    .map(|program| match program {
+                        TCP_PROBE_PROGRAM if observe_all => TCP_PROBE_ALL_PROGRAM,
+                        program => program,
+                    });
             let attached = (|| -> Result<u32, LoadError> {
                 let program = form
                     .clone()
@@ -359,8 +376,6 @@ impl Probes {
         let stats = HashMap::try_from(stats).map_err(err(SOCK_STATS_MAP))?;
         let track =
             SkStorage::try_from(map(&mut ebpf, SOCK_TRACK_MAP)?).map_err(err(SOCK_TRACK_MAP))?;
-        let config =
-            Array::try_from(map(&mut ebpf, PROBE_CONFIG_MAP)?).map_err(err(PROBE_CONFIG_MAP))?;
         let counters = PerCpuArray::try_from(map(&mut ebpf, PROBE_COUNTERS_MAP)?)
             .map_err(err(PROBE_COUNTERS_MAP))?;
         let rtt_hist = map(&mut ebpf, RTT_HIST_MAP)?;
@@ -373,7 +388,6 @@ impl Probes {
             ebpf,
             stats: Mutex::new(stats),
             track: Mutex::new(track),
-            config: Mutex::new(config),
             counters,
             final_records: Mutex::new(final_records),
             stats_fd,
@@ -530,15 +544,6 @@ impl Probes {
     /// Sockets the node dropped whose entry still waits for `tcp_destroy_sock`.
     pub fn closing(&self) -> usize {
         self.closing.lock().expect("lock poisoned").len()
-    }
-
-    /// Observe every TCP socket on the host (`true`) or only the node's own (`false`).
-    pub fn set_observe_all(&self, observe_all: bool) -> Result<(), aya::maps::MapError> {
-        let value = ProbeConfig {
-            observe_all: observe_all.into(),
-            _reserved: 0,
-        };
-        self.config.lock().expect("lock poisoned").set(0, value, 0)
     }
 
     /// The latest state of a socket, if the probe has seen it.

@@ -518,7 +518,7 @@ pub const FAMILIES: &[Family] = &[
         name: "tcp_srtt",
         kind: Kind::Histogram,
         unit: Some("seconds"),
-        help: "Smoothed RTT of every tracked connection, sampled at each refresh of its snapshot (at most one sample per ms of the socket's TCP clock, so weighted by time), by congestion control; log2 buckets aggregated in the kernel.",
+        help: "Smoothed RTT of every tracked connection, sampled at each refresh of its snapshot (at most one sample per kernel tick of the socket's activity, so weighted by time), by congestion control; log2 buckets aggregated in the kernel.",
         labels: &["algorithm"],
         series: |v| {
             let Some(p) = probes(v) else {
@@ -626,7 +626,7 @@ pub const FAMILIES: &[Family] = &[
         name: "ebpf_probe_events",
         kind: Kind::Counter,
         unit: None,
-        help: "tcp_probe events of tracked sockets (every socket's runs are the kernel's run_cnt, with --bpf-stats).",
+        help: "tcp_probe events of tracked sockets, counted at each refresh and destroy (every socket's runs are the kernel's run_cnt, with --bpf-stats).",
         labels: &[],
         series: |v| probes(v).map_or_else(Vec::new, |p| one(Value::Int(p.counters.events))),
     },
@@ -634,7 +634,7 @@ pub const FAMILIES: &[Family] = &[
         name: "ebpf_probe_refreshes",
         kind: Kind::Counter,
         unit: None,
-        help: "tcp_probe events that refreshed a tracked socket's snapshot (its TCP clock advanced >= 1 ms since the last refresh, or its congestion state changed).",
+        help: "tcp_probe events that refreshed a tracked socket's snapshot (the socket's first event of each kernel tick, >= 1 ms, or its first after a congestion-state change).",
         labels: &[],
         series: |v| probes(v).map_or_else(Vec::new, |p| one(Value::Int(p.counters.refreshes))),
     },
