@@ -912,7 +912,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
     };
     let none_bps = median(bps(0));
     let none_cpu = median(cpu(0));
-    for arm in 0..ARMS_B.len() {
+    for (arm, name) in ARMS_B.iter().enumerate() {
         let (g25, g50, g75) = quartiles(&bps(arm));
         let (c25, c50, c75) = quartiles(&cpu(arm));
         let (ratio, paired, cpu_ratio) = if arm == 0 {
@@ -941,7 +941,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
         writeln!(
             s,
             "| {} | {:.2} ({:.2} – {:.2}) | {ratio} | {paired} | {c50:.3} ({c25:.3} – {c75:.3}) | {cpu_ratio} |",
-            ARMS_B[arm],
+            name,
             g50 / 1e9,
             g25 / 1e9,
             g75 / 1e9,
