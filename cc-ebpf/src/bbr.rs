@@ -404,7 +404,13 @@ impl Bbr {
     /// Deviation 8, careful resume: what this ACK shows it. `sample_bw` is the ACK's delivery
     /// rate sample.
     #[inline(always)]
-    pub fn resume_view(&self, c: &Conn, rs: &RateSample, sample_bw: u32) -> AckView {
+    pub fn resume_view(
+        &self,
+        c: &Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        sample_bw: u32,
+    ) -> AckView {
         AckView {
             in_startup: self.mode() == Mode::Startup && self.full_bw_reached == 0,
             rtt_us: if rs.rtt_us > 0 {
@@ -412,10 +418,9 @@ impl Bbr {
             } else {
                 0
             },
-            // A full flight was out when this ACK came (not only the kernel's sticky
-            // `is_cwnd_limited`, which a tail loss probe sets on a connection's few handshake
-            // packets): the application has data for a jump.
-            cwnd_limited: c.cwnd_limited && rs.prior_in_flight >= c.cwnd,
+            // Sent while data was waiting (not application-limited), carrying a real rate
+            // sample: the flow is past its handshake and idle time (RFC 9959 §3.2's gate).
+            data_waiting: !rs.is_app_limited && rs.delivered > 0,
             round_start: self.round_start != 0,
             delivered: c.delivered,
             lost: c.lost,
@@ -424,6 +429,10 @@ impl Bbr {
             // Every sample is a rate the path carried (`resume::validation_end` decides what
             // a low one means).
             delivery_rate_bytes_per_sec: bw_to_bytes_per_sec(sample_bw, c.mss),
+            // STARTUP's own loss verdict (`check_loss_too_high_in_startup`), known on the ACK
+            // that reaches it rather than at the loss round's end.
+            loss_too_high: u32::from(self.loss_events_in_round) >= cfg.full_loss_cnt
+                && self.loss_high_in_round != 0,
         }
     }
 
@@ -473,13 +482,21 @@ impl Bbr {
             }
             Action::Retreat(r) => {
                 // The contradicted rate is not kept: estimate and pacing are what the path
-                // delivered, and STARTUP is over.
+                // delivered, and STARTUP is over as when STARTUP meets loss.
                 let bw = bytes_per_sec_to_bw(r.pacing_bytes_per_sec, c.mss);
                 self.bw_hi = [bw, bw];
                 self.full_bw = bw;
                 self.full_bw_reached = 1;
                 c.cwnd = packets(r.cwnd_bytes).max(cfg.min_cwnd).min(c.cwnd_clamp);
                 c.pacing_rate = r.pacing_bytes_per_sec.min(c.max_pacing_rate);
+            }
+            Action::Remeasured { bw_bytes_per_sec } => {
+                // The rest of the jump's flight, served by the bottleneck: a rate the path
+                // carried, never the record's (the model paces from it on the next ACK).
+                let bw = bytes_per_sec_to_bw(bw_bytes_per_sec, c.mss);
+                if bw > self.max_bw() {
+                    self.bw_hi = [bw, bw];
+                }
             }
         }
         if !matches!(action, Action::None) {

@@ -109,15 +109,30 @@ fn resumes_per_peer_id_only() {
     upload(&x, &y1_id, 8 << 20);
     assert_eq!(start(&x, cookie), ("resumed".into(), String::new()));
 
-    // Another node, in another namespace on the same host, dialing the same PeerId: X's
-    // record is not its record (the old address-keyed map was host-wide).
-    let w = Node::start(
-        &net.router,
-        "10.12.1.1",
-        &["--cc", "bbr-p2p", "--peer", &y1.multiaddr],
-    );
+    // Another node, in another namespace on the same host, connected to the same PeerId: X's
+    // record is not its record (the old address-keyed map was host-wide). Careful resume is
+    // switched on at W before Y1 connects to it: a connection made while it was off never
+    // consults a hint (W dialing Y1 at its start raced the switch and stayed undecided).
+    let w = Node::start(&net.router, "10.12.1.1", &["--cc", "bbr-p2p"]);
     let (status, body) = w.http("PUT", "/api/cc/tunables", r#"{"resume_enabled":1}"#);
     assert_eq!(status, 200, "{body}");
+    drop(y1);
+    let y1 = Node::start(
+        &net.receiver,
+        &net.receiver_addr,
+        &[
+            "--key",
+            &k1,
+            "--peer",
+            &x.multiaddr,
+            "--peer",
+            &w.multiaddr,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(y1.peer_id, y1_id);
+    new_connection(&x, &y1_id, &mut seen);
     let mut w_seen = HashSet::new();
     assert_eq!(
         new_start(&w, &y1_id, &mut w_seen),

@@ -773,6 +773,8 @@ struct Path {
     rtt_us: u64,
     buffer_pkts: usize,
     loss: f64,
+    /// A careful-resume hint the node wrote before the first ACK (`tests/resume.rs`).
+    resume: Option<cc_ebpf_common::resume::Hint>,
 }
 
 /// What a simulated transfer achieved.
@@ -788,6 +790,12 @@ struct Outcome {
     /// Smallest `inflight_hi` after STARTUP ended (u32::MAX: never bounded).
     min_inflight_hi: u32,
     bdp_pkts: f64,
+    /// Careful resume's outcome (`Start`, `Reason`), when the path carried a hint.
+    start: (u8, u8),
+    /// Packets lost in the first 2 s.
+    lost_first_2s: u64,
+    /// Highest pacing rate (bytes/s) once careful resume had decided (0: never decided).
+    max_pacing_after_resume: u64,
 }
 
 impl Path {
@@ -797,6 +805,7 @@ impl Path {
             rtt_us: rtt_ms * 1000,
             buffer_pkts: (buffer_bytes / MSS as usize).max(1),
             loss,
+            resume: None,
         }
     }
 
@@ -833,6 +842,11 @@ impl Path {
         let (mut sent, mut lost_total, mut delivered_after_warmup) = (0u64, 0u64, 0u64);
         let mut rtts = Vec::new();
         let mut min_inflight_hi = u32::MAX;
+        let mut slot = self
+            .resume
+            .map(|h| cc_ebpf_common::resume::ResumeSlot::offered(&h));
+        let mut lost_first_2s = 0u64;
+        let mut max_pacing_after_resume = 0u64;
         let end_us = secs * 1_000_000;
         let mut t = 0u64;
         while t < end_us {
@@ -889,6 +903,9 @@ impl Path {
                 }
                 c.lost += losses;
                 lost_total += u64::from(losses);
+                if t <= 2_000_000 {
+                    lost_first_2s += u64::from(losses);
+                }
                 if losses > 0 && c.ca_state == TCP_CA_OPEN {
                     c.ssthresh = s.on_ssthresh(&c);
                     c.ca_state = TCP_CA_RECOVERY;
@@ -932,6 +949,34 @@ impl Path {
                 };
                 let (hi_before, phase_before) = (s.inflight_hi, (s.mode(), s.phase()));
                 s.on_ack(&mut c, &rs, cfg, &mut rand);
+                // Careful resume's stage, as bbr_p2p.rs runs it after the model.
+                if let Some(slot) = slot.as_mut().filter(|_| s.resume_pending != 0) {
+                    let view = s.resume_view(&c, &rs, cfg, Bbr::sample_bw(&rs));
+                    let min_cwnd = u64::from(cfg.min_cwnd) * u64::from(MSS);
+                    let before = slot.start;
+                    let action = cc_ebpf_common::resume::on_ack(slot, &view, min_cwnd);
+                    s.resume_apply(&mut c, cfg, action, slot.bw_bytes_per_sec);
+                    if std::env::var_os("BBR_SIM_TRACE").is_some()
+                        && (action != Action::None || slot.start != before)
+                    {
+                        eprintln!(
+                            "t {:>6} ms resume {:?} {:?} start {} reason {} lost {} infl {}",
+                            t / 1000,
+                            action,
+                            view,
+                            slot.start,
+                            slot.reason,
+                            lost_total,
+                            inflight
+                        );
+                    }
+                    if cc_ebpf_common::resume::decided(slot) {
+                        s.resume_pending = 0;
+                    }
+                }
+                if slot.is_some() && s.resume_pending == 0 {
+                    max_pacing_after_resume = max_pacing_after_resume.max(c.pacing_rate);
+                }
                 if std::env::var_os("BBR_SIM_TRACE").is_some()
                     && (s.inflight_hi < hi_before || phase_before != (s.mode(), s.phase()))
                 {
@@ -1038,6 +1083,9 @@ impl Path {
             rtt_p95_us: q(0.95),
             min_inflight_hi,
             bdp_pkts: self.rate_pkts_per_us * self.rtt_us as f64,
+            start: slot.map_or((0, 0), |s| (s.start, s.reason)),
+            lost_first_2s,
+            max_pacing_after_resume,
         }
     }
 }
@@ -1189,3 +1237,5 @@ fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
         );
     }
 }
+
+mod resume;

@@ -25,7 +25,7 @@ use cc_ebpf::{
 use cc_ebpf_common::{
     TCP_CONG_NON_RESTRICTED,
     bbr::{BBR_CONFIG_SLOTS, BBR_SCRATCH_WORDS, BbrConfig, BbrStorage, Mode},
-    resume::{self, ResumeSlot, Start},
+    resume::{self, ResumeSlot},
 };
 
 cc_ebpf::license!();
@@ -478,16 +478,13 @@ fn resume_stage(
         }
         return;
     };
-    let view = bbr.resume_view(c, rs, sample_bw);
+    let view = bbr.resume_view(c, rs, cfg, sample_bw);
     let min_cwnd_bytes = u64::from(cfg.min_cwnd) * u64::from(c.mss);
-    let action = resume::on_ack(slot, &view, cfg.loss_thresh_per_mille, min_cwnd_bytes);
+    let action = resume::on_ack(slot, &view, min_cwnd_bytes);
     bbr.resume_apply(c, cfg, action, slot.bw_bytes_per_sec);
     bbr.start = slot.start;
     bbr.start_reason = slot.reason;
-    if matches!(
-        Start::from_u8(slot.start),
-        Start::Cold | Start::Resumed | Start::Retreated
-    ) {
+    if resume::decided(slot) {
         bbr.resume_pending = 0;
     }
 }

@@ -1,0 +1,108 @@
+//! Careful resume on the packet-level simulation (`Path::run`): the resume stage runs after the
+//! model on every ACK as `bbr_p2p.rs` runs it. The record is the issue's bench path: 100 Mbit/s,
+//! 40 ms (12.5 MB/s, BDP 500 kB); the assertions are about the path (losses, retreats), with
+//! bounds derived from the path, not from the implementation's formulas.
+
+use cc_ebpf_common::resume::{Hint, Reason, SavedPath, Start, offer};
+
+use super::*;
+
+const RECORD: SavedPath = SavedPath {
+    bw_bytes_per_sec: 12_500_000,
+    min_rtt_us: 40_000,
+    inflight_hi_bytes: None,
+    sampled_at_ms: 0,
+};
+
+fn hint() -> Hint {
+    offer(&RECORD, 0, 1).unwrap()
+}
+
+fn resumed_cfg() -> BbrConfig {
+    BbrConfig {
+        resume_enabled: 1,
+        ..BbrConfig::DEFAULT
+    }
+}
+
+fn start(out: &Outcome) -> (Start, Reason) {
+    (Start::from_u8(out.start.0), Reason::from_u8(out.start.1))
+}
+
+/// Issue 13's 1% case: on the record's own path with 1% random loss, a resumed flow must not
+/// be retreated in ≥ 90% of runs. Random loss BBR does not call congestion (v3's STARTUP rule:
+/// ≥ 6 lossy ACKs in a round and more than 2% of its flight) must not retreat it.
+#[test]
+fn sim_one_percent_random_loss_rarely_retreats_a_resumed_flow() {
+    let path = Path {
+        resume: Some(hint()),
+        ..Path::mbit(100.0, 40, 500_000, 0.01)
+    };
+    let mut starts = Vec::new();
+    for seed in 1..=20 {
+        let out = path.run(&resumed_cfg(), 4, seed);
+        starts.push(start(&out));
+    }
+    eprintln!("{starts:?}");
+    let jumped = starts
+        .iter()
+        .filter(|(s, _)| matches!(s, Start::Resumed | Start::Retreated))
+        .count();
+    let kept = starts.iter().filter(|(s, _)| *s == Start::Resumed).count();
+    assert_eq!(
+        jumped, 20,
+        "every run jumps on a cwnd-limited bulk flow: {starts:?}"
+    );
+    assert!(
+        kept * 10 >= jumped * 9,
+        "{kept} of {jumped} kept: {starts:?}"
+    );
+}
+
+/// Issue 13's changed path: a record from 100 Mbit/s, now 20 Mbit/s with a 0.25-BDP buffer
+/// (25 kB). The jump (half the saved BDP, 250 kB, paced over one 40 ms RTT) is all sent before
+/// the first loss can be seen (a drop is reported a round trip after it happens), so what the
+/// link and buffer cannot take is lost whatever the sender does next: 250 kB − 20 Mbit/s × 40
+/// ms − 25 kB = 125 kB, 86 packets. Beyond that the resumed flow may lose no more than a cold
+/// start does, must retreat on loss, and must never again pace above what the path carried
+/// (here 1.25 × 20 Mbit/s, PROBE_BW's probing gain, bounds it).
+#[test]
+fn sim_changed_path_retreats_and_loses_only_the_jumps_inherent_excess() {
+    let mss = f64::from(MSS);
+    let jump_pkts = 250_000.0 / mss;
+    let link_pkts = 20e6 / 8.0 * 0.040 / mss;
+    let buffer_pkts = (25_000 / MSS) as f64;
+    let inherent = (jump_pkts - link_pkts - buffer_pkts).ceil() as u64;
+    for seed in 1..=3 {
+        let cold = Path::mbit(20.0, 40, 25_000, 0.0).run(&BbrConfig::DEFAULT, 4, seed);
+        let resumed = Path {
+            resume: Some(hint()),
+            ..Path::mbit(20.0, 40, 25_000, 0.0)
+        }
+        .run(&resumed_cfg(), 4, seed);
+        eprintln!(
+            "seed {seed}: cold lost {} util {:.3}; resumed lost {} util {:.3} {:?}, pacing after \
+             {} B/s; inherent {inherent}",
+            cold.lost_first_2s,
+            cold.utilisation,
+            resumed.lost_first_2s,
+            resumed.utilisation,
+            start(&resumed),
+            resumed.max_pacing_after_resume
+        );
+        assert_eq!(start(&resumed), (Start::Retreated, Reason::Loss));
+        assert!(
+            resumed.lost_first_2s <= cold.lost_first_2s + inherent,
+            "resumed lost {} > cold {} + the jump's inherent {inherent}",
+            resumed.lost_first_2s,
+            cold.lost_first_2s
+        );
+        assert!(
+            resumed.max_pacing_after_resume as f64 <= 1.25 * 20e6 / 8.0 * 1.01,
+            "paced at {} B/s after the retreat",
+            resumed.max_pacing_after_resume
+        );
+        // Completion-side: the retreat must not leave the flow crawling.
+        assert!(resumed.utilisation > 0.9 * cold.utilisation, "{resumed:?}");
+    }
+}
