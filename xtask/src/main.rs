@@ -37,7 +37,8 @@ enum Task {
     /// Install what the build and tests need (nightly rust-src, Debian packages, bpf-linker) and
     /// mount bpffs and tracefs; a fast no-op when all is present.
     Setup,
-    /// Run setup, the unit tests, the eBPF crate's host tests, then the real-kernel tests (root).
+    /// Run setup, the unit tests, the eBPF crate's host tests, the real-kernel tests, the QEMU tier
+    /// (Linux 6.1) and the testbed (`cargo xtask run` driven from headless Chromium); root.
     Test(test::Options),
     /// Run setup, build p2p-node, and start a testbed of nodes in network namespaces (root).
     Run(run::Options),
