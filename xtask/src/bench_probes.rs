@@ -846,7 +846,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
         writeln!(
             s,
             "\nThe pieces of that path, each alone in a program on `tcp_probe` beside the floor \
-             (same events; they run after the probes and the floor, so the lines `tcp_probe` \
+             (same events; they run after the probes and before the floor, so the lines `tcp_probe` \
              touched are in cache for them: what a piece costs warm), minus the floor, per \
              repetition, median (min – max):\n\n| piece | tracked arm | foreign arm |\n\
              |---|---:|---:|"
