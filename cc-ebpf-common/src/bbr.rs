@@ -167,7 +167,7 @@ pub struct BbrState {
     pub inflight_at_loss: u32,
     /// Latest delivery-rate sample.
     pub last_bw_sample: u32,
-    /// Smallest RTT sample of the current round, µs (`u32::MAX`: none yet).
+    /// Smallest RTT sample of the current loss round, µs (`u32::MAX`: none yet).
     pub round_min_rtt_us: u32,
     // --- flags and small counters (u8 each, no bitfields) ---
     pub mode: u8,

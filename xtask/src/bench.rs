@@ -102,7 +102,8 @@ pub struct BbrOptions {
     /// Repetitions per scenario and algorithm (runs alternate between the algorithms).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     reps: u32,
-    /// Length of each run (of the window all flows share, in (e)).
+    /// Length of the measured window all flows share (a run lasts `--warmup` + this, plus the
+    /// stagger in (e)).
     #[arg(long, default_value_t = 12, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..=300))]
     seconds: u64,
     /// One-way delay added by the NFQUEUE delay line in each direction (0: no delay line).
@@ -111,6 +112,11 @@ pub struct BbrOptions {
     /// Bottleneck rate (tc syntax: kbit, mbit, gbit).
     #[arg(long, default_value = "100mbit")]
     rate: String,
+    /// Seconds every flow runs before that window, for both algorithms alike (a question of
+    /// convergence: e.g. (d) after BBR's first 10 s min-RTT window). RTTs are still taken from
+    /// each flow's third second on, retransmits and CPU over the whole run.
+    #[arg(long, default_value_t = 0, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=120))]
+    warmup: u64,
     /// Seconds between the starts of scenario (e)'s flows.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=10))]
     stagger: u64,
@@ -316,7 +322,12 @@ fn run_group(
                     rep + 1,
                     options.reps
                 );
-                let flows = flow_plan(variant, algorithm, options.seconds, options.stagger);
+                let flows = flow_plan(
+                    variant,
+                    algorithm,
+                    options.warmup + options.seconds,
+                    options.stagger,
+                );
                 let sample = rep == 0 && group != 'f';
                 let before = (algorithm == OURS && stats_on)
                     .then(|| node.prog_stats())
@@ -377,8 +388,17 @@ fn run_group(
     Ok(GroupRecord {
         group,
         command: format!(
-            "cargo xtask bench bbr --scenario {group} --reps {} --seconds {} --delay-ms {} --rate {} --stagger {}",
-            options.reps, options.seconds, options.delay_ms, options.rate, options.stagger
+            "cargo xtask bench bbr --scenario {group} --reps {} --seconds {} --delay-ms {} --rate {} --stagger {}{}",
+            options.reps,
+            options.seconds,
+            options.delay_ms,
+            options.rate,
+            options.stagger,
+            if options.warmup > 0 {
+                format!(" --warmup {}", options.warmup)
+            } else {
+                String::new()
+            }
         ),
         date: date.trim().to_owned(),
         source: source_version(),
@@ -939,7 +959,8 @@ impl SsSampler {
         let thread = thread::spawn(move || {
             let started = Instant::now();
             let mut samples = Vec::new();
-            // Bounded: one run lasts at most a few minutes (--seconds ≤ 300 plus the stagger).
+            // Bounded: one run lasts at most a few minutes (--seconds ≤ 300, --warmup ≤ 120,
+            // plus the stagger).
             while !flag.load(Ordering::SeqCst) && samples.len() < 200_000 {
                 let next = Instant::now() + SS_PERIOD;
                 let mut cmd = Command::new("ss");

@@ -288,6 +288,43 @@ fn loss_outside_probing_cuts_only_the_short_term_bounds() {
     }
 }
 
+/// Deviation 14: a lossy round with a flight below this flow's BDP estimate cuts the
+/// short-term bounds only if the bottleneck's queue stood all round (no RTT sample within a
+/// quarter of `min_rtt`): then the flows sharing it have too much in flight, whatever this
+/// flow's own estimate says.
+#[test]
+fn loss_below_the_pipe_cuts_the_short_term_bounds_only_through_a_standing_queue() {
+    let cfg = BbrConfig::DEFAULT;
+    let bw = bw_of_mbit(100);
+    // (lowest RTT of the loss round µs, cut?) on a 20 ms min_rtt.
+    let cases = [
+        (20_100, false),
+        (24_900, false),
+        (25_100, true),
+        (40_000, true),
+        (u32::MAX, false),
+    ];
+    for (round_min_rtt_us, cut) in cases {
+        let (mut s, c) = probe_bw(Phase::Cruise);
+        s.loss_in_round = 1;
+        s.loss_high_in_round = 1;
+        // Below the pipe floor (≈ 173 packets at 100 Mbit/s × 20 ms).
+        s.inflight_at_loss = 150;
+        s.round_min_rtt_us = round_min_rtt_us;
+        s.adapt_lower_bounds(&c, &cfg);
+        let want = if cut {
+            (scale(bw, 180), scale(346, 180))
+        } else {
+            (UNBOUNDED, UNBOUNDED)
+        };
+        assert_eq!(
+            (s.bw_lo, s.inflight_lo),
+            want,
+            "round min RTT {round_min_rtt_us}"
+        );
+    }
+}
+
 #[test]
 fn headroom_applies_only_when_cruising() {
     let cfg = BbrConfig::DEFAULT;
@@ -1238,4 +1275,5 @@ fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
     }
 }
 
+mod fairness;
 mod resume;

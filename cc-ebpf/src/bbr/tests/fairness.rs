@@ -1,0 +1,532 @@
+//! Several flows through one bottleneck (issue 10's fairness scenarios (d) and (e) in a packet
+//! simulation): bbr-p2p flows, optionally a CUBIC flow, sharing a tail-drop FIFO. The
+//! assertions are about the shares (Jain's index of the flows' goodputs over a window all of
+//! them share), not about the model's own numbers.
+
+use std::collections::VecDeque;
+
+use super::{MSS, Rng, conn};
+use crate::bbr::*;
+
+/// Simulation step, µs.
+const DT_US: u64 = 10;
+
+/// One packet as the kernel's rate sampler tags it when sent.
+#[derive(Clone, Copy)]
+struct Sent {
+    sent_us: u64,
+    delivered: u32,
+    delivered_mstamp_us: u64,
+    first_tx_us: u64,
+    app_limited: bool,
+    /// ACKed or marked lost: out of flight.
+    done: bool,
+}
+
+/// CUBIC (RFC 9438) in outline: slow start, β = 0.7, C = 0.4, the Reno-friendly region; not
+/// paced (the kernel's cubic sends a window's worth as fast as ACKs clock it out).
+#[derive(Default)]
+struct Cubic {
+    w_max: f64,
+    epoch_us: u64,
+    /// Reno-friendly estimate, packets.
+    w_est: f64,
+    cwnd: f64,
+    ssthresh: f64,
+}
+
+impl Cubic {
+    fn new() -> Self {
+        Self {
+            cwnd: f64::from(TCP_INIT_CWND),
+            ssthresh: f64::INFINITY,
+            ..Self::default()
+        }
+    }
+
+    fn on_ack(&mut self, acked: u32, now_us: u64, srtt_us: u64) {
+        for _ in 0..acked {
+            if self.cwnd < self.ssthresh {
+                self.cwnd += 1.0;
+                continue;
+            }
+            if self.epoch_us == 0 {
+                self.epoch_us = now_us;
+                self.w_est = self.cwnd;
+                if self.w_max < self.cwnd {
+                    self.w_max = self.cwnd;
+                }
+            }
+            let k = (self.w_max * 0.3 / 0.4).cbrt();
+            let t = (now_us - self.epoch_us) as f64 / 1e6 + srtt_us as f64 / 1e6;
+            let target = 0.4 * (t - k).powi(3) + self.w_max;
+            self.w_est += 3.0 * 0.3 / 1.7 / self.cwnd;
+            let target = target.max(self.w_est).min(1.5 * self.cwnd);
+            if target > self.cwnd {
+                self.cwnd += (target - self.cwnd) / self.cwnd;
+            } else {
+                self.cwnd += 0.01 / self.cwnd;
+            }
+        }
+    }
+
+    fn on_loss(&mut self) {
+        self.w_max = self.cwnd;
+        self.cwnd = (self.cwnd * 0.7).max(2.0);
+        self.ssthresh = self.cwnd;
+        self.epoch_us = 0;
+    }
+}
+
+/// The algorithm a flow runs.
+enum Algorithm {
+    BbrP2p(Box<Bbr>),
+    Cubic(Cubic),
+}
+
+/// One sender, its packets and its ACK clock.
+struct Flow {
+    alg: Algorithm,
+    c: Conn,
+    start_us: u64,
+    started: bool,
+    packets: Vec<Sent>,
+    acks: VecDeque<(usize, u64)>,
+    next_send: f64,
+    first_tx_us: u64,
+    first_undone: usize,
+    highest_acked: Option<usize>,
+    recovery_end: usize,
+    last_ack_us: u64,
+    srtt: u64,
+    kernel_min_rtt: u32,
+    inflight: u32,
+    cwnd_limited: bool,
+    rng: Rng,
+    /// Packets delivered inside the measurement window.
+    window_delivered: u64,
+    sent: u64,
+    lost: u64,
+}
+
+impl Flow {
+    fn new(alg: Algorithm, start_us: u64, seed: u64) -> Self {
+        Self {
+            alg,
+            c: conn(),
+            start_us,
+            started: false,
+            packets: Vec::new(),
+            acks: VecDeque::new(),
+            next_send: 0.0,
+            first_tx_us: 0,
+            first_undone: 0,
+            highest_acked: None,
+            recovery_end: 0,
+            last_ack_us: 0,
+            srtt: 0,
+            kernel_min_rtt: u32::MAX,
+            inflight: 0,
+            cwnd_limited: false,
+            rng: Rng(seed),
+            window_delivered: 0,
+            sent: 0,
+            lost: 0,
+        }
+    }
+
+    fn bbr(&self) -> Option<&Bbr> {
+        match &self.alg {
+            Algorithm::BbrP2p(s) => Some(s),
+            Algorithm::Cubic(_) => None,
+        }
+    }
+
+    fn start(&mut self, cfg: &BbrConfig) {
+        self.c.now_us = self.start_us.max(1);
+        self.c.delivered_mstamp_us = self.c.now_us;
+        self.next_send = self.start_us as f64;
+        self.last_ack_us = self.start_us;
+        if let Algorithm::BbrP2p(s) = &mut self.alg {
+            s.init(&mut self.c, cfg);
+        }
+    }
+
+    fn ca_state_change(&mut self, cfg: &BbrConfig, state: u8) {
+        match &mut self.alg {
+            Algorithm::BbrP2p(s) => {
+                if state != TCP_CA_OPEN {
+                    self.c.ssthresh = s.on_ssthresh(&self.c);
+                }
+                s.on_set_state(&mut self.c, cfg, state);
+            }
+            Algorithm::Cubic(cubic) => {
+                if state != TCP_CA_OPEN {
+                    cubic.on_loss();
+                }
+            }
+        }
+        self.c.ca_state = state;
+    }
+
+    /// ACKs that arrived by `t`: loss detection (3 packets of reordering), recovery, the rate
+    /// sample and the algorithm; then the retransmission timer.
+    fn receive_acks(&mut self, t: u64, window: (u64, u64), cfg: &BbrConfig) {
+        let mut newest: Option<usize> = None;
+        let mut acked = 0u32;
+        let prior_in_flight = self.inflight;
+        while let Some(&(p, at)) = self.acks.front() {
+            if at > t {
+                break;
+            }
+            self.acks.pop_front();
+            let pkt = &mut self.packets[p];
+            if !pkt.done {
+                pkt.done = true;
+                self.inflight -= 1;
+            }
+            acked += 1;
+            self.c.delivered += 1;
+            self.c.delivered_mstamp_us = t;
+            if (window.0..window.1).contains(&t) {
+                self.window_delivered += 1;
+            }
+            if newest.is_none_or(|n| self.packets[n].delivered <= self.packets[p].delivered) {
+                newest = Some(p);
+            }
+            self.highest_acked = Some(self.highest_acked.map_or(p, |h| h.max(p)));
+        }
+        if let Some(n) = newest {
+            self.last_ack_us = t;
+            let mut losses = 0;
+            let horizon = self.highest_acked.unwrap_or(0).saturating_sub(3);
+            while self.first_undone < horizon {
+                let pkt = &mut self.packets[self.first_undone];
+                if !pkt.done {
+                    pkt.done = true;
+                    self.inflight -= 1;
+                    losses += 1;
+                }
+                self.first_undone += 1;
+            }
+            self.c.lost += losses;
+            self.lost += u64::from(losses);
+            if losses > 0 && self.c.ca_state == TCP_CA_OPEN {
+                self.ca_state_change(cfg, TCP_CA_RECOVERY);
+                self.recovery_end = self.packets.len();
+            } else if self.c.ca_state != TCP_CA_OPEN
+                && self.highest_acked.unwrap_or(0) >= self.recovery_end
+            {
+                self.ca_state_change(cfg, TCP_CA_OPEN);
+            }
+            let pkt = self.packets[n];
+            let rtt = t - pkt.sent_us;
+            self.srtt = if self.srtt == 0 {
+                rtt
+            } else {
+                (7 * self.srtt + rtt) / 8
+            };
+            self.kernel_min_rtt = self.kernel_min_rtt.min(rtt as u32);
+            self.first_tx_us = pkt.sent_us;
+            let snd_us = pkt.sent_us - pkt.first_tx_us;
+            let ack_us = t - pkt.delivered_mstamp_us;
+            let mut interval = snd_us.max(ack_us) as i64;
+            if interval < i64::from(self.kernel_min_rtt) {
+                interval = -1;
+            }
+            let c = &mut self.c;
+            if c.app_limited != 0 && after32(c.delivered, c.app_limited) {
+                c.app_limited = 0;
+            }
+            c.now_us = t;
+            c.clock_ns = t * 1000;
+            c.packets_in_flight = self.inflight;
+            c.srtt_us_x8 = (self.srtt * 8) as u32;
+            c.kernel_min_rtt_us = self.kernel_min_rtt;
+            c.cwnd_limited = self.cwnd_limited;
+            c.wstamp_ns = (self.next_send.max(t as f64) * 1000.0) as u64;
+            let rs = RateSample {
+                prior_delivered: pkt.delivered,
+                delivered: (c.delivered - pkt.delivered) as i32,
+                interval_us: interval,
+                rtt_us: rtt as i64,
+                losses: losses as i32,
+                acked_sacked: acked,
+                prior_in_flight,
+                is_app_limited: pkt.app_limited,
+                is_ack_delayed: false,
+                ack_compressed: interval > 0 && snd_us > ack_us,
+            };
+            match &mut self.alg {
+                Algorithm::BbrP2p(s) => {
+                    let rng = &mut self.rng;
+                    s.on_ack(c, &rs, cfg, &mut || rng.next());
+                }
+                Algorithm::Cubic(cubic) => {
+                    if c.ca_state == TCP_CA_OPEN {
+                        cubic.on_ack(acked, t, self.srtt);
+                    }
+                    c.cwnd = cubic.cwnd as u32;
+                }
+            }
+            self.cwnd_limited = false;
+        }
+        if self.inflight > 0 && t - self.last_ack_us > 200_000.max(2 * self.srtt) {
+            for pkt in self.packets[self.first_undone..]
+                .iter_mut()
+                .filter(|p| !p.done)
+            {
+                pkt.done = true;
+                self.c.lost += 1;
+                self.lost += 1;
+            }
+            self.inflight = 0;
+            self.ca_state_change(cfg, TCP_CA_LOSS);
+            self.recovery_end = self.packets.len();
+            self.c.cwnd = 1;
+            if let Algorithm::Cubic(cubic) = &mut self.alg {
+                cubic.cwnd = 1.0;
+            }
+            self.last_ack_us = t;
+        }
+    }
+
+    /// Sends what cwnd and (for bbr-p2p) pacing allow by `t`; returns the packets sent.
+    fn send(&mut self, t: u64, out: &mut Vec<usize>) {
+        let tf = t as f64;
+        let paced = matches!(self.alg, Algorithm::BbrP2p(_));
+        self.next_send = self.next_send.max(tf - DT_US as f64);
+        while !paced || self.next_send <= tf {
+            if self.inflight >= self.c.cwnd {
+                self.cwnd_limited = true;
+                break;
+            }
+            if self.inflight == 0 {
+                self.first_tx_us = t;
+                self.c.delivered_mstamp_us = t;
+            }
+            out.push(self.packets.len());
+            self.packets.push(Sent {
+                sent_us: t,
+                delivered: self.c.delivered,
+                delivered_mstamp_us: self.c.delivered_mstamp_us,
+                first_tx_us: self.first_tx_us,
+                app_limited: self.c.app_limited != 0,
+                done: false,
+            });
+            self.sent += 1;
+            self.inflight += 1;
+            let rate = (self.c.pacing_rate as f64).max(1.0);
+            self.next_send += f64::from(MSS) / rate * 1e6;
+        }
+    }
+}
+
+/// A bottleneck shared by several flows: `mbit` Mbit/s, a tail-drop FIFO of `buffer_bytes`,
+/// `rtt_ms` of propagation delay for the round trip.
+struct Shared {
+    rate_pkts_per_us: f64,
+    rtt_us: u64,
+    buffer_pkts: usize,
+}
+
+/// What each flow got over the shared window.
+#[derive(Debug)]
+struct Shares {
+    /// Mbit/s per flow, in start order.
+    mbit: Vec<f64>,
+    /// Packets lost ÷ sent, all flows.
+    loss_fraction: f64,
+}
+
+impl Shares {
+    /// Jain's index (Σx)² / (n·Σx²).
+    fn jain(&self) -> f64 {
+        let sum: f64 = self.mbit.iter().sum();
+        let sq: f64 = self.mbit.iter().map(|x| x * x).sum();
+        sum * sum / (self.mbit.len() as f64 * sq)
+    }
+}
+
+impl Shared {
+    fn new(mbit: f64, rtt_ms: u64, buffer_bytes: usize) -> Self {
+        Self {
+            rate_pkts_per_us: mbit * 1e6 / 8.0 / f64::from(MSS) / 1e6,
+            rtt_us: rtt_ms * 1000,
+            buffer_pkts: (buffer_bytes / MSS as usize).max(1),
+        }
+    }
+
+    /// Runs `flows` (started at their `start_us`) until `end_us`; the shares are measured over
+    /// `[window_start_us, end_us)`. `trace` prints each bbr-p2p flow's state every 500 ms.
+    fn run(
+        &self,
+        mut flows: Vec<Flow>,
+        cfg: &BbrConfig,
+        window_start_us: u64,
+        end_us: u64,
+        trace: bool,
+    ) -> Shares {
+        let svc_us = 1.0 / self.rate_pkts_per_us;
+        let mut queue: VecDeque<(usize, usize, f64)> = VecDeque::new();
+        let mut link_free = 0.0f64;
+        let mut out = Vec::new();
+        let mut t = 0u64;
+        while t < end_us {
+            t += DT_US;
+            let tf = t as f64;
+            while let Some(&(f, p, depart)) = queue.front() {
+                if depart > tf {
+                    break;
+                }
+                queue.pop_front();
+                flows[f].acks.push_back((p, depart as u64 + self.rtt_us));
+            }
+            for (i, flow) in flows.iter_mut().enumerate() {
+                if t < flow.start_us {
+                    continue;
+                }
+                if !flow.started {
+                    flow.started = true;
+                    flow.start(cfg);
+                }
+                flow.receive_acks(t, (window_start_us, end_us), cfg);
+                out.clear();
+                flow.send(t, &mut out);
+                for &p in &out {
+                    if queue.len() < self.buffer_pkts {
+                        let depart = link_free.max(tf) + svc_us;
+                        link_free = depart;
+                        queue.push_back((i, p, depart));
+                    }
+                }
+            }
+            if trace && t.is_multiple_of(500_000) {
+                let states: Vec<String> = flows
+                    .iter()
+                    .filter(|f| t >= f.start_us)
+                    .map(|f| match f.bbr() {
+                        Some(s) => format!(
+                            "{}{} cw {} bw {:.1} lo {:.1} hi {} ilo {} mrtt {:.1}",
+                            &s.mode().name()[..2],
+                            s.phase() as u8,
+                            f.c.cwnd,
+                            mbit_of_bw(s.max_bw()),
+                            if s.bw_lo == UNBOUNDED {
+                                -1.0
+                            } else {
+                                mbit_of_bw(s.bw_lo)
+                            },
+                            s.inflight_hi as i32,
+                            s.inflight_lo as i32,
+                            f64::from(s.min_rtt_us) / 1000.0
+                        ),
+                        None => format!("cubic cw {}", f.c.cwnd),
+                    })
+                    .collect();
+                eprintln!(
+                    "t {:>5} q {:>3} | {}",
+                    t / 1000,
+                    queue.len(),
+                    states.join(" | ")
+                );
+            }
+        }
+        let secs = (end_us - window_start_us) as f64 / 1e6;
+        let (sent, lost) = flows
+            .iter()
+            .fold((0, 0), |(s, l), f| (s + f.sent, l + f.lost));
+        Shares {
+            mbit: flows
+                .iter()
+                .map(|f| f.window_delivered as f64 * f64::from(MSS) * 8.0 / secs / 1e6)
+                .collect(),
+            loss_fraction: lost as f64 / sent.max(1) as f64,
+        }
+    }
+}
+
+fn mbit_of_bw(bw: u32) -> f64 {
+    f64::from(bw) * f64::from(MSS) * 8.0 / BW_UNIT as f64
+}
+
+fn trace() -> bool {
+    std::env::var_os("BBR_SIM_TRACE").is_some()
+}
+
+/// Scenario (e): eight bbr-p2p flows on 100 Mbit/s, 20 ms, a 1-BDP buffer, started 1 s apart,
+/// measured over the `window_s` seconds after the last one started.
+fn eight_staggered(cfg: &BbrConfig, window_s: u64, seed: u64) -> Shares {
+    let path = Shared::new(100.0, 20, 250_000);
+    let flows = (0..8)
+        .map(|i| {
+            Flow::new(
+                Algorithm::BbrP2p(Box::default()),
+                i * 1_000_000,
+                seed * 31 + i,
+            )
+        })
+        .collect();
+    path.run(flows, cfg, 7_000_000, (7 + window_s) * 1_000_000, trace())
+}
+
+/// Scenario (d): one bbr-p2p flow and one CUBIC flow started together on 100 Mbit/s, 20 ms,
+/// a buffer of `bdps` BDPs, measured over `[skip_s, secs)`.
+fn with_cubic(cfg: &BbrConfig, bdps: f64, skip_s: u64, secs: u64, seed: u64) -> Shares {
+    let path = Shared::new(100.0, 20, (250_000.0 * bdps) as usize);
+    let flows = vec![
+        Flow::new(Algorithm::BbrP2p(Box::default()), 0, seed),
+        Flow::new(Algorithm::Cubic(Cubic::new()), 0, seed + 1),
+    ];
+    path.run(flows, cfg, skip_s * 1_000_000, secs * 1_000_000, trace())
+}
+
+/// Scenario (e) over four seeds. Without deviation 14 (the short-term bounds were cut only
+/// when a flow's own flight exceeded its BDP estimate) the first flow, whose estimate dates
+/// from when it had the link alone, kept 29–36 Mbit/s of 100 and the mean index was 0.70
+/// (0.63–0.76); the bench's kernel record for bbr-p2p was 0.86 (kernel bbr 0.63).
+#[test]
+fn sim_eight_staggered_flows_share_the_link() {
+    let window: u64 = std::env::var("SIM_WINDOW").map_or(12, |w| w.parse().unwrap());
+    let mut jains = Vec::new();
+    for seed in [1, 2, 3, 4] {
+        let shares = eight_staggered(&BbrConfig::DEFAULT, window, seed);
+        eprintln!(
+            "seed {seed}: Jain {:.3}, loss {:.4}, {:?}",
+            shares.jain(),
+            shares.loss_fraction,
+            shares.mbit
+        );
+        let total: f64 = shares.mbit.iter().sum();
+        assert!(total > 90.0, "seed {seed}: the link is used: {shares:?}");
+        jains.push(shares.jain());
+    }
+    let mean = jains.iter().sum::<f64>() / jains.len() as f64;
+    assert!(mean >= 0.78, "mean Jain's index {mean:.3}: {jains:?}");
+}
+
+/// Scenario (d): beside CUBIC on half a BDP of buffer the two share (bench target: Jain ≥
+/// 0.8); on 4 BDPs CUBIC's queue holds the RTT at 4–5× the propagation delay and bbr-p2p's
+/// flight is bounded by 2 × its bandwidth × the 20 ms it measured at the start, until the
+/// min-RTT filter (10 s, v3's) expires and takes a queue-laden minimum: its share grows
+/// after that, which a 12 s run barely sees.
+#[test]
+fn sim_one_flow_beside_cubic() {
+    let half = with_cubic(&BbrConfig::DEFAULT, 0.5, 0, 12, 1);
+    eprintln!("0.5 BDP, 0-12 s: Jain {:.3}, {:?}", half.jain(), half.mbit);
+    assert!(half.jain() >= 0.8, "{half:?}");
+    let secs: u64 = std::env::var("SIM_SECS").map_or(30, |w| w.parse().unwrap());
+    let before = with_cubic(&BbrConfig::DEFAULT, 4.0, 0, 10, 1);
+    let after = with_cubic(&BbrConfig::DEFAULT, 4.0, 15, secs, 1);
+    eprintln!(
+        "4 BDP: 0-10 s Jain {:.3} {:?}; 15-{secs} s Jain {:.3} {:?}",
+        before.jain(),
+        before.mbit,
+        after.jain(),
+        after.mbit
+    );
+    assert!(
+        after.mbit[0] > 1.3 * before.mbit[0],
+        "bbr-p2p's share after the min-RTT window: {after:?}, before: {before:?}"
+    );
+}
