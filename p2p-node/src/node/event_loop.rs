@@ -698,6 +698,10 @@ impl EventLoop {
                 if let Some((peer, reply)) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(FileError::Request {
                         peer,
+                        connection_closed: matches!(
+                            error,
+                            request_response::OutboundFailure::ConnectionClosed
+                        ),
                         reason: error.to_string(),
                     }));
                 }

@@ -83,8 +83,14 @@ pub const BUSY_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_mill
 pub const BUSY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 /// "Busy" answers in a row from one provider (≈ 15 s of back-off) that count as one failure.
 pub const MAX_BUSY_STREAK: u32 = 12;
-/// Pause before a provider whose manifest request failed is asked once more.
-const MANIFEST_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Pause before a provider whose manifest request failed, or whose connection closed under
+/// chunk requests, is asked again: long enough for the closing connection to be gone and a new
+/// one to be dialled, short next to a fetch.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Pauses per provider and fetch after chunk requests failed on a closing connection (all the
+/// requests one close fails share one pause); more closes count as failures, so a provider
+/// whose connections keep closing costs at most 3 × [`RETRY_PAUSE`] before it is dropped.
+const MAX_CLOSED_RETRIES: u32 = 3;
 /// Test faults remembered at once.
 const MAX_FAULTS: usize = 64;
 /// Requests held back by the "stall" fault at once.
@@ -218,7 +224,14 @@ pub enum FileError {
         source: io::Error,
     },
     #[error("request to {peer} failed: {reason}")]
-    Request { peer: PeerId, reason: String },
+    Request {
+        peer: PeerId,
+        reason: String,
+        /// libp2p's `OutboundFailure::ConnectionClosed`: the connection the request went out on
+        /// closed before the answer (e.g. the old connection to a restarted peer), which says
+        /// nothing about the provider; see [`closed_retry`].
+        connection_closed: bool,
+    },
     #[error("too many file requests or DHT queries in flight; try again")]
     Busy,
     #[error("the node has stopped")]
@@ -1088,7 +1101,7 @@ async fn fetch_manifest(
         } else if retry.is_empty() {
             break;
         } else {
-            tokio::time::sleep(MANIFEST_RETRY_PAUSE).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
             std::mem::take(&mut retry)
         };
         for peer in peers {
@@ -1147,6 +1160,29 @@ struct Provider {
     /// "Busy" answers in a row, and when it may be asked again (see [`busy_backoff`]).
     busy_streak: u32,
     resume_at: Option<Instant>,
+    /// Pauses taken after chunk requests failed on a closing connection, and the end of the
+    /// last one (see [`closed_retry`]).
+    closed_retries: u32,
+    closed_until: Option<Instant>,
+}
+
+/// A chunk request to `provider` failed because its connection closed at `now`: whether the
+/// chunk is asked of it again instead of counting a failure. The first such failure starts a
+/// pause of [`RETRY_PAUSE`] (the provider gets no requests until it ends); failures during the
+/// pause are the same close's other requests and share it; [`MAX_CLOSED_RETRIES`] pauses at
+/// most, then closes count as failures like timeouts do.
+fn closed_retry(provider: &mut Provider, now: Instant) -> bool {
+    if provider.closed_until.is_some_and(|t| now < t) {
+        return true;
+    }
+    if provider.closed_retries >= MAX_CLOSED_RETRIES {
+        return false;
+    }
+    provider.closed_retries += 1;
+    let until = now + RETRY_PAUSE;
+    provider.closed_until = Some(until);
+    provider.resume_at = Some(provider.resume_at.map_or(until, |t| t.max(until)));
+    true
 }
 
 /// A provider that answered "busy" `streak` times in a row is asked again after this long:
@@ -1250,6 +1286,8 @@ async fn fetch_chunks(
             window: MIN_PER_PROVIDER,
             busy_streak: 0,
             resume_at: None,
+            closed_retries: 0,
+            closed_until: None,
         })
         .collect();
     // Providers (bit per index in `providers`) that already failed each chunk.
@@ -1381,6 +1419,15 @@ async fn fetch_chunks(
                 queue.push_front(index);
                 None
             }
+            Err(FileError::Request {
+                connection_closed: true,
+                ..
+            }) if closed_retry(&mut providers[slot], Instant::now()) => {
+                // The connection closed under the request: ask the same provider again.
+                tracing::info!(%id, index, peer = %providers[slot].peer, "connection closed under a chunk request; asking again after a pause");
+                queue.push_front(index);
+                None
+            }
             Err(e) => {
                 failed_requests += 1;
                 Some(format!("{}: {e}", providers[slot].peer))
@@ -1429,6 +1476,38 @@ async fn fetch_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closing_connection_pauses_its_provider_once_per_close_and_at_most_3_times() {
+        let t0 = Instant::now();
+        let mut p = Provider {
+            peer: PeerId::random(),
+            in_flight: 0,
+            chunks: 0,
+            failures: 0,
+            bytes: 0,
+            since: t0,
+            window: MIN_PER_PROVIDER,
+            busy_streak: 0,
+            resume_at: None,
+            closed_retries: 0,
+            closed_until: None,
+        };
+        let ms = std::time::Duration::from_millis;
+        // One close fails several requests at once: they share one pause.
+        assert!(closed_retry(&mut p, t0));
+        assert!(closed_retry(&mut p, t0 + ms(10)));
+        assert_eq!((p.closed_retries, p.resume_at), (1, Some(t0 + RETRY_PAUSE)));
+        // A later close starts a second pause; a longer busy back-off is not shortened.
+        let busy_until = t0 + RETRY_PAUSE * 4;
+        p.resume_at = Some(busy_until);
+        assert!(closed_retry(&mut p, t0 + RETRY_PAUSE));
+        assert_eq!((p.closed_retries, p.resume_at), (2, Some(busy_until)));
+        assert!(closed_retry(&mut p, t0 + RETRY_PAUSE * 2));
+        // The fourth close after the third pause counts as a failure.
+        assert!(!closed_retry(&mut p, t0 + RETRY_PAUSE * 3));
+        assert_eq!(p.closed_retries, MAX_CLOSED_RETRIES);
+    }
 
     #[test]
     fn provider_keys_are_sha2_256_multihashes_and_ids_print_as_cids() {
