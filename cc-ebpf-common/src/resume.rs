@@ -37,7 +37,9 @@
 //!   not from the unused credit). A record above the path's capacity therefore never outlives
 //!   those two rounds, and a connection the application held back is not declared full at a
 //!   rate it never tested (which would leave it in PROBE_BW at that rate and teach the node a
-//!   lower record each time).
+//!   lower record each time). cwnd falls to the validated pipe (bytes acknowledged since the
+//!   jump) if it is above it: the jump's window was never carried by the path, and STARTUP
+//!   growing on from it overran a slower path (one changed-path bench run: 434 kB lost).
 //!
 //! A retreat replaces the seed at once.
 //!
@@ -91,7 +93,10 @@
 //!    data); handshake and idle flights are application-limited, so the hint waits past them.
 //!    A jump the receive window or a flow-control window then holds back ends as RFC 9959's
 //!    rate-limited Unvalidated phase does, without keeping the unused credit
-//!    ([`validation_end`]).
+//!    ([`validation_end`]): cwnd = the validated pipe (RFC 9959 sets it to PipeSize when the
+//!    sender leaves the Unvalidated phase rate-limited), bandwidth = the highest rate measured.
+//!    Unlike RFC 9959 this exit comes at the end of the validating round, not when the
+//!    sender is first seen rate-limited, and cwnd is only lowered to the pipe, never raised.
 
 /// Name of the socket-storage map of [`ResumeSlot`]s: the node creates a socket's entry after the
 /// noise handshake (a hint, or why there is none); bbr-p2p applies it and records the outcome.
@@ -498,12 +503,14 @@ pub enum Action {
         pacing_cap_bytes_per_sec: u64,
     },
     /// Validated ([`validation_end`]). `pipe_full`: the path carried the record's rate; the
-    /// pipe counts as full (STARTUP ends) and the seeded estimate stays (`bw_bytes_per_sec` is
-    /// 0). Otherwise `bw_bytes_per_sec`, the rate the path carried, replaces the seed and
-    /// STARTUP goes on from it.
+    /// pipe counts as full (STARTUP ends) and the seeded estimate stays (`bw_bytes_per_sec` and
+    /// `cwnd_cap_bytes` are 0). Otherwise `bw_bytes_per_sec`, the rate the path carried,
+    /// replaces the seed, cwnd falls to at most `cwnd_cap_bytes` — the validated pipe, the
+    /// bytes acknowledged since the jump — and STARTUP goes on from there.
     Validated {
         bw_bytes_per_sec: u64,
         pipe_full: bool,
+        cwnd_cap_bytes: u64,
     },
     /// Safe retreat: leave STARTUP with these controls, the estimate set to the measured rate.
     Retreat(Retreat),
@@ -587,10 +594,13 @@ pub fn on_ack(slot: &mut ResumeSlot, a: &AckView, min_cwnd_bytes: u64) -> Action
                         ));
                     }
                     Start::Resumed => {
+                        let pipe = u64::from(a.delivered.wrapping_sub(slot.jump_delivered))
+                            * u64::from(a.mss);
                         return validation_end(
                             slot.measured_bytes_per_sec,
                             slot.bw_bytes_per_sec,
                             slot.jump_pacing_bytes_per_sec,
+                            pipe,
                         );
                     }
                     _ => {}
@@ -647,21 +657,25 @@ pub const fn decided(slot: &ResumeSlot) -> bool {
 
 /// How a validation without contradiction ends. `measured`: the highest delivery rate since the
 /// jump (bytes/s; 0: no sample); `saved`: the record's rate; `jump_paced`: the rate the jump was
-/// paced at. The pipe is full when the path delivered at least 80% of the record's rate (the
-/// record located its capacity); otherwise STARTUP goes on from what the path carried (or, with
-/// no sample at all, from the jump's rate, which the path did not contradict).
+/// paced at; `pipe_bytes`: bytes acknowledged since the jump. The pipe is full when the path
+/// delivered at least 80% of the record's rate (the record located its capacity); otherwise
+/// STARTUP goes on from what the path carried (or, with no sample at all, from the jump's rate,
+/// which the path did not contradict), with cwnd no larger than the pipe it validated (RFC
+/// 9959's rate-limited exit from the Unvalidated phase: the jump's unused window is not kept).
 #[inline(always)]
-pub const fn validation_end(measured: u64, saved: u64, jump_paced: u64) -> Action {
+pub const fn validation_end(measured: u64, saved: u64, jump_paced: u64, pipe_bytes: u64) -> Action {
     // `saved - saved / 5`: 80% without a multiplication (no 128-bit overflow check in BPF).
     if measured != 0 && measured >= saved - saved / 5 {
         Action::Validated {
             bw_bytes_per_sec: 0,
             pipe_full: true,
+            cwnd_cap_bytes: 0,
         }
     } else {
         Action::Validated {
             bw_bytes_per_sec: if measured != 0 { measured } else { jump_paced },
             pipe_full: false,
+            cwnd_cap_bytes: pipe_bytes,
         }
     }
 }
@@ -858,13 +872,17 @@ mod tests {
     fn validation_ends_full_only_at_the_records_rate() {
         // Record 12.5 MB/s; the jump was paced at 6.25 MB/s.
         let (saved, paced) = (12_500_000, 6_250_000);
+        // 120 packets acknowledged since the jump.
+        let pipe = 120 * 1448;
         let full = Action::Validated {
             bw_bytes_per_sec: 0,
             pipe_full: true,
+            cwnd_cap_bytes: 0,
         };
         let go_on = |bw| Action::Validated {
             bw_bytes_per_sec: bw,
             pipe_full: false,
+            cwnd_cap_bytes: pipe,
         };
         let cases = [
             ("the path carried the record's rate", 12_000_000, full),
@@ -882,7 +900,7 @@ mod tests {
             ("no sample at all: from the jump's rate", 0, go_on(paced)),
         ];
         for (what, measured, want) in cases {
-            assert_eq!(validation_end(measured, saved, paced), want, "{what}");
+            assert_eq!(validation_end(measured, saved, paced, pipe), want, "{what}");
         }
     }
 
@@ -1012,13 +1030,15 @@ mod tests {
             })
         );
         // The run's delivery samples are 5 MB/s, 40% of the 12.5 MB/s record: validated, and
-        // STARTUP goes on from 5 MB/s instead of declaring the pipe full.
+        // STARTUP goes on from 5 MB/s instead of declaring the pipe full, with cwnd at most
+        // what was acknowledged since the jump (at 100) when validation ended (at 110 + 2 × 170).
         let (action, _) = run(&[(170, 0, 40_500, false), (170, 0, 40_200, false)]);
         assert_eq!(
             action,
             Action::Validated {
                 bw_bytes_per_sec: 5_000_000,
                 pipe_full: false,
+                cwnd_cap_bytes: 350 * 1448,
             }
         );
     }

@@ -484,12 +484,16 @@ impl Bbr {
                 self.full_bw_reached = 1;
             }
             Action::Validated {
-                bw_bytes_per_sec, ..
+                bw_bytes_per_sec,
+                cwnd_cap_bytes,
+                ..
             } => {
-                // Not tested at the record's rate: STARTUP goes on from what the path carried.
+                // Not tested at the record's rate: STARTUP goes on from what the path carried,
+                // and from the window it carried (the validated pipe), not the jump's.
                 let bw = bytes_per_sec_to_bw(bw_bytes_per_sec, c.mss).min(self.max_bw());
                 self.bw_hi = [bw, bw];
                 self.reset_full_bw();
+                c.cwnd = c.cwnd.min(packets(cwnd_cap_bytes).max(cfg.min_cwnd));
             }
             Action::Retreat(r) => {
                 // The contradicted rate is not kept: estimate and pacing are what the path

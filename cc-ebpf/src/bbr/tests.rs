@@ -812,6 +812,11 @@ struct Path {
     loss: f64,
     /// A careful-resume hint the node wrote before the first ACK (`tests/resume.rs`).
     resume: Option<cc_ebpf_common::resume::Hint>,
+    /// The receiver's window, packets: `(initial, growth)` — it starts at `initial` and grows by
+    /// `growth` packets for every packet delivered (a fresh receiver's window opens as data
+    /// arrives); the sender never has more than the window out and is then neither cwnd- nor
+    /// application-limited. `None`: unlimited.
+    rwnd: Option<(u32, u32)>,
 }
 
 /// What a simulated transfer achieved.
@@ -833,6 +838,9 @@ struct Outcome {
     lost_first_2s: u64,
     /// Highest pacing rate (bytes/s) once careful resume had decided (0: never decided).
     max_pacing_after_resume: u64,
+    /// When careful resume's validation ended (`Action::Validated`): the cwnd it left and the
+    /// packets the path had delivered since the jump (the validated pipe), both in packets.
+    after_validation: Option<(u32, u32)>,
 }
 
 impl Path {
@@ -843,6 +851,7 @@ impl Path {
             buffer_pkts: (buffer_bytes / MSS as usize).max(1),
             loss,
             resume: None,
+            rwnd: None,
         }
     }
 
@@ -884,6 +893,8 @@ impl Path {
             .map(|h| cc_ebpf_common::resume::ResumeSlot::offered(&h));
         let mut lost_first_2s = 0u64;
         let mut max_pacing_after_resume = 0u64;
+        let mut jump_delivered = 0u32;
+        let mut after_validation = None;
         let end_us = secs * 1_000_000;
         let mut t = 0u64;
         while t < end_us {
@@ -993,6 +1004,13 @@ impl Path {
                     let before = slot.start;
                     let action = cc_ebpf_common::resume::on_ack(slot, &view, min_cwnd);
                     s.resume_apply(&mut c, cfg, action, slot.bw_bytes_per_sec);
+                    match action {
+                        Action::Jump(_) => jump_delivered = c.delivered,
+                        Action::Validated { .. } => {
+                            after_validation = Some((c.cwnd, c.delivered - jump_delivered));
+                        }
+                        _ => {}
+                    }
                     if std::env::var_os("BBR_SIM_TRACE").is_some()
                         && (action != Action::None || slot.start != before)
                     {
@@ -1082,6 +1100,12 @@ impl Path {
                     cwnd_limited = true;
                     break;
                 }
+                // Held by the receiver's window: neither cwnd- nor application-limited.
+                if let Some((initial, growth)) = self.rwnd
+                    && inflight >= initial.saturating_add(growth.saturating_mul(c.delivered))
+                {
+                    break;
+                }
                 if inflight == 0 {
                     first_tx_us = t;
                     c.delivered_mstamp_us = t;
@@ -1123,6 +1147,7 @@ impl Path {
             start: slot.map_or((0, 0), |s| (s.start, s.reason)),
             lost_first_2s,
             max_pacing_after_resume,
+            after_validation,
         }
     }
 }

@@ -106,3 +106,61 @@ fn sim_changed_path_retreats_and_loses_only_the_jumps_inherent_excess() {
         assert!(resumed.utilisation > 0.9 * cold.utilisation, "{resumed:?}");
     }
 }
+
+/// Issue 13's changed path when a window holds the jump back (one session-5 bench run: the
+/// jump was not contradicted, validation ended below 80% of the record, and the flow lost
+/// 434 kB). Here the receiver's window starts at 4 packets and grows by one per packet
+/// delivered, so the jump's rounds stay below what the new path's link and buffer take: no
+/// loss, no queue, no verdict, and validation ends at a fraction of the record's rate. The
+/// window the jump was given was never carried by the path: after validation cwnd must be no
+/// more than what the path acknowledged since the jump (RFC 9959's validated pipe; before the
+/// fix it stayed at 189 packets over a 28-packet pipe), and the flow may lose no more than a
+/// cold start plus the jump's inherent excess (86 packets, as in the test above).
+#[test]
+fn sim_changed_path_held_by_the_receive_window_keeps_only_the_validated_pipe() {
+    let mss = f64::from(MSS);
+    let jump_pkts = 250_000.0 / mss;
+    let link_pkts = 20e6 / 8.0 * 0.040 / mss;
+    let buffer_pkts = (25_000 / MSS) as f64;
+    let inherent = (jump_pkts - link_pkts - buffer_pkts).ceil() as u64;
+    let rwnd = Some((4, 1)); // (initial packets, growth per packet delivered)
+    let mut validated = 0;
+    for seed in 1..=3 {
+        let cold = Path {
+            rwnd,
+            ..Path::mbit(20.0, 40, 25_000, 0.0)
+        }
+        .run(&BbrConfig::DEFAULT, 4, seed);
+        let resumed = Path {
+            resume: Some(hint()),
+            rwnd,
+            ..Path::mbit(20.0, 40, 25_000, 0.0)
+        }
+        .run(&resumed_cfg(), 4, seed);
+        eprintln!(
+            "seed {seed}: cold lost {} util {:.3}; resumed lost {} util {:.3} {:?}, after \
+             validation (cwnd, pipe) {:?}; inherent {inherent}",
+            cold.lost_first_2s,
+            cold.utilisation,
+            resumed.lost_first_2s,
+            resumed.utilisation,
+            start(&resumed),
+            resumed.after_validation,
+        );
+        if let Some((cwnd, pipe)) = resumed.after_validation {
+            validated += 1;
+            assert!(
+                cwnd <= pipe,
+                "cwnd {cwnd} after validation, path delivered {pipe} since the jump"
+            );
+        }
+        assert!(
+            resumed.lost_first_2s <= cold.lost_first_2s + inherent,
+            "resumed lost {} > cold {} + the jump's inherent {inherent}",
+            resumed.lost_first_2s,
+            cold.lost_first_2s
+        );
+        assert!(resumed.utilisation > 0.9 * cold.utilisation, "{resumed:?}");
+    }
+    assert!(validated > 0, "no run reached the case (validation below 80%)");
+}
