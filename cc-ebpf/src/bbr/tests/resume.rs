@@ -59,6 +59,16 @@ fn sim_one_percent_random_loss_rarely_retreats_a_resumed_flow() {
     );
 }
 
+/// The changed path's inherent excess in packets: the 250 kB jump less what one 40 ms round
+/// of the 20 Mbit/s link and the 25 kB buffer take (≈ 86).
+fn changed_path_inherent_excess() -> u64 {
+    let mss = f64::from(MSS);
+    let jump_pkts = 250_000.0 / mss;
+    let link_pkts = 20e6 / 8.0 * 0.040 / mss;
+    let buffer_pkts = (25_000 / MSS) as f64;
+    (jump_pkts - link_pkts - buffer_pkts).ceil() as u64
+}
+
 /// Issue 13's changed path: a record from 100 Mbit/s, now 20 Mbit/s with a 0.25-BDP buffer
 /// (25 kB). The jump (half the saved BDP, 250 kB, paced over one 40 ms RTT) is all sent before
 /// the first loss can be seen (a drop is reported a round trip after it happens), so what the
@@ -68,11 +78,7 @@ fn sim_one_percent_random_loss_rarely_retreats_a_resumed_flow() {
 /// (here 1.25 × 20 Mbit/s, PROBE_BW's probing gain, bounds it).
 #[test]
 fn sim_changed_path_retreats_and_loses_only_the_jumps_inherent_excess() {
-    let mss = f64::from(MSS);
-    let jump_pkts = 250_000.0 / mss;
-    let link_pkts = 20e6 / 8.0 * 0.040 / mss;
-    let buffer_pkts = (25_000 / MSS) as f64;
-    let inherent = (jump_pkts - link_pkts - buffer_pkts).ceil() as u64;
+    let inherent = changed_path_inherent_excess();
     for seed in 1..=3 {
         let cold = Path::mbit(20.0, 40, 25_000, 0.0).run(&BbrConfig::DEFAULT, 4, seed);
         let resumed = Path {
@@ -118,11 +124,7 @@ fn sim_changed_path_retreats_and_loses_only_the_jumps_inherent_excess() {
 /// cold start plus the jump's inherent excess (86 packets, as in the test above).
 #[test]
 fn sim_changed_path_held_by_the_receive_window_keeps_only_the_validated_pipe() {
-    let mss = f64::from(MSS);
-    let jump_pkts = 250_000.0 / mss;
-    let link_pkts = 20e6 / 8.0 * 0.040 / mss;
-    let buffer_pkts = (25_000 / MSS) as f64;
-    let inherent = (jump_pkts - link_pkts - buffer_pkts).ceil() as u64;
+    let inherent = changed_path_inherent_excess();
     let rwnd = Some((4, 1)); // (initial packets, growth per packet delivered)
     let mut validated = 0;
     for seed in 1..=3 {
@@ -162,5 +164,8 @@ fn sim_changed_path_held_by_the_receive_window_keeps_only_the_validated_pipe() {
         );
         assert!(resumed.utilisation > 0.9 * cold.utilisation, "{resumed:?}");
     }
-    assert!(validated > 0, "no run reached the case (validation below 80%)");
+    assert!(
+        validated > 0,
+        "no run reached the case (validation below 80%)"
+    );
 }
