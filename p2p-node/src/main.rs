@@ -17,6 +17,9 @@ use p2p_node::{
     telemetry,
 };
 
+/// Time the runtime's remaining tasks get after the node's shutdown (see `main`).
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -95,6 +98,11 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    // Dropping the runtime would wait for every blocking task (a file being hashed or written)
+    // however long it takes; the node's own cleanup already ran inside `block_on`, so what is
+    // left gets a bounded time and the process exits before a stopper's SIGKILL (see
+    // `http::limits::SHUTDOWN_GRACE`).
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

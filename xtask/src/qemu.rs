@@ -275,8 +275,11 @@ pub fn judge(console: &str) -> Result<String, String> {
     if find("DONE").is_none() {
         return Err("the guest did not finish (no DONE marker): timeout or crash".into());
     }
+    if bbr.starts_with("BBR ok") && find("STOP ok").is_none() {
+        return Err("bbr-p2p ran, but no `STOP ok` marker (its cleanup on SIGTERM)".into());
+    }
     let bbr = match bbr.strip_prefix("BBR ok") {
-        Some(_) => "bbr-p2p carried a transfer".to_owned(),
+        Some(_) => "bbr-p2p carried a transfer, unregistered on SIGTERM".to_owned(),
         None => bbr.to_owned(),
     };
     Ok(format!("{} ({bbr})", kernel.trim_start_matches("KERNEL ")))
@@ -332,6 +335,20 @@ mod tests {
         );
         assert!(judge(&no_reason).is_err());
         assert!(judge("").is_err());
+    }
+
+    #[test]
+    fn a_bbr_run_needs_its_stop_marker() {
+        let ran = PASS.replace(
+            "BBR unavailable: bbr-p2p is unavailable on this kernel (Linux 6.1.0-57-cloud-amd64): x",
+            "BBR ok cwnd,srtt(ms)=40,1.2",
+        );
+        assert!(judge(&ran).unwrap_err().contains("no `STOP ok` marker"));
+        let stopped = ran.replace("DONE", "STOP ok bbr_p2p unregistered\nP2PCC-QEMU DONE");
+        assert_eq!(
+            judge(&stopped).unwrap(),
+            "6.1.0-57-cloud-amd64 (bbr-p2p carried a transfer, unregistered on SIGTERM)"
+        );
     }
 
     #[test]

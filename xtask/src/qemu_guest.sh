@@ -87,6 +87,17 @@ if $N cc set bbr-p2p --node http://127.0.0.1:9502 >/tmp/bbr.log 2>&1; then
     else
         mark "BBR FAIL registered but carried nothing: $(tr '\n' ' ' </tmp/perf2.log)"
     fi
+    # 4b. Without struct_ops links (< 6.4) the registration outlives its process unless the node
+    #     deletes it: node B, SIGTERM'd, must exit by itself within the 5 s our stoppers give
+    #     and leave bbr_p2p unregistered.
+    kill -TERM "$B_PID"
+    if ! wait_for 10 sh -c "! kill -0 $B_PID 2>/dev/null"; then
+        mark "STOP FAIL node B still running 5 s after SIGTERM: $(tail -n 3 /tmp/b.log | tr '\n' ' ')"
+    elif grep -qw bbr_p2p /proc/sys/net/ipv4/tcp_available_congestion_control; then
+        mark "STOP FAIL bbr_p2p still registered after node B exited: $(tail -n 3 /tmp/b.log | tr '\n' ' ')"
+    else
+        mark "STOP ok bbr_p2p unregistered by node B on SIGTERM"
+    fi
 else
     # `cc list` is JSON: {"unavailable": {"bbr-p2p": "<sentence>"}}; compare its first 100
     # characters (the sentence may continue with an escaped verifier log).

@@ -83,7 +83,9 @@ const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections without streams close after this (the node's default is 30 s; the testbed's
 /// connections should outlive the pauses between transfers).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How long the nodes get to exit after SIGTERM before they are killed.
+/// How long the nodes get to exit after SIGTERM before they are killed: above a node's own
+/// bound (3 s for in-flight HTTP requests, then its cleanup; p2p-node's `http::limits`), so
+/// only a hung node is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often waiting loops look at the stop flag and the nodes.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);

@@ -13,7 +13,8 @@
 //! 4. A real Prometheus (`--prometheus`) has scraped the run: every query of the Grafana
 //!    dashboard returns data (one link has 1 % loss, `--link n2=1%`, so the loss-bound panel has
 //!    something to show; n2 is on neither the data nor the ACK path of the switched node's uploads).
-//! 5. The run stops (SIGTERM) and nothing may be left: `p2pcc-*` namespaces and links, the
+//! 5. The run stops (SIGTERM), every node exits by itself within run.rs's grace (none killed),
+//!    and nothing may be left: `p2pcc-*` namespaces and links, the
 //!    workload's directory, processes in the namespaces, bbr_p2p in the available algorithms.
 //! 6. Again after a SIGKILL of the run: the next start cleans up, then stops, and nothing is left.
 
@@ -65,7 +66,7 @@ pub fn run() -> anyhow::Result<String> {
     let mut outcomes = vec![check_page(&artifacts, &mut testbed, &driver)];
     outcomes.push(check_dashboard_queries());
     drop(driver);
-    testbed.stop()?;
+    outcomes.push(testbed.stop().map(|()| String::new()));
     outcomes.push(
         leaves_nothing()
             .context("after the run stopped")
@@ -76,7 +77,7 @@ pub fn run() -> anyhow::Result<String> {
     let mut killed = start_run(60, &[])?;
     killed.kill();
     let mut next = start_run(30, &["--traffic", "none"])?;
-    next.stop()?;
+    outcomes.push(next.stop().map(|()| String::new()));
     outcomes.push(
         leaves_nothing()
             .context("after a SIGKILLed run and the next start")
@@ -181,8 +182,23 @@ impl Run {
         bail!("xtask run did not bring the testbed up within 240 s")
     }
 
+    /// Stops the run; every node must then have exited by itself after its SIGTERM (run.rs
+    /// kills, with a "did not stop" line, only a node that outlives its stop grace): a killed
+    /// node skips its own cleanup.
     fn stop(&mut self) -> anyhow::Result<()> {
         stop_child(&mut self.child, Duration::from_secs(30));
+        // The readers end when the run's pipes close (bounded: a leftover holding them open is
+        // reported by `leaves_nothing`).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut killed = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains("did not stop within") => killed.push(line),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        ensure!(killed.is_empty(), "nodes had to be killed: {killed:?}");
         Ok(())
     }
 

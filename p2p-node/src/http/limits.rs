@@ -24,8 +24,12 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 /// Upper bound of the connection cap; the cap is also at most half the fd limit.
 const MAX_CONNECTIONS: usize = 8192;
-/// Time in-flight requests get to finish after SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Time in-flight requests get to finish after SIGTERM. Below the 5 s every stopper of ours
+/// gives before SIGKILL (`cargo xtask run`, the benches, the tests' node handles), with room
+/// for what follows (saving the known peers, deleting a link-less bbr-p2p registration, the
+/// runtime's bounded shutdown in main.rs): a node stopped mid-transfer still cleans up after
+/// itself instead of being killed (on Linux < 6.4 a killed node leaves bbr-p2p registered).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Connections served at once: half the process's file-descriptor limit (the rest stays for
 /// libp2p's sockets, eBPF objects and files), at most [`MAX_CONNECTIONS`]. Beyond it new

@@ -342,7 +342,8 @@ impl Drop for Node {
 }
 
 impl Node {
-    /// SIGTERM, then SIGKILL after 5 s.
+    /// SIGTERM, then SIGKILL after 5 s (the node bounds its own shutdown below that:
+    /// `http::limits::SHUTDOWN_GRACE`).
     fn stop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
