@@ -542,10 +542,14 @@ fn the_systemd_unit_verifies() {
 /// Adopting another process's bbr-p2p maps checks their shape first: crafted maps named like
 /// ours, with another value size or type, are refused with an error naming the map (a lookup
 /// into this build's buffer would let the kernel write past it).
+///
+/// The test crafts every map adoption looks for (the newest map of each name wins, so maps of
+/// other processes are never the ones read) and holds them only as fds: they are gone when it
+/// ends, whatever the host had or has.
 #[test]
 fn adopting_a_map_of_the_wrong_shape_is_refused_by_name() {
     use p2p_node::ebpf::{
-        bbr::{BbrP2p, config_map_shape},
+        bbr::{BbrP2p, config_map_shape, config_slot_map_shape},
         sys,
     };
     if !kernel_tests_possible() {
@@ -568,11 +572,13 @@ fn adopting_a_map_of_the_wrong_shape_is_refused_by_name() {
         .unwrap_or_else(|e| panic!("creating the crafted map {name}: {e}"))
     };
     let right = config_map_shape().value_size;
+    // The slot map has the right shape throughout: adoption gets past it to the maps tested.
+    let _slot = craft("BBR_CFG_SLOT", config_slot_map_shape().value_size);
     // A config map 8 bytes larger than ours (and some state map): refused, naming BBR_CONFIG.
     let _state = craft("BBR_STATE", 8);
     let config = craft("BBR_CONFIG", right + 8);
     let e = BbrP2p::attach_existing()
-        .expect_err("a config map of the wrong value size was adopted")
+        .expect_err("a config map of the wrong value size was not refused")
         .to_string();
     assert!(e.starts_with("map BBR_CONFIG (id "), "{e}");
     assert!(e.contains(&format!("value size {}", right + 8)), "{e}");
@@ -581,7 +587,7 @@ fn adopting_a_map_of_the_wrong_shape_is_refused_by_name() {
     // The right config but a state map that is not socket storage: refused, naming BBR_STATE.
     let _config = craft("BBR_CONFIG", right);
     let e = BbrP2p::attach_existing()
-        .expect_err("a state map of the wrong type was adopted")
+        .expect_err("a state map of the wrong type was not refused")
         .to_string();
     assert!(e.starts_with("map BBR_STATE (id "), "{e}");
     assert!(e.contains("has type 2"), "{e}");
