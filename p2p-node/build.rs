@@ -1,6 +1,7 @@
 //! Builds the eBPF objects in `cc-ebpf/` and places them in `OUT_DIR` for `include_bytes!`.
 //!
 //! Runs `cargo build --release --target bpfel-unknown-none -Z build-std=core` in `cc-ebpf/`
+//! (and `cargo rustc` for an object built for another BPF CPU version, see [`OBJECTS`])
 //! with the toolchain `cc-ebpf/rust-toolchain.toml` names (nightly + rust-src) and bpf-linker.
 //! `cargo xtask setup` installs both when missing. Nothing here depends on the build machine's
 //! kernel: the loader fills the programs' kernel layout table from the running kernel's BTF.
@@ -46,8 +47,20 @@ fn web_assets(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The eBPF objects, one per binary in `cc-ebpf/src/bin/`.
-const OBJECTS: &[&str] = &["probes", "bbr_p2p", "reno_rs", "probe_floor"];
+/// The eBPF objects, one per binary in `cc-ebpf/src/bin/`, each with the BPF CPU version it is
+/// compiled for (`None`: LLVM's default, v1).
+///
+/// `bbr_p2p` is built for v3 (32-bit ALU operations and jumps: no shift pairs to zero-extend
+/// each 32-bit result, 7% fewer instructions in `cong_control`), which every kernel that runs
+/// it has (v3 since Linux 5.1; struct_ops congestion controls need 6.1). Its per-ACK cost is set
+/// by the length of the path it executes (docs/bench.md, "per-ACK cost: a cost ladder"). The
+/// probes stay v1: built for v3 they failed the QEMU tier's probe checks on Linux 6.1.
+const OBJECTS: &[(&str, Option<&str>)] = &[
+    ("probes", None),
+    ("bbr_p2p", Some("v3")),
+    ("reno_rs", None),
+    ("probe_floor", None),
+];
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -66,10 +79,21 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 
-    build_ebpf(&ebpf_dir, &root.join("target").join("cc-ebpf"))?;
+    let target_dir = root.join("target").join("cc-ebpf");
+    let default_cpu: Vec<&str> = OBJECTS
+        .iter()
+        .filter(|(_, cpu)| cpu.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    build_ebpf(&ebpf_dir, &target_dir, &default_cpu, None)?;
+    for (name, cpu) in OBJECTS {
+        if let Some(cpu) = cpu {
+            build_ebpf(&ebpf_dir, &target_dir, &[name], Some(cpu))?;
+        }
+    }
     web_assets(root, &out_dir)?;
     let built = root.join("target/cc-ebpf/bpfel-unknown-none/release");
-    for object in OBJECTS {
+    for (object, _) in OBJECTS {
         let from = built.join(object);
         fs::copy(&from, out_dir.join(format!("{object}.bpf.o")))
             .with_context(|| format!("copying {}", from.display()))?;
@@ -77,13 +101,19 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_ebpf(ebpf_dir: &Path, target_dir: &Path) -> anyhow::Result<()> {
+/// Builds the binaries `bins` of cc-ebpf; with a `cpu`, one binary through `cargo rustc` with
+/// `-C target-cpu` (a flag of the final crate: with LTO the whole object is generated there).
+fn build_ebpf(
+    ebpf_dir: &Path,
+    target_dir: &Path,
+    bins: &[&str],
+    cpu: Option<&str>,
+) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(ebpf_dir)
+        .arg(if cpu.is_some() { "rustc" } else { "build" })
         .args([
-            "build",
             "--release",
-            "--bins",
             "--target",
             "bpfel-unknown-none",
             "-Z",
@@ -91,6 +121,12 @@ fn build_ebpf(ebpf_dir: &Path, target_dir: &Path) -> anyhow::Result<()> {
         ])
         .arg("--target-dir")
         .arg(target_dir);
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    if let Some(cpu) = cpu {
+        cmd.arg("--").arg(format!("-Ctarget-cpu={cpu}"));
+    }
     // The outer cargo's settings must not leak into the nested nightly build: the toolchain comes
     // from cc-ebpf/rust-toolchain.toml, the flags from cc-ebpf/.cargo/config.toml.
     for var in [
