@@ -99,7 +99,8 @@ fn a_fetch_killed_at_90_percent_resumes_and_refetches_at_most_12_percent() {
     );
     drop(b);
 
-    // The fetcher again, same data dir (same PeerId, same download directory).
+    // The fetcher again, same data dir (its download directory and chunk map; a new PeerId:
+    // no `--key`), same address.
     let b = Node::start(&net.b, &net.addr_b, &b_args);
     let (status, body) = eventually(Duration::from_secs(30), || {
         let (status, body) = b.http("POST", "/api/files/fetch", &request);

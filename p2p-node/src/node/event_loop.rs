@@ -9,7 +9,7 @@ use std::{
 
 use futures::StreamExt as _;
 use libp2p::{
-    PeerId, Swarm,
+    Multiaddr, PeerId, Swarm,
     core::ConnectedPoint,
     gossipsub, identify, kad, memory_connection_limits,
     metrics::Recorder as _,
@@ -323,6 +323,26 @@ impl EventLoop {
         }
     }
 
+    /// Another, authenticated identity answered at an address the routing table holds for
+    /// `peer` (a node restarted without `--key` gets a new PeerId): the record is dropped.
+    /// libp2p-kad keeps a peer's last address through failed dials and does not count
+    /// `WrongPeerId` as one, so every query (kad's automatic bootstrap runs one whenever a new
+    /// peer enters a small table) dialled it again, and each dial was a connection the other
+    /// node saw open and close within milliseconds (seen in the fetch_resume kernel test: the
+    /// restarted fetcher's connections to the provider flapping for ~300 ms). Bootstrap peers
+    /// (`--peer`) keep their own addresses and are still redialled.
+    fn forget_moved_address(&mut self, peer: PeerId, obtained: PeerId, address: &Multiaddr) {
+        if self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .remove_address(&peer, address)
+            .is_some()
+        {
+            tracing::info!(%peer, %obtained, %address, "routing table: peer moved away from its only address, removed");
+        }
+    }
+
     /// Dials the bootstrap peers whose backoff has passed.
     fn redial_bootstrap(&mut self) {
         for (peer, addrs) in self.bootstrap.due(tokio::time::Instant::now()) {
@@ -518,6 +538,11 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let DialError::Denied { cause } = &error {
                     self.count_denied("outbound", cause);
+                }
+                if let (Some(peer), DialError::WrongPeerId { obtained, address }) =
+                    (peer_id, &error)
+                {
+                    self.forget_moved_address(peer, *obtained, address);
                 }
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
