@@ -192,18 +192,7 @@ async fn a_gossip_message_reaches_every_node() {
     wait_for(
         "the announcement at every node",
         Duration::from_secs(20),
-        || async {
-            for n in &nodes[..4] {
-                let seen = n.client.announcements().await.unwrap();
-                if !seen
-                    .iter()
-                    .any(|r| r.author == author && r.announcement == announcement)
-                {
-                    return None;
-                }
-            }
-            Some(())
-        },
+        || seen_by_all(&nodes[..4], author, &announcement),
     )
     .await;
     eprintln!("gossip reached 4 nodes in {:?}", start.elapsed());
@@ -662,18 +651,7 @@ async fn a_peer_sending_invalid_messages_is_graylisted_and_then_ignored() {
     wait_for(
         "the first announcement everywhere",
         Duration::from_secs(20),
-        || async {
-            for n in good {
-                let seen = n.client.announcements().await.unwrap();
-                if !seen
-                    .iter()
-                    .any(|r| r.author == bad_id && r.announcement == before)
-                {
-                    return None;
-                }
-            }
-            Some(())
-        },
+        || seen_by_all(good, bad_id, &before),
     )
     .await;
     for n in good {
@@ -732,18 +710,7 @@ async fn a_peer_sending_invalid_messages_is_graylisted_and_then_ignored() {
     wait_for(
         "the good peer's announcement",
         Duration::from_secs(20),
-        || async {
-            for n in &good[1..] {
-                let seen = n.client.announcements().await.unwrap();
-                if !seen
-                    .iter()
-                    .any(|r| r.author == good_id && r.announcement == from_good)
-                {
-                    return None;
-                }
-            }
-            Some(())
-        },
+        || seen_by_all(&good[1..], good_id, &from_good),
     )
     .await;
     // Several heartbeats (1 s) of gossip later, the graylisted peer's message is nowhere.
@@ -755,6 +722,24 @@ async fn a_peer_sending_invalid_messages_is_graylisted_and_then_ignored() {
             "a graylisted peer's message was accepted: {seen:?}"
         );
     }
+}
+
+/// Whether every node of `nodes` has received `announcement` from `author`.
+async fn seen_by_all(
+    nodes: &[TestNode],
+    author: PeerId,
+    announcement: &Announcement,
+) -> Option<()> {
+    for n in nodes {
+        let seen = n.client.announcements().await.unwrap();
+        if !seen
+            .iter()
+            .any(|r| r.author == author && r.announcement == *announcement)
+        {
+            return None;
+        }
+    }
+    Some(())
 }
 
 /// Whether some connection of `node` goes to `peer`.

@@ -35,7 +35,7 @@ use std::{
 };
 
 use aya_obj::generated::{
-    BPF_F_LINK, BPF_F_RDONLY_PROG, bpf_attach_type, bpf_map_type, bpf_prog_type,
+    BPF_F_LINK, BPF_F_RDONLY_PROG, bpf_attach_type, bpf_map_info, bpf_map_type, bpf_prog_type,
 };
 use cc_ebpf_common::{
     STRUCT_OPS_DECL_SECTION, STRUCT_OPS_PROG_PREFIX, StructOpsDecl,
@@ -1250,12 +1250,10 @@ pub fn clear_orphans(btf: &Btf, type_name: &str, name: &str) -> usize {
 }
 
 /// Deletes registrations named `name` made through a struct_ops map alone whose process is
-/// gone (no process holds the map); returns how many. Bounded like [`registered_owner`].
+/// gone (no process holds the map); returns how many. Bounded like [`registrations_named`].
 fn unregister_orphans(name: &str, ops: &OpsType, name_offset: usize) -> usize {
-    const MAX_MAPS: usize = 65_536;
-    let mut cleared = 0;
-    let ids = match sys::map_ids(MAX_MAPS) {
-        Ok(ids) => ids,
+    let registrations = match registrations_named(name, ops, name_offset) {
+        Ok(registrations) => registrations,
         // Before 6.4 a crashed node's registration then stays until a node with
         // CAP_SYS_ADMIN starts (README, "Least privilege"); from 6.4 links leave no orphans.
         Err(e) => {
@@ -1263,7 +1261,31 @@ fn unregister_orphans(name: &str, ops: &OpsType, name_offset: usize) -> usize {
             return 0;
         }
     };
-    for id in ids {
+    let mut cleared = 0;
+    for (id, fd, info) in registrations {
+        // Our own fd from BPF_MAP_GET_FD_BY_ID is the only holder when the owner is gone.
+        if info.map_flags & BPF_F_LINK == 0
+            && map_holders(id) == [(std::process::id(), 1)]
+            && sys::map_delete(fd.as_raw_fd(), &0u32.to_ne_bytes()).is_ok()
+        {
+            tracing::info!("unregistered `{name}` left by a process that is gone (map id {id})");
+            cleared += 1;
+        }
+    }
+    cleared
+}
+
+/// The struct_ops maps of ops type `ops` that carry the name `name` (its field at
+/// `name_offset` of the ops value), with their ids and infos, lowest id first. Bounded: at
+/// most `MAX_MAPS` maps are inspected.
+fn registrations_named(
+    name: &str,
+    ops: &OpsType,
+    name_offset: usize,
+) -> Result<Vec<(u32, OwnedFd, bpf_map_info)>, sys::MapIdsDenied> {
+    const MAX_MAPS: usize = 65_536;
+    let mut found = Vec::new();
+    for id in sys::map_ids(MAX_MAPS)? {
         let Ok(fd) = sys::map_fd_by_id(id) else {
             continue;
         };
@@ -1272,7 +1294,6 @@ fn unregister_orphans(name: &str, ops: &OpsType, name_offset: usize) -> usize {
         };
         if info.type_ != bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32
             || info.btf_vmlinux_value_type_id != ops.value_type_id
-            || info.map_flags & BPF_F_LINK != 0
         {
             continue;
         }
@@ -1282,17 +1303,11 @@ fn unregister_orphans(name: &str, ops: &OpsType, name_offset: usize) -> usize {
             continue;
         }
         let at = ops.data_offset + name_offset;
-        let named = value.get(at..at + 16).is_some_and(|n| unpadded(n) == name);
-        // Our own fd from BPF_MAP_GET_FD_BY_ID is the only holder when the owner is gone.
-        if named
-            && map_holders(id) == [(std::process::id(), 1)]
-            && sys::map_delete(fd.as_raw_fd(), &0u32.to_ne_bytes()).is_ok()
-        {
-            tracing::info!("unregistered `{name}` left by a process that is gone (map id {id})");
-            cleared += 1;
+        if value.get(at..at + 16).is_some_and(|n| unpadded(n) == name) {
+            found.push((id, fd, info));
         }
     }
-    cleared
+    Ok(found)
 }
 
 impl std::fmt::Debug for Registration {
@@ -1320,42 +1335,21 @@ fn wrap_map(map_type: u32, data: aya::maps::MapData) -> aya::maps::Map {
 /// the kernel itself for a built-in algorithm.
 /// `ours` is the map of the failed attempt, which carries the same name and is skipped.
 fn registered_owner(name: &str, ops: &OpsType, name_offset: usize, ours: RawFd) -> String {
-    // Bounded: at most this many maps are inspected.
-    const MAX_MAPS: usize = 65_536;
     let our_id = map_id(ours);
-    let ids = match sys::map_ids(MAX_MAPS) {
-        Ok(ids) => ids,
+    let registrations = match registrations_named(name, ops, name_offset) {
+        Ok(registrations) => registrations,
         Err(e) => return format!("owner unknown: {e}"),
     };
-    for id in ids {
-        if Some(id) == our_id {
-            continue;
-        }
-        let Ok(fd) = sys::map_fd_by_id(id) else {
-            continue;
-        };
-        let Ok(info) = sys::map_info(fd.as_raw_fd()) else {
-            continue;
-        };
-        if info.type_ != bpf_map_type::BPF_MAP_TYPE_STRUCT_OPS as u32
-            || info.btf_vmlinux_value_type_id != ops.value_type_id
-        {
-            continue;
-        }
-        let mut value = vec![0u8; info.value_size as usize];
-        // SAFETY: `value` has the map's value size (from its info), the key is a u32 index.
-        if unsafe { sys::map_lookup(fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut value) }.is_err() {
-            continue;
-        }
-        let at = ops.data_offset + name_offset;
-        if value.get(at..at + 16).is_some_and(|n| unpadded(n) == name) {
-            return match map_owner(id) {
-                Some((pid, comm)) => format!("by process {pid} ({comm}), struct_ops map id {id}"),
-                None => format!("struct_ops map id {id}, owner process not found"),
-            };
-        }
+    match registrations
+        .into_iter()
+        .find(|(id, ..)| Some(*id) != our_id)
+    {
+        Some((id, ..)) => match map_owner(id) {
+            Some((pid, comm)) => format!("by process {pid} ({comm}), struct_ops map id {id}"),
+            None => format!("struct_ops map id {id}, owner process not found"),
+        },
+        None => "built into the kernel or registered by a module".into(),
     }
-    "built into the kernel or registered by a module".into()
 }
 
 fn map_id(fd: RawFd) -> Option<u32> {
