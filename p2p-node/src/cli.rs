@@ -159,7 +159,8 @@ pub struct RunArgs {
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001.
     #[arg(long, required = true)]
     pub listen: Vec<Multiaddr>,
-    /// Peer to connect to (repeatable), a full multiaddr ending in /p2p/<PeerId>.
+    /// Peer to connect to (repeatable): a multiaddr; one ending in /p2p/<PeerId> is redialled
+    /// with backoff whenever it is lost, one without a PeerId is dialled once.
     #[arg(long)]
     pub peer: Vec<Multiaddr>,
     /// Congestion control for every TCP connection of the node (default: bbr-p2p when the
