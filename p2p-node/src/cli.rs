@@ -246,4 +246,9 @@ pub struct RunArgs {
     /// so they survive restarts).
     #[arg(long)]
     pub no_known_peers_file: bool,
+    /// Start every connection's TCP receive buffer at the kernel's default, also for known
+    /// peers (default: a fresh record of the peer's receive side sizes it, bounded; see
+    /// README "Careful resume").
+    #[arg(long)]
+    pub no_receive_warm: bool,
 }

@@ -8,6 +8,11 @@
 //! an LRU of [`Config::capacity`] entries, optionally persisted in the data directory
 //! ([`FILE_NAME`]): written atomically (temporary file, fsync, rename), read back bounded in size,
 //! and treated as hostile (every record checked; a bad file starts the node with no records).
+//!
+//! Beside it, per PeerId and for connections on any algorithm, the receive side: the largest
+//! `tcpi_rcv_space` the kernel measured on a connection to the peer, from which a new
+//! connection's receive buffer starts (`crate::rcvwarm`; same capacity, freshness and file).
+//! A node going down records its live connections once more before it saves.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     fsutil::{Existing, write_private},
+    rcvwarm,
     sockets::{SocketInfo, SocketTable},
     telemetry::collector::BbrReader,
 };
@@ -67,6 +73,9 @@ pub struct Config {
     pub max_age: Duration,
     /// Where records persist; `None`: memory only.
     pub file: Option<PathBuf>,
+    /// Bounds of the receive buffers started from records; `None`: every connection starts
+    /// with the kernel's default.
+    pub receive: Option<rcvwarm::Limits>,
 }
 
 impl Default for Config {
@@ -75,6 +84,7 @@ impl Default for Config {
             capacity: DEFAULT_CAPACITY,
             max_age: DEFAULT_MAX_AGE,
             file: None,
+            receive: Some(rcvwarm::DEFAULT_LIMITS),
         }
     }
 }
@@ -110,6 +120,17 @@ impl Record {
                 .inflight_hi_bytes
                 .is_none_or(|b| (1..=MAX_INFLIGHT_BYTES).contains(&b))
     }
+}
+
+/// The receive side of a peer's record, as the file stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveRecord {
+    pub peer_id: String,
+    /// Largest `tcpi_rcv_space` seen on a connection to the peer, bytes.
+    pub rcv_space_bytes: u64,
+    /// When it was seen, Unix ms.
+    pub sampled_at_unix_ms: u64,
 }
 
 /// A record with its age, for `/api/peers/known`.
@@ -176,11 +197,27 @@ struct Inner {
     /// Per live socket: the bandwidth estimate last seen and since when (Unix ms). Bounded by
     /// the socket table (entries leave when the socket closes).
     live: HashMap<u64, (u64, u64)>,
+    /// Receive side per PeerId (at most `capacity`; the oldest sample leaves first).
+    receive: HashMap<PeerId, rcvwarm::Saved>,
+    /// Receive buffer granted ahead of autotuning per live socket, and their sum (bounded by
+    /// [`rcvwarm::Limits::total`]; entries leave when the socket closes).
+    granted: HashMap<u64, u64>,
+    granted_total: u64,
     /// Changed since the last save.
     dirty: bool,
 }
 
 impl Inner {
+    /// Sets what `cookie` holds of the receive total (0 removes it).
+    fn grant(&mut self, cookie: u64, bytes: u64) {
+        let old = if bytes == 0 {
+            self.granted.remove(&cookie)
+        } else {
+            self.granted.insert(cookie, bytes)
+        };
+        self.granted_total = self.granted_total.saturating_sub(old.unwrap_or(0)) + bytes;
+    }
+
     fn touch(&mut self, peer: PeerId) {
         self.tick += 1;
         let tick = self.tick;
@@ -274,9 +311,86 @@ impl Store {
         }
     }
 
+    /// One look at the receive side of a live (or closing) socket to `peer`: `rcv_space` is
+    /// the kernel's `tcpi_rcv_space`, which only grows over a connection's life. Kept when it is
+    /// above what a default connection advertises anyway, and replaces a smaller or stale
+    /// sample (a connection that carried little does not undo what a bulk one measured).
+    pub fn observe_receive(&self, peer: PeerId, rcv_space: u64, now_ms: u64) {
+        if rcv_space.saturating_mul(2) <= rcvwarm::DEFAULT_WINDOW {
+            return;
+        }
+        let max_age_ms = self.config.max_age.as_millis() as u64;
+        let mut inner = self.lock();
+        let replace = inner.receive.get(&peer).is_none_or(|old| {
+            rcv_space >= old.rcv_space_bytes
+                || now_ms.saturating_sub(old.sampled_at_ms) > max_age_ms
+        });
+        if !replace {
+            return;
+        }
+        if !inner.receive.contains_key(&peer) && inner.receive.len() >= self.config.capacity {
+            // Full: the oldest sample leaves (a scan, only when a new peer comes into a full
+            // table; at most `MAX_CAPACITY` entries).
+            let oldest = inner
+                .receive
+                .iter()
+                .min_by_key(|(_, s)| s.sampled_at_ms)
+                .map(|(p, _)| *p);
+            if let Some(oldest) = oldest {
+                inner.receive.remove(&oldest);
+            }
+        }
+        let saved = rcvwarm::Saved {
+            rcv_space_bytes: rcv_space,
+            sampled_at_ms: now_ms,
+        };
+        if inner.receive.insert(peer, saved) != Some(saved) {
+            inner.dirty = true;
+        }
+    }
+
+    /// Reserves the receive buffer a new connection (`cookie`) to `peer` starts with: the
+    /// window to raise it to, or why it starts at the default. The reservation (about twice
+    /// the window) counts towards the total until [`Store::settle`] or [`Store::closed`].
+    pub fn reserve_receive(
+        &self,
+        cookie: u64,
+        peer: &PeerId,
+        now_ms: u64,
+        rmem_max: u64,
+    ) -> Result<u64, rcvwarm::Cold> {
+        let limits = self.config.receive.ok_or(rcvwarm::Cold::NoRecord)?;
+        let max_age_ms = self.config.max_age.as_millis() as u64;
+        let mut inner = self.lock();
+        let saved = inner.receive.get(peer).copied();
+        let window = rcvwarm::window(
+            saved,
+            now_ms,
+            max_age_ms,
+            rmem_max,
+            inner.granted_total,
+            limits,
+        )?;
+        inner.grant(cookie, window.saturating_mul(2));
+        Ok(window)
+    }
+
+    /// What the kernel actually granted `cookie` (its `sk_rcvbuf` after the raise minus before)
+    /// replaces the reservation.
+    pub fn settle(&self, cookie: u64, bytes: u64) {
+        self.lock().grant(cookie, bytes);
+    }
+
+    /// Receive buffer granted ahead of autotuning to live connections, bytes.
+    pub fn granted_total(&self) -> u64 {
+        self.lock().granted_total
+    }
+
     /// The socket closed (after its last [`Store::observe`]).
     pub fn closed(&self, cookie: u64) {
-        self.lock().live.remove(&cookie);
+        let mut inner = self.lock();
+        inner.live.remove(&cookie);
+        inner.grant(cookie, 0);
     }
 
     /// The record of `peer` for a new connection (counts as a use for the LRU).
@@ -291,17 +405,19 @@ impl Store {
         Ok(saved)
     }
 
-    /// Forgets `peer`'s record; whether there was one.
+    /// Forgets `peer`'s record (both sides); whether there was one.
     pub fn forget(&self, peer: &PeerId) -> bool {
         let mut inner = self.lock();
-        match inner.records.remove(peer) {
+        let receive = inner.receive.remove(peer).is_some();
+        let sent = match inner.records.remove(peer) {
             Some((_, tick)) => {
                 inner.order.remove(&tick);
-                inner.dirty = true;
                 true
             }
             None => false,
-        }
+        };
+        inner.dirty |= receive || sent;
+        receive || sent
     }
 
     /// Records, most recently used first, at most [`MAX_LISTED`].
@@ -332,7 +448,8 @@ impl Store {
 
     /// Largest file [`Store::load`] reads.
     fn max_file_bytes(&self) -> u64 {
-        self.config.capacity as u64 * RECORD_FILE_BYTES + 4096
+        // Both lists: a sending-side and a receive-side record per peer at most.
+        2 * self.config.capacity as u64 * RECORD_FILE_BYTES + 4096
     }
 
     /// Reads the records file (if configured and present): at most [`Store::max_file_bytes`],
@@ -372,6 +489,23 @@ impl Store {
                 _ => dropped += 1,
             }
         }
+        for r in file.receive {
+            match r.peer_id.parse::<PeerId>() {
+                Ok(peer)
+                    if (1..=MAX_INFLIGHT_BYTES).contains(&r.rcv_space_bytes)
+                        && inner.receive.len() < self.config.capacity =>
+                {
+                    inner.receive.insert(
+                        peer,
+                        rcvwarm::Saved {
+                            rcv_space_bytes: r.rcv_space_bytes,
+                            sampled_at_ms: r.sampled_at_unix_ms,
+                        },
+                    );
+                }
+                _ => dropped += 1,
+            }
+        }
         inner.dirty = false;
         // A PeerId listed twice is one record (the later wins): count what is held.
         Ok((inner.records.len(), dropped))
@@ -395,9 +529,19 @@ impl Store {
                 .filter_map(|peer| inner.records.get(peer))
                 .map(|(r, _)| r.clone())
                 .collect();
+            let receive = inner
+                .receive
+                .iter()
+                .map(|(peer, s)| ReceiveRecord {
+                    peer_id: peer.to_base58(),
+                    rcv_space_bytes: s.rcv_space_bytes,
+                    sampled_at_unix_ms: s.sampled_at_ms,
+                })
+                .collect();
             serde_json::to_string(&File {
                 version: FILE_VERSION,
                 records,
+                receive,
             })?
         };
         write_private(path, text.as_bytes(), Existing::Replace)
@@ -408,15 +552,17 @@ impl Store {
 
 /// One look at a socket of the table: if it runs bbr-p2p and its PeerId is authenticated, its
 /// state feeds the peer's record.
+/// The receive side is kept for every authenticated socket, whatever its algorithm.
 pub fn observe_socket(store: &Store, info: &SocketInfo, fd: BorrowedFd<'_>, read: &BbrReader) {
     let Some(peer) = info.peer else { return };
+    let Ok(tcp) = crate::sockets::tcp_info(fd) else {
+        return;
+    };
+    store.observe_receive(peer, u64::from(tcp.rcv_space), now_unix_ms());
     if info.algorithm != crate::ebpf::bbr::KERNEL_NAME {
         return;
     }
     let Some(state) = read(fd) else { return };
-    let Ok(tcp) = crate::sockets::tcp_info(fd) else {
-        return;
-    };
     if let Some(obs) = Observation::from_bbr(&state, tcp.snd_mss.max(1)) {
         store.observe(info.cookie, peer, &obs, now_unix_ms());
     }
@@ -446,6 +592,38 @@ pub fn on_bound(store: &Store, info: &SocketInfo, fd: BorrowedFd<'_>, write: &Re
     }
 }
 
+/// The receiving side of the warm start, once `info`'s PeerId is authenticated: a fresh
+/// receive record raises the socket's receive buffer (bounded, autotuning kept:
+/// `crate::rcvwarm`). Whatever happens, the connection goes on.
+pub fn warm_receiver(store: &Store, info: &SocketInfo, fd: BorrowedFd<'_>, rmem_max: u64) {
+    let Some(peer) = info.peer else { return };
+    let window = match store.reserve_receive(info.cookie, &peer, now_unix_ms(), rmem_max) {
+        Ok(window) => window,
+        Err(why) => {
+            tracing::debug!(%peer, ?why, "receive buffer starts at the default");
+            return;
+        }
+    };
+    match rcvwarm::raise(fd, window) {
+        Ok((before, after)) => {
+            store.settle(info.cookie, after.saturating_sub(before));
+            tracing::debug!(%peer, window, before, after, "receive buffer started warm");
+        }
+        Err(e) => {
+            store.settle(info.cookie, 0);
+            tracing::debug!(%peer, "raising the receive buffer: {e}");
+        }
+    }
+}
+
+/// One look at every live socket of the table (the periodic refresh, and a node's last look
+/// before it saves at shutdown).
+pub fn observe_live(store: &Store, sockets: &SocketTable, read: &BbrReader) {
+    for info in sockets.snapshot() {
+        sockets.with_fd(info.cookie, |fd| observe_socket(store, &info, fd, read));
+    }
+}
+
 /// Feeds the store from the socket table: from every closing socket (through the table's close
 /// hook), and from every live one each [`OBSERVE_INTERVAL`] on a thread of its own, which also
 /// saves changed records. The thread runs for the life of the process. With `write`, every
@@ -456,9 +634,17 @@ pub fn start(
     read: BbrReader,
     write: Option<ResumeWriter>,
 ) {
-    if let Some(write) = write {
+    {
         let store = store.clone();
-        sockets.set_bind_hook(Box::new(move |info, fd| on_bound(&store, info, fd, &write)));
+        // Read once: the namespace's maximum does not follow later sysctl changes (a restart
+        // does).
+        let rmem_max = rcvwarm::rmem_max().unwrap_or(0);
+        sockets.set_bind_hook(Box::new(move |info, fd| {
+            if let Some(write) = &write {
+                on_bound(&store, info, fd, write);
+            }
+            warm_receiver(&store, info, fd, rmem_max);
+        }));
     }
     {
         let (store, read) = (store.clone(), read.clone());
@@ -472,9 +658,7 @@ pub fn start(
         .spawn(move || {
             loop {
                 std::thread::sleep(OBSERVE_INTERVAL);
-                for info in sockets.snapshot() {
-                    sockets.with_fd(info.cookie, |fd| observe_socket(&store, &info, fd, &read));
-                }
+                observe_live(&store, &sockets, &read);
                 if let Err(e) = store.save() {
                     tracing::warn!("saving known peers: {e:#}");
                 }
@@ -494,6 +678,9 @@ const FILE_VERSION: u32 = 2;
 struct File {
     version: u32,
     records: Vec<Record>,
+    /// Receive sides (absent in files written before them).
+    #[serde(default)]
+    receive: Vec<ReceiveRecord>,
 }
 
 fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
@@ -534,6 +721,7 @@ mod tests {
             capacity,
             max_age: Duration::from_secs(600),
             file,
+            receive: Some(rcvwarm::DEFAULT_LIMITS),
         })
     }
 
@@ -635,13 +823,80 @@ mod tests {
     }
 
     #[test]
+    fn receive_side_rules_budget_and_persistence() {
+        let dir = tmp_dir("receive");
+        let path = dir.join(FILE_NAME);
+        let s = store(2, Some(path.clone()));
+        let [a, b, c] = [PeerId::random(), PeerId::random(), PeerId::random()];
+        const RMEM_MAX: u64 = 6 << 20;
+        // Nothing above the default window: not kept.
+        s.observe_receive(a, 14_480, 1_000);
+        assert_eq!(
+            s.reserve_receive(1, &a, 1_000, RMEM_MAX),
+            Err(rcvwarm::Cold::NoRecord)
+        );
+        // A bulk connection's sample, then a small one from a later connection: the larger stays.
+        s.observe_receive(a, 500_000, 1_000);
+        s.observe_receive(a, 40_000, 2_000);
+        assert_eq!(s.reserve_receive(1, &a, 3_000, RMEM_MAX), Ok(1_000_000));
+        assert_eq!(
+            s.granted_total(),
+            2_000_000,
+            "reserved: about twice the window"
+        );
+        s.settle(1, 2_400_000);
+        assert_eq!(s.granted_total(), 2_400_000);
+        // Stale: not used, and replaced by anything kept.
+        assert_eq!(
+            s.reserve_receive(2, &a, 1_000 + 601_000, RMEM_MAX),
+            Err(rcvwarm::Cold::Stale)
+        );
+        s.observe_receive(a, 100_000, 1_000 + 601_000);
+        assert_eq!(s.reserve_receive(2, &a, 602_000, RMEM_MAX), Ok(200_000));
+        assert_eq!(s.granted_total(), 2_800_000);
+        // Closing releases what a socket held.
+        s.closed(1);
+        s.closed(2);
+        assert_eq!(s.granted_total(), 0);
+        // Bounded: a third peer evicts the oldest sample.
+        s.observe_receive(b, 300_000, 700_000);
+        s.observe_receive(c, 300_000, 800_000);
+        assert_eq!(
+            s.reserve_receive(3, &a, 800_000, RMEM_MAX),
+            Err(rcvwarm::Cold::NoRecord)
+        );
+        assert_eq!(s.reserve_receive(4, &b, 800_000, RMEM_MAX), Ok(600_000));
+        // Persisted beside the sending side's records; forget removes it.
+        s.save().unwrap();
+        let again = store(2, Some(path));
+        assert_eq!(again.load().unwrap(), (0, 0), "no sending-side records");
+        assert_eq!(again.reserve_receive(5, &c, 800_000, RMEM_MAX), Ok(600_000));
+        assert!(again.forget(&c));
+        assert_eq!(
+            again.reserve_receive(6, &c, 800_000, RMEM_MAX),
+            Err(rcvwarm::Cold::NoRecord)
+        );
+        // Off: nothing is raised.
+        let off = Store::new(Config {
+            receive: None,
+            ..Config::default()
+        });
+        off.observe_receive(a, 500_000, 1_000);
+        assert_eq!(
+            off.reserve_receive(7, &a, 1_000, RMEM_MAX),
+            Err(rcvwarm::Cold::NoRecord)
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn hostile_files_are_refused_or_filtered() {
         let dir = tmp_dir("hostile");
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join(FILE_NAME);
         let s = store(4, Some(path.clone()));
         // Too large.
-        fs::write(&path, vec![b' '; 4 * 256 + 4097]).unwrap();
+        fs::write(&path, vec![b' '; 2 * 4 * 256 + 4097]).unwrap();
         let e = s.load().unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
         // A symlink.
@@ -727,7 +982,14 @@ mod fuzz {
     fn files() -> impl Strategy<Value = Vec<u8>> {
         let well_formed = || {
             (prop_oneof![Just(FILE_VERSION), any::<u32>()], records()).prop_map(
-                |(version, records)| serde_json::to_vec(&File { version, records }).unwrap(),
+                |(version, records)| {
+                    serde_json::to_vec(&File {
+                        version,
+                        records,
+                        receive: Vec::new(),
+                    })
+                    .unwrap()
+                },
             )
         };
         let cut = (well_formed(), any::<prop::sample::Index>()).prop_map(|(mut b, at)| {
@@ -754,6 +1016,7 @@ mod fuzz {
         let text = serde_json::to_vec(&File {
             version: FILE_VERSION,
             records,
+            receive: Vec::new(),
         })
         .unwrap();
         fs::write(&path, text).unwrap();
@@ -779,6 +1042,7 @@ mod fuzz {
                 capacity: CAPACITY,
                 max_age: Duration::from_secs(600),
                 file: Some(file.to_owned()),
+                receive: None,
             })
         };
         for_a_while("known-peers file", files(), |bytes| {

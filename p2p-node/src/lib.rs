@@ -16,6 +16,7 @@ pub mod heap;
 pub mod http;
 pub mod known;
 pub mod node;
+pub mod rcvwarm;
 pub mod sockets;
 pub mod telemetry;
 pub mod tunables;

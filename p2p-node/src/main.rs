@@ -235,6 +235,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         capacity: args.known_peers as usize,
         max_age: Duration::from_secs(args.known_peers_max_age_secs),
         file: (!args.no_known_peers_file).then(|| data_dir.join(known::FILE_NAME)),
+        receive: (!args.no_receive_warm).then_some(p2p_node::rcvwarm::DEFAULT_LIMITS),
     }));
     match known.load() {
         Ok((0, 0)) => {}
@@ -252,6 +253,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or(false)
         })
     };
+    let read_bbr_at_exit = read_bbr.clone();
     known::start(
         known.clone(),
         SocketTable::global().clone(),
@@ -296,6 +298,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     })
     .await;
     // bbr-p2p registered without a link (Linux < 6.4) outlives the process unless deleted.
+    // What the live connections measured is recorded once more before the last save.
+    known::observe_live(&known, SocketTable::global(), &read_bbr_at_exit);
     if let Err(e) = known.save() {
         eprintln!("warning: saving known peers: {e:#}");
     }

@@ -160,3 +160,138 @@ fn resumes_per_peer_id_only() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `node`'s connection `cookie`: the kernel's `sk_rcvbuf` (SO_RCVBUF), `tcpi_rcv_space`, and
+/// the receive low-water mark.
+fn receive_side(node: &Node, cookie: u64) -> (u64, u64, i32) {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = node
+        .socket_by_cookie(cookie)
+        .unwrap_or_else(|| panic!("no socket {cookie} in the node"));
+    let rcvbuf = p2p_node::rcvwarm::rcvbuf(fd.as_fd()).unwrap();
+    let rcv_space = p2p_node::sockets::tcp_info(fd.as_fd()).unwrap().rcv_space;
+    let mut lowat: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd; `lowat` is a writable int of the given length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw mut lowat).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    (rcvbuf, u64::from(rcv_space), lowat)
+}
+
+/// The receiving side of the warm start: Y receives 8 MB from X over the 40 ms path, restarts
+/// (same key and data dir), and its new connection to X starts with a receive buffer larger
+/// than the kernel's default and than what the kernel measured per round trip on the first
+/// connection; its connection to W, a peer it never received from, starts at the default.
+#[test]
+fn a_known_peers_connection_starts_with_a_larger_receive_buffer() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = Routed::new("rcvwarm", 13, "100mbit", "2000000");
+    let _line = DelayLine::start(&net.router, 20);
+    let x = Node::start(&net.sender, &net.sender_addr, &[]);
+    let w = Node::start(&net.router, "10.13.1.1", &[]);
+    let default = common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.receiver,
+        "sysctl",
+        "-n",
+        "net.ipv4.tcp_rmem",
+    ]);
+    let default: u64 = default.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let dir = test_data_dir("rcvwarm-y");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("y.key").to_str().unwrap().to_owned();
+    let y = || {
+        Node::start(
+            &net.receiver,
+            &net.receiver_addr,
+            &[
+                "--key",
+                &key,
+                "--peer",
+                &x.multiaddr,
+                "--peer",
+                &w.multiaddr,
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut seen = HashSet::new();
+
+    // First connection: no record, the kernel's default buffer.
+    let y1 = y();
+    let cookie = new_connection(&y1, &x.peer_id, &mut seen);
+    let (cold_rcvbuf, _, _) = receive_side(&y1, cookie);
+    assert_eq!(
+        cold_rcvbuf, default,
+        "a connection without a record starts at tcp_rmem[1]"
+    );
+    upload(&x, &y1.peer_id, 8 << 20);
+    // Y may hold two connections to X (both dial): the one that carried the transfer.
+    let v: Vec<serde_json::Value> = serde_json::from_str(&y1.get("/api/peers")).unwrap();
+    let measured_rcv_space = v
+        .iter()
+        .filter(|c| c["peer_id"] == x.peer_id.as_str())
+        .filter_map(|c| c["cookie"].as_u64())
+        .filter_map(|c| y1.socket_by_cookie(c).map(|_| receive_side(&y1, c).1))
+        .max()
+        .expect("Y lists its connection to X");
+    eprintln!("first connection: rcv_space {measured_rcv_space} after 8 MB");
+    assert!(
+        measured_rcv_space > default,
+        "the transfer grew rcv_space: {measured_rcv_space}"
+    );
+    // Y records its live connections once more when it shuts down.
+    drop(y1);
+
+    let y2 = y();
+    let to_x = new_connection(&y2, &x.peer_id, &mut seen);
+    let (warm_rcvbuf, _, lowat) = receive_side(&y2, to_x);
+    let to_w = new_connection(&y2, &w.peer_id, &mut seen);
+    let (w_rcvbuf, _, _) = receive_side(&y2, to_w);
+    eprintln!(
+        "second connection: sk_rcvbuf to X {warm_rcvbuf}, to W {w_rcvbuf} (default {default})"
+    );
+    assert!(
+        warm_rcvbuf > default && warm_rcvbuf >= measured_rcv_space,
+        "the known peer's connection holds at least a round trip of what it carried: \
+         sk_rcvbuf {warm_rcvbuf}, rcv_space measured {measured_rcv_space}, default {default}"
+    );
+    assert_eq!(lowat, 1, "the low-water mark is back at one byte");
+    assert_eq!(
+        w_rcvbuf, default,
+        "a peer never received from starts at the default"
+    );
+
+    // Switched off, the same known peer starts at the default.
+    drop(y2);
+    let y3 = Node::start(
+        &net.receiver,
+        &net.receiver_addr,
+        &[
+            "--key",
+            &key,
+            "--peer",
+            &x.multiaddr,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--no-receive-warm",
+        ],
+    );
+    let cookie = new_connection(&y3, &x.peer_id, &mut seen);
+    assert_eq!(receive_side(&y3, cookie).0, default);
+    drop(y3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -57,6 +57,10 @@ pub struct WarmOptions {
     /// fresh connection costs a resumed flow.
     #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=(64 << 20)))]
     receiver_rmem: Option<u64>,
+    /// Run both nodes with `--no-receive-warm` (every receive buffer starts at the kernel's
+    /// default): the comparison run for the receiving side of the warm start.
+    #[arg(long)]
+    no_receive_warm: bool,
     /// Use the release p2p-node already built (`cargo build --release -p p2p-node`).
     #[arg(long)]
     skip_build: bool,
@@ -279,6 +283,10 @@ struct Harness {
     y: Option<NodeProc>,
     /// See [`Harness::cold_next`].
     cold_next: bool,
+    /// See [`Harness::receiver_cold_next`].
+    receiver_cold_next: bool,
+    /// Extra arguments of both nodes.
+    node_args: Vec<&'static str>,
     /// `P2PCC_BENCH_WARM_TRACE`: a directory for per-transfer `ss -tin` timelines.
     trace: Option<Tracer>,
 }
@@ -307,7 +315,7 @@ impl Tracer {
                 .join(format!("{:03}-{}-{side}.txt", self.count, self.label));
             // Bounded: 3,000 samples of >= 10 ms each.
             let script = format!(
-                "for i in $(seq 3000); do echo \"T $EPOCHREALTIME\"; ss -tinH dst {peer}; \
+                "for i in $(seq 3000); do echo \"T $EPOCHREALTIME\"; ss -tinmH dst {peer}; \
                  sleep 0.01; done"
             );
             let mut cmd = Command::new("ip");
@@ -353,13 +361,17 @@ impl Harness {
             // 404 when there is no record: fine.
             let _ = self.x.cli(&self.binary, &["known", "--forget", &id]);
         }
-        let y = NodeProc::start(
-            &self.binary,
-            RECEIVER_NS,
-            RECEIVER_ADDR,
-            &self.y_dir,
-            &["--peer", &self.x.multiaddr],
-        )?;
+        if std::mem::take(&mut self.receiver_cold_next) {
+            // Y is stopped (it saved its records): its record of X's sending goes too, so the
+            // receiving side starts cold as well.
+            match std::fs::remove_file(self.y_dir.join("known-peers.json")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        let mut args = vec!["--peer", &self.x.multiaddr];
+        args.extend(self.node_args.iter().copied());
+        let y = NodeProc::start(&self.binary, RECEIVER_NS, RECEIVER_ADDR, &self.y_dir, &args)?;
         let id = y.peer_id.clone();
         self.y = Some(y);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -384,9 +396,15 @@ impl Harness {
     }
 
     /// The next transfer starts cold: X forgets Y's record once the current connection is
-    /// closed.
+    /// closed, and Y its record of X.
     fn cold_next(&mut self) {
         self.cold_next = true;
+        self.receiver_cold_next = true;
+    }
+
+    /// The next transfer's receiver starts cold (Y forgets its record of X).
+    fn receiver_cold_next(&mut self) {
+        self.receiver_cold_next = true;
     }
 
     /// One 8 MB transfer X → Y on a fresh connection; retransmitted bytes sampled at 2 s.
@@ -560,13 +578,14 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
     if let Some(bytes) = options.receiver_rmem {
         set_initial_rmem(RECEIVER_NS, bytes)?;
     }
-    let x = NodeProc::start(
-        &binary,
-        SENDER_NS,
-        SENDER_ADDR,
-        &work.join("x"),
-        &["--cc", "bbr-p2p"],
-    )?;
+    let node_args: Vec<&'static str> = if options.no_receive_warm {
+        vec!["--no-receive-warm"]
+    } else {
+        Vec::new()
+    };
+    let mut x_args = vec!["--cc", "bbr-p2p"];
+    x_args.extend(node_args.iter().copied());
+    let x = NodeProc::start(&binary, SENDER_NS, SENDER_ADDR, &work.join("x"), &x_args)?;
     // Careful resume is off by default; the bench measures it on.
     x.cli(&binary, &["cc", "tunables", "--set", "resume_enabled=1"])?;
     let mut h = Harness {
@@ -575,6 +594,8 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         y_dir: work.join("y"),
         y: None,
         cold_next: false,
+        receiver_cold_next: false,
+        node_args,
         trace: std::env::var_os("P2PCC_BENCH_WARM_TRACE").map(|dir| Tracer {
             dir: PathBuf::from(dir),
             count: 0,
@@ -590,12 +611,24 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         "{SECTION}\n\n`cargo xtask bench warm --reps {} --scenario {}{}` — p2p-node (release build) X sends \
          8 MB libp2p perf transfers to Y over a tbf bottleneck on a router namespace with an NFQUEUE \
          delay line of {ONE_WAY_MS} ms each way; Y restarts (same key) before every transfer, so \
-         each runs on a fresh TCP connection; variants alternate within each repetition; medians.\n",
+         each runs on a fresh TCP connection; variants alternate within each repetition; medians. \
+         Cold runs are cold on both sides (X forgets Y, Y forgets X); resumed runs keep both \
+         records ({}).\n",
         options.reps,
         options.scenario,
         options
             .receiver_rmem
-            .map_or(String::new(), |b| format!(" --receiver-rmem {b}")),
+            .map_or(String::new(), |b| format!(" --receiver-rmem {b}"))
+            + if options.no_receive_warm {
+                " --no-receive-warm"
+            } else {
+                ""
+            },
+        if options.no_receive_warm {
+            "`--no-receive-warm`: every receive buffer starts at the kernel's default"
+        } else {
+            "Y's receive buffer starts from its record of X"
+        },
     )?;
     for scenario in scenarios {
         println!("[bench warm] scenario {scenario}");
@@ -694,6 +727,7 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
                 }
                 _ => {
                     h.set_cc("bbr")?;
+                    h.receiver_cold_next();
                     h.label("same-cold-bbr");
                     cold_bbr.push(h.transfer()?.seconds);
                 }
