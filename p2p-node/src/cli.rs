@@ -246,9 +246,8 @@ pub struct RunArgs {
     /// so they survive restarts).
     #[arg(long)]
     pub no_known_peers_file: bool,
-    /// Start every connection's TCP receive buffer at the kernel's default, also for known
-    /// peers (default: a fresh record of the peer's receive side sizes it, bounded; see
-    /// README "Careful resume").
+    /// Start a known peer's connection with the TCP receive buffer its record asks for
+    /// (bounded; README "Known peers"). Off by default: no measured gain (docs/bench.md).
     #[arg(long)]
-    pub no_receive_warm: bool,
+    pub receive_warm: bool,
 }

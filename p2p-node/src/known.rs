@@ -84,7 +84,8 @@ impl Default for Config {
             capacity: DEFAULT_CAPACITY,
             max_age: DEFAULT_MAX_AGE,
             file: None,
-            receive: Some(rcvwarm::DEFAULT_LIMITS),
+            // Off by default (`--receive-warm`): no measured gain, docs/bench.md.
+            receive: None,
         }
     }
 }

@@ -235,7 +235,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         capacity: args.known_peers as usize,
         max_age: Duration::from_secs(args.known_peers_max_age_secs),
         file: (!args.no_known_peers_file).then(|| data_dir.join(known::FILE_NAME)),
-        receive: (!args.no_receive_warm).then_some(p2p_node::rcvwarm::DEFAULT_LIMITS),
+        receive: args
+            .receive_warm
+            .then_some(p2p_node::rcvwarm::DEFAULT_LIMITS),
     }));
     match known.load() {
         Ok((0, 0)) => {}

@@ -196,11 +196,13 @@ mod tests {
         })
     }
 
+    /// (record, rmem_max, already granted, limits) → window or why cold.
+    type Case = (Option<Saved>, u64, u64, Limits, Result<u64, Cold>);
+
     #[test]
     fn the_start_window_is_bounded_by_the_record_the_limits_and_the_budget() {
         let l = DEFAULT_LIMITS;
-        // (record, rmem_max, already granted, limits) → window or why cold
-        let cases: &[(Option<Saved>, u64, u64, Limits, Result<u64, Cold>)] = &[
+        let cases: &[Case] = &[
             (None, RMEM_MAX, 0, l, Err(Cold::NoRecord)),
             (saved(500_000, AGE + 1), RMEM_MAX, 0, l, Err(Cold::Stale)),
             // Exactly at the freshness limit is still fresh.

@@ -225,6 +225,7 @@ fn a_known_peers_connection_starts_with_a_larger_receive_buffer() {
                 &w.multiaddr,
                 "--data-dir",
                 dir.to_str().unwrap(),
+                "--receive-warm",
             ],
         )
     };
@@ -275,7 +276,7 @@ fn a_known_peers_connection_starts_with_a_larger_receive_buffer() {
         "a peer never received from starts at the default"
     );
 
-    // Switched off, the same known peer starts at the default.
+    // Without `--receive-warm` (the default), the same known peer starts at the default.
     drop(y2);
     let y3 = Node::start(
         &net.receiver,
@@ -287,7 +288,6 @@ fn a_known_peers_connection_starts_with_a_larger_receive_buffer() {
             &x.multiaddr,
             "--data-dir",
             dir.to_str().unwrap(),
-            "--no-receive-warm",
         ],
     );
     let cookie = new_connection(&y3, &x.peer_id, &mut seen);

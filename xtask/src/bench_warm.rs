@@ -57,10 +57,14 @@ pub struct WarmOptions {
     /// fresh connection costs a resumed flow.
     #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=(64 << 20)))]
     receiver_rmem: Option<u64>,
-    /// Run both nodes with `--no-receive-warm` (every receive buffer starts at the kernel's
-    /// default): the comparison run for the receiving side of the warm start.
+    /// Run both nodes with `--receive-warm` (a known peer's connection starts with the receive
+    /// buffer its record asks for; off by default in the node).
     #[arg(long)]
-    no_receive_warm: bool,
+    receive_warm: bool,
+    /// Size of the measured transfers, MiB (the issue's targets are for 8; other sizes are
+    /// extra measurements, labelled so). The first transfer, which makes the records, is 8 MiB.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    transfer_mib: u64,
     /// Use the release p2p-node already built (`cargo build --release -p p2p-node`).
     #[arg(long)]
     skip_build: bool,
@@ -287,6 +291,8 @@ struct Harness {
     receiver_cold_next: bool,
     /// Extra arguments of both nodes.
     node_args: Vec<&'static str>,
+    /// Bytes of each measured transfer.
+    bytes: u64,
     /// `P2PCC_BENCH_WARM_TRACE`: a directory for per-transfer `ss -tin` timelines.
     trace: Option<Tracer>,
 }
@@ -407,8 +413,13 @@ impl Harness {
         self.receiver_cold_next = true;
     }
 
-    /// One 8 MB transfer X → Y on a fresh connection; retransmitted bytes sampled at 2 s.
+    /// One measured transfer X → Y on a fresh connection; retransmitted bytes sampled at 2 s.
     fn transfer(&mut self) -> anyhow::Result<Run> {
+        self.transfer_sized(self.bytes)
+    }
+
+    /// One transfer of `bytes` X → Y on a fresh connection.
+    fn transfer_sized(&mut self, bytes: u64) -> anyhow::Result<Run> {
         let peer = self.reconnect()?;
         let debug = std::env::var_os("P2PCC_BENCH_WARM_DEBUG").is_some();
         let unix = || {
@@ -416,7 +427,7 @@ impl Harness {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())
         };
-        let before = self.carried_before(&peer)?;
+        let before = self.carried_before(&peer, bytes)?;
         let tracing = self.trace.as_mut().map(Tracer::start).transpose()?;
         let traced = tracing.is_some();
         if debug || traced {
@@ -428,7 +439,7 @@ impl Harness {
         });
         let report = self.x.cli(
             &self.binary,
-            &["perf", &peer, "--upload", &TRANSFER_BYTES.to_string()],
+            &["perf", &peer, "--upload", &bytes.to_string()],
         )?;
         let json: serde_json::Value =
             serde_json::from_str(report.trim()).with_context(|| format!("perf said {report}"))?;
@@ -444,7 +455,7 @@ impl Harness {
         if debug || traced {
             println!("[trace] perf ends {:.6}: {}", unix(), report.trim());
         }
-        let start = self.start_state(&peer, &before)?;
+        let start = self.start_state(&peer, &before, bytes)?;
         if debug {
             println!("{}", self.x.cli(&self.binary, &["known"])?);
         }
@@ -473,12 +484,12 @@ impl Harness {
 
     /// Socket cookies of connections to `peer` that had carried a transfer before this one
     /// began (closed connections a stale snapshot still lists).
-    fn carried_before(&self, peer: &str) -> anyhow::Result<Vec<u64>> {
+    fn carried_before(&self, peer: &str, bytes: u64) -> anyhow::Result<Vec<u64>> {
         Ok(self
             .api_peers()?
             .1
             .iter()
-            .filter(|p| p["peer_id"].as_str() == Some(peer) && carried(p))
+            .filter(|p| p["peer_id"].as_str() == Some(peer) && carried(p, bytes))
             .filter_map(|p| p["cookie"].as_u64())
             .collect())
     }
@@ -488,13 +499,13 @@ impl Harness {
     /// 1 Hz snapshot, so it is polled until a connection to the peer that was not in `before`
     /// shows most of the transfer acknowledged (socket cookies are not ordered in time: the
     /// kernel draws them per CPU).
-    fn start_state(&self, peer: &str, before: &[u64]) -> anyhow::Result<String> {
+    fn start_state(&self, peer: &str, before: &[u64], bytes: u64) -> anyhow::Result<String> {
         let deadline = Instant::now() + Duration::from_secs(4);
         loop {
             let (body, peers) = self.api_peers()?;
             let carried = peers.iter().find(|p| {
                 p["peer_id"].as_str() == Some(peer)
-                    && carried(p)
+                    && carried(p, bytes)
                     && !before.contains(&p["cookie"].as_u64().unwrap_or(0))
             });
             if let Some(p) = carried {
@@ -519,8 +530,8 @@ impl Harness {
 }
 
 /// Whether an `/api/peers` connection has most of a transfer acknowledged.
-fn carried(p: &serde_json::Value) -> bool {
-    p["tcp"]["bytes_acked"].as_u64().unwrap_or(0) >= TRANSFER_BYTES / 10 * 9
+fn carried(p: &serde_json::Value, bytes: u64) -> bool {
+    p["tcp"]["bytes_acked"].as_u64().unwrap_or(0) >= bytes / 10 * 9
 }
 
 /// Retransmitted bytes of the sender's connection to Y (`ss -ti`, `bytes_retrans`).
@@ -578,8 +589,8 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
     if let Some(bytes) = options.receiver_rmem {
         set_initial_rmem(RECEIVER_NS, bytes)?;
     }
-    let node_args: Vec<&'static str> = if options.no_receive_warm {
-        vec!["--no-receive-warm"]
+    let node_args: Vec<&'static str> = if options.receive_warm {
+        vec!["--receive-warm"]
     } else {
         Vec::new()
     };
@@ -596,6 +607,7 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         cold_next: false,
         receiver_cold_next: false,
         node_args,
+        bytes: options.transfer_mib << 20,
         trace: std::env::var_os("P2PCC_BENCH_WARM_TRACE").map(|dir| Tracer {
             dir: PathBuf::from(dir),
             count: 0,
@@ -609,7 +621,7 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
     writeln!(
         report,
         "{SECTION}\n\n`cargo xtask bench warm --reps {} --scenario {}{}` — p2p-node (release build) X sends \
-         8 MB libp2p perf transfers to Y over a tbf bottleneck on a router namespace with an NFQUEUE \
+         {} MiB libp2p perf transfers to Y over a tbf bottleneck on a router namespace with an NFQUEUE \
          delay line of {ONE_WAY_MS} ms each way; Y restarts (same key) before every transfer, so \
          each runs on a fresh TCP connection; variants alternate within each repetition; medians. \
          Cold runs are cold on both sides (X forgets Y, Y forgets X); resumed runs keep both \
@@ -619,15 +631,28 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         options
             .receiver_rmem
             .map_or(String::new(), |b| format!(" --receiver-rmem {b}"))
-            + if options.no_receive_warm {
-                " --no-receive-warm"
+            + if options.receive_warm {
+                " --receive-warm"
             } else {
                 ""
+            }
+            + &if options.transfer_mib == 8 {
+                String::new()
+            } else {
+                format!(" --transfer-mib {}", options.transfer_mib)
             },
-        if options.no_receive_warm {
-            "`--no-receive-warm`: every receive buffer starts at the kernel's default"
+        if options.transfer_mib == 8 {
+            "8".to_owned()
         } else {
-            "Y's receive buffer starts from its record of X"
+            format!(
+                "{} (an EXTRA measurement: the issue's targets are for 8 MiB)",
+                options.transfer_mib
+            )
+        },
+        if options.receive_warm {
+            "`--receive-warm`: Y's receive buffer starts from its record of X"
+        } else {
+            "every receive buffer starts at the kernel's default"
         },
     )?;
     for scenario in scenarios {
@@ -703,7 +728,7 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
     // A first transfer makes the record.
     h.set_cc("bbr-p2p")?;
     h.label("same-record");
-    h.transfer()?;
+    h.transfer_sized(TRANSFER_BYTES)?;
     for rep in 0..reps {
         let order: [u8; 3] = if rep % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for v in order {
@@ -743,7 +768,7 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
     Ok(format!(
         "### Same path (100 Mbit/s, 40 ms, 1 BDP buffer), {reps} reps\n\n\
          | | resumed bbr-p2p | cold bbr-p2p | cold kernel bbr |\n|---|---|---|---|\n\
-         | 8 MB completion, median | {r:.3} s | {p:.3} s | {b:.3} s |\n\n\
+         | completion, median | {r:.3} s | {p:.3} s | {b:.3} s |\n\n\
          - resumed / cold kernel bbr = **{:.2}** (target ≤ 0.6: {})\n\
          - resumed / cold bbr-p2p = **{:.2}** (target ≤ 0.6: {})\n\
          - runs that started resumed: {resumed_starts} of {} (starts: {}); cold bbr-p2p starts: {}\n\n",
