@@ -138,6 +138,27 @@ pub fn rcvbuf(fd: BorrowedFd<'_>) -> io::Result<u64> {
     }
 }
 
+/// `getsockopt(SO_RCVLOWAT)`: the receive low-water mark, bytes.
+pub fn rcvlowat(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd; `value` is a writable int of the given length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: libc::c_int) -> io::Result<()> {
     // SAFETY: valid fd; the option value is an int of the given length.
     let rc = unsafe {
@@ -277,19 +298,6 @@ mod tests {
             "a 1 MiB window needs at least 1 MiB of buffer: {after}"
         );
         // The low-water mark is back at 1 byte.
-        let mut lowat: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: valid fd; `lowat` is a writable int of the given length.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&raw mut lowat).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0);
-        assert_eq!(lowat, 1);
+        assert_eq!(rcvlowat(fd).unwrap(), 1);
     }
 }

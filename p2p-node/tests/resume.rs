@@ -164,25 +164,13 @@ fn resumes_per_peer_id_only() {
 /// `node`'s connection `cookie`: the kernel's `sk_rcvbuf` (SO_RCVBUF), `tcpi_rcv_space`, and
 /// the receive low-water mark.
 fn receive_side(node: &Node, cookie: u64) -> (u64, u64, i32) {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
+    use std::os::fd::AsFd as _;
     let fd = node
         .socket_by_cookie(cookie)
         .unwrap_or_else(|| panic!("no socket {cookie} in the node"));
     let rcvbuf = p2p_node::rcvwarm::rcvbuf(fd.as_fd()).unwrap();
     let rcv_space = p2p_node::sockets::tcp_info(fd.as_fd()).unwrap().rcv_space;
-    let mut lowat: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd; `lowat` is a writable int of the given length.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw mut lowat).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0);
+    let lowat = p2p_node::rcvwarm::rcvlowat(fd.as_fd()).unwrap();
     (rcvbuf, u64::from(rcv_space), lowat)
 }
 
