@@ -19,6 +19,16 @@
 //! - (b) throughput: clean bulk runs with no node, with the node as deployed (all probes
 //!   attached, iperf3's sockets foreign to it) and with `--observe-all` (all probes, every
 //!   socket tracked), no run statistics, rotating which arm goes first; medians and ratios.
+//!   In the tracked arm the node's own counters (`/metrics`) give the share of events that
+//!   refreshed a snapshot, and a third window, a slow stream (200 kbit/s in 1400-byte writes,
+//!   so nearly every event is the socket's first in a refresh interval), bounds what the
+//!   refresh branch costs: `ns/event` is a mean over events, and a rare heavy branch weighs in
+//!   it (see the report's refresh table).
+//! - (c) the probes' share of the transfer's CPU time, from (a)'s runs: the run time the kernel
+//!   accounted to the node's four programs (plus one empty program's per event, standing in for
+//!   the tracepoint's dispatch, which the accounting does not see) over the CPU time iperf3's
+//!   two processes used for the same bytes. Both are measured in the same run, so the machine's
+//!   other load moves them together, which (b)'s goodput ratios cannot claim.
 //!
 //! Every process and the namespace are removed by guards on every exit path, Ctrl-C included.
 
@@ -84,6 +94,8 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between runs, so the previous run's sockets are gone.
 const PAUSE: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(100);
+/// A little over the node's snapshot period (its collector reads the kernel once a second).
+const SNAPSHOT_PERIOD: Duration = Duration::from_millis(1100);
 
 #[derive(clap::Args)]
 pub struct ProbesOptions {
@@ -167,6 +179,8 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
 
     // (a) cost per event, tracked and foreign arms alternating.
     let mut costs: [Vec<Vec<(String, Cost)>>; 2] = Default::default();
+    let mut volumes: [Vec<Volume>; 2] = Default::default();
+    let mut refreshes: Vec<RefreshWindows> = Vec::new();
     let baseline = Baseline::start()?;
     for rep in 0..options.reps {
         for (arm, tracked) in [(0, true), (1, false)] {
@@ -179,16 +193,33 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
             let node = ProbeNode::start(&binary, Mode::Measured { tracked })?;
             let baseline = baseline.as_ref().filter(|_| tracked);
             let before = program_counters(&node, baseline)?;
-            bed.iperf(options.seconds)?;
+            let tracked_before = node.tracked_events()?;
+            let mut volume = Volume::default();
+            volume.add(&bed.iperf(options.seconds)?);
             sleep_unless_stopped(PAUSE)?;
             if tracked {
                 bed.set_loss(options.loss)?;
                 let lossy = bed.iperf(options.seconds);
                 bed.set_loss(0.0)?;
-                lossy?;
+                volume.add(&lossy?);
                 sleep_unless_stopped(PAUSE)?;
             }
+            volumes[arm].push(volume);
             let after = program_counters(&node, baseline)?;
+            if tracked {
+                let bulk = node.tracked_events()?.since(tracked_before);
+                bed.iperf_with(options.seconds, SLOW_STREAM)?;
+                sleep_unless_stopped(PAUSE)?;
+                let slow_counters = program_counters(&node, baseline)?;
+                let slow = node.tracked_events()?.since(bulk.plus(tracked_before));
+                refreshes.push(RefreshWindows {
+                    bulk,
+                    slow,
+                    slow_over_floor: over_floor(&[deltas(&after, &slow_counters)], "tcp_probe")
+                        .first()
+                        .copied(),
+                });
+            }
             drop(node);
             let rep_costs = deltas(&before, &after);
             for (name, cost) in &rep_costs {
@@ -242,6 +273,8 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
     let report = render(&Report {
         options,
         costs: &costs,
+        volumes: &volumes,
+        refreshes: &refreshes,
         runs: &runs,
         others: &others,
         congestion_control: &congestion_control,
@@ -298,6 +331,11 @@ impl Namespace {
 
     /// One bulk iperf3 run over loopback.
     fn iperf(&self, seconds: u64) -> anyhow::Result<Run> {
+        self.iperf_with(seconds, &[])
+    }
+
+    /// One iperf3 run over loopback with `extra` client arguments.
+    fn iperf_with(&self, seconds: u64, extra: &[&str]) -> anyhow::Result<Run> {
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -310,6 +348,7 @@ impl Namespace {
             IPERF_PORT,
         ])
         .args(["-t", &seconds.to_string(), "-J"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -352,6 +391,8 @@ impl Drop for Namespace {
 struct Run {
     bps: f64,
     cpu_s_per_gb: f64,
+    /// Received, GB (10^9 bytes).
+    gb: f64,
 }
 
 impl Run {
@@ -378,6 +419,7 @@ impl Run {
         Ok(Self {
             bps,
             cpu_s_per_gb: cpu_percent / 100.0 * seconds / (bytes / 1e9),
+            gb: bytes / 1e9,
         })
     }
 }
@@ -469,6 +511,23 @@ impl ProbeNode {
             }
             thread::sleep(POLL);
         }
+    }
+
+    /// Tracked events and refreshes as the node's `/metrics` reports them, after waiting out
+    /// its once-a-second snapshot.
+    fn tracked_events(&self) -> anyhow::Result<TrackedEvents> {
+        thread::sleep(SNAPSHOT_PERIOD);
+        let metrics = output(Command::new("ip").args([
+            "netns",
+            "exec",
+            NS,
+            "curl",
+            "-sf",
+            "--max-time",
+            "10",
+            "http://127.0.0.1:9464/metrics",
+        ]))?;
+        Ok(TrackedEvents::parse(&metrics))
     }
 
     /// The node's probe programs and their counters (`tcp_probe_all` as `tcp_probe`).
@@ -689,10 +748,108 @@ fn deltas(before: &[ProgCounters], after: &[ProgCounters]) -> Vec<(String, Cost)
         .collect()
 }
 
+/// The slow stream of the tracked arm: 200 kbit/s in 1400-byte writes, a segment every ~55 ms,
+/// more than a refresh interval, so nearly every `tcp_probe` event refreshes.
+const SLOW_STREAM: &[&str] = &["-b", "200K", "-l", "1400"];
+
+/// Tracked `tcp_probe` events and refreshes, from the node's `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct TrackedEvents {
+    events: f64,
+    refreshes: f64,
+}
+
+impl TrackedEvents {
+    fn parse(metrics: &str) -> Self {
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            events: value("p2pcc_ebpf_probe_events_total"),
+            refreshes: value("p2pcc_ebpf_probe_refreshes_total"),
+        }
+    }
+
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            events: self.events - earlier.events,
+            refreshes: self.refreshes - earlier.refreshes,
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            events: self.events + other.events,
+            refreshes: self.refreshes + other.refreshes,
+        }
+    }
+
+    /// Share of the events that refreshed.
+    fn share(self) -> Option<f64> {
+        (self.events > 0.0).then(|| self.refreshes / self.events)
+    }
+}
+
+/// One repetition of the tracked arm: its bulk runs and its slow stream.
+#[derive(Clone, Copy, Debug)]
+struct RefreshWindows {
+    bulk: TrackedEvents,
+    slow: TrackedEvents,
+    /// `tcp_probe` − floor over the slow stream, ns per event.
+    slow_over_floor: Option<f64>,
+}
+
+impl RefreshWindows {
+    /// An upper bound of one refresh's cost: the slow stream's mean over its share of
+    /// refreshing events (as if its other events cost nothing; a slow socket is colder than a
+    /// bulk one, so its refreshes cost more, too).
+    fn refresh_bound(&self) -> Option<f64> {
+        let share = self.slow.share().filter(|&r| r > 0.0)?;
+        Some(self.slow_over_floor? / share)
+    }
+}
+
+/// What iperf3 moved in one arm of one repetition of (a), and the CPU time it took.
+#[derive(Clone, Copy, Debug, Default)]
+struct Volume {
+    gb: f64,
+    cpu_s: f64,
+}
+
+impl Volume {
+    fn add(&mut self, run: &Run) {
+        self.gb += run.gb;
+        self.cpu_s += run.cpu_s_per_gb * run.gb;
+    }
+}
+
+/// (c) for one repetition of one arm: the probes' run time per GB (µs) and their share of
+/// iperf3's CPU time, the floor's run time per event counted once more for the dispatch.
+fn cpu_share(rep: &[(String, Cost)], volume: Volume) -> Option<(f64, f64)> {
+    let probes: u64 = rep
+        .iter()
+        .filter(|(n, _)| PROGRAMS.contains(&n.as_str()))
+        .map(|(_, c)| c.run_time_ns)
+        .sum();
+    let floor = rep.iter().find(|(n, _)| n == FLOOR)?.1.run_time_ns;
+    if volume.gb <= 0.0 || volume.cpu_s <= 0.0 {
+        return None;
+    }
+    let ns = (probes + floor) as f64;
+    Some((ns / 1e3 / volume.gb, ns / (volume.cpu_s * 1e9)))
+}
+
 struct Report<'a> {
     options: &'a ProbesOptions,
     /// Per (a) arm, per repetition, per program.
     costs: &'a [Vec<Vec<(String, Cost)>>; 2],
+    /// Per (a) arm, per repetition: iperf3's bytes and CPU time.
+    volumes: &'a [Vec<Volume>; 2],
+    /// Per repetition of (a)'s tracked arm: refreshes in the bulk runs and in the slow stream.
+    refreshes: &'a [RefreshWindows],
     /// Per (b) arm, its run of each rotation, in rotation order.
     runs: &'a [Vec<Run>; 3],
     others: &'a [String],
@@ -873,6 +1030,7 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
              tracepoint, one hash-map update per event)."
         )?;
     }
+    render_refreshes(&mut s, r)?;
 
     writeln!(
         s,
@@ -947,7 +1105,132 @@ fn render(r: &Report<'_>) -> anyhow::Result<String> {
             g75 / 1e9,
         )?;
     }
+    render_cpu_share(&mut s, r)?;
     Ok(s)
+}
+
+/// (a)'s refresh table: how much of the tracked mean is the refresh branch.
+fn render_refreshes(s: &mut String, r: &Report<'_>) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    if r.refreshes.is_empty() {
+        return Ok(());
+    }
+    let bulk_over = over_floor(&r.costs[0], "tcp_probe");
+    let shares = |f: fn(&RefreshWindows) -> TrackedEvents| {
+        r.refreshes
+            .iter()
+            .filter_map(|w| f(w).share())
+            .collect::<Vec<_>>()
+    };
+    let cell = |v: &[f64], scale: f64, digits: usize| {
+        if v.is_empty() {
+            return "–".to_owned();
+        }
+        let (med, min, max) = spread(v);
+        format!(
+            "{:.digits$} ({:.digits$} – {:.digits$})",
+            med * scale,
+            min * scale,
+            max * scale
+        )
+    };
+    let slow_over: Vec<f64> = r
+        .refreshes
+        .iter()
+        .filter_map(|w| w.slow_over_floor)
+        .collect();
+    let bound: Vec<f64> = r
+        .refreshes
+        .iter()
+        .filter_map(RefreshWindows::refresh_bound)
+        .collect();
+    let part: Vec<f64> = r
+        .refreshes
+        .iter()
+        .filter_map(|w| Some(w.bulk.share()? * w.refresh_bound()?))
+        .collect();
+    let common: Vec<f64> = r
+        .refreshes
+        .iter()
+        .zip(&bulk_over)
+        .filter_map(|(w, &mean)| {
+            let (share, bound) = (w.bulk.share()?, w.refresh_bound()?);
+            Some(((mean - share * bound) / (1.0 - share)).max(0.0))
+        })
+        .collect();
+    writeln!(
+        s,
+        "\nThe tracked mean and the refresh branch. ns/event is a **mean** over events \
+         (Δrun_time_ns / Δrun_cnt), and the medians above are medians of per-repetition means: \
+         a refresh (the typed cast, two map lookups, ~20 field loads and stores) weighs in it by \
+         its share of events. The node's `p2pcc_ebpf_probe_refreshes_total` / `_events_total` \
+         give the share; a third window per repetition, a slow stream (`iperf3 {}`: a segment \
+         every ~55 ms, so nearly every event refreshes), bounds one refresh's cost: its mean \
+         over its share of refreshing events (a slow socket's lines and code are colder than a \
+         bulk socket's, so this over-states a bulk refresh). Per repetition, median (min – max):\n\n\
+         | | value |\n|---|---:|\n\
+         | bulk runs: events that refreshed | {}% |\n\
+         | slow stream: events that refreshed | {}% |\n\
+         | slow stream: `tcp_probe` − floor, ns | {} |\n\
+         | one refresh, upper bound, ns | {} |\n\
+         | the refreshes' part of the bulk mean, upper bound, ns | {} |\n\
+         | the other events, over the floor, lower bound, ns | {} |",
+        SLOW_STREAM.join(" "),
+        cell(&shares(|w| w.bulk), 100.0, 2),
+        cell(&shares(|w| w.slow), 100.0, 1),
+        cell(&slow_over, 1.0, 1),
+        cell(&bound, 1.0, 0),
+        cell(&part, 1.0, 1),
+        cell(&common, 1.0, 1),
+    )?;
+    Ok(())
+}
+
+/// (c): the probes' share of the transfer's CPU time, per arm of (a).
+fn render_cpu_share(s: &mut String, r: &Report<'_>) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    writeln!(
+        s,
+        "\n### (c) The probes' share of the transfer's CPU time\n\n\
+         From (a)'s runs: the run time the kernel accounted to the node's four programs in the \
+         arm, plus the floor's (one empty program per event, standing in for the tracepoint's \
+         dispatch, which the run-time accounting does not see), over the CPU time of both iperf3 \
+         processes for the same bytes (getrusage, softirq work included). Both come from the \
+         same runs, so the machine's other load moves them together; `1 − share` is the \
+         throughput ratio of a transfer bound by this CPU work (the run-time accounting itself, \
+         on in these runs only, makes the share an upper bound). Medians over repetitions \
+         (min – max). Target ratio ≥ {TARGET_THROUGHPUT_RATIO}.\n\n\
+         | arm | GB per repetition | iperf3 CPU s/GB | probes + dispatch µs/GB | share of CPU | `1 − share` | |\n\
+         |---|---:|---:|---:|---:|---:|---|"
+    )?;
+    for (arm, reps) in r.costs.iter().enumerate() {
+        let rows: Vec<(Volume, (f64, f64))> = reps
+            .iter()
+            .zip(&r.volumes[arm])
+            .filter_map(|(rep, &v)| Some((v, cpu_share(rep, v)?)))
+            .collect();
+        if rows.is_empty() {
+            writeln!(s, "| {} | – | – | – | – | – | no data |", ARMS_A[arm])?;
+            continue;
+        }
+        let gb = median(rows.iter().map(|(v, _)| v.gb));
+        let cpu = median(rows.iter().map(|(v, _)| v.cpu_s / v.gb));
+        let (us, us_min, us_max) = spread(&rows.iter().map(|(_, c)| c.0).collect::<Vec<_>>());
+        let shares: Vec<f64> = rows.iter().map(|(_, c)| c.1).collect();
+        let (share, share_min, share_max) = spread(&shares);
+        writeln!(
+            s,
+            "| {} | {gb:.1} | {cpu:.3} | {us:.1} ({us_min:.1} – {us_max:.1}) | {:.4}% ({:.4} – \
+             {:.4}) | **{:.5}** | {} |",
+            ARMS_A[arm],
+            share * 100.0,
+            share_min * 100.0,
+            share_max * 100.0,
+            1.0 - share,
+            verdict(1.0 - share >= TARGET_THROUGHPUT_RATIO)
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1047,10 +1330,72 @@ mod tests {
             Run::parse(json).unwrap(),
             Run {
                 bps: 4.0e10,
-                cpu_s_per_gb: 0.2
+                cpu_s_per_gb: 0.2,
+                gb: 20.0
             }
         );
         assert!(Run::parse(r#"{"error":"unable to connect"}"#).is_err());
         assert!(Run::parse(r#"{"end":{"sum_received":{"bits_per_second":1.0}}}"#).is_err());
+    }
+
+    #[test]
+    fn bounds_a_refresh_by_the_slow_streams_mean() {
+        let text = "# HELP x\np2pcc_ebpf_probe_events_total 1000\n\
+                    p2pcc_ebpf_probe_events_total_extra 5\np2pcc_ebpf_probe_refreshes_total 20\n";
+        let bulk = TrackedEvents::parse(text);
+        assert_eq!(
+            bulk,
+            TrackedEvents {
+                events: 1000.0,
+                refreshes: 20.0
+            }
+        );
+        let slow = TrackedEvents {
+            events: 100.0,
+            refreshes: 90.0,
+        };
+        assert_eq!(bulk.plus(slow).since(bulk), slow);
+        // 90 of 100 slow events refreshed, at a mean of 2700 ns: a refresh costs ≤ 3000 ns.
+        let w = RefreshWindows {
+            bulk,
+            slow,
+            slow_over_floor: Some(2700.0),
+        };
+        assert!((w.refresh_bound().unwrap() - 3000.0).abs() < 1e-9);
+        let idle = RefreshWindows {
+            slow: TrackedEvents::default(),
+            ..w
+        };
+        assert_eq!(idle.refresh_bound(), None, "no slow events: no bound");
+    }
+
+    #[test]
+    fn cpu_share_counts_the_probes_and_one_floor_over_iperfs_cpu() {
+        let cost = |name: &str, run_time_ns| {
+            (
+                name.to_owned(),
+                Cost {
+                    run_time_ns,
+                    run_cnt: 1000,
+                },
+            )
+        };
+        let rep = vec![
+            cost("tcp_probe", 3_000_000),
+            cost("tcp_destroy_sock", 1_000_000),
+            cost(FLOOR, 1_000_000),
+            cost("diag_helper", 7_000_000),
+        ];
+        let mut volume = Volume::default();
+        volume.add(&Run {
+            bps: 1.0,
+            cpu_s_per_gb: 0.5,
+            gb: 2.0,
+        });
+        // 5 ms of probes and floor (the diagnostic piece is not the probes') for 2 GB and 1 s.
+        let (us_per_gb, share) = cpu_share(&rep, volume).unwrap();
+        assert!((us_per_gb - 2_500.0).abs() < 1e-9, "{us_per_gb}");
+        assert!((share - 0.005).abs() < 1e-12, "{share}");
+        assert_eq!(cpu_share(&rep, Volume::default()), None);
     }
 }
