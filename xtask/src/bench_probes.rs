@@ -517,16 +517,7 @@ impl ProbeNode {
     /// its once-a-second snapshot.
     fn tracked_events(&self) -> anyhow::Result<TrackedEvents> {
         thread::sleep(SNAPSHOT_PERIOD);
-        let metrics = output(Command::new("ip").args([
-            "netns",
-            "exec",
-            NS,
-            "curl",
-            "-sf",
-            "--max-time",
-            "10",
-            "http://127.0.0.1:9464/metrics",
-        ]))?;
+        let metrics = crate::netns::http_get(NS, "http://127.0.0.1:9464/metrics")?;
         Ok(TrackedEvents::parse(&metrics))
     }
 

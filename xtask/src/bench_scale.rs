@@ -306,16 +306,7 @@ impl Drop for Peers {
 
 /// One GET to the node from inside the namespace.
 fn get(path: &str) -> anyhow::Result<String> {
-    output(Command::new("ip").args([
-        "netns",
-        "exec",
-        NS,
-        "curl",
-        "-sf",
-        "--max-time",
-        "10",
-        &format!("http://{HTTP}{path}"),
-    ]))
+    crate::netns::http_get(NS, &format!("http://{HTTP}{path}"))
 }
 
 /// `requests` sequential GETs of `url` by one curl (connection reused as a browser or

@@ -119,6 +119,20 @@ pub fn tcp_round_trips(
         .map_err(|_| anyhow::anyhow!("the RTT probe thread panicked"))?
 }
 
+/// One GET of `url` by curl from inside `namespace` (10 s at most); the body.
+pub fn http_get(namespace: &str, url: &str) -> anyhow::Result<String> {
+    output(Command::new("ip").args([
+        "netns",
+        "exec",
+        namespace,
+        "curl",
+        "-sf",
+        "--max-time",
+        "10",
+        url,
+    ]))
+}
+
 /// Whether the init namespace has a link named `name`.
 pub fn link_exists(name: &str) -> bool {
     output(Command::new("ip").args(["link", "show", name])).is_ok()
