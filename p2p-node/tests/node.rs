@@ -724,6 +724,76 @@ async fn a_peer_sending_invalid_messages_is_graylisted_and_then_ignored() {
     }
 }
 
+/// A node restarted at the same address with a new identity (no `--key`): the other node's
+/// routing table drops the old identity once a dial there is answered by the new one
+/// (libp2p-kad alone keeps a peer's last address and redials it from every query, each dial a
+/// connection the new node sees open and close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_replaced_at_its_address_leaves_the_routing_table() {
+    let _serial = SERIAL.lock().await;
+    let a = start(config()).await;
+    let with_a = || {
+        let mut c = config();
+        c.peers = vec![a.addr.clone()];
+        c
+    };
+    let old = start(with_a()).await;
+    let old_id = old.client.local_peer_id();
+    let in_table = |peer: PeerId| {
+        let a = &a;
+        move || async move {
+            a.client
+                .routing_table()
+                .await
+                .unwrap()
+                .contains(&peer)
+                .then_some(())
+        }
+    };
+    wait_for(
+        "the first identity in A's table",
+        Duration::from_secs(20),
+        in_table(old_id),
+    )
+    .await;
+    let mut listen = old.addr.clone();
+    assert!(matches!(
+        listen.pop(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ));
+    drop(old);
+    wait_for(
+        "A to notice the first identity gone",
+        Duration::from_secs(20),
+        || async {
+            (!a.client
+                .connections()
+                .await
+                .unwrap()
+                .iter()
+                .any(|c| c.peer == old_id))
+            .then_some(())
+        },
+    )
+    .await;
+    let mut c = with_a();
+    c.listen = vec![listen];
+    let new = start(c).await;
+    let new_id = new.client.local_peer_id();
+    wait_for(
+        "the new identity in A's table",
+        Duration::from_secs(20),
+        in_table(new_id),
+    )
+    .await;
+    wait_for(
+        "the old identity out of A's table",
+        Duration::from_secs(20),
+        || async { (!a.client.routing_table().await.unwrap().contains(&old_id)).then_some(()) },
+    )
+    .await;
+}
+
 /// Whether every node of `nodes` has received `announcement` from `author`.
 async fn seen_by_all(
     nodes: &[TestNode],
