@@ -38,7 +38,9 @@
 //!    0.14's initial window is the spec's constant), so it is not warmed (docs/bench.md).
 //! 3. The window is raised after noise, so the handshake's own round trips run on the default.
 
-use std::{io, os::fd::AsRawFd as _, os::fd::BorrowedFd};
+use std::{io, os::fd::BorrowedFd};
+
+use crate::sockets::{get_option, set_option};
 
 /// Bounds of the receive buffer granted ahead of autotuning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,62 +121,17 @@ pub fn window(
 
 /// `getsockopt(SO_RCVBUF)`: the socket's `sk_rcvbuf`, bytes.
 pub fn rcvbuf(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd; `value` is a writable int of the given length.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(value.max(0) as u64)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let value: libc::c_int = get_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+    Ok(value.max(0) as u64)
 }
 
 /// `getsockopt(SO_RCVLOWAT)`: the receive low-water mark, bytes.
 pub fn rcvlowat(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd; `value` is a writable int of the given length.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    get_option(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT)
 }
 
 fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: libc::c_int) -> io::Result<()> {
-    // SAFETY: valid fd; the option value is an int of the given length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_option(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }
 
 /// Raises the socket's receive buffer to hold `window` bytes without locking autotuning (the

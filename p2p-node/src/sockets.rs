@@ -356,20 +356,70 @@ pub fn congestion(fd: BorrowedFd<'_>) -> io::Result<String> {
 
 /// `getsockopt(SO_COOKIE)`: the socket's id, as tracepoints and `ss -e` report it.
 pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd; `cookie` is a writable u64 of the given length.
+    get_option(fd, libc::SOL_SOCKET, libc::SO_COOKIE)
+}
+
+/// A socket option's value as the kernel reads and writes it: plain data for which every bit
+/// pattern is a valid value (integers, or `repr(C)` structs of integers).
+///
+/// # Safety
+/// Implement only for types whose fields are valid for every bit pattern (the kernel writes
+/// whatever bytes it has; bytes landing in padding are never read).
+pub unsafe trait OptionValue: Copy + Default {}
+// SAFETY: integers: every bit pattern is valid.
+unsafe impl OptionValue for libc::c_int {}
+// SAFETY: as above.
+unsafe impl OptionValue for u64 {}
+// SAFETY: `repr(C)` struct of u8/u32/u64 fields laid out as the uapi declares; every bit
+// pattern of each is valid.
+unsafe impl OptionValue for TcpInfo {}
+
+/// `getsockopt(level, name)` of a fixed-size value. A kernel that knows a shorter version of
+/// the value (older `tcp_info`) fills its prefix; the rest keeps `T::default()`.
+pub fn get_option<T: OptionValue>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    let mut value = T::default();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: valid fd; `value` is writable for `len` bytes and any bytes the kernel writes
+    // form a valid `T` (OptionValue); the kernel writes at most `len`.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
+            level,
+            name,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
     if rc == 0 {
-        Ok(cookie)
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `setsockopt(level, name)` of a fixed-size value.
+pub fn set_option<T: OptionValue>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: valid fd; `value` is readable for its size, which is the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
@@ -437,23 +487,7 @@ pub struct TcpInfo {
 
 /// `getsockopt(TCP_INFO)`.
 pub fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<TcpInfo> {
-    let mut info = TcpInfo::default();
-    let mut len = size_of::<TcpInfo>() as libc::socklen_t;
-    // SAFETY: valid fd; `info` is writable and `len` its size; the kernel writes at most that.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(info)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    get_option(fd, libc::IPPROTO_TCP, libc::TCP_INFO)
 }
 
 #[cfg(test)]
