@@ -71,8 +71,10 @@ const MAX_DHT_RECORDS: usize = 1024;
 pub struct Config {
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
-    /// Peers to dial at start (full multiaddrs ending in `/p2p/<PeerId>`); the DHT bootstraps
-    /// from them.
+    /// Peers to dial at start (`--peer`): any multiaddr. One ending in `/p2p/<PeerId>` also
+    /// seeds the DHT (which bootstraps from it) and is redialled with backoff whenever it is
+    /// lost (see [`bootstrap`]; up to [`bootstrap::MAX_BOOTSTRAP_PEERS`]); one without a PeerId
+    /// is dialled once. Default: none.
     pub peers: Vec<Multiaddr>,
     /// Close connections without open streams after this long. Default 30 s.
     pub idle_timeout: Duration,
