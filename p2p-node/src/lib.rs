@@ -4,7 +4,7 @@
 //! Layers, lower ones never importing higher ones: `fsutil` (private files written whole), `heap`
 //! (freed heap back to the kernel), `sockets` (the cookie ↔ PeerId join) and `ebpf` (loading) at
 //! the bottom; `node` (libp2p) and `telemetry` (collect, export) above them; `http` and `cc` (the
-//! user-facing API) on top; `main.rs` wires them.
+//! user-facing API) and `tables` (what the CLI prints of it) on top; `main.rs` wires them.
 
 pub mod cc;
 pub mod cli;
@@ -18,5 +18,6 @@ pub mod known;
 pub mod node;
 pub mod rcvwarm;
 pub mod sockets;
+pub mod tables;
 pub mod telemetry;
 pub mod tunables;

@@ -14,7 +14,7 @@ use p2p_node::{
     cli::{self, CcAction, Cli, Command, RunArgs},
     ebpf, http, known, node,
     sockets::SocketTable,
-    telemetry,
+    tables, telemetry,
 };
 
 /// Time the runtime's remaining tasks get after the node's shutdown (see `main`).
@@ -404,78 +404,14 @@ async fn known_table(node: &str) -> anyhow::Result<()> {
     let body = client_get(node, "/api/peers/known").await?;
     let known: known::KnownPeers =
         serde_json::from_str(&body).context("decoding /api/peers/known")?;
-    println!(
-        "{} of {} records; used up to {} s old",
-        known.total, known.capacity, known.max_age_seconds
-    );
-    println!(
-        "{:<54} {:>14} {:>10} {:>14} {:>8} {:<10}",
-        "PEER", "BW(Mbit/s)", "MINRTT(ms)", "INFLIGHT_HI(B)", "AGE(s)", "UNUSABLE"
-    );
-    for k in &known.records {
-        let r = &k.record;
-        println!(
-            "{:<54} {:>14.1} {:>10.2} {:>14} {:>8.0} {:<10}",
-            r.peer_id,
-            r.bw_bytes_per_sec as f64 * 8.0 / 1e6,
-            f64::from(r.min_rtt_us) / 1e3,
-            r.inflight_hi_bytes.map_or("-".into(), |b| b.to_string()),
-            k.age_seconds,
-            k.unusable,
-        );
-    }
+    print!("{}", tables::known(&known));
     Ok(())
 }
 
 async fn peers_table(node: &str) -> anyhow::Result<()> {
     let body = client_get(node, "/api/peers").await?;
-    let peers: Vec<serde_json::Value> =
+    let peers: Vec<telemetry::PeerConnection> =
         serde_json::from_str(&body).context("decoding /api/peers")?;
-    println!(
-        "{:<54} {:<8} {:<22} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
-        "PEER",
-        "CC",
-        "REMOTE",
-        "CA",
-        "START",
-        "CWND",
-        "SRTT(ms)",
-        "MINRTT",
-        "PACING(B/s)",
-        "ACKED(B)",
-        "RETRANS",
-        "RETRANS(B)",
-        "SNDWND(B)"
-    );
-    for p in peers {
-        let t = &p["tcp"];
-        let ms =
-            |v: &serde_json::Value| v.as_f64().map_or("-".into(), |s| format!("{:.2}", s * 1e3));
-        let num = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
-        let start = match (
-            p["bbr"]["start"].as_str(),
-            p["bbr"]["start_reason"].as_str(),
-        ) {
-            (Some(start), Some(why)) if !why.is_empty() => format!("{start}({why})"),
-            (Some(start), _) => start.to_owned(),
-            _ => "-".to_owned(),
-        };
-        println!(
-            "{:<54} {:<8} {:<22} {:<8} {:<22} {:>6} {:>9} {:>9} {:>11} {:>12} {:>7} {:>11} {:>10}",
-            p["peer_id"].as_str().unwrap_or("?"),
-            p["algorithm"].as_str().unwrap_or("?"),
-            p["remote"].as_str().unwrap_or("?"),
-            t["ca_state"].as_str().unwrap_or("-"),
-            start,
-            num(&t["cwnd_segments"]),
-            ms(&t["srtt_seconds"]),
-            ms(&t["min_rtt_seconds"]),
-            num(&t["pacing_rate_bytes_per_second"]),
-            num(&t["bytes_acked"]),
-            num(&t["retransmitted_segments"]),
-            num(&t["retransmitted_bytes"]),
-            num(&t["send_window_bytes"]),
-        );
-    }
+    print!("{}", tables::peers(&peers));
     Ok(())
 }

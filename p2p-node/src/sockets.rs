@@ -16,7 +16,7 @@ use std::{
 };
 
 use libp2p::PeerId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Sockets the node keeps at once; more are refused at the transport. Above the connection
 /// limits (1024 inbound + 512 outbound established, plus pending handshakes).
@@ -27,7 +27,7 @@ pub const MAX_SOCKETS: usize = 4096;
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Who opened the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,

@@ -19,18 +19,25 @@ use std::{
 
 use cc_ebpf_common::{
     CA_STATES, SockStats,
-    bbr::{BBR_UNIT, BbrState, bw_to_bytes_per_sec},
+    bbr::{BBR_UNIT, BbrState, Mode, bw_to_bytes_per_sec},
     resume::{Reason, Start},
     unpadded,
 };
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use tokio::sync::watch;
 
 use crate::ebpf::{Ended, bbr::user_name};
 
+// The wire types of `/api/peers`: the server encodes them ([`exports`]) and `p2p-node peers`
+// decodes them (`crate::tables`), so a field has one definition. Their `Option` fields are
+// required when decoding (`deserialize_with = "Option::deserialize"`; serde's default reads a
+// missing `Option` as `None`): the server always writes them, `null` when absent, so a renamed
+// or removed field is an error naming it, not a column of blanks. Names from a fixed table
+// ([`TableName`]) decode only to a name of that table ([`one_of`]).
+
 /// One connection of the node with its latest TCP state.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerConnection {
     pub peer_id: String,
     pub cookie: u64,
@@ -39,16 +46,19 @@ pub struct PeerConnection {
     pub remote: String,
     pub algorithm: String,
     /// `None` until the probe has seen the socket (or when the probes are not loaded).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub tcp: Option<TcpState>,
     /// bbr-p2p's model of the path, for sockets running it.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub bbr: Option<BbrView>,
 }
 
 /// bbr-p2p's per-socket state, decoded (a BPF congestion control cannot fill `ss -ti`'s
 /// algorithm section, so this is where its internals are visible).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BbrView {
-    pub mode: &'static str,
+    #[serde(deserialize_with = "bbr_mode")]
+    pub mode: TableName,
     /// Phase of PROBE_BW (`cc_ebpf_common::bbr::Phase`: 0 up, 1 down, 2 cruise, 3 refill).
     pub cycle_phase: u8,
     pub bandwidth_bytes_per_second: u64,
@@ -56,13 +66,16 @@ pub struct BbrView {
     pub pacing_gain: f64,
     pub cwnd_gain: f64,
     /// Loss bound on inflight (`None`: unbounded).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub inflight_hi_segments: Option<u32>,
     pub full_bw_reached: bool,
     /// How the connection started: "cold", "resumed" (from this peer's record, careful resume)
     /// or "retreated" (resumed, then the path contradicted the record).
-    pub start: &'static str,
+    #[serde(deserialize_with = "start_name")]
+    pub start: TableName,
     /// Why it started cold or retreated ("" when not known or not applicable).
-    pub start_reason: &'static str,
+    #[serde(deserialize_with = "start_reason_name")]
+    pub start_reason: TableName,
     pub probe_rtt_count: u32,
     pub loss_bound_count: u32,
     pub rounds: u32,
@@ -98,15 +111,17 @@ pub fn start_of(s: &BbrState) -> (Start, Reason) {
 }
 
 /// Decoded TCP state, in the units the API and metrics use.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TcpState {
     pub cwnd_segments: u32,
     /// `None` while the socket is still in its initial slow start (ssthresh "infinite").
+    #[serde(deserialize_with = "Option::deserialize")]
     pub ssthresh_segments: Option<u32>,
     pub srtt_seconds: f64,
     pub min_rtt_seconds: f64,
     pub mss_bytes: u32,
     /// `None` when unlimited.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub pacing_rate_bytes_per_second: Option<u64>,
     pub delivery_rate_bytes_per_second: u64,
     pub bytes_acked: u64,
@@ -120,8 +135,10 @@ pub struct TcpState {
     pub send_window_bytes: u32,
     /// The receive window this side advertises, bytes.
     pub receive_window_bytes: u32,
-    /// Current congestion-avoidance state: open, disorder, cwr, recovery or loss.
-    pub ca_state: &'static str,
+    /// Current congestion-avoidance state: open, disorder, cwr, recovery or loss
+    /// ([`UNKNOWN_CA_STATE`] for a value outside [`CA_STATES`]).
+    #[serde(deserialize_with = "ca_state_name")]
+    pub ca_state: TableName,
     pub ca_state_seconds: CaStateSeconds,
     pub ca_transitions: u32,
     /// Time since the node began tracking the socket.
@@ -130,7 +147,7 @@ pub struct TcpState {
 }
 
 /// Time spent in each congestion-avoidance state (`enum tcp_ca_state`).
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Default)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct CaStateSeconds {
     pub open: f64,
     pub disorder: f64,
@@ -170,6 +187,58 @@ impl CaStateSeconds {
 /// `snd_ssthresh` before the first loss (`TCP_INFINITE_SSTHRESH`).
 const INFINITE_SSTHRESH: u32 = 0x7fff_ffff;
 
+/// [`TcpState::ca_state`] for a state outside [`CA_STATES`].
+pub const UNKNOWN_CA_STATE: &str = "unknown";
+
+/// A name from a fixed table (CA states, bbr-p2p modes, start states and reasons). Spelled as
+/// an alias because serde's derive takes a field written `&'static str` for a string borrowed
+/// from the input, which would make the types decodable only from `'static` input; these
+/// fields decode through `one_of` instead.
+pub type TableName = &'static str;
+
+/// Decodes a name the server took from a fixed table back to that table's [`TableName`]; any
+/// other name is an error that names the field (`what`) and the name.
+fn one_of<'de, D: Deserializer<'de>>(
+    d: D,
+    what: &str,
+    names: impl IntoIterator<Item = TableName>,
+) -> Result<TableName, D::Error> {
+    let name = String::deserialize(d)?;
+    names
+        .into_iter()
+        .find(|n| *n == name)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown {what} {name:?}")))
+}
+
+fn ca_state_name<'de, D: Deserializer<'de>>(d: D) -> Result<TableName, D::Error> {
+    one_of(
+        d,
+        "ca_state",
+        CA_STATES.into_iter().chain([UNKNOWN_CA_STATE]),
+    )
+}
+
+// `from_u8` maps every byte to a variant, so each table below is every name `name()` gives.
+fn bbr_mode<'de, D: Deserializer<'de>>(d: D) -> Result<TableName, D::Error> {
+    one_of(
+        d,
+        "bbr mode",
+        (0..=u8::MAX).map(|v| Mode::from_u8(v).name()),
+    )
+}
+
+fn start_name<'de, D: Deserializer<'de>>(d: D) -> Result<TableName, D::Error> {
+    one_of(d, "start", (0..=u8::MAX).map(|v| Start::from_u8(v).name()))
+}
+
+fn start_reason_name<'de, D: Deserializer<'de>>(d: D) -> Result<TableName, D::Error> {
+    one_of(
+        d,
+        "start_reason",
+        (0..=u8::MAX).map(|v| Reason::from_u8(v).name()),
+    )
+}
+
 impl TcpState {
     /// Decodes an entry read at `now_ns` (CLOCK_MONOTONIC; the current state's open interval
     /// is counted up to it).
@@ -194,7 +263,7 @@ impl TcpState {
             ca_state: CA_STATES
                 .get(s.ca_state as usize)
                 .copied()
-                .unwrap_or("unknown"),
+                .unwrap_or(UNKNOWN_CA_STATE),
             ca_state_seconds: CaStateSeconds::from_ns(s.ca_state_ns_at(now_ns)),
             ca_transitions: s.ca_transitions,
             tracked_seconds: now_ns.saturating_sub(s.opened_ns) as f64 / 1e9,
