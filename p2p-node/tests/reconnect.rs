@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -69,10 +68,7 @@ impl Lan {
 
     fn cleanup(&self) {
         for ns in self.nodes.iter().map(|n| &n.0).chain([&self.hub]) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            common::delete_netns(ns);
         }
     }
 }

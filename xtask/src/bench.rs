@@ -510,7 +510,7 @@ pub(crate) fn sleep_unless_stopped(duration: Duration) -> anyhow::Result<()> {
 fn delete_own_namespaces() {
     for ns in [SENDER_NS, ROUTER_NS, RECEIVER_NS] {
         if Path::new("/run/netns").join(ns).exists() {
-            let _ = exec(Command::new("ip").args(["netns", "del", ns]));
+            let _ = crate::netns::delete(ns);
         }
     }
 }
@@ -1099,7 +1099,7 @@ impl Drop for Testbed {
             let _ = server.wait();
         }
         for ns in self.namespaces.drain(..).rev() {
-            if let Err(err) = exec(Command::new("ip").args(["netns", "del", ns])) {
+            if let Err(err) = crate::netns::delete(ns) {
                 eprintln!("[bench] cleanup: {err:#}");
             }
         }

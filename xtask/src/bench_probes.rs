@@ -297,7 +297,7 @@ struct Namespace {
 impl Namespace {
     fn create() -> anyhow::Result<Self> {
         if Path::new("/run/netns").join(NS).exists() {
-            exec(Command::new("ip").args(["netns", "del", NS]))?;
+            crate::netns::delete(NS)?;
         }
         exec(Command::new("ip").args(["netns", "add", NS]))?;
         let mut bed = Self {
@@ -376,7 +376,7 @@ impl Drop for Namespace {
             let _ = server.kill();
             let _ = server.wait();
         }
-        if let Err(err) = exec(Command::new("ip").args(["netns", "del", NS])) {
+        if let Err(err) = crate::netns::delete(NS) {
             eprintln!("[bench] cleanup: {err:#}");
         }
     }

@@ -165,7 +165,7 @@ struct Namespace;
 impl Namespace {
     fn create() -> anyhow::Result<Self> {
         if Path::new("/run/netns").join(NS).exists() {
-            exec(Command::new("ip").args(["netns", "del", NS]))?;
+            crate::netns::delete(NS)?;
         }
         exec(Command::new("ip").args(["netns", "add", NS]))?;
         exec(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]))?;
@@ -175,7 +175,7 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        if let Err(err) = exec(Command::new("ip").args(["netns", "del", NS])) {
+        if let Err(err) = crate::netns::delete(NS) {
             eprintln!("[bench] cleanup: {err:#}");
         }
     }

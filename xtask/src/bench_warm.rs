@@ -175,7 +175,7 @@ impl Drop for Bed {
             let _ = line.stop();
         }
         for ns in [SENDER_NS, ROUTER_NS, RECEIVER_NS] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = crate::netns::delete(ns);
         }
     }
 }

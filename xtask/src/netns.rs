@@ -31,7 +31,7 @@ pub fn delete_leftovers() -> anyhow::Result<()> {
     for namespace in namespace_names(&output(Command::new("ip").args(["netns", "list"]))?) {
         if namespace.starts_with(PREFIX) {
             kill_processes_in(namespace)?;
-            exec(Command::new("ip").args(["netns", "del", namespace]))?;
+            delete(namespace)?;
         }
     }
     for link in link_names(&output(Command::new("ip").args(["-o", "link", "show"]))?) {
@@ -40,6 +40,29 @@ pub fn delete_leftovers() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Deletes network namespace `namespace`, aborting its TCP sockets first (`ss -K`, a RST to
+/// each). A connection closed while its path is being torn down (a delay line stopped, a
+/// router namespace gone) cannot deliver its FIN and lingers as an orphan for minutes,
+/// retransmitting into nothing; it keeps its congestion control referenced (a bbr_p2p
+/// struct_ops map outlived its node by ~2 minutes that way) and the namespace alive.
+pub fn delete(namespace: &str) -> anyhow::Result<()> {
+    abort_tcp_sockets(namespace);
+    exec(Command::new("ip").args(["netns", "del", namespace]))
+}
+
+/// `ss -K` over every TCP socket of `namespace`, listeners and orphans included. Best effort:
+/// a kernel without `CONFIG_INET_DIAG_DESTROY` refuses, and the namespace is deleted anyway.
+fn abort_tcp_sockets(namespace: &str) {
+    let aborted = Command::new("ip")
+        .args(["netns", "exec", namespace, "ss", "-K", "-t", "-a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(aborted, Ok(status) if status.success()) {
+        eprintln!("[netns] {namespace}: could not abort its TCP sockets (ss -K); deleting anyway");
+    }
 }
 
 /// Deletes `link` from the init namespace unless it is gone already: deleting one end of a veth

@@ -754,7 +754,7 @@ impl Testbed {
         }
         // Deleting a namespace destroys its veths, and with them their peers (the host link).
         for namespace in self.namespaces.drain(..).rev() {
-            if let Err(err) = exec(Command::new("ip").args(["netns", "del", &namespace])) {
+            if let Err(err) = netns::delete(&namespace) {
                 eprintln!("[run] cleanup: {err:#}");
             }
         }

@@ -413,6 +413,22 @@ fn leaves_nothing() -> anyhow::Result<()> {
     );
     let nodes = output(Command::new("pgrep").args(["-x", "p2p-node"])).unwrap_or_default();
     ensure!(nodes.trim().is_empty(), "p2p-node processes left: {nodes}");
+    // Unregistered is not gone: a socket still running bbr_p2p (an orphan retransmitting its
+    // FIN into a deleted namespace) keeps the struct_ops map and its programs loaded. The
+    // kernel frees the map after an RCU grace period, hence the short wait.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let maps = output(Command::new("bpftool").args(["struct_ops", "list"]))?;
+        let left: Vec<&str> = maps.lines().filter(|l| l.contains("bbr_p2p")).collect();
+        if left.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "bbr_p2p struct_ops maps still loaded 5 s after the stop: {left:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
     println!("[testbed] nothing left behind");
     Ok(())
 }

@@ -41,6 +41,22 @@ pub fn kernel_tests_possible() -> bool {
 }
 
 /// Runs a command, panicking with its output if it fails.
+/// Deletes network namespace `ns` (quietly, if it exists), aborting its TCP sockets first
+/// (`ss -K`): a connection closed while the test's path is torn down cannot deliver its FIN and
+/// lingers as an orphan for minutes, keeping its congestion control (a bbr_p2p struct_ops map)
+/// and the namespace alive after the test.
+pub fn delete_netns(ns: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-K", "-t", "-a"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -89,10 +105,7 @@ impl NetnsPair {
 
     fn cleanup(&self) {
         for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            delete_netns(ns);
         }
     }
 }
@@ -619,10 +632,7 @@ impl Routed {
 
     fn cleanup(&self) {
         for ns in [&self.sender, &self.router, &self.receiver] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            delete_netns(ns);
         }
     }
 
