@@ -339,7 +339,7 @@ impl EventLoop {
             .remove_address(&peer, address)
             .is_some()
         {
-            tracing::info!(%peer, %obtained, %address, "routing table: peer moved away from its only address, removed");
+            tracing::info!(%peer, %obtained, %address, "routing table: another identity answers at this address of the peer, address removed");
         }
     }
 
