@@ -251,3 +251,55 @@ pub struct RunArgs {
     #[arg(long)]
     pub receive_warm: bool,
 }
+
+/// A change a subcommand asks of the running node: method, API path and JSON body, the body
+/// built from the server's own request type, so that a renamed field fails to compile here
+/// instead of reaching the node as a 400 or a silently defaulted field.
+#[derive(Debug)]
+pub struct ApiChange {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub body: String,
+}
+
+impl ApiChange {
+    fn new(method: &'static str, path: &'static str, request: &impl serde::Serialize) -> Self {
+        Self {
+            method,
+            path,
+            body: serde_json::to_string(request).expect("a request type serializes"),
+        }
+    }
+
+    /// `cc set`: `PUT /api/cc`.
+    pub fn cc_set(algorithm: &str) -> Self {
+        let request = crate::http::CcRequest {
+            algorithm: algorithm.to_owned(),
+        };
+        Self::new("PUT", "/api/cc", &request)
+    }
+
+    /// `share`: `POST /api/files`, with the file's path as given (the CLI canonicalizes it).
+    pub fn share(path: PathBuf) -> Self {
+        Self::new("POST", "/api/files", &crate::http::ShareRequest { path })
+    }
+
+    /// `fetch`: `POST /api/files/fetch`.
+    pub fn fetch(id: &str, out: &str) -> Self {
+        let request = crate::http::FetchRequest {
+            id: id.to_owned(),
+            out: out.to_owned(),
+        };
+        Self::new("POST", "/api/files/fetch", &request)
+    }
+
+    /// `perf`: `POST /api/perf`.
+    pub fn perf(peer: &str, upload_bytes: u64, download_bytes: u64) -> Self {
+        let request = crate::http::PerfRequest {
+            peer: peer.to_owned(),
+            upload_bytes,
+            download_bytes,
+        };
+        Self::new("POST", "/api/perf", &request)
+    }
+}

@@ -44,25 +44,32 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(*args).await,
-            Command::Cc { action, node, token_file } => {
+            Command::Cc {
+                action,
+                node,
+                token_file,
+            } => {
                 let token = client_token(token_file.as_deref());
                 let token = token.as_deref();
                 let out = match action {
                     CcAction::List => client_get(&node, "/api/cc").await?,
                     CcAction::Set { algorithm } => {
-                        let body = serde_json::json!({ "algorithm": algorithm });
-                        client_request(&node, token, "PUT", "/api/cc", &body.to_string()).await?
+                        let change = cli::ApiChange::cc_set(&algorithm);
+                        client_request(&node, token, change.method, change.path, &change.body)
+                            .await?
                     }
-                    CcAction::Tunables { set } if set.is_empty() => client_get(&node, "/api/cc/tunables").await?,
+                    CcAction::Tunables { set } if set.is_empty() => {
+                        client_get(&node, "/api/cc/tunables").await?
+                    }
                     CcAction::Tunables { set } => {
                         let mut changes = serde_json::Map::new();
                         for item in &set {
                             let (name, value) = item
                                 .split_once('=')
                                 .with_context(|| format!("--set takes NAME=VALUE, got {item:?}"))?;
-                            let value: u64 = value
-                                .parse()
-                                .with_context(|| format!("{name}: {value:?} is not a non-negative integer"))?;
+                            let value: u64 = value.parse().with_context(|| {
+                                format!("{name}: {value:?} is not a non-negative integer")
+                            })?;
                             changes.insert(name.to_owned(), value.into());
                         }
                         let body = serde_json::Value::Object(changes).to_string();
@@ -73,27 +80,68 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Peers { node } => peers_table(&node).await,
-            Command::Known { forget: Some(peer), node, token_file } => {
+            Command::Known {
+                forget: Some(peer),
+                node,
+                token_file,
+            } => {
                 let path = format!("/api/peers/known/{}", peer.trim());
-                print!("{}", client_send(&node, token_file.as_deref(), "DELETE", &path, "").await?);
+                print!(
+                    "{}",
+                    client_send(&node, token_file.as_deref(), "DELETE", &path, "").await?
+                );
                 Ok(())
             }
-            Command::Known { forget: None, node, .. } => known_table(&node).await,
-            Command::Share { path, node, token_file } => {
+            Command::Known {
+                forget: None, node, ..
+            } => known_table(&node).await,
+            Command::Share {
+                path,
+                node,
+                token_file,
+            } => {
                 let path = std::fs::canonicalize(&path)
                     .with_context(|| format!("{} is not a readable file", path.display()))?;
-                let body = serde_json::json!({ "path": path });
-                print!("{}", client_send(&node, token_file.as_deref(), "POST", "/api/files", &body.to_string()).await?);
+                print!(
+                    "{}",
+                    client_change(&node, token_file.as_deref(), cli::ApiChange::share(path))
+                        .await?
+                );
                 Ok(())
             }
-            Command::Fetch { id, out, node, token_file } => {
-                let body = serde_json::json!({ "id": id, "out": out });
-                print!("{}", client_send(&node, token_file.as_deref(), "POST", "/api/files/fetch", &body.to_string()).await?);
+            Command::Fetch {
+                id,
+                out,
+                node,
+                token_file,
+            } => {
+                print!(
+                    "{}",
+                    client_change(
+                        &node,
+                        token_file.as_deref(),
+                        cli::ApiChange::fetch(&id, &out)
+                    )
+                    .await?
+                );
                 Ok(())
             }
-            Command::Perf { peer, upload, download, node, token_file } => {
-                let body = serde_json::json!({ "peer": peer, "upload_bytes": upload, "download_bytes": download });
-                print!("{}", client_send(&node, token_file.as_deref(), "POST", "/api/perf", &body.to_string()).await?);
+            Command::Perf {
+                peer,
+                upload,
+                download,
+                node,
+                token_file,
+            } => {
+                print!(
+                    "{}",
+                    client_change(
+                        &node,
+                        token_file.as_deref(),
+                        cli::ApiChange::perf(&peer, upload, download)
+                    )
+                    .await?
+                );
                 Ok(())
             }
         }
@@ -367,6 +415,15 @@ async fn client_send(
 ) -> anyhow::Result<String> {
     let token = client_token(token_file);
     client_request(node, token.as_deref(), method, path, body).await
+}
+
+/// Sends a subcommand's change to the node with the token (see [`client_send`]).
+async fn client_change(
+    node: &str,
+    token_file: Option<&Path>,
+    change: cli::ApiChange,
+) -> anyhow::Result<String> {
+    client_send(node, token_file, change.method, change.path, &change.body).await
 }
 
 /// A minimal HTTP/1.1 client for the node's own API (plain text, loopback by default).

@@ -2,7 +2,8 @@
 //!
 //! `routes/` holds the handlers (one file per area of the API), `auth` the `Host` check and the
 //! credential every change needs, `limits` the server's timeouts, body and connection bounds,
-//! `wire` the few lines of HTTP/1.1 the CLI and the tests speak to a node.
+//! `wire` the few lines of HTTP/1.1 the CLI and the tests speak to a node. The request bodies'
+//! types are public: the CLI builds its requests from them (`cli::ApiChange`).
 
 pub mod auth;
 pub mod confine;
@@ -23,6 +24,11 @@ use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
 use crate::{node::Client, telemetry};
 
+pub use routes::{
+    cc::CcRequest,
+    files::{FetchRequest, ShareRequest},
+    perf::PerfRequest,
+};
 pub use wire::{parse_response, request_text};
 
 #[derive(Clone)]

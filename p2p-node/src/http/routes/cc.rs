@@ -30,9 +30,17 @@ pub async fn get_cc() -> Response {
     }
 }
 
-#[derive(serde::Deserialize)]
+/// `PUT /api/cc`'s body (`p2p-node cc set` builds it: [`crate::cli::ApiChange::cc_set`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CcRequest {
-    pub(super) algorithm: String,
+    /// bbr-p2p or a name in tcp_available_congestion_control.
+    pub algorithm: String,
+}
+
+/// `PUT /api/cc`'s decoding of its body (its own, for a message that shows the expected shape).
+pub(super) fn decode_cc_request(body: &[u8]) -> Result<CcRequest, String> {
+    serde_json::from_slice(body).map_err(|e| format!("expected {{\"algorithm\": \"<name>\"}}: {e}"))
 }
 
 pub async fn put_cc(
@@ -40,9 +48,9 @@ pub async fn put_cc(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     body: axum::body::Bytes,
 ) -> Response {
-    let req: CcRequest = match serde_json::from_slice(&body) {
+    let req = match decode_cc_request(&body) {
         Ok(req) => req,
-        Err(e) => return bad_request(format!("expected {{\"algorithm\": \"<name>\"}}: {e}")),
+        Err(message) => return bad_request(message),
     };
     if let Err(e) = cc::validate(&req.algorithm) {
         tracing::info!(target: "audit", %from, action = "cc set", to_algorithm = %req.algorithm, result = %format!("{e:#}"), "refused");

@@ -12,17 +12,22 @@ use axum::{
 
 use crate::{http::AppState, node::files::FileError};
 
-#[derive(serde::Deserialize)]
+/// `POST /api/files`'s body (`p2p-node share` builds it: [`crate::cli::ApiChange::share`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShareRequest {
     /// A file under one of the node's share directories: absolute, or relative to one.
-    pub(super) path: std::path::PathBuf,
+    pub path: std::path::PathBuf,
 }
 
-#[derive(serde::Deserialize)]
+/// `POST /api/files/fetch`'s body (`p2p-node fetch` builds it: [`crate::cli::ApiChange::fetch`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FetchRequest {
-    pub(super) id: String,
+    /// The file id: 64 hex digits.
+    pub id: String,
     /// File name in the node's download directory; refused if it exists.
-    pub(super) out: String,
+    pub out: String,
 }
 
 /// The last component of a path, for messages (no local path leaves the node).

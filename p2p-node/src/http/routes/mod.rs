@@ -20,6 +20,75 @@ pub fn bad_request(message: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
 }
 
+/// The CLI's requests (`cli::ApiChange`) decode in the handlers' own extractors, sent with the
+/// content type of the CLI's request text, and carry what the subcommand was given; a field
+/// the server does not know is refused by name, not defaulted.
+#[cfg(test)]
+mod cli_requests {
+    use axum::{Json, body::Body, extract::FromRequest as _};
+    use serde::de::DeserializeOwned;
+
+    use super::{cc, files::FetchRequest, files::ShareRequest, perf::PerfRequest};
+    use crate::cli::ApiChange;
+
+    /// Runs `Json<T>`, the extractor of the perf and files handlers, on `body` as the CLI
+    /// sends it.
+    fn extract<T: DeserializeOwned>(change: &ApiChange, body: &str) -> Result<T, String> {
+        let text = crate::http::request_text(change.method, "node", change.path, None, body);
+        let content_type = text
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Type: "))
+            .expect("the CLI sends a content type");
+        let request = axum::http::Request::builder()
+            .method(change.method)
+            .uri(change.path)
+            .header("content-type", content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        futures::executor::block_on(Json::<T>::from_request(request, &()))
+            .map(|Json(req)| req)
+            .map_err(|e| e.body_text())
+    }
+
+    #[test]
+    fn cli_requests_decode_in_the_servers_extractors() {
+        let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let change = ApiChange::perf(peer, 5_000_000, 7);
+        assert_eq!((change.method, change.path), ("POST", "/api/perf"));
+        let perf: PerfRequest = extract(&change, &change.body).unwrap();
+        assert_eq!(
+            (perf.peer.as_str(), perf.upload_bytes, perf.download_bytes),
+            (peer, 5_000_000, 7)
+        );
+
+        let change = ApiChange::share("/srv/share/a b.bin".into());
+        assert_eq!((change.method, change.path), ("POST", "/api/files"));
+        let share: ShareRequest = extract(&change, &change.body).unwrap();
+        assert_eq!(share.path, std::path::Path::new("/srv/share/a b.bin"));
+
+        let id = "ab".repeat(32);
+        let change = ApiChange::fetch(&id, "copy.bin");
+        assert_eq!((change.method, change.path), ("POST", "/api/files/fetch"));
+        let fetch: FetchRequest = extract(&change, &change.body).unwrap();
+        assert_eq!(
+            (fetch.id.as_str(), fetch.out.as_str()),
+            (id.as_str(), "copy.bin")
+        );
+
+        let change = ApiChange::cc_set("cubic");
+        assert_eq!((change.method, change.path), ("PUT", "/api/cc"));
+        let set = cc::decode_cc_request(change.body.as_bytes()).ok().unwrap();
+        assert_eq!(set.algorithm, "cubic");
+
+        // A client that spells a field differently (not built from these types) hears which.
+        let change = ApiChange::perf(peer, 1, 0);
+        let renamed = change.body.replace("upload_bytes", "upload");
+        let refused = extract::<PerfRequest>(&change, &renamed).unwrap_err();
+        assert!(refused.contains("unknown field `upload`"), "{refused}");
+        assert!(cc::decode_cc_request(br#"{"algorithm":"cubic","algo":1}"#).is_err());
+    }
+}
+
 /// Fuzz target (see `crate::fuzz`): the JSON bodies of the mutating routes, decoded as the
 /// handlers decode them and then checked as they check them.
 #[cfg(test)]

@@ -11,13 +11,18 @@ use axum::{
 
 use crate::http::AppState;
 
-#[derive(serde::Deserialize)]
+/// `POST /api/perf`'s body (`p2p-node perf` builds it: [`crate::cli::ApiChange::perf`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PerfRequest {
-    pub(super) peer: String,
+    /// The remote's PeerId (it must be connected).
+    pub peer: String,
+    /// Bytes to upload (default 0).
     #[serde(default)]
-    pub(super) upload_bytes: u64,
+    pub upload_bytes: u64,
+    /// Bytes to download (default 0).
     #[serde(default)]
-    pub(super) download_bytes: u64,
+    pub download_bytes: u64,
 }
 
 pub async fn perf(
