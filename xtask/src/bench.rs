@@ -126,7 +126,8 @@ pub struct BbrOptions {
     /// Run nothing: redraw the section and plots from target/bench/bbr-*.json.
     #[arg(long)]
     render_only: bool,
-    /// The markdown file whose "## bbr-p2p vs kernel bbr" section is (re)written.
+    /// The markdown file whose "## bbr-p2p vs kernel bbr" generated block is (re)written (notes
+    /// outside its markers are kept).
     #[arg(long, default_value = "docs/bench.md")]
     output: PathBuf,
 }
@@ -263,7 +264,7 @@ pub fn run_bbr(options: &BbrOptions) -> anyhow::Result<()> {
         let file = plot_dir.join(name);
         fs::write(&file, svg).with_context(|| format!("writing {}", file.display()))?;
     }
-    write_section(&path, &section)?;
+    write_section(&path, "bench bbr", &section)?;
     println!(
         "[bench] wrote {} ({} scenario records) and its plots in {}",
         path.display(),
@@ -1192,16 +1193,20 @@ fn parse_flow(json: &str, cc: &str, window_start: f64, window_len: f64) -> anyho
     })
 }
 
-/// Replaces the section under `section`'s own first line ([`HEADING`] for this benchmark) in
-/// `path` (up to the next `## ` heading) with `section`, keeping every other section; appends it
-/// when absent, creates the file when missing.
-pub(crate) fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+/// Writes a benchmark's generated record (`section`: its `## ` heading, then the body) into
+/// `path`, touching only the block between `<!-- generated: NAME -->` and `<!-- end generated:
+/// NAME -->` under that heading: notes written by hand in the same section, before or after the
+/// block, are kept. A section without the markers is appended (the file is created when
+/// missing); a heading already there without them is an error that changes nothing (put the
+/// markers around its generated part first).
+pub(crate) fn write_section(path: &Path, name: &str, section: &str) -> anyhow::Result<()> {
     let existing = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
-    let updated = replace_section(&existing, section);
+    let updated = replace_generated(&existing, name, section)
+        .with_context(|| format!("updating {}", path.display()))?;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -1264,36 +1269,33 @@ fn machine() -> anyhow::Result<String> {
     ))
 }
 
-fn replace_section(existing: &str, section: &str) -> String {
-    let section = format!("{}\n", section.trim_end());
-    let heading = section.lines().next().unwrap_or(report::HEADING).trim_end();
-    let lines: Vec<&str> = existing.lines().collect();
-    let start = lines.iter().position(|l| l.trim_end() == heading);
-    match start {
-        Some(start) => {
-            let end = lines[start + 1..]
-                .iter()
-                .position(|l| l.starts_with("## "))
-                .map_or(lines.len(), |i| start + 1 + i);
-            let mut out = lines[..start].join("\n");
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&section);
-            if end < lines.len() {
-                out.push('\n');
-                out.push_str(&lines[end..].join("\n"));
-                out.push('\n');
-            }
-            out
-        }
-        None => {
-            let mut out = existing.trim_end().to_owned();
-            out.push_str("\n\n");
-            out.push_str(&section);
-            out
-        }
+/// [`write_section`]'s text edit: `section`'s body replaces what lies between `name`'s markers.
+fn replace_generated(existing: &str, name: &str, section: &str) -> anyhow::Result<String> {
+    let (begin, end) = (
+        format!("<!-- generated: {name} -->"),
+        format!("<!-- end generated: {name} -->"),
+    );
+    let section = section.trim();
+    let (heading, body) = section.split_once('\n').unwrap_or((section, ""));
+    let block = format!("{begin}\n{}\n{end}", body.trim());
+    if let Some(start) = existing.find(&begin) {
+        let stop = existing[start..]
+            .find(&end)
+            .map(|i| start + i + end.len())
+            .with_context(|| format!("{begin} has no {end}"))?;
+        return Ok(format!(
+            "{}{block}{}",
+            &existing[..start],
+            &existing[stop..]
+        ));
     }
+    if existing.lines().any(|line| line.trim_end() == heading) {
+        bail!(
+            "{heading:?} has no generated-block markers: put {begin} and {end} around its \
+             generated part (what is outside them is kept)"
+        );
+    }
+    Ok(format!("{}\n\n{heading}\n\n{block}\n", existing.trim_end()))
 }
 
 /// Set by SIGINT/SIGTERM; every waiting loop polls it.
@@ -1351,29 +1353,61 @@ mod tests {
         );
         assert_eq!(lines[8], "- Run: 1970-01-02 00:00 UTC (took 201s)");
         assert!(lines[9].starts_with("- Machine: Linux "), "{}", lines[9]);
-        let replaced = replace_section("# B\n\n## Probes\n\nold\n\n## Next\n", &header);
+        let doc = "# B\n\n## Probes\n\n<!-- generated: bench probes -->\nold\n\
+                   <!-- end generated: bench probes -->\n\n### Notes\n\nkept\n\n## Next\n";
+        let replaced = replace_generated(doc, "bench probes", &header).unwrap();
         assert!(
-            !replaced.contains("old") && replaced.contains("## Next"),
+            !replaced.contains("old") && replaced.contains("- Run: 1970-01-02 00:00 UTC"),
+            "{replaced}"
+        );
+        assert_eq!(replaced.matches("## Probes").count(), 1, "{replaced}");
+        assert!(
+            replaced.ends_with(
+                "<!-- end generated: bench probes -->\n\n### Notes\n\nkept\n\n## Next\n"
+            ),
             "{replaced}"
         );
     }
 
     #[test]
-    fn replaces_only_its_own_section() {
-        let doc =
-            "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nold\n### sub\nold\n\n## Probes\n\nkept\n";
-        let out = replace_section(doc, "## bbr-p2p vs kernel bbr\n\nnew\n");
-        assert_eq!(
-            out,
-            "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nnew\n\n## Probes\n\nkept\n"
-        );
-        let out = replace_section(
+    fn replaces_only_its_own_block() {
+        let doc = "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nintro kept\n\n\
+                   <!-- generated: bench bbr -->\nold\n### sub\nold\n<!-- end generated: bench bbr -->\n\n\
+                   ### hand-written\nkept\n\n## Probes\n\n<!-- generated: bench probes -->\nkept\n\
+                   <!-- end generated: bench probes -->\n";
+        let out = replace_generated(doc, "bench bbr", "## bbr-p2p vs kernel bbr\n\nnew\n").unwrap();
+        assert_eq!(out, doc.replace("old\n### sub\nold", "new"));
+        // Absent: appended under its heading, with its markers.
+        let out = replace_generated(
             "# Benchmarks\n\n## Probes\n\nkept\n",
+            "bench bbr",
             "## bbr-p2p vs kernel bbr\n\nnew",
-        );
+        )
+        .unwrap();
         assert_eq!(
             out,
-            "# Benchmarks\n\n## Probes\n\nkept\n\n## bbr-p2p vs kernel bbr\n\nnew\n"
+            "# Benchmarks\n\n## Probes\n\nkept\n\n## bbr-p2p vs kernel bbr\n\n\
+             <!-- generated: bench bbr -->\nnew\n<!-- end generated: bench bbr -->\n"
+        );
+        // The heading without markers (hand-written text the writer cannot tell apart): refused.
+        let err = replace_generated(
+            "# Benchmarks\n\n## Probes\n\nnotes\n",
+            "bench probes",
+            "## Probes\n\nnew",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("<!-- generated: bench probes -->"),
+            "{err}"
+        );
+        // A begin marker without its end: refused.
+        assert!(
+            replace_generated(
+                "<!-- generated: bench probes -->\nx\n",
+                "bench probes",
+                "## Probes\n\nnew"
+            )
+            .is_err()
         );
     }
 

@@ -118,7 +118,8 @@ pub struct ProbesOptions {
     /// Use the p2p-node already in target/release instead of building it first.
     #[arg(long)]
     skip_build: bool,
-    /// The markdown file whose "## Probes" section is (re)written.
+    /// The markdown file whose "## Probes" generated block is (re)written (notes outside its
+    /// markers are kept).
     #[arg(long, default_value = "docs/bench.md")]
     output: PathBuf,
 }
@@ -283,7 +284,7 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
     })?;
     println!("\n{report}");
     let path = root.join(&options.output);
-    write_section(&path, &report)?;
+    write_section(&path, "bench probes", &report)?;
     println!("[bench] wrote {}", path.display());
     Ok(())
 }
@@ -1295,19 +1296,18 @@ mod tests {
     }
 
     #[test]
-    fn writes_only_its_own_section() {
+    fn writes_only_its_own_block() {
         let dir = std::env::temp_dir().join(format!("p2pcc-bench-probes-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bench.md");
-        fs::write(
-            &path,
-            "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nkept\n\n## Probes\n\nold\n",
-        )
-        .unwrap();
-        write_section(&path, "## Probes\n\nnew\n").unwrap();
+        let doc = "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nkept\n\n## Probes\n\n\
+                   <!-- generated: bench probes -->\nold\n<!-- end generated: bench probes -->\n\n\
+                   ### Session notes\n\nkept\n";
+        fs::write(&path, doc).unwrap();
+        write_section(&path, "bench probes", "## Probes\n\nnew\n").unwrap();
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
-            "# Benchmarks\n\n## bbr-p2p vs kernel bbr\n\nkept\n\n## Probes\n\nnew\n"
+            doc.replace("old", "new")
         );
         fs::remove_dir_all(&dir).unwrap();
     }

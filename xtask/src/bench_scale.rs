@@ -63,7 +63,8 @@ pub struct ScaleOptions {
     /// Use the binaries already in target/release instead of building them first.
     #[arg(long)]
     skip_build: bool,
-    /// The markdown file whose section is (re)written.
+    /// The markdown file whose generated block is (re)written (notes outside its markers are
+    /// kept).
     #[arg(long, default_value = "docs/bench.md")]
     output: PathBuf,
 }
@@ -154,7 +155,7 @@ pub fn run(options: &ScaleOptions) -> anyhow::Result<()> {
     let report = render(options, &rows, started_at, started.elapsed())?;
     println!("\n{report}");
     let path = root.join(&options.output);
-    write_section(&path, &report)?;
+    write_section(&path, "bench scale", &report)?;
     println!("[bench] wrote {}", path.display());
     Ok(())
 }

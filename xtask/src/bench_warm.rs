@@ -68,7 +68,8 @@ pub struct WarmOptions {
     /// Use the release p2p-node already built (`cargo build --release -p p2p-node`).
     #[arg(long)]
     skip_build: bool,
-    /// The markdown file whose careful-resume section is (re)written.
+    /// The markdown file whose careful-resume generated block is (re)written (notes outside its
+    /// markers are kept).
     #[arg(long, default_value = "docs/bench.md")]
     output: PathBuf,
 }
@@ -674,8 +675,7 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
     drop(bed);
     let _ = std::fs::remove_dir_all(&work);
     let path = root.join(&options.output);
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, replace_section(&existing, &report))?;
+    crate::bench::write_section(&path, "bench warm", &report)?;
     println!("[bench warm] wrote {}", path.display());
     Ok(())
 }
@@ -707,18 +707,6 @@ fn set_initial_rmem(ns: &str, bytes: u64) -> anyhow::Result<()> {
         "-qw",
         &format!("net.ipv4.tcp_rmem={min} {bytes} {}", max.max(bytes)),
     ]))
-}
-
-/// Replaces this bench's section (up to the next `## `) or appends it.
-fn replace_section(existing: &str, section: &str) -> String {
-    let Some(start) = existing.find(SECTION) else {
-        return format!("{}\n\n{section}", existing.trim_end());
-    };
-    let rest = &existing[start + SECTION.len()..];
-    let end = rest
-        .find("\n## ")
-        .map_or(existing.len(), |i| start + SECTION.len() + i + 1);
-    format!("{}{}{}", &existing[..start], section, &existing[end..])
 }
 
 fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
