@@ -789,14 +789,66 @@ fn init_on_a_live_socket_keeps_its_clock() {
 
 // --- Packet-level simulation ---
 
-/// One packet as the kernel's rate sampler tags it when sent.
+/// What the kernel's rate sampler stamps on a packet when it is sent (`tcp_rate_skb_sent`);
+/// both simulators' packets carry it and turn its ACK into a [`RateSample`] with it.
 #[derive(Clone, Copy)]
-struct Packet {
+struct RateTag {
     sent_us: u64,
     delivered: u32,
     delivered_mstamp_us: u64,
     first_tx_us: u64,
     app_limited: bool,
+}
+
+impl RateTag {
+    /// The stamp of a packet sent at `now_us` on `c`, its flight having begun at `first_tx_us`.
+    fn stamp(now_us: u64, c: &Conn, first_tx_us: u64) -> Self {
+        Self {
+            sent_us: now_us,
+            delivered: c.delivered,
+            delivered_mstamp_us: c.delivered_mstamp_us,
+            first_tx_us,
+            app_limited: c.app_limited != 0,
+        }
+    }
+
+    /// `tcp_rate_gen`: the sample of the ACK at `now_us` of this packet, `c.delivered` already
+    /// counting it. The interval is the longer of the send and the ACK intervals; one shorter
+    /// than the kernel's min RTT is invalid (-1).
+    fn sample(
+        &self,
+        now_us: u64,
+        c: &Conn,
+        kernel_min_rtt_us: u32,
+        losses: u32,
+        acked_sacked: u32,
+        prior_in_flight: u32,
+    ) -> RateSample {
+        let snd_us = self.sent_us - self.first_tx_us;
+        let ack_us = now_us - self.delivered_mstamp_us;
+        let mut interval_us = snd_us.max(ack_us) as i64;
+        if interval_us < i64::from(kernel_min_rtt_us) {
+            interval_us = -1;
+        }
+        RateSample {
+            prior_delivered: self.delivered,
+            delivered: (c.delivered - self.delivered) as i32,
+            interval_us,
+            rtt_us: (now_us - self.sent_us) as i64,
+            losses: losses as i32,
+            acked_sacked,
+            prior_in_flight,
+            is_app_limited: self.app_limited,
+            is_ack_delayed: false,
+            ack_compressed: interval_us > 0 && snd_us > ack_us,
+        }
+    }
+}
+
+/// One packet of the single-flow simulation.
+#[derive(Clone, Copy)]
+struct Packet {
+    tag: RateTag,
     /// Dropped on the way (tail drop or random loss): never ACKed.
     dropped: bool,
     /// ACKed or marked lost: out of flight.
@@ -930,7 +982,7 @@ impl Path {
                 if t > warmup_us {
                     delivered_after_warmup += 1;
                 }
-                if newest.is_none_or(|n| packets[n].delivered <= packets[p].delivered) {
+                if newest.is_none_or(|n| packets[n].tag.delivered <= packets[p].tag.delivered) {
                     newest = Some(p);
                 }
                 highest_acked = Some(highest_acked.map_or(p, |h| h.max(p)));
@@ -964,17 +1016,11 @@ impl Path {
                     s.on_set_state(&mut c, cfg, TCP_CA_OPEN);
                 }
                 let pkt = packets[n];
-                let rtt = t - pkt.sent_us;
+                let rtt = t - pkt.tag.sent_us;
                 rtts.push(rtt);
                 srtt = if srtt == 0 { rtt } else { (7 * srtt + rtt) / 8 };
                 kernel_min_rtt = kernel_min_rtt.min(rtt as u32);
-                first_tx_us = pkt.sent_us;
-                let snd_us = pkt.sent_us - pkt.first_tx_us;
-                let ack_us = t - pkt.delivered_mstamp_us;
-                let mut interval = snd_us.max(ack_us) as i64;
-                if interval < i64::from(kernel_min_rtt) {
-                    interval = -1;
-                }
+                first_tx_us = pkt.tag.sent_us;
                 if c.app_limited != 0 && after32(c.delivered, c.app_limited) {
                     c.app_limited = 0;
                 }
@@ -983,18 +1029,9 @@ impl Path {
                 c.kernel_min_rtt_us = kernel_min_rtt;
                 c.cwnd_limited = cwnd_limited;
                 c.wstamp_ns = (next_send.max(tf) * 1000.0) as u64;
-                let rs = RateSample {
-                    prior_delivered: pkt.delivered,
-                    delivered: (c.delivered - pkt.delivered) as i32,
-                    interval_us: interval,
-                    rtt_us: rtt as i64,
-                    losses: losses as i32,
-                    acked_sacked: acked,
-                    prior_in_flight,
-                    is_app_limited: pkt.app_limited,
-                    is_ack_delayed: false,
-                    ack_compressed: interval > 0 && snd_us > ack_us,
-                };
+                let rs = pkt
+                    .tag
+                    .sample(t, &c, kernel_min_rtt, losses, acked, prior_in_flight);
                 let (hi_before, phase_before) = (s.inflight_hi, (s.mode(), s.phase()));
                 s.on_ack(&mut c, &rs, cfg, &mut rand);
                 // Careful resume's stage, as bbr_p2p.rs runs it after the model.
@@ -1112,11 +1149,7 @@ impl Path {
                 }
                 let p = packets.len();
                 let mut pkt = Packet {
-                    sent_us: t,
-                    delivered: c.delivered,
-                    delivered_mstamp_us: c.delivered_mstamp_us,
-                    first_tx_us,
-                    app_limited: c.app_limited != 0,
+                    tag: RateTag::stamp(t, &c, first_tx_us),
                     dropped: false,
                     done: false,
                 };

@@ -5,20 +5,16 @@
 
 use std::collections::VecDeque;
 
-use super::{MSS, Rng, conn};
+use super::{MSS, RateTag, Rng, conn};
 use crate::bbr::*;
 
 /// Simulation step, µs.
 const DT_US: u64 = 10;
 
-/// One packet as the kernel's rate sampler tags it when sent.
+/// One packet of a flow.
 #[derive(Clone, Copy)]
 struct Sent {
-    sent_us: u64,
-    delivered: u32,
-    delivered_mstamp_us: u64,
-    first_tx_us: u64,
-    app_limited: bool,
+    tag: RateTag,
     /// ACKed or marked lost: out of flight.
     done: bool,
 }
@@ -208,7 +204,8 @@ impl Flow {
             if (window.0..window.1).contains(&t) {
                 self.window_delivered += 1;
             }
-            if newest.is_none_or(|n| self.packets[n].delivered <= self.packets[p].delivered) {
+            if newest.is_none_or(|n| self.packets[n].tag.delivered <= self.packets[p].tag.delivered)
+            {
                 newest = Some(p);
             }
             self.highest_acked = Some(self.highest_acked.map_or(p, |h| h.max(p)));
@@ -237,20 +234,14 @@ impl Flow {
                 self.ca_state_change(cfg, TCP_CA_OPEN);
             }
             let pkt = self.packets[n];
-            let rtt = t - pkt.sent_us;
+            let rtt = t - pkt.tag.sent_us;
             self.srtt = if self.srtt == 0 {
                 rtt
             } else {
                 (7 * self.srtt + rtt) / 8
             };
             self.kernel_min_rtt = self.kernel_min_rtt.min(rtt as u32);
-            self.first_tx_us = pkt.sent_us;
-            let snd_us = pkt.sent_us - pkt.first_tx_us;
-            let ack_us = t - pkt.delivered_mstamp_us;
-            let mut interval = snd_us.max(ack_us) as i64;
-            if interval < i64::from(self.kernel_min_rtt) {
-                interval = -1;
-            }
+            self.first_tx_us = pkt.tag.sent_us;
             let c = &mut self.c;
             if c.app_limited != 0 && after32(c.delivered, c.app_limited) {
                 c.app_limited = 0;
@@ -262,18 +253,9 @@ impl Flow {
             c.kernel_min_rtt_us = self.kernel_min_rtt;
             c.cwnd_limited = self.cwnd_limited;
             c.wstamp_ns = (self.next_send.max(t as f64) * 1000.0) as u64;
-            let rs = RateSample {
-                prior_delivered: pkt.delivered,
-                delivered: (c.delivered - pkt.delivered) as i32,
-                interval_us: interval,
-                rtt_us: rtt as i64,
-                losses: losses as i32,
-                acked_sacked: acked,
-                prior_in_flight,
-                is_app_limited: pkt.app_limited,
-                is_ack_delayed: false,
-                ack_compressed: interval > 0 && snd_us > ack_us,
-            };
+            let rs = pkt
+                .tag
+                .sample(t, c, self.kernel_min_rtt, losses, acked, prior_in_flight);
             match &mut self.alg {
                 Algorithm::BbrP2p(s) => {
                     let rng = &mut self.rng;
@@ -324,11 +306,7 @@ impl Flow {
             }
             out.push(self.packets.len());
             self.packets.push(Sent {
-                sent_us: t,
-                delivered: self.c.delivered,
-                delivered_mstamp_us: self.c.delivered_mstamp_us,
-                first_tx_us: self.first_tx_us,
-                app_limited: self.c.app_limited != 0,
+                tag: RateTag::stamp(t, &self.c, self.first_tx_us),
                 done: false,
             });
             self.sent += 1;
