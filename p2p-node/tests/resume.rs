@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, path::Path, time::Duration};
 
 use common::{DelayLine, Node, Routed, eventually, kernel_tests_possible, test_data_dir};
 
@@ -47,6 +47,17 @@ fn known(node: &Node, peer: &str) -> bool {
     node.get("/api/peers/known").contains(peer)
 }
 
+/// Y: a node in `net`'s receiver namespace with the identity in `key` and the data dir `dir`
+/// (its records survive a restart), dialing `peers`, with `extra` flags.
+fn start_y(net: &Routed, key: &str, dir: &Path, peers: &[&Node], extra: &[&str]) -> Node {
+    let mut args = vec!["--key", key, "--data-dir", dir.to_str().unwrap()];
+    for peer in peers {
+        args.extend(["--peer", peer.multiaddr.as_str()]);
+    }
+    args.extend(extra);
+    Node::start(&net.receiver, &net.receiver_addr, &args)
+}
+
 fn upload(x: &Node, peer: &str, bytes: u64) {
     let (status, report) = x.http(
         "POST",
@@ -72,20 +83,7 @@ fn resumes_per_peer_id_only() {
     std::fs::create_dir_all(&dir).unwrap();
     let key = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let (k1, k2) = (key("y1.key"), key("y2.key"));
-    let y = |key: &str| {
-        Node::start(
-            &net.receiver,
-            &net.receiver_addr,
-            &[
-                "--key",
-                key,
-                "--peer",
-                &x.multiaddr,
-                "--data-dir",
-                dir.to_str().unwrap(),
-            ],
-        )
-    };
+    let y = |key: &str| start_y(&net, key, &dir, &[&x], &[]);
     let mut seen = HashSet::new();
 
     // First connection from Y1: no record, cold. 16 MB teach X the path.
@@ -117,20 +115,7 @@ fn resumes_per_peer_id_only() {
     let (status, body) = w.http("PUT", "/api/cc/tunables", r#"{"resume_enabled":1}"#);
     assert_eq!(status, 200, "{body}");
     drop(y1);
-    let y1 = Node::start(
-        &net.receiver,
-        &net.receiver_addr,
-        &[
-            "--key",
-            &k1,
-            "--peer",
-            &x.multiaddr,
-            "--peer",
-            &w.multiaddr,
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-    );
+    let y1 = start_y(&net, &k1, &dir, &[&x, &w], &[]);
     assert_eq!(y1.peer_id, y1_id);
     new_connection(&x, &y1_id, &mut seen);
     let mut w_seen = HashSet::new();
@@ -200,23 +185,7 @@ fn a_known_peers_connection_starts_with_a_larger_receive_buffer() {
     let dir = test_data_dir("rcvwarm-y");
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("y.key").to_str().unwrap().to_owned();
-    let y = || {
-        Node::start(
-            &net.receiver,
-            &net.receiver_addr,
-            &[
-                "--key",
-                &key,
-                "--peer",
-                &x.multiaddr,
-                "--peer",
-                &w.multiaddr,
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--receive-warm",
-            ],
-        )
-    };
+    let y = || start_y(&net, &key, &dir, &[&x, &w], &["--receive-warm"]);
     let mut seen = HashSet::new();
 
     // First connection: no record, the kernel's default buffer.
@@ -266,18 +235,7 @@ fn a_known_peers_connection_starts_with_a_larger_receive_buffer() {
 
     // Without `--receive-warm` (the default), the same known peer starts at the default.
     drop(y2);
-    let y3 = Node::start(
-        &net.receiver,
-        &net.receiver_addr,
-        &[
-            "--key",
-            &key,
-            "--peer",
-            &x.multiaddr,
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-    );
+    let y3 = start_y(&net, &key, &dir, &[&x], &[]);
     let cookie = new_connection(&y3, &x.peer_id, &mut seen);
     assert_eq!(receive_side(&y3, cookie).0, default);
     drop(y3);
