@@ -4,7 +4,8 @@
 //! # The model
 //! BBR estimates the path and paces at what it measured:
 //! - `max_bw`: the max delivery rate over the current and the previous probe cycle (`bw_hi`);
-//! - `min_rtt`: the min RTT over 10 s;
+//! - `min_rtt`: the min RTT over 10 s (or since a PROBE_RTT that found a queue not its own,
+//!   deviation 16);
 //! - `inflight_hi`: the maximum *safe* volume in flight — where a round's loss rate last crossed
 //!   2% (unbounded until loss says otherwise). Probing (REFILL, UP) may reach it and grows it
 //!   exponentially while it holds; cruising stays 15% below it (headroom for other flows);
@@ -153,6 +154,23 @@
 //!     other late flows), mean Jain's index 0.870 → 0.881; the CUBIC cases unchanged; single
 //!     flow with 1% random loss: 1-BDP buffer utilisation 0.947 → 0.955 (seed 1, the other
 //!     seeds unchanged), 15 kB buffer 0.949 → 0.942.
+//! 16. **A PROBE_RTT that cannot drain the queue ends the min-RTT window.** v3 keeps the
+//!     10 s minimum until it expires. Beside a loss-based flow that keeps a deep buffer full
+//!     (CUBIC on 4 BDPs: RTT 80–120 ms on a 20 ms path) the minimum measured before the
+//!     queue formed caps cwnd at `cwnd_gain × max_bw × 20 ms`, so the flow delivers at most
+//!     cwnd / RTT ≈ 0.4 × its estimate, its max-bw filter learns that lower rate cycle by
+//!     cycle, and it keeps ~12% of the link until the window expires (bench (d), per-flow
+//!     `ss` series: cwnd 100 packets at 80–120 ms; PROBE_RTT at 5.2 s held cwnd at 22
+//!     packets and its RTT samples stayed at 78–93 ms; cwnd 210 after the 10.6 s PROBE_RTT
+//!     took the queue-laden minimum). When PROBE_RTT ends and its lowest RTT sample, with
+//!     this flow's flight at half its BDP, is still above `cwnd_gain × min_rtt`, the standing
+//!     queue is longer than the cwnd gain leaves room for and is not this flow's: `min_rtt`
+//!     takes PROBE_RTT's minimum then, as v3 does at the window's end. The threshold keeps
+//!     it out of queues the cwnd gain already covers: a 1-BDP buffer cannot hold RTT above
+//!     2 × the propagation delay (scenario (e)), and beside CUBIC on half a BDP it never
+//!     fires. Host simulation, one flow beside CUBIC over 0–12 s, 8 seeds: 4 BDPs Jain's
+//!     index 0.632 → 0.733 (bbr-p2p 11.8 → 19.7 Mbit/s), over 0–24 s 0.736 → 0.906; 0.5 BDP
+//!     unchanged (0.969); 8 staggered flows on 1 BDP unchanged (0.881, 64 seeds).
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -1524,9 +1542,24 @@ impl Bbr {
         if !(self.probe_rtt_done_stamp_us != 0 && c.now_us > self.probe_rtt_done_stamp_us) {
             return;
         }
+        self.adopt_standing_queue_min_rtt(cfg);
         self.probe_rtt_min_stamp_us = c.now_us;
         c.cwnd = c.cwnd.max(self.prior_cwnd);
         self.exit_probe_rtt(c, cfg, rand);
+    }
+
+    /// Deviation 16: PROBE_RTT held this flow's flight at half its BDP and still no RTT
+    /// sample came below `cwnd_gain × min_rtt`: a queue that is not ours stands longer than
+    /// the cwnd gain leaves room for, so the cwnd (`cwnd_gain × max_bw × min_rtt`) and not
+    /// the path bounds the delivery rate below the estimate. The min-RTT window ends here with
+    /// PROBE_RTT's minimum, as v3's does when it expires.
+    #[inline(always)]
+    fn adopt_standing_queue_min_rtt(&mut self, cfg: &BbrConfig) {
+        let room = (u64::from(self.min_rtt_us) * u64::from(cfg.cwnd_gain)) >> BBR_SCALE_U64;
+        if u64::from(self.probe_rtt_min_us) > room {
+            self.min_rtt_us = self.probe_rtt_min_us;
+            self.min_rtt_stamp_us = self.probe_rtt_min_stamp_us;
+        }
     }
 
     /// `bbr_update_min_rtt` (v3): a 5 s filter decides PROBE_RTT, the 10 s one `min_rtt`.

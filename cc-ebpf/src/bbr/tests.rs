@@ -664,6 +664,33 @@ fn a_shortened_min_rtt_window_keeps_probe_rtt_inside_it() {
 }
 
 #[test]
+fn a_probe_rtt_that_cannot_drain_the_queue_ends_the_min_rtt_window() {
+    // Deviation 16: when PROBE_RTT ends, its lowest RTT sample (taken with the flight at half
+    // the BDP) above cwnd_gain × min_rtt (2 × 20 ms) replaces the minimum; otherwise the 10 s
+    // window keeps it (v3).
+    let cfg = BbrConfig::DEFAULT;
+    // (PROBE_RTT's lowest RTT µs, min RTT after it)
+    let table = [
+        (20_500, 20_000),
+        (30_000, 20_000),
+        (40_000, 20_000),
+        (40_001, 40_001),
+        (85_000, 85_000),
+    ];
+    for (lowest_us, expected) in table {
+        let (mut s, mut c) = probe_bw(Phase::Cruise);
+        s.mode = Mode::ProbeRtt as u8;
+        c.now_us += 5_300_000;
+        s.probe_rtt_min_us = lowest_us;
+        s.probe_rtt_min_stamp_us = c.now_us - 300_000;
+        s.probe_rtt_done_stamp_us = c.now_us - 1;
+        s.check_probe_rtt_done(&mut c, &cfg, &mut no_rand());
+        assert_eq!(s.mode(), Mode::ProbeBw, "lowest {lowest_us} µs");
+        assert_eq!(s.min_rtt_us, expected, "lowest {lowest_us} µs");
+    }
+}
+
+#[test]
 fn draft_probe_time_is_the_sooner_of_wall_clock_and_reno_rounds() {
     // §4.3.3.5: "BBRIsRenoCoexistenceProbeTime(): reno_rounds = BBRTargetInflight();
     // rounds = min(reno_rounds, 63); return BBR.rounds_since_bw_probe >= rounds".

@@ -594,27 +594,35 @@ fn sim_eight_staggered_flows_share_the_link() {
 }
 
 /// Scenario (d): beside CUBIC on half a BDP of buffer the two share (bench target: Jain ≥
-/// 0.8); on 4 BDPs CUBIC's queue holds the RTT at 4–5× the propagation delay and bbr-p2p's
-/// flight is bounded by 2 × its bandwidth × the 20 ms it measured at the start, until the
-/// min-RTT filter (10 s, v3's) expires and takes a queue-laden minimum: its share grows
-/// after that, which a 12 s run barely sees.
+/// 0.8). On 4 BDPs CUBIC's queue holds the RTT at 4–5× the propagation delay, and bbr-p2p's
+/// flight is bounded by 2 × its bandwidth × the 20 ms it measured before the queue formed
+/// until its min-RTT estimate takes a queue-laden minimum: at the first PROBE_RTT that could
+/// not drain the queue (deviation 16, ~5 s), not when the 10 s window expires (v3). Over the
+/// bench's 12 s window, four seeds: mean Jain 0.63 without deviation 16 (bbr-p2p 11–13
+/// Mbit/s of 100), 0.72 with it.
 #[test]
 fn sim_one_flow_beside_cubic() {
     let half = with_cubic(&BbrConfig::DEFAULT, 0.5, 0, 12, 1);
     eprintln!("0.5 BDP, 0-12 s: Jain {:.3}, {:?}", half.jain(), half.mbit);
     assert!(half.jain() >= 0.8, "{half:?}");
+    let deep: Vec<Shares> = (1..=4)
+        .map(|seed| with_cubic(&BbrConfig::DEFAULT, 4.0, 0, 12, seed))
+        .collect();
+    let mean = deep.iter().map(Shares::jain).sum::<f64>() / deep.len() as f64;
+    eprintln!("4 BDP, 0-12 s: mean Jain {mean:.3}, {deep:?}");
+    assert!(mean >= 0.69, "4 BDP, 0-12 s: mean Jain {mean:.3}: {deep:?}");
     let secs: u64 = std::env::var("SIM_SECS").map_or(30, |w| w.parse().unwrap());
-    let before = with_cubic(&BbrConfig::DEFAULT, 4.0, 0, 10, 1);
-    let after = with_cubic(&BbrConfig::DEFAULT, 4.0, 15, secs, 1);
+    let first = with_cubic(&BbrConfig::DEFAULT, 4.0, 0, 5, 1);
+    let later = with_cubic(&BbrConfig::DEFAULT, 4.0, 15, secs, 1);
     eprintln!(
-        "4 BDP: 0-10 s Jain {:.3} {:?}; 15-{secs} s Jain {:.3} {:?}",
-        before.jain(),
-        before.mbit,
-        after.jain(),
-        after.mbit
+        "4 BDP: 0-5 s Jain {:.3} {:?}; 15-{secs} s Jain {:.3} {:?}",
+        first.jain(),
+        first.mbit,
+        later.jain(),
+        later.mbit
     );
     assert!(
-        after.mbit[0] > 1.3 * before.mbit[0],
-        "bbr-p2p's share after the min-RTT window: {after:?}, before: {before:?}"
+        later.mbit[0] > 1.3 * first.mbit[0],
+        "bbr-p2p's share once its min RTT holds the queue: {later:?}, before: {first:?}"
     );
 }
