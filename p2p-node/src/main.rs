@@ -102,12 +102,7 @@ fn main() -> std::process::ExitCode {
             } => {
                 let path = std::fs::canonicalize(&path)
                     .with_context(|| format!("{} is not a readable file", path.display()))?;
-                print!(
-                    "{}",
-                    client_change(&node, token_file.as_deref(), cli::ApiChange::share(path))
-                        .await?
-                );
-                Ok(())
+                client_change(&node, token_file.as_deref(), cli::ApiChange::share(path)).await
             }
             Command::Fetch {
                 id,
@@ -115,16 +110,8 @@ fn main() -> std::process::ExitCode {
                 node,
                 token_file,
             } => {
-                print!(
-                    "{}",
-                    client_change(
-                        &node,
-                        token_file.as_deref(),
-                        cli::ApiChange::fetch(&id, &out)
-                    )
-                    .await?
-                );
-                Ok(())
+                let change = cli::ApiChange::fetch(&id, &out);
+                client_change(&node, token_file.as_deref(), change).await
             }
             Command::Perf {
                 peer,
@@ -133,16 +120,8 @@ fn main() -> std::process::ExitCode {
                 node,
                 token_file,
             } => {
-                print!(
-                    "{}",
-                    client_change(
-                        &node,
-                        token_file.as_deref(),
-                        cli::ApiChange::perf(&peer, upload, download)
-                    )
-                    .await?
-                );
-                Ok(())
+                let change = cli::ApiChange::perf(&peer, upload, download);
+                client_change(&node, token_file.as_deref(), change).await
             }
         }
     });
@@ -417,13 +396,18 @@ async fn client_send(
     client_request(node, token.as_deref(), method, path, body).await
 }
 
-/// Sends a subcommand's change to the node with the token (see [`client_send`]).
+/// Sends a subcommand's change to the node with the token (see [`client_send`]) and prints
+/// the node's answer.
 async fn client_change(
     node: &str,
     token_file: Option<&Path>,
     change: cli::ApiChange,
-) -> anyhow::Result<String> {
-    client_send(node, token_file, change.method, change.path, &change.body).await
+) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        client_send(node, token_file, change.method, change.path, &change.body).await?
+    );
+    Ok(())
 }
 
 /// A minimal HTTP/1.1 client for the node's own API (plain text, loopback by default).
