@@ -18,21 +18,26 @@
 //!  UNVALIDATED     the round that carries the jump         ─┐ loss above BBR's threshold, or
 //!        ▼                                                  ├─▶ the round's min RTT grew:
 //!  VALIDATING      the round that acknowledges it          ─┘   RETREATED (reason)
-//!        ▼                                                       cwnd = pipe / 2, pacing = the
-//!  RESUMED         normal BBR from here                          measured delivery rate
+//!        │         (+ up to 8 more while no flight tests       cwnd = pipe / 2, pacing = the
+//!        ▼          the record: application/window-limited)    measured delivery rate
+//!  RESUMED         normal BBR from here
 //! ```
 //!
 //! The jump seeds BBR's bandwidth estimate with the saved rate (so the model's cwnd and pacing
 //! follow the record), while [`Action::Hold`] caps cwnd and pacing: half the ceiling at half the
 //! saved rate while unvalidated, the ceiling at the saved rate while validating (and STARTUP's
 //! plateau detector is held off: rounds paced under a cap show no growth by construction). At
-//! the end of validation — two rounds after the round the jump happened in — [`validation_end`]
-//! decides on the highest delivery rate the path showed since the jump:
+//! the end of the validating round — two rounds after the round the jump happened in —
+//! [`validating_round_end`] decides on the highest delivery rate the path showed since the
+//! jump and on whether any flight of the round tested the record ([`AckView::evidence`]):
 //! - at least 80% of the saved rate: the record located the path's capacity; the pipe counts as
 //!   full and STARTUP ends (PROBE_BW probes beyond it);
-//! - less: the jump was not tested at the record's rate — the application, a flow-control window
-//!   (a new yamux stream starts with 256 KiB of credit) or the receive window held the flight
-//!   back, without contradiction — so the seed gives way to the rate the path did carry and
+//! - no flight of the round tested the record — every delivery sample application-limited (a
+//!   new yamux stream starts with 256 KiB of credit) or its flight held by a receive window
+//!   below the saved BDP: no evidence either way, so the connection stays VALIDATING at the
+//!   record's rate (deviation 8) and the next round is judged, up to [`MAX_LIMITED_ROUNDS`];
+//! - less, from flights that did use the window, or still no evidence after those rounds
+//!   ([`Reason::RateLimited`]): the seed gives way to the rate the path did carry and
 //!   STARTUP goes on growing from there (RFC 9959's rule of continuing from the validated pipe,
 //!   not from the unused credit). A record above the path's capacity therefore never outlives
 //!   those two rounds, and a connection the application held back is not declared full at a
@@ -97,6 +102,22 @@
 //!    sender leaves the Unvalidated phase rate-limited), bandwidth = the highest rate measured.
 //!    Unlike RFC 9959 this exit comes at the end of the validating round, not when the
 //!    sender is first seen rate-limited, and cwnd is only lowered to the pipe, never raised.
+//! 8. A rate-limited validating round is no evidence. RFC 9959 ends validation when the last
+//!    unvalidated packet is acknowledged, and a sender rate-limited in the Unvalidated phase
+//!    continues from the capacity it used (cwnd = flight size, then PipeSize). For BBR that
+//!    rule throws the record away exactly when the application or a window held the flow: the
+//!    seed gave way to the held-back rate, STARTUP started over from it and overshot like a
+//!    cold start (session 6's same-path trace: 137 kB lost after yamux's credit held rounds
+//!    2–3). BBR's own rule is that a rate sample of an application-limited flight does not
+//!    lower the bandwidth estimate. So a validating round whose flights were all
+//!    application-limited (the kernel's `rs->is_app_limited`) or held by a receive window
+//!    below the saved BDP (`tp->snd_wnd`; the kernel does not mark those samples) is no
+//!    evidence: the connection stays in the validating phase — cwnd ≤ the saved BDP, pacing ≤
+//!    the saved rate, the record's seed kept, loss and RTT growth still retreating on every
+//!    ACK and round — for at most [`MAX_LIMITED_ROUNDS`] such rounds. The record's rate is
+//!    only ever tested, never exceeded, while it waits: what the sender puts on the path in
+//!    those rounds is bounded by the application's offer and by the saved BDP per round.
+//!    After the bound validation ends as in deviation 7 ([`Reason::RateLimited`]).
 
 /// Name of the socket-storage map of [`ResumeSlot`]s: the node creates a socket's entry after the
 /// noise handshake (a hint, or why there is none); bbr-p2p applies it and records the outcome.
@@ -121,8 +142,13 @@ pub struct ResumeSlot {
     pub jump_pacing_bytes_per_sec: u64,
     /// `tp->delivered` at the jump (the pipe is what was delivered since).
     pub jump_delivered: u32,
-    /// Unused (were the round's `tp->delivered` and `tp->lost`; loss is BBR's verdict now).
-    pub _reserved: [u32; 2],
+    /// `tp->delivered` from which a sent packet's delivery sample can be evidence (deviation
+    /// 8): raised to `delivered + in flight` on entering the validating phase and on every ACK
+    /// that shows the receive window below the ceiling — the kernel's own marker for
+    /// application-limited samples (`tp->app_limited`), applied to the receive window.
+    pub evidence_from: u32,
+    /// Unused (was the round's `tp->lost`; loss is BBR's verdict now).
+    pub _reserved: u32,
     /// Smallest RTT sample of the current round, µs (`u32::MAX`: none).
     pub round_min_rtt_us: u32,
     /// [`Start`].
@@ -131,7 +157,11 @@ pub struct ResumeSlot {
     pub reason: u8,
     /// Round boundaries since the jump (saturates).
     pub rounds: u8,
-    pub _pad: [u8; 5],
+    /// 1 once an ACK of the current round carried evidence ([`AckView::evidence`]).
+    pub evidence: u8,
+    /// Validating rounds that ended without evidence (see [`MAX_LIMITED_ROUNDS`]).
+    pub limited_rounds: u8,
+    pub _pad: [u8; 3],
     /// Highest delivery rate the path showed since the jump, bytes/s.
     pub measured_bytes_per_sec: u64,
 }
@@ -148,12 +178,15 @@ impl ResumeSlot {
             base_rtt_us: 0,
             jump_pacing_bytes_per_sec: 0,
             jump_delivered: 0,
-            _reserved: [0; 2],
+            evidence_from: 0,
+            _reserved: 0,
             round_min_rtt_us: u32::MAX,
             start: Start::Offered as u8,
             reason: Reason::None as u8,
             rounds: 0,
-            _pad: [0; 5],
+            evidence: 0,
+            limited_rounds: 0,
+            _pad: [0; 3],
             measured_bytes_per_sec: 0,
         }
     }
@@ -261,6 +294,10 @@ pub enum Reason {
     Invalid = 9,
     /// The connection does not run bbr-p2p, or warm start is switched off.
     Disabled = 10,
+    /// On a resumed connection: validation ended after [`MAX_LIMITED_ROUNDS`] validating rounds
+    /// in which every flight was application- or receive-window-limited, so the record's rate
+    /// was never tested; the flow went on from the rate it did carry ([`validation_end`]).
+    RateLimited = 11,
 }
 
 impl Reason {
@@ -276,6 +313,7 @@ impl Reason {
             8 => Self::RttGrowth,
             9 => Self::Invalid,
             10 => Self::Disabled,
+            11 => Self::RateLimited,
             _ => Self::None,
         }
     }
@@ -293,6 +331,7 @@ impl Reason {
             Self::RttGrowth => "rtt_growth",
             Self::Invalid => "invalid",
             Self::Disabled => "disabled",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -487,6 +526,38 @@ pub struct AckView {
     /// flight it began with — BBRv3's condition for ending STARTUP on loss
     /// (`bbr_check_loss_too_high_in_startup`, in `cc_ebpf::bbr` deviations 1–2). Deviation 2.
     pub loss_too_high: bool,
+    /// The peer's advertised receive window as of this ACK, bytes (`tp->snd_wnd`; `u64::MAX`:
+    /// unknown or unlimited).
+    pub snd_wnd_bytes: u64,
+    /// `tp->delivered` when the packet this ACK's sample is about was sent (`rs->prior_delivered`).
+    pub prior_delivered: u32,
+    /// Packets in flight after this ACK (`tcp_packets_in_flight`).
+    pub packets_in_flight: u32,
+}
+
+impl AckView {
+    /// Whether this ACK's delivery sample is evidence about the record during validation
+    /// (deviation 8): its packet was sent while data was waiting (the kernel did not mark the
+    /// sample application-limited) and after `evidence_from` ([`ResumeSlot::evidence_from`]):
+    /// after every packet sent before validation began, or while the receive window was
+    /// below the validating phase's window, had been delivered. A delivery sample spans the
+    /// ACKs of the packets that were in flight when its packet left, so only then is the whole
+    /// interval paced at the record's rate with the window open. A flight the application, a
+    /// flow-control window or the receive window held back shows what the sender offered, not
+    /// what the path can carry: no evidence that the path is slower (BBR's rule: an
+    /// application-limited sample never lowers the bandwidth estimate).
+    #[inline(always)]
+    pub const fn evidence(&self, evidence_from: u32) -> bool {
+        // `!before(prior_delivered, evidence_from)` in sequence space.
+        self.data_waiting && (self.prior_delivered.wrapping_sub(evidence_from) as i32) >= 0
+    }
+
+    /// `delivered + in flight`: a packet sent from now on has `prior_delivered` at least this
+    /// only once everything in flight now has been delivered (the kernel's `tp->app_limited`).
+    #[inline(always)]
+    pub const fn flight_end(&self) -> u32 {
+        self.delivered.wrapping_add(self.packets_in_flight)
+    }
 }
 
 /// What bbr-p2p must do after [`on_ack`].
@@ -550,6 +621,8 @@ pub fn on_ack(slot: &mut ResumeSlot, a: &AckView, min_cwnd_bytes: u64) -> Action
                     slot.jump_delivered = a.delivered;
                     slot.round_min_rtt_us = u32::MAX;
                     slot.rounds = 0;
+                    slot.evidence = 0;
+                    slot.limited_rounds = 0;
                     slot.measured_bytes_per_sec = 0;
                     Action::Jump(j)
                 }
@@ -578,7 +651,29 @@ pub fn on_ack(slot: &mut ResumeSlot, a: &AckView, min_cwnd_bytes: u64) -> Action
                     verdict = Some(Reason::RttGrowth);
                 }
             }
-            if verdict.is_some() || (a.round_start && slot.rounds > 1) {
+            // Evidence of the round that just ended; a round-start ACK acknowledges the first
+            // packet of the next round, so it counts towards that one.
+            let evidence = slot.evidence != 0;
+            if a.round_start {
+                slot.evidence = 0;
+            }
+            if phase == Start::Validating && a.evidence(slot.evidence_from) {
+                slot.evidence = 1;
+            }
+            if a.snd_wnd_bytes < slot.ceiling_bytes {
+                slot.evidence_from = a.flight_end();
+            }
+            let judged = a.round_start && slot.rounds > 1;
+            let end = validating_round_end(
+                slot.measured_bytes_per_sec,
+                slot.bw_bytes_per_sec,
+                evidence,
+                slot.limited_rounds,
+            );
+            if verdict.is_none() && judged && phase == Start::Validating && end == RoundEnd::Wait {
+                // No flight of the round tested the record: keep it (held below) one more round.
+                slot.limited_rounds += 1;
+            } else if verdict.is_some() || judged {
                 let (next, reason) = after_round(phase, verdict);
                 slot.start = next as u8;
                 slot.reason = reason as u8;
@@ -594,6 +689,9 @@ pub fn on_ack(slot: &mut ResumeSlot, a: &AckView, min_cwnd_bytes: u64) -> Action
                         ));
                     }
                     Start::Resumed => {
+                        if end == RoundEnd::Unevidenced {
+                            slot.reason = Reason::RateLimited as u8;
+                        }
                         let pipe = u64::from(a.delivered.wrapping_sub(slot.jump_delivered))
                             * u64::from(a.mss);
                         return validation_end(
@@ -602,6 +700,11 @@ pub fn on_ack(slot: &mut ResumeSlot, a: &AckView, min_cwnd_bytes: u64) -> Action
                             slot.jump_pacing_bytes_per_sec,
                             pipe,
                         );
+                    }
+                    Start::Validating => {
+                        // Packets sent from here are paced at the record's rate; a sample is
+                        // evidence once its interval holds only those (deviation 8).
+                        slot.evidence_from = a.flight_end();
                     }
                     _ => {}
                 }
@@ -643,6 +746,59 @@ pub fn on_ack(slot: &mut ResumeSlot, a: &AckView, min_cwnd_bytes: u64) -> Action
 
 /// Round boundaries after a retreat during which the jump's flight is still measured.
 pub const RETREAT_MEASURE_ROUNDS: u8 = 2;
+
+/// Validating rounds that may end without evidence ([`AckView::evidence`]: every flight of
+/// the round application- or receive-window-limited) before validation ends on what was
+/// measured anyway (deviation 8). While it waits the record's rate is kept but never exceeded
+/// (cwnd ≤ the saved BDP, pacing ≤ the saved rate) and loss and RTT growth still retreat, on
+/// every ACK and every round. Eight rounds: a window that doubles per round it is exhausted
+/// (the receiver's autotuned window, yamux's auto-tuned stream window) grows from 64 KiB to
+/// 16 MiB — the BDP of 1 Gbit/s at 130 ms — in eight; a flow still held back after that is
+/// held by its application, which may not test the record for a long time, and RFC 9959
+/// allows the unvalidated state no longer than that (its Unvalidated phase lasts one RTT,
+/// and it then sets cwnd to what was used). RFC 7661 lets a rate-limited sender keep an
+/// unvalidated cwnd for up to five minutes; this bound is far shorter.
+pub const MAX_LIMITED_ROUNDS: u8 = 8;
+
+/// How a validating round that ended without contradiction (no loss verdict, no RTT growth)
+/// ends validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundEnd {
+    /// The path carried at least 80% of the record's rate: validated, the pipe is full.
+    Full,
+    /// Flights that used the window showed less: the path carries less than the record; the
+    /// flow goes on from what it carried ([`validation_end`]).
+    Lower,
+    /// No flight of the round tested the record (all application- or window-limited): no
+    /// evidence either way; validate on the next round (at most [`MAX_LIMITED_ROUNDS`]).
+    Wait,
+    /// [`MAX_LIMITED_ROUNDS`] rounds without evidence: the flow goes on from what it carried
+    /// ([`Reason::RateLimited`]).
+    Unevidenced,
+}
+
+/// The end of a validating round without contradiction. `measured`: the highest delivery rate
+/// since the jump (bytes/s; 0: none); `saved`: the record's rate; `evidence`: an ACK of the
+/// round carried evidence ([`AckView::evidence`]); `limited_rounds`: validating rounds that
+/// already ended without.
+#[inline(always)]
+pub const fn validating_round_end(
+    measured: u64,
+    saved: u64,
+    evidence: bool,
+    limited_rounds: u8,
+) -> RoundEnd {
+    // `saved - saved / 5`: 80% without a multiplication (no 128-bit overflow check in BPF).
+    if measured != 0 && measured >= saved - saved / 5 {
+        RoundEnd::Full
+    } else if evidence {
+        RoundEnd::Lower
+    } else if limited_rounds < MAX_LIMITED_ROUNDS {
+        RoundEnd::Wait
+    } else {
+        RoundEnd::Unevidenced
+    }
+}
 
 /// Whether careful resume has nothing left to do on this socket: cold, resumed, or retreated
 /// and done measuring the jump's flight.
@@ -918,8 +1074,16 @@ mod tests {
             cwnd_bytes: 10 * u64::from(MSS),
             delivery_rate_bytes_per_sec: 0,
             loss_too_high: false,
+            snd_wnd_bytes: u64::MAX,
+            // A round's flight is 170 packets here: the packet acknowledged now left one
+            // flight ago.
+            prior_delivered: delivered.wrapping_sub(FLIGHT),
+            packets_in_flight: FLIGHT,
         }
     }
+
+    /// Packets in flight, and delivered per round, in the per-ACK tables.
+    const FLIGHT: u32 = 170;
 
     fn offered() -> ResumeSlot {
         ResumeSlot::offered(&offer(&saved(0), 1_000_000, MIN).unwrap())
@@ -930,8 +1094,58 @@ mod tests {
     type R = (u32, u32, u32, bool);
 
     /// Runs `rounds` through a slot that jumped at delivered = 100, returning the decisive
-    /// action (retreat or validation; `Action::None` if neither came) and the slot.
+    /// action (retreat or validation; `Action::None` if neither came) and the slot. Every
+    /// round's flights used the window and carried 5 MB/s (40% of the record).
     fn run(rounds: &[R]) -> (Action, ResumeSlot) {
+        let mut open = [round(5_000_000, Limit::None); 8];
+        for (o, &(d, l, rtt, too_high)) in open.iter_mut().zip(rounds) {
+            *o = Round {
+                delivered: d,
+                lost: l,
+                rtt_us: rtt,
+                loss_too_high: too_high,
+                ..*o
+            };
+        }
+        run_rounds(&open[..rounds.len()])
+    }
+
+    /// What held a round's flights back.
+    #[derive(Clone, Copy)]
+    enum Limit {
+        /// Nothing: pacing or cwnd (the samples are evidence).
+        None,
+        /// The application (the kernel marks the samples application-limited).
+        App,
+        /// The receiver advertised this many bytes (below the 500 kB saved BDP: no evidence).
+        Rwnd(u64),
+    }
+
+    /// One round after the jump.
+    #[derive(Clone, Copy)]
+    struct Round {
+        delivered: u32,
+        lost: u32,
+        rtt_us: u32,
+        /// BBR's loss signal on the ACK in the round's middle.
+        loss_too_high: bool,
+        /// The round's delivery samples, bytes/s.
+        rate: u64,
+        limit: Limit,
+    }
+
+    const fn round(rate: u64, limit: Limit) -> Round {
+        Round {
+            delivered: 170,
+            lost: 0,
+            rtt_us: 40_300,
+            loss_too_high: false,
+            rate,
+            limit,
+        }
+    }
+
+    fn run_rounds(rounds: &[Round]) -> (Action, ResumeSlot) {
         let mut slot = offered();
         let jumped = on_ack(&mut slot, &ack(100, 0, 40_000, false), 4 * 1448);
         assert!(matches!(jumped, Action::Jump(_)), "{jumped:?}");
@@ -944,24 +1158,280 @@ mod tests {
                 decisive = a;
             }
         };
-        for &(d, l, rtt, too_high) in rounds {
-            let mut a = ack(delivered + d / 2, lost + l / 2, rtt, false);
-            a.delivery_rate_bytes_per_sec = 5_000_000;
-            a.loss_too_high = too_high;
-            keep(on_ack(&mut slot, &a, 4 * 1448));
-            delivered += d;
-            lost += l;
-            let mut end = ack(delivered, lost, rtt, true);
-            end.loss_too_high = too_high;
-            keep(on_ack(&mut slot, &end, 4 * 1448));
+        let limited = |mut a: AckView, limit: Limit| {
+            match limit {
+                Limit::None => {}
+                Limit::App => a.data_waiting = false,
+                Limit::Rwnd(bytes) => a.snd_wnd_bytes = bytes,
+            }
+            a
+        };
+        for (i, r) in rounds.iter().enumerate() {
+            let mut a = ack(
+                delivered + r.delivered / 2,
+                lost + r.lost / 2,
+                r.rtt_us,
+                false,
+            );
+            a.delivery_rate_bytes_per_sec = r.rate;
+            a.loss_too_high = r.loss_too_high;
+            keep(on_ack(&mut slot, &limited(a, r.limit), 4 * 1448));
+            delivered += r.delivered;
+            lost += r.lost;
+            // The round-start ACK acknowledges the next round's first packet: its limit.
+            let mut end = ack(delivered, lost, r.rtt_us, true);
+            end.loss_too_high = r.loss_too_high;
+            let next = rounds.get(i + 1).unwrap_or(r).limit;
+            keep(on_ack(&mut slot, &limited(end, next), 4 * 1448));
         }
         (decisive, slot)
     }
 
     #[test]
+    fn validating_round_end_table() {
+        // Record 12.5 MB/s.
+        let saved = 12_500_000;
+        let max = MAX_LIMITED_ROUNDS;
+        let cases = [
+            (
+                "the record's rate, tested",
+                12_000_000,
+                true,
+                0,
+                RoundEnd::Full,
+            ),
+            (
+                "80% seen on application-limited flights still shows the path carries it",
+                10_000_000,
+                false,
+                0,
+                RoundEnd::Full,
+            ),
+            (
+                "less, on flights that used the window",
+                6_000_000,
+                true,
+                0,
+                RoundEnd::Lower,
+            ),
+            (
+                "less, every flight held back: wait",
+                6_000_000,
+                false,
+                0,
+                RoundEnd::Wait,
+            ),
+            ("no sample at all: wait", 0, false, 0, RoundEnd::Wait),
+            (
+                "held back, last round allowed",
+                6_000_000,
+                false,
+                max - 1,
+                RoundEnd::Wait,
+            ),
+            (
+                "held back for the whole bound",
+                6_000_000,
+                false,
+                max,
+                RoundEnd::Unevidenced,
+            ),
+            (
+                "evidence after waiting: judged on it",
+                6_000_000,
+                true,
+                max,
+                RoundEnd::Lower,
+            ),
+        ];
+        for (what, measured, evidence, limited, want) in cases {
+            assert_eq!(
+                validating_round_end(measured, saved, evidence, limited),
+                want,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn evidence_table() {
+        // Evidence from packets sent at delivered = 1000 on.
+        let from = 1_000;
+        let sent_at = |prior_delivered| AckView {
+            prior_delivered,
+            ..ack(prior_delivered.wrapping_add(FLIGHT), 0, 40_000, false)
+        };
+        let cases = [
+            ("sent at the mark, data waiting", sent_at(1_000), true),
+            ("sent after it", sent_at(1_200), true),
+            (
+                "sent before it: the sample spans earlier ACKs",
+                sent_at(999),
+                false,
+            ),
+            (
+                "application-limited",
+                AckView {
+                    data_waiting: false,
+                    ..sent_at(1_200)
+                },
+                false,
+            ),
+        ];
+        for (what, a, want) in cases {
+            assert_eq!(a.evidence(from), want, "{what}");
+        }
+        // Sequence space: `delivered` wraps.
+        assert!(sent_at(5).evidence(u32::MAX - 5));
+        assert!(!sent_at(u32::MAX - 5).evidence(5));
+        // The mark a window-limited ACK sets: past everything in flight.
+        assert_eq!(ack(500, 0, 40_000, false).flight_end(), 500 + FLIGHT);
+    }
+
+    /// Deviation 8: validating rounds whose flights did not test the record keep it; loss and
+    /// RTT growth still retreat while it waits; the wait is bounded.
+    #[test]
+    fn rate_limited_validation_table() {
+        // 5 MB/s is 40% of the record; 11.5 MB/s is 92%.
+        let app = round(5_000_000, Limit::App);
+        let rwnd = round(5_000_000, Limit::Rwnd(200_000));
+        let open_low = round(5_000_000, Limit::None);
+        let at_record = round(11_500_000, Limit::None);
+        let lossy = Round {
+            lost: 20,
+            loss_too_high: true,
+            ..app
+        };
+        let queued = Round {
+            rtt_us: 70_000,
+            ..app
+        };
+        let max = usize::from(MAX_LIMITED_ROUNDS);
+        let full = Action::Validated {
+            bw_bytes_per_sec: 0,
+            pipe_full: true,
+            cwnd_cap_bytes: 0,
+        };
+        // After the jump's round (flights that used the window, 40%): `held` validating rounds
+        // of the first kind, then optionally one of the second.
+        type Case = (
+            &'static str,
+            Round,
+            usize,
+            Option<Round>,
+            Start,
+            Reason,
+            Option<Action>,
+        );
+        let cases: [Case; 8] = [
+            (
+                "two application-limited validating rounds (the second is judged): still validating",
+                app,
+                2,
+                None,
+                Start::Validating,
+                Reason::None,
+                None,
+            ),
+            (
+                "two receive-window-limited validating rounds: still validating",
+                rwnd,
+                2,
+                None,
+                Start::Validating,
+                Reason::None,
+                None,
+            ),
+            (
+                "held back, then a round at the record's rate: validated, pipe full",
+                app,
+                3,
+                Some(at_record),
+                Start::Resumed,
+                Reason::None,
+                Some(full),
+            ),
+            (
+                "held back, then flights that used the window at 40%: the path is slower",
+                app,
+                3,
+                Some(open_low),
+                Start::Resumed,
+                Reason::None,
+                Some(Action::Validated {
+                    bw_bytes_per_sec: 5_000_000,
+                    pipe_full: false,
+                    // Acknowledged since the jump at 100: 10 + 5 rounds of 170.
+                    cwnd_cap_bytes: (10 + 170 * 5) * 1448,
+                }),
+            ),
+            (
+                "held back, then BBR's loss signal: retreat",
+                app,
+                3,
+                Some(lossy),
+                Start::Retreated,
+                Reason::Loss,
+                None,
+            ),
+            (
+                "held back, then a standing queue: retreat",
+                app,
+                3,
+                Some(queued),
+                Start::Retreated,
+                Reason::RttGrowth,
+                None,
+            ),
+            (
+                "held back for the whole bound: still validating",
+                app,
+                max,
+                None,
+                Start::Validating,
+                Reason::None,
+                None,
+            ),
+            (
+                "held back beyond the bound: goes on from what it carried",
+                app,
+                max + 1,
+                None,
+                Start::Resumed,
+                Reason::RateLimited,
+                Some(Action::Validated {
+                    bw_bytes_per_sec: 5_000_000,
+                    pipe_full: false,
+                    cwnd_cap_bytes: (10 + 170 * (max as u64 + 2)) * 1448,
+                }),
+            ),
+        ];
+        for (what, held, n, then, start, reason, action) in cases {
+            let mut buf = [open_low; 16];
+            buf[1..=n].fill(held);
+            let len = match then {
+                Some(r) => {
+                    buf[n + 1] = r;
+                    n + 2
+                }
+                None => n + 1,
+            };
+            let (decisive, slot) = run_rounds(&buf[..len]);
+            assert_eq!(
+                (Start::from_u8(slot.start), Reason::from_u8(slot.reason)),
+                (start, reason),
+                "{what}"
+            );
+            if let Some(want) = action {
+                assert_eq!(decisive, want, "{what}");
+            }
+        }
+    }
+
+    #[test]
     fn per_ack_phases_table() {
         type Case<'a> = (&'a str, &'a [R], Start, Reason);
-        let cases: [Case<'_>; 7] = [
+        let cases: [Case<'_>; 9] = [
             (
                 "clean jump round",
                 &[(170, 0, 40_500, false)],
@@ -969,8 +1439,31 @@ mod tests {
                 Reason::None,
             ),
             (
-                "two clean rounds validate",
+                "two clean rounds: the first validating round's samples still span the jump's \
+                 half-rate ACKs, no evidence yet",
                 &[(170, 0, 40_500, false), (170, 0, 40_200, false)],
+                Start::Validating,
+                Reason::None,
+            ),
+            (
+                "three clean rounds: the second validating round's samples left in the first, \
+                 so they still span the jump's half-rate ACKs",
+                &[
+                    (170, 0, 40_500, false),
+                    (170, 0, 40_200, false),
+                    (170, 0, 40_200, false),
+                ],
+                Start::Validating,
+                Reason::None,
+            ),
+            (
+                "four clean rounds validate",
+                &[
+                    (170, 0, 40_500, false),
+                    (170, 0, 40_200, false),
+                    (170, 0, 40_200, false),
+                    (170, 0, 40_200, false),
+                ],
                 Start::Resumed,
                 Reason::None,
             ),
@@ -996,7 +1489,12 @@ mod tests {
                 // 3 of 170 lost is 1.8%, 5 of 170 is 2.9%: neither raised BBR's signal
                 // (below 2%, or fewer than 6 lossy ACKs), so neither retreats.
                 "random loss BBR does not call congestion is not a retreat",
-                &[(167, 3, 40_100, false), (165, 5, 40_100, false)],
+                &[
+                    (167, 3, 40_100, false),
+                    (165, 5, 40_100, false),
+                    (166, 4, 40_100, false),
+                    (167, 3, 40_100, false),
+                ],
                 Start::Resumed,
                 Reason::None,
             ),
@@ -1031,14 +1529,21 @@ mod tests {
         );
         // The run's delivery samples are 5 MB/s, 40% of the 12.5 MB/s record: validated, and
         // STARTUP goes on from 5 MB/s instead of declaring the pipe full, with cwnd at most
-        // what was acknowledged since the jump (at 100) when validation ended (at 110 + 2 × 170).
-        let (action, _) = run(&[(170, 0, 40_500, false), (170, 0, 40_200, false)]);
+        // what was acknowledged since the jump (at 100) when validation ended (at 110 + 4 × 170:
+        // the third validating round is the first whose samples left after every packet sent
+        // before validation was delivered: evidence).
+        let (action, _) = run(&[
+            (170, 0, 40_500, false),
+            (170, 0, 40_200, false),
+            (170, 0, 40_200, false),
+            (170, 0, 40_200, false),
+        ]);
         assert_eq!(
             action,
             Action::Validated {
                 bw_bytes_per_sec: 5_000_000,
                 pipe_full: false,
-                cwnd_cap_bytes: 350 * 1448,
+                cwnd_cap_bytes: 690 * 1448,
             }
         );
     }

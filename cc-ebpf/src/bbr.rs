@@ -445,7 +445,8 @@ impl Bbr {
     }
 
     /// Deviation 8, careful resume: what this ACK shows it. `sample_bw` is the ACK's delivery
-    /// rate sample.
+    /// rate sample; `snd_wnd_bytes` the peer's advertised window (read only while resume is
+    /// pending, so the common path does not pay for it).
     #[inline(always)]
     pub fn resume_view(
         &self,
@@ -453,6 +454,7 @@ impl Bbr {
         rs: &RateSample,
         cfg: &BbrConfig,
         sample_bw: u32,
+        snd_wnd_bytes: u64,
     ) -> AckView {
         AckView {
             in_startup: self.mode() == Mode::Startup && self.full_bw_reached == 0,
@@ -476,6 +478,9 @@ impl Bbr {
             // that reaches it rather than at the loss round's end.
             loss_too_high: u32::from(self.loss_events_in_round) >= cfg.full_loss_cnt
                 && self.loss_high_in_round != 0,
+            snd_wnd_bytes,
+            prior_delivered: rs.prior_delivered,
+            packets_in_flight: c.packets_in_flight,
         }
     }
 

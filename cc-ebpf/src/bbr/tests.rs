@@ -896,6 +896,10 @@ struct Path {
     /// arrives); the sender never has more than the window out and is then neither cwnd- nor
     /// application-limited. `None`: unlimited.
     rwnd: Option<(u32, u32)>,
+    /// The application's flow-control window (a yamux stream's credit), packets, as `rwnd`:
+    /// when it holds the sender, the sender is application-limited and marks it as the kernel
+    /// does (`tcp_rate_check_app_limited`). `None`: a bulk sender that always has data.
+    app: Option<(u32, u32)>,
 }
 
 /// What a simulated transfer achieved.
@@ -920,6 +924,8 @@ struct Outcome {
     /// When careful resume's validation ended (`Action::Validated`): the cwnd it left and the
     /// packets the path had delivered since the jump (the validated pipe), both in packets.
     after_validation: Option<(u32, u32)>,
+    /// When 8 MiB had been delivered, µs (`bench warm`'s transfer).
+    time_to_8mib_us: Option<u64>,
 }
 
 impl Path {
@@ -931,6 +937,7 @@ impl Path {
             loss,
             resume: None,
             rwnd: None,
+            app: None,
         }
     }
 
@@ -974,6 +981,7 @@ impl Path {
         let mut max_pacing_after_resume = 0u64;
         let mut jump_delivered = 0u32;
         let mut after_validation = None;
+        let mut time_to_8mib_us = None;
         let end_us = secs * 1_000_000;
         let mut t = 0u64;
         while t < end_us {
@@ -1013,6 +1021,9 @@ impl Path {
                     newest = Some(p);
                 }
                 highest_acked = Some(highest_acked.map_or(p, |h| h.max(p)));
+            }
+            if time_to_8mib_us.is_none() && u64::from(c.delivered) * u64::from(MSS) >= 8 << 20 {
+                time_to_8mib_us = Some(t);
             }
             if let Some(n) = newest {
                 last_ack_us = t;
@@ -1063,7 +1074,11 @@ impl Path {
                 s.on_ack(&mut c, &rs, cfg, &mut rand);
                 // Careful resume's stage, as bbr_p2p.rs runs it after the model.
                 if let Some(slot) = slot.as_mut().filter(|_| s.resume_pending != 0) {
-                    let view = s.resume_view(&c, &rs, cfg, Bbr::sample_bw(&rs));
+                    let rwnd = self.rwnd.map_or(u64::MAX, |(initial, growth)| {
+                        u64::from(initial.saturating_add(growth.saturating_mul(c.delivered)))
+                            * u64::from(MSS)
+                    });
+                    let view = s.resume_view(&c, &rs, cfg, Bbr::sample_bw(&rs), rwnd);
                     let min_cwnd = u64::from(cfg.min_cwnd) * u64::from(MSS);
                     let before = slot.start;
                     let action = cc_ebpf_common::resume::on_ack(slot, &view, min_cwnd);
@@ -1170,6 +1185,13 @@ impl Path {
                 {
                     break;
                 }
+                // Held by the application: nothing to send while cwnd has room.
+                if let Some((initial, growth)) = self.app
+                    && inflight >= initial.saturating_add(growth.saturating_mul(c.delivered))
+                {
+                    c.app_limited = c.delivered.wrapping_add(inflight).max(1);
+                    break;
+                }
                 if inflight == 0 {
                     first_tx_us = t;
                     c.delivered_mstamp_us = t;
@@ -1208,6 +1230,7 @@ impl Path {
             lost_first_2s,
             max_pacing_after_resume,
             after_validation,
+            time_to_8mib_us,
         }
     }
 }

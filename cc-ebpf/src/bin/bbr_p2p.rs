@@ -478,7 +478,9 @@ fn resume_stage(
         }
         return;
     };
-    let view = bbr.resume_view(c, rs, cfg, sample_bw);
+    // SAFETY: generated offset of a tcp_sock field; `sk` is the op's socket.
+    let snd_wnd = unsafe { sk.u32(TCP_SOCK__SND_WND) };
+    let view = bbr.resume_view(c, rs, cfg, sample_bw, u64::from(snd_wnd));
     let min_cwnd_bytes = u64::from(cfg.min_cwnd) * u64::from(c.mss);
     let action = resume::on_ack(slot, &view, min_cwnd_bytes);
     bbr.resume_apply(c, cfg, action, slot.bw_bytes_per_sec);
