@@ -113,6 +113,9 @@ fn sim_changed_path_retreats_and_loses_only_the_jumps_inherent_excess() {
     }
 }
 
+/// A run's start and, if validation ended below 80%, (cwnd, validated pipe) in packets.
+type HeldRun = ((Start, Reason), Option<(u32, u32)>);
+
 /// Issue 13's changed path when the receiver's window holds the jump back (`rwnd`: initial
 /// packets, growth per packet delivered), seeds 1–3: the starts, and for each seed that ended
 /// validation below 80% of the record the cwnd it left and the validated pipe. Whatever the
@@ -120,9 +123,7 @@ fn sim_changed_path_retreats_and_loses_only_the_jumps_inherent_excess() {
 /// inherent excess (86 packets, as in the test above), and must not crawl; after a validation
 /// below 80% cwnd must be no more than what the path acknowledged since the jump (RFC 9959's
 /// validated pipe; before c8daa41 it stayed at 189 packets over a 28-packet pipe).
-fn changed_path_held_by_the_receive_window(
-    rwnd: (u32, u32),
-) -> Vec<((Start, Reason), Option<(u32, u32)>)> {
+fn changed_path_held_by_the_receive_window(rwnd: (u32, u32)) -> Vec<HeldRun> {
     let inherent = changed_path_inherent_excess();
     let rwnd = Some(rwnd);
     let mut runs = Vec::new();
