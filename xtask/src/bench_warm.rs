@@ -713,6 +713,9 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
     bed.shape(RATE_MBIT, bdp_bytes(RATE_MBIT))?;
     let (mut resumed, mut cold_p2p, mut cold_bbr) = (Vec::new(), Vec::new(), Vec::new());
     let (mut starts, mut cold_starts) = (Vec::new(), Vec::new());
+    // Retransmitted bytes (a transfer is over within the 2 s sample): resumed, cold bbr-p2p,
+    // cold kernel bbr.
+    let mut retrans: [Vec<f64>; 3] = Default::default();
     // A first transfer makes the record.
     h.set_cc("bbr-p2p")?;
     h.label("same-record");
@@ -728,6 +731,7 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
                     let r = h.transfer()?;
                     starts.push(r.start.clone());
                     resumed.push(r.seconds);
+                    retrans[0].push(r.retrans_2s_bytes as f64);
                 }
                 1 => {
                     h.set_cc("bbr-p2p")?;
@@ -736,13 +740,16 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
                     let r = h.transfer()?;
                     cold_starts.push(r.start.clone());
                     cold_p2p.push(r.seconds);
+                    retrans[1].push(r.retrans_2s_bytes as f64);
                     // Give the record back for the next resumed run.
                 }
                 _ => {
                     h.set_cc("bbr")?;
                     h.receiver_cold_next();
                     h.label("same-cold-bbr");
-                    cold_bbr.push(h.transfer()?.seconds);
+                    let r = h.transfer()?;
+                    cold_bbr.push(r.seconds);
+                    retrans[2].push(r.retrans_2s_bytes as f64);
                 }
             }
         }
@@ -753,10 +760,12 @@ fn same(h: &mut Harness, bed: &Bed, reps: u32) -> anyhow::Result<String> {
     h.set_cc("bbr-p2p")?;
     let (r, p, b) = (median(resumed), median(cold_p2p), median(cold_bbr));
     let resumed_starts = starts.iter().filter(|s| s.starts_with("resumed")).count();
+    let [rr, rp, rb] = retrans.map(median);
     Ok(format!(
         "### Same path (100 Mbit/s, 40 ms, 1 BDP buffer), {reps} reps\n\n\
          | | resumed bbr-p2p | cold bbr-p2p | cold kernel bbr |\n|---|---|---|---|\n\
-         | completion, median | {r:.3} s | {p:.3} s | {b:.3} s |\n\n\
+         | completion, median | {r:.3} s | {p:.3} s | {b:.3} s |\n\
+         | retransmitted bytes, median (no target) | {rr:.0} | {rp:.0} | {rb:.0} |\n\n\
          - resumed / cold kernel bbr = **{:.2}** (target ≤ 0.6: {})\n\
          - resumed / cold bbr-p2p = **{:.2}** (target ≤ 0.6: {})\n\
          - runs that started resumed: {resumed_starts} of {} (starts: {}); cold bbr-p2p starts: {}\n\n",

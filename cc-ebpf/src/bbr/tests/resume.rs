@@ -197,15 +197,27 @@ fn sim_changed_path_held_by_a_window_that_never_opens_keeps_only_the_validated_p
 /// application- or window-limited, which is no evidence against the record (deviation 8):
 /// the resumed flow must keep the record (validated at its rate, not a STARTUP overshoot
 /// from the held-back rate), lose no more than a cold start, and deliver 8 MiB no later.
+///
+/// Also without those windows (a sender that always has data and a receiver that advertises
+/// enough): what resume gives when neither the application nor the receiver holds it back.
 #[test]
 fn sim_same_path_held_by_windows_keeps_the_record() {
-    let path = |resume| Path {
-        resume,
-        rwnd: Some((44, 1)),
-        app: Some((181, 1)),
-        ..Path::mbit(100.0, 40, 500_000, 0.0)
-    };
-    for seed in 1..=3 {
+    fn held(resume: Option<Hint>) -> Path {
+        Path {
+            resume,
+            rwnd: Some((44, 1)),
+            app: Some((181, 1)),
+            ..Path::mbit(100.0, 40, 500_000, 0.0)
+        }
+    }
+    fn bulk(resume: Option<Hint>) -> Path {
+        Path {
+            resume,
+            ..Path::mbit(100.0, 40, 500_000, 0.0)
+        }
+    }
+    let paths: [(u64, fn(Option<Hint>) -> Path); 4] = [(1, held), (2, held), (3, held), (1, bulk)];
+    for (seed, path) in paths {
         let cold = path(None).run(&BbrConfig::DEFAULT, 4, seed);
         let resumed = path(Some(hint())).run(&resumed_cfg(), 4, seed);
         eprintln!(
