@@ -73,6 +73,16 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
     assert_eq!(sockets::cookie(fd.as_fd()).unwrap(), cookie);
     assert_eq!(sockets::congestion(fd.as_fd()).unwrap(), "cubic");
 
+    // The probe refreshes an entry at the first segment of a later kernel tick, from the
+    // state before that segment, so an idle socket's entry lags its last segment (probes.rs
+    // header): under load that last ACK moved srtt 814us -> 2681us. Keepalive makes A answer
+    // B every second with an ACK of nothing new, which refreshes B's entry and changes none of
+    // the fields compared below: the entry must then equal TCP_INFO.
+    let one_s: libc::c_int = 1;
+    sockets::set_option(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, one_s).unwrap();
+    sockets::set_option(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, one_s).unwrap();
+    sockets::set_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, one_s).unwrap();
+
     let label = ("peer_id", a.peer_id.as_str());
     let mut last = String::new();
     let agreed = eventually(Duration::from_secs(10), || {
@@ -82,9 +92,15 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         let srtt = metric(&text, "p2pcc_peer_srtt_seconds", label)?;
         let acked = metric(&text, "p2pcc_peer_acked_bytes_total", label)?;
         let pacing = metric(&text, "p2pcc_peer_pacing_rate_bytes_per_second", label)?;
+        let events = common::metric_value(&text, "p2pcc_ebpf_probe_events_total")?;
         last = format!(
-            "exported cwnd {cwnd} srtt {srtt}s acked {acked} pacing {pacing}; TCP_INFO cwnd {} rtt {}us acked {} pacing {}",
-            info.snd_cwnd, info.rtt_us, info.bytes_acked, info.pacing_rate
+            "exported cwnd {cwnd} srtt {srtt}s acked {acked} pacing {pacing} events {events}; TCP_INFO cwnd {} rtt {}us acked {} pacing {} segs_in {} data_segs_in {}",
+            info.snd_cwnd,
+            info.rtt_us,
+            info.bytes_acked,
+            info.pacing_rate,
+            info.segs_in,
+            info.data_segs_in
         );
         // Value series carry only peer_id; the algorithm is on peer_info.
         let algorithm_label = text.contains(&format!(
@@ -99,8 +115,15 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         let acked_ok = acked <= info.bytes_acked as f64
             && acked >= 67_108_864.0
             && info.bytes_acked as f64 - acked <= 1_048_576.0;
+        // tcp_probe runs once per segment B's socket receives, and B's node tracks only this
+        // socket. segs_in counts a GRO'd data segment once per MSS, so it bounds the events
+        // from above; each pure ACK (segs_in - data_segs_in) is one event, so they bound them
+        // from below, but for the handshake's few before the node marked the socket.
+        let pure_acks = f64::from(info.segs_in - info.data_segs_in);
+        let events_ok = events <= f64::from(info.segs_in) && events >= pure_acks - 16.0;
         (cwnd > 0.0
             && srtt > 0.0
+            && events_ok
             && algorithm_label
             && acked_ok
             && cwnd_agrees(cwnd, info.snd_cwnd)
@@ -113,15 +136,9 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         None => panic!("metrics never agreed with TCP_INFO: {last}"),
     }
 
-    // eBPF health: the probe ran and the node tracks exactly its own sockets.
+    // eBPF health: all four programs are attached.
     let text = b.get("/metrics");
     assert!(text.contains("p2pcc_ebpf_programs_attached 4"), "{text}");
-    let events =
-        common::metric_value(&text, "p2pcc_ebpf_probe_events_total").expect("probe events counter");
-    assert!(
-        events > 1000.0,
-        "tcp_probe ran only {events} times for a 64 MiB transfer"
-    );
 }
 
 #[test]
