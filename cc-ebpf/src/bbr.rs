@@ -171,6 +171,10 @@
 //!     fires. Host simulation, one flow beside CUBIC over 0–12 s, 8 seeds: 4 BDPs Jain's
 //!     index 0.632 → 0.733 (bbr-p2p 11.8 → 19.7 Mbit/s), over 0–24 s 0.736 → 0.906; 0.5 BDP
 //!     unchanged (0.969); 8 staggered flows on 1 BDP unchanged (0.881, 64 seeds).
+//!     A receiver that delays its ACKs during PROBE_RTT can make this rule adopt a higher
+//!     `min_rtt` (a larger cwnd): bounded by `inflight_hi` on loss and undone by the next
+//!     lower RTT sample, which the filter takes at once; a receiver can inflate any sender's
+//!     window by its ACKs already, so this adds no new route.
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
