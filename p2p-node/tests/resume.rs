@@ -37,9 +37,13 @@ fn start(node: &Node, cookie: u64) -> (String, String) {
     .unwrap_or_else(|| panic!("bbr-p2p never decided how connection {cookie} starts"))
 }
 
-/// `start` of `node`'s next new connection to `peer`.
+/// `start` of `node`'s next new connection to `peer`. bbr-p2p takes the node's resume entry on
+/// the first ACK after the handshake binds the PeerId; an idle connection may see none for a
+/// while (identify can finish before the bind, and ping comes every 15 s), so `node` first sends
+/// `peer` 256 KiB on it.
 fn new_start(node: &Node, peer: &str, seen: &mut HashSet<u64>) -> (String, String) {
     let cookie = new_connection(node, peer, seen);
+    upload(node, peer, 256 << 10);
     start(node, cookie)
 }
 
