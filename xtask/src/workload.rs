@@ -157,10 +157,7 @@ fn bulk_bytes(receiver: &Link) -> u64 {
 /// Back-to-back perf uploads from `sender` to `receiver` until the run stops.
 fn bulk_uploads(sender: &NodeApi, receiver: &NodeApi, token: &str, running: &impl Fn() -> bool) {
     let bytes = bulk_bytes(&receiver.link);
-    let body = format!(
-        r#"{{"peer":"{}","upload_bytes":{bytes}}}"#,
-        receiver.peer_id
-    );
+    let body = serde_json::json!({ "peer": receiver.peer_id, "upload_bytes": bytes }).to_string();
     // At a tenth of the link rate an upload would still finish within this.
     let timeout = Duration::from_secs(BULK_SECONDS * 10 + 30);
     println!(
