@@ -30,8 +30,7 @@
 //!    |     ^      |     |       -> after 2-3 s (or min(BDP, 63) rounds): REFILL (1.0, one
 //!    |     |      |     |       round, short-term bounds lifted) -> UP (1.25, inflight_hi
 //!    |     +------+     |       grows 1, 2, 4.. packets per round) -> DOWN when bw stops
-//!    |                  |       growing, a round loses > 2% (inflight_hi = inflight then),
-//!    |                  |       or a round of UP put 1.25 BDP in flight (deviation 17)
+//!    |                  |       growing or a round loses > 2% (inflight_hi = inflight then)
 //!    +---- PROBE_RTT <--+     no RTT sample as low for 5 s: cwnd 0.5 BDP for 200 ms and a
 //!                             round, then PROBE_BW (CRUISE) or STARTUP
 //! ```
@@ -116,10 +115,9 @@
 //!     the BDP cruising held cwnd at the BDP, cwnd-limited in half the samples.
 //! 12. **Only data sent faster than the estimate raises it, and a burst is no rate.** A
 //!     delivery-rate sample counts towards `bw_hi` above the current `max_bw` only if the data
-//!     it ACKs was sent while probing (STARTUP, UP once its ACKs are v3's
-//!     `BBR_ACKS_PROBE_FEEDBACK`: the first round of UP ACKs what REFILL sent at the estimate,
-//!     or the first round of DOWN after a probe that met no loss, whose ACKs are for what UP
-//!     sent: deviation 17 can end UP before they are in) and its ACKs came back no faster than it was sent (else the kernel divided by the send
+//!     it ACKs was sent while probing (STARTUP, or UP once its ACKs are v3's
+//!     `BBR_ACKS_PROBE_FEEDBACK`: the first round of UP ACKs what REFILL sent at the estimate)
+//!     and its ACKs came back no faster than it was sent (else the kernel divided by the send
 //!     interval and the sample is the sending rate); other samples count up to `max_bw`. A
 //!     sample that delivered no more than one TSO burst (`tso_segs_goal`) does not count at
 //!     all: the packets left together and a token bucket on the path passes such a burst at
@@ -177,26 +175,6 @@
 //!     `min_rtt` (a larger cwnd): bounded by `inflight_hi` on loss and undone by the next
 //!     lower RTT sample, which the filter takes at once; a receiver can inflate any sender's
 //!     window by its ACKs already, so this adds no new route.
-//! 17. **UP also ends once a round of it put `probe_up_gain` × the BDP in flight into an
-//!     empty queue** (BBRv2's `is_queuing` exit, `bw_probe_pif_gain`, which v3 dropped): v3
-//!     leaves UP only on loss, on reaching `inflight_hi`, or on a bandwidth plateau — 3 rounds
-//!     without 25% growth. On a deep buffer without loss that is 3 rounds at gain 1.25: each
-//!     adds a quarter of a BDP (more, as the rounds lengthen) to the queue, and DOWN at 0.91
-//!     drains it at 9% of the rate (kernel trace, 100 Mbit/s, 20 ms, 2 MB: UP 70 ms, inflight
-//!     170 → 330 packets on a 166-packet BDP, smoothed RTT up to 39 ms, DOWN 200 ms; 84% of
-//!     the samples above the 90th percentile were in DOWN, 16% in UP; bench (a): p95 RTT 1.2–1.3
-//!     × kernel bbr's, whose v1 cycle probes at 1.25 for one min RTT). Here UP ends at the
-//!     first ACK for data UP sent (`BBR_ACKS_PROBE_FEEDBACK`) on which the flight is at least
-//!     `bbr_inflight(max_bw, probe_up_gain)`, if deviation 14's test says the queue did not
-//!     stand all round (UP starts a loss round, so this is the round that ACKed what REFILL
-//!     sent): the probe found the queue empty and what queues now is its own 25%. Bandwidth is
-//!     still discovered: the probe's feedback raises `max_bw` up to the end of DOWN's first
-//!     round (deviation 12), each probe by up to 25%, and while it rises within UP so does the
-//!     target. Behind a queue that stood all round (other flows keep the buffer full, e.g.
-//!     CUBIC on 4 BDP) v3's exits alone apply: ending the probe there only cedes the buffer.
-//!     Host simulation, 100 Mbit/s, 20 ms, 2 MB: RTT p95 33.3 → 20.3 ms, utilisation 0.973 →
-//!     0.972; one flow beside CUBIC on 4 BDP, 4 seeds, 0–12 s Jain's index 0.723 → 0.708,
-//!     15–30 s 0.894 → 0.912; 8 staggered flows on 1 BDP, 4 seeds, 0.860 → 0.860.
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
@@ -715,19 +693,14 @@ impl Bbr {
             as u32
     }
 
-    /// Deviation 12: whether the ACKed data was sent faster than the estimate: in STARTUP, in
-    /// UP once the ACKs are for data sent in UP (v3's `BBR_ACKS_PROBE_FEEDBACK`; the first
-    /// round of UP ACKs what REFILL sent at the estimate), or in the first round of DOWN after
-    /// a probe that met no loss, whose ACKs are still for what UP sent (`PROBE_STOPPING`
-    /// with `bw_probe_samples` set; UP can end before its feedback is in, deviation 17).
+    /// Deviation 12: whether the ACKed data was sent faster than the estimate: in STARTUP, or
+    /// in UP once the ACKs are for data sent in UP (v3's `BBR_ACKS_PROBE_FEEDBACK`; the first
+    /// round of UP ACKs what REFILL sent at the estimate).
     #[inline(always)]
     fn sent_probing(&self) -> bool {
-        (self.pacing_gain > BBR_UNIT
+        self.pacing_gain > BBR_UNIT
             && (self.mode() == Mode::Startup
-                || (self.in_phase(Phase::Up) && self.ack_phase == ack_phase::PROBE_FEEDBACK)))
-            || (self.in_phase(Phase::Down)
-                && self.ack_phase == ack_phase::PROBE_STOPPING
-                && self.bw_probe_samples != 0)
+                || (self.in_phase(Phase::Up) && self.ack_phase == ack_phase::PROBE_FEEDBACK))
     }
 
     /// Deviation 12: the sample delivered no more than one TSO burst (`tso_segs_goal`): the
@@ -1379,20 +1352,6 @@ impl Bbr {
         inflight <= self.inflight_with_headroom(cfg) && inflight <= self.inflight(cfg, bw, BBR_UNIT)
     }
 
-    /// Deviation 17 (BBRv2's `is_queuing` exit of UP): a round of UP has passed — the ACKs
-    /// are for data the probe sent — the flight is at least `probe_up_gain` × the BDP, and
-    /// the bottleneck's queue did not stand through the loss round (deviation 14's test; UP
-    /// starts a loss round): the probe found the queue empty, so what queues now is its own
-    /// extra volume. If the path had room for it, the feedback raises `max_bw` (deviation 12
-    /// takes the probe's samples until its last ACK), and with it this target. Behind a queue
-    /// that stood all round (other flows keep the buffer full) v3's exits alone apply.
-    #[inline(always)]
-    fn probe_is_queuing(&self, cfg: &BbrConfig, inflight: u32, bw: u32) -> bool {
-        self.ack_phase == ack_phase::PROBE_FEEDBACK
-            && inflight >= self.inflight(cfg, bw, cfg.probe_up_gain)
-            && !self.queue_stood_all_round()
-    }
-
     /// `bbr_update_cycle_phase`: the PROBE_BW state machine.
     #[inline(always)]
     fn update_cycle_phase<R: FnMut() -> u32>(
@@ -1426,9 +1385,6 @@ impl Bbr {
                 if self.prev_probe_too_high != 0 && inflight >= self.inflight_hi {
                     // The last probe met loss at this volume: do not push past it again.
                     self.stopped_risky_probe = 1;
-                    done = true;
-                } else if self.probe_is_queuing(cfg, inflight, bw) {
-                    // Deviation 17: the probe's 25% is in flight and its feedback is coming.
                     done = true;
                 } else if c.cwnd_limited && c.cwnd >= self.inflight_hi {
                     // inflight_hi limits the probe: keep probing while it grows.

@@ -84,7 +84,7 @@ fn probe_bw_phase_transitions() {
     let cfg = BbrConfig::DEFAULT;
     // (name, start phase, set-up, expected phase)
     type Setup = fn(&mut Bbr, &mut Conn, &mut RateSample);
-    let table: [(&str, Phase, Setup, Phase); 15] = [
+    let table: [(&str, Phase, Setup, Phase); 11] = [
         (
             "DOWN stays while inflight is above the BDP",
             Phase::Down,
@@ -150,46 +150,6 @@ fn probe_bw_phase_transitions() {
             Phase::Up,
             |s, _, _| s.full_bw_now = 1,
             Phase::Down,
-        ),
-        (
-            "UP ends once its feedback is in with 1.25 BDP in flight (deviation 17)",
-            Phase::Up,
-            |s, _, rs| {
-                s.ack_phase = ack_phase::PROBE_FEEDBACK;
-                s.round_min_rtt_us = 20_500;
-                rs.prior_in_flight = 230;
-            },
-            Phase::Down,
-        ),
-        (
-            "UP continues while its first round (REFILL's data) is being ACKed",
-            Phase::Up,
-            |s, _, rs| {
-                s.ack_phase = ack_phase::PROBE_STARTING;
-                s.round_min_rtt_us = 20_500;
-                rs.prior_in_flight = 230;
-            },
-            Phase::Up,
-        ),
-        (
-            "UP continues below 1.25 BDP in flight",
-            Phase::Up,
-            |s, _, rs| {
-                s.ack_phase = ack_phase::PROBE_FEEDBACK;
-                s.round_min_rtt_us = 20_500;
-                rs.prior_in_flight = 210;
-            },
-            Phase::Up,
-        ),
-        (
-            "UP continues behind a queue that stood all round (v3's exits only)",
-            Phase::Up,
-            |s, _, rs| {
-                s.ack_phase = ack_phase::PROBE_FEEDBACK;
-                s.round_min_rtt_us = 60_000;
-                rs.prior_in_flight = 230;
-            },
-            Phase::Up,
         ),
         (
             "UP continues while inflight_hi limits it",
@@ -1286,12 +1246,10 @@ fn sim_deep_buffer_fills_the_link_with_a_short_queue() {
         "median RTT {} µs on a 20 ms path",
         out.rtt_p50_us
     );
-    // A probe queues at most the 25% it adds for about a round before DOWN drains it
-    // (deviation 17; v3's plateau exit alone, 3 rounds at gain 1.25, gave 33 ms here): the
-    // 95th percentile stays below 1.25 × the propagation delay (a loss-based flow would fill
-    // the 2 MB buffer: 180 ms).
+    // Probing queues for a few rounds every 2–3 s: the 95th percentile stays below twice the
+    // propagation delay (a loss-based flow would fill the 2 MB buffer: 180 ms).
     assert!(
-        out.rtt_p95_us < 25_000,
+        out.rtt_p95_us < 40_000,
         "95th percentile RTT {} µs",
         out.rtt_p95_us
     );
@@ -1390,26 +1348,19 @@ fn sim_sub_millisecond_path_fills_the_link() {
 #[test]
 fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
     let cfg = BbrConfig::DEFAULT;
-    // (phase, ACK phase, probe samples, packets delivered, raises)
+    // (phase, ACK phase, packets delivered, raises)
     let table = [
-        (Phase::Up, ack_phase::PROBE_FEEDBACK, 1, 170, true),
+        (Phase::Up, ack_phase::PROBE_FEEDBACK, 170, true),
         // ACKs of what REFILL sent, at the estimate.
-        (Phase::Up, ack_phase::PROBE_STARTING, 1, 170, false),
+        (Phase::Up, ack_phase::PROBE_STARTING, 170, false),
         // One TSO burst (at 125 Mbit/s, 1 ms of pacing is 10 packets).
-        (Phase::Up, ack_phase::PROBE_FEEDBACK, 1, 4, false),
-        (Phase::Cruise, ack_phase::INIT, 0, 170, false),
-        // The first round of DOWN ACKs what UP sent (deviation 17 ends UP before that).
-        (Phase::Down, ack_phase::PROBE_STOPPING, 1, 170, true),
-        // ... unless the probe met loss (its samples no longer count) ...
-        (Phase::Down, ack_phase::PROBE_STOPPING, 0, 170, false),
-        // ... and no longer once DOWN's own data is ACKed.
-        (Phase::Down, ack_phase::INIT, 0, 170, false),
+        (Phase::Up, ack_phase::PROBE_FEEDBACK, 4, false),
+        (Phase::Cruise, ack_phase::INIT, 170, false),
     ];
-    for (phase, ack, probe_samples, delivered, raises) in table {
+    for (phase, ack, delivered, raises) in table {
         let (mut s, mut c) = probe_bw(phase);
         s.update_gains(&cfg);
         s.ack_phase = ack;
-        s.bw_probe_samples = probe_samples;
         c.pacing_rate = 125_000_000 / 8;
         s.refresh_tso_segs_goal(&c);
         let rs = RateSample {
@@ -1427,7 +1378,7 @@ fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
         assert_eq!(
             s.max_bw(),
             want,
-            "{phase:?} ack phase {ack} probe samples {probe_samples} delivered {delivered}"
+            "{phase:?} ack phase {ack} delivered {delivered}"
         );
     }
 }
