@@ -396,6 +396,46 @@ fn trace_flow(cc: &str, n: u8) -> Vec<TraceSample> {
         sampler.join().expect("sampler")
     });
     flow.finish();
+    // Where the retransmissions came from: packets the random-loss rule dropped (its counter)
+    // and packets the bottleneck's tbf dropped (a full buffer).
+    let rules = common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.router,
+        "iptables-legacy",
+        "-L",
+        "FORWARD",
+        "-v",
+        "-x",
+        "-n",
+    ]);
+    let random_drops: u64 = rules
+        .lines()
+        .filter(|l| l.contains("statistic"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    let qdisc = common::sh(&[
+        "tc",
+        "-n",
+        &net.router,
+        "-s",
+        "qdisc",
+        "show",
+        "dev",
+        "p2pcc-r2",
+    ]);
+    let queue_drops: u64 = qdisc
+        .split("dropped ")
+        .nth(1)
+        .and_then(|t| t.split(',').next()?.trim().parse().ok())
+        .unwrap_or(0);
+    let last = &samples.last().expect("samples").info;
+    eprintln!(
+        "{cc}: over the whole flow {} segments retransmitted of {} sent; dropped by the random-loss \
+         rule {random_drops}, by the bottleneck queue {queue_drops}",
+        last.total_retrans, last.data_segs_out
+    );
     samples
 }
 
@@ -435,8 +475,74 @@ fn summarize(cc: &str, samples: &[TraceSample]) {
         (s.last().unwrap().info.sndbuf_limited - s[0].info.sndbuf_limited) as f64 * 100.0
             / (s.last().unwrap().info.busy_time - s[0].info.busy_time).max(1) as f64,
     );
+    // The bench's RTT statistic is the smoothed RTT's median and 95th percentile.
+    let mut srtts: Vec<u32> = s.iter().map(|x| x.info.rtt_us).collect();
+    srtts.sort_unstable();
+    let srtt_q =
+        |q: f64| f64::from(srtts[((srtts.len() - 1) as f64 * q).round() as usize]) / 1000.0;
+    eprintln!(
+        "  srtt p50 {:.1} ms, p90 {:.1}, p95 {:.1}, p99 {:.1}, max {:.1}",
+        srtt_q(0.5),
+        srtt_q(0.9),
+        srtt_q(0.95),
+        srtt_q(0.99),
+        srtt_q(1.0)
+    );
+    if let Ok(path) = std::env::var("P2PCC_TRACE_DUMP")
+        && s[0].state.is_none()
+    {
+        use std::fmt::Write as _;
+        let mut csv = String::from("t,ca,cwnd,inflight,pacing,srtt\n");
+        for x in &s {
+            let _ = writeln!(
+                csv,
+                "{:.3},{},{},{},{:.1},{}",
+                x.at.as_secs_f64(),
+                x.info.ca_state,
+                x.info.snd_cwnd,
+                inflight(&x.info),
+                x.info.pacing_rate as f64 * 8e-6,
+                x.info.rtt_us
+            );
+        }
+        std::fs::write(format!("{path}.{cc}"), csv).unwrap();
+    }
     if s[0].state.is_none() {
         return;
+    }
+    // Which phases the tail comes from: the samples at or above the 90th percentile.
+    let tail = srtt_q(0.9) * 1000.0;
+    let tail_samples: Vec<&&TraceSample> = s
+        .iter()
+        .filter(|x| f64::from(x.info.rtt_us) >= tail)
+        .collect();
+    for (mode, phase) in [
+        (Mode::ProbeBw, Some(Phase::Up)),
+        (Mode::ProbeBw, Some(Phase::Down)),
+        (Mode::ProbeBw, Some(Phase::Cruise)),
+        (Mode::ProbeBw, Some(Phase::Refill)),
+        (Mode::ProbeRtt, None),
+        (Mode::Startup, None),
+        (Mode::Drain, None),
+    ] {
+        let of = |x: &TraceSample| {
+            let st = x.state.unwrap();
+            st.mode() == mode && (phase.is_none() || Some(st.phase()) == phase)
+        };
+        let in_tail = tail_samples.iter().filter(|x| of(x)).count();
+        let all: Vec<u32> = s.iter().filter(|x| of(x)).map(|x| x.info.rtt_us).collect();
+        if all.is_empty() {
+            continue;
+        }
+        eprintln!(
+            "  srtt >= p90 ({:.1} ms) in {mode:?}/{phase:?}: {:.0}% of the tail; {:.0}% of samples \
+             there, srtt mean {:.1} max {:.1} ms",
+            tail / 1000.0,
+            in_tail as f64 * 100.0 / tail_samples.len().max(1) as f64,
+            all.len() as f64 * 100.0 / n,
+            all.iter().map(|&r| f64::from(r)).sum::<f64>() / all.len() as f64 / 1000.0,
+            f64::from(*all.iter().max().unwrap()) / 1000.0
+        );
     }
     let to_mbit = |bw: u32| cc_ebpf_common::bbr::bw_to_bytes_per_sec(bw, mss) as f64 * 8e-6;
     // Per phase: share of samples, goodput while in it, cwnd-limited share, bounds.
@@ -540,7 +646,7 @@ fn summarize(cc: &str, samples: &[TraceSample]) {
                 st.tso_segs_goal
             );
         }
-        std::fs::write(path, csv).unwrap();
+        std::fs::write(format!("{path}.{cc}"), csv).unwrap();
     }
 }
 
