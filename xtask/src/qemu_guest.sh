@@ -130,8 +130,10 @@ if mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup &&
     sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" \
         $N run --listen /ip4/127.0.0.1/tcp/4004 --http 127.0.0.1:9504 --cc cubic >/tmp/d.log 2>&1 &
     D_PID=$!
+    # The node logs its libp2p address before its HTTP API is bound: poll the API itself (one
+    # CI run fetched nothing, the API not yet up, under the guest's software emulation).
     wait_for 40 has_addr /tmp/d.log
-    timeout 10 wget -qO /tmp/limited.json http://127.0.0.1:9504/api/node
+    wait_for 40 timeout 10 wget -qO /tmp/limited.json http://127.0.0.1:9504/api/node
     in_cg=$(cat "/proc/$D_PID/cgroup" 2>/dev/null)
     limited=$(limits_of /tmp/limited.json)
     free=$(limits_of /tmp/node.json)
