@@ -6,9 +6,11 @@
 pub const BBR_STATE_MAP: &str = "BBR_STATE";
 /// Name of the two-slot array holding the [`BbrConfig`] (see [`BBR_CONFIG_SLOT_MAP`]).
 pub const BBR_CONFIG_MAP: &str = "BBR_CONFIG";
-/// Name of the single-entry array holding the index (0 or 1) of the [`BBR_CONFIG_MAP`] slot in
-/// use. A writer fills the other slot, then switches the index (one aligned 32-bit store, which
-/// a program reads whole): an ACK sees the old tunables or the new ones, never a mix.
+/// Name of the single-entry array holding the config generation: its low bit is the index of
+/// the [`BBR_CONFIG_MAP`] slot in use. A writer fills the other slot, then stores the next
+/// generation (one aligned 32-bit store, which a program reads whole): an ACK sees the old
+/// tunables or the new ones, never a mix, and a program that remembers the generation knows
+/// whether the tunables changed since (the per-ACK fast path, `cc_ebpf::bbr` deviation 17).
 pub const BBR_CONFIG_SLOT_MAP: &str = "BBR_CFG_SLOT";
 /// Slots of the [`BBR_CONFIG_MAP`] array: the one in use and the one being written.
 pub const BBR_CONFIG_SLOTS: u32 = 2;
@@ -219,8 +221,29 @@ pub struct BbrState {
     /// an ACK that does not change the pacing rate divides nothing for it.
     pub tso_segs_goal: u8,
     pub _pad: [u8; 2],
+    // --- the per-ACK fast path (`cc_ebpf::bbr` deviation 17): what the last full ACK left
+    // that an ACK changing nothing would recompute identically; valid while `fast_ok` ---
+    /// The earlier of the PROBE_RTT interval's and the min-RTT window's expiry, µs.
+    pub fast_rtt_deadline_us: u64,
+    /// cwnd target (`bbr_set_cwnd`'s, after the quantization budget), packets.
+    pub fast_target: u32,
+    /// The cap `bbr_bound_cwnd_for_inflight_model` applies (at least `min_cwnd`), packets.
+    pub fast_cap: u32,
+    pub fast_min_cwnd: u32,
+    /// `min(probe_max_rounds, BDP)`: the Reno-coexistence round bound before the cwnd term.
+    pub fast_reno_rounds: u32,
+    /// A delivery-rate sample at or above this restarts full-pipe detection
+    /// ([`u32::MAX`]: the pipe is full, nothing does).
+    pub fast_full_bw_bar: u32,
+    /// The config generation (`BBR_CFG_SLOT`'s value) the envelope was computed with.
+    pub fast_cfg_gen: u32,
+    /// 1: the fields above hold, for the state as the last full ACK left it.
+    pub fast_ok: u8,
+    /// 1: `extra_acked_gain` is not 0 (the ACK-aggregation estimate runs).
+    pub fast_aggr: u8,
+    pub _pad2: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<BbrState>() == 208);
+const _: () = assert!(core::mem::size_of::<BbrState>() == 248);
 
 /// 8-byte words after the state in each socket's storage value, for the eBPF side's per-op
 /// scratch (the socket as read for the current ACK and its rate sample, kept off the 512-byte
@@ -235,7 +258,7 @@ pub struct BbrStorage {
     pub state: BbrState,
     pub scratch: [u64; BBR_SCRATCH_WORDS],
 }
-const _: () = assert!(core::mem::size_of::<BbrStorage>() == 208 + 8 * BBR_SCRATCH_WORDS);
+const _: () = assert!(core::mem::size_of::<BbrStorage>() == 248 + 8 * BBR_SCRATCH_WORDS);
 
 impl BbrState {
     pub fn mode(&self) -> Mode {

@@ -305,6 +305,16 @@ fn ns_to_us(ns: u64) -> u64 {
     (ns.min(u64::from(u32::MAX)) * RECIPROCAL) >> 42
 }
 
+/// `bbr_calculate_bw_sample`: `delivered` / `interval_us`, rounded up (0: no valid sample).
+#[inline(always)]
+fn sample_bw_of(delivered: i32, interval_us: i64) -> u32 {
+    if interval_us <= 0 || delivered < 0 {
+        return 0;
+    }
+    let interval = interval_us as u64;
+    div_u64(delivered as u64 * BW_UNIT + interval - 1, interval).min(u64::from(u32::MAX)) as u32
+}
+
 /// `after(a, b)` for 32-bit sequence-like counters.
 #[inline(always)]
 fn after32(a: u32, b: u32) -> bool {
@@ -321,9 +331,15 @@ impl Conn {
     /// Bytes per second for `rate` packets/µs << BW_SCALE at `gain` (`bbr_rate_bytes_per_sec`).
     #[inline(always)]
     fn rate_bytes_per_sec(&self, rate: u64, gain: u32) -> u64 {
-        let r = (rate * u64::from(self.mss) * u64::from(gain)) >> BBR_SCALE_U64;
-        (r * (1_000_000 / 100 * (100 - PACING_MARGIN_PERCENT))) >> BW_SCALE
+        rate_bytes_per_sec(self.mss, rate, gain)
     }
+}
+
+/// `bbr_rate_bytes_per_sec` for segments of `mss` bytes.
+#[inline(always)]
+fn rate_bytes_per_sec(mss: u32, rate: u64, gain: u32) -> u64 {
+    let r = (rate * u64::from(mss) * u64::from(gain)) >> BBR_SCALE_U64;
+    (r * (1_000_000 / 100 * (100 - PACING_MARGIN_PERCENT))) >> BW_SCALE
 }
 
 const BBR_SCALE_U64: u64 = cc_ebpf_common::bbr::BBR_SCALE as u64;
@@ -500,6 +516,7 @@ impl Bbr {
     ) {
         let mss = u64::from(c.mss);
         let packets = |bytes: u64| div_u64(bytes, mss).min(u64::from(u32::MAX)) as u32;
+        self.fast_ok = 0;
         match action {
             Action::None => {}
             Action::Jump(j) => {
@@ -566,7 +583,9 @@ impl Bbr {
     /// keeps pacing and cwnd if nothing moved.
     ///
     /// The eBPF glue runs the same [`AckStage`]s one by one with a barrier between them (see
-    /// `bbr_p2p.rs`); this is the sequence both follow.
+    /// `bbr_p2p.rs`); this is the sequence both follow. It ends by refreshing the per-ACK fast
+    /// path's envelope (deviation 17), here for config generation 0; this is the full model,
+    /// which [`Self::on_ack_fast_first`] is checked against.
     #[inline(always)]
     pub fn on_ack<R: FnMut() -> u32>(
         &mut self,
@@ -582,6 +601,25 @@ impl Bbr {
                 self.ack_stage(stage, c, rs, cfg, ack, rand);
             }
         }
+        self.refresh_fast_path(cfg, 0);
+    }
+
+    /// What the eBPF glue does per ACK: the fast path (deviation 17) if it applies, else the
+    /// full model ([`Self::on_ack`]). Returns whether the fast path took the ACK. Config
+    /// generation 0: the caller must not change `cfg` between ACKs.
+    #[inline(always)]
+    pub fn on_ack_fast_first<R: FnMut() -> u32>(
+        &mut self,
+        c: &mut Conn,
+        rs: &RateSample,
+        cfg: &BbrConfig,
+        rand: &mut R,
+    ) -> bool {
+        if self.ack_fast(&FastAck::of(c, rs, 0)) {
+            return true;
+        }
+        self.on_ack(c, rs, cfg, rand);
+        false
     }
 
     /// The start of `bbr_main`: rounds, the delivery-rate sample and the latest delivery
@@ -685,12 +723,7 @@ impl Bbr {
     /// `bbr_calculate_bw_sample`: delivered / interval, rounded up (0: no valid sample).
     #[inline(always)]
     fn sample_bw(rs: &RateSample) -> u32 {
-        if rs.interval_us <= 0 || rs.delivered < 0 {
-            return 0;
-        }
-        let interval = rs.interval_us as u64;
-        div_u64(rs.delivered as u64 * BW_UNIT + interval - 1, interval).min(u64::from(u32::MAX))
-            as u32
+        sample_bw_of(rs.delivered, rs.interval_us)
     }
 
     /// Deviation 12: whether the ACKed data was sent faster than the estimate: in STARTUP, or
@@ -943,6 +976,7 @@ impl Bbr {
         event: u32,
         rand: &mut R,
     ) {
+        self.fast_ok = 0;
         if event == CA_EVENT_TX_START && c.app_limited != 0 {
             self.idle_restart = 1;
             self.ack_epoch_stamp_us = c.delivered_mstamp_us;
@@ -1074,10 +1108,7 @@ impl Bbr {
             let (recovered, conserving) = self.recover_or_restore(c, rs, acked);
             cwnd = recovered;
             if !conserving {
-                let target = self
-                    .bdp(bw, gain)
-                    .saturating_add(self.ack_aggregation_cwnd(cfg));
-                let target = self.quantization_budget(cfg, target);
+                let target = self.cwnd_target(cfg, bw, gain);
                 self.try_fast_path = 0;
                 if self.full_bw_reached != 0 {
                     cwnd = cwnd.saturating_add(acked);
@@ -1144,14 +1175,29 @@ impl Bbr {
     /// `inflight_lo`.
     #[inline(always)]
     fn bound_cwnd_for_inflight_model(&mut self, c: &mut Conn, cfg: &BbrConfig) {
+        c.cwnd = c.cwnd.min(self.inflight_cap(cfg));
+    }
+
+    /// The cap [`Self::bound_cwnd_for_inflight_model`] applies in the current mode and phase.
+    #[inline(always)]
+    fn inflight_cap(&self, cfg: &BbrConfig) -> u32 {
         let mut cap = UNBOUNDED;
         if self.mode() == Mode::ProbeBw && !self.in_phase(Phase::Cruise) {
             cap = self.inflight_hi;
         } else if self.mode() == Mode::ProbeRtt || self.in_phase(Phase::Cruise) {
             cap = self.inflight_with_headroom(cfg);
         }
-        cap = cap.min(self.inflight_lo).max(cfg.min_cwnd);
-        c.cwnd = c.cwnd.min(cap);
+        cap.min(self.inflight_lo).max(cfg.min_cwnd)
+    }
+
+    /// `bbr_set_cwnd`'s target: BDP × gain plus the ACK-aggregation allowance, within the
+    /// quantization budget.
+    #[inline(always)]
+    fn cwnd_target(&self, cfg: &BbrConfig, bw: u32, gain: u32) -> u32 {
+        let target = self
+            .bdp(bw, gain)
+            .saturating_add(self.ack_aggregation_cwnd(cfg));
+        self.quantization_budget(cfg, target)
     }
 
     /// `bbr_raise_inflight_hi_slope`: the next round grows `inflight_hi` by 2^rounds packets.
@@ -1454,28 +1500,34 @@ impl Bbr {
                 self.extra_acked[idx] = 0;
             }
         }
-        let epoch_us = c
-            .delivered_mstamp_us
-            .saturating_sub(self.ack_epoch_stamp_us);
-        let mut expected =
-            ((u64::from(self.bw()) * epoch_us) >> BW_SCALE).min(u64::from(u32::MAX)) as u32;
-        if self.ack_epoch_acked <= expected
-            || self.ack_epoch_acked.saturating_add(rs.acked_sacked) >= ACK_EPOCH_ACKED_RESET
-        {
-            self.ack_epoch_acked = 0;
-            self.ack_epoch_stamp_us = c.delivered_mstamp_us;
-            expected = 0;
-        }
-        self.ack_epoch_acked = self
-            .ack_epoch_acked
-            .saturating_add(rs.acked_sacked)
-            .min(0xf_ffff);
-        let extra = (self.ack_epoch_acked - expected.min(self.ack_epoch_acked)).min(c.cwnd);
+        let (acked, stamp_us, extra) =
+            self.ack_epoch(c.delivered_mstamp_us, rs.acked_sacked, c.cwnd);
+        self.ack_epoch_acked = acked;
+        self.ack_epoch_stamp_us = stamp_us;
         let idx = usize::from(self.extra_acked_win_idx & 1);
         let slot = &mut self.extra_acked[idx];
         if extra > *slot {
             *slot = extra;
         }
+    }
+
+    /// The ACK epoch after `acked` more packets at `delivered_mstamp_us`: (packets ACKed in
+    /// the epoch, its start, the packets ACKed beyond what the estimate expected, at most
+    /// `cwnd`) — the per-ACK part of `bbr_update_ack_aggregation`.
+    #[inline(always)]
+    fn ack_epoch(&self, delivered_mstamp_us: u64, acked: u32, cwnd: u32) -> (u32, u64, u32) {
+        let (mut epoch_acked, mut stamp_us) = (self.ack_epoch_acked, self.ack_epoch_stamp_us);
+        let epoch_us = delivered_mstamp_us.saturating_sub(stamp_us);
+        let mut expected =
+            ((u64::from(self.bw()) * epoch_us) >> BW_SCALE).min(u64::from(u32::MAX)) as u32;
+        if epoch_acked <= expected || epoch_acked.saturating_add(acked) >= ACK_EPOCH_ACKED_RESET {
+            epoch_acked = 0;
+            stamp_us = delivered_mstamp_us;
+            expected = 0;
+        }
+        epoch_acked = epoch_acked.saturating_add(acked).min(0xf_ffff);
+        let extra = (epoch_acked - expected.min(epoch_acked)).min(cwnd);
+        (epoch_acked, stamp_us, extra)
     }
 
     /// `bbr_check_full_bw_reached` (v3): the delivery rate grew less than 25% for 3 rounds;
@@ -1580,7 +1632,7 @@ impl Bbr {
         cfg: &BbrConfig,
         rand: &mut R,
     ) {
-        let interval_us = cfg.probe_rtt_interval_us.min(cfg.min_rtt_window_us / 2);
+        let interval_us = Self::probe_rtt_interval_us(cfg);
         let probe_rtt_expired = c.now_us > self.probe_rtt_min_stamp_us + u64::from(interval_us);
         if rs.rtt_us >= 0
             && ((rs.rtt_us as u64) < u64::from(self.probe_rtt_min_us)
@@ -1629,6 +1681,12 @@ impl Bbr {
         }
     }
 
+    /// Deviation 7: the PROBE_RTT interval, at most half the min-RTT window.
+    #[inline(always)]
+    fn probe_rtt_interval_us(cfg: &BbrConfig) -> u32 {
+        cfg.probe_rtt_interval_us.min(cfg.min_rtt_window_us / 2)
+    }
+
     /// `bbr_update_gains` (v3).
     #[inline(always)]
     fn update_gains(&mut self, cfg: &BbrConfig) {
@@ -1650,6 +1708,7 @@ impl Bbr {
     /// from before it, and restart full-pipe detection.
     #[inline(always)]
     pub fn on_undo(&mut self) -> u32 {
+        self.fast_ok = 0;
         self.reset_full_bw();
         self.loss_in_round = 0;
         self.loss_high_in_round = 0;
@@ -1665,6 +1724,7 @@ impl Bbr {
     /// restore after recovery and an undo.
     #[inline(always)]
     pub fn on_ssthresh(&mut self, c: &Conn) -> u32 {
+        self.fast_ok = 0;
         self.save_cwnd(c.cwnd);
         self.undo_bw_lo = self.bw_lo;
         self.undo_inflight_lo = self.inflight_lo;
@@ -1676,6 +1736,7 @@ impl Bbr {
     /// the short-term volume at what was in flight; leaving it restores cwnd.
     #[inline(always)]
     pub fn on_set_state(&mut self, c: &mut Conn, cfg: &BbrConfig, new_state: u8) {
+        self.fast_ok = 0;
         if new_state == TCP_CA_LOSS {
             self.prev_ca_state = TCP_CA_LOSS;
             self.reset_full_bw();
@@ -1690,6 +1751,226 @@ impl Bbr {
             c.cwnd = c.cwnd.max(self.prior_cwnd);
             self.try_fast_path = 0;
         }
+    }
+}
+
+/// The inputs of the per-ACK fast path ([`Bbr::ack_fast`], deviation 17): 8 socket fields (9
+/// in packet conservation) and 8 of the rate sample, where the full model reads 22 and 10.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastAck {
+    /// The config generation in use (`BBR_CFG_SLOT`'s value).
+    pub cfg_gen: u32,
+    pub now_us: u64,
+    pub delivered_mstamp_us: u64,
+    pub ca_state: u8,
+    /// `tcp_packets_in_flight(tp)`, read only in packet conservation.
+    pub packets_in_flight: u32,
+    pub cwnd: u32,
+    pub cwnd_clamp: u32,
+    pub mss: u32,
+    pub pacing_rate: u64,
+    pub max_pacing_rate: u64,
+    pub prior_delivered: u32,
+    pub delivered: i32,
+    pub interval_us: i64,
+    pub rtt_us: i64,
+    pub losses: i32,
+    pub acked_sacked: u32,
+    pub prior_in_flight: u32,
+    pub is_app_limited: bool,
+}
+
+impl FastAck {
+    /// The fast path's view of an ACK the full model sees as `c` and `rs`.
+    pub fn of(c: &Conn, rs: &RateSample, cfg_gen: u32) -> Self {
+        Self {
+            cfg_gen,
+            now_us: c.now_us,
+            delivered_mstamp_us: c.delivered_mstamp_us,
+            ca_state: c.ca_state,
+            packets_in_flight: c.packets_in_flight,
+            cwnd: c.cwnd,
+            cwnd_clamp: c.cwnd_clamp,
+            mss: c.mss,
+            pacing_rate: c.pacing_rate,
+            max_pacing_rate: c.max_pacing_rate,
+            prior_delivered: rs.prior_delivered,
+            delivered: rs.delivered,
+            interval_us: rs.interval_us,
+            rtt_us: rs.rtt_us,
+            losses: rs.losses,
+            acked_sacked: rs.acked_sacked,
+            prior_in_flight: rs.prior_in_flight,
+            is_app_limited: rs.is_app_limited,
+        }
+    }
+}
+
+/// Deviation 17: the per-ACK fast path.
+impl Bbr {
+    /// After a full ACK: whether the next ACK may take the fast path, and the values the fast
+    /// path compares against, computed by the same functions the full model uses. Only
+    /// PROBE_BW CRUISE past STARTUP, with gains as `update_gains` sets them for `cfg`, outside
+    /// careful resume.
+    #[inline(always)]
+    pub fn refresh_fast_path(&mut self, cfg: &BbrConfig, cfg_gen: u32) {
+        self.fast_ok = 0;
+        if !self.in_phase(Phase::Cruise)
+            || self.full_bw_reached == 0
+            || self.has_seen_rtt == 0
+            || self.resume_pending != 0
+            || self.max_bw() == 0
+            || self.min_rtt_us == u32::MAX
+            || self.pacing_gain != BBR_UNIT
+            || self.cwnd_gain != cfg.cwnd_gain
+        {
+            return;
+        }
+        let bw = self.bw();
+        self.fast_target = self.cwnd_target(cfg, bw, self.cwnd_gain);
+        self.fast_cap = self.inflight_cap(cfg);
+        self.fast_min_cwnd = cfg.min_cwnd;
+        self.fast_reno_rounds = cfg
+            .probe_max_rounds
+            .min(self.inflight(cfg, bw, BBR_UNIT));
+        self.fast_full_bw_bar = if self.full_bw_now != 0 {
+            u32::MAX
+        } else {
+            scale(self.full_bw, cfg.full_bw_thresh)
+        };
+        self.fast_rtt_deadline_us = (self.probe_rtt_min_stamp_us
+            + u64::from(Self::probe_rtt_interval_us(cfg)))
+        .min(self.min_rtt_stamp_us + u64::from(cfg.min_rtt_window_us));
+        self.fast_aggr = u8::from(cfg.extra_acked_gain != 0);
+        self.fast_cfg_gen = cfg_gen;
+        self.fast_ok = 1;
+    }
+
+    /// The fast path: if this ACK, run through the full model ([`Self::on_ack`]), would leave
+    /// cwnd, pacing rate and every decision as they are, it makes the state changes the full
+    /// model would (the round's RTT and delivery maxima, the max-bw filter's current cycle
+    /// below `max_bw`, the ACK epoch, `try_fast_path`, ...) and returns true; otherwise it
+    /// changes nothing and returns false, and the caller runs the full model. Each condition
+    /// names the step of the full model it rules out.
+    #[inline(always)]
+    pub fn ack_fast(&mut self, a: &FastAck) -> bool {
+        // The envelope holds, and was computed with these tunables.
+        if self.fast_ok == 0 || a.cfg_gen != self.fast_cfg_gen {
+            return false;
+        }
+        // A valid delivery sample without losses, inside the round and the loss round
+        // (no round start: the ack phase, rounds_since_probe, the aggregation window, the
+        // full-pipe count, the short-term bounds; no loss accounting).
+        if a.interval_us <= 0
+            || a.acked_sacked == 0
+            || a.delivered <= 0
+            || a.losses != 0
+            || !after32(self.next_round_delivered, a.prior_delivered)
+            || !after32(self.loss_round_delivered, a.prior_delivered)
+            || self.loss_high_in_round != 0
+        {
+            return false;
+        }
+        // No timer due: PROBE_RTT and the min-RTT window, the probe wait, the Reno round bound
+        // (`check_time_to_probe_bw`, with the ACK's cwnd as `target_inflight` takes it).
+        if a.now_us > self.fast_rtt_deadline_us
+            || a.delivered_mstamp_us > self.cycle_stamp_us + u64::from(self.probe_wait_us)
+            || u32::from(self.rounds_since_probe) >= self.fast_reno_rounds.min(a.cwnd)
+        {
+            return false;
+        }
+        // No new PROBE_RTT-interval minimum; `inflight_hi` not raised (`adapt_upper_bounds`).
+        if (a.rtt_us >= 0 && a.rtt_us < i64::from(self.probe_rtt_min_us))
+            || a.prior_in_flight > self.inflight_hi
+        {
+            return false;
+        }
+        // No recovery entered or left (`recover_or_restore`).
+        let prev = self.prev_ca_state;
+        if (a.ca_state == TCP_CA_RECOVERY && prev != TCP_CA_RECOVERY)
+            || (prev >= TCP_CA_RECOVERY && a.ca_state < TCP_CA_RECOVERY)
+        {
+            return false;
+        }
+        let sample_bw = sample_bw_of(a.delivered, a.interval_us);
+        let max_bw = self.max_bw();
+        // v3's app-limited fast path inside the full model: the model's update and the
+        // controls are skipped (ack_begin, Ack::runs).
+        let v3_fast = self.try_fast_path != 0
+            && a.is_app_limited
+            && sample_bw < max_bw
+            && self.loss_in_round == 0;
+        let mut try_fast_path = self.try_fast_path;
+        let (mut epoch_acked, mut epoch_stamp_us, mut extra) =
+            (self.ack_epoch_acked, self.ack_epoch_stamp_us, 0);
+        if !v3_fast {
+            // Full-pipe detection does not restart (`check_full_bw_reached`).
+            if !a.is_app_limited && sample_bw >= self.fast_full_bw_bar {
+                return false;
+            }
+            // The aggregation allowance does not grow (`update_ack_aggregation`).
+            if self.fast_aggr != 0 {
+                (epoch_acked, epoch_stamp_us, extra) =
+                    self.ack_epoch(a.delivered_mstamp_us, a.acked_sacked, a.cwnd);
+                if extra > self.extra_acked[0].max(self.extra_acked[1]) {
+                    return false;
+                }
+            }
+            // The pacing rate stays (`set_pacing_rate`: the same bw, gain, MSS and cap).
+            let rate = rate_bytes_per_sec(a.mss, u64::from(self.bw()), self.pacing_gain)
+                .min(a.max_pacing_rate);
+            if rate != a.pacing_rate {
+                return false;
+            }
+            // cwnd stays (`set_cwnd`, then `bound_cwnd_for_inflight_model`): in packet
+            // conservation (the first round of recovery) at least the flight plus the ACKed
+            // packets, otherwise towards the target.
+            let cwnd = if self.packet_conservation != 0 {
+                a.cwnd.max(a.packets_in_flight.saturating_add(a.acked_sacked))
+            } else {
+                let grown = a.cwnd.saturating_add(a.acked_sacked);
+                let at_target = grown >= self.fast_target;
+                try_fast_path = u8::from(at_target);
+                if at_target { self.fast_target } else { grown }.max(self.fast_min_cwnd)
+            };
+            if cwnd.min(a.cwnd_clamp).min(self.fast_cap) != a.cwnd {
+                return false;
+            }
+        }
+        // The ACK changes nothing the controls depend on: make the full model's other changes.
+        self.round_start = 0;
+        self.loss_round_start = 0;
+        if a.rtt_us > 0 {
+            self.round_min_rtt_us = self
+                .round_min_rtt_us
+                .min(a.rtt_us.min(i64::from(u32::MAX)) as u32);
+        }
+        self.last_bw_sample = sample_bw;
+        self.bw_latest = self.bw_latest.max(sample_bw);
+        self.inflight_latest = self.inflight_latest.max(a.delivered as u32);
+        if !v3_fast {
+            // `update_congestion_signals` in CRUISE (not probing): samples count up to max_bw.
+            if (!a.is_app_limited || sample_bw >= max_bw)
+                && a.delivered > self.tso_segs_goal() as i32
+            {
+                self.bw_hi[1] = self.bw_hi[1].max(sample_bw.min(max_bw));
+            }
+            if self.fast_aggr != 0 {
+                self.ack_epoch_acked = epoch_acked;
+                self.ack_epoch_stamp_us = epoch_stamp_us;
+                let idx = usize::from(self.extra_acked_win_idx & 1);
+                self.extra_acked[idx] = self.extra_acked[idx].max(extra);
+            }
+            self.prev_ca_state = a.ca_state;
+            self.try_fast_path = try_fast_path;
+        }
+        // `update_min_rtt` with nothing expired: the filter's equal minimum carries its stamp.
+        if self.probe_rtt_min_us <= self.min_rtt_us {
+            self.min_rtt_us = self.probe_rtt_min_us;
+            self.min_rtt_stamp_us = self.probe_rtt_min_stamp_us;
+        }
+        self.idle_restart = 0;
+        true
     }
 }
 

@@ -30,6 +30,7 @@ fn bw_of_mbit(mbit: u64) -> u32 {
 }
 
 /// A deterministic random source (xorshift64*), for the model and the simulated loss.
+#[derive(Clone)]
 struct Rng(u64);
 
 impl Rng {
@@ -47,6 +48,23 @@ impl Rng {
 
 fn no_rand() -> impl FnMut() -> u32 {
     || 0
+}
+
+/// Deviation 17's differential check, on every ACK of the simulations: the ACK goes through
+/// the fast path (the full model when it does not apply), and from the same state, socket
+/// and random source through the full model alone; both must leave the same state (every
+/// field, the envelope included) and the same socket (cwnd, pacing rate, ...). Returns
+/// whether the fast path took the ACK.
+fn ack_both(s: &mut Bbr, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, rng: &mut Rng) -> bool {
+    let (mut full, mut c_full, mut rng_full) = (*s, *c, rng.clone());
+    let fast = s.on_ack_fast_first(c, rs, cfg, &mut || rng.next());
+    full.on_ack(&mut c_full, rs, cfg, &mut || rng_full.next());
+    assert_eq!(
+        (&*s, &*c),
+        (&full, &c_full),
+        "fast path (took the ACK: {fast}) against the full model on {rs:?}"
+    );
+    fast
 }
 
 /// A flow in PROBE_BW on a 100 Mbit/s, 20 ms path (BDP ≈ 173 packets), cwnd at 2 BDP.
@@ -900,6 +918,9 @@ struct Path {
     /// when it holds the sender, the sender is application-limited and marks it as the kernel
     /// does (`tcp_rate_check_app_limited`). `None`: a bulk sender that always has data.
     app: Option<(u32, u32)>,
+    /// Application-limited phases: `(period, cap)` — in the second half of every `period` µs
+    /// the application keeps at most `cap` packets in flight (marked as `app`).
+    app_phases: Option<(u64, u32)>,
 }
 
 /// What a simulated transfer achieved.
@@ -926,6 +947,9 @@ struct Outcome {
     after_validation: Option<(u32, u32)>,
     /// When 8 MiB had been delivered, µs (`bench warm`'s transfer).
     time_to_8mib_us: Option<u64>,
+    /// ACKs the fast path took (deviation 17), of all ACKs.
+    fast_acks: u64,
+    all_acks: u64,
 }
 
 impl Path {
@@ -938,6 +962,7 @@ impl Path {
             resume: None,
             rwnd: None,
             app: None,
+            app_phases: None,
         }
     }
 
@@ -949,7 +974,6 @@ impl Path {
         let warmup_us = 3_000_000;
         let mut rng = Rng(seed);
         let mut model_rng = Rng(seed ^ 0x5555);
-        let mut rand = || model_rng.next();
         let mut s = Bbr::default();
         let mut c = conn();
         c.now_us = 1;
@@ -982,6 +1006,7 @@ impl Path {
         let mut jump_delivered = 0u32;
         let mut after_validation = None;
         let mut time_to_8mib_us = None;
+        let (mut all_acks, mut fast_acks) = (0u64, 0u64);
         let end_us = secs * 1_000_000;
         let mut t = 0u64;
         while t < end_us {
@@ -1071,7 +1096,9 @@ impl Path {
                     .tag
                     .sample(t, &c, kernel_min_rtt, losses, acked, prior_in_flight);
                 let (hi_before, phase_before) = (s.inflight_hi, (s.mode(), s.phase()));
-                s.on_ack(&mut c, &rs, cfg, &mut rand);
+                let took = ack_both(&mut s, &mut c, &rs, cfg, &mut model_rng);
+                fast_acks += u64::from(took);
+                all_acks += 1;
                 // Careful resume's stage, as bbr_p2p.rs runs it after the model.
                 if let Some(slot) = slot.as_mut().filter(|_| s.resume_pending != 0) {
                     let rwnd = self.rwnd.map_or(u64::MAX, |(initial, growth)| {
@@ -1192,6 +1219,13 @@ impl Path {
                     c.app_limited = c.delivered.wrapping_add(inflight).max(1);
                     break;
                 }
+                if let Some((period, cap)) = self.app_phases
+                    && t % period >= period / 2
+                    && inflight >= cap
+                {
+                    c.app_limited = c.delivered.wrapping_add(inflight).max(1);
+                    break;
+                }
                 if inflight == 0 {
                     first_tx_us = t;
                     c.delivered_mstamp_us = t;
@@ -1231,6 +1265,8 @@ impl Path {
             max_pacing_after_resume,
             after_validation,
             time_to_8mib_us,
+            fast_acks,
+            all_acks,
         }
     }
 }
@@ -1328,6 +1364,41 @@ fn an_ack_compressed_sample_does_not_raise_the_estimate() {
         s.ack_phase = ack_phase::PROBE_FEEDBACK;
         s.update_congestion_signals(&c, &rs, &cfg, bw_of_mbit(125));
         assert_eq!(s.max_bw(), want, "ack_compressed {compressed}");
+    }
+}
+
+/// Deviation 17: every simulated ACK is checked against the full model (`ack_both`); here the
+/// paths that exercise each part of it — a deep buffer (CRUISE with probes), random loss on a
+/// 1-BDP and a 15 kB buffer (recovery, packet conservation, the loss rounds, the short-term
+/// bounds), an application that holds the flight at 60 packets (a third of the BDP) every other
+/// second (app-limited samples, v3's own fast path), 24 s (four PROBE_RTTs) —
+/// and the share of ACKs the fast path takes, so that the check is not vacuous.
+#[test]
+fn sim_fast_path_matches_the_full_model_and_takes_most_acks() {
+    let bdp_bytes = (100e6 / 8.0 * 0.020) as usize;
+    let cases = [
+        ("2 MB buffer", Path::mbit(100.0, 20, 2_000_000, 0.0), 0.75),
+        ("1 BDP, 1% loss", Path::mbit(100.0, 20, bdp_bytes, 0.01), 0.75),
+        ("15 kB, 1% loss", Path::mbit(100.0, 20, 15_000, 0.01), 0.75),
+        (
+            "app-limited",
+            Path {
+                app_phases: Some((2_000_000, 60)),
+                ..Path::mbit(100.0, 20, 2_000_000, 0.0)
+            },
+            0.6,
+        ),
+    ];
+    for (name, path, least) in cases {
+        for seed in [1, 2] {
+            let out = path.run(&BbrConfig::DEFAULT, 24, seed);
+            let share = out.fast_acks as f64 / out.all_acks as f64;
+            eprintln!(
+                "{name} seed {seed}: fast path {} of {} ACKs ({share:.3}), utilisation {:.3}",
+                out.fast_acks, out.all_acks, out.utilisation
+            );
+            assert!(share >= least, "{name} seed {seed}: fast path share {share:.3}");
+        }
     }
 }
 

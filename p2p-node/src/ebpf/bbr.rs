@@ -58,12 +58,14 @@ impl Config {
         self.slots.get(&(slot & 1), 0)
     }
 
-    /// Fills the slot not in use, then switches to it (one 32-bit store the programs read
-    /// whole): an ACK sees the old tunables or the new ones. The old slot is only rewritten
-    /// by the next update; an op runs for microseconds, so no reader is still on it then.
+    /// Fills the slot not in use, then switches to it by storing the next generation (its low
+    /// bit is the slot; one 32-bit store the programs read whole): an ACK sees the old
+    /// tunables or the new ones, and a program that kept the generation sees that they
+    /// changed. The old slot is only rewritten by the next update; an op runs for
+    /// microseconds, so no reader is still on it then.
     fn set(&mut self, config: BbrConfig) -> Result<(), aya::maps::MapError> {
-        let next = (self.in_use.get(&0, 0)? + 1) & 1;
-        self.slots.set(next, config, 0)?;
+        let next = self.in_use.get(&0, 0)?.wrapping_add(1);
+        self.slots.set(next & 1, config, 0)?;
         self.in_use.set(0, next, 0)
     }
 }
@@ -251,7 +253,8 @@ pub fn resume_map_shape() -> sys::MapShape {
     }
 }
 
-/// What this build reads and writes in `BBR_CFG_SLOT`: an array of one `u32` slot index.
+/// What this build reads and writes in `BBR_CFG_SLOT`: an array of one `u32` generation
+/// (its low bit the slot index).
 pub fn config_slot_map_shape() -> sys::MapShape {
     sys::MapShape {
         map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,

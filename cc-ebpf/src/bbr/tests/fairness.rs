@@ -258,8 +258,7 @@ impl Flow {
                 .sample(t, c, self.kernel_min_rtt, losses, acked, prior_in_flight);
             match &mut self.alg {
                 Algorithm::BbrP2p(s) => {
-                    let rng = &mut self.rng;
-                    s.on_ack(c, &rs, cfg, &mut || rng.next());
+                    super::ack_both(s, c, &rs, cfg, &mut self.rng);
                 }
                 Algorithm::Cubic(cubic) => {
                     if c.ca_state == TCP_CA_OPEN {
