@@ -443,7 +443,7 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
         )
     };
     let cfg_gen = config_gen();
-    // Deviation 17: an ACK that changes nothing the controls depend on takes the fast path,
+    // Deviation 18: an ACK that changes nothing the controls depend on takes the fast path,
     // which reads 16 fields instead of 32 and leaves cwnd and pacing rate as they are.
     if bbr.fast_ok != 0 {
         // SAFETY: `sk` is the op's tcp_sock, `rs` its rate sample.
