@@ -921,6 +921,10 @@ struct Path {
     /// Application-limited phases: `(period, cap)` — in the second half of every `period` µs
     /// the application keeps at most `cap` packets in flight (marked as `app`).
     app_phases: Option<(u64, u32)>,
+    /// Each ACK reaches the sender up to this many µs late (uniform, in order): the jitter of
+    /// a delay line or a receiver's GRO, which spreads the delivery-rate samples around the
+    /// link's rate so that a max filter over them reads above it.
+    ack_jitter_us: u64,
 }
 
 /// What a simulated transfer achieved.
@@ -933,6 +937,10 @@ struct Outcome {
     /// Median and 95th percentile RTT samples, µs.
     rtt_p50_us: u64,
     rtt_p95_us: u64,
+    /// Median and 95th percentile of the smoothed RTT (the kernel's `srtt`, what the bench
+    /// reads as `tcpi_rtt`) sampled every 10 ms after the warm-up, µs.
+    srtt_p50_us: u64,
+    srtt_p95_us: u64,
     /// Smallest `inflight_hi` after STARTUP ended (u32::MAX: never bounded).
     min_inflight_hi: u32,
     bdp_pkts: f64,
@@ -963,6 +971,7 @@ impl Path {
             rwnd: None,
             app: None,
             app_phases: None,
+            ack_jitter_us: 0,
         }
     }
 
@@ -974,6 +983,8 @@ impl Path {
         let warmup_us = 3_000_000;
         let mut rng = Rng(seed);
         let mut model_rng = Rng(seed ^ 0x5555);
+        let mut jitter_rng = Rng(seed ^ 0xaaaa);
+        let mut last_ack_at = 0u64;
         let mut s = Bbr::default();
         let mut c = conn();
         c.now_us = 1;
@@ -997,6 +1008,7 @@ impl Path {
         let mut cwnd_limited = false;
         let (mut sent, mut lost_total, mut delivered_after_warmup) = (0u64, 0u64, 0u64);
         let mut rtts = Vec::new();
+        let mut srtts = Vec::new();
         let mut min_inflight_hi = u32::MAX;
         let mut slot = self
             .resume
@@ -1020,7 +1032,13 @@ impl Path {
                     break;
                 }
                 queue.pop_front();
-                acks.push_back((p, depart as u64 + self.rtt_us));
+                let mut at = depart as u64 + self.rtt_us;
+                if self.ack_jitter_us > 0 {
+                    at += u64::from(jitter_rng.next()) % self.ack_jitter_us;
+                    at = at.max(last_ack_at);
+                    last_ack_at = at;
+                }
+                acks.push_back((p, at));
             }
             // ACKs arrive.
             let mut newest: Option<usize> = None;
@@ -1184,6 +1202,9 @@ impl Path {
                     min_inflight_hi = min_inflight_hi.min(s.inflight_hi);
                 }
             }
+            if t > warmup_us && t.is_multiple_of(10_000) && srtt != 0 {
+                srtts.push(srtt);
+            }
             // Retransmission timeout: everything out is lost.
             if inflight > 0 && t - last_ack_us > 200_000.max(2 * srtt) {
                 for pkt in packets[first_undone..].iter_mut().filter(|p| !p.done) {
@@ -1251,13 +1272,17 @@ impl Path {
             }
         }
         rtts.sort_unstable();
+        srtts.sort_unstable();
         let q = |f: f64| rtts[((rtts.len() - 1) as f64 * f) as usize];
+        let sq = |f: f64| srtts[((srtts.len() - 1) as f64 * f) as usize];
         let capacity = self.rate_pkts_per_us * (end_us - warmup_us) as f64;
         Outcome {
             utilisation: delivered_after_warmup as f64 / capacity,
             loss_fraction: lost_total as f64 / sent as f64,
             rtt_p50_us: q(0.5),
             rtt_p95_us: q(0.95),
+            srtt_p50_us: sq(0.5),
+            srtt_p95_us: sq(0.95),
             min_inflight_hi,
             bdp_pkts: self.rate_pkts_per_us * self.rtt_us as f64,
             start: slot.map_or((0, 0), |s| (s.start, s.reason)),
@@ -1456,3 +1481,4 @@ fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
 
 mod fairness;
 mod resume;
+mod tail;

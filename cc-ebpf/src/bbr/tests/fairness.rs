@@ -326,18 +326,18 @@ struct Shared {
 
 /// What each flow got over the shared window.
 #[derive(Debug)]
-struct Shares {
+pub(super) struct Shares {
     /// Mbit/s per flow, in start order.
-    mbit: Vec<f64>,
+    pub(super) mbit: Vec<f64>,
     /// Packets lost ÷ sent, all flows.
-    loss_fraction: f64,
+    pub(super) loss_fraction: f64,
     /// Each bbr-p2p flow's max-bw estimate when it left STARTUP, Mbit/s, in start order.
     startup_exit_mbit: Vec<Option<f64>>,
 }
 
 impl Shares {
     /// Jain's index (Σx)² / (n·Σx²).
-    fn jain(&self) -> f64 {
+    pub(super) fn jain(&self) -> f64 {
         let sum: f64 = self.mbit.iter().sum();
         let sq: f64 = self.mbit.iter().map(|x| x * x).sum();
         sum * sum / (self.mbit.len() as f64 * sq)
@@ -517,7 +517,7 @@ fn trace() -> bool {
 
 /// Scenario (e): eight bbr-p2p flows on 100 Mbit/s, 20 ms, a 1-BDP buffer, started 1 s apart,
 /// measured over the `window_s` seconds after the last one started.
-fn eight_staggered(cfg: &BbrConfig, window_s: u64, seed: u64) -> Shares {
+pub(super) fn eight_staggered(cfg: &BbrConfig, window_s: u64, seed: u64) -> Shares {
     let path = Shared::new(100.0, 20, 250_000);
     let flows = (0..8)
         .map(|i| {
@@ -533,7 +533,7 @@ fn eight_staggered(cfg: &BbrConfig, window_s: u64, seed: u64) -> Shares {
 
 /// Scenario (d): one bbr-p2p flow and one CUBIC flow started together on 100 Mbit/s, 20 ms,
 /// a buffer of `bdps` BDPs, measured over `[skip_s, secs)`.
-fn with_cubic(cfg: &BbrConfig, bdps: f64, skip_s: u64, secs: u64, seed: u64) -> Shares {
+pub(super) fn with_cubic(cfg: &BbrConfig, bdps: f64, skip_s: u64, secs: u64, seed: u64) -> Shares {
     let path = Shared::new(100.0, 20, (250_000.0 * bdps) as usize);
     let flows = vec![
         Flow::new(Algorithm::BbrP2p(Box::default()), 0, seed),
