@@ -1773,7 +1773,9 @@ impl Bbr {
 }
 
 /// The inputs of the per-ACK fast path ([`Bbr::ack_fast`], deviation 17): 8 socket fields (9
-/// in packet conservation) and 8 of the rate sample, where the full model reads 22 and 10.
+/// in packet conservation) and the rate sample, where the full model reads 22 socket fields.
+/// The glue reads the rate sample once per ACK: an ACK the fast path declines goes to the full
+/// model with this one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastAck {
     /// The config generation in use (`BBR_CFG_SLOT`'s value).
@@ -1788,14 +1790,7 @@ pub struct FastAck {
     pub mss: u32,
     pub pacing_rate: u64,
     pub max_pacing_rate: u64,
-    pub prior_delivered: u32,
-    pub delivered: i32,
-    pub interval_us: i64,
-    pub rtt_us: i64,
-    pub losses: i32,
-    pub acked_sacked: u32,
-    pub prior_in_flight: u32,
-    pub is_app_limited: bool,
+    pub rs: RateSample,
 }
 
 impl FastAck {
@@ -1812,19 +1807,12 @@ impl FastAck {
             mss: c.mss,
             pacing_rate: c.pacing_rate,
             max_pacing_rate: c.max_pacing_rate,
-            prior_delivered: rs.prior_delivered,
-            delivered: rs.delivered,
-            interval_us: rs.interval_us,
-            rtt_us: rs.rtt_us,
-            losses: rs.losses,
-            acked_sacked: rs.acked_sacked,
-            prior_in_flight: rs.prior_in_flight,
-            is_app_limited: rs.is_app_limited,
+            rs: *rs,
         }
     }
 }
 
-/// Deviation 18: the per-ACK fast path.
+/// Deviation 17: the per-ACK fast path.
 impl Bbr {
     /// After a full ACK: whether the next ACK may take the fast path, and the values the fast
     /// path compares against, computed by the same functions the full model uses. Only
@@ -1879,12 +1867,12 @@ impl Bbr {
         // A valid delivery sample without losses, inside the round and the loss round
         // (no round start: the ack phase, rounds_since_probe, the aggregation window, the
         // full-pipe count, the short-term bounds; no loss accounting).
-        if a.interval_us <= 0
-            || a.acked_sacked == 0
-            || a.delivered <= 0
-            || a.losses != 0
-            || !after32(self.next_round_delivered, a.prior_delivered)
-            || !after32(self.loss_round_delivered, a.prior_delivered)
+        if a.rs.interval_us <= 0
+            || a.rs.acked_sacked == 0
+            || a.rs.delivered <= 0
+            || a.rs.losses != 0
+            || !after32(self.next_round_delivered, a.rs.prior_delivered)
+            || !after32(self.loss_round_delivered, a.rs.prior_delivered)
             || self.loss_high_in_round != 0
         {
             return false;
@@ -1898,8 +1886,8 @@ impl Bbr {
             return false;
         }
         // No new PROBE_RTT-interval minimum; `inflight_hi` not raised (`adapt_upper_bounds`).
-        if (a.rtt_us >= 0 && a.rtt_us < i64::from(self.probe_rtt_min_us))
-            || a.prior_in_flight > self.inflight_hi
+        if (a.rs.rtt_us >= 0 && a.rs.rtt_us < i64::from(self.probe_rtt_min_us))
+            || a.rs.prior_in_flight > self.inflight_hi
         {
             return false;
         }
@@ -1910,12 +1898,12 @@ impl Bbr {
         {
             return false;
         }
-        let sample_bw = sample_bw_of(a.delivered, a.interval_us);
+        let sample_bw = sample_bw_of(a.rs.delivered, a.rs.interval_us);
         let max_bw = self.max_bw();
         // v3's app-limited fast path inside the full model: the model's update and the
         // controls are skipped (ack_begin, Ack::runs).
         let v3_fast = self.try_fast_path != 0
-            && a.is_app_limited
+            && a.rs.is_app_limited
             && sample_bw < max_bw
             && self.loss_in_round == 0;
         let mut try_fast_path = self.try_fast_path;
@@ -1923,13 +1911,13 @@ impl Bbr {
             (self.ack_epoch_acked, self.ack_epoch_stamp_us, 0);
         if !v3_fast {
             // Full-pipe detection does not restart (`check_full_bw_reached`).
-            if !a.is_app_limited && sample_bw >= self.fast_full_bw_bar {
+            if !a.rs.is_app_limited && sample_bw >= self.fast_full_bw_bar {
                 return false;
             }
             // The aggregation allowance does not grow (`update_ack_aggregation`).
             if self.fast_aggr != 0 {
                 (epoch_acked, epoch_stamp_us, extra) =
-                    self.ack_epoch(a.delivered_mstamp_us, a.acked_sacked, a.cwnd);
+                    self.ack_epoch(a.delivered_mstamp_us, a.rs.acked_sacked, a.cwnd);
                 if extra > self.extra_acked[0].max(self.extra_acked[1]) {
                     return false;
                 }
@@ -1944,9 +1932,9 @@ impl Bbr {
             // conservation (the first round of recovery) at least the flight plus the ACKed
             // packets, otherwise towards the target.
             let cwnd = if self.packet_conservation != 0 {
-                a.cwnd.max(a.packets_in_flight.saturating_add(a.acked_sacked))
+                a.cwnd.max(a.packets_in_flight.saturating_add(a.rs.acked_sacked))
             } else {
-                let grown = a.cwnd.saturating_add(a.acked_sacked);
+                let grown = a.cwnd.saturating_add(a.rs.acked_sacked);
                 let at_target = grown >= self.fast_target;
                 try_fast_path = u8::from(at_target);
                 if at_target { self.fast_target } else { grown }.max(self.fast_min_cwnd)
@@ -1958,18 +1946,18 @@ impl Bbr {
         // The ACK changes nothing the controls depend on: make the full model's other changes.
         self.round_start = 0;
         self.loss_round_start = 0;
-        if a.rtt_us > 0 {
+        if a.rs.rtt_us > 0 {
             self.round_min_rtt_us = self
                 .round_min_rtt_us
-                .min(a.rtt_us.min(i64::from(u32::MAX)) as u32);
+                .min(a.rs.rtt_us.min(i64::from(u32::MAX)) as u32);
         }
         self.last_bw_sample = sample_bw;
         self.bw_latest = self.bw_latest.max(sample_bw);
-        self.inflight_latest = self.inflight_latest.max(a.delivered as u32);
+        self.inflight_latest = self.inflight_latest.max(a.rs.delivered as u32);
         if !v3_fast {
             // `update_congestion_signals` in CRUISE (not probing): samples count up to max_bw.
-            if (!a.is_app_limited || sample_bw >= max_bw)
-                && a.delivered > self.tso_segs_goal() as i32
+            if (!a.rs.is_app_limited || sample_bw >= max_bw)
+                && a.rs.delivered > self.tso_segs_goal() as i32
             {
                 self.bw_hi[1] = self.bw_hi[1].max(sample_bw.min(max_bw));
             }

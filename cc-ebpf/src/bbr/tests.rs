@@ -50,7 +50,7 @@ fn no_rand() -> impl FnMut() -> u32 {
     || 0
 }
 
-/// Deviation 18's differential check, on every ACK of the simulations: the ACK goes through
+/// Deviation 17's differential check, on every ACK of the simulations: the ACK goes through
 /// the fast path (the full model when it does not apply), and from the same state, socket
 /// and random source through the full model alone; both must leave the same state (every
 /// field, the envelope included) and the same socket (cwnd, pacing rate, ...). Returns
@@ -1392,7 +1392,7 @@ fn an_ack_compressed_sample_does_not_raise_the_estimate() {
     }
 }
 
-/// Deviation 18: every simulated ACK is checked against the full model (`ack_both`); here the
+/// Deviation 17: every simulated ACK is checked against the full model (`ack_both`); here the
 /// paths that exercise each part of it — a deep buffer (CRUISE with probes), random loss on a
 /// 1-BDP and a 15 kB buffer (recovery, packet conservation, the loss rounds, the short-term
 /// bounds), an application that holds the flight at 60 packets (a third of the BDP) every other

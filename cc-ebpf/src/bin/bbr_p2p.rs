@@ -270,14 +270,39 @@ unsafe fn read_conn(tp: KernelPtr) -> Conn {
     }
 }
 
-/// Reads what the fast path needs (deviation 17 of `cc_ebpf::bbr`): 8 socket fields (the
-/// flight only in packet conservation) and 8 of the rate sample.
+/// Reads the op's rate sample, once per ACK: the fast path and, if it declines, the full model
+/// use the same copy. `ack_compressed` is left false: only the full path computes it (it needs
+/// the socket's clock).
 ///
 /// # Safety
-/// `tp` must be the op's socket (a `tcp_sock`) and `rs` its rate sample.
+/// `rs` must be the op's rate sample.
 #[inline(always)]
-unsafe fn read_fast_ack(tp: KernelPtr, rs: KernelPtr, bbr: &Bbr, cfg_gen: u32) -> FastAck {
-    // SAFETY: generated offsets of fields of tcp_sock and struct rate_sample.
+unsafe fn read_rate_sample(rs: KernelPtr) -> RateSample {
+    // SAFETY: generated offsets of fields of struct rate_sample.
+    unsafe {
+        RateSample {
+            prior_delivered: rs.u32(RATE_SAMPLE__PRIOR_DELIVERED),
+            delivered: rs.u32(RATE_SAMPLE__DELIVERED) as i32,
+            interval_us: rs.u64(RATE_SAMPLE__INTERVAL_US) as i64,
+            rtt_us: rs.u64(RATE_SAMPLE__RTT_US) as i64,
+            losses: rs.u32(RATE_SAMPLE__LOSSES) as i32,
+            acked_sacked: rs.u32(RATE_SAMPLE__ACKED_SACKED),
+            prior_in_flight: rs.u32(RATE_SAMPLE__PRIOR_IN_FLIGHT),
+            is_app_limited: rs.u8(RATE_SAMPLE__IS_APP_LIMITED) != 0,
+            is_ack_delayed: rs.u8(RATE_SAMPLE__IS_ACK_DELAYED) != 0,
+            ack_compressed: false,
+        }
+    }
+}
+
+/// Reads what the fast path needs (deviation 17 of `cc_ebpf::bbr`) besides the rate sample:
+/// 8 socket fields (the flight only in packet conservation).
+///
+/// # Safety
+/// `tp` must be the op's socket (a `tcp_sock`).
+#[inline(always)]
+unsafe fn read_fast_ack(tp: KernelPtr, rs: RateSample, bbr: &Bbr, cfg_gen: u32) -> FastAck {
+    // SAFETY: generated offsets of fields of tcp_sock.
     unsafe {
         FastAck {
             cfg_gen,
@@ -303,14 +328,7 @@ unsafe fn read_fast_ack(tp: KernelPtr, rs: KernelPtr, bbr: &Bbr, cfg_gen: u32) -
             mss: tp.u32(TCP_SOCK__MSS_CACHE),
             pacing_rate: tp.u64(SOCK__SK_PACING_RATE),
             max_pacing_rate: tp.u64(SOCK__SK_MAX_PACING_RATE),
-            prior_delivered: rs.u32(RATE_SAMPLE__PRIOR_DELIVERED),
-            delivered: rs.u32(RATE_SAMPLE__DELIVERED) as i32,
-            interval_us: rs.u64(RATE_SAMPLE__INTERVAL_US) as i64,
-            rtt_us: rs.u64(RATE_SAMPLE__RTT_US) as i64,
-            losses: rs.u32(RATE_SAMPLE__LOSSES) as i32,
-            acked_sacked: rs.u32(RATE_SAMPLE__ACKED_SACKED),
-            prior_in_flight: rs.u32(RATE_SAMPLE__PRIOR_IN_FLIGHT),
-            is_app_limited: rs.u8(RATE_SAMPLE__IS_APP_LIMITED) != 0,
+            rs,
         }
     }
 }
@@ -443,11 +461,13 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
         )
     };
     let cfg_gen = config_gen();
-    // Deviation 18: an ACK that changes nothing the controls depend on takes the fast path,
-    // which reads 16 fields instead of 32 and leaves cwnd and pacing rate as they are.
+    // SAFETY: `rs` is the op's rate sample.
+    let sample = unsafe { read_rate_sample(rs) };
+    // Deviation 17: an ACK that changes nothing the controls depend on takes the fast path,
+    // which reads 8 socket fields instead of 22 and leaves cwnd and pacing rate as they are.
     if bbr.fast_ok != 0 {
-        // SAFETY: `sk` is the op's tcp_sock, `rs` its rate sample.
-        let ack = unsafe { read_fast_ack(sk, rs, bbr, cfg_gen) };
+        // SAFETY: `sk` is the op's tcp_sock.
+        let ack = unsafe { read_fast_ack(sk, sample, bbr, cfg_gen) };
         if bbr.ack_fast(&ack) {
             return;
         }
@@ -457,18 +477,7 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
     // SAFETY: `sc` points to this socket's scratch value, alive for the program's run; generated
     // offsets of struct rate_sample and tcp_sock fields.
     unsafe {
-        (*sc).rs = RateSample {
-            prior_delivered: rs.u32(RATE_SAMPLE__PRIOR_DELIVERED),
-            delivered: rs.u32(RATE_SAMPLE__DELIVERED) as i32,
-            interval_us: rs.u64(RATE_SAMPLE__INTERVAL_US) as i64,
-            rtt_us: rs.u64(RATE_SAMPLE__RTT_US) as i64,
-            losses: rs.u32(RATE_SAMPLE__LOSSES) as i32,
-            acked_sacked: rs.u32(RATE_SAMPLE__ACKED_SACKED),
-            prior_in_flight: rs.u32(RATE_SAMPLE__PRIOR_IN_FLIGHT),
-            is_app_limited: rs.u8(RATE_SAMPLE__IS_APP_LIMITED) != 0,
-            is_ack_delayed: rs.u8(RATE_SAMPLE__IS_ACK_DELAYED) != 0,
-            ack_compressed: false,
-        };
+        (*sc).rs = sample;
         (*sc).conn = read_conn(sk);
         // tcp_rate_gen: interval_us = max(send interval, tcp_mstamp - prior_mstamp).
         let ack_us = (*sc)
