@@ -188,8 +188,9 @@
 //!     ACK-aggregation allowance, the same pacing rate and the same cwnd. It then makes the
 //!     full model's remaining changes (round RTT and delivery maxima, the max-bw filter's
 //!     current cycle below `max_bw`, the ACK epoch, `prev_ca_state`, `try_fast_path`, the
-//!     min-RTT stamp) and reads 8 socket fields instead of 22 (the rate sample, read once per ACK, serves both paths). Every other op
-//!     clears the envelope; a tunables write changes the generation (`BBR_CFG_SLOT`). Not a
+//!     min-RTT stamp) and reads 8 socket fields instead of 22 (the rate sample, read once per
+//!     ACK, serves both paths). Every other op clears the envelope; a tunables write changes
+//!     the generation (`BBR_CFG_SLOT`). Not a
 //!     change of behaviour: the host simulations run every ACK through both paths from the
 //!     same state and assert identical state and socket (`ack_both`); the fast path took 80%
 //!     of the ACKs on a 2 MB buffer, 82–87% at 1% loss, 69% with app-limited phases.
