@@ -2,9 +2,8 @@
 //!
 //! It answers the few questions p2p-cc asks of `/sys/kernel/btf/vmlinux`: the id of a named type,
 //! a struct's members with their bit offsets (descending into anonymous structs and unions), the
-//! size of a type, and the index of a member. That is what the build uses to generate the kernel
-//! layout table the eBPF programs are compiled with, and what the loader uses to verify that table
-//! and to fill struct_ops maps. Format: <https://docs.kernel.org/bpf/btf.html>.
+//! size of a type, and the index of a member. That is what the loader places the eBPF programs'
+//! kernel fields with (`layout`) and fills struct_ops maps from. Format: <https://docs.kernel.org/bpf/btf.html>.
 
 use std::{fmt, string::String, vec::Vec};
 

@@ -3,27 +3,24 @@
 //!
 //! One build runs on every kernel whose BTF has these fields (Linux 6.1 to 6.18 at least: 36 of
 //! them sit at different offsets between those two). The programs never hold an offset: each
-//! access reads the field's bit offset from [`LAYOUT_SYMBOL`], a table in the object's `.rodata`
-//! that the loader fills from `/sys/kernel/btf/vmlinux` ([`resolve`]) and freezes before loading.
-//! The verifier treats loads from a frozen read-only map as constants, so every access is still
-//! checked at a fixed offset, exactly as if the offset had been compiled in (the technique of
-//! libbpf's `.rodata`/`const volatile` globals; CO-RE relocations would be the other way, which
-//! bpf-linker does not emit for Rust).
+//! access loads a [`field_marker`] as the immediate of an `ld_imm64`, and the loader, before
+//! loading, writes over each marker the field's bit offset in `/sys/kernel/btf/vmlinux`
+//! ([`resolve`], then [`patch_fields`]). The verifier sees a constant, so every access is
+//! checked at a fixed offset, exactly as if the offset had been compiled in, and no access reads
+//! memory to learn it (what libbpf's CO-RE field relocations do; bpf-linker emits none for Rust,
+//! hence the markers). A table in `.rodata`, which the programs read before, cost every access a
+//! load and every `tcp_probe` event one more cache line (docs/bench.md, "Probes", session 9).
 //!
 //! A field that is missing, or whose width differs from the type the programs access it with,
 //! gets [`ABSENT`] in the table and is reported by name ([`Problem`]): the verifier then rejects
 //! exactly the programs that reach it, and the loader names the field in that error.
-
-/// Name of the `.rodata` symbol holding the table: `[u32; FIELD_COUNT]`, the bit offset of each
-/// field of [`FIELDS`] in the running kernel.
-pub const LAYOUT_SYMBOL: &str = "P2PCC_KERNEL_LAYOUT";
 
 /// Name of the `.rodata` symbol holding a `u64` mask: bit `i` set when the programs may write
 /// field `i` of [`FIELDS`]. All set at build; the loader clears the bits of fields the running
 /// kernel refuses to let the program type write (found from the verifier's answer).
 pub const WRITABLE_SYMBOL: &str = "P2PCC_KERNEL_WRITABLE";
 
-/// Table value of a field the running kernel does not have. Far beyond any kernel struct, so an
+/// Offset of a field the running kernel does not have. Far beyond any kernel struct, so an
 /// access through it fails verification ("access beyond struct") instead of reading other bytes.
 pub const ABSENT: u32 = 0x7fff_fff8;
 
@@ -119,7 +116,7 @@ macro_rules! kernel_fields {
 
 macro_rules! field_table {
     ($($name:ident = ($ty:literal, $path:literal, $bits:literal)),* $(,)?) => {
-        /// Index of each field in [`FIELDS`] and in the `.rodata` table.
+        /// Index of each field in [`FIELDS`] and in a [`Table`] (the low half of its marker).
         #[allow(non_camel_case_types, clippy::upper_case_acronyms, reason = "named as the accessors' constants")]
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,8 +133,70 @@ pub const FIELD_COUNT: usize = FIELDS.len();
 // One bit per field in the writable mask.
 const _: () = assert!(FIELD_COUNT <= 64);
 
-/// The `.rodata` table: the bit offset of each field, [`ABSENT`] for a missing one.
+/// The bit offset of each field in the running kernel, [`ABSENT`] for a missing one: what the
+/// loader writes over the markers.
 pub type Table = [u32; FIELD_COUNT];
+
+/// High half of a field marker: the 64-bit immediate `FIELD_MARK << 32 | index` of an
+/// `ld_imm64` stands for field `index`'s bit offset until the loader writes the offset there
+/// ([`patch_fields`]). Left unpatched, it reads as an offset of gigabytes, which the verifier
+/// rejects ("access beyond struct"), as it does [`ABSENT`].
+pub const FIELD_MARK: u32 = 0x7032_7063;
+
+/// The marker immediate of field `index` (see [`FIELD_MARK`]).
+pub const fn field_marker(index: FieldIndex) -> u64 {
+    (FIELD_MARK as u64) << 32 | index as u64
+}
+
+/// `BPF_LD | BPF_IMM | BPF_DW`: the first half of a 16-byte `ld_imm64`.
+const OP_LD_IMM64: u8 = 0x18;
+
+/// What [`patch_fields`] found that it could not have been given by a cc-ebpf object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchError {
+    /// A marker whose index is not a field of [`FIELDS`] (object and loader built from
+    /// different sources), at this byte.
+    UnknownField { at: usize },
+    /// The code is not a whole number of 8-byte instructions, or ends inside an `ld_imm64`.
+    Truncated,
+}
+
+/// Writes each field's bit offset from `table` over its markers in `code` (the bytes of BPF
+/// instructions, little-endian as `bpfel` objects are): every `ld_imm64` with no source register
+/// (a plain constant) whose immediate is a [`field_marker`]. Returns how many it patched.
+///
+/// This is what a loader does with libbpf's CO-RE field-offset relocations, on a marker instead
+/// of a relocation record (bpf-linker emits none for Rust): the programs then carry the running
+/// kernel's offsets as immediates and read no table at run time.
+pub fn patch_fields(code: &mut [u8], table: &Table) -> Result<usize, PatchError> {
+    if !code.len().is_multiple_of(8) {
+        return Err(PatchError::Truncated);
+    }
+    let mut patched = 0;
+    let mut at = 0;
+    while at < code.len() {
+        let (opcode, src_reg) = (code[at], code[at + 1] >> 4);
+        if opcode != OP_LD_IMM64 {
+            at += 8;
+            continue;
+        }
+        if at + 16 > code.len() {
+            return Err(PatchError::Truncated);
+        }
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let (low, high) = (word(&code[at + 4..]), word(&code[at + 12..]));
+        if src_reg == 0 && high == FIELD_MARK {
+            let bits = *table
+                .get(low as usize)
+                .ok_or(PatchError::UnknownField { at })?;
+            code[at + 4..at + 8].copy_from_slice(&bits.to_le_bytes());
+            code[at + 12..at + 16].copy_from_slice(&0u32.to_le_bytes());
+            patched += 1;
+        }
+        at += 16;
+    }
+    Ok(patched)
+}
 
 #[cfg(feature = "std")]
 pub use resolve::*;
@@ -171,12 +230,6 @@ mod resolve {
     }
 
     impl Resolved {
-        /// The table as the bytes of the `.rodata` symbol (native endianness, as the programs
-        /// read it).
-        pub fn bytes(&self) -> Vec<u8> {
-            self.table.iter().flat_map(|v| v.to_ne_bytes()).collect()
-        }
-
         /// One sentence naming the unusable fields, for an error saying what they disable;
         /// `None` when every field resolved.
         pub fn summary(&self) -> Option<String> {
@@ -254,7 +307,6 @@ mod tests {
             resolved.table[FieldIndex::TCP_SOCK__SND_CWND as usize],
             cwnd.bit_offset
         );
-        assert_eq!(resolved.bytes().len(), FIELD_COUNT * 4);
     }
 
     /// The kernel's own BTF, perturbed as another kernel would differ: a field moved, a field
@@ -335,5 +387,73 @@ mod tests {
     fn bitfields_are_flagged_by_width() {
         assert!(FIELDS[index("inet_connection_sock", "icsk_ca_state")].is_bitfield());
         assert!(!FIELDS[index("sock", "sk_pacing_shift")].is_bitfield());
+    }
+
+    /// One instruction, little-endian: opcode, registers (src << 4 | dst), offset, immediate.
+    fn insn(opcode: u8, regs: u8, imm: u32) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0] = opcode;
+        b[1] = regs;
+        b[4..].copy_from_slice(&imm.to_le_bytes());
+        b
+    }
+
+    /// `ld_imm64` of `value` into r1, with `src` in its source-register nibble.
+    fn ld_imm64(src: u8, value: u64) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&insn(0x18, src << 4 | 1, value as u32));
+        b[8..].copy_from_slice(&insn(0, 0, (value >> 32) as u32));
+        b
+    }
+
+    #[test]
+    fn markers_become_the_tables_offsets_and_nothing_else_changes() {
+        let mut table = [ABSENT; FIELD_COUNT];
+        let cwnd = FieldIndex::TCP_SOCK__SND_CWND;
+        table[cwnd as usize] = 1234 * 8;
+        let marker = field_marker(cwnd);
+        let missing = field_marker(FieldIndex::RATE_SAMPLE__RTT_US);
+        let mut code = std::vec::Vec::new();
+        code.extend(ld_imm64(0, marker));
+        // A map's ld_imm64 (src 1) and a plain 64-bit constant with another high half.
+        code.extend(ld_imm64(1, marker));
+        code.extend(ld_imm64(0, marker ^ 1 << 40));
+        // r1 = *(u32 *)(r2 + 0), then a marker whose field the kernel lacks.
+        code.extend(insn(0x61, 0x21, 0));
+        code.extend(ld_imm64(0, missing));
+        let before = code.clone();
+        assert_eq!(patch_fields(&mut code, &table), Ok(2));
+        assert_eq!(code[..16], ld_imm64(0, 1234 * 8));
+        assert_eq!(code[16..56], before[16..56]);
+        assert_eq!(code[56..], ld_imm64(0, u64::from(ABSENT)));
+    }
+
+    #[test]
+    fn only_ld_imm64_immediates_are_markers() {
+        // A 32-bit mov followed by a word equal to the marker's high half (its shape as two
+        // instructions): not an ld_imm64, left alone.
+        let mut code = ld_imm64(0, field_marker(FieldIndex::TCP_SOCK__SND_CWND));
+        code[0] = 0xb7;
+        let before = code;
+        assert_eq!(patch_fields(&mut code, &[7; FIELD_COUNT]), Ok(0));
+        assert_eq!(code, before);
+    }
+
+    #[test]
+    fn a_marker_of_no_field_and_cut_code_are_refused() {
+        let mut code = ld_imm64(0, u64::from(FIELD_MARK) << 32 | FIELD_COUNT as u64).to_vec();
+        assert_eq!(
+            patch_fields(&mut code, &[0; FIELD_COUNT]),
+            Err(PatchError::UnknownField { at: 0 })
+        );
+        let mut cut = ld_imm64(0, 0)[..8].to_vec();
+        assert_eq!(
+            patch_fields(&mut cut, &[0; FIELD_COUNT]),
+            Err(PatchError::Truncated)
+        );
+        assert_eq!(
+            patch_fields(&mut [0u8; 12], &[0; FIELD_COUNT]),
+            Err(PatchError::Truncated)
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! Everything crossing the kernel/user boundary is `#[repr(C)]`, `Copy`, free of `bool` and of
 //! implicit padding, with a compile-time size check. With the `user` feature the types implement
 //! `aya::Pod`; with `std` the crate also carries the host-side BTF reader ([`btf`]) and the resolver
-//! of the kernel layout table ([`layout`]) the loader fills before loading.
+//! of the kernel field offsets ([`layout`]) the loader patches into the programs before loading.
 #![no_std]
 
 #[cfg(feature = "std")]

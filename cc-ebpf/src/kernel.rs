@@ -1,21 +1,17 @@
 //! Kernel struct fields and the loads and stores that use them.
 //!
-//! Field offsets are not compiled in: each access reads the field's bit offset from
-//! `P2PCC_KERNEL_LAYOUT`, a table in `.rodata` the loader fills from the running kernel's BTF and
-//! freezes before loading (see `cc_ebpf_common::layout`). The verifier treats a load from a frozen
-//! read-only map as a known constant, so `ptr + offset` is still a fixed offset it checks against
-//! the kernel's BTF, and one object runs on every kernel that has the fields. A table the loader
-//! did not fill holds `ABSENT` everywhere: every access then fails verification.
+//! Field offsets are not compiled in: each access loads the field's bit offset as the immediate
+//! of one `ld_imm64`, a marker naming the field (`cc_ebpf_common::layout::field_marker`) that
+//! the loader overwrites with the offset it found in the running kernel's BTF before loading
+//! (`cc_ebpf_common::layout::patch_fields`; what libbpf does with CO-RE field relocations,
+//! which bpf-linker does not emit for Rust). So `ptr + offset` is a constant the verifier checks
+//! against the kernel's BTF, one object runs on every kernel that has the fields, and no access
+//! reads memory for its offset. A marker the loader did not patch, or a field the kernel lacks
+//! (`ABSENT`), reads as an offset far beyond any struct: that access fails verification.
 
 use core::ops::Add;
 
-use cc_ebpf_common::layout::{ABSENT, FIELD_COUNT, FIELDS, FieldIndex, Table};
-
-/// The bit offset of each field in the running kernel, written by the loader before load
-/// (`cc_ebpf_common::layout::LAYOUT_SYMBOL` names it).
-#[unsafe(no_mangle)]
-#[used]
-static P2PCC_KERNEL_LAYOUT: Table = [ABSENT; FIELD_COUNT];
+use cc_ebpf_common::layout::{FIELDS, FieldIndex, field_marker};
 
 /// Bit `i` set: the program may write field `i`. The loader clears the bit of a field the
 /// running kernel does not let this program type write (Linux 6.1 refuses congestion controls
@@ -25,7 +21,7 @@ static P2PCC_KERNEL_LAYOUT: Table = [ABSENT; FIELD_COUNT];
 #[used]
 static P2PCC_KERNEL_WRITABLE: u64 = u64::MAX;
 
-/// A kernel struct field; its place is read from the loader's table when used.
+/// A kernel struct field; its place is the loader's immediate (see the module note).
 #[derive(Clone, Copy)]
 pub struct Field(FieldIndex);
 
@@ -33,9 +29,7 @@ impl Field {
     /// Offset of the field from the start of its struct, in bits.
     #[inline(always)]
     pub fn bit_offset(self) -> u32 {
-        // SAFETY: the index is a `FieldIndex`, below FIELD_COUNT. Volatile: the value is the
-        // loader's, not the initializer's, so the compiler must not fold it.
-        unsafe { core::ptr::read_volatile(&raw const P2PCC_KERNEL_LAYOUT[self.0 as usize]) }
+        field_offset(self.0)
     }
 
     /// Offset in bytes (for a bitfield, of the byte holding its first bit).
@@ -121,6 +115,34 @@ macro_rules! field_consts {
             #[doc = concat!("`", $ty, ".", $path, "` (", stringify!($bits), " bits)")]
             pub const $name: Field = Field(FieldIndex::$name);
         )*
+
+        /// The field's bit offset as the immediate of one `ld_imm64`, emitted as
+        /// `field_marker(index)` and replaced by the loader with the running kernel's offset
+        /// (`cc_ebpf_common::layout::patch_fields`). A `match`, because an asm immediate must be
+        /// a constant: every caller passes a constant field, so after inlining one arm is left.
+        #[inline(always)]
+        fn field_offset(field: FieldIndex) -> u32 {
+            match field {
+                $(FieldIndex::$name => {
+                    let bits: u64;
+                    // SAFETY: loads an immediate into a register; touches nothing else.
+                    #[cfg(target_arch = "bpf")]
+                    unsafe {
+                        core::arch::asm!(
+                            "{0} = {1} ll",
+                            out(reg) bits,
+                            const field_marker(FieldIndex::$name),
+                            options(pure, nomem, nostack, preserves_flags),
+                        );
+                    }
+                    #[cfg(not(target_arch = "bpf"))]
+                    {
+                        bits = field_marker(FieldIndex::$name);
+                    }
+                    bits as u32
+                })*
+            }
+        }
     };
 }
 cc_ebpf_common::kernel_fields!(field_consts);
@@ -141,7 +163,7 @@ pub const TCP_SOCK__IS_CWND_LIMITED_BITS: u32 = bits(FieldIndex::TCP_SOCK__IS_CW
 pub const MINMAX_S0_V: usize = 4;
 
 /// A pointer to a kernel object (a `struct sock`/`tcp_sock`, a `rate_sample`) handed to a
-/// program by the kernel, read and written at the offsets of the loader's table.
+/// program by the kernel, read and written at the offsets the loader patched in.
 #[derive(Clone, Copy)]
 pub struct KernelPtr(*mut u8);
 

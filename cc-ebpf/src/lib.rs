@@ -4,6 +4,7 @@
 //! `bbr_p2p` (the struct_ops congestion control, loaded by p2p-node's own struct_ops loader).
 //! What lives here compiles for the host as well, so `cargo test --lib` checks it without a kernel.
 #![cfg_attr(not(test), no_std)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod bbr;
 pub mod kernel;

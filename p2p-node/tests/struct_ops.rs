@@ -233,8 +233,8 @@ fn missing_mandatory_op_unknown_type_and_missing_capability_are_named() {
         .find_map(|l| l.find("ERR ").map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("child said: {stdout}"));
     assert!(
-        // The first privileged step: the read-only map holding the kernel layout table.
-        line.starts_with("ERR registering struct_ops needs CAP_BPF and CAP_SYS_ADMIN (or root): creating the .rodata.P2PCC_KERNEL_LAYOUT map was refused"),
+        // The first privileged step: the read-only map holding the writable-field mask.
+        line.starts_with("ERR registering struct_ops needs CAP_BPF and CAP_SYS_ADMIN (or root): creating the .rodata.P2PCC_KERNEL_WRITABLE map was refused"),
         "{line}"
     );
 }

@@ -4,6 +4,7 @@
 pub mod bbr;
 pub mod caps;
 pub mod features;
+pub mod offsets;
 pub mod stack;
 pub mod struct_ops;
 #[doc(hidden)]
@@ -68,11 +69,11 @@ impl ProbeFloor {
     pub fn attach() -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Load(e.into()))?;
         let kernel = cc_ebpf_common::btf::Btf::from_sys_fs().map_err(LoadError::NoBtf)?;
-        let layout = layout::resolve(&kernel);
+        let object = offsets::patch(PROBE_FLOOR_OBJECT, &layout::resolve(&kernel).table)
+            .map_err(LoadError::Offsets)?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
-            .override_global(layout::LAYOUT_SYMBOL, &layout.table, true)
-            .load(PROBE_FLOOR_OBJECT)
+            .load(object.bytes())
             .map_err(LoadError::Load)?;
         for program in PROBE_FLOOR_PROGRAMS {
             let prog: &mut BtfTracePoint = ebpf
@@ -104,6 +105,8 @@ pub enum LoadError {
     NoBtf(#[source] cc_ebpf_common::btf::BtfError),
     #[error("loading the TCP probes object")]
     Load(#[source] aya::EbpfError),
+    #[error("placing the kernel's field offsets in the TCP probes object")]
+    Offsets(#[source] offsets::OffsetsError),
     #[error("loading or attaching program `{program}`")]
     Program {
         program: &'static str,
@@ -300,12 +303,11 @@ impl Probes {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Load(e.into()))?;
         let kernel = cc_ebpf_common::btf::Btf::from_sys_fs().map_err(LoadError::NoBtf)?;
         let layout = layout::resolve(&kernel);
-        // aya creates `.rodata` maps read-only for programs and freezes them, so the verifier
-        // reads the table as constants.
+        // The running kernel's field offsets as the programs' immediates.
+        let object = offsets::patch(PROBES_OBJECT, &layout.table).map_err(LoadError::Offsets)?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
-            .override_global(layout::LAYOUT_SYMBOL, &layout.table, true)
-            .load(PROBES_OBJECT)
+            .load(object.bytes())
             .map_err(LoadError::Load)?;
         let mut program_ids = Vec::new();
         let mut failed = Vec::new();

@@ -7,10 +7,12 @@
 //! An object declares its ops in section `.p2pcc.struct_ops` ([`StructOpsDecl`]: kernel type,
 //! name, flags) and provides one program per implemented member in section
 //! `struct_ops/<member>`. Loading ([`StructOps::load`]):
+//! 0. writes the running kernel's field offsets over the programs' field markers
+//!    (`super::offsets`, `cc_ebpf_common::layout`);
 //! 1. creates the maps of the `maps` section (aya-ebpf's map definitions);
 //! 2. creates one read-only array map per `.rodata*` section, holding the section's bytes with
-//!    the kernel layout table (`cc_ebpf_common::layout`) filled from the running kernel's BTF,
-//!    and freezes it (`BPF_MAP_FREEZE`), so the verifier reads the offsets as constants;
+//!    the writable-field mask (`cc_ebpf_common::layout::WRITABLE_SYMBOL`) written over its
+//!    symbol, and freezes it (`BPF_MAP_FREEZE`), so the verifier reads them as constants;
 //! 3. relocates each program: map references become `BPF_PSEUDO_MAP_FD` loads, `.rodata`
 //!    references `BPF_PSEUDO_MAP_VALUE` loads (map fd + offset, as libbpf's
 //!    `bpf_object__relocate_data`), calls to undefined symbols kfunc calls
@@ -620,7 +622,7 @@ fn imm(insn: u64) -> i32 {
     i32::from_ne_bytes(insn.to_ne_bytes()[4..8].try_into().expect("4 bytes"))
 }
 
-/// Creates the `.rodata` maps (kernel layout, `writable` mask) and loads every program.
+/// Creates the `.rodata` maps (with the `writable` mask) and loads every program.
 fn load_programs(
     spec: &ObjectSpec,
     ops: &OpsType,
@@ -630,7 +632,7 @@ fn load_programs(
     writable: u64,
     name: &str,
 ) -> Result<Vec<(String, usize, OwnedFd)>, StructOpsError> {
-    let rodata = create_rodata_maps(spec.rodata.clone(), &spec.rodata_symbols, layout, writable)?;
+    let rodata = create_rodata_maps(spec.rodata.clone(), &spec.rodata_symbols, writable)?;
     let mut programs = Vec::new();
     for p in &spec.programs {
         let (index, offset) = ops.function_member(btf, &p.member)?;
@@ -734,15 +736,14 @@ fn refused_write(log: &str, table: &layout::Table) -> Option<usize> {
 }
 
 /// Creates a frozen, program-read-only array map for each `.rodata*` section, holding its bytes
-/// with the kernel layout table written over [`layout::LAYOUT_SYMBOL`] (libbpf's handling of
+/// with the `writable` mask written over [`layout::WRITABLE_SYMBOL`] (libbpf's handling of
 /// `.rodata`: `bpf_object__populate_internal_map` then `bpf_map_freeze`).
 fn create_rodata_maps(
     sections: Vec<(String, Vec<u8>)>,
     symbols: &HashMap<String, (usize, usize, usize)>,
-    layout: &layout::Resolved,
     writable: u64,
 ) -> Result<Vec<OwnedFd>, StructOpsError> {
-    let sections = fill_layout(sections, symbols, layout, writable)?;
+    let sections = fill_writable(sections, symbols, writable)?;
     sections
         .into_iter()
         .map(|(name, data)| {
@@ -774,33 +775,29 @@ fn create_rodata_maps(
         .collect()
 }
 
-/// The `.rodata*` sections with the kernel layout table written over its symbol.
-fn fill_layout(
+/// The `.rodata*` sections with the `writable` mask written over its symbol.
+fn fill_writable(
     mut sections: Vec<(String, Vec<u8>)>,
     symbols: &HashMap<String, (usize, usize, usize)>,
-    layout: &layout::Resolved,
     writable: u64,
 ) -> Result<Vec<(String, Vec<u8>)>, StructOpsError> {
-    for (symbol, table) in [
-        (layout::LAYOUT_SYMBOL, layout.bytes()),
-        (layout::WRITABLE_SYMBOL, writable.to_ne_bytes().to_vec()),
-    ] {
-        let Some(&(section, offset, size)) = symbols.get(symbol) else {
-            continue;
-        };
-        let slot = sections
-            .get_mut(section)
-            .and_then(|(_, data)| data.get_mut(offset..offset + size))
-            .filter(|slot| slot.len() == table.len())
-            .ok_or_else(|| {
-                StructOpsError::Malformed(format!(
-                    "{symbol} is {size} bytes, the loader's {} (object and loader built from \
-                     different sources)",
-                    table.len()
-                ))
-            })?;
-        slot.copy_from_slice(&table);
-    }
+    let symbol = layout::WRITABLE_SYMBOL;
+    let Some(&(section, offset, size)) = symbols.get(symbol) else {
+        return Ok(sections);
+    };
+    let value = writable.to_ne_bytes();
+    let slot = sections
+        .get_mut(section)
+        .and_then(|(_, data)| data.get_mut(offset..offset + size))
+        .filter(|slot| slot.len() == value.len())
+        .ok_or_else(|| {
+            StructOpsError::Malformed(format!(
+                "{symbol} is {size} bytes, the loader's {} (object and loader built from \
+                 different sources)",
+                value.len()
+            ))
+        })?;
+    slot.copy_from_slice(&value);
     Ok(sections)
 }
 
@@ -831,7 +828,11 @@ impl std::fmt::Debug for StructOps {
 impl StructOps {
     /// Parses `elf`, creates its maps and loads its programs against the running kernel.
     pub fn load(elf: &[u8], btf: &Btf) -> Result<Self, StructOpsError> {
-        let spec = parse(elf)?;
+        let layout = layout::resolve(btf);
+        // The running kernel's field offsets as the programs' immediates.
+        let object = super::offsets::patch(elf, &layout.table)
+            .map_err(|e| StructOpsError::Malformed(super::error_chain(&e)))?;
+        let spec = parse(object.bytes())?;
         let type_name = unpadded(&spec.decl.type_name).to_owned();
         let ops = OpsType::resolve(btf, &type_name)?;
         let name = unpadded(&spec.decl.name).to_owned();
@@ -889,7 +890,6 @@ impl StructOps {
             maps.insert(m.name.clone(), (fd, m.map_type));
         }
 
-        let layout = layout::resolve(btf);
         // Fields the kernel does not let this program type write, learnt from the verifier:
         // their bit is cleared in the writable mask and the programs are loaded again (each
         // round clears one more bit, so this ends).
@@ -1555,27 +1555,41 @@ mod tests {
         );
         assert_eq!(chosen(&other), [("cong_control".to_owned(), Some(2))]);
 
-        // The table in the object's .rodata follows the perturbed BTF.
+        // The programs' immediates follow the perturbed BTF.
         let resolved = layout::resolve(&other);
-        let filled = fill_layout(
-            spec.rodata.clone(),
-            &spec.rodata_symbols,
-            &resolved,
-            u64::MAX,
-        )
-        .unwrap();
-        let &(section, offset, size) = &spec.rodata_symbols[layout::LAYOUT_SYMBOL];
-        let table = &filled[section].1[offset..offset + size];
-        let at = layout::FieldIndex::TCP_SOCK__SND_CWND as usize * 4;
-        assert_eq!(
-            u32::from_ne_bytes(table[at..at + 4].try_into().unwrap()),
-            cwnd_bits
-        );
-        let at = layout::FieldIndex::RATE_SAMPLE__RTT_US as usize * 4;
-        assert_eq!(
-            u32::from_ne_bytes(table[at..at + 4].try_into().unwrap()),
-            layout::ABSENT
-        );
+        let cwnd = layout::FieldIndex::TCP_SOCK__SND_CWND;
+        let rtt = layout::FieldIndex::RATE_SAMPLE__RTT_US;
+        let patched =
+            super::super::offsets::patch(crate::ebpf::objects::BBR_P2P, &resolved.table).unwrap();
+        let patched = parse(patched.bytes()).unwrap();
+        let immediates = |spec: &ObjectSpec| -> Vec<u64> {
+            let text = spec.text.iter().flat_map(|t| &t.insns);
+            let insns: Vec<u64> = spec
+                .programs
+                .iter()
+                .flat_map(|p| &p.insns)
+                .chain(text)
+                .copied()
+                .collect();
+            insns
+                .windows(2)
+                .filter(|w| opcode(w[0]) == OP_LD_IMM64 && src_reg(w[0]) == 0)
+                .map(|w| (imm(w[1]) as u32 as u64) << 32 | imm(w[0]) as u32 as u64)
+                .collect()
+        };
+        let (before, after) = (immediates(&spec), immediates(&patched));
+        assert_eq!(before.len(), after.len());
+        let at = |marker| {
+            before
+                .iter()
+                .zip(&after)
+                .filter(move |(b, _)| **b == marker)
+                .map(|(_, a)| *a)
+        };
+        assert!(at(layout::field_marker(cwnd)).count() > 0);
+        assert!(at(layout::field_marker(cwnd)).all(|a| a == u64::from(cwnd_bits)));
+        assert!(at(layout::field_marker(rtt)).count() > 0);
+        assert!(at(layout::field_marker(rtt)).all(|a| a == u64::from(layout::ABSENT)));
         assert_eq!(
             resolved.summary().as_deref(),
             Some("kernel field `rate_sample.rtt_us` does not exist in the running kernel")
