@@ -31,7 +31,7 @@
 //! Between refreshes a socket's entry lags its latest segments by less than one kernel tick;
 //! an idle socket keeps that lag until its next segment or its destroy (which refreshes).
 //!
-//! Fields are read with direct BTF-checked loads at the generated offsets; the typed
+//! Fields are read with direct BTF-checked loads at the loader-patched offsets; the typed
 //! `tcp_sock` cast and the two map lookups (`SOCK_STATS`, `RTT_HIST`) are on the refresh only.
 //! Per-CPU counters count only tracked sockets' events, added at refreshes and destroys; every
 //! run of every program is the kernel's `run_cnt` (bpf_stats).

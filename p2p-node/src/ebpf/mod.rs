@@ -135,8 +135,8 @@ pub enum LoadError {
     },
 }
 
-/// Checks what every eBPF load needs: capabilities and the kernel's BTF (from which the loaders
-/// fill the programs' kernel layout table).
+/// Checks what every eBPF load needs: capabilities and the kernel's BTF (where the loaders find
+/// the kernel field offsets they patch into the programs).
 pub fn preflight() -> Result<cc_ebpf_common::btf::Btf, LoadError> {
     if let Some(missing) = caps::missing_for_ebpf() {
         return Err(LoadError::MissingCapabilities { missing });
