@@ -137,15 +137,19 @@ const _: () = assert!(FIELD_COUNT <= 64);
 /// loader writes over the markers.
 pub type Table = [u32; FIELD_COUNT];
 
-/// High half of a field marker: the 64-bit immediate `FIELD_MARK << 32 | index` of an
+/// High half of a field marker: the 64-bit immediate `FIELD_MARK << 32 | MARKED | index` of an
 /// `ld_imm64` stands for field `index`'s bit offset until the loader writes the offset there
-/// ([`patch_fields`]). Left unpatched, it reads as an offset of gigabytes, which the verifier
-/// rejects ("access beyond struct"), as it does [`ABSENT`].
+/// ([`patch_fields`]).
 pub const FIELD_MARK: u32 = 0x7032_7063;
+
+/// Set in the low half of every marker, the half the programs use as the offset (a `u32`): left
+/// unpatched, a marker reads as an offset of at least 256 MiB, which the verifier rejects
+/// ("access beyond struct") as it does [`ABSENT`], instead of as the small index.
+pub const MARKED: u32 = 0x8000_0000;
 
 /// The marker immediate of field `index` (see [`FIELD_MARK`]).
 pub const fn field_marker(index: FieldIndex) -> u64 {
-    (FIELD_MARK as u64) << 32 | index as u64
+    (FIELD_MARK as u64) << 32 | (MARKED | index as u32) as u64
 }
 
 /// `BPF_LD | BPF_IMM | BPF_DW`: the first half of a 16-byte `ld_imm64`.
@@ -187,7 +191,8 @@ pub fn patch_fields(code: &mut [u8], table: &Table) -> Result<usize, PatchError>
         let (low, high) = (word(&code[at + 4..]), word(&code[at + 12..]));
         if src_reg == 0 && high == FIELD_MARK {
             let bits = *table
-                .get(low as usize)
+                .get((low ^ MARKED) as usize)
+                .filter(|_| low & MARKED != 0)
                 .ok_or(PatchError::UnknownField { at })?;
             code[at + 4..at + 8].copy_from_slice(&bits.to_le_bytes());
             code[at + 12..at + 16].copy_from_slice(&0u32.to_le_bytes());
@@ -429,6 +434,22 @@ mod tests {
     }
 
     #[test]
+    fn an_unpatched_marker_is_an_offset_beyond_any_struct() {
+        // The first and the last field. What the programs compute from a marker: its low half,
+        // in bytes.
+        for index in [
+            FieldIndex::SOCK__SK_PACING_RATE,
+            FieldIndex::RATE_SAMPLE__IS_ACK_DELAYED,
+        ] {
+            assert!(field_marker(index) as u32 / 8 >= 256 << 20);
+        }
+        assert_eq!(
+            FIELDS.len(),
+            FieldIndex::RATE_SAMPLE__IS_ACK_DELAYED as usize + 1
+        );
+    }
+
+    #[test]
     fn only_ld_imm64_immediates_are_markers() {
         // A 32-bit mov followed by a word equal to the marker's high half (its shape as two
         // instructions): not an ld_imm64, left alone.
@@ -441,11 +462,13 @@ mod tests {
 
     #[test]
     fn a_marker_of_no_field_and_cut_code_are_refused() {
-        let mut code = ld_imm64(0, u64::from(FIELD_MARK) << 32 | FIELD_COUNT as u64).to_vec();
-        assert_eq!(
-            patch_fields(&mut code, &[0; FIELD_COUNT]),
-            Err(PatchError::UnknownField { at: 0 })
-        );
+        for low in [MARKED | FIELD_COUNT as u32, 3] {
+            let mut code = ld_imm64(0, u64::from(FIELD_MARK) << 32 | u64::from(low)).to_vec();
+            assert_eq!(
+                patch_fields(&mut code, &[0; FIELD_COUNT]),
+                Err(PatchError::UnknownField { at: 0 })
+            );
+        }
         let mut cut = ld_imm64(0, 0)[..8].to_vec();
         assert_eq!(
             patch_fields(&mut cut, &[0; FIELD_COUNT]),

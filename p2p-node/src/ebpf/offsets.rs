@@ -108,8 +108,8 @@ mod tests {
                 );
                 assert_eq!(out[at + 12..at + 16], [0; 4], "{name} at byte {at}");
             }
-            for i in 0..FIELD_COUNT as u64 {
-                let marker = u64::from(layout::FIELD_MARK) << 32 | i;
+            for i in 0..FIELD_COUNT as u32 {
+                let marker = u64::from(layout::FIELD_MARK) << 32 | u64::from(layout::MARKED | i);
                 assert!(
                     places(out, marker).is_empty(),
                     "{name}: field {i} left unpatched"
