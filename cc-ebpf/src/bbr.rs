@@ -1837,9 +1837,7 @@ impl Bbr {
         self.fast_target = self.cwnd_target(cfg, bw, self.cwnd_gain);
         self.fast_cap = self.inflight_cap(cfg);
         self.fast_min_cwnd = cfg.min_cwnd;
-        self.fast_reno_rounds = cfg
-            .probe_max_rounds
-            .min(self.inflight(cfg, bw, BBR_UNIT));
+        self.fast_reno_rounds = cfg.probe_max_rounds.min(self.inflight(cfg, bw, BBR_UNIT));
         self.fast_full_bw_bar = if self.full_bw_now != 0 {
             u32::MAX
         } else {
@@ -1933,7 +1931,8 @@ impl Bbr {
             // conservation (the first round of recovery) at least the flight plus the ACKed
             // packets, otherwise towards the target.
             let cwnd = if self.packet_conservation != 0 {
-                a.cwnd.max(a.packets_in_flight.saturating_add(a.rs.acked_sacked))
+                a.cwnd
+                    .max(a.packets_in_flight.saturating_add(a.rs.acked_sacked))
             } else {
                 let grown = a.cwnd.saturating_add(a.rs.acked_sacked);
                 let at_target = grown >= self.fast_target;

@@ -1403,7 +1403,11 @@ fn sim_fast_path_matches_the_full_model_and_takes_most_acks() {
     let bdp_bytes = (100e6 / 8.0 * 0.020) as usize;
     let cases = [
         ("2 MB buffer", Path::mbit(100.0, 20, 2_000_000, 0.0), 0.75),
-        ("1 BDP, 1% loss", Path::mbit(100.0, 20, bdp_bytes, 0.01), 0.75),
+        (
+            "1 BDP, 1% loss",
+            Path::mbit(100.0, 20, bdp_bytes, 0.01),
+            0.75,
+        ),
         ("15 kB, 1% loss", Path::mbit(100.0, 20, 15_000, 0.01), 0.75),
         (
             "app-limited",
@@ -1422,7 +1426,10 @@ fn sim_fast_path_matches_the_full_model_and_takes_most_acks() {
                 "{name} seed {seed}: fast path {} of {} ACKs ({share:.3}), utilisation {:.3}",
                 out.fast_acks, out.all_acks, out.utilisation
             );
-            assert!(share >= least, "{name} seed {seed}: fast path share {share:.3}");
+            assert!(
+                share >= least,
+                "{name} seed {seed}: fast path share {share:.3}"
+            );
         }
     }
 }
