@@ -223,6 +223,24 @@ fn random() -> u32 {
     unsafe { bpf_get_prandom_u32() }
 }
 
+/// The kernel's `tcp_packets_in_flight()`: packets out, less those SACKed or marked lost, plus
+/// retransmissions in flight.
+///
+/// # Safety
+/// `tp` must be the op's socket (a `tcp_sock`).
+#[inline(always)]
+unsafe fn packets_in_flight(tp: KernelPtr) -> u32 {
+    // SAFETY: generated offsets of fields of tcp_sock.
+    unsafe {
+        let left_out = tp
+            .u32(TCP_SOCK__SACKED_OUT)
+            .wrapping_add(tp.u32(TCP_SOCK__LOST_OUT));
+        tp.u32(TCP_SOCK__PACKETS_OUT)
+            .wrapping_sub(left_out)
+            .wrapping_add(tp.u32(TCP_SOCK__RETRANS_OUT))
+    }
+}
+
 /// Reads the socket into a [`Conn`].
 ///
 /// # Safety
@@ -231,19 +249,12 @@ fn random() -> u32 {
 unsafe fn read_conn(tp: KernelPtr) -> Conn {
     // SAFETY: generated offsets of fields of tcp_sock (which begins with sock).
     unsafe {
-        let packets_out = tp.u32(TCP_SOCK__PACKETS_OUT);
-        let left_out = tp
-            .u32(TCP_SOCK__SACKED_OUT)
-            .wrapping_add(tp.u32(TCP_SOCK__LOST_OUT));
         Conn {
             now_us: tp.u64(TCP_SOCK__TCP_MSTAMP),
             delivered: tp.u32(TCP_SOCK__DELIVERED),
             delivered_mstamp_us: tp.u64(TCP_SOCK__DELIVERED_MSTAMP),
             lost: tp.u32(TCP_SOCK__LOST),
-            // tcp_packets_in_flight()
-            packets_in_flight: packets_out
-                .wrapping_sub(left_out)
-                .wrapping_add(tp.u32(TCP_SOCK__RETRANS_OUT)),
+            packets_in_flight: packets_in_flight(tp),
             ca_state: tp.bits8(
                 INET_CONNECTION_SOCK__ICSK_CA_STATE,
                 INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
@@ -314,12 +325,7 @@ unsafe fn read_fast_ack(tp: KernelPtr, rs: RateSample, bbr: &Bbr, cfg_gen: u32) 
                 INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
             ),
             packets_in_flight: if bbr.packet_conservation != 0 {
-                tp.u32(TCP_SOCK__PACKETS_OUT)
-                    .wrapping_sub(
-                        tp.u32(TCP_SOCK__SACKED_OUT)
-                            .wrapping_add(tp.u32(TCP_SOCK__LOST_OUT)),
-                    )
-                    .wrapping_add(tp.u32(TCP_SOCK__RETRANS_OUT))
+                packets_in_flight(tp)
             } else {
                 0
             },
