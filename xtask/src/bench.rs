@@ -423,7 +423,7 @@ fn run_group(
 const LATE_PATH_MS: f64 = 0.1;
 
 /// One line on what the delay line did in an invocation; flags a path the machine slowed.
-fn delay_line_summary(l: &delay_line::Stats) -> String {
+pub(crate) fn delay_line_summary(l: &delay_line::Stats) -> String {
     let mean_late_ms = l.total_late.as_secs_f64() * 1e3 / l.packets.max(1) as f64;
     let verdict = if mean_late_ms > LATE_PATH_MS {
         eprintln!(

@@ -672,6 +672,16 @@ pub fn run(options: &WarmOptions) -> anyhow::Result<()> {
         report.push_str(&text);
     }
     drop(h);
+    // The delay line ran under every transfer of this invocation: say whether it kept time, as
+    // `bench bbr` does per invocation (a late line slows both variants' paths alike).
+    if let Some(line) = bed.line.take() {
+        let stats = line.stop()?;
+        writeln!(
+            report,
+            "\n- delay line, whole invocation: {}",
+            crate::bench::delay_line_summary(&stats)
+        )?;
+    }
     drop(bed);
     let _ = std::fs::remove_dir_all(&work);
     let path = root.join(&options.output);
