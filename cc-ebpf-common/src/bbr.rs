@@ -62,7 +62,7 @@ impl Mode {
 pub enum Phase {
     /// Probe for bandwidth: pacing gain 1.25, `inflight_hi` grows exponentially per round.
     Up = 0,
-    /// Drain the queue the probe made: pacing gain 0.91, until inflight is at the BDP.
+    /// Drain the queue the probe made: pacing gain 0.75 (v3: 0.91), until inflight is at the BDP.
     Down = 1,
     /// Cruise at the estimate with 15% headroom below `inflight_hi`, for 2–3 s.
     Cruise = 2,
@@ -220,7 +220,10 @@ pub struct BbrState {
     /// Segments per TSO burst at the pacing rate last set (`bbr_tso_segs_goal`), kept so that
     /// an ACK that does not change the pacing rate divides nothing for it.
     pub tso_segs_goal: u8,
-    pub _pad: [u8; 2],
+    /// 1: cruising at the DOWN gain this round, because the queue stood through the last
+    /// one (`cc_ebpf::bbr` deviation 18).
+    pub cruise_drain: u8,
+    pub _pad: [u8; 1],
     // --- the per-ACK fast path (`cc_ebpf::bbr` deviation 17): what the last full ACK left
     // that an ACK changing nothing would recompute identically; valid while `fast_ok` ---
     /// The earlier of the PROBE_RTT interval's and the min-RTT window's expiry, µs.
@@ -358,8 +361,10 @@ impl BbrConfig {
         cwnd_gain: BBR_UNIT * 2,
         // 5/4: probes for 25% more bandwidth.
         probe_up_gain: BBR_UNIT * 5 / 4,
-        // 0.91: drains what the probe queued while still keeping the pipe nearly full.
-        probe_down_gain: BBR_UNIT * 91 / 100,
+        // 0.75 (BBRv2's; v3 has 0.91): drains the 0.25 BDP a probe at 1.25 queues in about
+        // one min RTT; also the gain of a CRUISE round through a standing queue
+        // (`cc_ebpf::bbr` deviation 18).
+        probe_down_gain: BBR_UNIT * 3 / 4,
         // 10 s: propagation delay changes rarely.
         min_rtt_window_us: 10_000_000,
         // 5 s: BBRv3's PROBE_RTT interval (shorter than v1's 10 s, at a shallower cut).
@@ -496,13 +501,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_match_bbr_v3() {
+    fn defaults_are_valid_and_match_bbr_v3_but_for_the_down_gain() {
         let c = BbrConfig::DEFAULT;
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.high_gain, 710);
         assert_eq!(c.drain_gain, 88);
         assert_eq!(c.probe_up_gain, 320);
-        assert_eq!(c.probe_down_gain, 232);
+        // BBRv2's 0.75, not v3's 0.91 (`cc_ebpf::bbr` deviation 18).
+        assert_eq!(c.probe_down_gain, 192);
     }
 
     #[test]

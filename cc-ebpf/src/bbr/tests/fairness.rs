@@ -548,7 +548,11 @@ pub(super) fn with_cubic(cfg: &BbrConfig, bdps: f64, skip_s: u64, secs: u64, see
 /// (0.63–0.76); the bench's kernel record for bbr-p2p was 0.86 (kernel bbr 0.63). Without
 /// deviation 15 (STARTUP's plateau counted rounds in loss recovery) 3 of these seeds' 28 late
 /// flows left STARTUP below 5 Mbit/s (0.9–1.2: most of their first flight lost in the full
-/// queue) and stayed small; 57 of 448 over 64 seeds (`SIM_SEEDS=64`), 4 with it.
+/// queue) and stayed small; 57 of 448 over 64 seeds (`SIM_SEEDS=64`), 4 with it. Without
+/// deviation 18 (DOWN at v3's 0.91, no drain while cruising through a standing queue) the
+/// mean index was 0.860 over these seeds (0.881 over 64, sd 0.049); with it 0.956 (0.953,
+/// sd 0.022). It left more late flows' STARTUP below 5 Mbit/s (2 of these 28, at 4.7; 16 of
+/// 448 over 64 seeds) but none stayed small: the lowest share here is 7.9 Mbit/s.
 #[test]
 fn sim_eight_staggered_flows_share_the_link() {
     let window: u64 = std::env::var("SIM_WINDOW").map_or(12, |w| w.parse().unwrap());
@@ -585,9 +589,9 @@ fn sim_eight_staggered_flows_share_the_link() {
          {first:.1} Mbit/s, late flows leaving STARTUP below 5 Mbit/s: {low} of {}; exits {late_exits:.1?}",
         late_exits.len()
     );
-    assert!(mean >= 0.78, "mean Jain's index {mean:.3}: {jains:?}");
+    assert!(mean >= 0.93, "mean Jain's index {mean:.3}: {jains:?}");
     assert!(
-        low * 20 <= late_exits.len(),
+        low * 10 < late_exits.len(),
         "{low} late flows left STARTUP below 5 Mbit/s: {late_exits:.1?}"
     );
 }
