@@ -65,7 +65,8 @@
 //! 5. Packet conservation in the first round of recovery and the restore after it follow
 //!    mainline `tcp_bbr.c` (`bbr_set_cwnd_to_recover_or_restore`); v3's bounds apply after it,
 //!    as in v3's `bbr_main`.
-//! 6. State lives in socket storage rather than `icsk_ca_priv`, unpacked (no bitfields):
+//! 6. State lives in socket storage rather than `icsk_ca_priv` (which holds only the fast
+//!    path's working set, deviation 17), unpacked (no bitfields):
 //!    counters saturate instead of wrapping. TSO sizing is mainline's (no `tso_rtt_shift`), with
 //!    `MAX_TCP_HEADER` a constant (320 bytes, x86_64's value with the usual configs).
 //! 7. PROBE_RTT's interval is min(`probe_rtt_interval_us`, `min_rtt_window_us` / 2), so that a
@@ -176,7 +177,7 @@
 //!     `min_rtt` (a larger cwnd): bounded by `inflight_hi` on loss and undone by the next
 //!     lower RTT sample, which the filter takes at once; a receiver can inflate any sender's
 //!     window by its ACKs already, so this adds no new route.
-//! 17. **A per-ACK fast path** ([`Bbr::ack_fast`]; v3's `bbr_run_fast_path` covers only
+//! 17. **A per-ACK fast path** ([`FastState::ack`]; v3's `bbr_run_fast_path` covers only
 //!     app-limited samples). Each full ACK ends by computing, if the flow is in PROBE_BW
 //!     CRUISE past STARTUP (gains as `update_gains` sets them, careful resume done), an
 //!     envelope in the state (`fast_*`: cwnd target, the inflight cap, `min_cwnd`, the Reno
@@ -190,11 +191,18 @@
 //!     full model's remaining changes (round RTT and delivery maxima, the max-bw filter's
 //!     current cycle below `max_bw`, the ACK epoch, `prev_ca_state`, `try_fast_path`, the
 //!     min-RTT stamp) and reads 8 socket fields instead of 22 (the rate sample, read once per
-//!     ACK, serves both paths). Every other op clears the envelope; a tunables write changes
-//!     the generation (`BBR_CFG_SLOT`). Not a
+//!     ACK, serves both paths). **Its working set lives in the socket's `icsk_ca_priv`**
+//!     ([`FastState`], 104 bytes; deviation 6 keeps the rest in socket storage): a full ACK
+//!     writes it there ([`Bbr::export_fast`]), fast ACKs read and change only it (no map
+//!     lookup), and every op folds it back into the state before using the state
+//!     ([`FastState::fold_into`]), so the state in storage lags by at most the fast ACKs of
+//!     the current round (a round start always takes the full path); what the node reads
+//!     there (`max_bw`, `bw`, `min_rtt_us`) no fast ACK changes. Every other op clears the
+//!     envelope; a tunables write changes the generation (`BBR_CFG_SLOT`). Not a
 //!     change of behaviour: the host simulations run every ACK through both paths from the
-//!     same state and assert identical state and socket (`ack_both`); the fast path took 80%
-//!     of the ACKs on a 2 MB buffer, 82–87% at 1% loss, 69% with app-limited phases.
+//!     same state and assert identical state and socket, and that the working set a fast ACK
+//!     leaves equals the one the full ACK's state would export (`ack_both`); the fast path
+//!     took 80% of the ACKs on a 2 MB buffer, 82–87% at 1% loss, 69% with app-limited phases.
 //! 18. **Draining at 0.75: in DOWN, and in CRUISE through a queue that stood all round.**
 //!     Two parts, measured together (the host simulations below; the kernel A/Bs in
 //!     docs/bench.md, sessions 9 and 10):
@@ -396,6 +404,31 @@ fn after32(a: u32, b: u32) -> bool {
 #[inline(always)]
 fn scale(x: u32, gain: u32) -> u32 {
     ((u64::from(x) * u64::from(gain)) >> BBR_SCALE_U64) as u32
+}
+
+/// The ACK epoch `(epoch_acked, stamp_us)` at estimate `bw` after `acked` more packets at
+/// `delivered_mstamp_us`: (packets ACKed in the epoch, its start, the packets ACKed beyond what
+/// the estimate expected, at most `cwnd`) — the per-ACK part of `bbr_update_ack_aggregation`.
+#[inline(always)]
+fn ack_epoch(
+    bw: u32,
+    epoch_acked: u32,
+    stamp_us: u64,
+    delivered_mstamp_us: u64,
+    acked: u32,
+    cwnd: u32,
+) -> (u32, u64, u32) {
+    let (mut epoch_acked, mut stamp_us) = (epoch_acked, stamp_us);
+    let epoch_us = delivered_mstamp_us.saturating_sub(stamp_us);
+    let mut expected = ((u64::from(bw) * epoch_us) >> BW_SCALE).min(u64::from(u32::MAX)) as u32;
+    if epoch_acked <= expected || epoch_acked.saturating_add(acked) >= ACK_EPOCH_ACKED_RESET {
+        epoch_acked = 0;
+        stamp_us = delivered_mstamp_us;
+        expected = 0;
+    }
+    epoch_acked = epoch_acked.saturating_add(acked).min(0xf_ffff);
+    let extra = (epoch_acked - expected.min(epoch_acked)).min(cwnd);
+    (epoch_acked, stamp_us, extra)
 }
 
 impl Conn {
@@ -686,7 +719,10 @@ impl Bbr {
         cfg: &BbrConfig,
         rand: &mut R,
     ) -> bool {
-        if self.ack_fast(&FastAck::of(c, rs, 0)) {
+        let mut fast = FastState::default();
+        self.export_fast(&mut fast);
+        if fast.ack(&FastAck::of(c, rs, 0)) {
+            fast.fold_into(self);
             return true;
         }
         self.on_ack(c, rs, cfg, rand);
@@ -1599,23 +1635,17 @@ impl Bbr {
         }
     }
 
-    /// The ACK epoch after `acked` more packets at `delivered_mstamp_us`: (packets ACKed in
-    /// the epoch, its start, the packets ACKed beyond what the estimate expected, at most
-    /// `cwnd`) — the per-ACK part of `bbr_update_ack_aggregation`.
+    /// [`ack_epoch`] at this state's estimate and epoch.
     #[inline(always)]
     fn ack_epoch(&self, delivered_mstamp_us: u64, acked: u32, cwnd: u32) -> (u32, u64, u32) {
-        let (mut epoch_acked, mut stamp_us) = (self.ack_epoch_acked, self.ack_epoch_stamp_us);
-        let epoch_us = delivered_mstamp_us.saturating_sub(stamp_us);
-        let mut expected =
-            ((u64::from(self.bw()) * epoch_us) >> BW_SCALE).min(u64::from(u32::MAX)) as u32;
-        if epoch_acked <= expected || epoch_acked.saturating_add(acked) >= ACK_EPOCH_ACKED_RESET {
-            epoch_acked = 0;
-            stamp_us = delivered_mstamp_us;
-            expected = 0;
-        }
-        epoch_acked = epoch_acked.saturating_add(acked).min(0xf_ffff);
-        let extra = (epoch_acked - expected.min(epoch_acked)).min(cwnd);
-        (epoch_acked, stamp_us, extra)
+        ack_epoch(
+            self.bw(),
+            self.ack_epoch_acked,
+            self.ack_epoch_stamp_us,
+            delivered_mstamp_us,
+            acked,
+            cwnd,
+        )
     }
 
     /// `bbr_check_full_bw_reached` (v3): the delivery rate grew less than 25% for 3 rounds;
@@ -1844,10 +1874,9 @@ impl Bbr {
     }
 }
 
-/// The inputs of the per-ACK fast path ([`Bbr::ack_fast`], deviation 17): 8 socket fields (9
-/// in packet conservation) and the rate sample, where the full model reads 22 socket fields.
-/// The glue reads the rate sample once per ACK: an ACK the fast path declines goes to the full
-/// model with this one.
+/// The inputs of the per-ACK fast path ([`FastState::ack`], deviation 17): 8 socket fields (9
+/// in packet conservation) and the rate sample, where the full model reads 22 socket fields. The glue reads the rate sample
+/// once per ACK: an ACK the fast path declines goes to the full model with this one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastAck {
     /// The config generation in use (`BBR_CFG_SLOT`'s value).
@@ -1884,7 +1913,7 @@ impl FastAck {
     }
 }
 
-/// Deviation 17: the per-ACK fast path.
+/// Deviation 17: the per-ACK fast path's envelope.
 impl Bbr {
     /// After a full ACK: whether the next ACK may take the fast path, and the values the fast
     /// path compares against, computed by the same functions the full model uses. Only
@@ -1923,16 +1952,134 @@ impl Bbr {
         self.fast_ok = 1;
     }
 
-    /// The fast path: if this ACK, run through the full model ([`Self::on_ack`]), would leave
+    /// The fast path's working set for the ACKs after this full one: the envelope and the state
+    /// a fast ACK reads or changes, written into `p` (the socket's `icsk_ca_priv` in the glue).
+    /// Valid (`FastState::OK`) only where the envelope holds and the fast path can take an ACK
+    /// at all: no round above the loss threshold, the Reno round bound not reached — each constant until the next full ACK, so one test here instead of one
+    /// per ACK. Nothing else is written when it is not valid.
+    #[inline(always)]
+    pub fn export_fast(&self, p: &mut FastState) {
+        if self.fast_ok == 0
+            || self.loss_high_in_round != 0
+            || u32::from(self.rounds_since_probe) >= self.fast_reno_rounds
+        {
+            p.flags = 0;
+            return;
+        }
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        p.flags = FastState::OK
+            | flag(self.fast_aggr != 0, FastState::AGGR)
+            | flag(self.loss_in_round != 0, FastState::LOSS_IN_ROUND)
+            | flag(self.try_fast_path != 0, FastState::TRY_FAST)
+            | flag(self.packet_conservation != 0, FastState::PACKET_CONSERVATION);
+        p.rtt_deadline_us = self.fast_rtt_deadline_us;
+        p.probe_deadline_us = self.cycle_stamp_us + u64::from(self.probe_wait_us);
+        p.ack_epoch_stamp_us = self.ack_epoch_stamp_us;
+        p.cfg_gen = self.fast_cfg_gen;
+        p.next_round_delivered = self.next_round_delivered;
+        p.loss_round_delivered = self.loss_round_delivered;
+        p.probe_rtt_min_us = self.probe_rtt_min_us;
+        p.inflight_hi = self.inflight_hi;
+        p.prev_ca_state = self.prev_ca_state;
+        p.rounds_since_probe = self.rounds_since_probe;
+        p.tso_segs_goal = self.tso_segs_goal;
+        p.max_bw = self.max_bw();
+        p.bw_hi_1 = self.bw_hi[1];
+        p.bw = self.bw();
+        p.full_bw_bar = self.fast_full_bw_bar;
+        p.target = self.fast_target;
+        p.min_cwnd = self.fast_min_cwnd;
+        p.cap = self.fast_cap;
+        p.ack_epoch_acked = self.ack_epoch_acked;
+        p.extra_acked_cur = self.extra_acked[usize::from(self.extra_acked_win_idx & 1)];
+        p.extra_acked_max = self.extra_acked[0].max(self.extra_acked[1]);
+        p.round_min_rtt_us = self.round_min_rtt_us;
+        p.last_bw_sample = self.last_bw_sample;
+        p.bw_latest = self.bw_latest;
+        p.inflight_latest = self.inflight_latest;
+    }
+}
+
+/// The fast path's working set (deviation 17), 104 bytes: what the socket's `icsk_ca_priv`
+/// holds between full ACKs, so that a fast ACK makes no map lookup. The state in socket
+/// storage stays authoritative for everything else and is what the node reads.
+///
+/// - A full ACK writes it ([`Bbr::export_fast`]) from the state it leaves.
+/// - A fast ACK ([`Self::ack`]) reads and changes only this, and marks it `DIRTY`.
+/// - Every op that uses the state first folds it back ([`Self::fold_into`]): the changes of
+///   the fast ACKs since the last full ACK go to the state, and the working set is invalid
+///   until the next full ACK writes it again. A round start always takes the full path, so
+///   the state lags by less than a round; what the node reads from it (`max_bw`, `bw`,
+///   `min_rtt_us`) no fast ACK changes (see [`Self::ack`]).
+///
+/// Fields the fast path only compares against come first: the first 48 bytes share a cache
+/// line with `icsk_probes_tstamp`, which the kernel's ACK path writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastState {
+    /// The earlier of the PROBE_RTT interval's and the min-RTT window's expiry, µs.
+    pub rtt_deadline_us: u64,
+    /// The probe wait's end (`cycle_stamp_us + probe_wait_us`), µs.
+    pub probe_deadline_us: u64,
+    pub ack_epoch_stamp_us: u64,
+    pub cfg_gen: u32,
+    pub next_round_delivered: u32,
+    pub loss_round_delivered: u32,
+    pub probe_rtt_min_us: u32,
+    pub inflight_hi: u32,
+    /// `OK`, `DIRTY`, `AGGR`, `LOSS_IN_ROUND`, `TRY_FAST`, `PACKET_CONSERVATION`.
+    pub flags: u8,
+    pub prev_ca_state: u8,
+    pub rounds_since_probe: u8,
+    pub tso_segs_goal: u8,
+    pub max_bw: u32,
+    pub bw_hi_1: u32,
+    /// `bw()`: `max_bw` capped by `bw_lo`.
+    pub bw: u32,
+    pub full_bw_bar: u32,
+    pub target: u32,
+    pub min_cwnd: u32,
+    pub cap: u32,
+    pub ack_epoch_acked: u32,
+    /// `extra_acked` of the current window.
+    pub extra_acked_cur: u32,
+    /// The larger `extra_acked` of the two windows.
+    pub extra_acked_max: u32,
+    pub round_min_rtt_us: u32,
+    pub last_bw_sample: u32,
+    pub bw_latest: u32,
+    pub inflight_latest: u32,
+}
+/// `ICSK_CA_PRIV_SIZE` (13 × u64 since Linux 6.0; 6.1 and 6.18 both).
+pub const ICSK_CA_PRIV_SIZE: usize = 104;
+const _: () = assert!(core::mem::size_of::<FastState>() == ICSK_CA_PRIV_SIZE);
+const _: () = assert!(core::mem::offset_of!(FastState, tso_segs_goal) < 48);
+
+impl FastState {
+    /// The envelope holds: the next ACK may take the fast path.
+    pub const OK: u8 = 1;
+    /// A fast ACK changed the working set since the last full ACK.
+    pub const DIRTY: u8 = 2;
+    /// `extra_acked_gain` is not 0 (the ACK-aggregation estimate runs).
+    pub const AGGR: u8 = 4;
+    /// The state's `loss_in_round`.
+    pub const LOSS_IN_ROUND: u8 = 8;
+    /// The state's `try_fast_path`.
+    pub const TRY_FAST: u8 = 16;
+    /// The state's `packet_conservation` (the glue reads the flight only then).
+    pub const PACKET_CONSERVATION: u8 = 32;
+
+    /// The fast path: if this ACK, run through the full model ([`Bbr::on_ack`]), would leave
     /// cwnd, pacing rate and every decision as they are, it makes the state changes the full
     /// model would (the round's RTT and delivery maxima, the max-bw filter's current cycle
-    /// below `max_bw`, the ACK epoch, `try_fast_path`, ...) and returns true; otherwise it
-    /// changes nothing and returns false, and the caller runs the full model. Each condition
-    /// names the step of the full model it rules out.
+    /// below `max_bw`, the ACK epoch, `try_fast_path`, ...) here and returns true; otherwise
+    /// it changes nothing and returns false, and the caller runs the full model. Each condition
+    /// names the step of the full model it rules out. None of these changes moves `max_bw`
+    /// (the filter's current cycle takes samples only up to it), `bw` or `min_rtt_us`.
     #[inline(always)]
-    pub fn ack_fast(&mut self, a: &FastAck) -> bool {
+    pub fn ack(&mut self, a: &FastAck) -> bool {
         // The envelope holds, and was computed with these tunables.
-        if self.fast_ok == 0 || a.cfg_gen != self.fast_cfg_gen {
+        if self.flags & Self::OK == 0 || a.cfg_gen != self.cfg_gen {
             return false;
         }
         // A valid delivery sample without losses, inside the round and the loss round
@@ -1944,15 +2091,15 @@ impl Bbr {
             || a.rs.losses != 0
             || !after32(self.next_round_delivered, a.rs.prior_delivered)
             || !after32(self.loss_round_delivered, a.rs.prior_delivered)
-            || self.loss_high_in_round != 0
         {
             return false;
         }
         // No timer due: PROBE_RTT and the min-RTT window, the probe wait, the Reno round bound
-        // (`check_time_to_probe_bw`, with the ACK's cwnd as `target_inflight` takes it).
-        if a.now_us > self.fast_rtt_deadline_us
-            || a.delivered_mstamp_us > self.cycle_stamp_us + u64::from(self.probe_wait_us)
-            || u32::from(self.rounds_since_probe) >= self.fast_reno_rounds.min(a.cwnd)
+        // (`check_time_to_probe_bw`, with the ACK's cwnd as `target_inflight` takes it; its
+        // config term is checked by `export_fast`).
+        if a.now_us > self.rtt_deadline_us
+            || a.delivered_mstamp_us > self.probe_deadline_us
+            || u32::from(self.rounds_since_probe) >= a.cwnd
         {
             return false;
         }
@@ -1970,54 +2117,60 @@ impl Bbr {
             return false;
         }
         let sample_bw = sample_bw_of(a.rs.delivered, a.rs.interval_us);
-        let max_bw = self.max_bw();
+        let max_bw = self.max_bw;
         // v3's app-limited fast path inside the full model: the model's update and the
         // controls are skipped (ack_begin, Ack::runs).
-        let v3_fast = self.try_fast_path != 0
+        let v3_fast = self.flags & Self::TRY_FAST != 0
             && a.rs.is_app_limited
             && sample_bw < max_bw
-            && self.loss_in_round == 0;
-        let mut try_fast_path = self.try_fast_path;
+            && self.flags & Self::LOSS_IN_ROUND == 0;
+        let mut try_fast_path = self.flags & Self::TRY_FAST != 0;
         let (mut epoch_acked, mut epoch_stamp_us, mut extra) =
             (self.ack_epoch_acked, self.ack_epoch_stamp_us, 0);
+        let aggr = self.flags & Self::AGGR != 0;
         if !v3_fast {
             // Full-pipe detection does not restart (`check_full_bw_reached`).
-            if !a.rs.is_app_limited && sample_bw >= self.fast_full_bw_bar {
+            if !a.rs.is_app_limited && sample_bw >= self.full_bw_bar {
                 return false;
             }
             // The aggregation allowance does not grow (`update_ack_aggregation`).
-            if self.fast_aggr != 0 {
-                (epoch_acked, epoch_stamp_us, extra) =
-                    self.ack_epoch(a.delivered_mstamp_us, a.rs.acked_sacked, a.cwnd);
-                if extra > self.extra_acked[0].max(self.extra_acked[1]) {
+            if aggr {
+                (epoch_acked, epoch_stamp_us, extra) = ack_epoch(
+                    self.bw,
+                    epoch_acked,
+                    epoch_stamp_us,
+                    a.delivered_mstamp_us,
+                    a.rs.acked_sacked,
+                    a.cwnd,
+                );
+                if extra > self.extra_acked_max {
                     return false;
                 }
             }
-            // The pacing rate stays (`set_pacing_rate`: the same bw, gain, MSS and cap).
-            let rate = rate_bytes_per_sec(a.mss, u64::from(self.bw()), self.pacing_gain)
-                .min(a.max_pacing_rate);
+            // The pacing rate stays (`set_pacing_rate`: the same bw, gain 1 in CRUISE, MSS
+            // and cap).
+            let rate =
+                rate_bytes_per_sec(a.mss, u64::from(self.bw), BBR_UNIT).min(a.max_pacing_rate);
             if rate != a.pacing_rate {
                 return false;
             }
             // cwnd stays (`set_cwnd`, then `bound_cwnd_for_inflight_model`): in packet
             // conservation (the first round of recovery) at least the flight plus the ACKed
             // packets, otherwise towards the target.
-            let cwnd = if self.packet_conservation != 0 {
+            let cwnd = if self.flags & Self::PACKET_CONSERVATION != 0 {
                 a.cwnd
                     .max(a.packets_in_flight.saturating_add(a.rs.acked_sacked))
             } else {
                 let grown = a.cwnd.saturating_add(a.rs.acked_sacked);
-                let at_target = grown >= self.fast_target;
-                try_fast_path = u8::from(at_target);
-                if at_target { self.fast_target } else { grown }.max(self.fast_min_cwnd)
+                let at_target = grown >= self.target;
+                try_fast_path = at_target;
+                if at_target { self.target } else { grown }.max(self.min_cwnd)
             };
-            if cwnd.min(a.cwnd_clamp).min(self.fast_cap) != a.cwnd {
+            if cwnd.min(a.cwnd_clamp).min(self.cap) != a.cwnd {
                 return false;
             }
         }
         // The ACK changes nothing the controls depend on: make the full model's other changes.
-        self.round_start = 0;
-        self.loss_round_start = 0;
         if a.rs.rtt_us > 0 {
             self.round_min_rtt_us = self
                 .round_min_rtt_us
@@ -2026,29 +2179,65 @@ impl Bbr {
         self.last_bw_sample = sample_bw;
         self.bw_latest = self.bw_latest.max(sample_bw);
         self.inflight_latest = self.inflight_latest.max(a.rs.delivered as u32);
+        let mut flags = self.flags | Self::DIRTY;
         if !v3_fast {
             // `update_congestion_signals` in CRUISE (not probing): samples count up to max_bw.
             if (!a.rs.is_app_limited || sample_bw >= max_bw)
-                && a.rs.delivered > self.tso_segs_goal() as i32
+                && a.rs.delivered > i32::from(self.tso_segs_goal.max(1))
             {
-                self.bw_hi[1] = self.bw_hi[1].max(sample_bw.min(max_bw));
+                self.bw_hi_1 = self.bw_hi_1.max(sample_bw.min(max_bw));
             }
-            if self.fast_aggr != 0 {
+            if aggr {
                 self.ack_epoch_acked = epoch_acked;
                 self.ack_epoch_stamp_us = epoch_stamp_us;
-                let idx = usize::from(self.extra_acked_win_idx & 1);
-                self.extra_acked[idx] = self.extra_acked[idx].max(extra);
+                self.extra_acked_cur = self.extra_acked_cur.max(extra);
             }
             self.prev_ca_state = a.ca_state;
-            self.try_fast_path = try_fast_path;
+            flags = if try_fast_path {
+                flags | Self::TRY_FAST
+            } else {
+                flags & !Self::TRY_FAST
+            };
         }
-        // `update_min_rtt` with nothing expired: the filter's equal minimum carries its stamp.
-        if self.probe_rtt_min_us <= self.min_rtt_us {
-            self.min_rtt_us = self.probe_rtt_min_us;
-            self.min_rtt_stamp_us = self.probe_rtt_min_stamp_us;
-        }
-        self.idle_restart = 0;
+        self.flags = flags;
         true
+    }
+
+    /// Before any op uses the state: the fast ACKs' changes since the last full ACK go to the
+    /// state (the full model's changes those ACKs stood for, with the flags and per-ACK
+    /// resets that each of them made: round starts, `idle_restart`, the min-RTT filter's stamp),
+    /// and the working set becomes invalid until a full ACK writes it again.
+    #[inline(always)]
+    pub fn fold_into(&mut self, s: &mut Bbr) {
+        let flags = self.flags;
+        if flags == 0 {
+            return;
+        }
+        self.flags = 0;
+        if flags & Self::DIRTY == 0 {
+            return;
+        }
+        s.round_start = 0;
+        s.loss_round_start = 0;
+        s.round_min_rtt_us = self.round_min_rtt_us;
+        s.last_bw_sample = self.last_bw_sample;
+        s.bw_latest = self.bw_latest;
+        s.inflight_latest = self.inflight_latest;
+        s.bw_hi[1] = self.bw_hi_1;
+        if flags & Self::AGGR != 0 {
+            s.ack_epoch_acked = self.ack_epoch_acked;
+            s.ack_epoch_stamp_us = self.ack_epoch_stamp_us;
+            let idx = usize::from(s.extra_acked_win_idx & 1);
+            s.extra_acked[idx] = self.extra_acked_cur;
+        }
+        s.prev_ca_state = self.prev_ca_state;
+        s.try_fast_path = u8::from(flags & Self::TRY_FAST != 0);
+        // `update_min_rtt` with nothing expired: the filter's equal minimum carries its stamp.
+        if s.probe_rtt_min_us <= s.min_rtt_us {
+            s.min_rtt_us = s.probe_rtt_min_us;
+            s.min_rtt_stamp_us = s.probe_rtt_min_stamp_us;
+        }
+        s.idle_restart = 0;
     }
 }
 

@@ -55,8 +55,16 @@ fn no_rand() -> impl FnMut() -> u32 {
 /// and random source through the full model alone; both must leave the same state (every
 /// field, the envelope included) and the same socket (cwnd, pacing rate, ...). Returns
 /// whether the fast path took the ACK.
+///
+/// The glue keeps the fast path's working set in the socket between full ACKs, where this
+/// exports it from the state for each ACK: after a fast ACK, the working set it leaves must
+/// equal the one exported from the state it was folded into, so that the next ACK sees the
+/// same either way.
 fn ack_both(s: &mut Bbr, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, rng: &mut Rng) -> bool {
     let (mut full, mut c_full, mut rng_full) = (*s, *c, rng.clone());
+    let mut held = FastState::default();
+    s.export_fast(&mut held);
+    let ack = FastAck::of(c, rs, 0);
     let fast = s.on_ack_fast_first(c, rs, cfg, &mut || rng.next());
     full.on_ack(&mut c_full, rs, cfg, &mut || rng_full.next());
     assert_eq!(
@@ -64,6 +72,14 @@ fn ack_both(s: &mut Bbr, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, rng: &m
         (&full, &c_full),
         "fast path (took the ACK: {fast}) against the full model on {rs:?}"
     );
+    assert_eq!(held.ack(&ack), fast);
+    if fast {
+        let mut again = FastState::default();
+        s.export_fast(&mut again);
+        assert_eq!(held.flags & FastState::DIRTY, FastState::DIRTY);
+        held.flags &= !FastState::DIRTY;
+        assert_eq!(held, again, "the working set held across a fast ACK on {rs:?}");
+    }
     fast
 }
 

@@ -4,7 +4,9 @@
 //! Each op reads the socket fields the algorithm needs into a [`Conn`], runs the algorithm on
 //! the socket's [`BbrState`] (socket storage, also read by the node with the socket as key),
 //! and writes back only what a congestion control may change: `snd_cwnd`, `snd_ssthresh`,
-//! `app_limited` and `sk_pacing_rate`.
+//! `app_limited` and `sk_pacing_rate`. The per-ACK fast path works on its own copy in the
+//! socket's `icsk_ca_priv` ([`FastState`], deviation 17), which every op folds back into the
+//! state before using it.
 #![no_std]
 #![no_main]
 
@@ -19,7 +21,7 @@ use aya_ebpf::{
 };
 use cc_ebpf::{
     OpsArgs,
-    bbr::{AckStage, Bbr, Conn, FastAck, RateSample},
+    bbr::{AckStage, Bbr, Conn, FastAck, FastState, RateSample},
     kernel::*,
 };
 use cc_ebpf_common::{
@@ -105,6 +107,26 @@ fn storage(sk: KernelPtr, create: bool) -> Option<&'static mut BbrStorage> {
 fn state(sk: KernelPtr, create: bool) -> Option<&'static mut Bbr> {
     // SAFETY: Bbr is a transparent wrapper of BbrState.
     storage(sk, create).map(|s| unsafe { &mut *(&raw mut s.state).cast::<Bbr>() })
+}
+
+/// The fast path's working set in the socket's own `icsk_ca_priv` (deviation 17 of
+/// `cc_ebpf::bbr`): reached without a map lookup. A `tcp_congestion_ops` program may read and
+/// write that area (`bpf_tcp_ca_btf_struct_access`, 6.1 and 6.18); TCP zeroes it when a socket
+/// is assigned an algorithm, so it reads as invalid until a full ACK writes it.
+///
+/// # Safety
+/// `sk` must be the op's socket, in one of this algorithm's ops.
+#[inline(always)]
+unsafe fn fast_state(sk: KernelPtr) -> &'static mut FastState {
+    // SAFETY: per the contract: `icsk_ca_priv` is this algorithm's, 104 bytes, 8-aligned
+    // (FastState's size is asserted to be ICSK_CA_PRIV_SIZE); every access is checked by the
+    // verifier against the area's bounds.
+    unsafe {
+        &mut *sk
+            .as_ptr()
+            .add(INET_CONNECTION_SOCK__ICSK_CA_PRIV.offset())
+            .cast::<FastState>()
+    }
 }
 
 /// The tunables, in two slots: the node fills the slot not in use, then switches
@@ -312,7 +334,7 @@ unsafe fn read_rate_sample(rs: KernelPtr) -> RateSample {
 /// # Safety
 /// `tp` must be the op's socket (a `tcp_sock`).
 #[inline(always)]
-unsafe fn read_fast_ack(tp: KernelPtr, rs: RateSample, bbr: &Bbr, cfg_gen: u32) -> FastAck {
+unsafe fn read_fast_ack(tp: KernelPtr, rs: RateSample, fast: &FastState, cfg_gen: u32) -> FastAck {
     // SAFETY: generated offsets of fields of tcp_sock.
     unsafe {
         FastAck {
@@ -324,7 +346,7 @@ unsafe fn read_fast_ack(tp: KernelPtr, rs: RateSample, bbr: &Bbr, cfg_gen: u32) 
                 INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
                 INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
             ),
-            packets_in_flight: if bbr.packet_conservation != 0 {
+            packets_in_flight: if fast.flags & FastState::PACKET_CONSERVATION != 0 {
                 packets_in_flight(tp)
             } else {
                 0
@@ -404,6 +426,8 @@ pub unsafe extern "C" fn bbr_init(ctx: *const u64) {
     let Some(bbr) = state(sk, true) else {
         return;
     };
+    // SAFETY: `sk` is the op's socket.
+    unsafe { fast_state(sk) }.flags = 0;
     let mut fallback = MaybeUninit::uninit();
     let cfg = config_or_default(&mut fallback);
     // SAFETY: `sk` is the op's tcp_sock.
@@ -453,6 +477,23 @@ pub unsafe extern "C" fn bbr_cong_control_2(ctx: *const u64) {
 
 #[inline(always)]
 fn on_ack(sk: KernelPtr, rs: KernelPtr) {
+    let cfg_gen = config_gen();
+    // SAFETY: `rs` is the op's rate sample.
+    let sample = unsafe { read_rate_sample(rs) };
+    // Deviation 17: an ACK that changes nothing the controls depend on takes the fast path,
+    // on the working set in `icsk_ca_priv` (no map lookup); it reads 8 socket fields instead
+    // of 22 and leaves cwnd and pacing rate as they are.
+    {
+        // SAFETY: `sk` is the op's socket.
+        let fast = unsafe { fast_state(sk) };
+        if fast.flags & FastState::OK != 0 {
+            // SAFETY: `sk` is the op's tcp_sock.
+            let ack = unsafe { read_fast_ack(sk, sample, fast, cfg_gen) };
+            if fast.ack(&ack) {
+                return;
+            }
+        }
+    }
     // Created here if `init` could not (storage allocation failed then): a socket without
     // state would otherwise stay at its initial window.
     let Some(storage) = storage(sk, true) else {
@@ -466,18 +507,9 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
             (&raw mut storage.scratch).cast::<Scratch>(),
         )
     };
-    let cfg_gen = config_gen();
-    // SAFETY: `rs` is the op's rate sample.
-    let sample = unsafe { read_rate_sample(rs) };
-    // Deviation 17: an ACK that changes nothing the controls depend on takes the fast path,
-    // which reads 8 socket fields instead of 22 and leaves cwnd and pacing rate as they are.
-    if bbr.fast_ok != 0 {
-        // SAFETY: `sk` is the op's tcp_sock.
-        let ack = unsafe { read_fast_ack(sk, sample, bbr, cfg_gen) };
-        if bbr.ack_fast(&ack) {
-            return;
-        }
-    }
+    // The fast ACKs since the last full one, into the state the full model runs on.
+    // SAFETY: `sk` is the op's socket.
+    unsafe { fast_state(sk) }.fold_into(bbr);
     let mut fallback = MaybeUninit::uninit();
     let cfg = config_or_default_at(cfg_gen, &mut fallback);
     // SAFETY: `sc` points to this socket's scratch value, alive for the program's run; generated
@@ -534,6 +566,10 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
             // SAFETY: as above.
             unsafe { resume_stage(sk, state, &mut (*sc).conn, &(*sc).rs, cfg, ack.sample_bw) };
         }
+        // The working set for the next ACKs (resume_stage clears `fast_ok` where it acts).
+        stage_barrier();
+        // SAFETY: as above; `sk` is the op's socket.
+        unsafe { (*bbr).export_fast(fast_state(sk)) };
     }
     stage_barrier();
     // SAFETY: `sk` is the op's tcp_sock; `sc` as above.
@@ -585,7 +621,11 @@ pub unsafe extern "C" fn bbr_ssthresh(ctx: *const u64) -> u32 {
     // SAFETY: `sk` is the op's tcp_sock.
     let c = unsafe { read_conn(sk) };
     match state(sk, false) {
-        Some(bbr) => bbr.on_ssthresh(&c),
+        Some(bbr) => {
+            // SAFETY: `sk` is the op's socket.
+            unsafe { fast_state(sk) }.fold_into(bbr);
+            bbr.on_ssthresh(&c)
+        }
         None => c.ssthresh,
     }
 }
@@ -602,7 +642,11 @@ pub unsafe extern "C" fn bbr_undo_cwnd(ctx: *const u64) -> u32 {
     // SAFETY: `sk` is the op's tcp_sock.
     let c = unsafe { read_conn(sk) };
     match state(sk, false) {
-        Some(bbr) if bbr.init_cwnd != 0 => bbr.on_undo().max(c.cwnd),
+        Some(bbr) if bbr.init_cwnd != 0 => {
+            // SAFETY: `sk` is the op's socket.
+            unsafe { fast_state(sk) }.fold_into(bbr);
+            bbr.on_undo().max(c.cwnd)
+        }
         _ => c.cwnd,
     }
 }
@@ -622,6 +666,8 @@ pub unsafe extern "C" fn bbr_cwnd_event(ctx: *const u64) {
     let Some(bbr) = state(sk, false).filter(|b| b.init_cwnd != 0) else {
         return;
     };
+    // SAFETY: `sk` is the op's socket.
+    unsafe { fast_state(sk) }.fold_into(bbr);
     let mut fallback = MaybeUninit::uninit();
     let cfg = config_or_default(&mut fallback);
     // SAFETY: `sk` is the op's tcp_sock.
@@ -647,6 +693,8 @@ pub unsafe extern "C" fn bbr_set_state(ctx: *const u64) {
     let Some(bbr) = state(sk, false).filter(|b| b.init_cwnd != 0) else {
         return;
     };
+    // SAFETY: `sk` is the op's socket.
+    unsafe { fast_state(sk) }.fold_into(bbr);
     let mut fallback = MaybeUninit::uninit();
     let cfg = config_or_default(&mut fallback);
     // SAFETY: `sk` is the op's tcp_sock.
