@@ -1971,7 +1971,10 @@ impl Bbr {
             | flag(self.fast_aggr != 0, FastState::AGGR)
             | flag(self.loss_in_round != 0, FastState::LOSS_IN_ROUND)
             | flag(self.try_fast_path != 0, FastState::TRY_FAST)
-            | flag(self.packet_conservation != 0, FastState::PACKET_CONSERVATION);
+            | flag(
+                self.packet_conservation != 0,
+                FastState::PACKET_CONSERVATION,
+            );
         p.rtt_deadline_us = self.fast_rtt_deadline_us;
         p.probe_deadline_us = self.cycle_stamp_us + u64::from(self.probe_wait_us);
         p.ack_epoch_stamp_us = self.ack_epoch_stamp_us;

@@ -78,7 +78,10 @@ fn ack_both(s: &mut Bbr, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig, rng: &m
         s.export_fast(&mut again);
         assert_eq!(held.flags & FastState::DIRTY, FastState::DIRTY);
         held.flags &= !FastState::DIRTY;
-        assert_eq!(held, again, "the working set held across a fast ACK on {rs:?}");
+        assert_eq!(
+            held, again,
+            "the working set held across a fast ACK on {rs:?}"
+        );
     }
     fast
 }
