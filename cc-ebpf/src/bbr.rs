@@ -2015,8 +2015,8 @@ impl Bbr {
 ///   the state lags by less than a round; what the node reads from it (`max_bw`, `bw`,
 ///   `min_rtt_us`) no fast ACK changes (see [`Self::ack`]).
 ///
-/// Fields the fast path only compares against come first: the first 48 bytes share a cache
-/// line with `icsk_probes_tstamp`, which the kernel's ACK path writes.
+/// The fields every fast ACK reads come first: on 6.18 the area starts 16 bytes into a cache
+/// line, so its first 48 bytes are one line (not measured against other orders).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastState {
