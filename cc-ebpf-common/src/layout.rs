@@ -58,6 +58,9 @@ macro_rules! kernel_fields {
             // The socket's local-storage pointer (NULL: no socket storage of any map)
             SOCK__SK_BPF_STORAGE = ("sock", "sk_bpf_storage", 64),
             // struct inet_connection_sock
+            // The tick (low 32 bits of jiffies) of the socket's last data segment
+            // (`tcp_event_data_recv`); `tcp_probe`'s pre-test, with `tcp_sock.rcv_tstamp`
+            INET_CONNECTION_SOCK__ICSK_ACK_LRCVTIME = ("inet_connection_sock", "icsk_ack.lrcvtime", 32),
             INET_CONNECTION_SOCK__ICSK_CA_STATE = ("inet_connection_sock", "icsk_ca_state", 5),
             INET_CONNECTION_SOCK__ICSK_CA_PRIV = ("inet_connection_sock", "icsk_ca_priv", 832),
             INET_CONNECTION_SOCK__ICSK_CA_OPS = ("inet_connection_sock", "icsk_ca_ops", 64),
@@ -68,6 +71,8 @@ macro_rules! kernel_fields {
             SK_BUFF__CB = ("sk_buff", "cb", 384),
             TCP_SKB_CB__TCP_GSO_SEGS = ("tcp_skb_cb", "tcp_gso_segs", 16),
             // struct tcp_sock
+            // The tick (low 32 bits of jiffies) of the socket's last accepted ACK (`tcp_ack`)
+            TCP_SOCK__RCV_TSTAMP = ("tcp_sock", "rcv_tstamp", 32),
             TCP_SOCK__SND_CWND = ("tcp_sock", "snd_cwnd", 32),
             TCP_SOCK__SND_SSTHRESH = ("tcp_sock", "snd_ssthresh", 32),
             TCP_SOCK__SND_CWND_CNT = ("tcp_sock", "snd_cwnd_cnt", 32),
@@ -152,14 +157,43 @@ pub const fn field_marker(index: FieldIndex) -> u64 {
     (FIELD_MARK as u64) << 32 | (MARKED | index as u32) as u64
 }
 
+/// The kernel structs whose vmlinux BTF type id a program needs as a constant (the second
+/// argument of the `bpf_rdonly_cast` kfunc), in [`TypeIndex`] order.
+pub const TYPES: &[&str] = &["tcp_sock"];
+
+/// Index of each struct in [`TYPES`] and in [`TypeIds`] (the low half of its marker).
+#[allow(
+    non_camel_case_types,
+    clippy::upper_case_acronyms,
+    reason = "named as the structs"
+)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypeIndex {
+    TCP_SOCK,
+}
+
+/// The vmlinux BTF id of each struct of [`TYPES`] in the running kernel, 0 for a missing one.
+pub type TypeIds = [u32; TYPES.len()];
+
+/// High half of a type marker: the `ld_imm64` immediate `TYPE_MARK << 32 | MARKED | index`
+/// stands for the BTF id of struct `TYPES[index]` until the loader writes the id there
+/// ([`patch_fields`]). Left unpatched, it is an id no kernel has, which the verifier rejects.
+pub const TYPE_MARK: u32 = 0x7032_7074;
+
+/// The marker immediate of struct `index`'s BTF id (see [`TYPE_MARK`]).
+pub const fn type_marker(index: TypeIndex) -> u64 {
+    (TYPE_MARK as u64) << 32 | (MARKED | index as u32) as u64
+}
+
 /// `BPF_LD | BPF_IMM | BPF_DW`: the first half of a 16-byte `ld_imm64`.
 const OP_LD_IMM64: u8 = 0x18;
 
 /// What [`patch_fields`] found that it could not have been given by a cc-ebpf object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchError {
-    /// A marker whose index is not a field of [`FIELDS`] (object and loader built from
-    /// different sources), at this byte.
+    /// A marker whose index is not a field of [`FIELDS`] (or a struct of [`TYPES`]): object
+    /// and loader built from different sources. At this byte.
     UnknownField { at: usize },
     /// The code is not a whole number of 8-byte instructions, or ends inside an `ld_imm64`.
     Truncated,
@@ -167,12 +201,13 @@ pub enum PatchError {
 
 /// Writes each field's bit offset from `table` over its markers in `code` (the bytes of BPF
 /// instructions, little-endian as `bpfel` objects are): every `ld_imm64` with no source register
-/// (a plain constant) whose immediate is a [`field_marker`]. Returns how many it patched.
+/// (a plain constant) whose immediate is a [`field_marker`], and each struct's BTF id from
+/// `types` over its [`type_marker`]s. Returns how many it patched.
 ///
 /// This is what a loader does with libbpf's CO-RE field-offset relocations, on a marker instead
 /// of a relocation record (bpf-linker emits none for Rust): the programs then carry the running
 /// kernel's offsets as immediates and read no table at run time.
-pub fn patch_fields(code: &mut [u8], table: &Table) -> Result<usize, PatchError> {
+pub fn patch_fields(code: &mut [u8], table: &Table, types: &TypeIds) -> Result<usize, PatchError> {
     if !code.len().is_multiple_of(8) {
         return Err(PatchError::Truncated);
     }
@@ -189,12 +224,14 @@ pub fn patch_fields(code: &mut [u8], table: &Table) -> Result<usize, PatchError>
         }
         let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let (low, high) = (word(&code[at + 4..]), word(&code[at + 12..]));
-        if src_reg == 0 && high == FIELD_MARK {
-            let bits = *table
-                .get((low ^ MARKED) as usize)
-                .filter(|_| low & MARKED != 0)
-                .ok_or(PatchError::UnknownField { at })?;
-            code[at + 4..at + 8].copy_from_slice(&bits.to_le_bytes());
+        if src_reg == 0 && (high == FIELD_MARK || high == TYPE_MARK) {
+            let index = (low & MARKED != 0).then_some((low ^ MARKED) as usize);
+            let value = match (high, index) {
+                (FIELD_MARK, Some(i)) if i < FIELD_COUNT => table[i],
+                (TYPE_MARK, Some(i)) if i < TYPES.len() => types[i],
+                _ => return Err(PatchError::UnknownField { at }),
+            };
+            code[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
             code[at + 12..at + 16].copy_from_slice(&0u32.to_le_bytes());
             patched += 1;
         }
@@ -210,7 +247,7 @@ pub use resolve::*;
 mod resolve {
     use std::{borrow::ToOwned, format, string::String, vec::Vec};
 
-    use super::{ABSENT, FIELDS, FieldSpec, Table};
+    use super::{ABSENT, FIELDS, FieldSpec, TYPES, Table, TypeIds};
     use crate::btf::Btf;
 
     /// A field the programs cannot use on the running kernel.
@@ -231,6 +268,8 @@ mod resolve {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Resolved {
         pub table: Table,
+        /// The BTF id of each struct of [`TYPES`] (0: missing, which no kernel with TCP is).
+        pub types: TypeIds,
         pub problems: Vec<Problem>,
     }
 
@@ -261,7 +300,13 @@ mod resolve {
                 }),
             }
         }
-        Resolved { table, problems }
+        let types =
+            core::array::from_fn(|i| btf.find(crate::btf::Kind::Struct, TYPES[i]).unwrap_or(0));
+        Resolved {
+            table,
+            types,
+            problems,
+        }
     }
 
     fn place(btf: &Btf, spec: &FieldSpec) -> Result<u32, String> {
@@ -427,10 +472,29 @@ mod tests {
         code.extend(insn(0x61, 0x21, 0));
         code.extend(ld_imm64(0, missing));
         let before = code.clone();
-        assert_eq!(patch_fields(&mut code, &table), Ok(2));
+        assert_eq!(patch_fields(&mut code, &table, &[0]), Ok(2));
         assert_eq!(code[..16], ld_imm64(0, 1234 * 8));
         assert_eq!(code[16..56], before[16..56]);
         assert_eq!(code[56..], ld_imm64(0, u64::from(ABSENT)));
+    }
+
+    #[test]
+    fn a_bitfields_marker_gets_its_bit_offset_and_a_type_marker_its_id() {
+        let mut table = [ABSENT; FIELD_COUNT];
+        let state = FieldIndex::INET_CONNECTION_SOCK__ICSK_CA_STATE;
+        table[state as usize] = 1234 * 8 + 3;
+        let mut code = std::vec::Vec::new();
+        code.extend(ld_imm64(0, field_marker(state)));
+        code.extend(ld_imm64(0, type_marker(TypeIndex::TCP_SOCK)));
+        assert_eq!(patch_fields(&mut code, &table, &[4242]), Ok(2));
+        assert_eq!(code[..16], ld_imm64(0, 1234 * 8 + 3));
+        assert_eq!(code[16..], ld_imm64(0, 4242));
+        // A type marker of no type is refused like a field's.
+        let mut code = ld_imm64(0, type_marker(TypeIndex::TCP_SOCK) + 1).to_vec();
+        assert_eq!(
+            patch_fields(&mut code, &table, &[4242]),
+            Err(PatchError::UnknownField { at: 0 })
+        );
     }
 
     #[test]
@@ -456,7 +520,7 @@ mod tests {
         let mut code = ld_imm64(0, field_marker(FieldIndex::TCP_SOCK__SND_CWND));
         code[0] = 0xb7;
         let before = code;
-        assert_eq!(patch_fields(&mut code, &[7; FIELD_COUNT]), Ok(0));
+        assert_eq!(patch_fields(&mut code, &[7; FIELD_COUNT], &[0]), Ok(0));
         assert_eq!(code, before);
     }
 
@@ -465,17 +529,17 @@ mod tests {
         for low in [MARKED | FIELD_COUNT as u32, 3] {
             let mut code = ld_imm64(0, u64::from(FIELD_MARK) << 32 | u64::from(low)).to_vec();
             assert_eq!(
-                patch_fields(&mut code, &[0; FIELD_COUNT]),
+                patch_fields(&mut code, &[0; FIELD_COUNT], &[0]),
                 Err(PatchError::UnknownField { at: 0 })
             );
         }
         let mut cut = ld_imm64(0, 0)[..8].to_vec();
         assert_eq!(
-            patch_fields(&mut cut, &[0; FIELD_COUNT]),
+            patch_fields(&mut cut, &[0; FIELD_COUNT], &[0]),
             Err(PatchError::Truncated)
         );
         assert_eq!(
-            patch_fields(&mut [0u8; 12], &[0; FIELD_COUNT]),
+            patch_fields(&mut [0u8; 12], &[0; FIELD_COUNT], &[0]),
             Err(PatchError::Truncated)
         );
     }

@@ -296,9 +296,7 @@ pub struct SockTrack {
     pub cookie: u64,
     /// 1: a socket of the node; 0: created by observe-all mode.
     pub owned: u32,
-    /// `tcp_probe` events since the last refresh, added to [`ProbeCounters::events`] at the
-    /// next refresh or at destroy (so the common event touches no per-CPU counter).
-    pub pending_events: u32,
+    pub _reserved: u32,
 }
 const _: () = assert!(core::mem::size_of::<SockTrack>() == 24);
 
@@ -309,35 +307,27 @@ impl SockTrack {
             refreshed_jiffies: 0,
             cookie,
             owned: 1,
-            pending_events: 0,
+            _reserved: 0,
         }
     }
 
     /// Whether the event at tick `now_jiffies` refreshes the snapshot: the first event of the
     /// socket, the first after a congestion-state change ([`SockTrack::refresh_next`]) or the
-    /// first of a new kernel tick (≥ 1 ms: HZ ≤ 1000; 4 ms at this host's HZ = 250). If so it
-    /// is recorded as the last refresh and returns the events to count (this one and the
-    /// pending ones); else the event is left pending. The logic `tcp_probe` runs; host-tested.
+    /// first of a new kernel tick (≥ 1 ms: HZ ≤ 1000; 4 ms at this host's HZ = 250); if so it is
+    /// recorded as the last refresh. The logic `tcp_probe` runs; host-tested.
     #[inline(always)]
-    pub fn due(&mut self, now_jiffies: u64) -> Option<u64> {
+    pub fn due(&mut self, now_jiffies: u64) -> bool {
         if now_jiffies == self.refreshed_jiffies {
-            self.pending_events = self.pending_events.wrapping_add(1);
-            return None;
+            return false;
         }
         self.refreshed_jiffies = now_jiffies;
-        Some(u64::from(core::mem::take(&mut self.pending_events)) + 1)
+        true
     }
 
     /// The next event refreshes (a congestion-state change: its cwnd and ssthresh matter now).
     #[inline(always)]
     pub fn refresh_next(&mut self) {
         self.refreshed_jiffies = 0;
-    }
-
-    /// The events still pending, now counted (at destroy).
-    #[inline(always)]
-    pub fn take_pending(&mut self) -> u64 {
-        u64::from(core::mem::take(&mut self.pending_events))
     }
 }
 
@@ -346,9 +336,9 @@ impl SockTrack {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeCounters {
-    /// `tcp_probe` events of tracked sockets.
-    pub events: u64,
-    /// Of those, the events that refreshed the socket's [`SockStats`] (see [`SockTrack::due`]).
+    /// `tcp_probe` events that refreshed a tracked socket's [`SockStats`] (see
+    /// [`SockTrack::due`]). The other events of tracked sockets are not counted: the kernel's
+    /// `run_cnt` (bpf_stats) counts every run.
     pub refreshes: u64,
     /// Map updates that failed (map full in observe-all mode).
     pub update_failed: u64,
@@ -363,7 +353,7 @@ pub struct ProbeCounters {
     /// RTT samples not recorded (histogram map could not take a new algorithm).
     pub hist_lost: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 64);
+const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 56);
 
 impl ProbeCounters {
     /// Events that could not be recorded, of any kind.
@@ -474,22 +464,15 @@ mod probe_tests {
     #[test]
     fn refresh_once_per_tick_or_after_a_state_change() {
         let mut t = SockTrack::owned(7);
-        assert_eq!(t.due(5_000), Some(1), "first event");
-        assert_eq!(t.due(5_000), None);
-        assert_eq!(t.due(5_000), None);
-        assert_eq!(t.pending_events, 2);
-        assert_eq!(
-            t.due(5_001),
-            Some(3),
-            "next tick: this event and the 2 pending"
-        );
+        assert!(t.due(5_000), "first event");
+        assert!(!t.due(5_000));
+        assert!(!t.due(5_000));
+        assert!(t.due(5_001), "next tick");
         assert_eq!(t.refreshed_jiffies, 5_001);
-        assert_eq!(t.due(5_001), None);
+        assert!(!t.due(5_001));
         t.refresh_next();
-        assert_eq!(t.due(5_001), Some(2), "after a state change, same tick");
-        assert_eq!(t.due(5_001), None);
-        assert_eq!(t.take_pending(), 1, "destroy counts what is pending");
-        assert_eq!(t.take_pending(), 0);
+        assert!(t.due(5_001), "after a state change, same tick");
+        assert!(!t.due(5_001));
         assert_eq!((t.owned, t.cookie), (1, 7));
     }
 

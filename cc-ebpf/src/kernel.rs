@@ -11,7 +11,7 @@
 
 use core::ops::Add;
 
-use cc_ebpf_common::layout::{FIELDS, FieldIndex, field_marker};
+use cc_ebpf_common::layout::{FIELDS, FieldIndex, TypeIndex, field_marker, type_marker};
 
 /// Bit `i` set: the program may write field `i`. The loader clears the bit of a field the
 /// running kernel does not let this program type write (Linux 6.1 refuses congestion controls
@@ -146,6 +146,34 @@ macro_rules! field_consts {
     };
 }
 cc_ebpf_common::kernel_fields!(field_consts);
+
+/// The running kernel's BTF id of a struct of `cc_ebpf_common::layout::TYPES`, as the immediate
+/// of one `ld_imm64`: a type marker the loader overwrites with the id
+/// (`cc_ebpf_common::layout::patch_fields`), so the verifier sees the constant a kfunc such as
+/// `bpf_rdonly_cast` requires.
+#[inline(always)]
+pub fn type_id(index: TypeIndex) -> u32 {
+    match index {
+        TypeIndex::TCP_SOCK => {
+            let id: u64;
+            // SAFETY: loads an immediate into a register; touches nothing else.
+            #[cfg(target_arch = "bpf")]
+            unsafe {
+                core::arch::asm!(
+                    "{0} = {1} ll",
+                    out(reg) id,
+                    const type_marker(TypeIndex::TCP_SOCK),
+                    options(pure, nomem, nostack, preserves_flags),
+                );
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            {
+                id = type_marker(TypeIndex::TCP_SOCK);
+            }
+            id as u32
+        }
+    }
+}
 
 /// Width of a field as the programs access it.
 const fn bits(field: FieldIndex) -> u32 {

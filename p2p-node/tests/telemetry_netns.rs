@@ -92,9 +92,9 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         let srtt = metric(&text, "p2pcc_peer_srtt_seconds", label)?;
         let acked = metric(&text, "p2pcc_peer_acked_bytes_total", label)?;
         let pacing = metric(&text, "p2pcc_peer_pacing_rate_bytes_per_second", label)?;
-        let events = common::metric_value(&text, "p2pcc_ebpf_probe_events_total")?;
+        let refreshes = common::metric_value(&text, "p2pcc_ebpf_probe_refreshes_total")?;
         last = format!(
-            "exported cwnd {cwnd} srtt {srtt}s acked {acked} pacing {pacing} events {events}; TCP_INFO cwnd {} rtt {}us acked {} pacing {} segs_in {} data_segs_in {}",
+            "exported cwnd {cwnd} srtt {srtt}s acked {acked} pacing {pacing} refreshes {refreshes}; TCP_INFO cwnd {} rtt {}us acked {} pacing {} segs_in {} data_segs_in {}",
             info.snd_cwnd,
             info.rtt_us,
             info.bytes_acked,
@@ -115,12 +115,10 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         let acked_ok = acked <= info.bytes_acked as f64
             && acked >= 67_108_864.0
             && info.bytes_acked as f64 - acked <= 1_048_576.0;
-        // tcp_probe runs once per segment B's socket receives, and B's node tracks only this
-        // socket. segs_in counts a GRO'd data segment once per MSS, so it bounds the events
-        // from above; each pure ACK (segs_in - data_segs_in) is one event, so they bound them
-        // from below, but for the handshake's few before the node marked the socket.
-        let pure_acks = f64::from(info.segs_in - info.data_segs_in);
-        let events_ok = events <= f64::from(info.segs_in) && events >= pure_acks - 16.0;
+        // B's node tracks only this socket, and a refresh is one tcp_probe event, which runs
+        // once per segment the socket receives: at least one (the keepalive's), at most one per
+        // segment (segs_in counts a GRO'd data segment once per MSS, so it bounds the events).
+        let events_ok = refreshes >= 1.0 && refreshes <= f64::from(info.segs_in);
         (cwnd > 0.0
             && srtt > 0.0
             && events_ok

@@ -19,8 +19,8 @@
 //! - (b) throughput: clean bulk runs with no node, with the node as deployed (all probes
 //!   attached, iperf3's sockets foreign to it) and with `--observe-all` (all probes, every
 //!   socket tracked), no run statistics, rotating which arm goes first; medians and ratios.
-//!   In the tracked arm the node's own counters (`/metrics`) give the share of events that
-//!   refreshed a snapshot, and a third window, a slow stream (200 kbit/s in 1400-byte writes,
+//!   In the tracked arm the node's own counter of refreshes (`/metrics`) over `tcp_probe`'s
+//!   `run_cnt` gives the share of events that refreshed a snapshot, and a third window, a slow stream (200 kbit/s in 1400-byte writes,
 //!   so nearly every event is the socket's first in a refresh interval), bounds what the
 //!   refresh branch costs: `ns/event` is a mean over events, and a rare heavy branch weighs in
 //!   it (see the report's refresh table).
@@ -208,11 +208,17 @@ pub fn run(options: &ProbesOptions) -> anyhow::Result<()> {
             volumes[arm].push(volume);
             let after = program_counters(&node, baseline)?;
             if tracked {
-                let bulk = node.tracked_events()?.since(tracked_before);
+                let bulk = node
+                    .tracked_events()?
+                    .since(tracked_before)
+                    .with_events(&before, &after);
                 bed.iperf_with(options.seconds, SLOW_STREAM)?;
                 sleep_unless_stopped(PAUSE)?;
                 let slow_counters = program_counters(&node, baseline)?;
-                let slow = node.tracked_events()?.since(bulk.plus(tracked_before));
+                let slow = node
+                    .tracked_events()?
+                    .since(bulk.plus(tracked_before))
+                    .with_events(&after, &slow_counters);
                 refreshes.push(RefreshWindows {
                     bulk,
                     slow,
@@ -744,7 +750,8 @@ fn deltas(before: &[ProgCounters], after: &[ProgCounters]) -> Vec<(String, Cost)
 /// more than a refresh interval, so nearly every `tcp_probe` event refreshes.
 const SLOW_STREAM: &[&str] = &["-b", "200K", "-l", "1400"];
 
-/// Tracked `tcp_probe` events and refreshes, from the node's `/metrics`.
+/// Tracked `tcp_probe` events and refreshes: the refreshes from the node's `/metrics`, the
+/// events from the kernel's `run_cnt` (in the tracked arm every TCP socket is tracked).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct TrackedEvents {
     events: f64,
@@ -760,8 +767,20 @@ impl TrackedEvents {
                 .unwrap_or(0.0)
         };
         Self {
-            events: value("p2pcc_ebpf_probe_events_total"),
+            events: 0.0,
             refreshes: value("p2pcc_ebpf_probe_refreshes_total"),
+        }
+    }
+
+    /// With the events `tcp_probe` ran between two readings of the programs' counters.
+    fn with_events(self, before: &[ProgCounters], after: &[ProgCounters]) -> Self {
+        let runs = deltas(before, after)
+            .into_iter()
+            .find(|(name, _)| name == "tcp_probe")
+            .map_or(0, |(_, cost)| cost.run_cnt);
+        Self {
+            events: runs as f64,
+            ..self
         }
     }
 
@@ -1155,8 +1174,8 @@ fn render_refreshes(s: &mut String, r: &Report<'_>) -> anyhow::Result<()> {
         "\nThe tracked mean and the refresh branch. ns/event is a **mean** over events \
          (Δrun_time_ns / Δrun_cnt), and the medians above are medians of per-repetition means: \
          a refresh (the typed cast, two map lookups, ~20 field loads and stores) weighs in it by \
-         its share of events. The node's `p2pcc_ebpf_probe_refreshes_total` / `_events_total` \
-         give the share; a third window per repetition, a slow stream (`iperf3 {}`: a segment \
+         its share of events. The node's `p2pcc_ebpf_probe_refreshes_total` over `tcp_probe`'s `run_cnt` \
+         gives the share; a third window per repetition, a slow stream (`iperf3 {}`: a segment \
          every ~55 ms, so nearly every event refreshes), bounds one refresh's cost: its mean \
          over its share of refreshing events (a slow socket's lines and code are colder than a \
          bulk socket's, so this over-states a bulk refresh). Per repetition, median (min – max):\n\n\
@@ -1331,9 +1350,16 @@ mod tests {
 
     #[test]
     fn bounds_a_refresh_by_the_slow_streams_mean() {
-        let text = "# HELP x\np2pcc_ebpf_probe_events_total 1000\n\
-                    p2pcc_ebpf_probe_events_total_extra 5\np2pcc_ebpf_probe_refreshes_total 20\n";
-        let bulk = TrackedEvents::parse(text);
+        let text = "# HELP x\np2pcc_ebpf_probe_refreshes_total_extra 5\n\
+                    p2pcc_ebpf_probe_refreshes_total 20\n";
+        let counters = |run_cnt| {
+            vec![ProgCounters {
+                name: "tcp_probe".to_owned(),
+                run_time_ns: 0,
+                run_cnt,
+            }]
+        };
+        let bulk = TrackedEvents::parse(text).with_events(&counters(500), &counters(1500));
         assert_eq!(
             bulk,
             TrackedEvents {

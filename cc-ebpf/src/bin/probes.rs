@@ -10,10 +10,13 @@
 //! - `tcp_probe` (every segment an established socket receives): on the first event of a new
 //!   kernel tick (`jiffies64`, inlined by the verifier: ≥ 1 ms, 4 ms at HZ = 250), or the first
 //!   after a congestion-state change, refreshes the socket's entry in `SOCK_STATS` and adds a
-//!   smoothed-RTT sample to the per-algorithm log2 histogram `RTT_HIST`; any other event only
-//!   counts itself in the mark (see `SockTrack::due`): one helper call, two loads, a compare
-//!   and a store;
-//! - `tcp_retransmit_skb`: retransmitted segments and bytes (every event);
+//!   smoothed-RTT sample to the per-algorithm log2 histogram `RTT_HIST`. Before the storage
+//!   lookup, a socket with storage is asked whether the kernel already stamped it in this tick
+//!   (`seen_this_tick`: `tcp_sock.rcv_tstamp`, `icsk_ack.lrcvtime`, read through the
+//!   `bpf_rdonly_cast` kfunc, which costs no call): if so, an earlier event of this tick went on
+//!   and refreshed, and this one ends there, after three loads and two compares. The events that
+//!   go on and are not due (see `SockTrack::due`) cost the lookup, two loads and a compare;
+//!//! - `tcp_retransmit_skb`: retransmitted segments and bytes (every event);
 //! - `tcp_cong_state_set`: time in each congestion state and the transitions (as bcc's tcpcong),
 //!   and the next `tcp_probe` event refreshes;
 //! - `tcp_destroy_sock`: a last refresh and a final record to `FINAL_RECORDS`, then the entry
@@ -29,11 +32,18 @@
 //! missing key is a no-op). The mark goes with the socket (the kernel frees socket storage).
 //!
 //! Between refreshes a socket's entry lags its latest segments by less than one kernel tick;
-//! an idle socket keeps that lag until its next segment or its destroy (which refreshes).
+//! an idle socket keeps that lag until its next segment or its destroy (which refreshes). The
+//! stamps are written after the tracepoint, by the kernel's own receive path, so that bound
+//! has two narrow exceptions: a tick that turns between an event and its stamp (the next
+//! events of the new tick are skipped unrefreshed: < 2 ticks then), and the tick a connection
+//! is established in (the handshake stamps it; its first refresh is in the next tick). A
+//! congestion-state change in a tick the socket was already seen in refreshes at the socket's
+//! first event of a later tick, within the same bound. On a kernel without `bpf_rdonly_cast`
+//! (Linux < 6.2) every event goes on to the lookup, as before the test.
 //!
 //! Fields are read with direct BTF-checked loads at the loader-patched offsets; the typed
 //! `tcp_sock` cast and the two map lookups (`SOCK_STATS`, `RTT_HIST`) are on the refresh only.
-//! Per-CPU counters count only tracked sockets' events, added at refreshes and destroys; every
+//! Per-CPU counters count tracked sockets' refreshes and their other programs' events; every
 //! run of every program is the kernel's `run_cnt` (bpf_stats).
 #![no_std]
 #![no_main]
@@ -54,7 +64,7 @@ use aya_ebpf::{
 use cc_ebpf::kernel::*;
 use cc_ebpf_common::{
     FINAL_RECORDS_BYTES, FinalRecord, ProbeCounters, RTT_HIST_MAX_ENTRIES, RttHist,
-    SOCK_STATS_MAX_ENTRIES, SockStats, SockTrack, rtt_bucket,
+    SOCK_STATS_MAX_ENTRIES, SockStats, SockTrack, layout::TypeIndex, rtt_bucket,
 };
 
 cc_ebpf::license!();
@@ -85,6 +95,39 @@ static SOCK_TRACK: SkStorage<SockTrack> = SkStorage::new();
 /// One entry per CPU: the probes' own counters.
 #[map]
 static PROBE_COUNTERS: PerCpuArray<ProbeCounters> = PerCpuArray::with_max_entries(1, 0);
+
+unsafe extern "C" {
+    /// kfunc (Linux >= 6.2): `obj` as a read-only, untrusted pointer to the vmlinux struct whose
+    /// BTF id is `btf_id` (a constant), through which loads are fault-safe; the verifier
+    /// replaces the call with a register move. The loader links the call by name
+    /// (`p2p_node::ebpf::kfunc`); on a kernel without the kfunc the call becomes `r0 = 0`, which
+    /// the caller checks.
+    fn bpf_rdonly_cast(obj: *const core::ffi::c_void, btf_id: u32) -> *mut core::ffi::c_void;
+}
+
+/// Whether the kernel already processed a segment of this socket in the current tick: it
+/// stamps `tcp_sock.rcv_tstamp` with the tick (`tcp_jiffies32`) in `tcp_ack` (every accepted
+/// ACK) and `icsk_ack.lrcvtime` in `tcp_event_data_recv` (every data segment), both after this
+/// tracepoint. Then an earlier event of this tick went past this test and (on a tracked socket)
+/// refreshed its entry. False on a kernel without `bpf_rdonly_cast` (every event goes on).
+#[inline(always)]
+fn seen_this_tick(sk: Sk) -> bool {
+    // SAFETY: the kfunc only retypes `sk` (a socket the kernel passed; `tcp_probe` fires for TCP
+    // sockets only), read-only and fault-safe.
+    let tp = unsafe { bpf_rdonly_cast(sk.cast_const(), type_id(TypeIndex::TCP_SOCK)) };
+    if tp.is_null() {
+        return false;
+    }
+    // The low 32 bits, as the kernel stores them. SAFETY: no-arg helper, inlined to one load.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    // SAFETY: `tp` is typed `struct tcp_sock` (untrusted: loads through it are fault-safe);
+    // both fields are u32 members of it.
+    unsafe {
+        let tp = KernelPtr::new(tp);
+        tp.u32(TCP_SOCK__RCV_TSTAMP) == now
+            || tp.u32(INET_CONNECTION_SOCK__ICSK_ACK_LRCVTIME) == now
+    }
+}
 
 /// `BPF_NOEXIST`: create the entry only if absent.
 const BPF_NOEXIST: u64 = 1;
@@ -238,18 +281,13 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     // Argument 0 is `struct sock *sk`.
     let sk: Sk = ctx.arg(0);
-    let Some((mark, cookie)) = tracked(sk) else {
+    let Some((_, cookie)) = tracked(sk) else {
         return 0;
     };
-    // SAFETY: this socket's storage value, serialised by the socket lock.
-    let pending = unsafe { (*mark).take_pending() };
     let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
         return 0;
     };
-    count(|c| {
-        c.destroy_events += 1;
-        c.events += pending;
-    });
+    count(|c| c.destroy_events += 1);
     // SAFETY: map value, serialised by the socket lock.
     let s = unsafe { &mut *entry };
     // SAFETY: no-arg helper.
@@ -295,6 +333,11 @@ fn on_tcp_probe(sk: Sk, observe_all: bool) {
     // A socket without any socket storage is not the node's: the common case on a busy host
     // ends here, after one field load.
     let mark = if has_storage(sk) {
+        // A socket with storage (the node's, or one with another map's): most events of a
+        // busy socket end here, before the storage lookup.
+        if seen_this_tick(sk) {
+            return;
+        }
         track(sk, false)
     } else {
         core::ptr::null_mut()
@@ -317,19 +360,11 @@ fn on_tcp_probe(sk: Sk, observe_all: bool) {
     };
     // SAFETY: `mark` points to this socket's storage value; the socket lock serialises this
     // socket's events. jiffies64 is a no-arg helper the verifier turns into one load.
-    let due = unsafe {
-        if (*mark).cookie == 0 {
-            return;
-        }
-        (*mark).due(bpf_jiffies64())
-    };
-    let Some(events) = due else {
+    let due = unsafe { (*mark).cookie != 0 && (*mark).due(bpf_jiffies64()) };
+    if !due {
         return;
-    };
-    count(|c| {
-        c.events += events;
-        c.refreshes += 1;
-    });
+    }
+    count(|c| c.refreshes += 1);
     // SAFETY: the helper returns a BTF-typed `struct tcp_sock *` or null (not a TCP socket).
     let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
     if tp.is_null() {

@@ -4,6 +4,7 @@
 pub mod bbr;
 pub mod caps;
 pub mod features;
+pub mod kfunc;
 pub mod offsets;
 pub mod stack;
 pub mod struct_ops;
@@ -69,7 +70,7 @@ impl ProbeFloor {
     pub fn attach() -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Load(e.into()))?;
         let kernel = cc_ebpf_common::btf::Btf::from_sys_fs().map_err(LoadError::NoBtf)?;
-        let object = offsets::patch(PROBE_FLOOR_OBJECT, &layout::resolve(&kernel).table)
+        let object = offsets::patch(PROBE_FLOOR_OBJECT, &layout::resolve(&kernel))
             .map_err(LoadError::Offsets)?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
@@ -107,6 +108,8 @@ pub enum LoadError {
     Load(#[source] aya::EbpfError),
     #[error("placing the kernel's field offsets in the TCP probes object")]
     Offsets(#[source] offsets::OffsetsError),
+    #[error("linking the TCP probes' kernel-function calls")]
+    Kfunc(#[source] kfunc::KfuncError),
     #[error("loading or attaching program `{program}`")]
     Program {
         program: &'static str,
@@ -304,7 +307,9 @@ impl Probes {
         let kernel = cc_ebpf_common::btf::Btf::from_sys_fs().map_err(LoadError::NoBtf)?;
         let layout = layout::resolve(&kernel);
         // The running kernel's field offsets as the programs' immediates.
-        let object = offsets::patch(PROBES_OBJECT, &layout.table).map_err(LoadError::Offsets)?;
+        let object = offsets::patch(PROBES_OBJECT, &layout).map_err(LoadError::Offsets)?;
+        // Its kfunc calls linked to the running kernel's (aya 0.14 links none).
+        let object = kfunc::link(object.bytes(), &kernel).map_err(LoadError::Kfunc)?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .load(object.bytes())
@@ -591,7 +596,6 @@ impl Probes {
         let mut sum = ProbeCounters::default();
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
             for c in per_cpu.iter() {
-                sum.events += c.events;
                 sum.refreshes += c.refreshes;
                 sum.update_failed += c.update_failed;
                 sum.retransmit_events += c.retransmit_events;

@@ -7,7 +7,7 @@
 //! running kernel's BTF. The loaders never see a marker, and the programs read no memory to learn
 //! an offset.
 
-use cc_ebpf_common::layout::{self, PatchError, Table};
+use cc_ebpf_common::layout::{self, PatchError, Resolved};
 use object::{Object as _, ObjectSection as _, SectionFlags, SectionKind};
 
 /// An object with the running kernel's offsets in its instructions, in 8-byte aligned memory
@@ -43,7 +43,7 @@ pub enum OffsetsError {
 }
 
 /// `elf` with `table`'s offsets written over its field markers (see the module note).
-pub fn patch(elf: &[u8], table: &Table) -> Result<Patched, OffsetsError> {
+pub fn patch(elf: &[u8], kernel: &Resolved) -> Result<Patched, OffsetsError> {
     let mut code = Vec::new();
     for section in object::File::parse(elf)?.sections() {
         let executable = match section.flags() {
@@ -62,7 +62,7 @@ pub fn patch(elf: &[u8], table: &Table) -> Result<Patched, OffsetsError> {
     patched.bytes_mut().copy_from_slice(elf);
     for (section, start, size) in code {
         let bytes = &mut patched.bytes_mut()[start..start + size];
-        patched.fields += layout::patch_fields(bytes, table)
+        patched.fields += layout::patch_fields(bytes, &kernel.table, &kernel.types)
             .map_err(|error| OffsetsError::Code { section, error })?;
     }
     Ok(patched)
@@ -89,7 +89,12 @@ mod tests {
     #[test]
     fn every_marker_of_every_object_gets_its_fields_offset() {
         // Made-up offsets, distinct per field, to see each land in its own place.
-        let table: Table = std::array::from_fn(|i| 8 * (1000 + i as u32));
+        let table: layout::Table = std::array::from_fn(|i| 8 * (1000 + i as u32));
+        let kernel = Resolved {
+            table,
+            types: [4242],
+            problems: Vec::new(),
+        };
         for (name, elf) in [
             ("probes", super::super::PROBES_OBJECT),
             ("bbr_p2p", crate::ebpf::objects::BBR_P2P),
@@ -97,7 +102,7 @@ mod tests {
         ] {
             let cwnd = places(elf, field_marker(FieldIndex::TCP_SOCK__SND_CWND));
             assert!(!cwnd.is_empty(), "{name} reads snd_cwnd");
-            let patched = patch(elf, &table).unwrap();
+            let patched = patch(elf, &kernel).unwrap();
             assert!(patched.fields >= cwnd.len(), "{name}");
             let out = patched.bytes();
             for at in cwnd {

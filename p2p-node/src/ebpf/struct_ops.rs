@@ -55,11 +55,11 @@ const BPF_PSEUDO_CALL: u8 = 1;
 /// `BPF_PSEUDO_MAP_VALUE`: the `ld_imm64` immediates are a map fd and an offset in its value.
 const BPF_PSEUDO_MAP_VALUE: u8 = 2;
 /// `BPF_PSEUDO_KFUNC_CALL`: the call immediate is a BTF function id.
-const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
+pub(super) const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
 /// Opcode of `ld_imm64` (BPF_LD | BPF_IMM | BPF_DW).
 const OP_LD_IMM64: u8 = 0x18;
 /// Opcode of `call` (BPF_JMP | BPF_CALL).
-const OP_CALL: u8 = 0x85;
+pub(super) const OP_CALL: u8 = 0x85;
 /// Size of aya-ebpf's map definition (`bpf_map_def`: type, key, value, max, flags, id, pinning).
 const MAP_DEF_SIZE: usize = 28;
 
@@ -603,14 +603,14 @@ fn choose_forms(forms: &[(&str, Option<u32>)], arity: impl Fn(&str) -> Option<u3
 }
 
 /// Sets the src_reg nibble and the immediate of an instruction.
-fn patch(insn: &mut u64, src_reg: u8, imm: i32) {
+pub(super) fn patch(insn: &mut u64, src_reg: u8, imm: i32) {
     let mut bytes = insn.to_ne_bytes();
     bytes[1] = (bytes[1] & 0x0f) | (src_reg << 4);
     bytes[4..8].copy_from_slice(&imm.to_ne_bytes());
     *insn = u64::from_ne_bytes(bytes);
 }
 
-fn opcode(insn: u64) -> u8 {
+pub(super) fn opcode(insn: u64) -> u8 {
     insn.to_ne_bytes()[0]
 }
 
@@ -830,7 +830,7 @@ impl StructOps {
     pub fn load(elf: &[u8], btf: &Btf) -> Result<Self, StructOpsError> {
         let layout = layout::resolve(btf);
         // The running kernel's field offsets as the programs' immediates.
-        let object = super::offsets::patch(elf, &layout.table)
+        let object = super::offsets::patch(elf, &layout)
             .map_err(|e| StructOpsError::Malformed(super::error_chain(&e)))?;
         let spec = parse(object.bytes())?;
         let type_name = unpadded(&spec.decl.type_name).to_owned();
@@ -1560,7 +1560,7 @@ mod tests {
         let cwnd = layout::FieldIndex::TCP_SOCK__SND_CWND;
         let rtt = layout::FieldIndex::RATE_SAMPLE__RTT_US;
         let patched =
-            super::super::offsets::patch(crate::ebpf::objects::BBR_P2P, &resolved.table).unwrap();
+            super::super::offsets::patch(crate::ebpf::objects::BBR_P2P, &resolved).unwrap();
         let patched = parse(patched.bytes()).unwrap();
         let immediates = |spec: &ObjectSpec| -> Vec<u64> {
             let text = spec.text.iter().flat_map(|t| &t.insns);
