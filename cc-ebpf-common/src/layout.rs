@@ -4,7 +4,8 @@
 //! One build runs on every kernel whose BTF has these fields (Linux 6.1 to 6.18 at least: 36 of
 //! them sit at different offsets between those two). The programs never hold an offset: each
 //! access loads a [`field_marker`] as the immediate of an `ld_imm64`, and the loader, before
-//! loading, writes over each marker the field's bit offset in `/sys/kernel/btf/vmlinux`
+//! loading, writes over each marker the field's offset in `/sys/kernel/btf/vmlinux` — in bytes,
+//! or in bits for a bitfield, whose accessor takes the byte and the shift from it
 //! ([`resolve`], then [`patch_fields`]). The verifier sees a constant, so every access is
 //! checked at a fixed offset, exactly as if the offset had been compiled in, and no access reads
 //! memory to learn it (what libbpf's CO-RE field relocations do; bpf-linker emits none for Rust,
@@ -143,13 +144,13 @@ const _: () = assert!(FIELD_COUNT <= 64);
 pub type Table = [u32; FIELD_COUNT];
 
 /// High half of a field marker: the 64-bit immediate `FIELD_MARK << 32 | MARKED | index` of an
-/// `ld_imm64` stands for field `index`'s bit offset until the loader writes the offset there
+/// `ld_imm64` stands for field `index`'s offset until the loader writes the offset there
 /// ([`patch_fields`]).
 pub const FIELD_MARK: u32 = 0x7032_7063;
 
-/// Set in the low half of every marker, the half the programs use as the offset (a `u32`): left
-/// unpatched, a marker reads as an offset of at least 256 MiB, which the verifier rejects
-/// ("access beyond struct") as it does [`ABSENT`], instead of as the small index.
+/// Set in the low half of every marker. Left unpatched, a marker reads as an offset the verifier
+/// rejects, as it does [`ABSENT`], instead of as the small index: a byte offset is the whole
+/// 64-bit marker (≥ 2^62), a bitfield's bit offset its low half (≥ 2^31 bits, 256 MiB).
 pub const MARKED: u32 = 0x8000_0000;
 
 /// The marker immediate of field `index` (see [`FIELD_MARK`]).
@@ -199,10 +200,11 @@ pub enum PatchError {
     Truncated,
 }
 
-/// Writes each field's bit offset from `table` over its markers in `code` (the bytes of BPF
-/// instructions, little-endian as `bpfel` objects are): every `ld_imm64` with no source register
-/// (a plain constant) whose immediate is a [`field_marker`], and each struct's BTF id from
-/// `types` over its [`type_marker`]s. Returns how many it patched.
+/// Writes each field's offset from `table` (bit offsets) over its markers in `code` (the bytes
+/// of BPF instructions, little-endian as `bpfel` objects are): every `ld_imm64` with no source
+/// register (a plain constant) whose immediate is a [`field_marker`] gets the field's byte
+/// offset, or its bit offset for a bitfield, in the low half and 0 in the high half; each
+/// struct's BTF id from `types` goes over its [`type_marker`]s. Returns how many it patched.
 ///
 /// This is what a loader does with libbpf's CO-RE field-offset relocations, on a marker instead
 /// of a relocation record (bpf-linker emits none for Rust): the programs then carry the running
@@ -227,7 +229,7 @@ pub fn patch_fields(code: &mut [u8], table: &Table, types: &TypeIds) -> Result<u
         if src_reg == 0 && (high == FIELD_MARK || high == TYPE_MARK) {
             let index = (low & MARKED != 0).then_some((low ^ MARKED) as usize);
             let value = match (high, index) {
-                (FIELD_MARK, Some(i)) if i < FIELD_COUNT => table[i],
+                (FIELD_MARK, Some(i)) if i < FIELD_COUNT => immediate(&FIELDS[i], table[i]),
                 (TYPE_MARK, Some(i)) if i < TYPES.len() => types[i],
                 _ => return Err(PatchError::UnknownField { at }),
             };
@@ -238,6 +240,17 @@ pub fn patch_fields(code: &mut [u8], table: &Table, types: &TypeIds) -> Result<u
         at += 16;
     }
     Ok(patched)
+}
+
+/// What a field's marker becomes: its byte offset, or for a bitfield its bit offset (the
+/// programs then take the byte and the shift from it). [`ABSENT`] stays as it is: beyond any
+/// struct read either way.
+const fn immediate(spec: &FieldSpec, bit_offset: u32) -> u32 {
+    if spec.is_bitfield() || bit_offset == ABSENT {
+        bit_offset
+    } else {
+        bit_offset / 8
+    }
 }
 
 #[cfg(feature = "std")]
@@ -473,7 +486,7 @@ mod tests {
         code.extend(ld_imm64(0, missing));
         let before = code.clone();
         assert_eq!(patch_fields(&mut code, &table, &[0]), Ok(2));
-        assert_eq!(code[..16], ld_imm64(0, 1234 * 8));
+        assert_eq!(code[..16], ld_imm64(0, 1234), "a byte offset");
         assert_eq!(code[16..56], before[16..56]);
         assert_eq!(code[56..], ld_imm64(0, u64::from(ABSENT)));
     }
@@ -499,12 +512,20 @@ mod tests {
 
     #[test]
     fn an_unpatched_marker_is_an_offset_beyond_any_struct() {
-        // The first and the last field. What the programs compute from a marker: its low half,
-        // in bytes.
+        // The first and the last field, and the bitfields. What the programs compute from a
+        // marker: the whole immediate in bytes, or for a bitfield its low half in bits.
         for index in [
             FieldIndex::SOCK__SK_PACING_RATE,
             FieldIndex::RATE_SAMPLE__IS_ACK_DELAYED,
         ] {
+            assert!(!FIELDS[index as usize].is_bitfield());
+            assert!(field_marker(index) >= 1 << 62);
+        }
+        for index in [
+            FieldIndex::INET_CONNECTION_SOCK__ICSK_CA_STATE,
+            FieldIndex::TCP_SOCK__IS_CWND_LIMITED,
+        ] {
+            assert!(FIELDS[index as usize].is_bitfield());
             assert!(field_marker(index) as u32 / 8 >= 256 << 20);
         }
         assert_eq!(

@@ -1,8 +1,9 @@
 //! Kernel struct fields and the loads and stores that use them.
 //!
-//! Field offsets are not compiled in: each access loads the field's bit offset as the immediate
-//! of one `ld_imm64`, a marker naming the field (`cc_ebpf_common::layout::field_marker`) that
-//! the loader overwrites with the offset it found in the running kernel's BTF before loading
+//! Field offsets are not compiled in: each access loads the field's offset (in bytes; in bits
+//! for a bitfield) as the immediate of one `ld_imm64`, a marker naming the field
+//! (`cc_ebpf_common::layout::field_marker`) that the loader overwrites with the offset it found
+//! in the running kernel's BTF before loading
 //! (`cc_ebpf_common::layout::patch_fields`; what libbpf does with CO-RE field relocations,
 //! which bpf-linker does not emit for Rust). So `ptr + offset` is a constant the verifier checks
 //! against the kernel's BTF, one object runs on every kernel that has the fields, and no access
@@ -26,16 +27,25 @@ static P2PCC_KERNEL_WRITABLE: u64 = u64::MAX;
 pub struct Field(FieldIndex);
 
 impl Field {
-    /// Offset of the field from the start of its struct, in bits.
+    /// Whether the loader patches this field's bit offset (a bitfield) rather than its byte
+    /// offset: a constant after inlining, as every caller passes a constant field.
     #[inline(always)]
-    pub fn bit_offset(self) -> u32 {
-        field_offset(self.0)
+    fn is_bitfield(self) -> bool {
+        FIELDS[self.0 as usize].is_bitfield()
     }
 
-    /// Offset in bytes (for a bitfield, of the byte holding its first bit).
+    /// Offset of a bitfield from the start of its struct, in bits.
+    #[inline(always)]
+    fn bit_offset(self) -> u64 {
+        field_immediate(self.0)
+    }
+
+    /// Offset in bytes (for a bitfield, of the byte holding its first bit). For every other
+    /// field the immediate itself, used whole: no shift, no truncation.
     #[inline(always)]
     pub fn offset(self) -> usize {
-        (self.bit_offset() / 8) as usize
+        let imm = field_immediate(self.0);
+        (if self.is_bitfield() { imm / 8 } else { imm }) as usize
     }
 
     /// Whether the running kernel lets this program write the field (see
@@ -116,30 +126,31 @@ macro_rules! field_consts {
             pub const $name: Field = Field(FieldIndex::$name);
         )*
 
-        /// The field's bit offset as the immediate of one `ld_imm64`, emitted as
-        /// `field_marker(index)` and replaced by the loader with the running kernel's offset
-        /// (`cc_ebpf_common::layout::patch_fields`). A `match`, because an asm immediate must be
-        /// a constant: every caller passes a constant field, so after inlining one arm is left.
+        /// The field's offset as the immediate of one `ld_imm64` (in bytes; in bits for a
+        /// bitfield), emitted as `field_marker(index)` and replaced by the loader with the running
+        /// kernel's offset (`cc_ebpf_common::layout::patch_fields`). A `match`, because an asm
+        /// immediate must be a constant: every caller passes a constant field, so after inlining
+        /// one arm is left.
         #[inline(always)]
-        fn field_offset(field: FieldIndex) -> u32 {
+        fn field_immediate(field: FieldIndex) -> u64 {
             match field {
                 $(FieldIndex::$name => {
-                    let bits: u64;
+                    let imm: u64;
                     // SAFETY: loads an immediate into a register; touches nothing else.
                     #[cfg(target_arch = "bpf")]
                     unsafe {
                         core::arch::asm!(
                             "{0} = {1} ll",
-                            out(reg) bits,
+                            out(reg) imm,
                             const field_marker(FieldIndex::$name),
                             options(pure, nomem, nostack, preserves_flags),
                         );
                     }
                     #[cfg(not(target_arch = "bpf"))]
                     {
-                        bits = field_marker(FieldIndex::$name);
+                        imm = field_marker(FieldIndex::$name);
                     }
-                    bits as u32
+                    imm
                 })*
             }
         }
@@ -276,6 +287,6 @@ impl KernelPtr {
     pub unsafe fn bits8(self, off: Field, shift: Shift, width: u32) -> u8 {
         // SAFETY: per the contract.
         let byte = unsafe { self.u8(off) };
-        (byte >> (shift.0.bit_offset() % 8)) & ((1u8 << width) - 1)
+        (byte >> (shift.0.bit_offset() % 8) as u32) & ((1u8 << width) - 1)
     }
 }

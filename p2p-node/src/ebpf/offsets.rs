@@ -106,9 +106,10 @@ mod tests {
             assert!(patched.fields >= cwnd.len(), "{name}");
             let out = patched.bytes();
             for at in cwnd {
+                // In bytes: snd_cwnd is no bitfield.
                 assert_eq!(
                     out[at + 4..at + 8],
-                    table[FieldIndex::TCP_SOCK__SND_CWND as usize].to_le_bytes(),
+                    (table[FieldIndex::TCP_SOCK__SND_CWND as usize] / 8).to_le_bytes(),
                     "{name} at byte {at}"
                 );
                 assert_eq!(out[at + 12..at + 16], [0; 4], "{name} at byte {at}");
