@@ -15,6 +15,27 @@
 //! A field that is missing, or whose width differs from the type the programs access it with,
 //! gets [`ABSENT`] in the table and is reported by name ([`Problem`]): the verifier then rejects
 //! exactly the programs that reach it, and the loader names the field in that error.
+//!
+//! **Which immediates are markers.** The patcher cannot tell a marker from any other constant
+//! by where it came from, only by its value, so the rule is on the value: every `ld_imm64`
+//! whose source register is 0 (a plain constant, or a map reference before relocation, whose
+//! immediate is 0 or a section offset)
+//! and whose high half is [`FIELD_MARK`] (bytes 4–7 read `cp2p` in memory) is a field marker,
+//! and with [`TYPE_MARK`] (`tp2p`) a type marker. Its low half must be [`MARKED`] | an index of
+//! [`FIELDS`] (of [`TYPES`]); anything else with that high half — a low half without bit 31, or
+//! an index past the list — refuses the whole object ([`PatchError::UnknownField`]) rather than
+//! be loaded as it stands. So a genuine 64-bit constant of that shape in our code (a literal, a
+//! packed byte string with `cp2p` or `tp2p` at bytes 4–7, a mask the compiler made up) would
+//! either stop the load with that error or, if its low half happened to be exactly `MARKED | i`
+//! for a listed `i` (one of ~60 values in 2^32), be silently replaced by that field's offset or
+//! that struct's id, and the program would compute with that. It
+//! cannot come from elsewhere: only the objects compiled into the node go through the
+//! patcher. Our objects hold none: read out of them (2026-12-02), their other `ld_imm64`
+//! constants are 0 (map references), masks (`0xffff_ffff`, `0xff_ffff_ffff`, ...) and one
+//! division constant, `0x1_0624_dd30` (bbr-p2p; `p2p-node`'s `offsets` test finds every marker
+//! of all three objects patched and no more bytes changed than the markers hold). ASCII text
+//! cannot be taken for a marker silently: bit 31 of the low half is the top bit of byte 3, so
+//! such a string is refused.
 
 /// Name of the `.rodata` symbol holding a `u64` mask: bit `i` set when the programs may write
 /// field `i` of [`FIELDS`]. All set at build; the loader clears the bits of fields the running
@@ -145,7 +166,7 @@ pub type Table = [u32; FIELD_COUNT];
 
 /// High half of a field marker: the 64-bit immediate `FIELD_MARK << 32 | MARKED | index` of an
 /// `ld_imm64` stands for field `index`'s offset until the loader writes the offset there
-/// ([`patch_fields`]).
+/// ([`patch_fields`]; which constants count as markers: the module note).
 pub const FIELD_MARK: u32 = 0x7032_7063;
 
 /// Set in the low half of every marker. Left unpatched, a marker reads as an offset the verifier
