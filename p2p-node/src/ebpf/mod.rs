@@ -310,6 +310,13 @@ impl Probes {
         let object = offsets::patch(PROBES_OBJECT, &layout).map_err(LoadError::Offsets)?;
         // Its kfunc calls linked to the running kernel's (aya 0.14 links none).
         let object = kfunc::link(object.bytes(), &kernel).map_err(LoadError::Kfunc)?;
+        if !object.missing.is_empty() {
+            tracing::info!(
+                missing = ?object.missing,
+                "this kernel lacks kfuncs tcp_probe's pre-test reads through (Linux < 6.2): \
+                 every tracked event goes on to the socket-storage lookup"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .load(object.bytes())

@@ -3,8 +3,9 @@
 //!
 //! Each kernel field access in the programs loads a marker naming the field as the immediate of
 //! an `ld_imm64` (`cc_ebpf_common::layout::field_marker`); [`patch`] copies the object and writes
-//! over every marker in its executable sections the bit offset [`layout::resolve`] found in the
-//! running kernel's BTF. The loaders never see a marker, and the programs read no memory to learn
+//! over every marker in its executable sections the offset [`layout::resolve`] found in the
+//! running kernel's BTF (in bytes; in bits for a bitfield), and over every type marker the
+//! struct's BTF id. The loaders never see a marker, and the programs read no memory to learn
 //! an offset.
 
 use cc_ebpf_common::layout::{self, PatchError, Resolved};
