@@ -16,7 +16,7 @@
 //!   `bpf_rdonly_cast` kfunc, which costs no call): if so, an earlier event of this tick went on
 //!   and refreshed, and this one ends there, after three loads and two compares. The events that
 //!   go on and are not due (see `SockTrack::due`) cost the lookup, two loads and a compare;
-//!//! - `tcp_retransmit_skb`: retransmitted segments and bytes (every event);
+//! - `tcp_retransmit_skb`: retransmitted segments and bytes (every event);
 //! - `tcp_cong_state_set`: time in each congestion state and the transitions (as bcc's tcpcong),
 //!   and the next `tcp_probe` event refreshes;
 //! - `tcp_destroy_sock`: a last refresh and a final record to `FINAL_RECORDS`, then the entry
