@@ -179,13 +179,15 @@
 //!     window by its ACKs already, so this adds no new route.
 //! 17. **A per-ACK fast path** ([`FastState::ack`]; v3's `bbr_run_fast_path` covers only
 //!     app-limited samples). Each full ACK ends by computing, if the flow is in PROBE_BW
-//!     CRUISE past STARTUP (gains as `update_gains` sets them, careful resume done), an
+//!     CRUISE past STARTUP — cruising, or draining through a standing queue at DOWN's gain
+//!     (deviation 18) — with gains as `update_gains` sets them, careful resume done, an
 //!     envelope in the state (`fast_*`: cwnd target, the inflight cap, `min_cwnd`, the Reno
 //!     round bound, the full-pipe bar, the earlier of the PROBE_RTT and min-RTT expiries, the
 //!     config generation) from the same functions the full model uses. The next ACK takes the
 //!     fast path if, against it, it cannot change a decision or an output: a valid sample
 //!     without losses inside the round and the loss round, no loss above the threshold in the
-//!     round, no timer due, no new RTT minimum, `inflight_hi` not raised, no recovery entered
+//!     round, no timer due, no new RTT minimum (while draining, no RTT sample within the
+//!     queue margin either: it ends the drain), `inflight_hi` not raised, no recovery entered
 //!     or left, and — unless v3's own fast path skips them — no full-pipe restart, no larger
 //!     ACK-aggregation allowance, the same pacing rate and the same cwnd. It then makes the
 //!     full model's remaining changes (round RTT and delivery maxima, the max-bw filter's
@@ -203,6 +205,12 @@
 //!     same state and assert identical state and socket, and that the working set a fast ACK
 //!     leaves equals the one the full ACK's state would export (`ack_both`); the fast path
 //!     took 80% of the ACKs on a 2 MB buffer, 82–87% at 1% loss, 69% with app-limited phases.
+//!     Until session 12 a draining CRUISE took the full path on every ACK: a diagnostic
+//!     build (per-ACK counters and timing in the program, scenario (e), 123k ACKs) found 74%
+//!     of (e)'s ACKs on the full path (1101 ns each inside the program, 305 ns for a fast
+//!     one), half of them — 37% of all ACKs — in CRUISE without an envelope, the drain;
+//!     with it the 8-flow simulation's fast path takes 53–55% of the ACKs, 28–33% of all
+//!     while draining (docs/bench.md, session 12).
 //! 18. **Draining at 0.75: in DOWN, and in CRUISE through a queue that stood all round.**
 //!     Two parts, measured together (the host simulations below; the kernel A/Bs in
 //!     docs/bench.md, sessions 9 and 10):
@@ -300,6 +308,9 @@ const BW_PROBE_CWND_GAIN: u32 = BBR_UNIT / 4;
 const BW_PROBE_RAND_ROUNDS: u32 = 2;
 /// `inflight_hi`'s per-round growth in UP doubles up to 2^30 packets (`bbr_raise_inflight_hi_slope`).
 const BW_PROBE_UP_ROUNDS_MAX: u8 = 30;
+/// The largest `min_rtt_us` whose queue margin (`min_rtt_us × 5/4`, deviation 18) the fast
+/// path's working set holds in 32 bits (deviation 17); a drain above it takes the full path.
+const QUEUE_MARGIN_MAX_MIN_RTT_US: u32 = u32::MAX / 5 * 4;
 /// Lossy ACKs counted per round (v3's 4-bit counter).
 const LOSS_EVENTS_MAX: u8 = 15;
 
@@ -1917,20 +1928,29 @@ impl FastAck {
 impl Bbr {
     /// After a full ACK: whether the next ACK may take the fast path, and the values the fast
     /// path compares against, computed by the same functions the full model uses. Only
-    /// PROBE_BW CRUISE past STARTUP, with gains as `update_gains` sets them for `cfg`, outside
-    /// careful resume.
+    /// PROBE_BW CRUISE past STARTUP — cruising or draining a standing queue (deviation 18) —
+    /// with gains as `update_gains` sets them for `cfg`, outside careful resume.
     #[inline(always)]
     pub fn refresh_fast_path(&mut self, cfg: &BbrConfig, cfg_gen: u32) {
         self.fast_ok = 0;
+        let pacing_gain = if self.cruise_drain != 0 {
+            cfg.probe_down_gain
+        } else {
+            BBR_UNIT
+        };
         if !self.in_phase(Phase::Cruise)
             || self.full_bw_reached == 0
             || self.has_seen_rtt == 0
             || self.resume_pending != 0
             || self.max_bw() == 0
             || self.min_rtt_us == u32::MAX
-            || self.pacing_gain != BBR_UNIT
-            || self.cruise_drain != 0
+            || self.pacing_gain != pacing_gain
             || self.cwnd_gain != cfg.cwnd_gain
+            // The working set holds these in 16 bits (tunables beyond them take the full path).
+            || self.pacing_gain > u32::from(u16::MAX)
+            || cfg.min_cwnd > u32::from(u16::MAX)
+            // The drain's RTT margin fits the working set's 32 bits (`export_fast`).
+            || (self.cruise_drain != 0 && self.min_rtt_us >= QUEUE_MARGIN_MAX_MIN_RTT_US)
         {
             return;
         }
@@ -1981,7 +2001,14 @@ impl Bbr {
         p.cfg_gen = self.fast_cfg_gen;
         p.next_round_delivered = self.next_round_delivered;
         p.loss_round_delivered = self.loss_round_delivered;
-        p.probe_rtt_min_us = self.probe_rtt_min_us;
+        p.rtt_floor_us = if self.cruise_drain != 0 {
+            // Deviation 18: an RTT sample within the queue margin ends the drain
+            // (`update_cycle_phase`); `refresh_fast_path` keeps the sum within 32 bits.
+            let margin = self.min_rtt_us + self.min_rtt_us / 4;
+            self.probe_rtt_min_us.max(margin + 1)
+        } else {
+            self.probe_rtt_min_us
+        };
         p.inflight_hi = self.inflight_hi;
         p.prev_ca_state = self.prev_ca_state;
         p.rounds_since_probe = self.rounds_since_probe;
@@ -1991,7 +2018,9 @@ impl Bbr {
         p.bw = self.bw();
         p.full_bw_bar = self.fast_full_bw_bar;
         p.target = self.fast_target;
-        p.min_cwnd = self.fast_min_cwnd;
+        // `refresh_fast_path` checked that both fit.
+        p.min_cwnd = self.fast_min_cwnd as u16;
+        p.pacing_gain = self.pacing_gain as u16;
         p.cap = self.fast_cap;
         p.ack_epoch_acked = self.ack_epoch_acked;
         p.extra_acked_cur = self.extra_acked[usize::from(self.extra_acked_win_idx & 1)];
@@ -2028,7 +2057,9 @@ pub struct FastState {
     pub cfg_gen: u32,
     pub next_round_delivered: u32,
     pub loss_round_delivered: u32,
-    pub probe_rtt_min_us: u32,
+    /// An RTT sample below this takes the full path: `probe_rtt_min_us` (a new minimum), and
+    /// while draining (deviation 18) above the queue margin too (the sample ends the drain).
+    pub rtt_floor_us: u32,
     pub inflight_hi: u32,
     /// `OK`, `DIRTY`, `AGGR`, `LOSS_IN_ROUND`, `TRY_FAST`, `PACKET_CONSERVATION`.
     pub flags: u8,
@@ -2041,7 +2072,9 @@ pub struct FastState {
     pub bw: u32,
     pub full_bw_bar: u32,
     pub target: u32,
-    pub min_cwnd: u32,
+    /// `min_cwnd` and the pacing gain (`BBR_UNIT` cruising, DOWN's draining), 16 bits each.
+    pub min_cwnd: u16,
+    pub pacing_gain: u16,
     pub cap: u32,
     pub ack_epoch_acked: u32,
     /// `extra_acked` of the current window.
@@ -2106,8 +2139,9 @@ impl FastState {
         {
             return false;
         }
-        // No new PROBE_RTT-interval minimum; `inflight_hi` not raised (`adapt_upper_bounds`).
-        if (a.rs.rtt_us >= 0 && a.rs.rtt_us < i64::from(self.probe_rtt_min_us))
+        // No new PROBE_RTT-interval minimum, no end of a drain (`rtt_floor_us`); `inflight_hi`
+        // not raised (`adapt_upper_bounds`).
+        if (a.rs.rtt_us >= 0 && a.rs.rtt_us < i64::from(self.rtt_floor_us))
             || a.rs.prior_in_flight > self.inflight_hi
         {
             return false;
@@ -2150,10 +2184,10 @@ impl FastState {
                     return false;
                 }
             }
-            // The pacing rate stays (`set_pacing_rate`: the same bw, gain 1 in CRUISE, MSS
-            // and cap).
-            let rate =
-                rate_bytes_per_sec(a.mss, u64::from(self.bw), BBR_UNIT).min(a.max_pacing_rate);
+            // The pacing rate stays (`set_pacing_rate`: the same bw, the same gain, MSS and
+            // cap).
+            let rate = rate_bytes_per_sec(a.mss, u64::from(self.bw), u32::from(self.pacing_gain))
+                .min(a.max_pacing_rate);
             if rate != a.pacing_rate {
                 return false;
             }
@@ -2167,7 +2201,7 @@ impl FastState {
                 let grown = a.cwnd.saturating_add(a.rs.acked_sacked);
                 let at_target = grown >= self.target;
                 try_fast_path = at_target;
-                if at_target { self.target } else { grown }.max(self.min_cwnd)
+                if at_target { self.target } else { grown }.max(u32::from(self.min_cwnd))
             };
             if cwnd.min(a.cwnd_clamp).min(self.cap) != a.cwnd {
                 return false;

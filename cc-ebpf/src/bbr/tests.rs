@@ -837,6 +837,56 @@ fn probe_wait_is_drawn_when_entering_down_and_spans_two_to_three_seconds() {
     );
 }
 
+/// Deviation 17 with 18: a cruising flow draining a standing queue (DOWN's gain) takes the fast
+/// path like a cruising one, at its own pacing rate, until the ACK whose RTT sample comes within
+/// the queue margin (25 ms on 20 ms): that ACK takes the full path, which ends the drain. Each
+/// ACK goes through both paths (`ack_both`).
+#[test]
+fn a_draining_cruise_takes_the_fast_path_until_an_rtt_sample_ends_the_drain() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Cruise);
+    s.cruise_drain = 1;
+    s.has_seen_rtt = 1;
+    // The first ACK ends a loss round whose lowest RTT sample was 30 ms: the drain goes on.
+    s.round_min_rtt_us = 30_000;
+    let mut rng = Rng(7);
+    let mut ack = |s: &mut Bbr, c: &mut Conn, rtt_ms: i64| {
+        // Data sent a round ago (170 packets in flight then).
+        let prior_delivered = c.delivered - 170;
+        c.delivered += 2;
+        c.now_us += 200;
+        c.delivered_mstamp_us = c.now_us;
+        let rs = RateSample {
+            prior_delivered,
+            acked_sacked: 2,
+            delivered: 170,
+            interval_us: 20_000,
+            rtt_us: rtt_ms * 1000,
+            prior_in_flight: 200,
+            ..Default::default()
+        };
+        ack_both(s, c, &rs, &cfg, &mut rng)
+    };
+    // 30 and 26 ms are above the margin: the drain goes on, on the fast path once the
+    // round has started and the controls have settled.
+    let mut fast = 0;
+    for i in 0..40 {
+        if ack(&mut s, &mut c, if i % 2 == 0 { 30 } else { 26 }) {
+            fast += 1;
+        }
+    }
+    assert!(fast >= 20, "fast ACKs while draining: {fast} of 40");
+    assert_eq!((s.cruise_drain, s.pacing_gain), (1, cfg.probe_down_gain));
+    let mut held = FastState::default();
+    s.export_fast(&mut held);
+    assert_eq!(held.rtt_floor_us, 25_001, "the margin, exactly");
+    // 25 ms is within it: the full path takes the ACK and the drain ends.
+    assert!(!ack(&mut s, &mut c, 25));
+    assert_eq!((s.cruise_drain, s.pacing_gain), (0, BBR_UNIT));
+    // Cruising again, at gain 1: fast again once the pacing rate is set.
+    assert!((0..4).any(|_| ack(&mut s, &mut c, 30)));
+}
+
 #[test]
 fn fast_path_skips_app_limited_acks_that_change_nothing() {
     let cfg = BbrConfig::DEFAULT;
