@@ -837,6 +837,36 @@ fn probe_wait_is_drawn_when_entering_down_and_spans_two_to_three_seconds() {
     );
 }
 
+/// One ACK of [`probe_bw`]'s flow through both paths (`ack_both`, default tunables): 2 packets
+/// 200 µs after the last, a sample of 170 packets over 20 ms for data sent a round ago with
+/// `prior_in_flight` packets in flight, an RTT sample of `rtt_us`, the next departure
+/// `departure_in_us` away.
+fn steady_ack(
+    s: &mut Bbr,
+    c: &mut Conn,
+    rtt_us: i64,
+    prior_in_flight: u32,
+    departure_in_us: u64,
+    rng: &mut Rng,
+) -> bool {
+    let prior_delivered = c.delivered - 170;
+    c.delivered += 2;
+    c.now_us += 200;
+    c.delivered_mstamp_us = c.now_us;
+    c.clock_ns = c.now_us * 1000;
+    c.wstamp_ns = c.clock_ns + departure_in_us * 1000;
+    let rs = RateSample {
+        prior_delivered,
+        acked_sacked: 2,
+        delivered: 170,
+        interval_us: 20_000,
+        rtt_us,
+        prior_in_flight,
+        ..Default::default()
+    };
+    ack_both(s, c, &rs, &BbrConfig::DEFAULT, rng)
+}
+
 /// Deviation 17 with 18: a cruising flow draining a standing queue (DOWN's gain) takes the fast
 /// path like a cruising one, at its own pacing rate, until the ACK whose RTT sample comes within
 /// the queue margin (25 ms on 20 ms): that ACK takes the full path, which ends the drain. Each
@@ -850,23 +880,8 @@ fn a_draining_cruise_takes_the_fast_path_until_an_rtt_sample_ends_the_drain() {
     // The first ACK ends a loss round whose lowest RTT sample was 30 ms: the drain goes on.
     s.round_min_rtt_us = 30_000;
     let mut rng = Rng(7);
-    let mut ack = |s: &mut Bbr, c: &mut Conn, rtt_ms: i64| {
-        // Data sent a round ago (170 packets in flight then).
-        let prior_delivered = c.delivered - 170;
-        c.delivered += 2;
-        c.now_us += 200;
-        c.delivered_mstamp_us = c.now_us;
-        let rs = RateSample {
-            prior_delivered,
-            acked_sacked: 2,
-            delivered: 170,
-            interval_us: 20_000,
-            rtt_us: rtt_ms * 1000,
-            prior_in_flight: 200,
-            ..Default::default()
-        };
-        ack_both(s, c, &rs, &cfg, &mut rng)
-    };
+    let mut ack =
+        |s: &mut Bbr, c: &mut Conn, rtt_ms: i64| steady_ack(s, c, rtt_ms * 1000, 200, 0, &mut rng);
     // 30 and 26 ms are above the margin: the drain goes on, on the fast path once the
     // round has started and the controls have settled.
     let mut fast = 0;
@@ -899,23 +914,7 @@ fn down_takes_the_fast_path_until_the_inflight_at_the_next_departure_reaches_the
     s.has_seen_rtt = 1;
     let mut rng = Rng(7);
     let mut ack = |s: &mut Bbr, c: &mut Conn, prior_in_flight: u32, departure_in_us: u64| {
-        // Data sent a round ago (170 packets in flight then).
-        let prior_delivered = c.delivered - 170;
-        c.delivered += 2;
-        c.now_us += 200;
-        c.delivered_mstamp_us = c.now_us;
-        c.clock_ns = c.now_us * 1000;
-        c.wstamp_ns = c.clock_ns + departure_in_us * 1000;
-        let rs = RateSample {
-            prior_delivered,
-            acked_sacked: 2,
-            delivered: 170,
-            interval_us: 20_000,
-            rtt_us: 30_000,
-            prior_in_flight,
-            ..Default::default()
-        };
-        ack_both(s, c, &rs, &cfg, &mut rng)
+        steady_ack(s, c, 30_000, prior_in_flight, departure_in_us, &mut rng)
     };
     let mut fast = 0;
     for i in 0..40 {
