@@ -212,7 +212,9 @@
 //!     ns for a fast one): 37% of all ACKs in CRUISE without an envelope (the drain), 16% in
 //!     DOWN. With both the simulations' fast path takes 91% of the ACKs on a 2 MB buffer
 //!     (80% before), 83–88% at 1% loss, 80% app-limited, 66% of the 8-flow case's (53%
-//!     with the drain alone, 28–33% of all while draining; docs/bench.md, session 12).
+//!     with the drain alone, 28–33% of all while draining; docs/bench.md, session 12). In
+//!     the kernel, scenario (e): 939 → 797 ns per ACK (all struct_ops programs, bpf_stats
+//!     on; medians of 5 alternated pairs, lower in each), the fast path's share 26 → 62%.
 //! 18. **Draining at 0.75: in DOWN, and in CRUISE through a queue that stood all round.**
 //!     Two parts, measured together (the host simulations below; the kernel A/Bs in
 //!     docs/bench.md, sessions 9 and 10):
