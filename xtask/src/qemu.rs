@@ -153,10 +153,16 @@ pub fn run() -> anyhow::Result<String> {
     let initramfs = build_initramfs(&node)?;
     let started = Instant::now();
     let console = boot(&kernel, &initramfs)?;
+    // Kept after every run, pass or fail: the guest's console with the nodes' last log lines.
+    let saved = qemu_dir().join("console.log");
+    fs::write(&saved, &console).with_context(|| format!("writing {}", saved.display()))?;
     let verdict = judge(&console);
     let took = started.elapsed();
     match verdict {
-        Ok(summary) => Ok(format!("passed on {summary} ({took:.0?})")),
+        Ok(summary) => Ok(format!(
+            "passed on {summary} ({took:.0?}; console in {})",
+            saved.display()
+        )),
         Err(why) => {
             println!("[qemu] console:\n{console}");
             bail!("QEMU tier (Linux 6.1) failed: {why}")
@@ -335,6 +341,23 @@ mod tests {
         );
         assert!(judge(&no_reason).is_err());
         assert!(judge("").is_err());
+    }
+
+    #[test]
+    fn the_nodes_log_lines_never_decide_and_the_watchdog_fails() {
+        let logged = PASS.replace(
+            "P2PCC-QEMU DONE",
+            "guest a.log: ERROR swarm: FAIL to dial\nguest b.log: DONE\nP2PCC-QEMU DONE",
+        );
+        assert!(judge(&logged).is_ok());
+        let hung = PASS.replace(
+            "P2PCC-QEMU DONE",
+            "guest a.log: last line\nP2PCC-QEMU WATCHDOG FAIL the guest ran 360 s without finishing",
+        );
+        assert_eq!(
+            judge(&hung).unwrap_err(),
+            "WATCHDOG FAIL the guest ran 360 s without finishing"
+        );
     }
 
     #[test]

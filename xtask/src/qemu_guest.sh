@@ -24,6 +24,12 @@ has_addr() { [ -n "$(addr_of "$1")" ]; }
 peer_row() { $N peers --node "$1" 2>/dev/null | awk -v cc="$2" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next } $2 == cc { print $(col["CWND"]), $(col["SRTT(ms)"]); exit }'; }
 probed() { row=$(peer_row "$1" "$2"); case "$row" in ""|-*|*" -") return 1;; esac; [ "${row%% *}" -gt 0 ]; }
 
+# The nodes' own logs, for the host's failure report (their lines carry no marker, so they never
+# decide pass/fail): the last 40 lines of each, prefixed with the file's name.
+dump_logs() { for f in /tmp/a.log /tmp/b.log /tmp/c.log /tmp/d.log; do [ -f "$f" ] && tail -n 40 "$f" | sed "s|^|guest ${f#/tmp/}: |"; done; }
+# A guest that hangs still reports: the host kills QEMU at 420 s (GUEST_TIMEOUT), this fires first.
+( sleep 360; dump_logs; mark "WATCHDOG FAIL the guest ran 360 s without finishing"; poweroff -f ) &
+
 mark "KERNEL $(uname -r)"
 mark "AVAILABLE $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"
 
@@ -164,5 +170,6 @@ else
 fi
 
 kill "$A_PID" "$B_PID" 2>/dev/null
+dump_logs
 mark DONE
 poweroff -f
