@@ -206,6 +206,36 @@ pub fn jain(values: &[f64]) -> f64 {
 
 /// The q-quantile of `values` (nearest rank on the sorted values; the median averages the two
 /// middle values of an even count).
+/// Percent of the machine's CPU ticks the hypervisor stole during each run (/proc/stat's `steal`,
+/// which the load average does not show): the median and the worst run, and how many runs lost
+/// more than [`STEAL_NOTED_PCT`]. A run that lost its CPU slows its own path, whichever algorithm
+/// it carried.
+pub fn steal_summary(r: &GroupRecord) -> Option<String> {
+    let mut pct: Vec<f64> = r
+        .variants
+        .iter()
+        .flat_map(|v| &v.trials)
+        .filter_map(|t| {
+            let c = t.cpu;
+            let total = c.user + c.kernel() + c.idle + c.steal;
+            (total > 0).then(|| 100.0 * c.steal as f64 / total as f64)
+        })
+        .collect();
+    if pct.is_empty() {
+        return None;
+    }
+    let runs = pct.len();
+    let noted = pct.iter().filter(|&&p| p > STEAL_NOTED_PCT).count();
+    Some(format!(
+        "median {:.1} % of the CPU ticks per run, worst {:.1} %; {noted} of {runs} runs above {STEAL_NOTED_PCT:.0} %",
+        quantile(&mut pct, 0.5),
+        quantile(&mut pct, 1.0),
+    ))
+}
+
+/// Steal above this share of a run's ticks is counted in [`steal_summary`].
+const STEAL_NOTED_PCT: f64 = 5.0;
+
 pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -540,6 +570,9 @@ pub fn render(records: &[GroupRecord], plot_dir: &str) -> (String, Vec<(String, 
         );
         if let Some(line) = &r.delay_line {
             let _ = writeln!(s, "  - delay line: {line}");
+        }
+        if let Some(steal) = steal_summary(r) {
+            let _ = writeln!(s, "  - hypervisor steal: {steal}");
         }
     }
     let _ = writeln!(
@@ -1062,6 +1095,27 @@ mod tests {
             bdp_bytes: 250_000,
             variants: vec![variant],
         };
+        assert_eq!(steal_summary(&record), None, "no CPU ticks: nothing to say");
+        let mut stolen = record.clone();
+        // Steal 0, 2, 10 and 30 ticks of 100 per run: median 6 %, worst 30 %, two runs above 5 %.
+        for (t, steal) in stolen.variants[0].trials.iter_mut().zip([0, 2, 10, 30]) {
+            t.cpu = CpuTicks {
+                user: 40,
+                system: 20,
+                idle: 40 - steal,
+                steal,
+                ..CpuTicks::default()
+            };
+        }
+        assert_eq!(
+            steal_summary(&stolen).unwrap(),
+            "median 6.0 % of the CPU ticks per run, worst 30.0 %; 2 of 4 runs above 5 %"
+        );
+        assert!(
+            render(&[stolen], "bench")
+                .0
+                .contains("  - hypervisor steal: median 6.0 %")
+        );
         let (md, plots) = render(&[record], "bench");
         // retransmits 0.3/1.0 = 0.3 ≤ 0.5: met; goodput 71/91 = 0.780 < 0.90: missed.
         assert!(
