@@ -329,8 +329,7 @@ unsafe fn read_rate_sample(rs: KernelPtr) -> RateSample {
 }
 
 /// Reads what the fast path needs (deviation 17 of `cc_ebpf::bbr`) besides the rate sample:
-/// 8 socket fields (the flight only in packet conservation, the departure clocks only in
-/// DOWN).
+/// 8 socket fields (the flight only in packet conservation).
 ///
 /// # Safety
 /// `tp` must be the op's socket (a `tcp_sock`).
@@ -349,16 +348,6 @@ unsafe fn read_fast_ack(tp: KernelPtr, rs: RateSample, fast: &FastState, cfg_gen
             ),
             packets_in_flight: if fast.flags & FastState::PACKET_CONSERVATION != 0 {
                 packets_in_flight(tp)
-            } else {
-                0
-            },
-            wstamp_ns: if fast.flags & FastState::DOWN != 0 {
-                tp.u64(TCP_SOCK__TCP_WSTAMP_NS)
-            } else {
-                0
-            },
-            clock_ns: if fast.flags & FastState::DOWN != 0 {
-                tp.u64(TCP_SOCK__TCP_CLOCK_CACHE)
             } else {
                 0
             },
