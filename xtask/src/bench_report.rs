@@ -134,6 +134,11 @@ impl CpuTicks {
     pub fn kernel(self) -> u64 {
         self.system + self.irq + self.softirq
     }
+
+    /// Every tick of the interval: user, kernel, idle and stolen.
+    pub fn total(self) -> u64 {
+        self.user + self.kernel() + self.idle + self.steal
+    }
 }
 
 /// (seconds since the run began, cwnd bytes, pacing rate bit/s, smoothed RTT ms)
@@ -216,9 +221,8 @@ pub fn steal_summary(r: &GroupRecord) -> Option<String> {
         .iter()
         .flat_map(|v| &v.trials)
         .filter_map(|t| {
-            let c = t.cpu;
-            let total = c.user + c.kernel() + c.idle + c.steal;
-            (total > 0).then(|| 100.0 * c.steal as f64 / total as f64)
+            let total = t.cpu.total();
+            (total > 0).then(|| 100.0 * t.cpu.steal as f64 / total as f64)
         })
         .collect();
     if pct.is_empty() {
@@ -661,10 +665,7 @@ pub fn render(records: &[GroupRecord], plot_dir: &str) -> (String, Vec<(String, 
                     .variants
                     .iter()
                     .flat_map(|v| v.trials_of(alg))
-                    .map(|t| {
-                        let total = t.cpu.user + t.cpu.kernel() + t.cpu.idle + t.cpu.steal;
-                        100.0 * t.cpu.user as f64 / total.max(1) as f64
-                    })
+                    .map(|t| 100.0 * t.cpu.user as f64 / t.cpu.total().max(1) as f64)
                     .collect();
                 let _ = writeln!(
                     s,
