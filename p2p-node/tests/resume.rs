@@ -63,6 +63,45 @@ fn known(node: &Node, peer: &str) -> bool {
     node.get("/api/peers/known").contains(peer)
 }
 
+/// When `node`'s record of `peer` was sampled (Unix ms), if it holds one.
+fn record_sampled_at(node: &Node, peer: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(&node.get("/api/peers/known")).unwrap();
+    v["records"]
+        .as_array()?
+        .iter()
+        .find(|r| r["peer_id"] == peer)
+        .and_then(|r| r["sampled_at_unix_ms"].as_u64())
+}
+
+fn now_unix_ms() -> u64 {
+    p2p_node::known::now_unix_ms()
+}
+
+/// `node`'s next new connection to `peer` starts cold on no record older than `since_ms`: either
+/// `node` holds no record of `peer` (`no_record`), or the record that decided is `peer`'s own,
+/// sampled after `since_ms` by another connection of the same PeerId that carried only its
+/// handshake and closed (when a node restarts under another identity at the same address, the
+/// other side's redial of the old identity meets the new one: noise authenticates it, the dial
+/// fails on the PeerId, and that connection's tiny, application-limited record makes the jump
+/// too small). A record older than `since_ms` (another identity's, or a forgotten one) must never
+/// decide: with it the connection would start resumed.
+fn assert_starts_cold(node: &Node, peer: &str, seen: &mut HashSet<u64>, since_ms: u64) {
+    let (start, reason) = new_start(node, peer, seen);
+    assert_eq!(start, "cold", "{peer} starts {start} ({reason})");
+    if reason == "no_record" {
+        return;
+    }
+    let sampled = record_sampled_at(node, peer);
+    eprintln!(
+        "{peer} started cold ({reason}) on a record sampled at {sampled:?} (step from {since_ms})"
+    );
+    assert_eq!(reason, "jump_too_small", "{peer} starts cold for {reason}");
+    assert!(
+        sampled.is_some_and(|at| at >= since_ms),
+        "{peer}'s start was decided by a record older than this step: {sampled:?} < {since_ms}"
+    );
+}
+
 /// Y: a node in `net`'s receiver namespace with the identity in `key` and the data dir `dir`
 /// (its records survive a restart), dialing `peers`, with `extra` flags.
 fn start_y(net: &Routed, key: &str, dir: &Path, peers: &[&Node], extra: &[&str]) -> Node {
@@ -112,12 +151,10 @@ fn resumes_per_peer_id_only() {
     let mut seen = HashSet::new();
 
     // First connection from Y1: no record, cold. 16 MB teach X the path.
+    let step = now_unix_ms();
     let y1 = y(&k1);
     let y1_id = y1.peer_id.clone();
-    assert_eq!(
-        new_start(&x, &y1_id, &mut seen),
-        ("cold".into(), "no_record".into())
-    );
+    assert_starts_cold(&x, &y1_id, &mut seen, step);
     upload(&x, &y1_id, 16 << 20);
     eventually(Duration::from_secs(12), || known(&x, &y1_id).then_some(()))
         .expect("X kept no record for Y1");
@@ -136,6 +173,7 @@ fn resumes_per_peer_id_only() {
     // record is not its record (the old address-keyed map was host-wide). Careful resume is
     // switched on at W before Y1 connects to it: a connection made while it was off never
     // consults a hint (W dialing Y1 at its start raced the switch and stayed undecided).
+    let step = now_unix_ms();
     let w = Node::start(&net.router, "10.12.1.1", &["--cc", "bbr-p2p"]);
     let (status, body) = w.http("PUT", "/api/cc/tunables", r#"{"resume_enabled":1}"#);
     assert_eq!(status, 200, "{body}");
@@ -144,30 +182,24 @@ fn resumes_per_peer_id_only() {
     assert_eq!(y1.peer_id, y1_id);
     new_connection(&x, &y1_id, &mut seen);
     let mut w_seen = HashSet::new();
-    assert_eq!(
-        new_start(&w, &y1_id, &mut w_seen),
-        ("cold".into(), "no_record".into())
-    );
+    assert_starts_cold(&w, &y1_id, &mut w_seen, step);
     drop(w);
 
     // A different PeerId at the same address: cold.
     drop(y1);
+    let step = now_unix_ms();
     let y2 = y(&k2);
     assert_ne!(y2.peer_id, y1_id);
-    assert_eq!(
-        new_start(&x, &y2.peer_id, &mut seen),
-        ("cold".into(), "no_record".into())
-    );
+    assert_starts_cold(&x, &y2.peer_id, &mut seen, step);
 
     // After DELETE, Y1 starts cold.
+    let step = now_unix_ms();
     let (status, body) = x.http("DELETE", &format!("/api/peers/known/{y1_id}"), "");
     assert_eq!(status, 200, "{body}");
+    assert!(!known(&x, &y1_id), "DELETE left Y1's record");
     drop(y2);
     let _y1 = y(&k1);
-    assert_eq!(
-        new_start(&x, &y1_id, &mut seen),
-        ("cold".into(), "no_record".into())
-    );
+    assert_starts_cold(&x, &y1_id, &mut seen, step);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
