@@ -28,6 +28,15 @@ const MARKER: &str = "P2PCC-QEMU ";
 /// The whole guest run, boot to poweroff (measured: ~2 s boot, ~1 min of checks under TCG on a
 /// loaded 2-core machine). QEMU is killed past it.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(420);
+/// The guest's own watchdog, a minute before [`GUEST_TIMEOUT`]: a guest that hangs still prints
+/// its nodes' logs and a failing marker before QEMU is killed. Written into `/init` in place of
+/// `@WATCHDOG_SECS@`.
+const GUEST_WATCHDOG: Duration = Duration::from_secs(GUEST_TIMEOUT.as_secs() - 60);
+
+/// The guest's `/init` with its watchdog's time filled in.
+fn guest_init() -> String {
+    GUEST_INIT.replace("@WATCHDOG_SECS@", &GUEST_WATCHDOG.as_secs().to_string())
+}
 /// Debian package name pattern of the guest kernel.
 const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
 const KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
@@ -200,7 +209,7 @@ fn build_initramfs(node: &Path) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("copying {lib}"))?;
     }
     let init = root.join("init");
-    fs::write(&init, GUEST_INIT)?;
+    fs::write(&init, guest_init())?;
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
     let cpio = dir.join("initramfs.cpio");
@@ -341,6 +350,16 @@ mod tests {
         );
         assert!(judge(&no_reason).is_err());
         assert!(judge("").is_err());
+    }
+
+    #[test]
+    fn the_guest_watchdog_fires_before_the_host_kills_the_guest() {
+        let init = guest_init();
+        assert!(!init.contains("@WATCHDOG_SECS@"));
+        let secs = GUEST_WATCHDOG.as_secs();
+        assert!(init.contains(&format!("( sleep {secs}; dump_logs;")));
+        assert!(init.contains(&format!("the guest ran {secs} s without finishing")));
+        assert!(GUEST_WATCHDOG < GUEST_TIMEOUT);
     }
 
     #[test]

@@ -27,8 +27,9 @@ probed() { row=$(peer_row "$1" "$2"); case "$row" in ""|-*|*" -") return 1;; esa
 # The nodes' own logs, for the host's failure report (their lines carry no marker, so they never
 # decide pass/fail): the last 40 lines of each, prefixed with the file's name.
 dump_logs() { for f in /tmp/a.log /tmp/b.log /tmp/c.log /tmp/d.log; do [ -f "$f" ] && tail -n 40 "$f" | sed "s|^|guest ${f#/tmp/}: |"; done; }
-# A guest that hangs still reports: the host kills QEMU at 420 s (GUEST_TIMEOUT), this fires first.
-( sleep 360; dump_logs; mark "WATCHDOG FAIL the guest ran 360 s without finishing"; poweroff -f ) &
+# A guest that hangs still reports: the host kills QEMU at GUEST_TIMEOUT, this fires a minute
+# earlier (xtask/src/qemu.rs writes GUEST_WATCHDOG's seconds in place of the placeholder).
+( sleep @WATCHDOG_SECS@; dump_logs; mark "WATCHDOG FAIL the guest ran @WATCHDOG_SECS@ s without finishing"; poweroff -f ) &
 
 mark "KERNEL $(uname -r)"
 mark "AVAILABLE $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"
