@@ -784,9 +784,12 @@ impl Bbr {
     fn set_controls(&mut self, c: &mut Conn, rs: &RateSample, cfg: &BbrConfig) {
         self.update_gains(cfg);
         let bw = self.bw();
+        // The ACK-aggregation allowance, once: the cwnd target and the cruising headroom's
+        // pipe floor both add it, and nothing in between changes its inputs.
+        let aggr = self.ack_aggregation_cwnd(cfg);
         self.set_pacing_rate(c, cfg, bw, self.pacing_gain);
-        self.set_cwnd(c, rs, cfg, rs.acked_sacked, bw, self.cwnd_gain);
-        self.bound_cwnd_for_inflight_model(c, cfg);
+        self.set_cwnd(c, rs, cfg, rs.acked_sacked, bw, self.cwnd_gain, aggr);
+        c.cwnd = c.cwnd.min(self.inflight_cap(cfg, aggr));
     }
 
     /// Enters `mode`, remembering that the connection has been in it (DRAIN can last less
@@ -1200,7 +1203,12 @@ impl Bbr {
         (cwnd, false)
     }
 
-    /// `bbr_set_cwnd`: grow towards the target (BDP × gain + aggregation allowance).
+    /// `bbr_set_cwnd`: grow towards the target (BDP × gain + the ACK-aggregation allowance
+    /// `aggr`, [`Self::ack_aggregation_cwnd`], which the caller has already computed).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "bbr_set_cwnd's own, plus the allowance"
+    )]
     #[inline(always)]
     fn set_cwnd(
         &mut self,
@@ -1210,13 +1218,14 @@ impl Bbr {
         acked: u32,
         bw: u32,
         gain: u32,
+        aggr: u32,
     ) {
         let mut cwnd = c.cwnd;
         if acked != 0 {
             let (recovered, conserving) = self.recover_or_restore(c, rs, acked);
             cwnd = recovered;
             if !conserving {
-                let target = self.cwnd_target(cfg, bw, gain);
+                let target = self.cwnd_target(cfg, bw, gain, aggr);
                 self.try_fast_path = 0;
                 if self.full_bw_reached != 0 {
                     cwnd = cwnd.saturating_add(acked);
@@ -1242,6 +1251,17 @@ impl Bbr {
     /// pipe (deviation 11).
     #[inline(always)]
     fn inflight_with_headroom(&self, cfg: &BbrConfig) -> u32 {
+        // Tested here too, so that an unbounded `inflight_hi` computes no allowance.
+        if self.inflight_hi == UNBOUNDED {
+            return UNBOUNDED;
+        }
+        self.inflight_with_headroom_at(cfg, self.ack_aggregation_cwnd(cfg))
+    }
+
+    /// [`Self::inflight_with_headroom`] with the ACK-aggregation allowance `aggr` already
+    /// computed ([`Self::ack_aggregation_cwnd`]).
+    #[inline(always)]
+    fn inflight_with_headroom_at(&self, cfg: &BbrConfig, aggr: u32) -> u32 {
         if self.inflight_hi == UNBOUNDED {
             return UNBOUNDED;
         }
@@ -1249,7 +1269,7 @@ impl Bbr {
         self.inflight_hi
             .saturating_sub(headroom)
             .max(cfg.min_cwnd)
-            .max(self.pipe_floor(cfg).min(self.inflight_hi))
+            .max(self.pipe_floor_at(aggr).min(self.inflight_hi))
     }
 
     /// Deviation 14: no RTT sample of this loss round came within a quarter of `min_rtt`:
@@ -1278,38 +1298,50 @@ impl Bbr {
         if self.min_rtt_us == u32::MAX {
             0
         } else {
-            self.bdp(self.max_bw(), BBR_UNIT)
-                .saturating_add(self.ack_aggregation_cwnd(cfg))
+            self.pipe_floor_at(self.ack_aggregation_cwnd(cfg))
         }
     }
 
-    /// `bbr_bound_cwnd_for_inflight_model`: the one step that applies v3's bounds: probing
-    /// phases up to `inflight_hi`, cruising (and PROBE_RTT) with headroom below it, all within
-    /// `inflight_lo`.
+    /// [`Self::pipe_floor`] with the allowance `aggr` already computed.
     #[inline(always)]
-    fn bound_cwnd_for_inflight_model(&mut self, c: &mut Conn, cfg: &BbrConfig) {
-        c.cwnd = c.cwnd.min(self.inflight_cap(cfg));
+    fn pipe_floor_at(&self, aggr: u32) -> u32 {
+        if self.min_rtt_us == u32::MAX {
+            0
+        } else {
+            self.bdp(self.max_bw(), BBR_UNIT).saturating_add(aggr)
+        }
     }
 
-    /// The cap [`Self::bound_cwnd_for_inflight_model`] applies in the current mode and phase.
+    /// `bbr_bound_cwnd_for_inflight_model`: cwnd within [`Self::inflight_cap`] (what
+    /// [`Self::set_controls`] does with the allowance it already has; the host tests call it
+    /// alone).
+    #[cfg(test)]
+    fn bound_cwnd_for_inflight_model(&mut self, c: &mut Conn, cfg: &BbrConfig) {
+        c.cwnd = c
+            .cwnd
+            .min(self.inflight_cap(cfg, self.ack_aggregation_cwnd(cfg)));
+    }
+
+    /// `bbr_bound_cwnd_for_inflight_model`'s cap, the one step that applies v3's bounds:
+    /// probing phases up to `inflight_hi`, cruising (and PROBE_RTT) with headroom below it, all
+    /// within `inflight_lo`; `aggr` is the ACK-aggregation allowance
+    /// ([`Self::ack_aggregation_cwnd`]). [`Self::set_controls`] applies it to cwnd.
     #[inline(always)]
-    fn inflight_cap(&self, cfg: &BbrConfig) -> u32 {
+    fn inflight_cap(&self, cfg: &BbrConfig, aggr: u32) -> u32 {
         let mut cap = UNBOUNDED;
         if self.mode() == Mode::ProbeBw && !self.in_phase(Phase::Cruise) {
             cap = self.inflight_hi;
         } else if self.mode() == Mode::ProbeRtt || self.in_phase(Phase::Cruise) {
-            cap = self.inflight_with_headroom(cfg);
+            cap = self.inflight_with_headroom_at(cfg, aggr);
         }
         cap.min(self.inflight_lo).max(cfg.min_cwnd)
     }
 
-    /// `bbr_set_cwnd`'s target: BDP × gain plus the ACK-aggregation allowance, within the
-    /// quantization budget.
+    /// `bbr_set_cwnd`'s target: BDP × gain plus the ACK-aggregation allowance `aggr`, within
+    /// the quantization budget.
     #[inline(always)]
-    fn cwnd_target(&self, cfg: &BbrConfig, bw: u32, gain: u32) -> u32 {
-        let target = self
-            .bdp(bw, gain)
-            .saturating_add(self.ack_aggregation_cwnd(cfg));
+    fn cwnd_target(&self, cfg: &BbrConfig, bw: u32, gain: u32, aggr: u32) -> u32 {
+        let target = self.bdp(bw, gain).saturating_add(aggr);
         self.quantization_budget(cfg, target)
     }
 
@@ -1508,7 +1540,10 @@ impl Bbr {
     /// `bbr_check_time_to_cruise`: the probe's queue is drained.
     #[inline(always)]
     fn check_time_to_cruise(&self, cfg: &BbrConfig, inflight: u32, bw: u32) -> bool {
-        inflight <= self.inflight_with_headroom(cfg) && inflight <= self.inflight(cfg, bw, BBR_UNIT)
+        // Both tests are pure. The BDP test comes first: it is the cheaper one and, in DOWN,
+        // the one that fails until the queue is drained (the headroom is at least the pipe,
+        // BDP plus the aggregation allowance, unless `inflight_hi` is below it).
+        inflight <= self.inflight(cfg, bw, BBR_UNIT) && inflight <= self.inflight_with_headroom(cfg)
     }
 
     /// `bbr_update_cycle_phase`: the PROBE_BW state machine.
@@ -1527,8 +1562,8 @@ impl Bbr {
         if self.adapt_upper_bounds(c, rs, cfg, rand) || self.mode() != Mode::ProbeBw {
             return;
         }
-        let inflight = self.packets_in_net_at_edt(c, rs.prior_in_flight);
-        let bw = self.max_bw();
+        // The inflight at the next departure only where it is used (UP, DOWN): each arm reads
+        // it before changing the state, so it is the value the top of the stage would see.
         match self.phase() {
             Phase::Cruise => {
                 // Deviation 18: at each loss round's end, the next round drains if the
@@ -1552,7 +1587,9 @@ impl Bbr {
             }
             Phase::Up => {
                 let mut done = false;
-                if self.prev_probe_too_high != 0 && inflight >= self.inflight_hi {
+                if self.prev_probe_too_high != 0
+                    && self.packets_in_net_at_edt(c, rs.prior_in_flight) >= self.inflight_hi
+                {
                     // The last probe met loss at this volume: do not push past it again.
                     self.stopped_risky_probe = 1;
                     done = true;
@@ -1570,8 +1607,13 @@ impl Bbr {
                 }
             }
             Phase::Down => {
+                // `check_time_to_probe_bw` changes the state only when it returns true.
                 if !self.check_time_to_probe_bw(c, cfg)
-                    && self.check_time_to_cruise(cfg, inflight, bw)
+                    && self.check_time_to_cruise(
+                        cfg,
+                        self.packets_in_net_at_edt(c, rs.prior_in_flight),
+                        self.max_bw(),
+                    )
                 {
                     self.start_bw_probe_cruise();
                 }
@@ -1935,8 +1977,9 @@ impl Bbr {
             return;
         }
         let bw = self.bw();
-        self.fast_target = self.cwnd_target(cfg, bw, self.cwnd_gain);
-        self.fast_cap = self.inflight_cap(cfg);
+        let aggr = self.ack_aggregation_cwnd(cfg);
+        self.fast_target = self.cwnd_target(cfg, bw, self.cwnd_gain, aggr);
+        self.fast_cap = self.inflight_cap(cfg, aggr);
         self.fast_min_cwnd = cfg.min_cwnd;
         self.fast_reno_rounds = cfg.probe_max_rounds.min(self.inflight(cfg, bw, BBR_UNIT));
         self.fast_full_bw_bar = if self.full_bw_now != 0 {

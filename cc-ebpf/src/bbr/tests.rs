@@ -566,7 +566,8 @@ fn recovery_conserves_packets_with_no_floor_or_cap_then_restores_cwnd() {
         interval_us: 100,
         ..Default::default()
     };
-    s.set_cwnd(&mut c, &rs, &cfg, 1, s.bw(), cfg.cwnd_gain);
+    let aggr = s.ack_aggregation_cwnd(&cfg);
+    s.set_cwnd(&mut c, &rs, &cfg, 1, s.bw(), cfg.cwnd_gain, aggr);
     assert_eq!(
         c.cwnd, 3,
         "packet conservation: inflight + acked, below min_cwnd as the kernel does"
@@ -578,7 +579,8 @@ fn recovery_conserves_packets_with_no_floor_or_cap_then_restores_cwnd() {
         interval_us: 100,
         ..Default::default()
     };
-    s.set_cwnd(&mut c, &rs, &cfg, 2, s.bw(), cfg.cwnd_gain);
+    let aggr = s.ack_aggregation_cwnd(&cfg);
+    s.set_cwnd(&mut c, &rs, &cfg, 2, s.bw(), cfg.cwnd_gain, aggr);
     assert!(c.cwnd >= 300, "cwnd restored after recovery: {}", c.cwnd);
 }
 
@@ -711,7 +713,8 @@ fn draft_probe_rtt_holds_half_the_bdp() {
     s.update_min_rtt(&mut c, &rs, &cfg, &mut no_rand());
     assert_eq!(s.mode(), Mode::ProbeRtt);
     s.update_gains(&cfg);
-    s.set_cwnd(&mut c, &rs, &cfg, 1, s.bw(), s.cwnd_gain);
+    let aggr = s.ack_aggregation_cwnd(&cfg);
+    s.set_cwnd(&mut c, &rs, &cfg, 1, s.bw(), s.cwnd_gain, aggr);
     // 100 Mbit/s × 20 ms = 172.7 packets; half is 86.3, rounded up.
     assert_eq!(c.cwnd, 87);
 }
@@ -741,7 +744,8 @@ fn a_shortened_min_rtt_window_keeps_probe_rtt_inside_it() {
         assert_eq!(s.min_rtt_us, 20_000, "after {after_us} µs");
         if probe_rtt {
             s.update_gains(&cfg);
-            s.set_cwnd(&mut c, &queued, &cfg, 1, s.bw(), s.cwnd_gain);
+            let aggr = s.ack_aggregation_cwnd(&cfg);
+            s.set_cwnd(&mut c, &queued, &cfg, 1, s.bw(), s.cwnd_gain, aggr);
             assert_eq!(c.cwnd, 87, "half the BDP at 20 ms");
         }
     }

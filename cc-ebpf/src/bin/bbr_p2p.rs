@@ -303,6 +303,59 @@ unsafe fn read_conn(tp: KernelPtr) -> Conn {
     }
 }
 
+/// Reads the socket into the full path's [`Conn`] in `c` (the scratch words of the socket's
+/// storage) one field at a time, where [`read_conn`] followed by a copy held all 22 values at
+/// once and spilled most of them to the stack on the way. Two fields are read only when the
+/// model can use them: `srtt_us_x8` on an ACK that initialises the state or comes before
+/// the first RTT sample (`init_pacing_rate_from_rtt`), `kernel_min_rtt_us` on one that
+/// initialises it; otherwise they are 0.
+///
+/// # Safety
+/// `tp` must be the op's socket (a `tcp_sock`); `c` must be valid for writes.
+#[inline(always)]
+unsafe fn read_conn_into(tp: KernelPtr, c: *mut Conn, bbr: &Bbr) {
+    let init = bbr.init_cwnd == 0;
+    // SAFETY: generated offsets of fields of tcp_sock (which begins with sock); `c` per the
+    // contract.
+    unsafe {
+        (*c).now_us = tp.u64(TCP_SOCK__TCP_MSTAMP);
+        (*c).delivered = tp.u32(TCP_SOCK__DELIVERED);
+        (*c).delivered_mstamp_us = tp.u64(TCP_SOCK__DELIVERED_MSTAMP);
+        (*c).lost = tp.u32(TCP_SOCK__LOST);
+        (*c).packets_in_flight = packets_in_flight(tp);
+        (*c).ca_state = tp.bits8(
+            INET_CONNECTION_SOCK__ICSK_CA_STATE,
+            INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
+            INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
+        );
+        (*c).cwnd_limited = tp.bits8(
+            TCP_SOCK__IS_CWND_LIMITED,
+            TCP_SOCK__IS_CWND_LIMITED_SHIFT,
+            TCP_SOCK__IS_CWND_LIMITED_BITS,
+        ) != 0;
+        (*c).srtt_us_x8 = if init || bbr.has_seen_rtt == 0 {
+            tp.u32(TCP_SOCK__SRTT_US)
+        } else {
+            0
+        };
+        (*c).kernel_min_rtt_us = if init {
+            tp.u32(TCP_SOCK__RTT_MIN + MINMAX_S0_V)
+        } else {
+            0
+        };
+        (*c).mss = tp.u32(TCP_SOCK__MSS_CACHE);
+        (*c).cwnd_clamp = tp.u32(TCP_SOCK__SND_CWND_CLAMP);
+        (*c).max_pacing_rate = tp.u64(SOCK__SK_MAX_PACING_RATE);
+        (*c).pacing_shift = tp.u8(SOCK__SK_PACING_SHIFT);
+        (*c).wstamp_ns = tp.u64(TCP_SOCK__TCP_WSTAMP_NS);
+        (*c).clock_ns = tp.u64(TCP_SOCK__TCP_CLOCK_CACHE);
+        (*c).cwnd = tp.u32(TCP_SOCK__SND_CWND);
+        (*c).pacing_rate = tp.u64(SOCK__SK_PACING_RATE);
+        (*c).ssthresh = tp.u32(TCP_SOCK__SND_SSTHRESH);
+        (*c).app_limited = tp.u32(TCP_SOCK__APP_LIMITED);
+    }
+}
+
 /// Reads the op's rate sample, once per ACK: the fast path and, if it declines, the full model
 /// use the same copy. `ack_compressed` is left false: only the full path computes it (it needs
 /// the socket's clock).
@@ -516,7 +569,7 @@ fn on_ack(sk: KernelPtr, rs: KernelPtr) {
     // offsets of struct rate_sample and tcp_sock fields.
     unsafe {
         (*sc).rs = sample;
-        (*sc).conn = read_conn(sk);
+        read_conn_into(sk, &raw mut (*sc).conn, bbr);
         // tcp_rate_gen: interval_us = max(send interval, tcp_mstamp - prior_mstamp).
         let ack_us = (*sc)
             .conn
