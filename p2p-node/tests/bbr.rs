@@ -649,13 +649,14 @@ fn summarize(cc: &str, samples: &[TraceSample]) {
     if let Ok(path) = std::env::var("P2PCC_TRACE_DUMP") {
         use std::fmt::Write as _;
         let mut csv = String::from(
-            "t,ca,cwnd,inflight,pacing,mode,phase,max_bw,bw_lo,inflight_hi,inflight_lo,retrans,at_loss,pipe,min_rtt,round_min_rtt,srtt,bw_latest,extra_acked,tso\n",
+            "t,ca,cwnd,inflight,pacing,mode,phase,max_bw,bw_lo,inflight_hi,inflight_lo,retrans,at_loss,pipe,min_rtt,round_min_rtt,srtt,bw_latest,extra_acked,tso,too_high,risky,ack_phase,loss_bounds,probes\n",
         );
-        for x in &s {
+        // Every sample, from the first second: STARTUP's exit and the first probes too.
+        for x in samples.iter().filter(|x| x.state.is_some()) {
             let st = x.state.unwrap();
             let _ = writeln!(
                 csv,
-                "{:.3},{},{},{},{:.1},{:?},{:?},{:.1},{:.1},{},{},{},{},{:.0},{},{},{},{:.1},{},{}",
+                "{:.3},{},{},{},{:.1},{:?},{:?},{:.1},{:.1},{},{},{},{},{:.0},{},{},{},{:.1},{},{},{},{},{},{},{}",
                 x.at.as_secs_f64(),
                 x.info.ca_state,
                 x.info.snd_cwnd,
@@ -679,7 +680,12 @@ fn summarize(cc: &str, samples: &[TraceSample]) {
                 x.info.rtt_us,
                 to_mbit(st.bw_latest),
                 st.extra_acked[0].max(st.extra_acked[1]),
-                st.tso_segs_goal
+                st.tso_segs_goal,
+                st.prev_probe_too_high,
+                st.stopped_risky_probe,
+                st.ack_phase,
+                st.loss_bound_count,
+                st.bw_probe_count
             );
         }
         std::fs::write(format!("{path}.{cc}"), csv).unwrap();
@@ -692,7 +698,12 @@ fn trace_random_loss_side_by_side() {
     if !kernel_tests_possible() {
         return;
     }
-    for (cc, n) in [("bbr_p2p", 65), ("bbr", 66)] {
+    // `P2PCC_TRACE_CC`: one algorithm alone.
+    let only = std::env::var("P2PCC_TRACE_CC").ok();
+    for (cc, n) in [("bbr_p2p", 65), ("bbr", 66)]
+        .into_iter()
+        .filter(|(cc, _)| only.as_deref().is_none_or(|o| o == *cc))
+    {
         let samples = trace_flow(cc, n);
         summarize(cc, &samples);
     }

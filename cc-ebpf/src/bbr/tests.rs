@@ -299,6 +299,11 @@ fn a_probe_round_losing_more_than_2_percent_sets_inflight_hi_to_the_inflight_the
     c.lost = 5;
     let rs = lossy_ack(1, 240);
     s.on_ack(&mut c, &rs, &cfg, &mut rand);
+    // Above 2%, in 5 lossy ACKs and no standing queue: not yet the probe's loss (deviation 20).
+    assert_eq!(s.phase(), Phase::Up, "5 lossy ACKs");
+    c.lost = 6;
+    let rs = lossy_ack(1, 250);
+    s.on_ack(&mut c, &rs, &cfg, &mut rand);
     assert_eq!(s.phase(), Phase::Down, "the probe ends");
     assert_eq!(
         s.inflight_hi, 240,
@@ -319,6 +324,8 @@ fn a_probe_crossing_the_threshold_in_recovery_bounds_inflight_hi_at_the_flight_i
     s.loss_round_flight = 200;
     s.loss_round_lost = 0;
     s.loss_round_delivered = c.delivered + 1_000;
+    // One ACK reports all five: a queue stood through the round (deviation 20).
+    s.round_min_rtt_us = 30_000;
     c.lost = 5;
     c.ca_state = TCP_CA_RECOVERY;
     let rs = lossy_ack(5, 130);
@@ -327,6 +334,41 @@ fn a_probe_crossing_the_threshold_in_recovery_bounds_inflight_hi_at_the_flight_i
     assert_ne!(s.phase(), Phase::Up);
     assert_eq!(s.loss_bound_count, 1);
     assert_eq!(s.inflight_hi, 200);
+}
+
+/// Deviation 20: a probe's round above the loss threshold ends the probe and bounds
+/// `inflight_hi` (v3) through a queue that stood all round, or in at least `full_loss_cnt`
+/// lossy ACKs; without either, 3–5 losses on a 100-packet flight (1% random loss does that
+/// in 8% of such rounds) leave the probe going.
+#[test]
+fn a_probe_round_above_the_threshold_needs_a_standing_queue_or_six_lossy_acks() {
+    let cfg = BbrConfig::DEFAULT;
+    // (lossy ACKs of one loss each in a round that began with 100 in flight, the round's
+    // lowest RTT on a 20 ms min RTT, the probe ends)
+    let table = [
+        (3, 20_100, false),
+        (5, 20_100, false),
+        (6, 20_100, true),
+        (3, 26_000, true),
+        (2, 26_000, false),
+    ];
+    for (acks, round_min_rtt_us, ends) in table {
+        let (mut s, mut c) = probe_bw(Phase::Up);
+        s.inflight_hi = 150;
+        s.bw_probe_samples = 1;
+        s.loss_round_flight = 100;
+        s.loss_round_lost = 0;
+        s.loss_round_delivered = c.delivered + 1_000;
+        s.round_min_rtt_us = round_min_rtt_us;
+        for lost in 1..=acks {
+            c.lost = lost;
+            s.on_ack(&mut c, &lossy_ack(1, 110), &cfg, &mut no_rand());
+        }
+        let case = format!("{acks} lossy ACKs, round min RTT {round_min_rtt_us} µs");
+        assert_eq!(s.phase() != Phase::Up, ends, "{case}: {:?}", s.phase());
+        assert_eq!(s.prev_probe_too_high == 1, ends, "{case}");
+        assert_eq!(s.loss_bound_count == 1, ends, "{case}");
+    }
 }
 
 #[test]
@@ -1028,6 +1070,8 @@ struct Outcome {
     /// ACKs the fast path took (deviation 17), of all ACKs.
     fast_acks: u64,
     all_acks: u64,
+    /// Packets delivered in each second of the transfer (the bench's goodput counts from 0).
+    delivered_per_s: Vec<u64>,
 }
 
 impl Path {
@@ -1090,6 +1134,7 @@ impl Path {
         let mut time_to_8mib_us = None;
         let (mut all_acks, mut fast_acks) = (0u64, 0u64);
         let end_us = secs * 1_000_000;
+        let mut delivered_per_s = vec![0u64; secs as usize];
         let mut t = 0u64;
         while t < end_us {
             t += DT_US;
@@ -1130,6 +1175,7 @@ impl Path {
                 if t > warmup_us {
                     delivered_after_warmup += 1;
                 }
+                delivered_per_s[((t - 1) / 1_000_000) as usize] += 1;
                 if newest.is_none_or(|n| packets[n].tag.delivered <= packets[p].tag.delivered) {
                     newest = Some(p);
                 }
@@ -1249,7 +1295,13 @@ impl Path {
                     );
                 }
                 cwnd_limited = false;
-                if std::env::var_os("BBR_SIM_TRACE_ALL").is_some() && t % 50_000 < DT_US {
+                let window = std::env::var("BBR_SIM_TRACE_MS").ok().and_then(|w| {
+                    let (a, b) = w.split_once('-')?;
+                    Some((a.parse::<u64>().ok()? * 1000, b.parse::<u64>().ok()? * 1000))
+                });
+                if (std::env::var_os("BBR_SIM_TRACE_ALL").is_some() && t % 50_000 < DT_US)
+                    || window.is_some_and(|(a, b)| (a..b).contains(&t))
+                {
                     eprintln!(
                         "T {:>6} ms {:?}/{:?} cwnd {} infl {} hi {} lo {} bw_lo {} max_bw {} pacing {} loss {} probes {} ca {} prior {}",
                         t / 1000,
@@ -1267,6 +1319,26 @@ impl Path {
                         c.ca_state,
                         s.prior_cwnd
                     );
+                    if window.is_some() {
+                        eprintln!(
+                            "    sample {} (del {} int {} compressed {} app {}) bw_hi {:?} ack_phase {} too_high {} risky {} full_bw {} cnt {} now {} cwnd_limited {} rtt {} loss_ev {}",
+                            Bbr::sample_bw(&rs),
+                            rs.delivered,
+                            rs.interval_us,
+                            rs.ack_compressed,
+                            rs.is_app_limited,
+                            s.bw_hi,
+                            s.ack_phase,
+                            s.prev_probe_too_high,
+                            s.stopped_risky_probe,
+                            s.full_bw,
+                            s.full_bw_cnt,
+                            s.full_bw_now,
+                            c.cwnd_limited,
+                            rs.rtt_us,
+                            rs.losses
+                        );
+                    }
                 }
                 if s.full_bw_reached != 0 && s.mode() != Mode::Startup {
                     min_inflight_hi = min_inflight_hi.min(s.inflight_hi);
@@ -1362,6 +1434,7 @@ impl Path {
             time_to_8mib_us,
             fast_acks,
             all_acks,
+            delivered_per_s,
         }
     }
 }
@@ -1442,6 +1515,24 @@ fn sim_shallow_buffer_with_random_loss_loses_little_beyond_the_random_loss() {
         out.loss_fraction < 0.02,
         "overflow on top of the 1% random loss: {out:?}"
     );
+}
+
+/// Deviation 20 (session 13): on a 15 kB buffer (10 packets) with 1% random loss, these three
+/// seeds are the slowest of 200 without the deviation: STARTUP ended on loss at 0.73–0.86 of
+/// the link with `inflight_hi` at 137–152 packets of a 173-packet pipe, and each later probe,
+/// capped there and growing it by 1, 2, 4… packets a round, was ended after a round or two by
+/// 3–4 random losses (2–3% of its flight) without a queue: 0.76–0.82 of the link over 12 s,
+/// counted from the start as the bench counts. Probes that random loss does not end reach the
+/// link at the first probe.
+#[test]
+fn sim_shallow_buffer_with_random_loss_recovers_from_a_low_startup_exit() {
+    let path = Path::mbit(100.0, 20, 15_000, 0.01);
+    for seed in [8, 57, 129] {
+        let out = path.run(&BbrConfig::DEFAULT, 12, seed);
+        let share = out.delivered_per_s.iter().sum::<u64>() as f64 / (path.rate_pkts_per_us * 12e6);
+        eprintln!("seed {seed}: {share:.3} of the link over 12 s; {out:?}");
+        assert!(share > 0.88, "seed {seed}: {share:.3} of the link; {out:?}");
+    }
 }
 
 #[test]
@@ -1583,4 +1674,5 @@ fn only_probe_feedback_of_more_than_a_burst_raises_the_estimate() {
 
 mod fairness;
 mod resume;
+mod shallow_loss;
 mod tail;
