@@ -285,7 +285,11 @@
 //!     92.85; kernel (b) A/B, 5 pairs: median 85.3 → 86.3 Mbit/s, slowest 79.3 → 65.3).
 //!     Kernel (docs/bench.md, session 13), (b) alternated, 5 pairs on time, 10 runs a side:
 //!     bbr-p2p median 85.5 → 86.9 Mbit/s, p25 83.3 → 85.4, slowest 75.6 → 79.6 (kernel bbr
-//!     89.4–89.7), higher in 4 of 5 pairs; retransmitted 0.27 → 0.31 of kernel bbr's.
+//!     89.4–89.7), higher in 4 of 5 pairs; retransmitted 0.27 → 0.31 of kernel bbr's. The
+//!     cost, (c) on one BDP (4 runs a side): at 2% the lone flow's probes run longer through
+//!     a queue that drains between them, 2.12 → 2.21% of what it sent resent, goodput 88.1 →
+//!     86.2 Mbit/s; at 0.5 and 1% goodput ratios 0.981 / 0.972 → 0.987 / 0.973.
+//!     (e), one pair: Jain's index 0.958 → 0.959, retransmitted 0.21 → 0.22 of kernel bbr's.
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
