@@ -343,8 +343,8 @@ fn a_probe_crossing_the_threshold_in_recovery_bounds_inflight_hi_at_the_flight_i
 #[test]
 fn a_probe_round_above_the_threshold_needs_a_standing_queue_or_six_lossy_acks() {
     let cfg = BbrConfig::DEFAULT;
-    // (lossy ACKs of one loss each in a round that began with 100 in flight, the round's
-    // lowest RTT on a 20 ms min RTT, the probe ends)
+    // (lossy ACKs of one loss each in a round that began with 100 in flight, their RTT
+    // samples on a 20 ms min RTT, the probe ends)
     let table = [
         (3, 20_100, false),
         (5, 20_100, false),
@@ -354,20 +354,29 @@ fn a_probe_round_above_the_threshold_needs_a_standing_queue_or_six_lossy_acks() 
     ];
     for (acks, round_min_rtt_us, ends) in table {
         let (mut s, mut c) = probe_bw(Phase::Up);
-        s.inflight_hi = 150;
         s.bw_probe_samples = 1;
         s.loss_round_flight = 100;
         s.loss_round_lost = 0;
         s.loss_round_delivered = c.delivered + 1_000;
-        s.round_min_rtt_us = round_min_rtt_us;
+        s.round_min_rtt_us = u32::MAX;
         for lost in 1..=acks {
             c.lost = lost;
-            s.on_ack(&mut c, &lossy_ack(1, 110), &cfg, &mut no_rand());
+            let rs = RateSample {
+                rtt_us: i64::from(round_min_rtt_us),
+                ..lossy_ack(1, 110)
+            };
+            s.on_ack(&mut c, &rs, &cfg, &mut no_rand());
         }
         let case = format!("{acks} lossy ACKs, round min RTT {round_min_rtt_us} µs");
         assert_eq!(s.phase() != Phase::Up, ends, "{case}: {:?}", s.phase());
         assert_eq!(s.prev_probe_too_high == 1, ends, "{case}");
         assert_eq!(s.loss_bound_count == 1, ends, "{case}");
+        assert_eq!(
+            s.inflight_hi != UNBOUNDED,
+            ends,
+            "{case}: {}",
+            s.inflight_hi
+        );
     }
 }
 
