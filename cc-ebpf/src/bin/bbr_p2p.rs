@@ -263,44 +263,16 @@ unsafe fn packets_in_flight(tp: KernelPtr) -> u32 {
     }
 }
 
-/// Reads the socket into a [`Conn`].
+/// Reads the socket into a [`Conn`] (every field, through [`read_conn_fields`]).
 ///
 /// # Safety
 /// `tp` must be the op's socket (a `tcp_sock`).
 #[inline(always)]
 unsafe fn read_conn(tp: KernelPtr) -> Conn {
-    // SAFETY: generated offsets of fields of tcp_sock (which begins with sock).
-    unsafe {
-        Conn {
-            now_us: tp.u64(TCP_SOCK__TCP_MSTAMP),
-            delivered: tp.u32(TCP_SOCK__DELIVERED),
-            delivered_mstamp_us: tp.u64(TCP_SOCK__DELIVERED_MSTAMP),
-            lost: tp.u32(TCP_SOCK__LOST),
-            packets_in_flight: packets_in_flight(tp),
-            ca_state: tp.bits8(
-                INET_CONNECTION_SOCK__ICSK_CA_STATE,
-                INET_CONNECTION_SOCK__ICSK_CA_STATE_SHIFT,
-                INET_CONNECTION_SOCK__ICSK_CA_STATE_BITS,
-            ),
-            cwnd_limited: tp.bits8(
-                TCP_SOCK__IS_CWND_LIMITED,
-                TCP_SOCK__IS_CWND_LIMITED_SHIFT,
-                TCP_SOCK__IS_CWND_LIMITED_BITS,
-            ) != 0,
-            srtt_us_x8: tp.u32(TCP_SOCK__SRTT_US),
-            kernel_min_rtt_us: tp.u32(TCP_SOCK__RTT_MIN + MINMAX_S0_V),
-            mss: tp.u32(TCP_SOCK__MSS_CACHE),
-            cwnd_clamp: tp.u32(TCP_SOCK__SND_CWND_CLAMP),
-            max_pacing_rate: tp.u64(SOCK__SK_MAX_PACING_RATE),
-            pacing_shift: tp.u8(SOCK__SK_PACING_SHIFT),
-            wstamp_ns: tp.u64(TCP_SOCK__TCP_WSTAMP_NS),
-            clock_ns: tp.u64(TCP_SOCK__TCP_CLOCK_CACHE),
-            cwnd: tp.u32(TCP_SOCK__SND_CWND),
-            pacing_rate: tp.u64(SOCK__SK_PACING_RATE),
-            ssthresh: tp.u32(TCP_SOCK__SND_SSTHRESH),
-            app_limited: tp.u32(TCP_SOCK__APP_LIMITED),
-        }
-    }
+    let mut c = Conn::default();
+    // SAFETY: `tp` per the contract; `c` is a local.
+    unsafe { read_conn_fields(tp, &raw mut c, true, true) };
+    c
 }
 
 /// Reads the socket into the full path's [`Conn`] in `c` (the scratch words of the socket's
@@ -315,6 +287,43 @@ unsafe fn read_conn(tp: KernelPtr) -> Conn {
 #[inline(always)]
 unsafe fn read_conn_into(tp: KernelPtr, c: *mut Conn, bbr: &Bbr) {
     let init = bbr.init_cwnd == 0;
+    // SAFETY: per the contract.
+    unsafe { read_conn_fields(tp, c, init || bbr.has_seen_rtt == 0, init) };
+}
+
+/// Writes every field of the [`Conn`] at `c` from the socket, one at a time; `srtt_us_x8` only
+/// with `srtt`, `kernel_min_rtt_us` only with `min_rtt` (else 0). The one list of the socket
+/// fields a [`Conn`] holds: the pattern below stops compiling when [`Conn`] gains a field, so
+/// none is left unwritten in the reused scratch words.
+///
+/// # Safety
+/// `tp` must be the op's socket (a `tcp_sock`); `c` must be valid for writes.
+#[inline(always)]
+unsafe fn read_conn_fields(tp: KernelPtr, c: *mut Conn, srtt: bool, min_rtt: bool) {
+    #[expect(dead_code, reason = "a compile-time check only")]
+    fn every_field_is_written(c: Conn) {
+        let Conn {
+            now_us: _,
+            delivered: _,
+            delivered_mstamp_us: _,
+            lost: _,
+            packets_in_flight: _,
+            ca_state: _,
+            cwnd_limited: _,
+            srtt_us_x8: _,
+            kernel_min_rtt_us: _,
+            mss: _,
+            cwnd_clamp: _,
+            max_pacing_rate: _,
+            pacing_shift: _,
+            wstamp_ns: _,
+            clock_ns: _,
+            cwnd: _,
+            pacing_rate: _,
+            ssthresh: _,
+            app_limited: _,
+        } = c;
+    }
     // SAFETY: generated offsets of fields of tcp_sock (which begins with sock); `c` per the
     // contract.
     unsafe {
@@ -333,12 +342,8 @@ unsafe fn read_conn_into(tp: KernelPtr, c: *mut Conn, bbr: &Bbr) {
             TCP_SOCK__IS_CWND_LIMITED_SHIFT,
             TCP_SOCK__IS_CWND_LIMITED_BITS,
         ) != 0;
-        (*c).srtt_us_x8 = if init || bbr.has_seen_rtt == 0 {
-            tp.u32(TCP_SOCK__SRTT_US)
-        } else {
-            0
-        };
-        (*c).kernel_min_rtt_us = if init {
+        (*c).srtt_us_x8 = if srtt { tp.u32(TCP_SOCK__SRTT_US) } else { 0 };
+        (*c).kernel_min_rtt_us = if min_rtt {
             tp.u32(TCP_SOCK__RTT_MIN + MINMAX_S0_V)
         } else {
             0
