@@ -490,6 +490,70 @@ fn trace_flow(cc: &str, n: u8) -> Vec<TraceSample> {
     samples
 }
 
+/// Packets in flight by the kernel's own count (`tcp_packets_in_flight`).
+fn inflight(i: &sockets::TcpInfo) -> u32 {
+    (i.unacked + i.retrans).saturating_sub(i.sacked + i.lost)
+}
+
+/// `P2PCC_TRACE_DUMP=<path>`: every sample of a traced flow as CSV in `<path>.<cc>`, the
+/// socket's columns first; the model's columns follow for bbr-p2p (kernel bbr has no state).
+fn dump_trace(path: &str, cc: &str, samples: &[TraceSample]) {
+    use std::fmt::Write as _;
+    let mss = samples.first().map_or(1448, |x| x.info.snd_mss);
+    let to_mbit = |bw: u32| cc_ebpf_common::bbr::bw_to_bytes_per_sec(bw, mss) as f64 * 8e-6;
+    let mut csv = String::from("t,ca,cwnd,inflight,pacing,srtt,retrans");
+    if samples.iter().any(|x| x.state.is_some()) {
+        csv.push_str(
+            ",mode,phase,max_bw,bw_lo,inflight_hi,inflight_lo,at_loss,pipe,min_rtt,round_min_rtt,\
+             bw_latest,extra_acked,tso,too_high,risky,ack_phase,loss_bounds,probes",
+        );
+    }
+    csv.push('\n');
+    for x in samples {
+        let _ = write!(
+            csv,
+            "{:.3},{},{},{},{:.1},{},{}",
+            x.at.as_secs_f64(),
+            x.info.ca_state,
+            x.info.snd_cwnd,
+            inflight(&x.info),
+            x.info.pacing_rate as f64 * 8e-6,
+            x.info.rtt_us,
+            x.info.total_retrans
+        );
+        if let Some(st) = x.state {
+            let _ = write!(
+                csv,
+                ",{:?},{:?},{:.1},{:.1},{},{},{},{:.0},{},{},{:.1},{},{},{},{},{},{},{}",
+                st.mode(),
+                st.phase(),
+                to_mbit(st.max_bw()),
+                if st.bw_lo == UNBOUNDED {
+                    0.0
+                } else {
+                    to_mbit(st.bw_lo)
+                },
+                st.inflight_hi,
+                st.inflight_lo,
+                st.inflight_at_loss,
+                f64::from(st.max_bw()) * f64::from(st.min_rtt_us) / (1u64 << 24) as f64,
+                st.min_rtt_us,
+                st.round_min_rtt_us,
+                to_mbit(st.bw_latest),
+                st.extra_acked[0].max(st.extra_acked[1]),
+                st.tso_segs_goal,
+                st.prev_probe_too_high,
+                st.stopped_risky_probe,
+                st.ack_phase,
+                st.loss_bound_count,
+                st.bw_probe_count
+            );
+        }
+        csv.push('\n');
+    }
+    std::fs::write(format!("{path}.{cc}"), csv).unwrap();
+}
+
 fn summarize(cc: &str, samples: &[TraceSample]) {
     // From 2 s on (after STARTUP), as the bench's RTT statistics.
     let s: Vec<&TraceSample> = samples
@@ -500,7 +564,6 @@ fn summarize(cc: &str, samples: &[TraceSample]) {
     let mss = s[0].info.snd_mss;
     let acked = s.last().unwrap().info.bytes_acked - s[0].info.bytes_acked;
     let secs = (s.last().unwrap().at - s[0].at).as_secs_f64();
-    let inflight = |i: &sockets::TcpInfo| (i.unacked + i.retrans).saturating_sub(i.sacked + i.lost);
     let recovery = s.iter().filter(|x| x.info.ca_state >= 3).count() as f64 / n;
     let cwnd_limited = s
         .iter()
@@ -539,25 +602,6 @@ fn summarize(cc: &str, samples: &[TraceSample]) {
         srtt_q(0.99),
         srtt_q(1.0)
     );
-    if let Ok(path) = std::env::var("P2PCC_TRACE_DUMP")
-        && s[0].state.is_none()
-    {
-        use std::fmt::Write as _;
-        let mut csv = String::from("t,ca,cwnd,inflight,pacing,srtt\n");
-        for x in &s {
-            let _ = writeln!(
-                csv,
-                "{:.3},{},{},{},{:.1},{}",
-                x.at.as_secs_f64(),
-                x.info.ca_state,
-                x.info.snd_cwnd,
-                inflight(&x.info),
-                x.info.pacing_rate as f64 * 8e-6,
-                x.info.rtt_us
-            );
-        }
-        std::fs::write(format!("{path}.{cc}"), csv).unwrap();
-    }
     if s[0].state.is_none() {
         return;
     }
@@ -661,50 +705,6 @@ fn summarize(cc: &str, samples: &[TraceSample]) {
         "  probes {}, loss bounds {}, probe_rtt {}, undo {}",
         last.bw_probe_count, last.loss_bound_count, last.probe_rtt_count, last.undo_count
     );
-    if let Ok(path) = std::env::var("P2PCC_TRACE_DUMP") {
-        use std::fmt::Write as _;
-        let mut csv = String::from(
-            "t,ca,cwnd,inflight,pacing,mode,phase,max_bw,bw_lo,inflight_hi,inflight_lo,retrans,at_loss,pipe,min_rtt,round_min_rtt,srtt,bw_latest,extra_acked,tso,too_high,risky,ack_phase,loss_bounds,probes\n",
-        );
-        // Every sample, from the first second: STARTUP's exit and the first probes too.
-        for x in samples.iter().filter(|x| x.state.is_some()) {
-            let st = x.state.unwrap();
-            let _ = writeln!(
-                csv,
-                "{:.3},{},{},{},{:.1},{:?},{:?},{:.1},{:.1},{},{},{},{},{:.0},{},{},{},{:.1},{},{},{},{},{},{},{}",
-                x.at.as_secs_f64(),
-                x.info.ca_state,
-                x.info.snd_cwnd,
-                inflight(&x.info),
-                x.info.pacing_rate as f64 * 8e-6,
-                st.mode(),
-                st.phase(),
-                to_mbit(st.max_bw()),
-                if st.bw_lo == UNBOUNDED {
-                    0.0
-                } else {
-                    to_mbit(st.bw_lo)
-                },
-                st.inflight_hi,
-                st.inflight_lo,
-                x.info.total_retrans,
-                st.inflight_at_loss,
-                f64::from(st.max_bw()) * f64::from(st.min_rtt_us) / (1u64 << 24) as f64,
-                st.min_rtt_us,
-                st.round_min_rtt_us,
-                x.info.rtt_us,
-                to_mbit(st.bw_latest),
-                st.extra_acked[0].max(st.extra_acked[1]),
-                st.tso_segs_goal,
-                st.prev_probe_too_high,
-                st.stopped_risky_probe,
-                st.ack_phase,
-                st.loss_bound_count,
-                st.bw_probe_count
-            );
-        }
-        std::fs::write(format!("{path}.{cc}"), csv).unwrap();
-    }
 }
 
 #[test]
@@ -721,5 +721,8 @@ fn trace_random_loss_side_by_side() {
     {
         let samples = trace_flow(cc, n);
         summarize(cc, &samples);
+        if let Ok(path) = std::env::var("P2PCC_TRACE_DUMP") {
+            dump_trace(&path, cc, &samples);
+        }
     }
 }

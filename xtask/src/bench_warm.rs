@@ -352,19 +352,24 @@ impl Harness {
     /// A fresh connection: Y restarts (same key) and dials X.
     fn reconnect(&mut self) -> anyhow::Result<String> {
         let old = self.y.take().map(|y| y.peer_id.clone());
-        if std::mem::take(&mut self.cold_next)
-            && let Some(id) = old
-        {
-            // X updates a peer's record while the connection lives and once more when it
-            // closes: forgetting it before the old connection is gone would let that last
-            // update bring the record back (and the "cold" run would start resumed).
+        if let Some(id) = &old {
+            // The new Y has the same PeerId: until X's snapshot (1 Hz) drops the stopped Y's
+            // connection, "X lists Y" below would be true at once and the transfer would race
+            // the new connection (a run of 2026-12-03 failed so: X dialled Y itself while Y was
+            // still starting). And X updates a peer's record once more when its connection
+            // closes: forgetting it before then would let that update bring the record back
+            // (and a "cold" run would start resumed).
             let deadline = Instant::now() + Duration::from_secs(10);
-            while self.x.cli(&self.binary, &["peers"])?.contains(&id) {
+            while self.x.cli(&self.binary, &["peers"])?.contains(id.as_str()) {
                 if Instant::now() > deadline {
                     bail!("X still lists the stopped Y");
                 }
                 thread::sleep(Duration::from_millis(100));
             }
+        }
+        if std::mem::take(&mut self.cold_next)
+            && let Some(id) = old
+        {
             // 404 when there is no record: fine.
             let _ = self.x.cli(&self.binary, &["known", "--forget", &id]);
         }
