@@ -1331,6 +1331,8 @@ impl Bbr {
     /// it is not loss our own queue caused.
     #[inline(always)]
     fn pipe_floor(&self, cfg: &BbrConfig) -> u32 {
+        // Tested here too (as `pipe_floor_at` does), so that no allowance is computed before a
+        // min RTT sample; after inlining the second test folds into this one.
         if self.min_rtt_us == u32::MAX {
             0
         } else {
