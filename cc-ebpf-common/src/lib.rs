@@ -30,6 +30,9 @@ pub const SOCK_TRACK_MAP: &str = "SOCK_TRACK";
 /// TCP socket of the host is tracked): the loader attaches one of them, chosen at load.
 pub const TCP_PROBE_PROGRAM: &str = "tcp_probe";
 pub const TCP_PROBE_ALL_PROGRAM: &str = "tcp_probe_all";
+/// Name of the `iter/tcp` program the collector runs before each read of the maps: it refreshes
+/// every tracked socket's [`SockStats`] from its `tcp_sock` (exact for an idle socket).
+pub const REFRESH_PROGRAM: &str = "refresh_tcp";
 
 /// Sockets tracked at once. Sized for a node's connection limits (1024 inbound + 512 outbound,
 /// see the node's connection management) with 4x headroom for the observe-every-socket mode,
@@ -126,7 +129,8 @@ pub struct SockStats {
     /// `bpf_ktime_get_ns()` of the latest update.
     pub updated_ns: u64,
     /// Refreshes of this entry by `tcp_probe` (at most one per kernel tick, plus one after each
-    /// congestion-state change: see [`SockTrack::due`]).
+    /// congestion-state change: see [`SockTrack::due`]). The collector's refreshes are
+    /// [`SockStats::walk_refreshes`].
     pub events: u64,
     /// `tcp_sock.rcv_wnd`, bytes (the receive window this side advertises).
     pub rcv_wnd_bytes: u32,
@@ -148,7 +152,9 @@ pub struct SockStats {
     pub ca_state_ns: [u64; 5],
     /// Times each state of [`CA_STATES`] was entered.
     pub ca_state_entries: [u32; 5],
-    pub _reserved: u32,
+    /// Refreshes of this entry by the collector's walk ([`REFRESH_PROGRAM`], once per
+    /// collection while the socket is in the node's network namespace), wrapping.
+    pub walk_refreshes: u32,
 }
 const _: () = assert!(core::mem::size_of::<SockStats>() == 184);
 
@@ -180,8 +186,15 @@ impl SockStats {
             ca_state_since_ns: now_ns,
             ca_state_ns: [0; 5],
             ca_state_entries: [0; 5],
-            _reserved: 0,
+            walk_refreshes: 0,
         }
+    }
+
+    /// Whether the entry holds the socket's state: some refresh (a `tcp_probe` event or the
+    /// collector's walk) copied it since the node inserted the entry zeroed.
+    #[inline(always)]
+    pub const fn refreshed(&self) -> bool {
+        self.events > 0 || self.walk_refreshes > 0
     }
 
     /// Closes the current state's interval at `now_ns` and moves to `new_state` (the logic the

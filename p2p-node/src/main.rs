@@ -179,7 +179,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (probes, mut features) =
         match ebpf::preflight().and_then(|_| ebpf::Probes::load(args.observe_all)) {
             Ok(probes) => {
-                let features = ebpf::features::probes(probes.status());
+                let mut features = ebpf::features::probes(probes.status());
+                features.push(ebpf::features::refresher(probes.refresher()));
                 (Some(Arc::new(probes)), features)
             }
             Err(e) if args.require_ebpf => return Err(e.into()),

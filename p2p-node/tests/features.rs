@@ -75,6 +75,11 @@ fn the_node_reports_each_probe_algorithm_and_kernel_facility() {
     }
     assert_eq!(find("algorithm", "bbr-p2p")["available"], true);
 
+    // The collector's refresh of idle sockets (iter/tcp with socket storage, Linux >= 5.9):
+    // loaded on every supported kernel, so unavailable here is a failure, not a skip.
+    let refresh = find("kernel", "iter_tcp");
+    assert_eq!(refresh["available"], true, "{refresh}");
+
     // struct_ops links: from Linux 6.4.
     let link = find("kernel", "struct_ops_link");
     assert_eq!(link["available"], release_at_least(6, 4), "{link}");

@@ -229,7 +229,7 @@ fn retransmits_under_loss_match_tcp_info() {
     assert!(column("RETRANS(B)").parse::<u64>().unwrap() >= retrans_bytes);
     assert!(column("SNDWND(B)").parse::<u64>().unwrap() > 0);
     let text = pair.sender.get("/metrics");
-    assert!(text.contains("p2pcc_ebpf_programs_attached 4"), "{text}");
+    assert!(text.contains("p2pcc_ebpf_programs_attached 5"), "{text}");
 }
 
 #[test]

@@ -3,10 +3,16 @@
 
 mod common;
 
-use std::{os::fd::AsFd as _, time::Duration};
+use std::{
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
 
 use common::{NetnsPair, Node, eventually, kernel_tests_possible, metric};
-use p2p_node::sockets;
+use p2p_node::{
+    sockets,
+    telemetry::{PeerConnection, collector::INTERVAL},
+};
 
 /// cwnd may move by the last ACKs between the probe's snapshot and our getsockopt.
 fn cwnd_agrees(exported: f64, kernel: u32) -> bool {
@@ -134,9 +140,113 @@ fn per_peer_metrics_match_tcp_info_between_namespaces() {
         None => panic!("metrics never agreed with TCP_INFO: {last}"),
     }
 
-    // eBPF health: all four programs are attached.
+    // eBPF health: the four probes and the collector's refresh (iter/tcp) are attached.
     let text = b.get("/metrics");
-    assert!(text.contains("p2pcc_ebpf_programs_attached 4"), "{text}");
+    assert!(text.contains("p2pcc_ebpf_programs_attached 5"), "{text}");
+}
+
+/// Transfers checked in [`an_idle_sockets_snapshot_is_the_kernels_within_two_collections`].
+const IDLE_ROUNDS: usize = 3;
+
+/// After a bulk transfer ends and the socket goes idle, the node's snapshot of it (`/api/peers`)
+/// equals the kernel's own TCP_INFO of the socket (read from the node's fd, not from the
+/// probes' maps) within the next two collections: bytes acknowledged and received, nothing in
+/// flight, cwnd, retransmissions. `tcp_probe` alone refreshes at most once per kernel tick, from
+/// the state before the segment it fires for, so an idle socket kept whatever lag its last
+/// burst of ACKs left until its next segment (libp2p pings every 15 s); the collector's
+/// `iter/tcp` refresh makes it exact.
+#[test]
+fn an_idle_sockets_snapshot_is_the_kernels_within_two_collections() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let net = NetnsPair::new("tidle", 13);
+    let a = Node::start(&net.a, &net.addr_a, &[]);
+    let b = Node::start(
+        &net.b,
+        &net.addr_b,
+        &["--peer", &a.multiaddr, "--cc", "cubic"],
+    );
+    let peers = |node: &Node| -> Vec<PeerConnection> {
+        serde_json::from_str(&node.get("/api/peers")).expect("/api/peers")
+    };
+    let cookie = eventually(Duration::from_secs(15), || {
+        peers(&b)
+            .iter()
+            .find(|p| p.peer_id == a.peer_id)
+            .map(|p| p.cookie)
+    })
+    .expect("B never listed A as a peer");
+    let fd = b
+        .socket_by_cookie(cookie)
+        .expect("B's socket with the API's cookie");
+
+    for round in 1..=IDLE_ROUNDS {
+        let (status, report) = b.http(
+            "POST",
+            "/api/perf",
+            &format!(
+                r#"{{"peer":"{}","upload_bytes":16777216,"download_bytes":65536}}"#,
+                a.peer_id
+            ),
+        );
+        assert_eq!(status, 200, "perf failed: {report}");
+
+        // Idle: nothing unacknowledged or unsent, and no byte counter moving for 100 ms.
+        let mut previous = None;
+        let idle_at = eventually(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(100));
+            let info = sockets::tcp_info(fd.as_fd()).unwrap();
+            let now = (info.bytes_acked, info.bytes_received, info.segs_in);
+            let idle = info.unacked == 0 && info.notsent_bytes == 0 && previous == Some(now);
+            previous = Some(now);
+            idle.then(Instant::now)
+        })
+        .expect("the socket never went idle after the transfer");
+
+        // Two collections (one per INTERVAL) plus time for a collection on a loaded machine.
+        let deadline = idle_at + 2 * INTERVAL + Duration::from_millis(500);
+        let mut last;
+        let exact = loop {
+            let snapshot = peers(&b).into_iter().find(|p| p.cookie == cookie);
+            let info = sockets::tcp_info(fd.as_fd()).unwrap();
+            let tcp = snapshot
+                .and_then(|p| p.tcp)
+                .expect("B's snapshot of the socket");
+            last = format!(
+                "snapshot acked {} received {} in flight {} cwnd {} retrans {}; TCP_INFO acked {} received {} unacked {} cwnd {} total_retrans {}",
+                tcp.bytes_acked,
+                tcp.bytes_received,
+                tcp.packets_in_flight,
+                tcp.cwnd_segments,
+                tcp.retransmitted_segments,
+                info.bytes_acked,
+                info.bytes_received,
+                info.unacked,
+                info.snd_cwnd,
+                info.total_retrans
+            );
+            let exact = tcp.bytes_acked == info.bytes_acked
+                && tcp.bytes_received == info.bytes_received
+                && tcp.packets_in_flight == info.unacked
+                && info.unacked == 0
+                && tcp.cwnd_segments == info.snd_cwnd
+                && tcp.retransmitted_segments == info.total_retrans;
+            if exact || Instant::now() >= deadline {
+                break exact;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        eprintln!(
+            "round {round}: {} {:.2} s after idle: {last}",
+            if exact { "exact" } else { "NOT exact" },
+            idle_at.elapsed().as_secs_f64()
+        );
+        assert!(
+            exact,
+            "round {round}: the idle socket's snapshot is not the kernel's within two collections: {last}"
+        );
+    }
 }
 
 #[test]

@@ -57,21 +57,25 @@ else
 fi
 
 # 2. What node A says this kernel lets it do (/api/node `ebpf.features`): every probe attached
-#    (tcp_retransmit_skb in the form 6.1's two-argument tracepoint takes), and each feature
-#    this kernel lacks (struct_ops links: from 6.4) reported with its reason.
+#    (tcp_retransmit_skb in the form 6.1's two-argument tracepoint takes), the collector's
+#    refresh (iter_tcp) loaded, and each feature this kernel lacks (struct_ops links: from 6.4)
+#    reported with its reason.
 timeout 10 wget -qO /tmp/node.json http://127.0.0.1:9501/api/node
 tr '{' '\n' </tmp/node.json | grep '"kind":' >/tmp/features
 missing=""
-for tp in tcp_probe tcp_retransmit_skb tcp_cong_state_set tcp_destroy_sock; do
+for tp in tcp_probe tcp_retransmit_skb tcp_cong_state_set tcp_destroy_sock iter_tcp; do
     grep -q "\"name\":\"$tp\",\"available\":true" /tmp/features || missing="$missing $tp"
 done
 unexplained=$(grep '"available":false' /tmp/features | grep -v '"unavailable":"[^"]')
 form=$(sed -n 's/.*"name":"tcp_retransmit_skb","available":true,"detail":"program \([a-z_0-9]*\)".*/\1/p' /tmp/features)
 lacking=$(sed -n 's/.*"name":"\([^"]*\)","available":false,"unavailable":"\([^"]*\)".*/\1 (\2)/p' /tmp/features | tr '\n' ';')
-if [ -z "$missing" ] && [ -z "$unexplained" ] && [ -n "$form" ]; then
-    mark "FEATURES ok tcp_retransmit_skb=$form; unavailable: ${lacking:-none}"
+# The refresh's walk ran in node A's latest collection (the metric is absent when it failed).
+timeout 10 wget -qO /tmp/metrics.txt http://127.0.0.1:9501/metrics
+walk=$(sed -n 's/^p2pcc_telemetry_refresh_duration_seconds \(.*\)/\1/p' /tmp/metrics.txt)
+if [ -z "$missing" ] && [ -z "$unexplained" ] && [ -n "$form" ] && [ -n "$walk" ]; then
+    mark "FEATURES ok tcp_retransmit_skb=$form; refresh walk ${walk}s; unavailable: ${lacking:-none}"
 else
-    mark "FEATURES FAIL probes not attached:$missing; without a reason: $unexplained; $(head -c 800 /tmp/node.json)"
+    mark "FEATURES FAIL not available:$missing; without a reason: $unexplained; refresh walk: '${walk}'; $(head -c 800 /tmp/node.json)"
 fi
 
 # 3. Switching among the kernel's algorithms moves the node's connections.

@@ -296,6 +296,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let tp = unsafe { KernelPtr::new(bpf_skc_to_tcp_sock(sk)) };
     if !tp.is_null() {
         // The last segments since the latest refresh: the final record is exact.
+        s.events += 1;
         // SAFETY: `tp` is a verified tcp_sock.
         unsafe { refresh(s, tp) };
     }
@@ -398,12 +399,85 @@ fn on_tcp_probe(sk: Sk, observe_all: bool) {
         }
     };
     // SAFETY: `entry` points into the map value; `tp` is a verified tcp_sock.
-    let (srtt_us, ops) = unsafe { refresh(&mut *entry, tp) };
+    let (srtt_us, ops) = unsafe {
+        let s = &mut *entry;
+        s.events += 1;
+        refresh(s, tp)
+    };
     // Only sockets with an RTT sample count (srtt is 0 before the first one). One sample per
     // refresh: the histogram is weighted by time (≤ one sample per tick of a socket's activity).
     if srtt_us != 0 {
         record_rtt(ops, srtt_us);
     }
+}
+
+/// `struct bpf_iter__tcp`, the context of an `iter/tcp` program (`DEFINE_BPF_ITER_FUNC(tcp,
+/// ...)` in net/ipv4/tcp_ipv4.c): each member is one 8-byte context slot.
+#[repr(C)]
+pub struct IterTcp {
+    meta: *mut core::ffi::c_void,
+    /// Null at the end of the walk; otherwise a listening, established, time-wait or
+    /// request socket.
+    sk_common: *mut core::ffi::c_void,
+    uid: u32,
+}
+
+/// The collector's refresh (`iter/tcp`): before each read of the maps it walks every TCP socket
+/// of the node's network namespace and copies each tracked socket's state into its entry with
+/// the same [`refresh`] `tcp_probe` uses. So an idle socket's entry is exact at the next
+/// collection, where `tcp_probe` alone leaves it lagging until its next segment (its refresh
+/// is at most one per tick and reads the state before the segment it fires for). It prints
+/// nothing: the collector's read returns 0 once the walk is done.
+///
+/// Why `iter/tcp`, which visits every TCP socket of the namespace, and not
+/// `iter/bpf_sk_storage_map` over `SOCK_TRACK`, which visits only the tracked ones: the kernel
+/// calls an `iter/tcp` program with the socket locked (`bpf_iter_tcp_seq_show`: `lock_sock`
+/// for a full socket, in Linux 6.1 as in 6.18), so the refresh is serialised with the
+/// socket's softirq receive path (segments arriving meanwhile wait in its backlog) and with
+/// `tcp_probe`'s own refresh of the same entry: the fields are copied from one consistent
+/// state, and `SOCK_STATS` keeps one writer per socket at a time, as the probes' other
+/// programs assume. The socket-storage iterator runs under RCU only, so its copy could mix
+/// fields from before and after an ACK (bytes acked without the packets it took out of
+/// flight) and race `tcp_probe`'s write of the entry. Its O(tracked) walk would be cheaper
+/// only where the node shares its namespace with many other TCP sockets; the walk's cost is
+/// measured in the README's telemetry section.
+///
+/// No RTT histogram sample: `RTT_HIST` is weighted by time of activity (one sample per tick a
+/// socket receives segments in); a sample per collection of an idle socket would weight idle
+/// time. `events` counts `tcp_probe`'s refreshes only; this one counts in `walk_refreshes`.
+/// An entry the node has not inserted (or that a destroy removed) is left alone: the walk
+/// never creates entries.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn refresh_tcp(ctx: *mut IterTcp) -> i32 {
+    // SAFETY: the kernel passes its `bpf_iter__tcp`; `sk_common` is a context load the
+    // verifier types as a socket or null.
+    let sk = unsafe { (*ctx).sk_common };
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: the helper returns a BTF-typed `struct tcp_sock *`, or null for a time-wait or
+    // request socket.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
+    if tp.is_null() {
+        return 0;
+    }
+    // `tp` as the socket: `tcp_sock` starts with `sock`, which `tracked` reads and the storage
+    // helper takes (a `sock_common` pointer would be out of bounds for `sk_bpf_storage`).
+    let Some((_, cookie)) = tracked(tp.cast()) else {
+        return 0;
+    };
+    let Some(entry) = SOCK_STATS.get_ptr_mut(cookie) else {
+        return 0;
+    };
+    // SAFETY: map value, serialised with the socket's other programs by the socket lock (see
+    // above); `tp` is a verified tcp_sock.
+    unsafe {
+        let s = &mut *entry;
+        s.walk_refreshes = s.walk_refreshes.wrapping_add(1);
+        refresh(s, KernelPtr::new(tp.cast::<u8>()));
+    }
+    0
 }
 
 /// Copies the socket's state into its entry; returns the smoothed RTT (µs) and the address of
@@ -434,7 +508,6 @@ unsafe fn refresh(s: &mut SockStats, tp: KernelPtr) -> (u32, u64) {
         // The TCP clock (`tcp_clock_ns()`, the same monotonic clock as bpf_ktime_get_ns) as of
         // the socket's previous segment: a field load instead of a helper call.
         s.updated_ns = tp.u64(TCP_SOCK__TCP_MSTAMP) * 1000;
-        s.events += 1;
         (srtt_us, tp.u64(INET_CONNECTION_SOCK__ICSK_CA_OPS))
     }
 }

@@ -96,6 +96,23 @@ pub fn probes(status: &[ProbeStatus]) -> Vec<Feature> {
         .collect()
 }
 
+/// The collector's refresh of idle sockets (`iter/tcp`, see `Probes::refresh`): loaded, or
+/// why not and what the node shows without it.
+pub fn refresher(status: Result<(), &str>) -> Feature {
+    const NAME: &str = "iter_tcp";
+    match status {
+        Ok(()) => Feature::available(
+            Kind::Kernel,
+            NAME,
+            Some(format!(
+                "program {}: every collection refreshes each tracked socket from its tcp_sock",
+                cc_ebpf_common::REFRESH_PROGRAM
+            )),
+        ),
+        Err(why) => Feature::unavailable(Kind::Kernel, NAME, why, super::WITHOUT_REFRESH),
+    }
+}
+
 /// The kernel facilities bbr-p2p's loader uses: struct_ops links, the prototype of
 /// `cong_control`, and each kfunc its programs call (none today; each would be probed by name).
 pub fn kernel(btf: &Btf) -> Vec<Feature> {

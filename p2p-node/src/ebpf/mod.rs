@@ -30,12 +30,13 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, Iter},
 };
 use cc_ebpf_common::{
-    FINAL_RECORDS_MAP, FinalRecord, PROBE_COUNTERS_MAP, ProbeCounters, RTT_HIST_MAP,
-    RTT_HIST_MAX_ENTRIES, RttHist, SOCK_STATS_MAP, SOCK_STATS_MAX_ENTRIES, SOCK_TRACK_MAP,
-    SockStats, SockTrack, TCP_PROBE_ALL_PROGRAM, TCP_PROBE_PROGRAM, layout, unpadded,
+    FINAL_RECORDS_MAP, FinalRecord, PROBE_COUNTERS_MAP, ProbeCounters, REFRESH_PROGRAM,
+    RTT_HIST_MAP, RTT_HIST_MAX_ENTRIES, RttHist, SOCK_STATS_MAP, SOCK_STATS_MAX_ENTRIES,
+    SOCK_TRACK_MAP, SockStats, SockTrack, TCP_PROBE_ALL_PROGRAM, TCP_PROBE_PROGRAM, layout,
+    unpadded,
 };
 
 use crate::sockets::SocketObserver;
@@ -285,7 +286,19 @@ pub struct Probes {
     /// Holds `BPF_ENABLE_STATS` on while open (the kernel restores the setting when the node
     /// exits, even when it is killed).
     run_stats_fd: Mutex<Option<OwnedFd>>,
+    /// The link of [`REFRESH_PROGRAM`] the collector walks from, or why there is none.
+    refresher: Result<OwnedFd, String>,
+    /// Set once a walk failed and was reported (reported once, not per collection).
+    refresh_failed: std::sync::atomic::AtomicBool,
 }
+
+/// What an idle socket's snapshot is without the collector's refresh ([`Probes::refresh`]).
+pub const WITHOUT_REFRESH: &str = "exact numbers for idle sockets: a socket's snapshot lags its last traffic by \
+     < 1 kernel tick (a burst of ACKs in one tick counts as one) until its next segment";
+
+/// Times a walk may be asked to go on (`EAGAIN`: the kernel ends one read after 1,000,000
+/// sockets; `EINTR`) before the collection gives up on it.
+const REFRESH_READS: usize = 8;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -381,6 +394,45 @@ impl Probes {
                 }
             }
         }
+        // The collector's refresh: optional (the node keeps the probes' lag without it).
+        let refresher = (|| -> Result<(OwnedFd, u32), LoadError> {
+            let program = REFRESH_PROGRAM;
+            let prog: &mut Iter = ebpf
+                .program_mut(program)
+                .ok_or(LoadError::Missing("the refresh program"))?
+                .try_into()
+                .map_err(|source| LoadError::Program { program, source })?;
+            prog.load("tcp", &btf)
+                .map_err(|source| LoadError::Program { program, source })?;
+            let fd = prog
+                .fd()
+                .map_err(|source| LoadError::Program { program, source })?;
+            let link = sys::iter_link_create(fd.as_fd().as_raw_fd()).map_err(|io_error| {
+                LoadError::Program {
+                    program,
+                    source: aya::sys::SyscallError {
+                        call: "bpf_link_create",
+                        io_error,
+                    }
+                    .into(),
+                }
+            })?;
+            Ok((link, prog.info().map(|i| i.id()).unwrap_or(0)))
+        })();
+        let refresher = match refresher {
+            Ok((link, id)) => {
+                program_ids.push((REFRESH_PROGRAM, id));
+                Ok(link)
+            }
+            Err(e) => {
+                let why = error_chain(&e);
+                tracing::warn!(
+                    "the collector's refresh (iter/tcp) not loaded: {why}; without it: no {WITHOUT_REFRESH}"
+                );
+                failed.push((REFRESH_PROGRAM, why.clone()));
+                Err(why)
+            }
+        };
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(LoadError::Missing(name))
         };
@@ -411,7 +463,60 @@ impl Probes {
             failed,
             status,
             run_stats_fd: Mutex::new(None),
+            refresher,
+            refresh_failed: Default::default(),
         })
+    }
+
+    /// Whether the collector's refresh is loaded (`Ok`) or why not.
+    pub fn refresher(&self) -> Result<(), &str> {
+        self.refresher.as_ref().map(drop).map_err(String::as_str)
+    }
+
+    /// Refreshes every tracked socket's entry from its `tcp_sock`: one walk of
+    /// [`REFRESH_PROGRAM`] over the TCP sockets of the calling thread's network namespace (one
+    /// `BPF_ITER_CREATE` and one `read`, which returns 0 once the walk is done: the program
+    /// prints nothing). Costs O(TCP sockets in the namespace), each visited under its socket
+    /// lock. Returns how long the walk took; `None` when the refresh is unavailable or the walk
+    /// failed (reported once).
+    pub fn refresh(&self) -> Option<Duration> {
+        let link = self.refresher.as_ref().ok()?;
+        let started = Instant::now();
+        let walked = sys::iter_create(link.as_raw_fd()).and_then(|iter| {
+            let mut buf = [0u8; 64];
+            for _ in 0..REFRESH_READS {
+                // SAFETY: `buf` is writable for its length; `iter` is an open fd.
+                let n = unsafe { libc::read(iter.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                match n {
+                    0 => return Ok(()),
+                    n if n > 0 => continue,
+                    _ => {
+                        let e = std::io::Error::last_os_error();
+                        match e.kind() {
+                            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => {}
+                            _ => return Err(e),
+                        }
+                    }
+                }
+            }
+            Err(std::io::Error::other(format!(
+                "the walk did not end within {REFRESH_READS} reads"
+            )))
+        });
+        match walked {
+            Ok(()) => Some(started.elapsed()),
+            Err(e) => {
+                if !self
+                    .refresh_failed
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "walking {REFRESH_PROGRAM} (iter/tcp) failed: {e}; until it works again: no {WITHOUT_REFRESH}"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Turns on the kernel's per-program run time and count (`BPF_ENABLE_STATS`) for as long
@@ -424,21 +529,28 @@ impl Probes {
 
     /// Run time and count of each attached program.
     pub fn run_stats(&self) -> Vec<(&'static str, RunStats)> {
-        self.status
+        let stats = |info: aya::programs::ProgramInfo| RunStats {
+            run_time_ns: info.run_time().as_nanos() as u64,
+            run_count: info.run_count(),
+        };
+        let mut out: Vec<_> = self
+            .status
             .iter()
             .filter_map(|s| {
                 let (name, program) = (s.tracepoint, s.program?);
                 let prog: &BtfTracePoint = self.ebpf.program(program)?.try_into().ok()?;
-                let info = prog.info().ok()?;
-                Some((
-                    name,
-                    RunStats {
-                        run_time_ns: info.run_time().as_nanos() as u64,
-                        run_count: info.run_count(),
-                    },
-                ))
+                Some((name, stats(prog.info().ok()?)))
             })
-            .collect()
+            .collect();
+        if self.refresher.is_ok() {
+            let refresh = self
+                .ebpf
+                .program(REFRESH_PROGRAM)
+                .and_then(|p| <&Iter>::try_from(p).ok())
+                .and_then(|p| p.info().ok());
+            out.extend(refresh.map(|info| (REFRESH_PROGRAM, stats(info))));
+        }
+        out
     }
 
     /// Whether this node holds the kernel's run-time statistics on (`--bpf-stats`).
@@ -563,7 +675,7 @@ impl Probes {
     /// The latest state of a socket, if the probe has seen it.
     pub fn stats(&self, cookie: u64) -> Option<SockStats> {
         let stats = self.stats.lock().expect("lock poisoned");
-        stats.get(&cookie, 0).ok().filter(|s| s.events > 0)
+        stats.get(&cookie, 0).ok().filter(SockStats::refreshed)
     }
 
     /// Every entry of `SOCK_STATS`, in batched reads (`BPF_MAP_LOOKUP_BATCH`, 1,024 entries

@@ -289,6 +289,29 @@ pub fn struct_ops_link_create(map: RawFd, attach_type: u32) -> io::Result<OwnedF
     sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(fd_result)
 }
 
+/// `BPF_LINK_CREATE` of an iterator program (`BPF_TRACE_ITER`, no target, no parameters): the
+/// link [`iter_create`] opens walks from. aya's `Iter::attach` keeps its link private and
+/// `IterLink::into_file` consumes it, so one walk per link; the collector walks once per
+/// collection from one link.
+pub fn iter_link_create(prog: RawFd) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_LINK_CREATE member of the union.
+    let a = unsafe { &mut attr.link_create };
+    a.__bindgen_anon_1.prog_fd = prog as u32;
+    a.attach_type = aya_obj::generated::bpf_attach_type::BPF_TRACE_ITER as u32;
+    sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(fd_result)
+}
+
+/// `BPF_ITER_CREATE`: a new iterator (a seq_file) of an iterator link; each `read` runs the
+/// program over the next objects, in the network namespace of the calling thread.
+pub fn iter_create(link: RawFd) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_ITER_CREATE member of the union.
+    let a = unsafe { &mut attr.iter_create };
+    a.link_fd = link as u32;
+    sys_bpf(bpf_cmd::BPF_ITER_CREATE, &mut attr).map(fd_result)
+}
+
 /// `BPF_OBJ_GET_INFO_BY_FD` of a map.
 ///
 /// Typed on purpose: the kernel writes up to `info_len` bytes, and for some info types

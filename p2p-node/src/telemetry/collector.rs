@@ -98,6 +98,8 @@ impl Collector {
     pub fn collect(&mut self) -> Snapshot {
         let started = Instant::now();
         let sockets = self.sockets.snapshot();
+        // Every tracked socket's entry from its tcp_sock first, so an idle socket is exact.
+        let refresh = self.probes.as_ref().and_then(|p| p.refresh());
         let all_stats = self
             .probes
             .as_ref()
@@ -106,7 +108,7 @@ impl Collector {
         let stats_entries = all_stats.len();
         let stats: HashMap<u64, SockStats> = all_stats
             .into_iter()
-            .filter(|(_, s)| s.events > 0)
+            .filter(|(_, s)| s.refreshed())
             .collect();
         if let Some(probes) = &self.probes {
             fold_ended(&mut self.closed, &probes.take_ended());
@@ -174,6 +176,7 @@ impl Collector {
                 closing: p.closing(),
                 run_stats: p.run_stats(),
                 stats_enabled: p.run_stats_enabled() || bpf_stats_enabled(),
+                refresh_seconds: refresh.map(|d| d.as_secs_f64()),
             }
         });
         self.sequence += 1;

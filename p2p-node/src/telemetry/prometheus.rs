@@ -738,6 +738,18 @@ pub const FAMILIES: &[Family] = &[
         series: |v| one(Value::Float(v.snapshot.collect_seconds)),
     },
     Family {
+        name: "telemetry_refresh_duration",
+        kind: Kind::Gauge,
+        unit: Some("seconds"),
+        help: "How long the latest collection's refresh of every tracked socket's snapshot took (the iter/tcp walk over the TCP sockets of the node's network namespace; part of the collect duration). Absent when the refresh is unavailable (see p2pcc_kernel_feature_available{name=\"iter_tcp\"}).",
+        labels: &[],
+        series: |v| {
+            probes(v)
+                .and_then(|p| p.refresh_seconds)
+                .map_or_else(Vec::new, |s| one(Value::Float(s)))
+        },
+    },
+    Family {
         name: "telemetry_snapshot_timestamp",
         kind: Kind::Gauge,
         unit: Some("seconds"),

@@ -57,6 +57,9 @@ pub struct ProbeSnapshot {
     pub run_stats: Vec<(&'static str, RunStats)>,
     /// `kernel.bpf_stats_enabled` is on (by this node or anyone).
     pub stats_enabled: bool,
+    /// How long this collection's refresh of every tracked socket's entry (the `iter/tcp`
+    /// walk, `Probes::refresh`) took, seconds; `None` without it.
+    pub refresh_seconds: Option<f64>,
 }
 
 /// The node process itself, from `/proc/self`.
