@@ -103,6 +103,23 @@ mod tests {
         ] {
             let cwnd = places(elf, field_marker(FieldIndex::TCP_SOCK__SND_CWND));
             assert!(!cwnd.is_empty(), "{name} reads snd_cwnd");
+            if name == "probes" {
+                // Every program that refreshes a snapshot reads snd_cwnd, in its own section
+                // (the patcher walks every executable section): the probes' and the
+                // collector's walk.
+                let file = object::File::parse(elf).unwrap();
+                for program in ["tp_btf/tcp_probe", "tp_btf/tcp_destroy_sock", "iter/tcp"] {
+                    let (start, size) = file
+                        .section_by_name(program)
+                        .and_then(|s| s.file_range())
+                        .unwrap_or_else(|| panic!("probes has no section {program}"));
+                    let (start, end) = (start as usize, (start + size) as usize);
+                    assert!(
+                        cwnd.iter().any(|&at| (start..end).contains(&at)),
+                        "{program} reads snd_cwnd"
+                    );
+                }
+            }
             let patched = patch(elf, &kernel).unwrap();
             assert!(patched.fields >= cwnd.len(), "{name}");
             let out = patched.bytes();
