@@ -11,7 +11,10 @@
 //!   divided by the scrapes;
 //! - the node's RSS (`process_resident_memory_bytes`), one collection's duration
 //!   (`p2pcc_telemetry_collect_duration_seconds`) and the memory of the BPF maps it holds (the
-//!   `memlock` of each map fd in `/proc/<pid>/fdinfo`).
+//!   `memlock` of each map fd in `/proc/<pid>/fdinfo`);
+//! - the collector's refresh walk (`p2pcc_telemetry_refresh_duration_seconds`: the `iter/tcp`
+//!   walk over every TCP socket of the namespace, the node's and the peers' ends), median and
+//!   maximum over [`REFRESH_SAMPLES`] distinct collections.
 //!
 //! The peers, the node and the namespace are removed by guards on every exit path.
 
@@ -48,6 +51,8 @@ const TARGET_METRICS_P99_MS: f64 = 10.0;
 const TARGET_PEERS_P99_MS: f64 = 20.0;
 const TARGET_SYSCALLS: f64 = 50.0;
 const TARGET_RSS_MB: f64 = 250.0;
+/// Collections whose refresh walk is read per peer count.
+const REFRESH_SAMPLES: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -78,6 +83,8 @@ struct Row {
     rss_mb: f64,
     map_mb: f64,
     collect_ms: f64,
+    /// The refresh walk, (median, max) ms over [`REFRESH_SAMPLES`] collections.
+    refresh_ms: (f64, f64),
     metrics_bytes: usize,
 }
 
@@ -120,6 +127,7 @@ pub fn run(options: &ScaleOptions) -> anyhow::Result<()> {
         let api_peers_ms = latency(&format!("http://{HTTP}/api/peers"), options.requests)?;
         let syscalls_per_scrape = syscalls_per_scrape(node.pid(), options.requests)?;
         let text = get("/metrics")?;
+        let refresh_ms = refresh_walk_ms()?;
         let row = Row {
             peers: n,
             metrics_ms,
@@ -130,11 +138,13 @@ pub fn run(options: &ScaleOptions) -> anyhow::Result<()> {
             collect_ms: value(&text, "p2pcc_telemetry_collect_duration_seconds")
                 .unwrap_or(f64::NAN)
                 * 1e3,
+            refresh_ms,
             metrics_bytes: text.len(),
         };
         println!(
             "[bench]   /metrics p50 {:.2} p99 {:.2} ms; /api/peers p50 {:.2} p99 {:.2} ms; \
-             {:.1} syscalls/scrape; RSS {:.1} MB; maps {:.1} MB; collection {:.1} ms",
+             {:.1} syscalls/scrape; RSS {:.1} MB; maps {:.1} MB; collection {:.1} ms; \
+             refresh walk {:.2} / {:.2} ms",
             row.metrics_ms.0,
             row.metrics_ms.1,
             row.api_peers_ms.0,
@@ -142,7 +152,9 @@ pub fn run(options: &ScaleOptions) -> anyhow::Result<()> {
             row.syscalls_per_scrape,
             row.rss_mb,
             row.map_mb,
-            row.collect_ms
+            row.collect_ms,
+            row.refresh_ms.0,
+            row.refresh_ms.1
         );
         rows.push(row);
         drop(peers);
@@ -395,6 +407,30 @@ fn value(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// The collector's refresh walk in [`REFRESH_SAMPLES`] distinct collections (told apart by the
+/// snapshot's timestamp), (median, max) in ms; NaN when the node reports none.
+fn refresh_walk_ms() -> anyhow::Result<(f64, f64)> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..REFRESH_SAMPLES * 3 {
+        if seen.len() == REFRESH_SAMPLES {
+            break;
+        }
+        let text = get("/metrics")?;
+        let taken = value(&text, "p2pcc_telemetry_snapshot_timestamp_seconds");
+        let walk = value(&text, "p2pcc_telemetry_refresh_duration_seconds");
+        if let (Some(taken), Some(walk)) = (taken, walk) {
+            seen.insert(taken.to_bits(), walk * 1e3);
+        }
+        sleep_unless_stopped(Duration::from_millis(400))?;
+    }
+    let mut ms: Vec<f64> = seen.into_values().collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(match (ms.get(ms.len() / 2), ms.last()) {
+        (Some(&median), Some(&max)) => (median, max),
+        _ => (f64::NAN, f64::NAN),
+    })
+}
+
 /// Sum of `memlock` over the distinct BPF maps process `pid` holds (its fdinfo).
 fn map_memlock_bytes(pid: u32) -> u64 {
     let mut maps: BTreeMap<u64, u64> = BTreeMap::new();
@@ -448,19 +484,22 @@ fn render(
          {} sequential requests per endpoint by one curl (connection reused), `time_total`, \
          nearest-rank percentiles. Syscalls per scrape: `strace -f -c` on the node over {} \
          scrapes minus an idle window of the same length, ÷ scrapes. Map memory: `memlock` of \
-         the BPF maps the node holds.\n",
-        o.requests, o.requests
+         the BPF maps the node holds. Refresh walk: the collector's `iter/tcp` walk over every \
+         TCP socket of the namespace (2 per peer: both ends are in it), median / max over {} \
+         collections.\n",
+        o.requests, o.requests, REFRESH_SAMPLES
     )?;
     writeln!(
         s,
         "| peers | `/metrics` p50 / p99 ms | `/api/peers` p50 / p99 ms | syscalls per scrape | \
-         node RSS MB | BPF maps MB | one collection ms | `/metrics` size KB |"
+         node RSS MB | BPF maps MB | one collection ms | refresh walk ms, median / max | \
+         `/metrics` size KB |"
     )?;
-    writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in rows {
         writeln!(
             s,
-            "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} / {:.2} | {:.0} |",
             r.peers,
             r.metrics_ms.0,
             r.metrics_ms.1,
@@ -470,6 +509,8 @@ fn render(
             r.rss_mb,
             r.map_mb,
             r.collect_ms,
+            r.refresh_ms.0,
+            r.refresh_ms.1,
             r.metrics_bytes as f64 / 1e3
         )?;
     }

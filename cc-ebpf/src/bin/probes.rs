@@ -22,6 +22,9 @@
 //! - `tcp_destroy_sock`: a last refresh and a final record to `FINAL_RECORDS`, then the entry
 //!   is removed.
 //!
+//! And one iterator, `refresh_tcp` (`iter/tcp`), which the collector runs before each read of
+//! the maps: it refreshes every tracked socket's entry from its `tcp_sock` (see its note).
+//!
 //! The node marks each of its own sockets in `SOCK_TRACK` (by fd) and inserts its `SOCK_STATS`
 //! entry. `tcp_probe` comes in two forms and the loader attaches one: `tcp_probe` tracks the
 //! node's sockets only; `tcp_probe_all` (observe-all mode) marks any other TCP socket itself.
@@ -31,9 +34,12 @@
 //! no destroy came within a grace period: removal on either side is idempotent (deleting a
 //! missing key is a no-op). The mark goes with the socket (the kernel frees socket storage).
 //!
-//! Between refreshes a socket's entry lags its latest segments by less than one kernel tick;
-//! an idle socket keeps that lag until its next segment or its destroy (which refreshes). The
-//! stamps are written after the tracepoint, by the kernel's own receive path, so that bound
+//! Between `tcp_probe`'s refreshes a socket's entry lags its latest segments by less than one
+//! kernel tick. The collector's walk refreshes every tracked socket just before it reads the
+//! maps, so a collection reads each socket as it was at the walk: an idle socket exactly, from
+//! the first collection after its last segment; an active one may have moved on by the read.
+//! Without the walk (its load failed) an idle socket keeps the lag until its next segment or
+//! its destroy (which refreshes). The stamps are written after the tracepoint, by the kernel's own receive path, so that bound
 //! has two narrow exceptions: a tick that turns between an event and its stamp (the next
 //! events of the new tick are skipped unrefreshed: < 2 ticks then), and the tick a connection
 //! is established in (the handshake stamps it; its first refresh is in the next tick). A

@@ -3,7 +3,13 @@
 //! and bbr-p2p's per-socket state, joins them to the node's socket table, and publishes an
 //! immutable [`Snapshot`] on a `watch` channel. Exporters only encode snapshots.
 //!
-//! Syscalls per collection, independent of the number of scrapes: `SOCK_STATS` in
+//! Before the reads, [`Probes::refresh`] walks the TCP sockets of the node's namespace with the
+//! `iter/tcp` program, which refreshes every tracked socket's `SOCK_STATS` entry from its
+//! `tcp_sock`: an idle socket is exact in every snapshot after its last segment (the probes
+//! alone left its last tick of traffic out until its next segment).
+//!
+//! Syscalls per collection, independent of the number of scrapes: the walk's
+//! `BPF_ITER_CREATE`, `read` and `close`, `SOCK_STATS` in
 //! ⌈entries / 1,024⌉ + 1 batch reads, `RTT_HIST` in one, the counters in one lookup, one
 //! `BPF_OBJ_GET_INFO_BY_FD` per program, one `sk_storage` lookup per bbr-p2p socket (that map
 //! type has no batch read), and the `/proc/self` reads of the process metrics.
