@@ -109,7 +109,12 @@ pub fn refresher(status: Result<(), &str>) -> Feature {
                 cc_ebpf_common::REFRESH_PROGRAM
             )),
         ),
-        Err(why) => Feature::unavailable(Kind::Kernel, NAME, why, super::WITHOUT_REFRESH),
+        Err(why) => Feature::unavailable(
+            Kind::Kernel,
+            NAME,
+            why,
+            format!("no {}", super::WITHOUT_REFRESH),
+        ),
     }
 }
 

@@ -476,8 +476,9 @@ impl Probes {
     /// Refreshes every tracked socket's entry from its `tcp_sock`: one walk of
     /// [`REFRESH_PROGRAM`] over the TCP sockets of the calling thread's network namespace (one
     /// `BPF_ITER_CREATE` and one `read`, which returns 0 once the walk is done: the program
-    /// prints nothing). Costs O(TCP sockets in the namespace), each visited under its socket
-    /// lock. Returns how long the walk took; `None` when the refresh is unavailable or the walk
+    /// prints nothing). Costs O(buckets of the namespace's established-socket table + TCP
+    /// sockets in the namespace), each socket visited under its lock (measured in the program's
+    /// note, `cc-ebpf/src/bin/probes.rs`). Returns how long the walk took; `None` when the refresh is unavailable or the walk
     /// failed (reported once).
     pub fn refresh(&self) -> Option<Duration> {
         let link = self.refresher.as_ref().ok()?;
