@@ -6,7 +6,12 @@
 //! Before the reads, [`Probes::refresh`] walks the TCP sockets of the node's namespace with the
 //! `iter/tcp` program, which refreshes every tracked socket's `SOCK_STATS` entry from its
 //! `tcp_sock`: an idle socket is exact in every snapshot after its last segment (the probes
-//! alone left its last tick of traffic out until its next segment).
+//! alone left its last tick of traffic out until its next segment). The walk's cost grows with
+//! every TCP socket of the namespace, the node's or not (any local user can open sockets), so it
+//! is bounded in time: after a walk that took `d`, the next runs no sooner than
+//! `d × (1 / WALK_SHARE − 1)` later ([`WalkBudget`]): at most [`WALK_SHARE`] of the collector's
+//! time on average. At ≤ 50 ms a walk (this host: ~2 ms + ~1 µs per socket) it runs at every
+//! collection; beyond, idle sockets are exact at the next walk instead of the next collection.
 //!
 //! Syscalls per collection, independent of the number of scrapes: the walk's
 //! `BPF_ITER_CREATE`, `read` and `close`, `SOCK_STATS` in
@@ -43,6 +48,32 @@ use crate::{
 /// Time between collections. Scrapes and API calls in between see the same snapshot.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
+/// The largest share of time the refresh walk may take on average (5 %: at one collection per
+/// second, a walk of up to 50 ms runs every time).
+pub const WALK_SHARE: f64 = 0.05;
+
+/// When the next refresh walk may run: after a walk of `d` ending at `t`, not before
+/// `t + d × (1 / WALK_SHARE − 1)`.
+#[derive(Debug, Default)]
+pub struct WalkBudget {
+    not_before: Option<Instant>,
+    /// The latest walk's duration, reported while later collections skip the walk.
+    last: Option<Duration>,
+}
+
+impl WalkBudget {
+    /// Whether a walk may run at `now`.
+    pub fn allows(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// Records a walk of `took` that ended at `ended`.
+    pub fn spent(&mut self, took: Duration, ended: Instant) {
+        self.last = Some(took);
+        self.not_before = Some(ended + took.mul_f64(1.0 / WALK_SHARE - 1.0));
+    }
+}
+
 /// Reads one socket's bbr-p2p state from its fd. Given by the control side (which owns the
 /// bbr-p2p handle); telemetry keeps no control state.
 pub type BbrReader = Arc<dyn Fn(BorrowedFd<'_>) -> Option<BbrState> + Send + Sync>;
@@ -69,6 +100,7 @@ pub struct Collector {
     sequence: u64,
     /// What the kernel lets the node do (probed once at start), passed through to exporters.
     features: Arc<[Feature]>,
+    walk: WalkBudget,
 }
 
 impl Collector {
@@ -91,6 +123,7 @@ impl Collector {
             top: BTreeSet::new(),
             sequence: 0,
             features: Arc::new([]),
+            walk: WalkBudget::default(),
         }
     }
 
@@ -104,8 +137,15 @@ impl Collector {
     pub fn collect(&mut self) -> Snapshot {
         let started = Instant::now();
         let sockets = self.sockets.snapshot();
-        // Every tracked socket's entry from its tcp_sock first, so an idle socket is exact.
-        let refresh = self.probes.as_ref().and_then(|p| p.refresh());
+        // Every tracked socket's entry from its tcp_sock first, so an idle socket is exact
+        // (unless the walk's time budget says wait).
+        if let Some(probes) = &self.probes
+            && self.walk.allows(started)
+            && let Some(took) = probes.refresh()
+        {
+            self.walk.spent(took, Instant::now());
+        }
+        let refresh = self.walk.last;
         let all_stats = self
             .probes
             .as_ref()
@@ -263,4 +303,25 @@ impl Collector {
 /// `kernel.bpf_stats_enabled` (also on while any process holds a `BPF_ENABLE_STATS` fd).
 fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_within_the_share_run_every_collection_and_long_ones_are_spaced() {
+        let t0 = Instant::now();
+        let mut budget = WalkBudget::default();
+        assert!(budget.allows(t0), "the first collection walks");
+        // A 4 ms walk (1,000 peers here) leaves the next collection, 1 s later, free to walk.
+        budget.spent(Duration::from_millis(4), t0);
+        assert!(budget.allows(t0 + INTERVAL));
+        // A 200 ms walk (a namespace with ~200,000 sockets): no walk for the next 3.8 s, so
+        // over the 4 s from its start the walk took 5 % of the time.
+        budget.spent(Duration::from_millis(200), t0);
+        assert!(!budget.allows(t0 + Duration::from_millis(3_799)));
+        assert!(budget.allows(t0 + Duration::from_millis(3_800)));
+        assert_eq!(budget.last, Some(Duration::from_millis(200)));
+    }
 }

@@ -741,7 +741,7 @@ pub const FAMILIES: &[Family] = &[
         name: "telemetry_refresh_duration",
         kind: Kind::Gauge,
         unit: Some("seconds"),
-        help: "How long the latest collection's refresh of every tracked socket's snapshot took (the iter/tcp walk over the TCP sockets of the node's network namespace; part of the collect duration). Absent when the refresh is unavailable (see p2pcc_kernel_feature_available{name=\"iter_tcp\"}).",
+        help: "How long the latest refresh of every tracked socket's snapshot took (the iter/tcp walk over the TCP sockets of the node's network namespace; part of the collect duration of the collection that ran it). Walks are spaced to take at most 5% of the time on average: one longer than 50 ms delays the next ones. Absent when the refresh is unavailable (see p2pcc_kernel_feature_available{name=\"iter_tcp\"}).",
         labels: &[],
         series: |v| {
             probes(v)
