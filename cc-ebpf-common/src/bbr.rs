@@ -244,7 +244,10 @@ pub struct BbrState {
     pub fast_ok: u8,
     /// 1: `extra_acked_gain` is not 0 (the ACK-aggregation estimate runs).
     pub fast_aggr: u8,
-    pub _pad2: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// In PROBE_BW DOWN: an ACK whose inflight at the next departure is at or below this
+    /// ends the phase (`bbr_check_time_to_cruise`), packets; 0 elsewhere.
+    pub fast_cruise_bar: u32,
 }
 const _: () = assert!(core::mem::size_of::<BbrState>() == 248);
 

@@ -179,14 +179,17 @@
 //!     window by its ACKs already, so this adds no new route.
 //! 17. **A per-ACK fast path** ([`FastState::ack`]; v3's `bbr_run_fast_path` covers only
 //!     app-limited samples). Each full ACK ends by computing, if the flow is in PROBE_BW
-//!     CRUISE past STARTUP (gains as `update_gains` sets them, careful resume done), an
-//!     envelope in the state (`fast_*`: cwnd target, the inflight cap, `min_cwnd`, the Reno
+//!     CRUISE past STARTUP — cruising, or draining through a standing queue at DOWN's gain
+//!     (deviation 18) — or in DOWN, with gains as `update_gains` sets them, careful resume
+//!     done, an envelope in the state (`fast_*`: cwnd target, the inflight cap, `min_cwnd`, the Reno
 //!     round bound, the full-pipe bar, the earlier of the PROBE_RTT and min-RTT expiries, the
 //!     config generation) from the same functions the full model uses. The next ACK takes the
 //!     fast path if, against it, it cannot change a decision or an output: a valid sample
 //!     without losses inside the round and the loss round, no loss above the threshold in the
-//!     round, no timer due, no new RTT minimum, `inflight_hi` not raised, no recovery entered
-//!     or left, and — unless v3's own fast path skips them — no full-pipe restart, no larger
+//!     round, no timer due, no new RTT minimum (while draining, no RTT sample within the
+//!     queue margin either: it ends the drain), in DOWN an inflight at the next departure
+//!     still above the BDP (`check_time_to_cruise`; 2 more socket fields read), `inflight_hi`
+//!     not raised, no recovery entered or left, and — unless v3's own fast path skips them — no full-pipe restart, no larger
 //!     ACK-aggregation allowance, the same pacing rate and the same cwnd. It then makes the
 //!     full model's remaining changes (round RTT and delivery maxima, the max-bw filter's
 //!     current cycle below `max_bw`, the ACK epoch, `prev_ca_state`, `try_fast_path`, the
@@ -203,6 +206,15 @@
 //!     same state and assert identical state and socket, and that the working set a fast ACK
 //!     leaves equals the one the full ACK's state would export (`ack_both`); the fast path
 //!     took 80% of the ACKs on a 2 MB buffer, 82–87% at 1% loss, 69% with app-limited phases.
+//!     Until session 12 a draining CRUISE and DOWN took the full path on every ACK: a
+//!     diagnostic build (per-ACK counters and timing in the program, scenario (e), 123k
+//!     ACKs) found 74% of (e)'s ACKs on the full path (1101 ns each inside the program, 305
+//!     ns for a fast one): 37% of all ACKs in CRUISE without an envelope (the drain), 16% in
+//!     DOWN. With both the simulations' fast path takes 91% of the ACKs on a 2 MB buffer
+//!     (80% before), 83–88% at 1% loss, 80% app-limited, 66% of the 8-flow case's (53%
+//!     with the drain alone, 28–33% of all while draining; docs/bench.md, session 12). In
+//!     the kernel, scenario (e): 939 → 797 ns per ACK (all struct_ops programs, bpf_stats
+//!     on; medians of 5 alternated pairs, lower in each), the fast path's share 26 → 62%.
 //! 18. **Draining at 0.75: in DOWN, and in CRUISE through a queue that stood all round.**
 //!     Two parts, measured together (the host simulations below; the kernel A/Bs in
 //!     docs/bench.md, sessions 9 and 10):
@@ -336,6 +348,9 @@ const BW_PROBE_CWND_GAIN: u32 = BBR_UNIT / 4;
 const BW_PROBE_RAND_ROUNDS: u32 = 2;
 /// `inflight_hi`'s per-round growth in UP doubles up to 2^30 packets (`bbr_raise_inflight_hi_slope`).
 const BW_PROBE_UP_ROUNDS_MAX: u8 = 30;
+/// The largest `min_rtt_us` whose queue margin (`min_rtt_us × 5/4`, deviation 18) the fast
+/// path's working set holds in 32 bits (deviation 17); a drain above it takes the full path.
+const QUEUE_MARGIN_MAX_MIN_RTT_US: u32 = u32::MAX / 5 * 4;
 /// Lossy ACKs counted per round (v3's 4-bit counter).
 const LOSS_EVENTS_MAX: u8 = 15;
 
@@ -418,6 +433,17 @@ fn ns_to_us(ns: u64) -> u64 {
     // 2^42 / 1000, rounded up: ns × this >> 42 = ns / 1000 for ns < 2^32.
     const RECIPROCAL: u64 = 4_398_046_512;
     (ns.min(u64::from(u32::MAX)) * RECIPROCAL) >> 42
+}
+
+/// `inflight` less what the path delivers at `bw` until the next packet departs (the later of
+/// `wstamp_ns`, the earliest departure time, and `clock_ns`, now): the core of
+/// `bbr_packets_in_net_at_edt`, shared with the fast path's DOWN (deviation 17).
+#[inline(always)]
+fn in_net_at_edt(bw: u32, wstamp_ns: u64, clock_ns: u64, inflight: u32) -> u32 {
+    let edt_ns = wstamp_ns.max(clock_ns);
+    let interval_us = ns_to_us(edt_ns - clock_ns);
+    let interval_delivered = ((u64::from(bw) * interval_us) >> BW_SCALE) as u32;
+    inflight.saturating_sub(interval_delivered)
 }
 
 /// `bbr_calculate_bw_sample`: `delivered` / `interval_us`, rounded up (0: no valid sample).
@@ -1182,14 +1208,11 @@ impl Bbr {
     /// `bbr_packets_in_net_at_edt`: inflight when the next packet departs, under pacing.
     #[inline(always)]
     fn packets_in_net_at_edt(&self, c: &Conn, inflight_now: u32) -> u32 {
-        let edt_ns = c.wstamp_ns.max(c.clock_ns);
-        let interval_us = ns_to_us(edt_ns - c.clock_ns);
-        let interval_delivered = ((u64::from(self.bw()) * interval_us) >> BW_SCALE) as u32;
         let mut inflight_at_edt = inflight_now;
         if self.pacing_gain > BBR_UNIT {
             inflight_at_edt = inflight_at_edt.saturating_add(self.tso_segs_goal());
         }
-        inflight_at_edt.saturating_sub(interval_delivered)
+        in_net_at_edt(self.bw(), c.wstamp_ns, c.clock_ns, inflight_at_edt)
     }
 
     /// `bbr_ack_aggregation_cwnd`.
@@ -1976,6 +1999,9 @@ pub struct FastAck {
     pub ca_state: u8,
     /// `tcp_packets_in_flight(tp)`, read only in packet conservation.
     pub packets_in_flight: u32,
+    /// `tp->tcp_wstamp_ns` and `tp->tcp_clock_cache`, read only in DOWN.
+    pub wstamp_ns: u64,
+    pub clock_ns: u64,
     pub cwnd: u32,
     pub cwnd_clamp: u32,
     pub mss: u32,
@@ -1993,6 +2019,8 @@ impl FastAck {
             delivered_mstamp_us: c.delivered_mstamp_us,
             ca_state: c.ca_state,
             packets_in_flight: c.packets_in_flight,
+            wstamp_ns: c.wstamp_ns,
+            clock_ns: c.clock_ns,
             cwnd: c.cwnd,
             cwnd_clamp: c.cwnd_clamp,
             mss: c.mss,
@@ -2007,20 +2035,31 @@ impl FastAck {
 impl Bbr {
     /// After a full ACK: whether the next ACK may take the fast path, and the values the fast
     /// path compares against, computed by the same functions the full model uses. Only
-    /// PROBE_BW CRUISE past STARTUP, with gains as `update_gains` sets them for `cfg`, outside
-    /// careful resume.
+    /// PROBE_BW CRUISE past STARTUP — cruising or draining a standing queue (deviation 18) —
+    /// and DOWN (at a gain of at most 1: no TSO burst ahead of the departure), with gains as
+    /// `update_gains` sets them for `cfg`, outside careful resume.
     #[inline(always)]
     pub fn refresh_fast_path(&mut self, cfg: &BbrConfig, cfg_gen: u32) {
         self.fast_ok = 0;
-        if !self.in_phase(Phase::Cruise)
+        let down = self.in_phase(Phase::Down);
+        let pacing_gain = if self.cruise_drain != 0 || down {
+            cfg.probe_down_gain
+        } else {
+            BBR_UNIT
+        };
+        if !(self.in_phase(Phase::Cruise) || (down && pacing_gain <= BBR_UNIT))
             || self.full_bw_reached == 0
             || self.has_seen_rtt == 0
             || self.resume_pending != 0
             || self.max_bw() == 0
             || self.min_rtt_us == u32::MAX
-            || self.pacing_gain != BBR_UNIT
-            || self.cruise_drain != 0
+            || self.pacing_gain != pacing_gain
             || self.cwnd_gain != cfg.cwnd_gain
+            // The working set holds these in 16 bits (tunables beyond them take the full path).
+            || self.pacing_gain > u32::from(u16::MAX)
+            || cfg.min_cwnd > u32::from(u16::MAX)
+            // The drain's RTT margin fits the working set's 32 bits (`export_fast`).
+            || (self.cruise_drain != 0 && self.min_rtt_us >= QUEUE_MARGIN_MAX_MIN_RTT_US)
         {
             return;
         }
@@ -2039,6 +2078,14 @@ impl Bbr {
             + u64::from(Self::probe_rtt_interval_us(cfg)))
         .min(self.min_rtt_stamp_us + u64::from(cfg.min_rtt_window_us));
         self.fast_aggr = u8::from(cfg.extra_acked_gain != 0);
+        // `update_cycle_phase`'s DOWN: at or below this, the ACK ends the phase
+        // (`check_time_to_cruise` against `max_bw`); 0 (nothing is below it) elsewhere.
+        self.fast_cruise_bar = if down {
+            self.inflight_with_headroom(cfg)
+                .min(self.inflight(cfg, self.max_bw(), BBR_UNIT))
+        } else {
+            0
+        };
         self.fast_cfg_gen = cfg_gen;
         self.fast_ok = 1;
     }
@@ -2050,9 +2097,16 @@ impl Bbr {
     /// per ACK. Nothing else is written when it is not valid.
     #[inline(always)]
     pub fn export_fast(&self, p: &mut FastState) {
+        let probe_deadline_us = self.cycle_stamp_us + u64::from(self.probe_wait_us);
+        // The PROBE_RTT/min-RTT expiry as an offset from the probe deadline, within 32 bits:
+        // one further away than they reach is held at the farthest, i.e. sooner (a fast path
+        // that declines sooner stays exact); one sooner than they reach takes no fast path.
+        let rtt_deadline = (self.fast_rtt_deadline_us.wrapping_sub(probe_deadline_us) as i64)
+            .min(i64::from(i32::MAX));
         if self.fast_ok == 0
             || self.loss_high_in_round != 0
             || u32::from(self.rounds_since_probe) >= self.fast_reno_rounds
+            || rtt_deadline < i64::from(i32::MIN)
         {
             p.flags = 0;
             return;
@@ -2065,14 +2119,22 @@ impl Bbr {
             | flag(
                 self.packet_conservation != 0,
                 FastState::PACKET_CONSERVATION,
-            );
-        p.rtt_deadline_us = self.fast_rtt_deadline_us;
-        p.probe_deadline_us = self.cycle_stamp_us + u64::from(self.probe_wait_us);
+            )
+            | flag(self.in_phase(Phase::Down), FastState::DOWN);
+        p.rtt_deadline_after_probe_us = rtt_deadline as i32;
+        p.probe_deadline_us = probe_deadline_us;
         p.ack_epoch_stamp_us = self.ack_epoch_stamp_us;
         p.cfg_gen = self.fast_cfg_gen;
         p.next_round_delivered = self.next_round_delivered;
         p.loss_round_delivered = self.loss_round_delivered;
-        p.probe_rtt_min_us = self.probe_rtt_min_us;
+        p.rtt_floor_us = if self.cruise_drain != 0 {
+            // Deviation 18: an RTT sample within the queue margin ends the drain
+            // (`update_cycle_phase`); `refresh_fast_path` keeps the sum within 32 bits.
+            let margin = self.min_rtt_us + self.min_rtt_us / 4;
+            self.probe_rtt_min_us.max(margin + 1)
+        } else {
+            self.probe_rtt_min_us
+        };
         p.inflight_hi = self.inflight_hi;
         p.prev_ca_state = self.prev_ca_state;
         p.rounds_since_probe = self.rounds_since_probe;
@@ -2082,8 +2144,11 @@ impl Bbr {
         p.bw = self.bw();
         p.full_bw_bar = self.fast_full_bw_bar;
         p.target = self.fast_target;
-        p.min_cwnd = self.fast_min_cwnd;
+        // `refresh_fast_path` checked that both fit.
+        p.min_cwnd = self.fast_min_cwnd as u16;
+        p.pacing_gain = self.pacing_gain as u16;
         p.cap = self.fast_cap;
+        p.cruise_bar = self.fast_cruise_bar;
         p.ack_epoch_acked = self.ack_epoch_acked;
         p.extra_acked_cur = self.extra_acked[usize::from(self.extra_acked_win_idx & 1)];
         p.extra_acked_max = self.extra_acked[0].max(self.extra_acked[1]);
@@ -2111,17 +2176,21 @@ impl Bbr {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastState {
-    /// The earlier of the PROBE_RTT interval's and the min-RTT window's expiry, µs.
-    pub rtt_deadline_us: u64,
     /// The probe wait's end (`cycle_stamp_us + probe_wait_us`), µs.
     pub probe_deadline_us: u64,
     pub ack_epoch_stamp_us: u64,
+    /// The earlier of the PROBE_RTT interval's and the min-RTT window's expiry, µs after
+    /// `probe_deadline_us` (negative: before it; held at `i32::MAX` if later, see
+    /// [`Bbr::export_fast`]).
+    pub rtt_deadline_after_probe_us: i32,
     pub cfg_gen: u32,
     pub next_round_delivered: u32,
     pub loss_round_delivered: u32,
-    pub probe_rtt_min_us: u32,
+    /// An RTT sample below this takes the full path: `probe_rtt_min_us` (a new minimum), and
+    /// while draining (deviation 18) above the queue margin too (the sample ends the drain).
+    pub rtt_floor_us: u32,
     pub inflight_hi: u32,
-    /// `OK`, `DIRTY`, `AGGR`, `LOSS_IN_ROUND`, `TRY_FAST`, `PACKET_CONSERVATION`.
+    /// `OK`, `DIRTY`, `AGGR`, `LOSS_IN_ROUND`, `TRY_FAST`, `PACKET_CONSERVATION`, `DOWN`.
     pub flags: u8,
     pub prev_ca_state: u8,
     pub rounds_since_probe: u8,
@@ -2132,8 +2201,13 @@ pub struct FastState {
     pub bw: u32,
     pub full_bw_bar: u32,
     pub target: u32,
-    pub min_cwnd: u32,
+    /// `min_cwnd` and the pacing gain (`BBR_UNIT` cruising, DOWN's draining), 16 bits each.
+    pub min_cwnd: u16,
+    pub pacing_gain: u16,
     pub cap: u32,
+    /// In DOWN: an ACK whose inflight at the next departure is at or below this ends the
+    /// phase (`check_time_to_cruise`); 0 elsewhere.
+    pub cruise_bar: u32,
     pub ack_epoch_acked: u32,
     /// `extra_acked` of the current window.
     pub extra_acked_cur: u32,
@@ -2162,6 +2236,8 @@ impl FastState {
     pub const TRY_FAST: u8 = 16;
     /// The state's `packet_conservation` (the glue reads the flight only then).
     pub const PACKET_CONSERVATION: u8 = 32;
+    /// PROBE_BW DOWN (the glue reads the departure clocks only then).
+    pub const DOWN: u8 = 64;
 
     /// The fast path: if this ACK, run through the full model ([`Bbr::on_ack`]), would leave
     /// cwnd, pacing rate and every decision as they are, it makes the state changes the full
@@ -2191,14 +2267,26 @@ impl FastState {
         // No timer due: PROBE_RTT and the min-RTT window, the probe wait, the Reno round bound
         // (`check_time_to_probe_bw`, with the ACK's cwnd as `target_inflight` takes it; its
         // config term is checked by `export_fast`).
-        if a.now_us > self.rtt_deadline_us
+        let rtt_deadline_us = self
+            .probe_deadline_us
+            .wrapping_add_signed(i64::from(self.rtt_deadline_after_probe_us));
+        if a.now_us > rtt_deadline_us
             || a.delivered_mstamp_us > self.probe_deadline_us
             || u32::from(self.rounds_since_probe) >= a.cwnd
         {
             return false;
         }
-        // No new PROBE_RTT-interval minimum; `inflight_hi` not raised (`adapt_upper_bounds`).
-        if (a.rs.rtt_us >= 0 && a.rs.rtt_us < i64::from(self.probe_rtt_min_us))
+        // DOWN goes on: the inflight at the next departure is above the bar
+        // (`update_cycle_phase`; the bar is 0 outside DOWN).
+        if self.flags & Self::DOWN != 0
+            && in_net_at_edt(self.bw, a.wstamp_ns, a.clock_ns, a.rs.prior_in_flight)
+                <= self.cruise_bar
+        {
+            return false;
+        }
+        // No new PROBE_RTT-interval minimum, no end of a drain (`rtt_floor_us`); `inflight_hi`
+        // not raised (`adapt_upper_bounds`).
+        if (a.rs.rtt_us >= 0 && a.rs.rtt_us < i64::from(self.rtt_floor_us))
             || a.rs.prior_in_flight > self.inflight_hi
         {
             return false;
@@ -2241,10 +2329,10 @@ impl FastState {
                     return false;
                 }
             }
-            // The pacing rate stays (`set_pacing_rate`: the same bw, gain 1 in CRUISE, MSS
-            // and cap).
-            let rate =
-                rate_bytes_per_sec(a.mss, u64::from(self.bw), BBR_UNIT).min(a.max_pacing_rate);
+            // The pacing rate stays (`set_pacing_rate`: the same bw, the same gain, MSS and
+            // cap).
+            let rate = rate_bytes_per_sec(a.mss, u64::from(self.bw), u32::from(self.pacing_gain))
+                .min(a.max_pacing_rate);
             if rate != a.pacing_rate {
                 return false;
             }
@@ -2258,7 +2346,7 @@ impl FastState {
                 let grown = a.cwnd.saturating_add(a.rs.acked_sacked);
                 let at_target = grown >= self.target;
                 try_fast_path = at_target;
-                if at_target { self.target } else { grown }.max(self.min_cwnd)
+                if at_target { self.target } else { grown }.max(u32::from(self.min_cwnd))
             };
             if cwnd.min(a.cwnd_clamp).min(self.cap) != a.cwnd {
                 return false;

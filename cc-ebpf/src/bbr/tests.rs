@@ -892,6 +892,115 @@ fn probe_wait_is_drawn_when_entering_down_and_spans_two_to_three_seconds() {
     );
 }
 
+/// One ACK of [`probe_bw`]'s flow through both paths (`ack_both`, default tunables): 2 packets
+/// 200 µs after the last, a sample of 170 packets over 20 ms for data sent a round ago with
+/// `prior_in_flight` packets in flight, an RTT sample of `rtt_us`, the next departure
+/// `departure_in_us` away.
+fn steady_ack(
+    s: &mut Bbr,
+    c: &mut Conn,
+    rtt_us: i64,
+    prior_in_flight: u32,
+    departure_in_us: u64,
+    rng: &mut Rng,
+) -> bool {
+    let prior_delivered = c.delivered - 170;
+    c.delivered += 2;
+    c.now_us += 200;
+    c.delivered_mstamp_us = c.now_us;
+    c.clock_ns = c.now_us * 1000;
+    c.wstamp_ns = c.clock_ns + departure_in_us * 1000;
+    let rs = RateSample {
+        prior_delivered,
+        acked_sacked: 2,
+        delivered: 170,
+        interval_us: 20_000,
+        rtt_us,
+        prior_in_flight,
+        ..Default::default()
+    };
+    ack_both(s, c, &rs, &BbrConfig::DEFAULT, rng)
+}
+
+/// Deviation 17 with 18: a cruising flow draining a standing queue (DOWN's gain) takes the fast
+/// path like a cruising one, at its own pacing rate, until the ACK whose RTT sample comes within
+/// the queue margin (25 ms on 20 ms): that ACK takes the full path, which ends the drain. Each
+/// ACK goes through both paths (`ack_both`).
+#[test]
+fn a_draining_cruise_takes_the_fast_path_until_an_rtt_sample_ends_the_drain() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Cruise);
+    s.cruise_drain = 1;
+    s.has_seen_rtt = 1;
+    // The first ACK ends a loss round whose lowest RTT sample was 30 ms: the drain goes on.
+    s.round_min_rtt_us = 30_000;
+    let mut rng = Rng(7);
+    let mut ack =
+        |s: &mut Bbr, c: &mut Conn, rtt_ms: i64| steady_ack(s, c, rtt_ms * 1000, 200, 0, &mut rng);
+    // 30 and 26 ms are above the margin: the drain goes on, on the fast path once the
+    // round has started and the controls have settled.
+    let mut fast = 0;
+    for i in 0..40 {
+        if ack(&mut s, &mut c, if i % 2 == 0 { 30 } else { 26 }) {
+            fast += 1;
+        }
+    }
+    assert!(fast >= 20, "fast ACKs while draining: {fast} of 40");
+    assert_eq!((s.cruise_drain, s.pacing_gain), (1, cfg.probe_down_gain));
+    let mut held = FastState::default();
+    s.export_fast(&mut held);
+    assert_eq!(held.rtt_floor_us, 25_001, "the margin, exactly");
+    // 25 ms is within it: the full path takes the ACK and the drain ends.
+    assert!(!ack(&mut s, &mut c, 25));
+    assert_eq!((s.cruise_drain, s.pacing_gain), (0, BBR_UNIT));
+    // Cruising again, at gain 1: fast again once the pacing rate is set.
+    assert!((0..4).any(|_| ack(&mut s, &mut c, 30)));
+}
+
+/// Deviation 17 in DOWN: ACKs whose inflight at the next departure stays above the BDP (173
+/// packets here, no `inflight_hi`) take the fast path at DOWN's pacing rate; the ACK that
+/// brings it to the BDP takes the full path, which starts CRUISE. The departure counts: 185
+/// packets in flight with the next packet due 2 ms from now (17 packets delivered by then)
+/// end DOWN, 185 due now do not. Each ACK goes through both paths (`ack_both`).
+#[test]
+fn down_takes_the_fast_path_until_the_inflight_at_the_next_departure_reaches_the_bdp() {
+    let cfg = BbrConfig::DEFAULT;
+    let (mut s, mut c) = probe_bw(Phase::Down);
+    s.has_seen_rtt = 1;
+    let mut rng = Rng(7);
+    let mut ack = |s: &mut Bbr, c: &mut Conn, prior_in_flight: u32, departure_in_us: u64| {
+        steady_ack(s, c, 30_000, prior_in_flight, departure_in_us, &mut rng)
+    };
+    let mut fast = 0;
+    for i in 0..40 {
+        if ack(&mut s, &mut c, 300 - i, 1000) {
+            fast += 1;
+        }
+    }
+    assert!(fast >= 20, "fast ACKs in DOWN: {fast} of 40");
+    assert_eq!(
+        (s.phase(), s.pacing_gain),
+        (Phase::Down, cfg.probe_down_gain)
+    );
+    let mut held = FastState::default();
+    s.export_fast(&mut held);
+    assert_eq!(held.flags & FastState::DOWN, FastState::DOWN);
+    assert!(
+        (170..=180).contains(&held.cruise_bar),
+        "{}",
+        held.cruise_bar
+    );
+    assert!(
+        ack(&mut s, &mut c, 185, 0),
+        "185 in flight now: DOWN goes on"
+    );
+    assert!(
+        !ack(&mut s, &mut c, 185, 2000),
+        "168 at the departure: CRUISE"
+    );
+    assert_eq!(s.phase(), Phase::Cruise);
+}
+
 #[test]
 fn fast_path_skips_app_limited_acks_that_change_nothing() {
     let cfg = BbrConfig::DEFAULT;

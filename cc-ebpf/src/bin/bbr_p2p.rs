@@ -387,7 +387,8 @@ unsafe fn read_rate_sample(rs: KernelPtr) -> RateSample {
 }
 
 /// Reads what the fast path needs (deviation 17 of `cc_ebpf::bbr`) besides the rate sample:
-/// 8 socket fields (the flight only in packet conservation).
+/// 8 socket fields (the flight only in packet conservation, the departure clocks only in
+/// DOWN).
 ///
 /// # Safety
 /// `tp` must be the op's socket (a `tcp_sock`).
@@ -406,6 +407,16 @@ unsafe fn read_fast_ack(tp: KernelPtr, rs: RateSample, fast: &FastState, cfg_gen
             ),
             packets_in_flight: if fast.flags & FastState::PACKET_CONSERVATION != 0 {
                 packets_in_flight(tp)
+            } else {
+                0
+            },
+            wstamp_ns: if fast.flags & FastState::DOWN != 0 {
+                tp.u64(TCP_SOCK__TCP_WSTAMP_NS)
+            } else {
+                0
+            },
+            clock_ns: if fast.flags & FastState::DOWN != 0 {
+                tp.u64(TCP_SOCK__TCP_CLOCK_CACHE)
             } else {
                 0
             },

@@ -119,6 +119,9 @@ struct Diag {
     /// Phase of the ACK that last raised the filter's current slot (9: not PROBE_BW).
     raise_phase: u8,
     events: Vec<String>,
+    /// bbr-p2p's ACKs, those the fast path took, and those of them taken while draining
+    /// through a standing queue (deviations 17 and 18).
+    acks: [u64; 3],
 }
 
 impl Flow {
@@ -258,7 +261,12 @@ impl Flow {
                 .sample(t, c, self.kernel_min_rtt, losses, acked, prior_in_flight);
             match &mut self.alg {
                 Algorithm::BbrP2p(s) => {
-                    super::ack_both(s, c, &rs, cfg, &mut self.rng);
+                    let draining = s.cruise_drain != 0;
+                    let fast = super::ack_both(s, c, &rs, cfg, &mut self.rng);
+                    let acks = &mut self.diag.acks;
+                    acks[0] += 1;
+                    acks[1] += u64::from(fast);
+                    acks[2] += u64::from(fast && draining);
                 }
                 Algorithm::Cubic(cubic) => {
                     if c.ca_state == TCP_CA_OPEN {
@@ -333,6 +341,8 @@ pub(super) struct Shares {
     pub(super) loss_fraction: f64,
     /// Each bbr-p2p flow's max-bw estimate when it left STARTUP, Mbit/s, in start order.
     startup_exit_mbit: Vec<Option<f64>>,
+    /// [`Diag::acks`] summed over the flows.
+    acks: [u64; 3],
 }
 
 impl Shares {
@@ -503,6 +513,10 @@ impl Shared {
                 .collect(),
             loss_fraction: lost as f64 / sent.max(1) as f64,
             startup_exit_mbit: flows.iter().map(|f| f.diag.startup_exit_mbit).collect(),
+            acks: flows.iter().fold([0; 3], |a, f| {
+                let b = f.diag.acks;
+                [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+            }),
         }
     }
 }
@@ -560,14 +574,17 @@ fn sim_eight_staggered_flows_share_the_link() {
     let mut jains = Vec::new();
     let mut firsts = Vec::new();
     let mut late_exits = Vec::new();
+    let mut acks = [0; 3];
     for seed in 1..=seeds {
         let shares = eight_staggered(&BbrConfig::DEFAULT, window, seed);
         eprintln!(
-            "seed {seed}: Jain {:.3}, loss {:.4}, {:?}",
+            "seed {seed}: Jain {:.3}, loss {:.4}, {:?}, ACKs (all, fast, fast draining) {:?}",
             shares.jain(),
             shares.loss_fraction,
-            shares.mbit
+            shares.mbit,
+            shares.acks
         );
+        (0..3).for_each(|i| acks[i] += shares.acks[i]);
         let total: f64 = shares.mbit.iter().sum();
         assert!(total > 90.0, "seed {seed}: the link is used: {shares:?}");
         jains.push(shares.jain());
@@ -590,6 +607,11 @@ fn sim_eight_staggered_flows_share_the_link() {
         late_exits.len()
     );
     assert!(mean >= 0.93, "mean Jain's index {mean:.3}: {jains:?}");
+    // Every ACK went through `ack_both`; the draining flows' fast path is among them.
+    assert!(
+        acks[2] * 20 > acks[0],
+        "fast ACKs while draining: {acks:?} (all, fast, fast draining)"
+    );
     assert!(
         low * 10 < late_exits.len(),
         "{low} late flows left STARTUP below 5 Mbit/s: {late_exits:.1?}"
