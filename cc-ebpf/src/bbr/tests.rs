@@ -1188,6 +1188,10 @@ struct Outcome {
     /// ACKs the fast path took (deviation 17), of all ACKs.
     fast_acks: u64,
     all_acks: u64,
+    /// Of the fast ACKs, those taken in PROBE_BW DOWN and in a CRUISE draining a standing
+    /// queue (deviation 18), by the state before the ACK.
+    fast_down_acks: u64,
+    fast_drain_acks: u64,
     /// Packets delivered in each second of the transfer (the bench's goodput counts from 0).
     delivered_per_s: Vec<u64>,
 }
@@ -1251,6 +1255,7 @@ impl Path {
         let mut after_validation = None;
         let mut time_to_8mib_us = None;
         let (mut all_acks, mut fast_acks) = (0u64, 0u64);
+        let (mut fast_down_acks, mut fast_drain_acks) = (0u64, 0u64);
         let end_us = secs * 1_000_000;
         let mut delivered_per_s = vec![0u64; secs as usize];
         let mut t = 0u64;
@@ -1348,8 +1353,11 @@ impl Path {
                     .tag
                     .sample(t, &c, kernel_min_rtt, losses, acked, prior_in_flight);
                 let (hi_before, phase_before) = (s.inflight_hi, (s.mode(), s.phase()));
+                let draining = s.in_phase(Phase::Cruise) && s.cruise_drain != 0;
                 let took = ack_both(&mut s, &mut c, &rs, cfg, &mut model_rng);
                 fast_acks += u64::from(took);
+                fast_down_acks += u64::from(took && phase_before == (Mode::ProbeBw, Phase::Down));
+                fast_drain_acks += u64::from(took && draining);
                 all_acks += 1;
                 // Careful resume's stage, as bbr_p2p.rs runs it after the model.
                 if let Some(slot) = slot.as_mut().filter(|_| s.resume_pending != 0) {
@@ -1552,6 +1560,8 @@ impl Path {
             time_to_8mib_us,
             fast_acks,
             all_acks,
+            fast_down_acks,
+            fast_drain_acks,
             delivered_per_s,
         }
     }
@@ -1701,18 +1711,32 @@ fn an_ack_compressed_sample_does_not_raise_the_estimate() {
 /// 1-BDP and a 15 kB buffer (recovery, packet conservation, the loss rounds, the short-term
 /// bounds), an application that holds the flight at 60 packets (a third of the BDP) every other
 /// second (app-limited samples, v3's own fast path), 24 s (four PROBE_RTTs) —
-/// and the share of ACKs the fast path takes, so that the check is not vacuous.
+/// and the share of ACKs the fast path takes, so that the check is not vacuous: among them
+/// ACKs in DOWN on every path (on the 15 kB one with deviation 20's loss rounds around them)
+/// and ACKs of a CRUISE draining a standing queue where a queue can stand (deviation 18).
 #[test]
 fn sim_fast_path_matches_the_full_model_and_takes_most_acks() {
     let bdp_bytes = (100e6 / 8.0 * 0.020) as usize;
+    // (name, path, least share of fast ACKs, a queue can stand)
     let cases = [
-        ("2 MB buffer", Path::mbit(100.0, 20, 2_000_000, 0.0), 0.75),
+        (
+            "2 MB buffer",
+            Path::mbit(100.0, 20, 2_000_000, 0.0),
+            0.75,
+            true,
+        ),
         (
             "1 BDP, 1% loss",
             Path::mbit(100.0, 20, bdp_bytes, 0.01),
             0.75,
+            true,
         ),
-        ("15 kB, 1% loss", Path::mbit(100.0, 20, 15_000, 0.01), 0.75),
+        (
+            "15 kB, 1% loss",
+            Path::mbit(100.0, 20, 15_000, 0.01),
+            0.75,
+            false,
+        ),
         (
             "app-limited",
             Path {
@@ -1720,19 +1744,31 @@ fn sim_fast_path_matches_the_full_model_and_takes_most_acks() {
                 ..Path::mbit(100.0, 20, 2_000_000, 0.0)
             },
             0.6,
+            true,
         ),
     ];
-    for (name, path, least) in cases {
+    for (name, path, least, queue) in cases {
         for seed in [1, 2] {
             let out = path.run(&BbrConfig::DEFAULT, 24, seed);
             let share = out.fast_acks as f64 / out.all_acks as f64;
             eprintln!(
-                "{name} seed {seed}: fast path {} of {} ACKs ({share:.3}), utilisation {:.3}",
-                out.fast_acks, out.all_acks, out.utilisation
+                "{name} seed {seed}: fast path {} of {} ACKs ({share:.3}; {} in DOWN, {} draining), utilisation {:.3}",
+                out.fast_acks,
+                out.all_acks,
+                out.fast_down_acks,
+                out.fast_drain_acks,
+                out.utilisation
             );
             assert!(
                 share >= least,
                 "{name} seed {seed}: fast path share {share:.3}"
+            );
+            assert!(out.fast_down_acks > 0, "{name} seed {seed}: none in DOWN");
+            assert_eq!(
+                out.fast_drain_acks > 0,
+                queue,
+                "{name} seed {seed}: draining fast ACKs {}",
+                out.fast_drain_acks
             );
         }
     }
