@@ -215,6 +215,13 @@
 //!     with the drain alone, 28–33% of all while draining; docs/bench.md, session 12). In
 //!     the kernel, scenario (e): 939 → 797 ns per ACK (all struct_ops programs, bpf_stats
 //!     on; medians of 5 alternated pairs, lower in each), the fast path's share 26 → 62%.
+//!     Reverted in session 12 (f68e29d) after a (b) A/B (goodput 84.9 → 81.6 Mbit/s, two
+//!     runs at 56 and 62; per ACK 515 → 620 ns); re-applied here after deviation 20 and
+//!     measured in session 14 on a machine losing 5–30% to steal (docs/bench.md, session
+//!     14): (e) lower in all 11 pairs, 2 of them kept (950 → 751, 824 → 638 ns); (b) 4 kept
+//!     pairs, per ACK higher in 3 (485.5 → 561 ns: 34 more instructions ahead of the
+//!     storage lookup, little drain or DOWN to gain in (b)), goodput lower in 2, no run
+//!     below 70 Mbit/s; (d) not measured. Not on main until those hold on a quiet machine.
 //! 18. **Draining at 0.75: in DOWN, and in CRUISE through a queue that stood all round.**
 //!     Two parts, measured together (the host simulations below; the kernel A/Bs in
 //!     docs/bench.md, sessions 9 and 10):
