@@ -216,12 +216,20 @@
 //!     the kernel, scenario (e): 939 → 797 ns per ACK (all struct_ops programs, bpf_stats
 //!     on; medians of 5 alternated pairs, lower in each), the fast path's share 26 → 62%.
 //!     Reverted in session 12 (f68e29d) after a (b) A/B (goodput 84.9 → 81.6 Mbit/s, two
-//!     runs at 56 and 62; per ACK 515 → 620 ns); re-applied here after deviation 20 and
-//!     measured in session 14 on a machine losing 5–30% to steal (docs/bench.md, session
-//!     14): (e) lower in all 11 pairs, 2 of them kept (950 → 751, 824 → 638 ns); (b) 4 kept
-//!     pairs, per ACK higher in 3 (485.5 → 561 ns: 34 more instructions ahead of the
-//!     storage lookup, little drain or DOWN to gain in (b)), goodput lower in 2, no run
-//!     below 70 Mbit/s; (d) not measured. Not on main until those hold on a quiet machine.
+//!     runs at 56 and 62; per ACK 515 → 620 ns); re-applied here after deviation 20. Session
+//!     14 measured it under 5–30% steal: (e) lower in 15 of 15 pairs, (b) ambiguous. Session
+//!     15, alternated pairs that kept time (docs/bench.md, session 15): (e) lower in 3 of 3
+//!     (medians 920 → 668 ns), (d) lower in 3 of 3 at both buffers (0.5 BDP 659 → 565 ns,
+//!     4 BDP 1039 → 679 ns), its Jain's index not lower in 2 of 3 at each; (b) higher in 5
+//!     of 7 (median of the paired differences +11 ns; medians 478 → 476 ns), goodput lower
+//!     in 3 of 7, no run below 82 Mbit/s. In (b) there is nothing to move (diagnostic
+//!     objects, two alternated invocations each: 81–86% fast ACKs with either, DOWN's full
+//!     ACKs 0.4–0.5% → 0.1% of all, no drain), and each ACK pays for the wider envelope:
+//!     +44 and +53 ns per fast ACK, +112 and +133 ns per full one inside the program. The
+//!     fast ACK's shortest path in the object grows by 2 instructions (219 → 221; outside
+//!     DOWN its departure-time test, 27 instruction slots, is jumped over), which does not
+//!     explain that; not found. Not on main: the landing bar asks that (b)'s per ACK not be
+//!     higher in a majority of pairs.
 //! 18. **Draining at 0.75: in DOWN, and in CRUISE through a queue that stood all round.**
 //!     Two parts, measured together (the host simulations below; the kernel A/Bs in
 //!     docs/bench.md, sessions 9 and 10):
