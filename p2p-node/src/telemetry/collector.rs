@@ -141,9 +141,12 @@ impl Collector {
         // (unless the walk's time budget says wait).
         if let Some(probes) = &self.probes
             && self.walk.allows(started)
-            && let Some(took) = probes.refresh()
         {
-            self.walk.spent(took, Instant::now());
+            match probes.refresh() {
+                Some(took) => self.walk.spent(took, Instant::now()),
+                // A failed walk (reported once by `refresh`): no duration to show.
+                None => self.walk.last = None,
+            }
         }
         let refresh = self.walk.last;
         let all_stats = self

@@ -57,8 +57,10 @@ pub struct ProbeSnapshot {
     pub run_stats: Vec<(&'static str, RunStats)>,
     /// `kernel.bpf_stats_enabled` is on (by this node or anyone).
     pub stats_enabled: bool,
-    /// How long this collection's refresh of every tracked socket's entry (the `iter/tcp`
-    /// walk, `Probes::refresh`) took, seconds; `None` without it.
+    /// How long the latest refresh of every tracked socket's entry (the `iter/tcp` walk,
+    /// `Probes::refresh`) took, seconds: this collection's, or an earlier one's while the walk's
+    /// time budget (`collector::WalkBudget`) spaces walks out; `None` without it or after a
+    /// failed walk.
     pub refresh_seconds: Option<f64>,
 }
 
