@@ -184,6 +184,37 @@ fn bad_names_bad_tunables_and_missing_tokens_change_nothing() {
     assert_eq!(status, 200, "{body}");
     let t: serde_json::Value = serde_json::from_str(&a.get("/api/cc/tunables")).unwrap();
     assert_eq!(t["tunables"]["min_cwnd"], 6);
+    // Changes of different tunables at the same time all apply: none writes back what it read
+    // before another was applied.
+    let changes = [
+        ("min_cwnd", 7),
+        ("cwnd_gain", 600),
+        ("full_loss_cnt", 7),
+        ("probe_max_rounds", 50),
+    ];
+    std::thread::scope(|s| {
+        for (name, value) in changes {
+            let a = &a;
+            s.spawn(move || {
+                let (status, body) = a.http_auth(
+                    "PUT",
+                    "/api/cc/tunables",
+                    &format!(r#"{{"{name}": {value}}}"#),
+                    Some(token),
+                );
+                assert_eq!(status, 200, "{name}: {body}");
+            });
+        }
+    });
+    let t: serde_json::Value = serde_json::from_str(&a.get("/api/cc/tunables")).unwrap();
+    for (name, value) in changes {
+        assert_eq!(
+            t["tunables"][name], value,
+            "{name} lost to a concurrent change: {t}"
+        );
+    }
+    let (status, body) = a.http_auth("PUT", "/api/cc/tunables", r#"{"min_cwnd": 6}"#, Some(token));
+    assert_eq!(status, 200, "{body}");
 
     // Missing or wrong token: 401, nothing changes; reads need none.
     for token in [None, Some("wrong-token-wrong-token-wrong")] {

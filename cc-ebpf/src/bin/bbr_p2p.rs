@@ -130,7 +130,9 @@ unsafe fn fast_state(sk: KernelPtr) -> &'static mut FastState {
 }
 
 /// The tunables, in two slots: the node fills the slot not in use, then switches
-/// [`BBR_CFG_SLOT`] to it, so an ACK never reads half old, half new values.
+/// [`BBR_CFG_SLOT`] to it, so an ACK never reads half old, half new values; it then waits for an
+/// RCU grace period before it may rewrite the slot it left (`p2p-node/src/ebpf/bbr.rs`,
+/// `wait_for_running_ops`), so no op is still reading that one.
 #[map]
 static BBR_CONFIG: Array<BbrConfig> = Array::with_max_entries(BBR_CONFIG_SLOTS, 0);
 

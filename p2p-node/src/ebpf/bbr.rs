@@ -61,12 +61,39 @@ impl Config {
     /// Fills the slot not in use, then switches to it by storing the next generation (its low
     /// bit is the slot; one 32-bit store the programs read whole): an ACK sees the old
     /// tunables or the new ones, and a program that kept the generation sees that they
-    /// changed. The old slot is only rewritten by the next update; an op runs for
-    /// microseconds, so no reader is still on it then.
+    /// changed. The next update rewrites the slot left here, so before returning this waits
+    /// until no op that read the old generation can still be reading that slot
+    /// ([`wait_for_running_ops`]): two updates in a row cannot tear an ACK's tunables however
+    /// closely they follow each other.
     fn set(&mut self, config: BbrConfig) -> Result<(), aya::maps::MapError> {
         let next = self.in_use.get(&0, 0)?.wrapping_add(1);
         self.slots.set(next & 1, config, 0)?;
-        self.in_use.set(0, next, 0)
+        self.in_use.set(0, next, 0)?;
+        wait_for_running_ops();
+        Ok(())
+    }
+}
+
+/// `MEMBARRIER_CMD_GLOBAL` (linux/membarrier.h).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// How long to wait where no RCU grace period can be awaited: struct_ops ops run in softirq or
+/// under the socket lock for microseconds, so this is ~10^4 times the longest op measured here
+/// (docs/bench.md: `bbr_init`, 7–12 µs) and above the hypervisor stalls this VM showed.
+const OPS_DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Returns once every bbr-p2p op running when it was called has returned. The kernel runs
+/// struct_ops programs inside RCU read-side critical sections (`__bpf_prog_enter` in their
+/// trampoline), and `membarrier(MEMBARRIER_CMD_GLOBAL)` returns after an RCU grace period
+/// (`synchronize_rcu()` in kernel/sched/membarrier.c, Linux ≥ 4.16, when more than one CPU is
+/// online; with one CPU no op can be part-way through while this thread runs, outside
+/// PREEMPT_RT). Where the call is refused (`nohz_full` CPUs, a kernel without
+/// `CONFIG_MEMBARRIER`, a seccomp filter) a sleep of [`OPS_DRAIN_FALLBACK`] stands in.
+fn wait_for_running_ops() {
+    // SAFETY: membarrier takes two integers and touches no memory of this process.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(OPS_DRAIN_FALLBACK);
     }
 }
 
@@ -203,15 +230,43 @@ impl BbrP2p {
         self.config.lock().expect("lock poisoned").get()
     }
 
-    /// Validates and applies new tunables (they take effect from the next ACK).
+    /// Validates and applies new tunables (they take effect from the next ACK). Blocks for an
+    /// RCU grace period (see [`Config::set`]): call it off the async runtime.
     pub fn set_config(&self, config: BbrConfig) -> Result<(), String> {
-        config.validate().map_err(str::to_owned)?;
-        self.config
-            .lock()
-            .expect("lock poisoned")
-            .set(config)
+        self.update_config(|_| Ok((config, ())))
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
+
+    /// Reads the tunables, computes new ones with `change` and applies them, holding the lock
+    /// throughout, so that two concurrent changes of different tunables both take effect (one
+    /// after the other) instead of the second overwriting the first with what it read before
+    /// the first was applied. Nothing is written if `change` or validation fails. Blocks as
+    /// [`Self::set_config`] does.
+    pub fn update_config<T>(
+        &self,
+        change: impl FnOnce(&BbrConfig) -> Result<(BbrConfig, T), String>,
+    ) -> Result<(BbrConfig, T), ConfigError> {
+        let mut config = self.config.lock().expect("lock poisoned");
+        let current = config.get().map_err(ConfigError::Read)?;
+        let (new, out) = change(&current).map_err(ConfigError::Refused)?;
+        new.validate()
+            .map_err(|e| ConfigError::Refused(e.to_owned()))?;
+        config.set(new).map_err(ConfigError::Write)?;
+        Ok((new, out))
+    }
+}
+
+/// Why a change of bbr-p2p's tunables did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The change itself was refused (unknown name, out-of-range value): nothing was written.
+    #[error("{0}")]
+    Refused(String),
+    #[error("reading the tunables: {0}")]
+    Read(aya::maps::MapError),
+    #[error("writing the tunables: {0}")]
+    Write(aya::maps::MapError),
 }
 
 /// Why this node cannot use the bbr-p2p registration another process holds.

@@ -112,27 +112,30 @@ pub async fn put_tunables(
         Ok(v) => v,
         Err(e) => return bad_request(format!("expected a JSON object of tunables: {e}")),
     };
-    let current = match bbr.config() {
-        Ok(c) => c,
+    // Read, change and write under bbr-p2p's tunables lock (concurrent requests apply one after
+    // the other); the write waits for ops still reading the slot it leaves, so off the runtime.
+    let update = tokio::task::spawn_blocking(move || {
+        bbr.update_config(|current| crate::tunables::apply(current, &changes))
+    })
+    .await;
+    let (new, applied) = match update {
+        Ok(Ok(x)) => x,
+        Ok(Err(crate::ebpf::bbr::ConfigError::Refused(e))) => {
+            tracing::info!(target: "audit", %from, action = "cc tunables", result = %e, "refused");
+            return bad_request(e);
+        }
+        Ok(Err(e)) => {
+            tracing::info!(target: "audit", %from, action = "cc tunables", result = %e, "failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+        }
         Err(e) => {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reading the tunables: {e}\n"),
+                format!("applying the tunables: {e}\n"),
             )
                 .into_response();
         }
     };
-    let (new, applied) = match crate::tunables::apply(&current, &changes) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::info!(target: "audit", %from, action = "cc tunables", result = %e, "refused");
-            return bad_request(e);
-        }
-    };
-    if let Err(e) = bbr.set_config(new) {
-        tracing::info!(target: "audit", %from, action = "cc tunables", result = %e, "refused");
-        return bad_request(e);
-    }
     for (name, old, value) in applied {
         tracing::info!(target: "audit", %from, action = "cc tunables", tunable = name, old, new = value, result = "ok", "bbr-p2p tunable changed");
     }
