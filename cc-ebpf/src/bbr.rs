@@ -9,9 +9,10 @@
 //! - `inflight_hi`: the maximum *safe* volume in flight — where a round's loss rate last crossed
 //!   2% (unbounded until loss says otherwise). Probing (REFILL, UP) may reach it and grows it
 //!   exponentially while it holds; cruising stays 15% below it (headroom for other flows);
-//! - `bw_lo` / `inflight_lo`: short-term bounds that loss outside probing cuts, each lossy
-//!   round, to max(0.7 × the bound, what the latest round delivered), and that the next probe
-//!   lifts again.
+//! - `bw_lo` / `inflight_lo`: short-term bounds that loss outside probing cuts to max(0.7 ×
+//!   the bound, what the latest round delivered) — v3 after each lossy round, here after a
+//!   round above the loss threshold with more than the pipe in flight or through a standing
+//!   queue (deviations 10, 11, 14) — and that the next probe lifts again.
 //!
 //! It paces at `pacing_gain × min(max_bw, bw_lo)` and keeps at most `cwnd_gain × BDP` (plus an
 //! ACK-aggregation allowance) in flight, capped by the bounds of the current phase:
@@ -58,13 +59,24 @@
 //!    per-ACK rate), in recovery.
 //! 3. No ECN (v3's DCTCP-style `ecn_alpha`): the stock kernel hands a BPF congestion control no
 //!    per-ACK CE counts; no PLB.
-//! 4. Timers (min RTT, PROBE_RTT, probe wait) run on the TCP microsecond clock (`tcp_mstamp`)
-//!    instead of jiffies: BPF programs cannot read `tcp_jiffies32`. At init on a live socket
-//!    the glue reads the clock (`bpf_ktime_get_ns`, the clock `tcp_mstamp` is taken from) since
-//!    `tcp_mstamp` may be stale.
+//! 4. Timers (min RTT, PROBE_RTT) run on the TCP microsecond clock (`tcp_mstamp`) instead of
+//!    jiffies: BPF programs cannot read `tcp_jiffies32`. At init on a live socket the glue
+//!    reads the clock (`bpf_ktime_get_ns`, the clock `tcp_mstamp` is taken from) since
+//!    `tcp_mstamp` may be stale. The probe wait (`cycle_stamp_us`, `has_elapsed_in_phase`)
+//!    runs on `tp->delivered_mstamp`, the time of the latest delivery, where v3 uses
+//!    `tcp_mstamp`: the two differ on ACKs that deliver nothing and after an idle period, where
+//!    a phase started on an idle restart (PROBE_RTT's exit from `cwnd_event`) is stamped with
+//!    the last delivery before the idle, so after an idle of more than 2–3 s the first ACK
+//!    starts REFILL where v3 would wait (found in session 16's review; not measured).
 //! 5. Packet conservation in the first round of recovery and the restore after it follow
 //!    mainline `tcp_bbr.c` (`bbr_set_cwnd_to_recover_or_restore`); v3's bounds apply after it,
-//!    as in v3's `bbr_main`.
+//!    as in v3's `bbr_main`. Mainline's function also restarts the packet-timed round on
+//!    entering recovery (`next_round_delivered`), which v3's does not: each recovery entry
+//!    lengthens the round it falls in by up to one RTT, and with it everything v3 counts in
+//!    rounds (the Reno round bound on the probe wait, REFILL, UP's plateau, `inflight_hi`'s
+//!    growth). At 1% random loss most rounds enter recovery (session 16's review estimates
+//!    rounds of 1.3–1.5 RTT, the 63-round probe bound ~1.6–1.9 s instead of ~1.3 s on the
+//!    bench's 20 ms path; not measured).
 //! 6. State lives in socket storage rather than `icsk_ca_priv` (which holds only the fast
 //!    path's working set, deviation 17), unpacked (no bitfields):
 //!    counters saturate instead of wrapping. TSO sizing is mainline's (no `tso_rtt_shift`), with
@@ -319,6 +331,38 @@
 //!     a queue that drains between them, 2.12 → 2.21% of what it sent resent, goodput 88.1 →
 //!     86.2 Mbit/s; at 0.5 and 1% goodput ratios 0.981 / 0.972 → 0.987 / 0.973.
 //!     (e), one pair: Jain's index 0.958 → 0.959, retransmitted 0.21 → 0.22 of kernel bbr's.
+//!
+//! 21. **Smaller differences found in session 16's review against v3, kept and not measured:**
+//!     - *The loss round is not re-anchored at the first loss.* v3's `bbr_note_loss` restarts
+//!       the loss round at a round's first loss, so its loss verdicts (STARTUP's six lossy
+//!       ACKs and 2%, the short-term cut) span a full round after it; here the loss round keeps
+//!       its packet-timed boundary (deviation 1), so a round whose first loss comes late is
+//!       judged on its tail and STARTUP's loss exit can come a round later.
+//!     - *Losses an RTO marks do not reach the loss model.* v3 counts them through
+//!       `bbr_skb_marked_lost`; a stock kernel gives a BPF congestion control no per-skb loss
+//!       callback and `rs->losses` leaves out what the timer marked, so after an RTO
+//!       `inflight_lo` is set up at `set_state(TCP_CA_Loss)` as in v3 but `bw_lo` takes no cut.
+//!       A loss repaired by a tail loss probe (v3's `CA_EVENT_TLP_RECOVERY`) is an event of
+//!       Google's kernel only.
+//!     - *No `sndbuf_expand` op* (issue 10 item 3 dropped it as a kernel default): the kernel's
+//!       send-buffer autotuning then sizes for 2× cwnd, v3's op asks for 3×. With cwnd at 2 BDP
+//!       plus the aggregation allowance a flow whose application fills the buffer can become
+//!       send-buffer-limited (TCP_INFO's `tcpi_sndbuf_limited` would show it); the bench's goodput
+//!       ratios (0.98–1.02 where no loss bound applies) show no such limit on its paths.
+//!     - *STARTUP's loss exit also fires in `TCP_CA_Loss`* (`ca_state >= TCP_CA_RECOVERY`; v3:
+//!       `== TCP_CA_Recovery`): an RTO in STARTUP followed by six lossy ACKs ends STARTUP.
+//!     - *`inflight_hi` is raised to the ACK's `prior_in_flight`* where v3 raises it to the
+//!       acked packet's `tx_in_flight` (`bbr_adapt_upper_bounds`): on the ACK where STARTUP
+//!       exits by loss, DRAIN's reset of the loss round lets the same ACK raise `inflight_hi`
+//!       from v3's max(BDP, `inflight_latest`) to the flight then; v3 raises it on DRAIN's
+//!       loss-free ACKs of STARTUP's packets to the flight they were sent into, which is
+//!       similar. In PROBE_BW the cwnd caps keep the flight at or below `inflight_hi`.
+//!     - *`undo_cwnd` returns max(`prior_cwnd`, cwnd)*; v3 returns `prior_cwnd` (mainline
+//!       returns cwnd): an undo never lowers cwnd here.
+//!     - Negligible: no `max(rate, 1)` in the pacing rate; `prior_cwnd` starts at 0 on a socket
+//!       switched to bbr-p2p (v3 copies `tp->prior_cwnd`); `prev_ca_state` is not updated on
+//!       ACKs that acknowledge nothing; `loss_thresh_per_mille` is 20 (v3: 5/256 = 1.95%), one
+//!       more lost packet needed for flights of ~50–51, ~100–102, … packets.
 //!
 //! Everything here is plain arithmetic on [`BbrState`], [`Conn`] and [`RateSample`], so it runs
 //! unchanged in the eBPF program and in host unit tests.
