@@ -89,7 +89,11 @@ pub async fn get_tunables(State(state): State<AppState>) -> Response {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    match bbr.config() {
+    // The tunables' lock may be held by a PUT waiting out a grace period: off the runtime.
+    let read = tokio::task::spawn_blocking(move || bbr.config().map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match read {
         Ok(config) => Json(crate::tunables::to_json(&config)).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
